@@ -1,0 +1,333 @@
+//! The ABI shared by the eBPF programs and the node agent.
+//!
+//! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
+//! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
+//! version (`sfc_v1_*`): a daemon that changes a layout bumps the version and gets fresh maps
+//! instead of misreading pinned ones.
+#![no_std]
+
+/// Bumped whenever a key or value layout changes.
+pub const ABI_VERSION: u32 = 1;
+
+pub const MAP_CONFIG: &str = "sfc_v1_config";
+pub const MAP_PORTS: &str = "sfc_v1_ports";
+pub const MAP_CLASSIFY: &str = "sfc_v1_classify";
+pub const MAP_RING: &str = "sfc_v1_ring";
+pub const MAP_FLOWS: &str = "sfc_v1_flows";
+pub const MAP_STATS: &str = "sfc_v1_stats";
+pub const PROGRAM_TC: &str = "sfc_tc";
+
+/// Distinct match shapes (prefix lengths, port-prefix lengths, protocol) probed per interface.
+/// The datapath does one hash lookup per shape, so this bounds the per-packet cost whatever the
+/// number of classifiers.
+pub const MAX_TUPLES: usize = 16;
+/// Hops in one chain.
+pub const MAX_HOPS: usize = 32;
+/// Maglev lookup-table size per group (prime, so every member's permutation covers the table).
+pub const RING_SIZE: u32 = 1021;
+/// Group tables per generation; generation `g` owns slots `g * SLOTS_PER_GEN ..`.
+pub const SLOTS_PER_GEN: u32 = 512;
+/// Classifier entries (both generations together). Hash map without preallocation.
+pub const CLASSIFY_CAPACITY: u32 = 1 << 20;
+/// Interfaces with a program, times two generations.
+pub const PORTS_CAPACITY: u32 = 8192;
+/// Flows whose original destination MAC is remembered for delivery after the last hop.
+pub const FLOWS_CAPACITY: u32 = 65536;
+
+/// `sfc_v1_config` index holding the epoch; the active generation is `epoch & 1`.
+pub const CONFIG_EPOCH: u32 = 0;
+pub const CONFIG_ENTRIES: u32 = 1;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Bits of `Verdict::lb_fields`; 0 means the symmetric 5-tuple.
+pub mod lb {
+    pub const ETH_SRC: u8 = 1 << 0;
+    pub const ETH_DST: u8 = 1 << 1;
+    pub const IP_SRC: u8 = 1 << 2;
+    pub const IP_DST: u8 = 1 << 3;
+    pub const TCP_SRC: u8 = 1 << 4;
+    pub const TCP_DST: u8 = 1 << 5;
+    pub const UDP_SRC: u8 = 1 << 6;
+    pub const UDP_DST: u8 = 1 << 7;
+}
+
+/// What the datapath does with a classified packet (`Verdict::action`).
+pub mod action {
+    /// Send into a member of the group table `Verdict::slot`.
+    pub const STEER: u8 = 1;
+    /// Last hop done: redirect to `Verdict::deliver_ifindex` (the logical destination port).
+    pub const DELIVER: u8 = 2;
+    /// Last hop done, no logical destination port: restore the original destination MAC and
+    /// let the node forward the packet normally.
+    pub const FORWARD: u8 = 3;
+}
+
+/// Indexes of the per-CPU `sfc_v1_stats` counters (summed over CPUs when read).
+pub mod stat {
+    /// Packets sent into an SF.
+    pub const STEERED: u32 = 0;
+    /// Packets redirected to a logical destination port after the last hop.
+    pub const DELIVERED: u32 = 1;
+    /// Packets handed back to normal forwarding after the last hop.
+    pub const FORWARDED: u32 = 2;
+    /// IP packets that matched no classifier (untouched).
+    pub const NO_MATCH: u32 = 3;
+    /// Frames that are not IPv4/IPv6 (ARP, LLDP, ...), untouched.
+    pub const NOT_IP: u32 = 4;
+    /// Truncated or malformed IP headers, untouched.
+    pub const MALFORMED: u32 = 5;
+    /// Fragments not matched because the classifier needs L4 ports, untouched.
+    pub const FRAGMENT: u32 = 6;
+    /// Dropped: the hop's group has no live member (fail closed rather than bypass the SF).
+    pub const NO_MEMBER: u32 = 7;
+    /// The redirect helper refused (target interface gone), dropped by the kernel.
+    pub const REDIRECT_FAILED: u32 = 8;
+    pub const COUNT: u32 = 9;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "steered",
+        "delivered",
+        "forwarded",
+        "no_match",
+        "not_ip",
+        "malformed",
+        "fragment",
+        "no_member",
+        "redirect_failed",
+    ];
+}
+
+/// Key of `sfc_v1_classify`: a packet's fields, masked by one tuple of its interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassKey {
+    pub gen: u8,
+    /// Index of the tuple (mask) that produced this key, so equal masked values of different
+    /// masks never collide.
+    pub tuple: u8,
+    pub family: u8,
+    pub proto: u8,
+    /// Classification domain: a logical source port, or a group's egress side.
+    pub domain: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// Addresses in network byte order, IPv4 in word 0.
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// One match shape. A packet is probed against a tuple by AND-ing its fields with the mask.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleMask {
+    pub family: u8,
+    /// 0xff when the protocol is part of the match, 0 for "any".
+    pub proto: u8,
+    /// 1 when the mask needs L4 ports: such a tuple is never probed for IP fragments.
+    pub uses_ports: u8,
+    pub _pad: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// Key of `sfc_v1_ports`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub ifindex: u32,
+    pub gen: u32,
+}
+
+/// Value of `sfc_v1_ports`: the domain packets arriving on this interface are classified in and
+/// the shapes to probe, most specific first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortValue {
+    pub domain: u32,
+    pub n_tuples: u32,
+    pub tuples: [TupleMask; MAX_TUPLES],
+}
+
+/// Value of `sfc_v1_classify`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Verdict {
+    pub chain_id: u16,
+    /// Hop the packet is sent to (for `STEER`), or the number of hops (after the last one).
+    pub hop: u8,
+    pub action: u8,
+    /// Group table of that hop; ring entries `slot * RING_SIZE ..`.
+    pub slot: u32,
+    pub deliver_ifindex: u32,
+    pub deliver_mac: [u8; 6],
+    pub lb_fields: u8,
+    pub _pad: u8,
+}
+
+/// Entry of `sfc_v1_ring`. `ifindex == 0` marks an empty table (no live member).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of `sfc_v1_flows` (directional 5-tuple); the value is the original destination MAC
+/// (8 bytes, last two zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowTuple {
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    pub sport: u16,
+    pub dport: u16,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// The parts of a packet the member choice may hash.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HashInput {
+    pub eth_src: [u8; 6],
+    pub eth_dst: [u8; 6],
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+#[inline(always)]
+fn fmix(mut h: u32) -> u32 {
+    // murmur3 finalizer: cheap, and every input bit reaches every output bit.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn step(h: u32, w: u32) -> u32 {
+    fmix(h ^ w).wrapping_add(0x9e37_79b9)
+}
+
+#[inline(always)]
+fn endpoint(addr: &[u32; 4], port: u16) -> u32 {
+    let mut h = step(0x5fc0_0001, addr[0]);
+    h = step(h, addr[1]);
+    h = step(h, addr[2]);
+    h = step(h, addr[3]);
+    step(h, port as u32)
+}
+
+#[inline(always)]
+fn mac_word(mac: &[u8; 6]) -> (u32, u32) {
+    (
+        u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]),
+        u32::from_ne_bytes([mac[4], mac[5], 0, 0]),
+    )
+}
+
+/// The flow hash that picks a group member. The same function runs in the datapath and in the
+/// agent's tests. With `fields == 0` it is the symmetric 5-tuple: both directions of a
+/// connection hash the same.
+#[inline(always)]
+pub fn flow_hash(input: &HashInput, fields: u8) -> u32 {
+    if fields == 0 {
+        let a = endpoint(&input.src, input.sport);
+        let b = endpoint(&input.dst, input.dport);
+        return fmix(a.wrapping_add(b) ^ input.proto as u32);
+    }
+    let mut h = 0x5fc0_0002u32;
+    if fields & lb::ETH_SRC != 0 {
+        let (x, y) = mac_word(&input.eth_src);
+        h = step(step(h, x), y);
+    }
+    if fields & lb::ETH_DST != 0 {
+        let (x, y) = mac_word(&input.eth_dst);
+        h = step(step(h, x), y);
+    }
+    if fields & lb::IP_SRC != 0 {
+        h = step(h, endpoint(&input.src, 0));
+    }
+    if fields & lb::IP_DST != 0 {
+        h = step(h, endpoint(&input.dst, 0));
+    }
+    let tcp = input.proto == PROTO_TCP;
+    let udp = input.proto == PROTO_UDP;
+    if (tcp && fields & lb::TCP_SRC != 0) || (udp && fields & lb::UDP_SRC != 0) {
+        h = step(h, input.sport as u32);
+    }
+    if (tcp && fields & lb::TCP_DST != 0) || (udp && fields & lb::UDP_DST != 0) {
+        h = step(h, 0x1_0000 | input.dport as u32);
+    }
+    fmix(h)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, and have no padding bytes.
+    unsafe impl aya::Pod for ClassKey {}
+    unsafe impl aya::Pod for TupleMask {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for Verdict {}
+    unsafe impl aya::Pod for Member {}
+    unsafe impl aya::Pod for FlowTuple {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<ClassKey>(), 4 + 4 + 4 + 32);
+        assert_eq!(size_of::<TupleMask>(), 8 + 32);
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(size_of::<PortValue>(), 8 + 40 * MAX_TUPLES);
+        assert_eq!(size_of::<Verdict>(), 20);
+        assert_eq!(size_of::<Member>(), 12);
+        assert_eq!(size_of::<FlowTuple>(), 40);
+    }
+
+    #[test]
+    fn default_hash_is_symmetric_and_spreads() {
+        let fwd = HashInput {
+            proto: PROTO_TCP,
+            sport: 40000,
+            dport: 80,
+            src: [0x0a00_0001, 0, 0, 0],
+            dst: [0x0a00_0002, 0, 0, 0],
+            ..Default::default()
+        };
+        let rev = HashInput {
+            sport: fwd.dport,
+            dport: fwd.sport,
+            src: fwd.dst,
+            dst: fwd.src,
+            ..fwd
+        };
+        assert_eq!(flow_hash(&fwd, 0), flow_hash(&rev, 0));
+        let other = HashInput { sport: 40001, ..fwd };
+        assert_ne!(flow_hash(&fwd, 0), flow_hash(&other, 0));
+        // Directional fields are not symmetric.
+        assert_ne!(
+            flow_hash(&fwd, lb::IP_SRC | lb::TCP_SRC),
+            flow_hash(&rev, lb::IP_SRC | lb::TCP_SRC)
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The node agent's logic: desired state in, dataplane out. Requests and interface changes are
+//! handled one at a time on one thread, so every update sees a consistent state.
+
+use std::{collections::BTreeSet, path::Path};
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::{
+    compile::{compile, Image, Interfaces},
+    dataplane::{Dataplane, DataplaneError},
+    document::{parse_file, ConfigError, ConfigErrors, Sourced},
+    model::{Kind, Object, State},
+    protocol::{Request, Response},
+    store::{Store, StoreError},
+    validate::{validate, Origins},
+};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("reading interfaces: {0}")]
+    Netlink(#[from] crate::netlink::NetlinkError),
+}
+
+/// Everything `apply --dry-run` and `validate` need, without a kernel: parse, merge, check,
+/// and compile against the interfaces given.
+pub fn plan(
+    current: &State,
+    files: &[(String, String)],
+    interfaces: &Interfaces,
+) -> Result<(State, Vec<String>, Image), ConfigErrors> {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (file, content) in files {
+        match parse_file(file, content) {
+            Ok(o) => objects.extend(o),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let origins = origins_of(&objects, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let mut next = current.clone();
+    let mut lines = Vec::new();
+    for s in objects {
+        let kind = s.object.spec.kind();
+        let verb = match current.get(kind, &s.object.name) {
+            None => "created",
+            Some(old) if old == s.object.spec => "unchanged",
+            Some(_) => "configured",
+        };
+        lines.push(format!("{}/{} {verb}", kind.as_str().to_lowercase(), s.object.name));
+        next.upsert(s.object);
+    }
+    keep_and_assign_chain_ids(&mut next, current);
+    let matches = validate(&next, &origins)?;
+    let image = compile(&next, &matches, interfaces, &origins)?;
+    Ok((next, lines, image))
+}
+
+fn origins_of(objects: &[Sourced], errors: &mut Vec<ConfigError>) -> Origins {
+    let mut origins = Origins::new();
+    for s in objects {
+        let key = (s.object.spec.kind(), s.object.name.clone());
+        if origins.insert(key.clone(), s.file.clone()).is_some() {
+            errors.push(ConfigError {
+                file: s.file.clone(),
+                kind: key.0.to_string(),
+                name: key.1,
+                field: "metadata.name".into(),
+                message: "appears twice; names are unique within a kind".into(),
+            });
+        }
+    }
+    origins
+}
+
+/// A chain applied without `chainId` keeps the id it was given before; new ones get the lowest
+/// free id. Ids are stored with the chain, so they are stable across restarts.
+fn keep_and_assign_chain_ids(next: &mut State, current: &State) {
+    for (name, chain) in next.port_chains.iter_mut() {
+        if chain.chain_id.is_none() {
+            chain.chain_id = current.port_chains.get(name).and_then(|c| c.chain_id);
+        }
+    }
+    let mut used: BTreeSet<u32> = next.port_chains.values().filter_map(|c| c.chain_id).collect();
+    let mut candidate = 1;
+    for chain in next.port_chains.values_mut() {
+        if chain.chain_id.is_none() {
+            while used.contains(&candidate) {
+                candidate += 1;
+            }
+            chain.chain_id = Some(candidate);
+            used.insert(candidate);
+        }
+    }
+}
+
+pub struct Agent {
+    state: State,
+    store: Store,
+    dataplane: Dataplane,
+    interfaces: Interfaces,
+    /// The last reconcile error, logged once rather than every tick.
+    last_error: Option<String>,
+}
+
+impl Agent {
+    pub fn start(state_dir: &Path, bpffs: &Path) -> Result<Self, AgentError> {
+        let store = Store::new(state_dir)?;
+        let state = store.load()?;
+        let dataplane = Dataplane::open(bpffs)?;
+        info!(
+            chains = state.port_chains.len(),
+            classifiers = state.flow_classifiers.len(),
+            epoch = dataplane.epoch()?,
+            "state loaded"
+        );
+        let mut agent = Self {
+            state,
+            store,
+            dataplane,
+            interfaces: Interfaces::default(),
+            last_error: None,
+        };
+        agent.reconcile();
+        Ok(agent)
+    }
+
+    /// Re-reads the interfaces and brings the dataplane in line with the desired state.
+    /// Cheap when nothing changed: the image is compared before anything is written.
+    pub fn reconcile(&mut self) {
+        match Interfaces::read() {
+            Ok(now) => self.interfaces = now,
+            Err(e) => {
+                self.report(format!("reading interfaces: {e}"));
+                return;
+            }
+        }
+        let origins = Origins::new();
+        let result = validate(&self.state, &origins)
+            .and_then(|m| compile(&self.state, &m, &self.interfaces, &origins));
+        match result {
+            Ok(image) => match self.dataplane.apply(&image) {
+                Ok(()) => self.last_error = None,
+                Err(e) => self.report(format!("updating the dataplane: {e}")),
+            },
+            Err(e) => self.report(format!("the applied state cannot be steered now: {e}")),
+        }
+    }
+
+    fn report(&mut self, message: String) {
+        if self.last_error.as_deref() != Some(message.as_str()) {
+            warn!("{message}");
+            self.last_error = Some(message);
+        }
+    }
+
+    pub fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Apply {
+                file,
+                content,
+                dry_run,
+            } => self.apply(file, content, dry_run),
+            Request::DeleteFile { file, content } => match parse_file(&file, &content) {
+                Ok(objects) => {
+                    let targets = objects
+                        .into_iter()
+                        .map(|s| (s.object.spec.kind(), s.object.name))
+                        .collect();
+                    self.delete(targets)
+                }
+                Err(e) => errors_response(e),
+            },
+            Request::Delete { kind, name } => self.delete(vec![(kind, name)]),
+            Request::Get { kind, name } => self.get(kind, name),
+            Request::Stats => match self.dataplane.stats() {
+                Ok(values) => Response {
+                    ok: true,
+                    counters: sfc_common::stat::NAMES
+                        .iter()
+                        .map(|n| n.to_string())
+                        .zip(values)
+                        .collect(),
+                    ..Default::default()
+                },
+                Err(e) => Response::failure(e.to_string()),
+            },
+        }
+    }
+
+    fn refresh_interfaces(&mut self) {
+        if let Ok(now) = Interfaces::read() {
+            self.interfaces = now;
+        }
+    }
+
+    fn apply(&mut self, file: String, content: String, dry_run: bool) -> Response {
+        self.refresh_interfaces();
+        let (next, mut lines, image) =
+            match plan(&self.state, &[(file, content)], &self.interfaces) {
+                Ok(p) => p,
+                Err(e) => return errors_response(e),
+            };
+        if dry_run {
+            for line in &mut lines {
+                line.push_str(" (dry run)");
+            }
+            return ok_response(lines, &image);
+        }
+        match self.commit(next, &image) {
+            Ok(()) => ok_response(lines, &image),
+            Err(e) => Response::failure(e),
+        }
+    }
+
+    fn delete(&mut self, targets: Vec<(Kind, String)>) -> Response {
+        self.refresh_interfaces();
+        let mut next = self.state.clone();
+        let mut lines = Vec::new();
+        for (kind, name) in &targets {
+            let verb = if next.remove(*kind, name) {
+                "deleted"
+            } else {
+                "not found (nothing to delete)"
+            };
+            lines.push(format!("{}/{name} {verb}", kind.as_str().to_lowercase()));
+        }
+        let origins = Origins::new();
+        let image = match validate(&next, &origins)
+            .and_then(|m| compile(&next, &m, &self.interfaces, &origins))
+        {
+            Ok(image) => image,
+            Err(e) => {
+                let mut r = errors_response(e);
+                r.message = "nothing was deleted: the rest of the state would be invalid; delete the objects that use these first, or in the same file".into();
+                return r;
+            }
+        };
+        match self.commit(next, &image) {
+            Ok(()) => ok_response(lines, &image),
+            Err(e) => Response::failure(e),
+        }
+    }
+
+    /// Persists, then programs the dataplane; on a dataplane failure the old state is put back
+    /// on disk so that disk and kernel agree.
+    fn commit(&mut self, next: State, image: &Image) -> Result<(), String> {
+        if next == self.state {
+            return self.dataplane.apply(image).map_err(|e| e.to_string());
+        }
+        self.store.save(&next).map_err(|e| e.to_string())?;
+        if let Err(e) = self.dataplane.apply(image) {
+            if let Err(restore) = self.store.save(&self.state) {
+                warn!(error = %restore, "could not restore the previous state file");
+            }
+            return Err(format!("the dataplane refused the update, nothing changed: {e}"));
+        }
+        self.state = next;
+        Ok(())
+    }
+
+    fn get(&self, kind: Kind, name: Option<String>) -> Response {
+        let objects: Vec<Object> = match name {
+            Some(name) => match self.state.get(kind, &name) {
+                Some(spec) => vec![Object { name, spec }],
+                None => {
+                    return Response::failure(format!(
+                        "{kind} {name:?} not found; `sfcctl get {}` lists them",
+                        kind.as_str().to_lowercase()
+                    ))
+                }
+            },
+            None => self.state.list(kind),
+        };
+        Response {
+            ok: true,
+            objects,
+            ..Default::default()
+        }
+    }
+}
+
+fn errors_response(e: ConfigErrors) -> Response {
+    Response {
+        ok: false,
+        message: "nothing was changed".into(),
+        errors: e.0,
+        ..Default::default()
+    }
+}
+
+fn ok_response(mut lines: Vec<String>, image: &Image) -> Response {
+    lines.extend(image.notes.iter().map(|n| format!("note: {n}")));
+    Response {
+        ok: true,
+        message: lines.join("\n"),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,352 @@
+//! Turns the desired state plus the interfaces present now into a dataplane image: the exact
+//! map contents of one generation. Pure (no kernel writes), so it can run for `--dry-run`
+//! and is compared with the last image to skip no-op updates.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sfc_common::{
+    action, ClassKey, Member, PortValue, TupleMask, Verdict, CLASSIFY_CAPACITY, MAX_TUPLES,
+    PORTS_CAPACITY, RING_SIZE, SLOTS_PER_GEN,
+};
+
+use crate::{
+    classifier::{specificity, Match},
+    document::{ConfigError, ConfigErrors},
+    maglev,
+    model::{Kind, State},
+    netlink::Link,
+    validate::{mac, Origins, APPLIED},
+};
+
+/// The interfaces of the node namespace, as the compiler needs them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interfaces {
+    pub links: BTreeMap<String, Link>,
+    /// MAC of the NIC behind each veth (its peer), where the kernel could tell.
+    pub peer_macs: BTreeMap<String, [u8; 6]>,
+}
+
+impl Interfaces {
+    /// Reads the current namespace's interfaces. Peer MACs are looked up for veths only.
+    pub fn read() -> Result<Self, crate::netlink::NetlinkError> {
+        let links = crate::netlink::links()?;
+        let mut peer_macs = BTreeMap::new();
+        for (name, link) in &links {
+            // A peer that vanished between the two requests is simply not known yet.
+            if let Ok(Some(mac)) = crate::netlink::peer_mac(link) {
+                peer_macs.insert(name.clone(), mac);
+            }
+        }
+        Ok(Self { links, peer_macs })
+    }
+}
+
+/// The map contents of one generation (generation fields left at 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    pub ports: BTreeMap<u32, PortValue>,
+    pub classify: BTreeMap<ClassKey, Verdict>,
+    /// Group tables by slot (relative to the generation's first slot).
+    pub rings: Vec<Vec<Member>>,
+    /// Interfaces that need the program: name -> ifindex.
+    pub attach: BTreeMap<String, u32>,
+    /// Things that are fine for now but worth saying (an interface not present yet).
+    pub notes: Vec<String>,
+}
+
+struct Entry {
+    domain: u32,
+    mask: TupleMask,
+    key: ClassKey,
+    verdict: Verdict,
+    classifier: String,
+}
+
+const GROUP_DOMAIN_BASE: u32 = 0x0001_0000;
+
+pub fn compile(
+    state: &State,
+    matches: &BTreeMap<String, Match>,
+    interfaces: &Interfaces,
+    origins: &Origins,
+) -> Result<Image, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut image = Image::default();
+    let err = |kind: Kind, name: &str, field: &str, message: String| ConfigError {
+        file: origins
+            .get(&(kind, name.to_string()))
+            .cloned()
+            .unwrap_or_else(|| APPLIED.to_string()),
+        kind: kind.to_string(),
+        name: name.to_string(),
+        field: field.to_string(),
+        message,
+    };
+
+    // Group tables, for groups that some chain uses.
+    let used_groups: BTreeSet<&String> = state
+        .port_chains
+        .values()
+        .flat_map(|c| &c.port_pair_groups)
+        .collect();
+    if used_groups.len() > SLOTS_PER_GEN as usize {
+        errors.push(err(
+            Kind::PortPairGroup,
+            used_groups.iter().last().map(|s| s.as_str()).unwrap_or(""),
+            "",
+            format!(
+                "{} groups are in use; this node supports at most {SLOTS_PER_GEN}",
+                used_groups.len()
+            ),
+        ));
+        return Err(ConfigErrors(errors));
+    }
+    let slot: BTreeMap<&String, u32> = used_groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (*g, i as u32))
+        .collect();
+    for group in &used_groups {
+        let spec = &state.port_pair_groups[*group];
+        let mut live: Vec<(&str, u32, Member)> = Vec::new();
+        for pp_name in &spec.port_pairs {
+            let pp = &state.port_pairs[pp_name];
+            let Some(link) = interfaces.links.get(&pp.ingress) else {
+                image.notes.push(format!(
+                    "PortPair {pp_name:?}: ingress interface {:?} is not present; the member is skipped until it appears",
+                    pp.ingress
+                ));
+                continue;
+            };
+            let member_mac = match &pp.ingress_mac {
+                Some(text) => mac(text),
+                None => interfaces.peer_macs.get(&pp.ingress).copied(),
+            };
+            let Some(member_mac) = member_mac else {
+                errors.push(err(
+                    Kind::PortPair,
+                    pp_name,
+                    "spec.ingressMac",
+                    format!(
+                        "the MAC of the SF behind {:?} cannot be discovered (it is not a veth); set ingressMac",
+                        pp.ingress
+                    ),
+                ));
+                continue;
+            };
+            live.push((
+                pp_name,
+                pp.weight,
+                Member {
+                    ifindex: link.index,
+                    mac: member_mac,
+                    _pad: [0; 2],
+                },
+            ));
+        }
+        let weights: Vec<(&str, u32)> = live.iter().map(|(n, w, _)| (*n, *w)).collect();
+        let ring = maglev::table(&weights, RING_SIZE)
+            .into_iter()
+            .map(|i| live[i].2)
+            .collect::<Vec<_>>();
+        image.rings.push(if ring.is_empty() {
+            vec![Member::default(); RING_SIZE as usize]
+        } else {
+            ring
+        });
+    }
+
+    // Classification domains: one per logical source port, one per group (its egress side).
+    let lsp_domain: BTreeMap<&String, u32> = state
+        .port_chains
+        .values()
+        .flat_map(|c| &c.flow_classifiers)
+        .filter_map(|fc| state.flow_classifiers.get(fc))
+        .map(|fc| &fc.logical_source_port)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (p, i as u32 + 1))
+        .collect();
+    let group_domain = |g: &String| GROUP_DOMAIN_BASE + slot[g];
+
+    let mut entries = Vec::new();
+    for chain in state.port_chains.values() {
+        let chain_id = chain.chain_id.unwrap_or(0) as u16;
+        let hops = &chain.port_pair_groups;
+        let steer = |hop: usize| {
+            let g = &hops[hop];
+            Verdict {
+                chain_id,
+                hop: hop as u8,
+                action: action::STEER,
+                slot: slot[g],
+                lb_fields: state.port_pair_groups[g]
+                    .lb_fields
+                    .iter()
+                    .fold(0, |acc, f| acc | f.bit()),
+                ..Default::default()
+            }
+        };
+        for fc_name in &chain.flow_classifiers {
+            let fc = &state.flow_classifiers[fc_name];
+            let m = &matches[fc_name];
+            let deliver = match fc
+                .logical_destination_port
+                .as_ref()
+                .and_then(|p| interfaces.links.get(p).map(|l| (p, l)))
+            {
+                Some((name, link)) => Verdict {
+                    chain_id,
+                    hop: hops.len() as u8,
+                    action: action::DELIVER,
+                    deliver_ifindex: link.index,
+                    deliver_mac: interfaces.peer_macs.get(name).copied().unwrap_or_default(),
+                    ..Default::default()
+                },
+                None => Verdict {
+                    chain_id,
+                    hop: hops.len() as u8,
+                    action: action::FORWARD,
+                    ..Default::default()
+                },
+            };
+            let mut targets = vec![(lsp_domain[&fc.logical_source_port], steer(0))];
+            for k in 0..hops.len() {
+                let next = if k + 1 < hops.len() { steer(k + 1) } else { deliver };
+                targets.push((group_domain(&hops[k]), next));
+            }
+            for (domain, verdict) in targets {
+                for (mask, key) in m.expand() {
+                    entries.push(Entry {
+                        domain,
+                        mask,
+                        key,
+                        verdict,
+                        classifier: fc_name.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    // Tuples per domain, most specific first.
+    let mut tuples: BTreeMap<u32, Vec<TupleMask>> = BTreeMap::new();
+    for e in &entries {
+        let list = tuples.entry(e.domain).or_default();
+        if !list.contains(&e.mask) {
+            list.push(e.mask);
+        }
+    }
+    for (domain, list) in tuples.iter_mut() {
+        list.sort_by_key(|m| std::cmp::Reverse(specificity(m)));
+        if list.len() > MAX_TUPLES {
+            let culprit = entries
+                .iter()
+                .find(|e| e.domain == *domain && !list[..MAX_TUPLES].contains(&e.mask))
+                .map(|e| e.classifier.clone())
+                .unwrap_or_default();
+            errors.push(err(
+                Kind::FlowClassifier,
+                &culprit,
+                "spec",
+                format!(
+                    "the classifiers entering at one port (or leaving one group) need {} distinct match shapes (prefix lengths and port-range blocks); at most {MAX_TUPLES} are supported: use fewer distinct prefix lengths or port ranges that are powers of two",
+                    list.len()
+                ),
+            ));
+        }
+    }
+
+    let mut owner: BTreeMap<ClassKey, String> = BTreeMap::new();
+    for e in entries {
+        let list = &tuples[&e.domain];
+        let Some(index) = list.iter().position(|m| *m == e.mask) else {
+            continue;
+        };
+        if index >= MAX_TUPLES {
+            continue;
+        }
+        let key = ClassKey {
+            tuple: index as u8,
+            domain: e.domain,
+            ..e.key
+        };
+        match image.classify.get(&key) {
+            Some(existing) if *existing != e.verdict => {
+                let other = owner.get(&key).cloned().unwrap_or_default();
+                errors.push(err(
+                    Kind::FlowClassifier,
+                    &e.classifier,
+                    "spec",
+                    format!("matches exactly the same packets as FlowClassifier {other:?} but leads elsewhere; remove one of them"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                image.classify.insert(key, e.verdict);
+                owner.insert(key, e.classifier);
+            }
+        }
+    }
+    if image.classify.len() > (CLASSIFY_CAPACITY / 2) as usize {
+        errors.push(err(
+            Kind::FlowClassifier,
+            "",
+            "",
+            format!(
+                "the classifiers need {} map entries; this node holds at most {} per generation: use fewer classifiers or port ranges",
+                image.classify.len(),
+                CLASSIFY_CAPACITY / 2
+            ),
+        ));
+    }
+
+    // Ports: where each domain's traffic arrives.
+    let port_value = |domain: u32| -> Option<PortValue> {
+        let list = tuples.get(&domain)?;
+        let mut value = PortValue {
+            domain,
+            n_tuples: list.len().min(MAX_TUPLES) as u32,
+            tuples: [TupleMask::default(); MAX_TUPLES],
+        };
+        for (slot, mask) in value.tuples.iter_mut().zip(list) {
+            *slot = *mask;
+        }
+        Some(value)
+    };
+    let mut wanted: Vec<(&String, u32)> = lsp_domain.iter().map(|(p, d)| (*p, *d)).collect();
+    for g in &used_groups {
+        for pp in &state.port_pair_groups[*g].port_pairs {
+            wanted.push((&state.port_pairs[pp].egress, group_domain(g)));
+        }
+    }
+    for (iface, domain) in wanted {
+        let Some(value) = port_value(domain) else {
+            continue;
+        };
+        match interfaces.links.get(iface) {
+            Some(link) => {
+                image.ports.insert(link.index, value);
+                image.attach.insert(iface.clone(), link.index);
+            }
+            None => image.notes.push(format!(
+                "interface {iface:?} is not present; steering from it starts when it appears"
+            )),
+        }
+    }
+    if image.ports.len() > (PORTS_CAPACITY / 2) as usize {
+        errors.push(err(
+            Kind::PortChain,
+            "",
+            "",
+            format!("{} interfaces need the program; at most {}", image.ports.len(), PORTS_CAPACITY / 2),
+        ));
+    }
+
+    if errors.is_empty() {
+        Ok(image)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}

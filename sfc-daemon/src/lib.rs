@@ -1,0 +1,19 @@
+//! sfc: an eBPF service function chaining dataplane. This crate is the node agent
+//! (`sfc-daemon`) and its command-line client (`sfcctl`).
+
+pub mod agent;
+pub mod classifier;
+pub mod compile;
+pub mod dataplane;
+pub mod document;
+pub mod maglev;
+pub mod metrics;
+pub mod model;
+pub mod netlink;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod validate;
+
+/// The compiled eBPF object (built by build.rs with aya-build).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sfc"));

@@ -1,0 +1,58 @@
+//! sfcctl <-> daemon: one JSON request and one JSON response per connection, newline-ended.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    document::ConfigError,
+    model::{Kind, Object},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Apply {
+        file: String,
+        content: String,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    DeleteFile {
+        file: String,
+        content: String,
+    },
+    Delete {
+        kind: Kind,
+        name: String,
+    },
+    Get {
+        kind: Kind,
+        name: Option<String>,
+    },
+    Stats,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// Human-readable outcome, one line per object for apply/delete.
+    #[serde(default)]
+    pub message: String,
+    /// Input errors (apply, delete): each names file, kind, name and field.
+    #[serde(default)]
+    pub errors: Vec<ConfigError>,
+    #[serde(default)]
+    pub objects: Vec<Object>,
+    /// Datapath counters by name (stats).
+    #[serde(default)]
+    pub counters: Vec<(String, u64)>,
+}
+
+impl Response {
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The all-or-nothing checks run on the whole desired state before anything changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sfc_common::MAX_HOPS;
+
+use crate::{
+    classifier::{normalize, Match},
+    document::{ConfigError, ConfigErrors},
+    model::{Correlation, Kind, State},
+};
+
+/// Where each object came from, for messages; objects not listed were applied earlier.
+pub type Origins = BTreeMap<(Kind, String), String>;
+
+pub const APPLIED: &str = "(applied state)";
+
+struct Report<'a> {
+    origins: &'a Origins,
+    errors: Vec<ConfigError>,
+}
+
+impl Report<'_> {
+    fn push(&mut self, kind: Kind, name: &str, field: &str, message: String) {
+        let file = self
+            .origins
+            .get(&(kind, name.to_string()))
+            .cloned()
+            .unwrap_or_else(|| APPLIED.to_string());
+        self.errors.push(ConfigError {
+            file,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            field: field.to_string(),
+            message,
+        });
+    }
+}
+
+pub fn valid_interface(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
+}
+
+pub fn mac(text: &str) -> Option<[u8; 6]> {
+    parse_mac(text).filter(|m| m[0] & 1 == 0 && *m != [0; 6])
+}
+
+/// Checks the whole state; on success returns every classifier's normalised match.
+pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Match>, ConfigErrors> {
+    let mut r = Report {
+        origins,
+        errors: Vec::new(),
+    };
+    let iface_field = |r: &mut Report, kind, name: &str, field: &str, value: &str| {
+        if !valid_interface(value) {
+            r.push(
+                kind,
+                name,
+                field,
+                format!("{value:?} is not an interface name; use 1 to 15 characters without '/', ':' or spaces"),
+            );
+        }
+    };
+
+    // Port pairs: fields, and one interface belongs to one pair.
+    let mut iface_owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, pp) in &state.port_pairs {
+        iface_field(&mut r, Kind::PortPair, name, "spec.ingress", &pp.ingress);
+        iface_field(&mut r, Kind::PortPair, name, "spec.egress", &pp.egress);
+        if !(1..=255).contains(&pp.weight) {
+            r.push(Kind::PortPair, name, "spec.weight", format!("{} is out of range; use 1..255", pp.weight));
+        }
+        if let Some(m) = &pp.ingress_mac {
+            if mac(m).is_none() {
+                r.push(Kind::PortPair, name, "spec.ingressMac", format!("{m:?} is not a unicast MAC; use the form 02:00:00:00:00:01"));
+            }
+        }
+        let mut ifaces = vec![("spec.ingress", pp.ingress.as_str())];
+        if pp.egress != pp.ingress {
+            ifaces.push(("spec.egress", pp.egress.as_str()));
+        }
+        for (field, iface) in ifaces {
+            if let Some(other) = iface_owner.insert(iface, name) {
+                r.push(Kind::PortPair, name, field, format!("interface {iface:?} already belongs to PortPair {other:?}; an interface belongs to one SF instance"));
+            }
+        }
+    }
+
+    // Groups: members exist, each pair in at most one group.
+    let mut pair_group: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, g) in &state.port_pair_groups {
+        if g.port_pairs.is_empty() {
+            r.push(Kind::PortPairGroup, name, "spec.portPairs", "is empty; list at least one PortPair".into());
+        }
+        for (i, pp) in g.port_pairs.iter().enumerate() {
+            let field = format!("spec.portPairs[{i}]");
+            if !state.port_pairs.contains_key(pp) {
+                r.push(Kind::PortPairGroup, name, &field, format!("PortPair {pp:?} does not exist; apply it first or in the same file"));
+            }
+            if let Some(other) = pair_group.insert(pp, name) {
+                let what = if other == name { "is listed twice".to_string() } else { format!("is already in PortPairGroup {other:?}") };
+                r.push(Kind::PortPairGroup, name, &field, format!("PortPair {pp:?} {what}; a PortPair is in at most one group"));
+            }
+        }
+        if g.tap_enabled {
+            if g.port_pairs.len() != 1 {
+                r.push(Kind::PortPairGroup, name, "spec.tapEnabled", "a tap group has exactly one PortPair".into());
+            }
+            r.push(Kind::PortPairGroup, name, "spec.tapEnabled", "tap groups are not supported by this version yet; remove tapEnabled".into());
+        }
+    }
+
+    // Classifiers: fields.
+    let mut matches = BTreeMap::new();
+    for (name, fc) in &state.flow_classifiers {
+        iface_field(&mut r, Kind::FlowClassifier, name, "spec.logicalSourcePort", &fc.logical_source_port);
+        if let Some(d) = &fc.logical_destination_port {
+            iface_field(&mut r, Kind::FlowClassifier, name, "spec.logicalDestinationPort", d);
+        }
+        for port in std::iter::once(&fc.logical_source_port).chain(&fc.logical_destination_port) {
+            if let Some(pp) = iface_owner.get(port.as_str()) {
+                r.push(Kind::FlowClassifier, name, "spec.logicalSourcePort", format!("{port:?} is a port of PortPair {pp:?}; a logical port is where traffic enters or leaves the node, not an SF port"));
+            }
+        }
+        match normalize(fc) {
+            Ok(m) => {
+                matches.insert(name.clone(), m);
+            }
+            Err(errs) => {
+                for (field, message) in errs {
+                    r.push(Kind::FlowClassifier, name, field, message);
+                }
+            }
+        }
+    }
+
+    // Chains.
+    let mut fc_chain: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut paths: BTreeMap<&Vec<String>, &str> = BTreeMap::new();
+    let mut ids: BTreeMap<u32, &str> = BTreeMap::new();
+    for (name, pc) in &state.port_chains {
+        let groups = &pc.port_pair_groups;
+        if groups.is_empty() {
+            r.push(Kind::PortChain, name, "spec.portPairGroups", "is empty; list at least one PortPairGroup".into());
+        }
+        if groups.len() > MAX_HOPS {
+            r.push(Kind::PortChain, name, "spec.portPairGroups", format!("has {} hops; at most {MAX_HOPS} are supported", groups.len()));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, g) in groups.iter().enumerate() {
+            let field = format!("spec.portPairGroups[{i}]");
+            if !state.port_pair_groups.contains_key(g) {
+                r.push(Kind::PortChain, name, &field, format!("PortPairGroup {g:?} does not exist; apply it first or in the same file"));
+            }
+            if !seen.insert(g) {
+                r.push(Kind::PortChain, name, &field, format!("PortPairGroup {g:?} appears twice; a packet leaving it could not tell which hop comes next"));
+            }
+        }
+        if let Some(other) = paths.insert(groups, name) {
+            r.push(Kind::PortChain, name, "spec.portPairGroups", format!("PortChain {other:?} has the same ordered groups; two chains must differ"));
+        }
+        for (i, fc) in pc.flow_classifiers.iter().enumerate() {
+            let field = format!("spec.flowClassifiers[{i}]");
+            if !state.flow_classifiers.contains_key(fc) {
+                r.push(Kind::PortChain, name, &field, format!("FlowClassifier {fc:?} does not exist; apply it first or in the same file"));
+            }
+            if let Some(other) = fc_chain.insert(fc, name) {
+                let what = if other == name { "is listed twice".to_string() } else { format!("is already used by PortChain {other:?}") };
+                r.push(Kind::PortChain, name, &field, format!("FlowClassifier {fc:?} {what}; a classifier belongs to at most one chain"));
+            }
+        }
+        if let Some(id) = pc.chain_id {
+            if !(1..=65535).contains(&id) {
+                r.push(Kind::PortChain, name, "spec.chainId", format!("{id} is out of range; use 1..65535 or leave it out to have one assigned"));
+            } else if let Some(other) = ids.insert(id, name) {
+                r.push(Kind::PortChain, name, "spec.chainId", format!("{id} is already the id of PortChain {other:?}"));
+            }
+        }
+        if pc.chain_parameters.symmetric {
+            for fc in &pc.flow_classifiers {
+                if state.flow_classifiers.get(fc).is_some_and(|f| f.logical_destination_port.is_none()) {
+                    r.push(Kind::PortChain, name, "spec.chainParameters.symmetric", format!("FlowClassifier {fc:?} has no logicalDestinationPort; symmetric chains need one on every classifier"));
+                }
+            }
+            r.push(Kind::PortChain, name, "spec.chainParameters.symmetric", "symmetric chains are not supported by this version yet; set symmetric: false".into());
+        }
+        if pc.chain_parameters.correlation != Correlation::None {
+            r.push(Kind::PortChain, name, "spec.chainParameters.correlation", "only none is supported: this dataplane steers on one node and needs no encapsulation".into());
+        }
+        let taps: Vec<bool> = groups
+            .iter()
+            .map(|g| state.port_pair_groups.get(g).is_some_and(|g| g.tap_enabled))
+            .collect();
+        if taps.windows(2).any(|w| w[0] && w[1]) {
+            r.push(Kind::PortChain, name, "spec.portPairGroups", "two tap groups are consecutive; put a normal group between them".into());
+        }
+    }
+
+    // Overlaps between chains: at the same entry (networking-sfc's rule) and, for chains that
+    // share a group, anywhere (a packet leaving the shared SF must belong to one chain).
+    let chain_of = |fc: &str| fc_chain.get(fc).copied();
+    let groups_of = |chain: &str| -> BTreeSet<&String> {
+        state.port_chains.get(chain).map(|c| c.port_pair_groups.iter().collect()).unwrap_or_default()
+    };
+    let names: Vec<&String> = matches.keys().collect();
+    for (i, a) in names.iter().enumerate() {
+        let Some(ca) = chain_of(a) else { continue };
+        for b in &names[i + 1..] {
+            let Some(cb) = chain_of(b) else { continue };
+            if ca == cb || !matches[*a].overlaps(&matches[*b]) {
+                continue;
+            }
+            let (fa, fb) = (&state.flow_classifiers[*a], &state.flow_classifiers[*b]);
+            let same_entry = fa.logical_source_port == fb.logical_source_port
+                && fa.logical_destination_port == fb.logical_destination_port;
+            let shared: Vec<_> = groups_of(ca).intersection(&groups_of(cb)).cloned().collect();
+            if same_entry {
+                r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?} (this one is in {cb:?}); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"));
+            } else if let Some(g) = shared.first() {
+                r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?}, and both chains use PortPairGroup {g:?}: a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups"));
+            }
+        }
+    }
+
+    if r.errors.is_empty() {
+        Ok(matches)
+    } else {
+        Err(ConfigErrors(r.errors))
+    }
+}

@@ -1,0 +1,158 @@
+//! Header parsing, once per packet, with bpf_skb_load_bytes (works on non-linear skbs and keeps
+//! the verifier out of packet-pointer arithmetic). Every read is bounded by the skb length;
+//! anything short or inconsistent is `Malformed` and is passed untouched by the caller.
+
+use aya_ebpf::programs::TcContext;
+use sfc_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const MAX_VLAN_TAGS: usize = 2;
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+pub enum ParseError {
+    NotIp,
+    Malformed,
+}
+
+pub struct Packet {
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    pub family: u8,
+    pub proto: u8,
+    /// An IPv4 fragment (MF or offset set) or an IPv6 packet with a fragment header: ports are
+    /// not read (later fragments have none), so the whole datagram is treated alike.
+    pub fragment: bool,
+    pub sport: u16,
+    pub dport: u16,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+#[inline(always)]
+fn word(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, ParseError> {
+    ctx.load::<T>(offset).map_err(|_| ParseError::Malformed)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Packet, ParseError> {
+    let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ParseError::NotIp)?;
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tag: [u8; VLAN_HLEN] = load(ctx, offset)?;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        offset += VLAN_HLEN;
+    }
+    let mut pkt = Packet {
+        eth_dst: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
+        eth_src: [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
+        family: 0,
+        proto: 0,
+        fragment: false,
+        sport: 0,
+        dport: 0,
+        src: [0; 4],
+        dst: [0; 4],
+    };
+    let len = ctx.len() as usize;
+    let l4 = match ethertype {
+        ETH_P_IP => ipv4(ctx, offset, len, &mut pkt)?,
+        ETH_P_IPV6 => ipv6(ctx, offset, len, &mut pkt)?,
+        _ => return Err(ParseError::NotIp),
+    };
+    if pkt.fragment {
+        return Ok(pkt);
+    }
+    let min_header = match pkt.proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        _ => return Ok(pkt),
+    };
+    if l4 + min_header > len {
+        return Err(ParseError::Malformed);
+    }
+    let ports: [u8; 4] = load(ctx, l4)?;
+    pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    Ok(pkt)
+}
+
+/// Returns the offset of the L4 header.
+#[inline(always)]
+fn ipv4(ctx: &TcContext, offset: usize, len: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+    let ip: [u8; 20] = load(ctx, offset)?;
+    let header_len = ((ip[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || offset + total_len > len
+    {
+        return Err(ParseError::Malformed);
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    pkt.family = FAMILY_V4;
+    pkt.proto = ip[9];
+    pkt.fragment = frag & 0x3fff != 0;
+    pkt.src[0] = word(&ip, 12);
+    pkt.dst[0] = word(&ip, 16);
+    Ok(offset + header_len)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &TcContext, offset: usize, len: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+    let ip: [u8; 40] = load(ctx, offset)?;
+    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    if ip[0] >> 4 != 6 || offset + 40 + payload_len > len {
+        return Err(ParseError::Malformed);
+    }
+    pkt.family = FAMILY_V6;
+    for i in 0..4 {
+        pkt.src[i] = word(&ip, 8 + 4 * i);
+        pkt.dst[i] = word(&ip, 24 + 4 * i);
+    }
+    let mut next = ip[6];
+    let mut at = offset + 40;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let ext: [u8; 2] = load(ctx, at)?;
+                next = ext[0];
+                at += (ext[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let ext: [u8; 2] = load(ctx, at)?;
+                next = ext[0];
+                at += (ext[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let ext: [u8; 8] = load(ctx, at)?;
+                next = ext[0];
+                at += 8;
+                pkt.fragment = true;
+            }
+            _ => {
+                pkt.proto = next;
+                return Ok(at);
+            }
+        }
+    }
+    // More extension headers than we walk: we cannot know the upper layer, so do not guess.
+    Err(ParseError::Malformed)
+}

@@ -1,0 +1,147 @@
+//! The networking-sfc demo topology, in namespaces: a "node" with a bridge and the host-side
+//! veths; a source VM; a destination VM serving HTTP; three SF VMs that route (ip_forward and a
+//! static route to the destination through their egress NIC). PG1 = {SF1, SF2}, PG2 = {SF3}.
+//!
+//! ```text
+//!            node namespace: bridge br0 + sfc-daemon (TC programs on vm-src, sfN-out)
+//!   src ── vm-src ┤                                              ├ vm-dst ── dst (HTTP :80)
+//!                 ├ sf1-in ── [SF1] ── sf1-out ┤
+//!                 ├ sf2-in ── [SF2] ── sf2-out ┤   PG1 = {PP1, PP2}
+//!                 ├ sf3-in ── [SF3] ── sf3-out ┤   PG2 = {PP3}
+//! ```
+
+use std::{
+    path::Path,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+
+use crate::{wait_for, Lab};
+
+pub const SRC_V4: &str = "198.18.0.10";
+pub const DST_V4: &str = "198.18.0.100";
+pub const SRC_V6: &str = "fd00:5fc::10";
+pub const DST_V6: &str = "fd00:5fc::100";
+pub const SFS: [&str; 3] = ["sf1", "sf2", "sf3"];
+
+/// The example chain shipped in the repository, which the demo applies.
+pub fn example_chain() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/chain.yaml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub struct Demo {
+    pub lab: Lab,
+}
+
+/// Which SFs one request crossed: packets each SF forwarded while it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crossing {
+    pub status: u16,
+    pub forwarded: [u64; 3],
+}
+
+impl Crossing {
+    pub fn crossed(&self) -> Vec<&'static str> {
+        SFS.iter()
+            .zip(self.forwarded)
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+}
+
+impl Demo {
+    /// Builds the topology and starts the daemon (no chain applied yet).
+    pub fn build(tag: &str) -> Result<Self> {
+        let mut lab = Lab::new(tag)?;
+        for ns in ["node", "src", "dst", "sf1", "sf2", "sf3"] {
+            lab.add_ns(ns)?;
+        }
+        lab.sh("node", "ip link add br0 type bridge && ip link set br0 up")?;
+        lab.veth("node", "vm-src", "src", "eth0")?;
+        lab.veth("node", "vm-dst", "dst", "eth0")?;
+        for sf in SFS {
+            lab.veth("node", &format!("{sf}-in"), sf, "eth-in")?;
+            lab.veth("node", &format!("{sf}-out"), sf, "eth-out")?;
+        }
+        lab.sh(
+            "node",
+            "for i in vm-src vm-dst sf1-in sf1-out sf2-in sf2-out sf3-in sf3-out; do ip link set $i master br0; done",
+        )?;
+        lab.sh(
+            "src",
+            &format!("ip addr add {SRC_V4}/24 dev eth0 && ip -6 addr add {SRC_V6}/64 dev eth0 nodad"),
+        )?;
+        lab.sh(
+            "dst",
+            &format!("ip addr add {DST_V4}/24 dev eth0 && ip -6 addr add {DST_V6}/64 dev eth0 nodad"),
+        )?;
+        for (i, sf) in SFS.iter().enumerate() {
+            let n = i + 1;
+            lab.sh(
+                sf,
+                &format!(
+                    "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+                       net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+                       net.ipv4.conf.eth-in.rp_filter=0 net.ipv4.conf.eth-out.rp_filter=0 \
+                       net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.send_redirects=0 && \
+                     ip addr add 198.18.0.{n}1/24 dev eth-in && \
+                     ip addr add 198.18.0.{n}2/32 dev eth-out && \
+                     ip -6 addr add fd00:5fc::{n}1/64 dev eth-in nodad && \
+                     ip -6 addr add fd00:5fc::{n}2/128 dev eth-out nodad && \
+                     ip route add {DST_V4}/32 dev eth-out && \
+                     ip -6 route add {DST_V6}/128 dev eth-out"
+                ),
+            )?;
+        }
+        lab.spawn("dst", "python3 -m http.server 80 --bind ::")?;
+        let demo = Demo { lab };
+        if wait_for(Duration::from_secs(15), || demo.curl(DST_V4).ok().filter(|s| *s == 200))
+            .is_none()
+        {
+            bail!("the destination's web server did not answer within 15 s");
+        }
+        let mut demo = demo;
+        demo.lab.start_daemon("node")?;
+        Ok(demo)
+    }
+
+    /// One HTTP GET from the source VM; the status code (0 when no answer).
+    pub fn curl(&self, dst: &str) -> Result<u16> {
+        let host = if dst.contains(':') { format!("[{dst}]") } else { dst.to_string() };
+        let out = self.lab.sh(
+            "src",
+            &format!("curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 http://{host}/ || true"),
+        )?;
+        Ok(out.trim().parse().unwrap_or(0))
+    }
+
+    fn forwarded(&self, v6: bool) -> Result<[u64; 3]> {
+        let mut out = [0; 3];
+        for (i, sf) in SFS.iter().enumerate() {
+            let (a, b) = self.lab.forwarded(sf)?;
+            out[i] = if v6 { b } else { a };
+        }
+        Ok(out)
+    }
+
+    /// One request, and the packets each SF forwarded for it.
+    pub fn request(&self, dst: &str) -> Result<Crossing> {
+        let v6 = dst.contains(':');
+        let before = self.forwarded(v6)?;
+        let status = self.curl(dst)?;
+        // The last ACK of the connection leaves just after curl exits.
+        thread::sleep(Duration::from_millis(150));
+        let after = self.forwarded(v6)?;
+        let mut forwarded = [0; 3];
+        for i in 0..3 {
+            forwarded[i] = after[i] - before[i];
+        }
+        Ok(Crossing { status, forwarded })
+    }
+}
