@@ -164,7 +164,8 @@ pub struct Verdict {
     /// Hop the packet is sent to (for `STEER`), or the number of hops (after the last one).
     pub hop: u8,
     pub action: u8,
-    /// Group table of that hop; ring entries `slot * RING_SIZE ..`.
+    /// Group table of that hop (absolute: generation base included); ring entries
+    /// `slot * RING_SIZE ..`.
     pub slot: u32,
     pub deliver_ifindex: u32,
     pub deliver_mac: [u8; 6],
@@ -322,7 +323,10 @@ mod tests {
             ..fwd
         };
         assert_eq!(flow_hash(&fwd, 0), flow_hash(&rev, 0));
-        let other = HashInput { sport: 40001, ..fwd };
+        let other = HashInput {
+            sport: 40001,
+            ..fwd
+        };
         assert_ne!(flow_hash(&fwd, 0), flow_hash(&other, 0));
         // Directional fields are not symmetric.
         assert_ne!(

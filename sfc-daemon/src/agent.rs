@@ -57,7 +57,11 @@ pub fn plan(
             Some(old) if old == s.object.spec => "unchanged",
             Some(_) => "configured",
         };
-        lines.push(format!("{}/{} {verb}", kind.as_str().to_lowercase(), s.object.name));
+        lines.push(format!(
+            "{}/{} {verb}",
+            kind.as_str().to_lowercase(),
+            s.object.name
+        ));
         next.upsert(s.object);
     }
     keep_and_assign_chain_ids(&mut next, current);
@@ -91,7 +95,11 @@ fn keep_and_assign_chain_ids(next: &mut State, current: &State) {
             chain.chain_id = current.port_chains.get(name).and_then(|c| c.chain_id);
         }
     }
-    let mut used: BTreeSet<u32> = next.port_chains.values().filter_map(|c| c.chain_id).collect();
+    let mut used: BTreeSet<u32> = next
+        .port_chains
+        .values()
+        .filter_map(|c| c.chain_id)
+        .collect();
     let mut candidate = 1;
     for chain in next.port_chains.values_mut() {
         if chain.chain_id.is_none() {
@@ -206,11 +214,11 @@ impl Agent {
 
     fn apply(&mut self, file: String, content: String, dry_run: bool) -> Response {
         self.refresh_interfaces();
-        let (next, mut lines, image) =
-            match plan(&self.state, &[(file, content)], &self.interfaces) {
-                Ok(p) => p,
-                Err(e) => return errors_response(e),
-            };
+        let (next, mut lines, image) = match plan(&self.state, &[(file, content)], &self.interfaces)
+        {
+            Ok(p) => p,
+            Err(e) => return errors_response(e),
+        };
         if dry_run {
             for line in &mut lines {
                 line.push_str(" (dry run)");
@@ -263,7 +271,9 @@ impl Agent {
             if let Err(restore) = self.store.save(&self.state) {
                 warn!(error = %restore, "could not restore the previous state file");
             }
-            return Err(format!("the dataplane refused the update, nothing changed: {e}"));
+            return Err(format!(
+                "the dataplane refused the update, nothing changed: {e}"
+            ));
         }
         self.state = next;
         Ok(())

@@ -159,8 +159,9 @@ pub fn normalize(spec: &FlowClassifierSpec) -> Result<Match, Vec<FieldError>> {
 
 fn protocol(p: &Protocol) -> Result<u8, String> {
     match p {
-        Protocol::Number(n) => u8::try_from(*n)
-            .map_err(|_| format!("{n} is not a protocol number; use 0..255 or tcp, udp, icmp, icmpv6")),
+        Protocol::Number(n) => u8::try_from(*n).map_err(|_| {
+            format!("{n} is not a protocol number; use 0..255 or tcp, udp, icmp, icmpv6")
+        }),
         Protocol::Name(name) => match name.to_ascii_lowercase().as_str() {
             "tcp" => Ok(PROTO_TCP),
             "udp" => Ok(PROTO_UDP),
@@ -196,7 +197,9 @@ fn port_range(value: &PortRange) -> Result<(u16, u16), String> {
         },
     };
     if lo > hi {
-        return Err(format!("range {lo}:{hi} has min > max; write it as \"{hi}:{lo}\""));
+        return Err(format!(
+            "range {lo}:{hi} has min > max; write it as \"{hi}:{lo}\""
+        ));
     }
     Ok((lo, hi))
 }
@@ -206,10 +209,9 @@ fn prefix(value: &str, family: u8) -> Result<Prefix, String> {
         Some((a, l)) => (a, Some(l)),
         None => (value, None),
     };
-    let addr: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("{value:?} is not a CIDR prefix; use e.g. 10.0.0.0/24 or fd00::/64"))?;
+    let addr: IpAddr = addr.trim().parse().map_err(|_| {
+        format!("{value:?} is not a CIDR prefix; use e.g. 10.0.0.0/24 or fd00::/64")
+    })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
         None => max,
@@ -309,7 +311,11 @@ fn blocks(range: Option<(u16, u16)>) -> Vec<(u16, u16)> {
     let mut out = Vec::new();
     while lo <= hi {
         // The largest aligned block starting at lo that stays within hi.
-        let mut size = if lo == 0 { 1 << 16 } else { 1u32 << lo.trailing_zeros() };
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1u32 << lo.trailing_zeros()
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -341,7 +347,14 @@ mod tests {
 
     #[test]
     fn blocks_cover_the_range_exactly() {
-        for (lo, hi) in [(1, 1), (80, 80), (1024, 65535), (1000, 2000), (3, 17), (2, 65534)] {
+        for (lo, hi) in [
+            (1, 1),
+            (80, 80),
+            (1024, 65535),
+            (1000, 2000),
+            (3, 17),
+            (2, 65534),
+        ] {
             let bl = blocks(Some((lo, hi)));
             assert!(bl.len() <= 30);
             let mut covered = 0u32;
@@ -365,7 +378,10 @@ mod tests {
         let a = normalize(&spec("{protocol: tcp, destinationPortRange: '80', sourceIpPrefix: 10.0.0.0/24, logicalSourcePort: p}")).unwrap();
         let b = normalize(&spec("{sourceIpPrefix: 10.0.0.5/32, logicalSourcePort: p}")).unwrap();
         let c = normalize(&spec("{protocol: udp, logicalSourcePort: p}")).unwrap();
-        let d = normalize(&spec("{protocol: tcp, destinationPortRange: '81:90', logicalSourcePort: p}")).unwrap();
+        let d = normalize(&spec(
+            "{protocol: tcp, destinationPortRange: '81:90', logicalSourcePort: p}",
+        ))
+        .unwrap();
         let e = normalize(&spec("{ethertype: IPv6, logicalSourcePort: p}")).unwrap();
         assert!(a.overlaps(&b));
         assert!(!a.overlaps(&c));
@@ -375,11 +391,17 @@ mod tests {
 
     #[test]
     fn field_errors() {
-        let errs = normalize(&spec("{destinationPortRange: '90:80', sourceIpPrefix: 'fd00::/64', logicalSourcePort: p}")).unwrap_err();
+        let errs = normalize(&spec(
+            "{destinationPortRange: '90:80', sourceIpPrefix: 'fd00::/64', logicalSourcePort: p}",
+        ))
+        .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.0).collect();
         assert!(fields.contains(&"spec.destinationPortRange"));
         assert!(fields.contains(&"spec.sourceIpPrefix"));
-        let errs = normalize(&spec("{destinationIpPrefix: 10.0.0.1/24, logicalSourcePort: p}")).unwrap_err();
+        let errs = normalize(&spec(
+            "{destinationIpPrefix: 10.0.0.1/24, logicalSourcePort: p}",
+        ))
+        .unwrap_err();
         assert!(errs[0].1.contains("10.0.0.0/24"), "{errs:?}");
     }
 }

@@ -46,7 +46,8 @@ impl Interfaces {
 pub struct Image {
     pub ports: BTreeMap<u32, PortValue>,
     pub classify: BTreeMap<ClassKey, Verdict>,
-    /// Group tables by slot (relative to the generation's first slot).
+    /// Group tables by slot, relative to the generation's first slot (the writer adds the
+    /// generation base to the tables and to the verdicts that point at them).
     pub rings: Vec<Vec<Member>>,
     /// Interfaces that need the program: name -> ifindex.
     pub attach: BTreeMap<String, u32>,
@@ -213,7 +214,11 @@ pub fn compile(
             };
             let mut targets = vec![(lsp_domain[&fc.logical_source_port], steer(0))];
             for k in 0..hops.len() {
-                let next = if k + 1 < hops.len() { steer(k + 1) } else { deliver };
+                let next = if k + 1 < hops.len() {
+                    steer(k + 1)
+                } else {
+                    deliver
+                };
                 targets.push((group_domain(&hops[k]), next));
             }
             for (domain, verdict) in targets {
@@ -340,7 +345,11 @@ pub fn compile(
             Kind::PortChain,
             "",
             "",
-            format!("{} interfaces need the program; at most {}", image.ports.len(), PORTS_CAPACITY / 2),
+            format!(
+                "{} interfaces need the program; at most {}",
+                image.ports.len(),
+                PORTS_CAPACITY / 2
+            ),
         ));
     }
 

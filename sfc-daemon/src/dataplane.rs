@@ -37,7 +37,10 @@ pub enum DataplaneError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("program {PROGRAM_TC}: {0}")]
@@ -189,7 +192,15 @@ impl Dataplane {
             }
         }
         for (key, verdict) in &image.classify {
-            let key = ClassKey { gen: gen as u8, ..*key };
+            let key = ClassKey {
+                gen: gen as u8,
+                ..*key
+            };
+            // Verdicts point at this generation's own group tables.
+            let verdict = Verdict {
+                slot: gen as u32 * SLOTS_PER_GEN + verdict.slot,
+                ..*verdict
+            };
             self.classify
                 .insert(key, verdict, 0)
                 .map_err(map_err(MAP_CLASSIFY))?;
@@ -199,7 +210,9 @@ impl Dataplane {
                 ifindex: *ifindex,
                 gen: gen as u32,
             };
-            self.ports.insert(key, value, 0).map_err(map_err(MAP_PORTS))?;
+            self.ports
+                .insert(key, value, 0)
+                .map_err(map_err(MAP_PORTS))?;
         }
         self.written[gen] = Some(image.clone());
         Ok(())
@@ -208,12 +221,16 @@ impl Dataplane {
     /// Empties one (inactive) generation: from memory when we wrote it, by walking the maps
     /// when an earlier daemon did.
     fn clear(&mut self, gen: usize) -> Result<(), DataplaneError> {
-        let (class_keys, port_keys): (Vec<ClassKey>, Vec<PortKey>) = match self.written[gen].take() {
+        let (class_keys, port_keys): (Vec<ClassKey>, Vec<PortKey>) = match self.written[gen].take()
+        {
             Some(image) => (
                 image
                     .classify
                     .keys()
-                    .map(|k| ClassKey { gen: gen as u8, ..*k })
+                    .map(|k| ClassKey {
+                        gen: gen as u8,
+                        ..*k
+                    })
                     .collect(),
                 image
                     .ports
@@ -287,7 +304,8 @@ impl Dataplane {
 
     fn replace_program(&mut self, pin: &Path) -> Result<(), String> {
         let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+        let link =
+            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
         let program = self.program().map_err(|e| e.to_string())?;
         let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
         // The pin keeps the link alive; our handle can go.

@@ -153,7 +153,12 @@ fn parse_document(file: &str, index: usize, value: Value) -> Result<Object, Conf
             )
         })?;
     let name = read_name(&mut top).map_err(|(field, message)| {
-        doc_error(file, index, field, format!("{message} (in a {kind} document)"))
+        doc_error(
+            file,
+            index,
+            field,
+            format!("{message} (in a {kind} document)"),
+        )
     })?;
     let err = |field: &str, message: String| ConfigError {
         file: file.to_string(),
@@ -299,7 +304,10 @@ mod tests {
     fn unknown_field_names_file_kind_name_and_field() {
         let text = "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPair\nmetadata: {name: pp1}\nspec: {ingress: a, egress: b, colour: red}\n";
         let err = parse_file("chain.yaml", text).unwrap_err().to_string();
-        assert!(err.starts_with("chain.yaml: PortPair \"pp1\": spec"), "{err}");
+        assert!(
+            err.starts_with("chain.yaml: PortPair \"pp1\": spec"),
+            "{err}"
+        );
         assert!(err.contains("colour"), "{err}");
     }
 

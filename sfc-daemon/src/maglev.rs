@@ -77,6 +77,9 @@ mod tests {
             .filter(|(&b, &a)| b != 1 && [0, 2][a] != b)
             .count();
         // Maglev is near-minimal: only a small fraction of surviving slots move.
-        assert!(moved < 1021 / 10, "{moved} slots of surviving members moved");
+        assert!(
+            moved < 1021 / 10,
+            "{moved} slots of surviving members moved"
+        );
     }
 }

@@ -58,7 +58,9 @@ fn render(bpffs: &std::path::Path) -> Result<String, crate::dataplane::Dataplane
         "# HELP sfc_datapath_packets_total Packets seen by the steering program, by outcome.\n# TYPE sfc_datapath_packets_total counter\n",
     );
     for (name, value) in stat::NAMES.iter().zip(values) {
-        out.push_str(&format!("sfc_datapath_packets_total{{outcome=\"{name}\"}} {value}\n"));
+        out.push_str(&format!(
+            "sfc_datapath_packets_total{{outcome=\"{name}\"}} {value}\n"
+        ));
     }
     Ok(out)
 }

@@ -97,9 +97,8 @@ impl Socket {
         let mut buf = vec![0u8; 64 * 1024];
         // Bounded: a dump of a namespace's links never needs more than a few reads.
         for _ in 0..100_000 {
-            let n = unsafe {
-                libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n < 0 {
                 return Err(NetlinkError::Request(io::Error::last_os_error()));
             }
@@ -114,7 +113,10 @@ impl Socket {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
                         let code = i32::from_ne_bytes(
-                            data.get(16..20).ok_or(NetlinkError::Malformed)?.try_into().unwrap(),
+                            data.get(16..20)
+                                .ok_or(NetlinkError::Malformed)?
+                                .try_into()
+                                .unwrap(),
                         );
                         if code == 0 {
                             return Ok(out);
@@ -181,15 +183,21 @@ fn parse_link(payload: &[u8]) -> Result<Link, NetlinkError> {
     let attrs = attributes(&payload[IFINFOMSG_LEN..]);
     let name = attrs
         .get(&IFLA_IFNAME)
-        .map(|v| String::from_utf8_lossy(v).trim_end_matches('\0').to_string())
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .trim_end_matches('\0')
+                .to_string()
+        })
         .ok_or(NetlinkError::Malformed)?;
     let mac = attrs
         .get(&IFLA_ADDRESS)
         .and_then(|v| <[u8; 6]>::try_from(*v).ok());
     let kind = attrs.get(&IFLA_LINKINFO).and_then(|info| {
-        attributes(info)
-            .get(&IFLA_INFO_KIND)
-            .map(|v| String::from_utf8_lossy(v).trim_end_matches('\0').to_string())
+        attributes(info).get(&IFLA_INFO_KIND).map(|v| {
+            String::from_utf8_lossy(v)
+                .trim_end_matches('\0')
+                .to_string()
+        })
     });
     let u32_attr = |key| {
         attrs

@@ -77,7 +77,9 @@ pub fn serve(listener: UnixListener, agent: &mut Agent) -> ! {
                     debug!(?request, "request");
                     agent.handle(request)
                 }
-                Err(e) => Response::failure(format!("bad request: {e}; is sfcctl the same version as the daemon?")),
+                Err(e) => Response::failure(format!(
+                    "bad request: {e}; is sfcctl the same version as the daemon?"
+                )),
             },
             Err(e) => Response::failure(format!("reading the request: {e}")),
         };

@@ -61,11 +61,10 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        let disk: OnDisk =
-            serde_json::from_slice(&text).map_err(|source| StoreError::Parse {
-                path: path.clone(),
-                source,
-            })?;
+        let disk: OnDisk = serde_json::from_slice(&text).map_err(|source| StoreError::Parse {
+            path: path.clone(),
+            source,
+        })?;
         if disk.format != FORMAT {
             return Err(StoreError::Format {
                 path,

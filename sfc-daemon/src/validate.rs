@@ -41,7 +41,9 @@ pub fn valid_interface(name: &str) -> bool {
     (1..=15).contains(&name.len())
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -86,11 +88,21 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
         iface_field(&mut r, Kind::PortPair, name, "spec.ingress", &pp.ingress);
         iface_field(&mut r, Kind::PortPair, name, "spec.egress", &pp.egress);
         if !(1..=255).contains(&pp.weight) {
-            r.push(Kind::PortPair, name, "spec.weight", format!("{} is out of range; use 1..255", pp.weight));
+            r.push(
+                Kind::PortPair,
+                name,
+                "spec.weight",
+                format!("{} is out of range; use 1..255", pp.weight),
+            );
         }
         if let Some(m) = &pp.ingress_mac {
             if mac(m).is_none() {
-                r.push(Kind::PortPair, name, "spec.ingressMac", format!("{m:?} is not a unicast MAC; use the form 02:00:00:00:00:01"));
+                r.push(
+                    Kind::PortPair,
+                    name,
+                    "spec.ingressMac",
+                    format!("{m:?} is not a unicast MAC; use the form 02:00:00:00:00:01"),
+                );
             }
         }
         let mut ifaces = vec![("spec.ingress", pp.ingress.as_str())];
@@ -108,32 +120,73 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
     let mut pair_group: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, g) in &state.port_pair_groups {
         if g.port_pairs.is_empty() {
-            r.push(Kind::PortPairGroup, name, "spec.portPairs", "is empty; list at least one PortPair".into());
+            r.push(
+                Kind::PortPairGroup,
+                name,
+                "spec.portPairs",
+                "is empty; list at least one PortPair".into(),
+            );
         }
         for (i, pp) in g.port_pairs.iter().enumerate() {
             let field = format!("spec.portPairs[{i}]");
             if !state.port_pairs.contains_key(pp) {
-                r.push(Kind::PortPairGroup, name, &field, format!("PortPair {pp:?} does not exist; apply it first or in the same file"));
+                r.push(
+                    Kind::PortPairGroup,
+                    name,
+                    &field,
+                    format!("PortPair {pp:?} does not exist; apply it first or in the same file"),
+                );
             }
             if let Some(other) = pair_group.insert(pp, name) {
-                let what = if other == name { "is listed twice".to_string() } else { format!("is already in PortPairGroup {other:?}") };
-                r.push(Kind::PortPairGroup, name, &field, format!("PortPair {pp:?} {what}; a PortPair is in at most one group"));
+                let what = if other == name {
+                    "is listed twice".to_string()
+                } else {
+                    format!("is already in PortPairGroup {other:?}")
+                };
+                r.push(
+                    Kind::PortPairGroup,
+                    name,
+                    &field,
+                    format!("PortPair {pp:?} {what}; a PortPair is in at most one group"),
+                );
             }
         }
         if g.tap_enabled {
             if g.port_pairs.len() != 1 {
-                r.push(Kind::PortPairGroup, name, "spec.tapEnabled", "a tap group has exactly one PortPair".into());
+                r.push(
+                    Kind::PortPairGroup,
+                    name,
+                    "spec.tapEnabled",
+                    "a tap group has exactly one PortPair".into(),
+                );
             }
-            r.push(Kind::PortPairGroup, name, "spec.tapEnabled", "tap groups are not supported by this version yet; remove tapEnabled".into());
+            r.push(
+                Kind::PortPairGroup,
+                name,
+                "spec.tapEnabled",
+                "tap groups are not supported by this version yet; remove tapEnabled".into(),
+            );
         }
     }
 
     // Classifiers: fields.
     let mut matches = BTreeMap::new();
     for (name, fc) in &state.flow_classifiers {
-        iface_field(&mut r, Kind::FlowClassifier, name, "spec.logicalSourcePort", &fc.logical_source_port);
+        iface_field(
+            &mut r,
+            Kind::FlowClassifier,
+            name,
+            "spec.logicalSourcePort",
+            &fc.logical_source_port,
+        );
         if let Some(d) = &fc.logical_destination_port {
-            iface_field(&mut r, Kind::FlowClassifier, name, "spec.logicalDestinationPort", d);
+            iface_field(
+                &mut r,
+                Kind::FlowClassifier,
+                name,
+                "spec.logicalDestinationPort",
+                d,
+            );
         }
         for port in std::iter::once(&fc.logical_source_port).chain(&fc.logical_destination_port) {
             if let Some(pp) = iface_owner.get(port.as_str()) {
@@ -159,48 +212,113 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
     for (name, pc) in &state.port_chains {
         let groups = &pc.port_pair_groups;
         if groups.is_empty() {
-            r.push(Kind::PortChain, name, "spec.portPairGroups", "is empty; list at least one PortPairGroup".into());
+            r.push(
+                Kind::PortChain,
+                name,
+                "spec.portPairGroups",
+                "is empty; list at least one PortPairGroup".into(),
+            );
         }
         if groups.len() > MAX_HOPS {
-            r.push(Kind::PortChain, name, "spec.portPairGroups", format!("has {} hops; at most {MAX_HOPS} are supported", groups.len()));
+            r.push(
+                Kind::PortChain,
+                name,
+                "spec.portPairGroups",
+                format!(
+                    "has {} hops; at most {MAX_HOPS} are supported",
+                    groups.len()
+                ),
+            );
         }
         let mut seen = BTreeSet::new();
         for (i, g) in groups.iter().enumerate() {
             let field = format!("spec.portPairGroups[{i}]");
             if !state.port_pair_groups.contains_key(g) {
-                r.push(Kind::PortChain, name, &field, format!("PortPairGroup {g:?} does not exist; apply it first or in the same file"));
+                r.push(
+                    Kind::PortChain,
+                    name,
+                    &field,
+                    format!(
+                        "PortPairGroup {g:?} does not exist; apply it first or in the same file"
+                    ),
+                );
             }
             if !seen.insert(g) {
                 r.push(Kind::PortChain, name, &field, format!("PortPairGroup {g:?} appears twice; a packet leaving it could not tell which hop comes next"));
             }
         }
         if let Some(other) = paths.insert(groups, name) {
-            r.push(Kind::PortChain, name, "spec.portPairGroups", format!("PortChain {other:?} has the same ordered groups; two chains must differ"));
+            r.push(
+                Kind::PortChain,
+                name,
+                "spec.portPairGroups",
+                format!("PortChain {other:?} has the same ordered groups; two chains must differ"),
+            );
         }
         for (i, fc) in pc.flow_classifiers.iter().enumerate() {
             let field = format!("spec.flowClassifiers[{i}]");
             if !state.flow_classifiers.contains_key(fc) {
-                r.push(Kind::PortChain, name, &field, format!("FlowClassifier {fc:?} does not exist; apply it first or in the same file"));
+                r.push(
+                    Kind::PortChain,
+                    name,
+                    &field,
+                    format!(
+                        "FlowClassifier {fc:?} does not exist; apply it first or in the same file"
+                    ),
+                );
             }
             if let Some(other) = fc_chain.insert(fc, name) {
-                let what = if other == name { "is listed twice".to_string() } else { format!("is already used by PortChain {other:?}") };
-                r.push(Kind::PortChain, name, &field, format!("FlowClassifier {fc:?} {what}; a classifier belongs to at most one chain"));
+                let what = if other == name {
+                    "is listed twice".to_string()
+                } else {
+                    format!("is already used by PortChain {other:?}")
+                };
+                r.push(
+                    Kind::PortChain,
+                    name,
+                    &field,
+                    format!(
+                        "FlowClassifier {fc:?} {what}; a classifier belongs to at most one chain"
+                    ),
+                );
             }
         }
         if let Some(id) = pc.chain_id {
             if !(1..=65535).contains(&id) {
-                r.push(Kind::PortChain, name, "spec.chainId", format!("{id} is out of range; use 1..65535 or leave it out to have one assigned"));
+                r.push(
+                    Kind::PortChain,
+                    name,
+                    "spec.chainId",
+                    format!(
+                        "{id} is out of range; use 1..65535 or leave it out to have one assigned"
+                    ),
+                );
             } else if let Some(other) = ids.insert(id, name) {
-                r.push(Kind::PortChain, name, "spec.chainId", format!("{id} is already the id of PortChain {other:?}"));
+                r.push(
+                    Kind::PortChain,
+                    name,
+                    "spec.chainId",
+                    format!("{id} is already the id of PortChain {other:?}"),
+                );
             }
         }
         if pc.chain_parameters.symmetric {
             for fc in &pc.flow_classifiers {
-                if state.flow_classifiers.get(fc).is_some_and(|f| f.logical_destination_port.is_none()) {
+                if state
+                    .flow_classifiers
+                    .get(fc)
+                    .is_some_and(|f| f.logical_destination_port.is_none())
+                {
                     r.push(Kind::PortChain, name, "spec.chainParameters.symmetric", format!("FlowClassifier {fc:?} has no logicalDestinationPort; symmetric chains need one on every classifier"));
                 }
             }
-            r.push(Kind::PortChain, name, "spec.chainParameters.symmetric", "symmetric chains are not supported by this version yet; set symmetric: false".into());
+            r.push(
+                Kind::PortChain,
+                name,
+                "spec.chainParameters.symmetric",
+                "symmetric chains are not supported by this version yet; set symmetric: false"
+                    .into(),
+            );
         }
         if pc.chain_parameters.correlation != Correlation::None {
             r.push(Kind::PortChain, name, "spec.chainParameters.correlation", "only none is supported: this dataplane steers on one node and needs no encapsulation".into());
@@ -210,7 +328,12 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
             .map(|g| state.port_pair_groups.get(g).is_some_and(|g| g.tap_enabled))
             .collect();
         if taps.windows(2).any(|w| w[0] && w[1]) {
-            r.push(Kind::PortChain, name, "spec.portPairGroups", "two tap groups are consecutive; put a normal group between them".into());
+            r.push(
+                Kind::PortChain,
+                name,
+                "spec.portPairGroups",
+                "two tap groups are consecutive; put a normal group between them".into(),
+            );
         }
     }
 
@@ -218,7 +341,11 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
     // share a group, anywhere (a packet leaving the shared SF must belong to one chain).
     let chain_of = |fc: &str| fc_chain.get(fc).copied();
     let groups_of = |chain: &str| -> BTreeSet<&String> {
-        state.port_chains.get(chain).map(|c| c.port_pair_groups.iter().collect()).unwrap_or_default()
+        state
+            .port_chains
+            .get(chain)
+            .map(|c| c.port_pair_groups.iter().collect())
+            .unwrap_or_default()
     };
     let names: Vec<&String> = matches.keys().collect();
     for (i, a) in names.iter().enumerate() {
@@ -231,7 +358,10 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
             let (fa, fb) = (&state.flow_classifiers[*a], &state.flow_classifiers[*b]);
             let same_entry = fa.logical_source_port == fb.logical_source_port
                 && fa.logical_destination_port == fb.logical_destination_port;
-            let shared: Vec<_> = groups_of(ca).intersection(&groups_of(cb)).cloned().collect();
+            let shared: Vec<_> = groups_of(ca)
+                .intersection(&groups_of(cb))
+                .cloned()
+                .collect();
             if same_entry {
                 r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?} (this one is in {cb:?}); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"));
             } else if let Some(g) = shared.first() {

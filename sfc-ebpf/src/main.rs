@@ -35,8 +35,7 @@ static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
 #[map(name = "sfc_v1_classify")]
-static CLASSIFY: HashMap<ClassKey, Verdict> =
-    HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
+static CLASSIFY: HashMap<ClassKey, Verdict> = HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "sfc_v1_ring")]
 static RING: Array<Member> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
@@ -85,7 +84,11 @@ fn steer(ctx: &TcContext) -> i32 {
     let verdict = match classify(port, gen as u8, &pkt) {
         Some(verdict) => verdict,
         None => {
-            count(if pkt.fragment { stat::FRAGMENT } else { stat::NO_MATCH });
+            count(if pkt.fragment {
+                stat::FRAGMENT
+            } else {
+                stat::NO_MATCH
+            });
             return TC_ACT_OK;
         }
     };

@@ -102,8 +102,7 @@ fn ipv4(ctx: &TcContext, offset: usize, len: usize, pkt: &mut Packet) -> Result<
     let ip: [u8; 20] = load(ctx, offset)?;
     let header_len = ((ip[0] & 0x0f) as usize) * 4;
     let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || offset + total_len > len
-    {
+    if ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || offset + total_len > len {
         return Err(ParseError::Malformed);
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);

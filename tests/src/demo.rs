@@ -10,11 +10,7 @@
 //!                 ├ sf3-in ── [SF3] ── sf3-out ┤   PG2 = {PP3}
 //! ```
 
-use std::{
-    path::Path,
-    thread,
-    time::Duration,
-};
+use std::{path::Path, thread, time::Duration};
 
 use anyhow::{bail, Result};
 
@@ -75,11 +71,15 @@ impl Demo {
         )?;
         lab.sh(
             "src",
-            &format!("ip addr add {SRC_V4}/24 dev eth0 && ip -6 addr add {SRC_V6}/64 dev eth0 nodad"),
+            &format!(
+                "ip addr add {SRC_V4}/24 dev eth0 && ip -6 addr add {SRC_V6}/64 dev eth0 nodad"
+            ),
         )?;
         lab.sh(
             "dst",
-            &format!("ip addr add {DST_V4}/24 dev eth0 && ip -6 addr add {DST_V6}/64 dev eth0 nodad"),
+            &format!(
+                "ip addr add {DST_V4}/24 dev eth0 && ip -6 addr add {DST_V6}/64 dev eth0 nodad"
+            ),
         )?;
         for (i, sf) in SFS.iter().enumerate() {
             let n = i + 1;
@@ -101,8 +101,10 @@ impl Demo {
         }
         lab.spawn("dst", "python3 -m http.server 80 --bind ::")?;
         let demo = Demo { lab };
-        if wait_for(Duration::from_secs(15), || demo.curl(DST_V4).ok().filter(|s| *s == 200))
-            .is_none()
+        if wait_for(Duration::from_secs(15), || {
+            demo.curl(DST_V4).ok().filter(|s| *s == 200)
+        })
+        .is_none()
         {
             bail!("the destination's web server did not answer within 15 s");
         }
@@ -113,15 +115,29 @@ impl Demo {
 
     /// One HTTP GET from the source VM; the status code (0 when no answer).
     pub fn curl(&self, dst: &str) -> Result<u16> {
-        let host = if dst.contains(':') { format!("[{dst}]") } else { dst.to_string() };
+        self.curl_from(dst, None)
+    }
+
+    /// Same, from a chosen source port, so that a test's flows (and so their hashes) are fixed.
+    pub fn curl_from(&self, dst: &str, local_port: Option<u16>) -> Result<u16> {
+        let host = if dst.contains(':') {
+            format!("[{dst}]")
+        } else {
+            dst.to_string()
+        };
+        let port = local_port
+            .map(|p| format!("--local-port {p}"))
+            .unwrap_or_default();
         let out = self.lab.sh(
             "src",
-            &format!("curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 http://{host}/ || true"),
+            &format!(
+                "curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 {port} http://{host}/ || true"
+            ),
         )?;
         Ok(out.trim().parse().unwrap_or(0))
     }
 
-    fn forwarded(&self, v6: bool) -> Result<[u64; 3]> {
+    pub fn forwarded(&self, v6: bool) -> Result<[u64; 3]> {
         let mut out = [0; 3];
         for (i, sf) in SFS.iter().enumerate() {
             let (a, b) = self.lab.forwarded(sf)?;
@@ -132,16 +148,17 @@ impl Demo {
 
     /// One request, and the packets each SF forwarded for it.
     pub fn request(&self, dst: &str) -> Result<Crossing> {
+        self.request_from(dst, None)
+    }
+
+    pub fn request_from(&self, dst: &str, local_port: Option<u16>) -> Result<Crossing> {
         let v6 = dst.contains(':');
         let before = self.forwarded(v6)?;
-        let status = self.curl(dst)?;
+        let status = self.curl_from(dst, local_port)?;
         // The last ACK of the connection leaves just after curl exits.
         thread::sleep(Duration::from_millis(150));
         let after = self.forwarded(v6)?;
-        let mut forwarded = [0; 3];
-        for i in 0..3 {
-            forwarded[i] = after[i] - before[i];
-        }
+        let forwarded = [0, 1, 2].map(|i| after[i] - before[i]);
         Ok(Crossing { status, forwarded })
     }
 }

@@ -112,7 +112,14 @@ impl Lab {
     /// Starts a background process inside namespace `short`; killed when the lab goes.
     pub fn spawn(&mut self, short: &str, script: &str) -> Result<()> {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(short), "sh", "-c", &format!("exec {script}")])
+            .args([
+                "netns",
+                "exec",
+                &self.ns(short),
+                "sh",
+                "-c",
+                &format!("exec {script}"),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -224,7 +231,9 @@ impl Lab {
             .map_err(|e| format!("running sfcctl: {e}"))?;
         let mut input = child.stdin.take().expect("piped");
         if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+            input
+                .write_all(text.as_bytes())
+                .map_err(|e| e.to_string())?;
         }
         drop(input);
         let out = child.wait_with_output().map_err(|e| e.to_string())?;

@@ -117,16 +117,27 @@ fn setup() -> Result<()> {
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("    present");
     } else {
-        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
-    step(&format!("checking bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"));
+    step(&format!(
+        "checking bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"
+    ));
     let version = output_ok(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if version.contains(BPF_LINKER_VERSION) {
         println!("    present");
     } else {
         println!("    building it (1-4 minutes)");
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         status(
             Command::new("cargo")
                 .args([
@@ -161,11 +172,21 @@ fn run_demo(keep: bool, requests: usize) -> Result<()> {
     let lab = &demo.lab;
     let chain = demo::example_chain();
     step(&format!("sfcctl apply -f {chain}"));
-    let out = lab.sfcctl(&["apply", "-f", &chain]).map_err(anyhow::Error::msg)?;
+    let out = lab
+        .sfcctl(&["apply", "-f", &chain])
+        .map_err(anyhow::Error::msg)?;
     print!("{out}");
-    for kind in ["portpairs", "portpairgroups", "flowclassifiers", "portchains"] {
+    for kind in [
+        "portpairs",
+        "portpairgroups",
+        "flowclassifiers",
+        "portchains",
+    ] {
         println!("\n$ sfcctl get {kind}");
-        print!("{}", lab.sfcctl(&["get", kind]).map_err(anyhow::Error::msg)?);
+        print!(
+            "{}",
+            lab.sfcctl(&["get", kind]).map_err(anyhow::Error::msg)?
+        );
     }
     step("sending HTTP requests from the source VM; packets forwarded by each SF per request");
     let mut totals = [0u64; 3];
@@ -185,14 +206,13 @@ fn run_demo(keep: bool, requests: usize) -> Result<()> {
             c.forwarded[2],
             if path.is_empty() { "direct (no SF)".into() } else { path }
         );
-        let ok = c.status == 200
-            && c.forwarded[2] > 0
-            && (c.forwarded[0] > 0) != (c.forwarded[1] > 0);
+        let ok =
+            c.status == 200 && c.forwarded[2] > 0 && (c.forwarded[0] > 0) != (c.forwarded[1] > 0);
         if !ok {
             failures += 1;
         }
-        for k in 0..3 {
-            totals[k] += c.forwarded[k];
+        for (total, n) in totals.iter_mut().zip(c.forwarded) {
+            *total += n;
         }
     }
     println!(

@@ -11,7 +11,11 @@ use sfc_daemon::{agent::Agent, metrics, server};
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "sfc-daemon", version, about = "eBPF service function chaining node agent")]
+#[command(
+    name = "sfc-daemon",
+    version,
+    about = "eBPF service function chaining node agent"
+)]
 struct Args {
     /// Unix socket sfcctl talks to (created with mode 0600).
     #[arg(long, default_value = "/run/sfc/sfc.sock")]
@@ -30,15 +34,17 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let ready = Arc::new(AtomicBool::new(false));
     if let Err(e) = metrics::spawn(args.metrics, args.bpffs.clone(), ready.clone()) {
-        error!("cannot serve metrics on {}: {e}; pick another --metrics address", args.metrics);
+        error!(
+            "cannot serve metrics on {}: {e}; pick another --metrics address",
+            args.metrics
+        );
         return ExitCode::FAILURE;
     }
     let mut agent = match Agent::start(&args.state_dir, &args.bpffs) {

@@ -17,7 +17,11 @@ use sfc_daemon::{
 };
 
 #[derive(Parser)]
-#[command(name = "sfcctl", version, about = "Manage service function chains on this node")]
+#[command(
+    name = "sfcctl",
+    version,
+    about = "Manage service function chains on this node"
+)]
 struct Args {
     /// The daemon's socket.
     #[arg(long, global = true, default_value = "/run/sfc/sfc.sock")]
@@ -105,7 +109,11 @@ fn run(args: Args) -> Result<(), String> {
                 dry_run,
             })?)
         }
-        Command::Delete { file, kind: k, name } => {
+        Command::Delete {
+            file,
+            kind: k,
+            name,
+        } => {
             let request = match (file, k, name) {
                 (Some(file), None, None) => {
                     let (file, content) = read_file(&file)?;
@@ -134,7 +142,11 @@ fn run(args: Args) -> Result<(), String> {
         }
         Command::Validate { file } => {
             let (file, content) = read_file(&file)?;
-            match plan(&State::default(), &[(file.clone(), content)], &Interfaces::default()) {
+            match plan(
+                &State::default(),
+                &[(file.clone(), content)],
+                &Interfaces::default(),
+            ) {
                 Ok((_, lines, _)) => {
                     println!("{file}: valid ({} objects)", lines.len());
                     Ok(())
@@ -202,26 +214,61 @@ fn table(kind: Kind, objects: &[Object]) -> String {
     let header: &[&str] = match kind {
         Kind::PortPair => &["NAME", "INGRESS", "EGRESS", "INGRESS-MAC", "WEIGHT"],
         Kind::PortPairGroup => &["NAME", "PORT-PAIRS", "LB-FIELDS", "TAP"],
-        Kind::FlowClassifier => &["NAME", "ETHERTYPE", "PROTOCOL", "SOURCE", "DESTINATION", "LOGICAL-SOURCE", "LOGICAL-DESTINATION"],
+        Kind::FlowClassifier => &[
+            "NAME",
+            "ETHERTYPE",
+            "PROTOCOL",
+            "SOURCE",
+            "DESTINATION",
+            "LOGICAL-SOURCE",
+            "LOGICAL-DESTINATION",
+        ],
         Kind::PortChain => &["NAME", "CHAIN-ID", "GROUPS", "CLASSIFIERS", "SYMMETRIC"],
     };
     let or = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_string());
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for o in objects {
         rows.push(match &o.spec {
-            Spec::PortPair(p) => vec![o.name.clone(), p.ingress.clone(), p.egress.clone(), or(&p.ingress_mac, "discovered"), p.weight.to_string()],
+            Spec::PortPair(p) => vec![
+                o.name.clone(),
+                p.ingress.clone(),
+                p.egress.clone(),
+                or(&p.ingress_mac, "discovered"),
+                p.weight.to_string(),
+            ],
             Spec::PortPairGroup(g) => vec![
                 o.name.clone(),
                 g.port_pairs.join(","),
-                if g.lb_fields.is_empty() { "5-tuple".into() } else { serde_json::to_string(&g.lb_fields).unwrap_or_default().trim_matches(['[', ']']).replace('"', "") },
+                if g.lb_fields.is_empty() {
+                    "5-tuple".into()
+                } else {
+                    serde_json::to_string(&g.lb_fields)
+                        .unwrap_or_default()
+                        .trim_matches(['[', ']'])
+                        .replace('"', "")
+                },
                 g.tap_enabled.to_string(),
             ],
             Spec::FlowClassifier(f) => {
-                let proto = f.protocol.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default().replace('"', ""));
-                let range = |r: &Option<sfc_daemon::model::PortRange>| r.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default().replace('"', ""));
+                let proto = f.protocol.as_ref().map(|p| {
+                    serde_json::to_string(p)
+                        .unwrap_or_default()
+                        .replace('"', "")
+                });
+                let range = |r: &Option<sfc_daemon::model::PortRange>| {
+                    r.as_ref().map(|r| {
+                        serde_json::to_string(r)
+                            .unwrap_or_default()
+                            .replace('"', "")
+                    })
+                };
                 let end = |ip: &Option<String>, port: Option<String>| match (ip, port) {
                     (None, None) => "any".to_string(),
-                    (ip, port) => format!("{}{}", ip.clone().unwrap_or_else(|| "*".into()), port.map(|p| format!(":{p}")).unwrap_or_default()),
+                    (ip, port) => format!(
+                        "{}{}",
+                        ip.clone().unwrap_or_else(|| "*".into()),
+                        port.map(|p| format!(":{p}")).unwrap_or_default()
+                    ),
                 };
                 vec![
                     o.name.clone(),
@@ -237,7 +284,11 @@ fn table(kind: Kind, objects: &[Object]) -> String {
                 o.name.clone(),
                 c.chain_id.map(|i| i.to_string()).unwrap_or_default(),
                 c.port_pair_groups.join(","),
-                if c.flow_classifiers.is_empty() { "-".into() } else { c.flow_classifiers.join(",") },
+                if c.flow_classifiers.is_empty() {
+                    "-".into()
+                } else {
+                    c.flow_classifiers.join(",")
+                },
                 c.chain_parameters.symmetric.to_string(),
             ],
         });
@@ -247,7 +298,11 @@ fn table(kind: Kind, objects: &[Object]) -> String {
         .collect();
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }

@@ -1,0 +1,390 @@
+//! End-to-end: the real daemon, real programs, real traffic (curl, ping) through namespaces,
+//! veths and a bridge that each test builds and always removes.
+
+use std::{fs, os::unix::fs::PermissionsExt, thread, time::Duration};
+
+use sfc_tests::{
+    demo::{example_chain, Crossing, Demo, DST_V4, DST_V6},
+    wait_for,
+};
+
+/// Source ports for a test's requests: fixed, so that the flows (and the members they hash
+/// to) are the same on every run, and never reused within a test, so that no request meets
+/// its predecessor's TIME_WAIT.
+struct Flows(u16);
+
+impl Flows {
+    fn new() -> Self {
+        Flows(41000)
+    }
+
+    fn next(&mut self) -> std::ops::Range<u16> {
+        self.0 += 12;
+        self.0 - 12..self.0
+    }
+
+    fn one(&mut self) -> u16 {
+        self.0 += 1;
+        self.0 - 1
+    }
+}
+
+fn apply(demo: &Demo, yaml: &str) {
+    if let Err(e) = demo.lab.sfcctl_stdin(&["apply", "-f", "-"], Some(yaml)) {
+        panic!("apply failed: {e}\n{}", demo.lab.daemon_log());
+    }
+}
+
+fn requests(demo: &Demo, dst: &str, flows: &mut Flows) -> Vec<Crossing> {
+    flows
+        .next()
+        .map(|p| demo.request_from(dst, Some(p)).expect("request"))
+        .collect()
+}
+
+/// Every request answered, each through exactly one PG1 member and then SF3, and both PG1
+/// members used.
+fn assert_demo_path(results: &[Crossing], what: &str) {
+    for c in results {
+        assert_eq!(c.status, 200, "{what}: {c:?}");
+        assert!(c.forwarded[2] > 0, "{what}: SF3 skipped: {c:?}");
+        assert!(
+            (c.forwarded[0] > 0) != (c.forwarded[1] > 0),
+            "{what}: not exactly one PG1 member: {c:?}"
+        );
+        assert_eq!(
+            c.forwarded[0] + c.forwarded[1],
+            c.forwarded[2],
+            "{what}: every packet that crossed PG1 must cross SF3: {c:?}"
+        );
+    }
+    assert!(
+        results.iter().any(|c| c.forwarded[0] > 0),
+        "{what}: SF1 never used"
+    );
+    assert!(
+        results.iter().any(|c| c.forwarded[1] > 0),
+        "{what}: SF2 never used"
+    );
+}
+
+fn chain_file() -> String {
+    fs::read_to_string(example_chain()).unwrap()
+}
+
+fn doc(kind: &str, name: &str, spec: &str) -> String {
+    format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{spec}\n---\n")
+}
+
+#[test]
+fn demo_chain_steers_ipv4_and_ipv6_through_one_pg1_member_then_sf3() {
+    let demo = Demo::build("e2e").unwrap();
+    let mut flows = Flows::new();
+    // Before any chain: traffic goes straight to the destination.
+    let direct = demo.request_from(DST_V4, Some(flows.one())).unwrap();
+    assert_eq!(direct.status, 200);
+    assert_eq!(direct.forwarded, [0, 0, 0]);
+
+    demo.lab.sfcctl(&["apply", "-f", &example_chain()]).unwrap();
+    assert_demo_path(&requests(&demo, DST_V4, &mut flows), "IPv4");
+    assert_demo_path(&requests(&demo, DST_V6, &mut flows), "IPv6");
+}
+
+#[test]
+fn traffic_that_matches_no_classifier_is_untouched() {
+    let demo = Demo::build("nomatch").unwrap();
+    let mut flows = Flows::new();
+    demo.lab.sfcctl(&["apply", "-f", &example_chain()]).unwrap();
+    let before = demo.forwarded(false).unwrap();
+    // ICMP does not match the tcp/80 classifier; neither does traffic in the other direction.
+    demo.lab
+        .sh("src", &format!("ping -c 3 -i 0.2 -W 2 {DST_V4}"))
+        .expect("ping through the bridge");
+    demo.lab
+        .sh("dst", "ping -c 3 -i 0.2 -W 2 198.18.0.10")
+        .expect("ping back");
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        demo.forwarded(false).unwrap(),
+        before,
+        "an SF saw unclassified traffic"
+    );
+}
+
+#[test]
+fn live_updates_from_the_blog_take_effect() {
+    let demo = Demo::build("live").unwrap();
+    let mut flows = Flows::new();
+    let full = chain_file();
+    apply(&demo, &full);
+    assert_demo_path(&requests(&demo, DST_V4, &mut flows), "initial");
+
+    // The classifier removed from the chain: the SFs go quiet.
+    apply(
+        &demo,
+        &doc(
+            "PortChain",
+            "PC1",
+            "  portPairGroups: [PG1, PG2]\n  flowClassifiers: []",
+        ),
+    );
+    for c in requests(&demo, DST_V4, &mut flows) {
+        assert_eq!(c.status, 200);
+        assert_eq!(
+            c.forwarded,
+            [0, 0, 0],
+            "steered without a classifier: {c:?}"
+        );
+    }
+
+    // Chain = PG1 only: one of SF1/SF2, never SF3.
+    apply(
+        &demo,
+        &doc(
+            "PortChain",
+            "PC1",
+            "  portPairGroups: [PG1]\n  flowClassifiers: [FC1, FC1-v6]",
+        ),
+    );
+    for c in requests(&demo, DST_V4, &mut flows) {
+        assert_eq!(c.status, 200);
+        assert_eq!(c.forwarded[2], 0, "SF3 used by a PG1-only chain: {c:?}");
+        assert!((c.forwarded[0] > 0) != (c.forwarded[1] > 0), "{c:?}");
+    }
+
+    // PG1 = {PP2} only, full chain again: SF2 then SF3, every time.
+    apply(
+        &demo,
+        &(doc("PortPairGroup", "PG1", "  portPairs: [PP2]")
+            + &doc(
+                "PortChain",
+                "PC1",
+                "  portPairGroups: [PG1, PG2]\n  flowClassifiers: [FC1, FC1-v6]",
+            )),
+    );
+    for c in requests(&demo, DST_V4, &mut flows) {
+        assert_eq!(c.status, 200);
+        assert_eq!(c.crossed(), vec!["sf2", "sf3"], "{c:?}");
+    }
+
+    // Restored.
+    apply(&demo, &full);
+    assert_demo_path(&requests(&demo, DST_V4, &mut flows), "restored");
+}
+
+#[test]
+fn an_invalid_apply_changes_nothing() {
+    let demo = Demo::build("invalid").unwrap();
+    let mut flows = Flows::new();
+    let lab = &demo.lab;
+    lab.sfcctl(&["apply", "-f", &example_chain()]).unwrap();
+    let kinds = [
+        "portpairs",
+        "portpairgroups",
+        "flowclassifiers",
+        "portchains",
+    ];
+    let snapshot: Vec<String> = kinds
+        .iter()
+        .map(|k| lab.sfcctl(&["get", k, "-o", "yaml"]).unwrap())
+        .collect();
+    // A valid change and an invalid one in the same file: neither may land.
+    let bad = lab
+        .file(
+            "bad.yaml",
+            &(doc("PortPairGroup", "PG1", "  portPairs: [PP2]")
+                + &doc(
+                    "PortChain",
+                    "PC1",
+                    "  portPairGroups: [PG1, PG9]\n  flowClassifiers: [FC1]",
+                )),
+        )
+        .unwrap();
+    let err = lab.sfcctl(&["apply", "-f", &bad]).unwrap_err();
+    assert!(
+        err.contains("bad.yaml: PortChain \"PC1\": spec.portPairGroups[1]"),
+        "{err}"
+    );
+    assert!(err.contains("PG9"), "{err}");
+    for (k, before) in kinds.iter().zip(&snapshot) {
+        assert_eq!(
+            &lab.sfcctl(&["get", k, "-o", "yaml"]).unwrap(),
+            before,
+            "{k} changed"
+        );
+    }
+    assert_demo_path(
+        &requests(&demo, DST_V4, &mut flows),
+        "after a rejected apply",
+    );
+
+    // The same checks offline.
+    let err = lab.sfcctl(&["validate", "-f", &bad]).unwrap_err();
+    assert!(err.contains("spec.portPairGroups[1]"), "{err}");
+    assert!(lab.sfcctl(&["validate", "-f", &example_chain()]).is_ok());
+}
+
+#[test]
+fn kill_9_and_restart_keep_steering_and_state() {
+    let mut demo = Demo::build("restart").unwrap();
+    let mut flows = Flows::new();
+    let icmp = chain_file().replace("protocol: tcp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32\n  destinationPortRange: \"80\"", "protocol: icmp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32");
+    assert_ne!(icmp, chain_file());
+    apply(&demo, &icmp);
+    let state_before = demo
+        .lab
+        .sfcctl(&["get", "portchains", "-o", "json"])
+        .unwrap();
+
+    // A steady ping, steered through the chain, runs across the kill and the restart.
+    let before = demo.forwarded(false).unwrap();
+    let ping = {
+        let mut cmd = demo.lab.cmd("src", "ping");
+        cmd.args(["-c", "300", "-i", "0.01", "-W", "1", "-q", DST_V4]);
+        cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    thread::sleep(Duration::from_millis(600));
+    demo.lab.kill_daemon().unwrap();
+    thread::sleep(Duration::from_millis(600));
+    demo.lab.start_daemon("node").unwrap();
+    let out = ping.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("300 received"),
+        "echoes lost across the restart: {summary}"
+    );
+    let after = demo.forwarded(false).unwrap();
+    assert!(
+        after[2] - before[2] >= 300,
+        "echo requests bypassed SF3: {before:?} -> {after:?}"
+    );
+
+    assert_eq!(
+        demo.lab
+            .sfcctl(&["get", "portchains", "-o", "json"])
+            .unwrap(),
+        state_before
+    );
+    assert!(demo.lab.daemon_log().contains("adopted pinned link"));
+    // The restarted daemon controls the dataplane: a new update takes effect.
+    apply(&demo, &doc("PortPairGroup", "PG1", "  portPairs: [PP2]"));
+    let before = demo.forwarded(false).unwrap();
+    demo.lab
+        .sh("src", &format!("ping -c 5 -i 0.05 -W 1 -q {DST_V4}"))
+        .unwrap();
+    let after = demo.forwarded(false).unwrap();
+    assert_eq!(after[0], before[0], "SF1 still used after PG1 = {{PP2}}");
+    assert!(after[1] - before[1] >= 5 && after[2] - before[2] >= 5);
+}
+
+#[test]
+fn interfaces_that_come_and_go_are_attached_and_cleaned_up() {
+    let demo = Demo::build("ifaces").unwrap();
+    let mut flows = Flows::new();
+    let lab = &demo.lab;
+    lab.sfcctl(&["apply", "-f", &example_chain()]).unwrap();
+    let links = lab.dir.join("bpffs/links");
+    let pinned = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&links)
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .split_once('_')
+                    .unwrap()
+                    .1
+                    .to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(pinned(), ["sf1-out", "sf2-out", "sf3-out", "vm-src"]);
+
+    // SF1 goes away: its link is cleaned up and PG1 steers to SF2 only.
+    lab.sh("node", "ip link del sf1-in && ip link del sf1-out")
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || (!pinned()
+            .contains(&"sf1-out".to_string()))
+        .then_some(()))
+        .is_some(),
+        "link of a deleted interface still pinned: {:?}",
+        pinned()
+    );
+    for c in requests(&demo, DST_V4, &mut flows) {
+        assert_eq!(c.crossed(), vec!["sf2", "sf3"], "{c:?}");
+    }
+
+    // SF1 comes back: attached again, and both members share the flows once more.
+    lab.veth("node", "sf1-in", "sf1", "eth-in").unwrap();
+    lab.veth("node", "sf1-out", "sf1", "eth-out").unwrap();
+    lab.sh(
+        "node",
+        "ip link set sf1-in master br0 && ip link set sf1-out master br0",
+    )
+    .unwrap();
+    lab.sh(
+        "sf1",
+        &format!("ip addr add 198.18.0.11/24 dev eth-in && ip addr add 198.18.0.12/32 dev eth-out && ip route add {DST_V4}/32 dev eth-out"),
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || pinned()
+            .contains(&"sf1-out".to_string())
+            .then_some(()))
+        .is_some(),
+        "re-created interface not attached"
+    );
+    assert_demo_path(&requests(&demo, DST_V4, &mut flows), "after SF1 came back");
+}
+
+#[test]
+fn cli_contract() {
+    let demo = Demo::build("cli").unwrap();
+    let mut flows = Flows::new();
+    let lab = &demo.lab;
+    let mode = fs::metadata(lab.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        lab.sfcctl(&["get", "pc"]).unwrap().lines().count(),
+        1,
+        "empty list is not an error"
+    );
+    lab.sfcctl(&["apply", "-f", &example_chain()]).unwrap();
+    // Deterministic output: two reads print the same bytes; aliases agree.
+    for output in ["table", "yaml", "json"] {
+        let a = lab
+            .sfcctl(&["get", "flowclassifiers", "-o", output])
+            .unwrap();
+        assert_eq!(a, lab.sfcctl(&["get", "fc", "-o", output]).unwrap());
+    }
+    let one = lab
+        .sfcctl(&["get", "portpair", "PP1", "-o", "json"])
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(parsed[0]["spec"]["ingress"], "sf1-in");
+    assert!(lab
+        .sfcctl(&["get", "pp", "nope"])
+        .unwrap_err()
+        .contains("not found"));
+    // A group still in use cannot be deleted alone; with its chain it can.
+    let err = lab.sfcctl(&["delete", "portpairgroup", "PG2"]).unwrap_err();
+    assert!(
+        err.contains("PG2") && err.contains("does not exist"),
+        "{err}"
+    );
+    lab.sfcctl(&["delete", "pc", "PC1"]).unwrap();
+    lab.sfcctl(&["delete", "ppg", "PG2"]).unwrap();
+    lab.sfcctl(&["delete", "-f", &example_chain()]).unwrap();
+    for kind in ["pp", "ppg", "fc", "pc"] {
+        assert_eq!(
+            lab.sfcctl(&["get", kind]).unwrap().lines().count(),
+            1,
+            "{kind} left"
+        );
+    }
+    let c = demo.request_from(DST_V4, Some(flows.one())).unwrap();
+    assert_eq!((c.status, c.forwarded), (200, [0, 0, 0]));
+}
