@@ -146,7 +146,7 @@ impl Dataplane {
         Ok(dp)
     }
 
-    fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+    pub fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         Ok(self
             .bpf
             .program_mut(PROGRAM_TC)

@@ -339,7 +339,14 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
 
     // Overlaps between chains: at the same entry (networking-sfc's rule) and, for chains that
     // share a group, anywhere (a packet leaving the shared SF must belong to one chain).
-    let chain_of = |fc: &str| fc_chain.get(fc).copied();
+    // Only classifiers of different chains and of one family can conflict: compare chain
+    // against chain, never a chain with itself (one chain of 100k classifiers costs nothing).
+    let mut by_chain: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for name in matches.keys() {
+        if let Some(chain) = fc_chain.get(name.as_str()) {
+            by_chain.entry(chain).or_default().push(name);
+        }
+    }
     let groups_of = |chain: &str| -> BTreeSet<&String> {
         state
             .port_chains
@@ -347,25 +354,27 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
             .map(|c| c.port_pair_groups.iter().collect())
             .unwrap_or_default()
     };
-    let names: Vec<&String> = matches.keys().collect();
-    for (i, a) in names.iter().enumerate() {
-        let Some(ca) = chain_of(a) else { continue };
-        for b in &names[i + 1..] {
-            let Some(cb) = chain_of(b) else { continue };
-            if ca == cb || !matches[*a].overlaps(&matches[*b]) {
-                continue;
-            }
-            let (fa, fb) = (&state.flow_classifiers[*a], &state.flow_classifiers[*b]);
-            let same_entry = fa.logical_source_port == fb.logical_source_port
-                && fa.logical_destination_port == fb.logical_destination_port;
-            let shared: Vec<_> = groups_of(ca)
+    let chains: Vec<(&str, &Vec<&String>)> = by_chain.iter().map(|(c, v)| (*c, v)).collect();
+    for (i, (ca, fas)) in chains.iter().enumerate() {
+        for (cb, fbs) in &chains[i + 1..] {
+            let shared: Vec<&String> = groups_of(ca)
                 .intersection(&groups_of(cb))
                 .cloned()
                 .collect();
-            if same_entry {
-                r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?} (this one is in {cb:?}); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"));
-            } else if let Some(g) = shared.first() {
-                r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?}, and both chains use PortPairGroup {g:?}: a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups"));
+            for a in fas.iter() {
+                for b in fbs.iter() {
+                    if !matches[*a].overlaps(&matches[*b]) {
+                        continue;
+                    }
+                    let (fa, fb) = (&state.flow_classifiers[*a], &state.flow_classifiers[*b]);
+                    let same_entry = fa.logical_source_port == fb.logical_source_port
+                        && fa.logical_destination_port == fb.logical_destination_port;
+                    if same_entry {
+                        r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?} (this one is in {cb:?}); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"));
+                    } else if let Some(g) = shared.first() {
+                        r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?}, and both chains use PortPairGroup {g:?}: a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups"));
+                    }
+                }
             }
         }
     }
