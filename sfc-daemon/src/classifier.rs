@@ -364,7 +364,7 @@ mod tests {
                 covered += size;
             }
             assert_eq!(covered, hi as u32 - lo as u32 + 1);
-            for p in [lo, hi, lo / 2 + hi / 2] {
+            for p in [lo, hi, lo + (hi - lo) / 2] {
                 assert!(bl.iter().any(|&(v, m)| p & m == v));
             }
             if lo > 1 {

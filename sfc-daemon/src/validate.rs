@@ -385,3 +385,342 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
         Err(ConfigErrors(r.errors))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{agent::plan, compile::Interfaces, model::State};
+
+    const HEAD: &str = "apiVersion: sfc.dataplane.dev/v1alpha1\n";
+
+    fn doc(kind: &str, name: &str, spec: &str) -> String {
+        format!("{HEAD}kind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n")
+    }
+
+    fn base() -> String {
+        [
+            doc("PortPair", "pp1", "{ingress: a-in, egress: a-out}"),
+            doc("PortPair", "pp2", "{ingress: b-in, egress: b-out}"),
+            doc("PortPairGroup", "g1", "{portPairs: [pp1]}"),
+            doc("PortPairGroup", "g2", "{portPairs: [pp2]}"),
+            doc(
+                "FlowClassifier",
+                "fc1",
+                "{protocol: tcp, destinationPortRange: '80', logicalSourcePort: src}",
+            ),
+            doc(
+                "FlowClassifier",
+                "fc2",
+                "{protocol: udp, logicalSourcePort: src}",
+            ),
+            doc(
+                "PortChain",
+                "c1",
+                "{portPairGroups: [g1, g2], flowClassifiers: [fc1]}",
+            ),
+        ]
+        .concat()
+    }
+
+    /// Applies `extra` on top of the base file and expects one error naming `kind "name"` and
+    /// `field`, with `words` in its message.
+    fn rejects(extra: &str, kind_name: &str, field: &str, words: &str) {
+        let text = base() + extra;
+        let err = plan(
+            &State::default(),
+            &[("f.yaml".into(), text)],
+            &Interfaces::default(),
+        )
+        .expect_err("should be rejected")
+        .to_string();
+        let wanted = format!("f.yaml: {kind_name}: {field}: ");
+        assert!(err.contains(&wanted), "wanted {wanted:?} in:\n{err}");
+        assert!(err.contains(words), "wanted {words:?} in:\n{err}");
+    }
+
+    #[test]
+    fn the_base_is_valid() {
+        plan(
+            &State::default(),
+            &[("f.yaml".into(), base())],
+            &Interfaces::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn every_rule_names_file_kind_name_and_field() {
+        rejects(
+            &doc("PortPairGroup", "g3", "{portPairs: [nope]}"),
+            "PortPairGroup \"g3\"",
+            "spec.portPairs[0]",
+            "does not exist",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g9]}"),
+            "PortChain \"c2\"",
+            "spec.portPairGroups[0]",
+            "does not exist",
+        );
+        rejects(
+            &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], flowClassifiers: [fc9]}",
+            ),
+            "PortChain \"c2\"",
+            "spec.flowClassifiers[0]",
+            "does not exist",
+        );
+        rejects(
+            &doc("PortPairGroup", "g3", "{portPairs: [pp1]}"),
+            "PortPairGroup \"g3\"",
+            "spec.portPairs[0]",
+            "at most one group",
+        );
+        rejects(
+            &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], flowClassifiers: [fc1]}",
+            ),
+            "PortChain \"c2\"",
+            "spec.flowClassifiers[0]",
+            "at most one chain",
+        );
+        rejects(
+            &(doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, sourceIpPrefix: 10.0.0.0/8, logicalSourcePort: src}",
+            ) + &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], flowClassifiers: [fc3]}",
+            )),
+            "FlowClassifier \"fc3\"",
+            "spec",
+            "overlaps FlowClassifier \"fc1\"",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g1, g2]}"),
+            "PortChain \"c2\"",
+            "spec.portPairGroups",
+            "same ordered groups",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{destinationPortRange: '80', logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.destinationPortRange",
+            "tcp or udp",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, sourcePortRange: '90:80', logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.sourcePortRange",
+            "min > max",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, sourcePortRange: '0', logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.sourcePortRange",
+            "1..65535",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{ethertype: IPv6, sourceIpPrefix: 10.0.0.0/8, logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.sourceIpPrefix",
+            "ethertype",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{destinationIpPrefix: 10.0.0.1/8, logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.destinationIpPrefix",
+            "10.0.0.0/8",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: ftp, logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.protocol",
+            "unknown protocol",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{ethertype: IPv4, protocol: icmpv6, logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.protocol",
+            "icmpv6",
+        );
+        rejects(
+            &doc("FlowClassifier", "fc3", "{logicalSourcePort: a-in}"),
+            "FlowClassifier \"fc3\"",
+            "spec.logicalSourcePort",
+            "SF port",
+        );
+        rejects(
+            &doc("PortPair", "pp3", "{ingress: a-in, egress: c-out}"),
+            "PortPair \"pp3\"",
+            "spec.ingress",
+            "already belongs",
+        );
+        rejects(
+            &doc(
+                "PortPair",
+                "pp3",
+                "{ingress: c-in, egress: c-out, weight: 300}",
+            ),
+            "PortPair \"pp3\"",
+            "spec.weight",
+            "1..255",
+        );
+        rejects(
+            &doc(
+                "PortPair",
+                "pp3",
+                "{ingress: c-in, egress: c-out, ingressMac: 'zz'}",
+            ),
+            "PortPair \"pp3\"",
+            "spec.ingressMac",
+            "MAC",
+        );
+        rejects(
+            &doc(
+                "PortPair",
+                "pp3",
+                "{ingress: this-name-is-too-long, egress: c-out}",
+            ),
+            "PortPair \"pp3\"",
+            "spec.ingress",
+            "interface name",
+        );
+        rejects(
+            &doc("PortPairGroup", "g3", "{portPairs: []}"),
+            "PortPairGroup \"g3\"",
+            "spec.portPairs",
+            "at least one",
+        );
+        rejects(
+            &doc("PortPairGroup", "g3", "{portPairs: [pp3]}").replace("pp3", "pp2"),
+            "PortPairGroup \"g3\"",
+            "spec.portPairs[0]",
+            "at most one group",
+        );
+        rejects(
+            &doc(
+                "PortPairGroup",
+                "g3",
+                "{portPairs: [pp1], lbFields: [vlan]}",
+            ),
+            "PortPairGroup \"g3\"",
+            "spec.lbFields[0]",
+            "unknown variant",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g2, g2]}"),
+            "PortChain \"c2\"",
+            "spec.portPairGroups[1]",
+            "appears twice",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g2], chainId: 0}"),
+            "PortChain \"c2\"",
+            "spec.chainId",
+            "1..65535",
+        );
+        rejects(
+            &(doc("PortChain", "c0", "{portPairGroups: [g1], chainId: 7}")
+                + &doc("PortChain", "c2", "{portPairGroups: [g2], chainId: 7}")),
+            "PortChain \"c2\"",
+            "spec.chainId",
+            "already the id",
+        );
+        rejects(&doc("PortChain", "c2", "{portPairGroups: [g2], flowClassifiers: [fc2], chainParameters: {symmetric: true}}"), "PortChain \"c2\"", "spec.chainParameters.symmetric", "logicalDestinationPort");
+        rejects(
+            &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], chainParameters: {correlation: mpls}}",
+            ),
+            "PortChain \"c2\"",
+            "spec.chainParameters.correlation",
+            "only none",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g2], colour: red}"),
+            "PortChain \"c2\"",
+            "spec.colour",
+            "unknown field `colour`",
+        );
+        rejects(
+            &doc("PortPair", "pp1", "{ingress: a-in, egress: a-out}"),
+            "PortPair \"pp1\"",
+            "metadata.name",
+            "appears twice",
+        );
+    }
+
+    #[test]
+    fn classifiers_of_chains_sharing_a_group_must_be_disjoint_even_from_other_ports() {
+        let shared = doc(
+            "FlowClassifier",
+            "fc3",
+            "{protocol: tcp, logicalSourcePort: other}",
+        ) + &doc(
+            "PortChain",
+            "c2",
+            "{portPairGroups: [g2], flowClassifiers: [fc3]}",
+        );
+        rejects(
+            &shared,
+            "FlowClassifier \"fc3\"",
+            "spec",
+            "both chains use PortPairGroup \"g2\"",
+        );
+        // From another port and through other groups, the same packets are fine.
+        let text = base()
+            + &doc("PortPair", "pp3", "{ingress: c-in, egress: c-out}")
+            + &doc("PortPairGroup", "g3", "{portPairs: [pp3]}")
+            + &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, logicalSourcePort: other}",
+            )
+            + &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g3], flowClassifiers: [fc3]}",
+            );
+        plan(
+            &State::default(),
+            &[("f.yaml".into(), text)],
+            &Interfaces::default(),
+        )
+        .unwrap();
+    }
+}
