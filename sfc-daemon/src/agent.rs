@@ -119,6 +119,8 @@ pub struct Agent {
     interfaces: Interfaces,
     /// The last reconcile error, logged once rather than every tick.
     last_error: Option<String>,
+    /// The dataplane reflects `state` on `interfaces`; false forces the next reconcile.
+    synced: bool,
 }
 
 impl Agent {
@@ -138,30 +140,43 @@ impl Agent {
             dataplane,
             interfaces: Interfaces::default(),
             last_error: None,
+            synced: false,
         };
         agent.reconcile();
         Ok(agent)
     }
 
-    /// Re-reads the interfaces and brings the dataplane in line with the desired state.
-    /// Cheap when nothing changed: the image is compared before anything is written.
+    /// Re-reads the interfaces and, when they changed, brings the dataplane in line with the
+    /// desired state. An unchanged namespace costs one netlink dump: no compile, no writes.
     pub fn reconcile(&mut self) {
-        match Interfaces::read() {
-            Ok(now) => self.interfaces = now,
+        let now = match Interfaces::read() {
+            Ok(now) => now,
             Err(e) => {
                 self.report(format!("reading interfaces: {e}"));
                 return;
             }
+        };
+        if self.synced && now == self.interfaces {
+            return;
         }
+        self.interfaces = now;
         let origins = Origins::new();
         let result = validate(&self.state, &origins)
             .and_then(|m| compile(&self.state, &m, &self.interfaces, &origins));
         match result {
             Ok(image) => match self.dataplane.apply(&image) {
-                Ok(()) => self.last_error = None,
+                Ok(()) => {
+                    self.synced = true;
+                    self.last_error = None;
+                }
                 Err(e) => self.report(format!("updating the dataplane: {e}")),
             },
-            Err(e) => self.report(format!("the applied state cannot be steered now: {e}")),
+            // Nothing better to do until the state or the interfaces change: the previous
+            // generation keeps steering.
+            Err(e) => {
+                self.synced = true;
+                self.report(format!("the applied state cannot be steered now: {e}"));
+            }
         }
     }
 
@@ -206,16 +221,15 @@ impl Agent {
         }
     }
 
-    fn refresh_interfaces(&mut self) {
-        if let Ok(now) = Interfaces::read() {
-            self.interfaces = now;
-        }
+    /// The interfaces as they are now, for compiling a request. `self.interfaces` is left to
+    /// `reconcile`, so that a change seen here still triggers it.
+    fn current_interfaces(&self) -> Interfaces {
+        Interfaces::read().unwrap_or_else(|_| self.interfaces.clone())
     }
 
     fn apply(&mut self, file: String, content: String, dry_run: bool) -> Response {
-        self.refresh_interfaces();
-        let (next, mut lines, image) = match plan(&self.state, &[(file, content)], &self.interfaces)
-        {
+        let interfaces = self.current_interfaces();
+        let (next, mut lines, image) = match plan(&self.state, &[(file, content)], &interfaces) {
             Ok(p) => p,
             Err(e) => return errors_response(e),
         };
@@ -232,7 +246,7 @@ impl Agent {
     }
 
     fn delete(&mut self, targets: Vec<(Kind, String)>) -> Response {
-        self.refresh_interfaces();
+        let interfaces = self.current_interfaces();
         let mut next = self.state.clone();
         let mut lines = Vec::new();
         for (kind, name) in &targets {
@@ -245,7 +259,7 @@ impl Agent {
         }
         let origins = Origins::new();
         let image = match validate(&next, &origins)
-            .and_then(|m| compile(&next, &m, &self.interfaces, &origins))
+            .and_then(|m| compile(&next, &m, &interfaces, &origins))
         {
             Ok(image) => image,
             Err(e) => {

@@ -93,7 +93,6 @@ fn demo_chain_steers_ipv4_and_ipv6_through_one_pg1_member_then_sf3() {
 #[test]
 fn traffic_that_matches_no_classifier_is_untouched() {
     let demo = Demo::build("nomatch").unwrap();
-    let mut flows = Flows::new();
     demo.lab.sfcctl(&["apply", "-f", &example_chain()]).unwrap();
     let before = demo.forwarded(false).unwrap();
     // ICMP does not match the tcp/80 classifier; neither does traffic in the other direction.
@@ -227,7 +226,6 @@ fn an_invalid_apply_changes_nothing() {
 #[test]
 fn kill_9_and_restart_keep_steering_and_state() {
     let mut demo = Demo::build("restart").unwrap();
-    let mut flows = Flows::new();
     let icmp = chain_file().replace("protocol: tcp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32\n  destinationPortRange: \"80\"", "protocol: icmp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32");
     assert_ne!(icmp, chain_file());
     apply(&demo, &icmp);
