@@ -386,3 +386,31 @@ fn cli_contract() {
     let c = demo.request_from(DST_V4, Some(flows.one())).unwrap();
     assert_eq!((c.status, c.forwarded), (200, [0, 0, 0]));
 }
+
+fn counter(demo: &Demo, name: &str) -> u64 {
+    let out = demo.lab.sfcctl(&["stats"]).unwrap();
+    out.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no counter {name} in:\n{out}"))
+}
+
+#[test]
+fn after_the_last_hop_traffic_goes_to_the_logical_destination_port() {
+    let demo = Demo::build("deliver").unwrap();
+    let mut flows = Flows::new();
+    let chain = chain_file().replace(
+        "  logicalSourcePort: vm-src\n",
+        "  logicalSourcePort: vm-src\n  logicalDestinationPort: vm-dst\n",
+    );
+    assert_ne!(chain, chain_file());
+    apply(&demo, &chain);
+    let before = counter(&demo, "delivered");
+    assert_demo_path(&requests(&demo, DST_V4, &mut flows), "IPv4, delivered");
+    assert_demo_path(&requests(&demo, DST_V6, &mut flows), "IPv6, delivered");
+    // Every packet that left SF3 was redirected straight to vm-dst by us.
+    let delivered = counter(&demo, "delivered") - before;
+    assert!(delivered >= 24 * 5, "only {delivered} packets delivered");
+}

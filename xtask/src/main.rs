@@ -2,8 +2,9 @@
 //! Every task installs what it needs first (idempotently), so each works on a fresh machine.
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -47,6 +48,7 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "bpftool",
     "curl",
+    "python3",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -248,12 +250,40 @@ fn test() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     step("cargo test (unit, BPF_PROG_TEST_RUN and end-to-end tests in namespaces)");
     let bin_dir = root().join("target/release");
-    status(
-        Command::new("cargo")
-            .args(["test", "--", "--test-threads=1"])
-            .env("SFC_BIN_DIR", bin_dir)
-            .current_dir(root()),
-    )
+    let mut child = Command::new("cargo")
+        .args(["test", "--", "--test-threads=1"])
+        .env("SFC_BIN_DIR", bin_dir)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Pass the output through and add up the per-binary results into one closing line.
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            for part in result.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(label), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match label {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let exit = child.wait()?;
+    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !exit.success() {
+        bail!("cargo test failed ({exit})");
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
