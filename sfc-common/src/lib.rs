@@ -170,8 +170,13 @@ pub struct Verdict {
     pub deliver_ifindex: u32,
     pub deliver_mac: [u8; 6],
     pub lb_fields: u8,
-    pub _pad: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
 }
+
+/// `Verdict::flags`: the packet enters a chain here (at a logical port): remember its
+/// destination MAC for the end of the chain.
+pub const FLAG_ENTRY: u8 = 1;
 
 /// Entry of `sfc_v1_ring`. `ifindex == 0` marks an empty table (no live member).
 #[repr(C)]

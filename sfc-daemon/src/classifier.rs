@@ -268,6 +268,17 @@ impl Match {
             && ranges_intersect(self.dport, other.dport)
     }
 
+    /// The match of the reverse direction: source and destination swapped.
+    pub fn reversed(&self) -> Match {
+        Match {
+            sport: self.dport,
+            dport: self.sport,
+            src: self.dst,
+            dst: self.src,
+            ..self.clone()
+        }
+    }
+
     /// The masked (mask, key) pairs that together match exactly this classifier. Keys carry no
     /// generation, tuple or domain yet; the compiler fills those in.
     pub fn expand(&self) -> Vec<(TupleMask, ClassKey)> {

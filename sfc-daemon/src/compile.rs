@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sfc_common::{
-    action, ClassKey, Member, PortValue, TupleMask, Verdict, CLASSIFY_CAPACITY, MAX_TUPLES,
-    PORTS_CAPACITY, RING_SIZE, SLOTS_PER_GEN,
+    action, ClassKey, Member, PortValue, TupleMask, Verdict, CLASSIFY_CAPACITY, FLAG_ENTRY,
+    MAX_TUPLES, PORTS_CAPACITY, RING_SIZE, SLOTS_PER_GEN,
 };
 
 use crate::{
@@ -84,20 +84,28 @@ pub fn compile(
         message,
     };
 
-    // Group tables, for groups that some chain uses.
+    // Group tables: one per group that some chain uses (forward: into the members' ingress),
+    // and one more per group of a symmetric chain (reverse: into their egress). Both come from
+    // one Maglev table, so a flow's two directions meet the same instance.
     let used_groups: BTreeSet<&String> = state
         .port_chains
         .values()
         .flat_map(|c| &c.port_pair_groups)
         .collect();
-    if used_groups.len() > SLOTS_PER_GEN as usize {
+    let reverse_groups: BTreeSet<&String> = state
+        .port_chains
+        .values()
+        .filter(|c| c.chain_parameters.symmetric)
+        .flat_map(|c| &c.port_pair_groups)
+        .collect();
+    let slots_needed = used_groups.len() + reverse_groups.len();
+    if slots_needed > SLOTS_PER_GEN as usize {
         errors.push(err(
             Kind::PortPairGroup,
             used_groups.iter().last().map(|s| s.as_str()).unwrap_or(""),
             "",
             format!(
-                "{} groups are in use; this node supports at most {SLOTS_PER_GEN}",
-                used_groups.len()
+                "{slots_needed} group tables are needed (groups in use, twice for symmetric chains); this node supports at most {SLOTS_PER_GEN}"
             ),
         ));
         return Err(ConfigErrors(errors));
@@ -107,121 +115,201 @@ pub fn compile(
         .enumerate()
         .map(|(i, g)| (*g, i as u32))
         .collect();
+    let reverse_slot: BTreeMap<&String, u32> = reverse_groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (*g, (used_groups.len() + i) as u32))
+        .collect();
+    let mut reverse_rings = Vec::new();
     for group in &used_groups {
+        let symmetric = reverse_groups.contains(group);
         let spec = &state.port_pair_groups[*group];
-        let mut live: Vec<(&str, u32, Member)> = Vec::new();
+        let mut live: Vec<(&str, u32, Member, Member)> = Vec::new();
         for pp_name in &spec.port_pairs {
             let pp = &state.port_pairs[pp_name];
-            let Some(link) = interfaces.links.get(&pp.ingress) else {
-                image.notes.push(format!(
-                    "PortPair {pp_name:?}: ingress interface {:?} is not present; the member is skipped until it appears",
-                    pp.ingress
-                ));
-                continue;
-            };
-            let member_mac = match &pp.ingress_mac {
-                Some(text) => mac(text),
-                None => interfaces.peer_macs.get(&pp.ingress).copied(),
-            };
-            let Some(member_mac) = member_mac else {
-                errors.push(err(
-                    Kind::PortPair,
-                    pp_name,
-                    "spec.ingressMac",
-                    format!(
-                        "the MAC of the SF behind {:?} cannot be discovered (it is not a veth); set ingressMac",
-                        pp.ingress
-                    ),
-                ));
-                continue;
-            };
-            live.push((
-                pp_name,
-                pp.weight,
-                Member {
+            let mut side = |iface: &String, configured: &Option<String>, field: &str| {
+                let Some(link) = interfaces.links.get(iface) else {
+                    image.notes.push(format!(
+                        "PortPair {pp_name:?}: interface {iface:?} is not present; the member is skipped until it appears"
+                    ));
+                    return None;
+                };
+                let discovered = match configured {
+                    Some(text) => mac(text),
+                    None => interfaces.peer_macs.get(iface).copied(),
+                };
+                let Some(member_mac) = discovered else {
+                    errors.push(err(
+                        Kind::PortPair,
+                        pp_name,
+                        field,
+                        format!(
+                            "the MAC of the SF behind {iface:?} cannot be discovered (it is not a veth); set {}",
+                            field.trim_start_matches("spec.")
+                        ),
+                    ));
+                    return None;
+                };
+                Some(Member {
                     ifindex: link.index,
                     mac: member_mac,
                     _pad: [0; 2],
-                },
-            ));
+                })
+            };
+            let Some(ingress) = side(&pp.ingress, &pp.ingress_mac, "spec.ingressMac") else {
+                continue;
+            };
+            let egress = if !symmetric {
+                Member::default()
+            } else if pp.egress == pp.ingress {
+                Member {
+                    mac: pp
+                        .egress_mac
+                        .as_deref()
+                        .and_then(mac)
+                        .unwrap_or(ingress.mac),
+                    ..ingress
+                }
+            } else {
+                match side(&pp.egress, &pp.egress_mac, "spec.egressMac") {
+                    Some(m) => m,
+                    None => continue,
+                }
+            };
+            live.push((pp_name, pp.weight, ingress, egress));
         }
-        let weights: Vec<(&str, u32)> = live.iter().map(|(n, w, _)| (*n, *w)).collect();
-        let ring = maglev::table(&weights, RING_SIZE)
-            .into_iter()
-            .map(|i| live[i].2)
-            .collect::<Vec<_>>();
-        image.rings.push(if ring.is_empty() {
-            vec![Member::default(); RING_SIZE as usize]
-        } else {
-            ring
-        });
+        let weights: Vec<(&str, u32)> = live.iter().map(|(n, w, _, _)| (*n, *w)).collect();
+        let table = maglev::table(&weights, RING_SIZE);
+        let ring = |pick: fn(&(&str, u32, Member, Member)) -> Member| -> Vec<Member> {
+            if table.is_empty() {
+                vec![Member::default(); RING_SIZE as usize]
+            } else {
+                table.iter().map(|&i| pick(&live[i])).collect()
+            }
+        };
+        image.rings.push(ring(|m| m.2));
+        if symmetric {
+            reverse_rings.push(ring(|m| m.3));
+        }
     }
+    image.rings.extend(reverse_rings);
 
-    // Classification domains: one per logical source port, one per group (its egress side).
-    let lsp_domain: BTreeMap<&String, u32> = state
+    // Classification domains: one per logical port (where chains start, forward or reverse),
+    // and per group one for what leaves its members' egress and, for symmetric chains, one
+    // for what leaves their ingress (the same one where a member uses one interface for both).
+    let logical_ports: BTreeSet<&String> = state
         .port_chains
         .values()
-        .flat_map(|c| &c.flow_classifiers)
-        .filter_map(|fc| state.flow_classifiers.get(fc))
-        .map(|fc| &fc.logical_source_port)
-        .collect::<BTreeSet<_>>()
+        .flat_map(|c| {
+            c.flow_classifiers
+                .iter()
+                .filter_map(|fc| state.flow_classifiers.get(fc))
+                .flat_map(|fc| {
+                    std::iter::once(&fc.logical_source_port).chain(
+                        fc.logical_destination_port
+                            .as_ref()
+                            .filter(|_| c.chain_parameters.symmetric),
+                    )
+                })
+        })
+        .collect();
+    let port_domain: BTreeMap<&String, u32> = logical_ports
         .into_iter()
         .enumerate()
         .map(|(i, p)| (p, i as u32 + 1))
         .collect();
     let group_domain = |g: &String| GROUP_DOMAIN_BASE + slot[g];
+    let reverse_domain = |g: &String| {
+        let shared = state.port_pair_groups[g]
+            .port_pairs
+            .iter()
+            .any(|pp| state.port_pairs[pp].ingress == state.port_pairs[pp].egress);
+        if shared {
+            group_domain(g)
+        } else {
+            GROUP_DOMAIN_BASE + reverse_slot[g]
+        }
+    };
+    // Where a chain ends: redirected to a logical port (with the MAC of the NIC behind it,
+    // when known), or handed to normal forwarding with the original destination MAC.
+    let end = |chain_id: u16, hop: u8, port: Option<&String>| match port
+        .and_then(|p| interfaces.links.get(p).map(|l| (p, l)))
+    {
+        Some((name, link)) => Verdict {
+            chain_id,
+            hop,
+            action: action::DELIVER,
+            deliver_ifindex: link.index,
+            deliver_mac: interfaces.peer_macs.get(name).copied().unwrap_or_default(),
+            ..Default::default()
+        },
+        None => Verdict {
+            chain_id,
+            hop,
+            action: action::FORWARD,
+            ..Default::default()
+        },
+    };
 
     let mut entries = Vec::new();
     for chain in state.port_chains.values() {
         let chain_id = chain.chain_id.unwrap_or(0) as u16;
         let hops = &chain.port_pair_groups;
-        let steer = |hop: usize| {
-            let g = &hops[hop];
-            Verdict {
-                chain_id,
-                hop: hop as u8,
-                action: action::STEER,
-                slot: slot[g],
-                lb_fields: state.port_pair_groups[g]
-                    .lb_fields
-                    .iter()
-                    .fold(0, |acc, f| acc | f.bit()),
-                ..Default::default()
-            }
+        let n = hops.len();
+        let steer = |hop: usize, slot: u32| Verdict {
+            chain_id,
+            hop: hop as u8,
+            action: action::STEER,
+            slot,
+            lb_fields: state.port_pair_groups[&hops[hop]]
+                .lb_fields
+                .iter()
+                .fold(0, |acc, f| acc | f.bit()),
+            ..Default::default()
+        };
+        let entry = |v: Verdict| Verdict {
+            flags: FLAG_ENTRY,
+            ..v
         };
         for fc_name in &chain.flow_classifiers {
             let fc = &state.flow_classifiers[fc_name];
-            let m = &matches[fc_name];
-            let deliver = match fc
-                .logical_destination_port
-                .as_ref()
-                .and_then(|p| interfaces.links.get(p).map(|l| (p, l)))
-            {
-                Some((name, link)) => Verdict {
-                    chain_id,
-                    hop: hops.len() as u8,
-                    action: action::DELIVER,
-                    deliver_ifindex: link.index,
-                    deliver_mac: interfaces.peer_macs.get(name).copied().unwrap_or_default(),
-                    ..Default::default()
-                },
-                None => Verdict {
-                    chain_id,
-                    hop: hops.len() as u8,
-                    action: action::FORWARD,
-                    ..Default::default()
-                },
-            };
-            let mut targets = vec![(lsp_domain[&fc.logical_source_port], steer(0))];
-            for k in 0..hops.len() {
-                let next = if k + 1 < hops.len() {
-                    steer(k + 1)
+            let forward = &matches[fc_name];
+            // Forward: enter at the source port, then from each group's egress to the next.
+            let mut targets = vec![(
+                forward.clone(),
+                port_domain[&fc.logical_source_port],
+                entry(steer(0, slot[&hops[0]])),
+            )];
+            for k in 0..n {
+                let next = if k + 1 < n {
+                    steer(k + 1, slot[&hops[k + 1]])
                 } else {
-                    deliver
+                    end(chain_id, n as u8, fc.logical_destination_port.as_ref())
                 };
-                targets.push((group_domain(&hops[k]), next));
+                targets.push((forward.clone(), group_domain(&hops[k]), next));
             }
-            for (domain, verdict) in targets {
+            // Reverse (symmetric chains): enter at the destination port, cross the same
+            // groups backwards through their egress, end at the source port.
+            if let (true, Some(ldp)) = (
+                chain.chain_parameters.symmetric,
+                fc.logical_destination_port.as_ref(),
+            ) {
+                let reverse = forward.reversed();
+                targets.push((
+                    reverse.clone(),
+                    port_domain[ldp],
+                    entry(steer(n - 1, reverse_slot[&hops[n - 1]])),
+                ));
+                for k in 0..n {
+                    let next = if k > 0 {
+                        steer(k - 1, reverse_slot[&hops[k - 1]])
+                    } else {
+                        end(chain_id, n as u8, Some(&fc.logical_source_port))
+                    };
+                    targets.push((reverse.clone(), reverse_domain(&hops[k]), next));
+                }
+            }
+            for (m, domain, verdict) in targets {
                 for (mask, key) in m.expand() {
                     entries.push(Entry {
                         domain,
@@ -320,10 +408,13 @@ pub fn compile(
         }
         Some(value)
     };
-    let mut wanted: Vec<(&String, u32)> = lsp_domain.iter().map(|(p, d)| (*p, *d)).collect();
+    let mut wanted: Vec<(&String, u32)> = port_domain.iter().map(|(p, d)| (*p, *d)).collect();
     for g in &used_groups {
         for pp in &state.port_pair_groups[*g].port_pairs {
             wanted.push((&state.port_pairs[pp].egress, group_domain(g)));
+            if reverse_groups.contains(g) {
+                wanted.push((&state.port_pairs[pp].ingress, reverse_domain(g)));
+            }
         }
     }
     for (iface, domain) in wanted {

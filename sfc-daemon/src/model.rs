@@ -76,6 +76,10 @@ pub struct PortPairSpec {
     pub egress: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_mac: Option<String>,
+    /// MAC of the SF's NIC behind `egress` (an extension: reverse traffic of symmetric chains
+    /// is sent there); discovered like `ingressMac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_mac: Option<String>,
     #[serde(default = "default_weight", skip_serializing_if = "is_default_weight")]
     pub weight: u32,
 }

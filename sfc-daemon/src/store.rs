@@ -113,6 +113,7 @@ mod tests {
                 ingress: "a".into(),
                 egress: "b".into(),
                 ingress_mac: None,
+                egress_mac: None,
                 weight: 3,
             },
         );

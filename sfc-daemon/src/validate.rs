@@ -95,14 +95,19 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
                 format!("{} is out of range; use 1..255", pp.weight),
             );
         }
-        if let Some(m) = &pp.ingress_mac {
-            if mac(m).is_none() {
-                r.push(
-                    Kind::PortPair,
-                    name,
-                    "spec.ingressMac",
-                    format!("{m:?} is not a unicast MAC; use the form 02:00:00:00:00:01"),
-                );
+        for (field, value) in [
+            ("spec.ingressMac", &pp.ingress_mac),
+            ("spec.egressMac", &pp.egress_mac),
+        ] {
+            if let Some(m) = value {
+                if mac(m).is_none() {
+                    r.push(
+                        Kind::PortPair,
+                        name,
+                        field,
+                        format!("{m:?} is not a unicast MAC; use the form 02:00:00:00:00:01"),
+                    );
+                }
             }
         }
         let mut ifaces = vec![("spec.ingress", pp.ingress.as_str())];
@@ -312,13 +317,15 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
                     r.push(Kind::PortChain, name, "spec.chainParameters.symmetric", format!("FlowClassifier {fc:?} has no logicalDestinationPort; symmetric chains need one on every classifier"));
                 }
             }
-            r.push(
-                Kind::PortChain,
-                name,
-                "spec.chainParameters.symmetric",
-                "symmetric chains are not supported by this version yet; set symmetric: false"
-                    .into(),
-            );
+            for (i, g) in groups.iter().enumerate() {
+                if state
+                    .port_pair_groups
+                    .get(g)
+                    .is_some_and(|g| !g.lb_fields.is_empty())
+                {
+                    r.push(Kind::PortChain, name, &format!("spec.portPairGroups[{i}]"), format!("PortPairGroup {g:?} sets lbFields; in a symmetric chain a group must use the default symmetric 5-tuple so that both directions of a flow pick the same instance"));
+                }
+            }
         }
         if pc.chain_parameters.correlation != Correlation::None {
             r.push(Kind::PortChain, name, "spec.chainParameters.correlation", "only none is supported: this dataplane steers on one node and needs no encapsulation".into());
@@ -683,6 +690,30 @@ mod tests {
             "metadata.name",
             "appears twice",
         );
+    }
+
+    #[test]
+    fn symmetric_chains_need_symmetric_hashing() {
+        let text = base().replace(
+            "{portPairs: [pp2]}",
+            "{portPairs: [pp2], lbFields: [ip_src]}",
+        ) + &doc(
+            "FlowClassifier",
+            "fc3",
+            "{protocol: icmp, logicalSourcePort: x, logicalDestinationPort: y}",
+        ) + &doc(
+            "PortChain",
+            "c2",
+            "{portPairGroups: [g2], flowClassifiers: [fc3], chainParameters: {symmetric: true}}",
+        );
+        let err = plan(
+            &State::default(),
+            &[("f.yaml".into(), text)],
+            &Interfaces::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("f.yaml: PortChain \"c2\": spec.portPairGroups[0]: PortPairGroup \"g2\" sets lbFields"), "{err}");
     }
 
     #[test]

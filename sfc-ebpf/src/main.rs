@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use sfc_common::{
     action, stat, ClassKey, FlowTuple, HashInput, Member, PortKey, PortValue, Verdict,
-    CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, FLOWS_CAPACITY, MAX_TUPLES, PORTS_CAPACITY,
-    RING_SIZE, SLOTS_PER_GEN,
+    CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, FLAG_ENTRY, FLOWS_CAPACITY, MAX_TUPLES,
+    PORTS_CAPACITY, RING_SIZE, SLOTS_PER_GEN,
 };
 
 use crate::parse::{parse, Packet, ParseError};
@@ -182,7 +182,7 @@ fn to_member(ctx: &TcContext, pkt: &Packet, verdict: Verdict) -> i32 {
             return TC_ACT_SHOT;
         }
     };
-    if verdict.hop == 0 {
+    if verdict.flags & FLAG_ENTRY != 0 {
         remember_destination_mac(pkt);
     }
     if ctx.store(0, &member.mac, 0).is_err() {

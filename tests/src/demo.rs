@@ -1,6 +1,7 @@
 //! The networking-sfc demo topology, in namespaces: a "node" with a bridge and the host-side
-//! veths; a source VM; a destination VM serving HTTP; three SF VMs that route (ip_forward and a
-//! static route to the destination through their egress NIC). PG1 = {SF1, SF2}, PG2 = {SF3}.
+//! veths; a source VM; a destination VM serving HTTP; three SF VMs that route (ip_forward, a
+//! static route to the destination through their egress NIC and one back to the source through
+//! their ingress NIC, for symmetric chains). PG1 = {SF1, SF2}, PG2 = {SF3}.
 //!
 //! ```text
 //!            node namespace: bridge br0 + sfc-daemon (TC programs on vm-src, sfN-out)
@@ -95,7 +96,9 @@ impl Demo {
                      ip -6 addr add fd00:5fc::{n}1/64 dev eth-in nodad && \
                      ip -6 addr add fd00:5fc::{n}2/128 dev eth-out nodad && \
                      ip route add {DST_V4}/32 dev eth-out && \
-                     ip -6 route add {DST_V6}/128 dev eth-out"
+                     ip -6 route add {DST_V6}/128 dev eth-out && \
+                     ip route add {SRC_V4}/32 dev eth-in && \
+                     ip -6 route add {SRC_V6}/128 dev eth-in"
                 ),
             )?;
         }
@@ -135,6 +138,18 @@ impl Demo {
             ),
         )?;
         Ok(out.trim().parse().unwrap_or(0))
+    }
+
+    /// Packets each SF sent out of its ingress NIC: the reverse direction of a chain.
+    pub fn sent_back(&self) -> Result<[u64; 3]> {
+        let mut out = [0; 3];
+        for (i, sf) in SFS.iter().enumerate() {
+            let text = self
+                .lab
+                .sh(sf, "cat /sys/class/net/eth-in/statistics/tx_packets")?;
+            out[i] = text.trim().parse()?;
+        }
+        Ok(out)
     }
 
     pub fn forwarded(&self, v6: bool) -> Result<[u64; 3]> {

@@ -414,3 +414,46 @@ fn after_the_last_hop_traffic_goes_to_the_logical_destination_port() {
     let delivered = counter(&demo, "delivered") - before;
     assert!(delivered >= 24 * 5, "only {delivered} packets delivered");
 }
+
+#[test]
+fn a_symmetric_chain_sends_replies_back_through_the_same_instances() {
+    let demo = Demo::build("sym").unwrap();
+    let mut flows = Flows::new();
+    let chain = chain_file()
+        .replace(
+            "  logicalSourcePort: vm-src\n",
+            "  logicalSourcePort: vm-src\n  logicalDestinationPort: vm-dst\n",
+        )
+        .replace(
+            "  flowClassifiers: [FC1, FC1-v6]",
+            "  flowClassifiers: [FC1, FC1-v6]\n  chainParameters: {symmetric: true}",
+        );
+    apply(&demo, &chain);
+    let mut used = [false; 2];
+    for port in flows.next() {
+        let back_before = demo.sent_back().unwrap();
+        let c = demo.request_from(DST_V4, Some(port)).unwrap();
+        let back = demo.sent_back().unwrap();
+        assert_eq!(c.status, 200, "{c:?}");
+        let member = if c.forwarded[0] > 0 { 0 } else { 1 };
+        used[member] = true;
+        // Both directions of the connection cross one PG1 member and SF3, and nothing else:
+        // the member's and SF3's counts match, the other member saw nothing.
+        assert_eq!(c.forwarded[1 - member], 0, "{c:?}");
+        assert_eq!(c.forwarded[member], c.forwarded[2], "{c:?}");
+        assert!(c.forwarded[2] >= 10, "replies did not cross the SFs: {c:?}");
+        // The replies left through the SFs' ingress NICs (reverse direction).
+        for sf in [member, 2] {
+            assert!(
+                back[sf] - back_before[sf] >= 4,
+                "SF{} sent no replies back: {back_before:?} -> {back:?}",
+                sf + 1
+            );
+        }
+    }
+    assert_eq!(
+        used,
+        [true, true],
+        "both PG1 members should carry connections"
+    );
+}
