@@ -523,3 +523,30 @@ fn classifier_cost() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn weights_share_flows_in_proportion() {
+    let yaml = chain_yaml()
+        .replace(
+            "spec: {ingress: sfa-in, egress: sfa-out}",
+            "spec: {ingress: sfa-in, egress: sfa-out, weight: 1}",
+        )
+        .replace(
+            "spec: {ingress: sfb-in, egress: sfb-out}",
+            "spec: {ingress: sfb-in, egress: sfb-out, weight: 3}",
+        );
+    assert_ne!(yaml, chain_yaml());
+    let mut sb = sandbox(&yaml);
+    let a = peer_mac("sfa-in");
+    let flows = 1000u16;
+    let on_a = (0..flows)
+        .filter(|i| run_on(&mut sb, &tcp4(20000 + i, 80), 0).1[0..6] == a)
+        .count() as f64;
+    let share_a = on_a / flows as f64;
+    println!("weight 1 member: {share_a:.3} of {flows} flows; weight 3 member: {:.3}", 1.0 - share_a);
+    // Within ±10% of each member's weight share (25% and 75%).
+    assert!(
+        (share_a - 0.25).abs() <= 0.025,
+        "weight-1 member got {share_a:.3} of the flows"
+    );
+}
