@@ -2,12 +2,9 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v1_*`): a daemon that changes a layout bumps the version and gets fresh maps
-//! instead of misreading pinned ones.
+//! version (`sfc_v1_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! maps instead of misreading pinned ones.
 #![no_std]
-
-/// Bumped whenever a key or value layout changes.
-pub const ABI_VERSION: u32 = 1;
 
 pub const MAP_CONFIG: &str = "sfc_v1_config";
 pub const MAP_PORTS: &str = "sfc_v1_ports";

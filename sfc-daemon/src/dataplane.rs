@@ -387,10 +387,6 @@ impl Dataplane {
         info!(iface, ifindex, "detached");
         self.attached.remove(iface);
     }
-
-    pub fn attached(&self) -> &BTreeMap<String, u32> {
-        &self.attached
-    }
 }
 
 fn remove_ok(r: Result<(), MapError>) -> Result<(), MapError> {
