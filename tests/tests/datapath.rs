@@ -543,7 +543,10 @@ fn weights_share_flows_in_proportion() {
         .filter(|i| run_on(&mut sb, &tcp4(20000 + i, 80), 0).1[0..6] == a)
         .count() as f64;
     let share_a = on_a / flows as f64;
-    println!("weight 1 member: {share_a:.3} of {flows} flows; weight 3 member: {:.3}", 1.0 - share_a);
+    println!(
+        "weight 1 member: {share_a:.3} of {flows} flows; weight 3 member: {:.3}",
+        1.0 - share_a
+    );
     // Within ±10% of each member's weight share (25% and 75%).
     assert!(
         (share_a - 0.25).abs() <= 0.025,
