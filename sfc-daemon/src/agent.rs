@@ -13,7 +13,7 @@ use crate::{
     model::{Kind, Object, State},
     protocol::{Request, Response},
     store::{Store, StoreError},
-    validate::{validate, Origins},
+    validate::Origins,
 };
 
 #[derive(Debug, Error)]
@@ -65,8 +65,7 @@ pub fn plan(
         next.upsert(s.object);
     }
     keep_and_assign_chain_ids(&mut next, current);
-    let matches = validate(&next, &origins)?;
-    let image = compile(&next, &matches, interfaces, &origins)?;
+    let image = compile(&next, interfaces, &origins)?;
     Ok((next, lines, image))
 }
 
@@ -161,9 +160,7 @@ impl Agent {
         }
         self.interfaces = now;
         let origins = Origins::new();
-        let result = validate(&self.state, &origins)
-            .and_then(|m| compile(&self.state, &m, &self.interfaces, &origins));
-        match result {
+        match compile(&self.state, &self.interfaces, &origins) {
             Ok(image) => match self.dataplane.apply(&image) {
                 Ok(()) => {
                     self.synced = true;
@@ -258,9 +255,7 @@ impl Agent {
             lines.push(format!("{}/{name} {verb}", kind.as_str().to_lowercase()));
         }
         let origins = Origins::new();
-        let image = match validate(&next, &origins)
-            .and_then(|m| compile(&next, &m, &interfaces, &origins))
-        {
+        let image = match compile(&next, &interfaces, &origins) {
             Ok(image) => image,
             Err(e) => {
                 let mut r = errors_response(e);

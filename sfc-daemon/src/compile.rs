@@ -15,7 +15,7 @@ use crate::{
     maglev,
     model::{Kind, State},
     netlink::Link,
-    validate::{mac, Origins, APPLIED},
+    validate::{mac, validate, Origins, APPLIED},
 };
 
 /// The interfaces of the node namespace, as the compiler needs them.
@@ -65,7 +65,17 @@ struct Entry {
 
 const GROUP_DOMAIN_BASE: u32 = 0x0001_0000;
 
+/// Checks the whole state (all-or-nothing) and compiles it against `interfaces`.
 pub fn compile(
+    state: &State,
+    interfaces: &Interfaces,
+    origins: &Origins,
+) -> Result<Image, ConfigErrors> {
+    let matches = validate(state, origins)?;
+    build(state, &matches, interfaces, origins)
+}
+
+fn build(
     state: &State,
     matches: &BTreeMap<String, Match>,
     interfaces: &Interfaces,

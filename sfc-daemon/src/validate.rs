@@ -21,6 +21,41 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// Checks a list of references whose targets each belong to one owner only: every name
+    /// resolves, and none is listed twice or already claimed by another owner.
+    fn exclusive_refs<'s, V>(
+        &mut self,
+        (kind, owner, field): (Kind, &'s str, &str),
+        refs: &'s [String],
+        (target_kind, targets): (Kind, &BTreeMap<String, V>),
+        claimed: &mut BTreeMap<&'s str, &'s str>,
+        rule: &str,
+    ) {
+        for (i, target) in refs.iter().enumerate() {
+            let field = format!("{field}[{i}]");
+            if !targets.contains_key(target) {
+                self.push(
+                    kind,
+                    owner,
+                    &field,
+                    format!("{target_kind} {target:?} does not exist; apply it first or in the same file"),
+                );
+            }
+            if let Some(other) = claimed.insert(target, owner) {
+                let what = if other == owner {
+                    "is listed twice".to_string()
+                } else {
+                    format!("is already in {kind} {other:?}")
+                };
+                self.push(
+                    kind,
+                    owner,
+                    &field,
+                    format!("{target_kind} {target:?} {what}; {rule}"),
+                );
+            }
+        }
+    }
     fn push(&mut self, kind: Kind, name: &str, field: &str, message: String) {
         let file = self
             .origins
@@ -132,30 +167,13 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
                 "is empty; list at least one PortPair".into(),
             );
         }
-        for (i, pp) in g.port_pairs.iter().enumerate() {
-            let field = format!("spec.portPairs[{i}]");
-            if !state.port_pairs.contains_key(pp) {
-                r.push(
-                    Kind::PortPairGroup,
-                    name,
-                    &field,
-                    format!("PortPair {pp:?} does not exist; apply it first or in the same file"),
-                );
-            }
-            if let Some(other) = pair_group.insert(pp, name) {
-                let what = if other == name {
-                    "is listed twice".to_string()
-                } else {
-                    format!("is already in PortPairGroup {other:?}")
-                };
-                r.push(
-                    Kind::PortPairGroup,
-                    name,
-                    &field,
-                    format!("PortPair {pp:?} {what}; a PortPair is in at most one group"),
-                );
-            }
-        }
+        r.exclusive_refs(
+            (Kind::PortPairGroup, name, "spec.portPairs"),
+            &g.port_pairs,
+            (Kind::PortPair, &state.port_pairs),
+            &mut pair_group,
+            "a PortPair is in at most one group",
+        );
         if g.tap_enabled {
             if g.port_pairs.len() != 1 {
                 r.push(
@@ -260,34 +278,13 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
                 format!("PortChain {other:?} has the same ordered groups; two chains must differ"),
             );
         }
-        for (i, fc) in pc.flow_classifiers.iter().enumerate() {
-            let field = format!("spec.flowClassifiers[{i}]");
-            if !state.flow_classifiers.contains_key(fc) {
-                r.push(
-                    Kind::PortChain,
-                    name,
-                    &field,
-                    format!(
-                        "FlowClassifier {fc:?} does not exist; apply it first or in the same file"
-                    ),
-                );
-            }
-            if let Some(other) = fc_chain.insert(fc, name) {
-                let what = if other == name {
-                    "is listed twice".to_string()
-                } else {
-                    format!("is already used by PortChain {other:?}")
-                };
-                r.push(
-                    Kind::PortChain,
-                    name,
-                    &field,
-                    format!(
-                        "FlowClassifier {fc:?} {what}; a classifier belongs to at most one chain"
-                    ),
-                );
-            }
-        }
+        r.exclusive_refs(
+            (Kind::PortChain, name, "spec.flowClassifiers"),
+            &pc.flow_classifiers,
+            (Kind::FlowClassifier, &state.flow_classifiers),
+            &mut fc_chain,
+            "a classifier belongs to at most one chain",
+        );
         if let Some(id) = pc.chain_id {
             if !(1..=65535).contains(&id) {
                 r.push(
