@@ -2,16 +2,18 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v1_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! version (`sfc_v2_*`): a change of any layout here bumps it, so that a new daemon gets fresh
 //! maps instead of misreading pinned ones.
 #![no_std]
 
-pub const MAP_CONFIG: &str = "sfc_v1_config";
-pub const MAP_PORTS: &str = "sfc_v1_ports";
-pub const MAP_CLASSIFY: &str = "sfc_v1_classify";
-pub const MAP_RING: &str = "sfc_v1_ring";
-pub const MAP_FLOWS: &str = "sfc_v1_flows";
-pub const MAP_STATS: &str = "sfc_v1_stats";
+pub const MAP_CONFIG: &str = "sfc_v2_config";
+pub const MAP_PORTS: &str = "sfc_v2_ports";
+pub const MAP_CLASSIFY: &str = "sfc_v2_classify";
+pub const MAP_RING: &str = "sfc_v2_ring";
+pub const MAP_FLOWS: &str = "sfc_v2_flows";
+pub const MAP_PINS: &str = "sfc_v2_pins";
+pub const MAP_STATS: &str = "sfc_v2_stats";
+pub const MAP_COUNTERS: &str = "sfc_v2_counters";
 pub const PROGRAM_TC: &str = "sfc_tc";
 
 /// Distinct match shapes (prefix lengths, port-prefix lengths, protocol) probed per interface.
@@ -28,12 +30,24 @@ pub const SLOTS_PER_GEN: u32 = 512;
 pub const CLASSIFY_CAPACITY: u32 = 1 << 20;
 /// Interfaces with a program, times two generations.
 pub const PORTS_CAPACITY: u32 = 8192;
-/// Flows whose original destination MAC is remembered for delivery after the last hop.
+/// Flows in a chain (per direction): their generation, packets in flight and original
+/// destination MAC. LRU: an evicted flow simply starts over on the active generation.
 pub const FLOWS_CAPACITY: u32 = 65536;
+/// Flow-to-member pins (per group and flow hash). LRU.
+pub const PINS_CAPACITY: u32 = 131072;
+/// Per-chain counters (chain, position, direction) per generation; index 0 is "none".
+pub const COUNTERS_PER_GEN: u32 = 16384;
 
-/// `sfc_v1_config` index holding the epoch; the active generation is `epoch & 1`.
+/// `sfc_v2_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
-pub const CONFIG_ENTRIES: u32 = 1;
+/// `sfc_v2_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
+pub const CONFIG_FLIP_NS: u32 = 1;
+pub const CONFIG_ENTRIES: u32 = 2;
+
+/// After a flip, a flow with packets still inside its chain keeps the old generation until
+/// they are out, but never longer than this; the agent leaves a retired generation intact for
+/// twice as long before it reuses it.
+pub const GENERATION_LEASE_NS: u64 = 100_000_000;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -66,7 +80,7 @@ pub mod action {
     pub const FORWARD: u8 = 3;
 }
 
-/// Indexes of the per-CPU `sfc_v1_stats` counters (summed over CPUs when read).
+/// Indexes of the per-CPU `sfc_v2_stats` counters (summed over CPUs when read).
 pub mod stat {
     /// Packets sent into an SF.
     pub const STEERED: u32 = 0;
@@ -86,7 +100,11 @@ pub mod stat {
     pub const NO_MEMBER: u32 = 7;
     /// The redirect helper refused (target interface gone), dropped by the kernel.
     pub const REDIRECT_FAILED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Copies sent to a tap SF.
+    pub const TAPPED: u32 = 9;
+    /// Copies a tap SF could not be sent (clone failed); the original continues.
+    pub const TAP_FAILED: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const NAMES: [&str; COUNT as usize] = [
         "steered",
         "delivered",
@@ -97,10 +115,12 @@ pub mod stat {
         "fragment",
         "no_member",
         "redirect_failed",
+        "tapped",
+        "tap_failed",
     ];
 }
 
-/// Key of `sfc_v1_classify`: a packet's fields, masked by one tuple of its interface.
+/// Key of `sfc_v2_classify`: a packet's fields, masked by one tuple of its interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClassKey {
@@ -135,7 +155,7 @@ pub struct TupleMask {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v1_ports`.
+/// Key of `sfc_v2_ports`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -143,17 +163,23 @@ pub struct PortKey {
     pub gen: u32,
 }
 
-/// Value of `sfc_v1_ports`: the domain packets arriving on this interface are classified in and
+/// Value of `sfc_v2_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortValue {
     pub domain: u32,
-    pub n_tuples: u32,
+    pub n_tuples: u16,
+    /// `PORT_*` bits.
+    pub flags: u16,
     pub tuples: [TupleMask; MAX_TUPLES],
 }
 
-/// Value of `sfc_v1_classify`.
+/// `PortValue::flags`: a logical port, where chains start. Only there may a flow move to a
+/// newer generation; everywhere else it stays on the one it entered with.
+pub const PORT_ENTRY: u16 = 1;
+
+/// Value of `sfc_v2_classify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Verdict {
@@ -164,18 +190,29 @@ pub struct Verdict {
     /// Group table of that hop (absolute: generation base included); ring entries
     /// `slot * RING_SIZE ..`.
     pub slot: u32,
+    /// Stable key of that hop's group (the same in every generation), for flow pins.
+    pub group: u32,
+    /// Per-chain counter (absolute: generation base included); 0 counts nothing.
+    pub counter: u32,
     pub deliver_ifindex: u32,
     pub deliver_mac: [u8; 6],
     pub lb_fields: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
+    /// A tap SF that gets a copy first (0: none).
+    pub tap_ifindex: u32,
+    pub tap_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// `Verdict::flags`: the packet enters a chain here (at a logical port): remember its
-/// destination MAC for the end of the chain.
+/// destination MAC for the end of the chain, and count it in flight.
 pub const FLAG_ENTRY: u8 = 1;
+/// `Verdict::flags`: the reverse direction of a symmetric chain: members are entered through
+/// their egress side.
+pub const FLAG_REVERSE: u8 = 2;
 
-/// Entry of `sfc_v1_ring`. `ifindex == 0` marks an empty table (no live member).
+/// One side of a group member. `ifindex == 0` marks an empty table (no live member).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Member {
@@ -184,8 +221,45 @@ pub struct Member {
     pub _pad: [u8; 2],
 }
 
-/// Key of `sfc_v1_flows` (directional 5-tuple); the value is the original destination MAC
-/// (8 bytes, last two zero).
+/// Entry of `sfc_v2_ring` and value of `sfc_v2_pins`: both sides of one member, so that the
+/// two directions of a symmetric flow meet the same instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RingEntry {
+    pub ingress: Member,
+    pub egress: Member,
+}
+
+/// Key of `sfc_v2_pins`: a flow (as its member-choosing hash) in one group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PinKey {
+    pub group: u32,
+    pub hash: u32,
+}
+
+/// Value of `sfc_v2_flows`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowState {
+    /// Destination MAC the flow had when it entered the chain.
+    pub mac: [u8; 6],
+    /// Generation steering the flow (`epoch & 1` when it last switched).
+    pub gen: u8,
+    pub _pad: u8,
+    /// Packets entered and not yet out of the chain (atomic; may drift when an SF drops).
+    pub inflight: u64,
+}
+
+/// Element of `sfc_v2_counters` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Key of `sfc_v2_flows` (directional 5-tuple).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowTuple {
@@ -288,6 +362,10 @@ mod pod {
     unsafe impl aya::Pod for PortValue {}
     unsafe impl aya::Pod for Verdict {}
     unsafe impl aya::Pod for Member {}
+    unsafe impl aya::Pod for RingEntry {}
+    unsafe impl aya::Pod for PinKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for FlowTuple {}
 }
 
@@ -302,8 +380,12 @@ mod tests {
         assert_eq!(size_of::<TupleMask>(), 8 + 32);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<PortValue>(), 8 + 40 * MAX_TUPLES);
-        assert_eq!(size_of::<Verdict>(), 20);
+        assert_eq!(size_of::<Verdict>(), 40);
         assert_eq!(size_of::<Member>(), 12);
+        assert_eq!(size_of::<RingEntry>(), 24);
+        assert_eq!(size_of::<PinKey>(), 8);
+        assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<FlowTuple>(), 40);
     }
 

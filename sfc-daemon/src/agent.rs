@@ -203,19 +203,30 @@ impl Agent {
             },
             Request::Delete { kind, name } => self.delete(vec![(kind, name)]),
             Request::Get { kind, name } => self.get(kind, name),
-            Request::Stats => match self.dataplane.stats() {
-                Ok(values) => Response {
-                    ok: true,
-                    counters: sfc_common::stat::NAMES
-                        .iter()
-                        .map(|n| n.to_string())
-                        .zip(values)
-                        .collect(),
-                    ..Default::default()
-                },
+            Request::Stats => match self.stats() {
+                Ok(response) => response,
                 Err(e) => Response::failure(e.to_string()),
             },
         }
+    }
+
+    fn stats(&self) -> Result<Response, crate::dataplane::DataplaneError> {
+        let values = self.dataplane.stats()?;
+        let live = self.dataplane.live_counters()?;
+        let history = &self.dataplane.chain_counters;
+        let mut generations: Vec<_> = history.history().cloned().collect();
+        generations.extend(live.iter().rev().cloned());
+        Ok(Response {
+            ok: true,
+            counters: sfc_common::stat::NAMES
+                .iter()
+                .map(|n| n.to_string())
+                .zip(values)
+                .collect(),
+            chains: history.totals(&live),
+            generations,
+            ..Default::default()
+        })
     }
 
     /// The interfaces as they are now, for compiling a request. `self.interfaces` is left to

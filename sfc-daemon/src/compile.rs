@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sfc_common::{
-    action, ClassKey, Member, PortValue, TupleMask, Verdict, CLASSIFY_CAPACITY, FLAG_ENTRY,
-    MAX_TUPLES, PORTS_CAPACITY, RING_SIZE, SLOTS_PER_GEN,
+    action, ClassKey, Member, PortValue, RingEntry, TupleMask, Verdict, CLASSIFY_CAPACITY,
+    COUNTERS_PER_GEN, FLAG_ENTRY, FLAG_REVERSE, MAX_TUPLES, PORTS_CAPACITY, PORT_ENTRY, RING_SIZE,
+    SLOTS_PER_GEN,
 };
 
 use crate::{
@@ -48,11 +49,65 @@ pub struct Image {
     pub classify: BTreeMap<ClassKey, Verdict>,
     /// Group tables by slot, relative to the generation's first slot (the writer adds the
     /// generation base to the tables and to the verdicts that point at them).
-    pub rings: Vec<Vec<Member>>,
+    pub rings: Vec<Vec<RingEntry>>,
+    /// The live members of each group, by group key: flow pins to anything else are stale.
+    pub members: BTreeMap<u32, Vec<RingEntry>>,
+    /// What counter `i + 1` counts (relative to the generation's first counter).
+    pub counters: Vec<CounterLabel>,
     /// Interfaces that need the program: name -> ifindex.
     pub attach: BTreeMap<String, u32>,
     /// Things that are fine for now but worth saying (an interface not present yet).
     pub notes: Vec<String>,
+}
+
+/// Which way a packet crosses a chain.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// What one per-chain counter counts: packets of `chain` going `direction` that have crossed
+/// `position` of its `hops` hops (0: entering; `hops`: leaving the chain).
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct CounterLabel {
+    pub chain: String,
+    pub direction: Direction,
+    pub position: u8,
+    pub hops: u8,
+}
+
+/// The stable key of a group for flow pins: the same in every generation and after a restart
+/// (FNV-1a of its name; never 0).
+pub fn group_key(name: &str) -> u32 {
+    let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    hash.max(1)
+}
+
+/// A chain's steering hops in crossing order, each with the tap group (if any) that gets a
+/// copy just before it, and the tap after the last hop.
+fn hops_with_taps<'a>(
+    groups: impl Iterator<Item = &'a String>,
+    is_tap: &dyn Fn(&String) -> bool,
+    taps: &BTreeMap<&String, Member>,
+) -> (Vec<(&'a String, Option<Member>)>, Option<Member>) {
+    let mut hops = Vec::new();
+    let mut pending = None;
+    for g in groups {
+        if is_tap(g) {
+            pending = taps.get(g).copied();
+        } else {
+            hops.push((g, pending.take()));
+        }
+    }
+    (hops, pending)
 }
 
 struct Entry {
@@ -94,13 +149,14 @@ fn build(
         message,
     };
 
-    // Group tables: one per group that some chain uses (forward: into the members' ingress),
-    // and one more per group of a symmetric chain (reverse: into their egress). Both come from
-    // one Maglev table, so a flow's two directions meet the same instance.
+    // Group tables: one per (non-tap) group that some chain uses. Each entry holds both sides
+    // of a member, so the two directions of a symmetric flow meet the same instance.
+    let is_tap = |g: &String| state.port_pair_groups[g].tap_enabled;
     let used_groups: BTreeSet<&String> = state
         .port_chains
         .values()
         .flat_map(|c| &c.port_pair_groups)
+        .filter(|g| !is_tap(g))
         .collect();
     let reverse_groups: BTreeSet<&String> = state
         .port_chains
@@ -108,14 +164,14 @@ fn build(
         .filter(|c| c.chain_parameters.symmetric)
         .flat_map(|c| &c.port_pair_groups)
         .collect();
-    let slots_needed = used_groups.len() + reverse_groups.len();
-    if slots_needed > SLOTS_PER_GEN as usize {
+    if used_groups.len() > SLOTS_PER_GEN as usize {
         errors.push(err(
             Kind::PortPairGroup,
             used_groups.iter().last().map(|s| s.as_str()).unwrap_or(""),
             "",
             format!(
-                "{slots_needed} group tables are needed (groups in use, twice for symmetric chains); this node supports at most {SLOTS_PER_GEN}"
+                "{} groups are in use by chains; this node supports at most {SLOTS_PER_GEN}",
+                used_groups.len()
             ),
         ));
         return Err(ConfigErrors(errors));
@@ -125,48 +181,57 @@ fn build(
         .enumerate()
         .map(|(i, g)| (*g, i as u32))
         .collect();
-    let reverse_slot: BTreeMap<&String, u32> = reverse_groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (*g, (used_groups.len() + i) as u32))
-        .collect();
-    let mut reverse_rings = Vec::new();
+    let mut keys: BTreeMap<u32, &String> = BTreeMap::new();
+    for g in &used_groups {
+        if let Some(other) = keys.insert(group_key(g), g) {
+            errors.push(err(
+                Kind::PortPairGroup,
+                g,
+                "metadata.name",
+                format!("hashes to the same flow-pin key as PortPairGroup {other:?}; rename one of them"),
+            ));
+        }
+    }
+    // One side of a pair: its interface and the MAC of the SF's NIC behind it.
+    let mut side = |pp_name: &str, iface: &String, configured: &Option<String>, field: &str| {
+        let Some(link) = interfaces.links.get(iface) else {
+            image.notes.push(format!(
+                "PortPair {pp_name:?}: interface {iface:?} is not present; the member is skipped until it appears"
+            ));
+            return None;
+        };
+        let discovered = match configured {
+            Some(text) => mac(text),
+            None => interfaces.peer_macs.get(iface).copied(),
+        };
+        let Some(member_mac) = discovered else {
+            errors.push(err(
+                Kind::PortPair,
+                pp_name,
+                field,
+                format!(
+                    "the MAC of the SF behind {iface:?} cannot be discovered (it is not a veth); set {}",
+                    field.trim_start_matches("spec.")
+                ),
+            ));
+            return None;
+        };
+        Some(Member {
+            ifindex: link.index,
+            mac: member_mac,
+            _pad: [0; 2],
+        })
+    };
+    let mut rings = Vec::new();
+    let mut members: BTreeMap<u32, Vec<RingEntry>> = BTreeMap::new();
     for group in &used_groups {
         let symmetric = reverse_groups.contains(group);
         let spec = &state.port_pair_groups[*group];
-        let mut live: Vec<(&str, u32, Member, Member)> = Vec::new();
+        let mut live: Vec<(&str, u32, RingEntry)> = Vec::new();
         for pp_name in &spec.port_pairs {
             let pp = &state.port_pairs[pp_name];
-            let mut side = |iface: &String, configured: &Option<String>, field: &str| {
-                let Some(link) = interfaces.links.get(iface) else {
-                    image.notes.push(format!(
-                        "PortPair {pp_name:?}: interface {iface:?} is not present; the member is skipped until it appears"
-                    ));
-                    return None;
-                };
-                let discovered = match configured {
-                    Some(text) => mac(text),
-                    None => interfaces.peer_macs.get(iface).copied(),
-                };
-                let Some(member_mac) = discovered else {
-                    errors.push(err(
-                        Kind::PortPair,
-                        pp_name,
-                        field,
-                        format!(
-                            "the MAC of the SF behind {iface:?} cannot be discovered (it is not a veth); set {}",
-                            field.trim_start_matches("spec.")
-                        ),
-                    ));
-                    return None;
-                };
-                Some(Member {
-                    ifindex: link.index,
-                    mac: member_mac,
-                    _pad: [0; 2],
-                })
-            };
-            let Some(ingress) = side(&pp.ingress, &pp.ingress_mac, "spec.ingressMac") else {
+            let Some(ingress) = side(pp_name, &pp.ingress, &pp.ingress_mac, "spec.ingressMac")
+            else {
                 continue;
             };
             let egress = if !symmetric {
@@ -181,28 +246,39 @@ fn build(
                     ..ingress
                 }
             } else {
-                match side(&pp.egress, &pp.egress_mac, "spec.egressMac") {
+                match side(pp_name, &pp.egress, &pp.egress_mac, "spec.egressMac") {
                     Some(m) => m,
                     None => continue,
                 }
             };
-            live.push((pp_name, pp.weight, ingress, egress));
+            live.push((pp_name, pp.weight, RingEntry { ingress, egress }));
         }
-        let weights: Vec<(&str, u32)> = live.iter().map(|(n, w, _, _)| (*n, *w)).collect();
+        let weights: Vec<(&str, u32)> = live.iter().map(|(n, w, _)| (*n, *w)).collect();
         let table = maglev::table(&weights, RING_SIZE);
-        let ring = |pick: fn(&(&str, u32, Member, Member)) -> Member| -> Vec<Member> {
-            if table.is_empty() {
-                vec![Member::default(); RING_SIZE as usize]
-            } else {
-                table.iter().map(|&i| pick(&live[i])).collect()
+        rings.push(if table.is_empty() {
+            vec![RingEntry::default(); RING_SIZE as usize]
+        } else {
+            table.iter().map(|&i| live[i].2).collect()
+        });
+        members.insert(group_key(group), live.iter().map(|m| m.2).collect());
+    }
+    // A tap group's one pair: copies go into its ingress.
+    let mut taps: BTreeMap<&String, Member> = BTreeMap::new();
+    for chain in state.port_chains.values() {
+        for g in chain.port_pair_groups.iter().filter(|g| is_tap(g)) {
+            if taps.contains_key(g) {
+                continue;
             }
-        };
-        image.rings.push(ring(|m| m.2));
-        if symmetric {
-            reverse_rings.push(ring(|m| m.3));
+            if let Some(pp_name) = state.port_pair_groups[g].port_pairs.first() {
+                let pp = &state.port_pairs[pp_name];
+                if let Some(m) = side(pp_name, &pp.ingress, &pp.ingress_mac, "spec.ingressMac") {
+                    taps.insert(g, m);
+                }
+            }
         }
     }
-    image.rings.extend(reverse_rings);
+    image.rings = rings;
+    image.members = members;
 
     // Classification domains: one per logical port (where chains start, forward or reverse),
     // and per group one for what leaves its members' egress and, for symmetric chains, one
@@ -228,7 +304,7 @@ fn build(
         .enumerate()
         .map(|(i, p)| (p, i as u32 + 1))
         .collect();
-    let group_domain = |g: &String| GROUP_DOMAIN_BASE + slot[g];
+    let group_domain = |g: &String| GROUP_DOMAIN_BASE + 2 * slot[g];
     let reverse_domain = |g: &String| {
         let shared = state.port_pair_groups[g]
             .port_pairs
@@ -237,86 +313,125 @@ fn build(
         if shared {
             group_domain(g)
         } else {
-            GROUP_DOMAIN_BASE + reverse_slot[g]
+            group_domain(g) + 1
         }
     };
     // Where a chain ends: redirected to a logical port (with the MAC of the NIC behind it,
     // when known), or handed to normal forwarding with the original destination MAC.
-    let end = |chain_id: u16, hop: u8, port: Option<&String>| match port
-        .and_then(|p| interfaces.links.get(p).map(|l| (p, l)))
-    {
-        Some((name, link)) => Verdict {
-            chain_id,
-            hop,
-            action: action::DELIVER,
-            deliver_ifindex: link.index,
-            deliver_mac: interfaces.peer_macs.get(name).copied().unwrap_or_default(),
-            ..Default::default()
-        },
-        None => Verdict {
-            chain_id,
-            hop,
-            action: action::FORWARD,
-            ..Default::default()
-        },
+    let end =
+        |port: Option<&String>| match port.and_then(|p| interfaces.links.get(p).map(|l| (p, l))) {
+            Some((name, link)) => Verdict {
+                action: action::DELIVER,
+                deliver_ifindex: link.index,
+                deliver_mac: interfaces.peer_macs.get(name).copied().unwrap_or_default(),
+                ..Default::default()
+            },
+            None => Verdict {
+                action: action::FORWARD,
+                ..Default::default()
+            },
+        };
+    let lb_fields = |g: &String| {
+        state.port_pair_groups[g]
+            .lb_fields
+            .iter()
+            .fold(0, |acc, f| acc | f.bit())
     };
 
     let mut entries = Vec::new();
-    for chain in state.port_chains.values() {
+    for (chain_name, chain) in &state.port_chains {
         let chain_id = chain.chain_id.unwrap_or(0) as u16;
-        let hops = &chain.port_pair_groups;
-        let n = hops.len();
-        let steer = |hop: usize, slot: u32| Verdict {
-            chain_id,
-            hop: hop as u8,
-            action: action::STEER,
-            slot,
-            lb_fields: state.port_pair_groups[&hops[hop]]
-                .lb_fields
-                .iter()
-                .fold(0, |acc, f| acc | f.bit()),
-            ..Default::default()
+        let forward_hops = hops_with_taps(chain.port_pair_groups.iter(), &is_tap, &taps);
+        let reverse_hops = hops_with_taps(chain.port_pair_groups.iter().rev(), &is_tap, &taps);
+        let n = forward_hops.0.len();
+        // Counters: one per (direction, position), position p = hops already crossed.
+        let mut counter = |direction: Direction, position: usize| -> u32 {
+            image.counters.push(CounterLabel {
+                chain: chain_name.clone(),
+                direction,
+                position: position as u8,
+                hops: n as u8,
+            });
+            image.counters.len() as u32
         };
-        let entry = |v: Verdict| Verdict {
-            flags: FLAG_ENTRY,
-            ..v
+        let forward_counters: Vec<u32> = (0..=n).map(|p| counter(Direction::Forward, p)).collect();
+        let reverse_counters: Vec<u32> = if chain.chain_parameters.symmetric {
+            (0..=n).map(|p| counter(Direction::Reverse, p)).collect()
+        } else {
+            Vec::new()
+        };
+        // The decision taken after `position` hops of `hops` (forward or reverse order).
+        let decide = |hops: &(Vec<(&String, Option<Member>)>, Option<Member>),
+                      position: usize,
+                      reverse: bool,
+                      end_port: Option<&String>,
+                      counter: u32| {
+            let (list, trailing_tap) = hops;
+            let (mut verdict, tap) = match list.get(position) {
+                Some((g, tap)) => (
+                    Verdict {
+                        hop: (if reverse { n - 1 - position } else { position }) as u8,
+                        action: action::STEER,
+                        slot: slot[*g],
+                        group: group_key(g),
+                        lb_fields: lb_fields(g),
+                        flags: if reverse { FLAG_REVERSE } else { 0 },
+                        ..Default::default()
+                    },
+                    *tap,
+                ),
+                None => (
+                    Verdict {
+                        hop: n as u8,
+                        ..end(end_port)
+                    },
+                    *trailing_tap,
+                ),
+            };
+            verdict.chain_id = chain_id;
+            verdict.counter = counter;
+            if position == 0 {
+                verdict.flags |= FLAG_ENTRY;
+            }
+            if let Some(tap) = tap {
+                verdict.tap_ifindex = tap.ifindex;
+                verdict.tap_mac = tap.mac;
+            }
+            verdict
         };
         for fc_name in &chain.flow_classifiers {
             let fc = &state.flow_classifiers[fc_name];
             let forward = &matches[fc_name];
+            let ldp = fc.logical_destination_port.as_ref();
             // Forward: enter at the source port, then from each group's egress to the next.
             let mut targets = vec![(
                 forward.clone(),
                 port_domain[&fc.logical_source_port],
-                entry(steer(0, slot[&hops[0]])),
+                decide(&forward_hops, 0, false, ldp, forward_counters[0]),
             )];
-            for k in 0..n {
-                let next = if k + 1 < n {
-                    steer(k + 1, slot[&hops[k + 1]])
-                } else {
-                    end(chain_id, n as u8, fc.logical_destination_port.as_ref())
-                };
-                targets.push((forward.clone(), group_domain(&hops[k]), next));
+            for (k, (g, _)) in forward_hops.0.iter().enumerate() {
+                targets.push((
+                    forward.clone(),
+                    group_domain(g),
+                    decide(&forward_hops, k + 1, false, ldp, forward_counters[k + 1]),
+                ));
             }
             // Reverse (symmetric chains): enter at the destination port, cross the same
             // groups backwards through their egress, end at the source port.
-            if let (true, Some(ldp)) = (
-                chain.chain_parameters.symmetric,
-                fc.logical_destination_port.as_ref(),
-            ) {
+            if let (true, Some(ldp)) = (chain.chain_parameters.symmetric, ldp) {
                 let reverse = forward.reversed();
+                let lsp = Some(&fc.logical_source_port);
                 targets.push((
                     reverse.clone(),
                     port_domain[ldp],
-                    entry(steer(n - 1, reverse_slot[&hops[n - 1]])),
+                    decide(&reverse_hops, 0, true, lsp, reverse_counters[0]),
                 ));
-                for k in 0..n {
-                    let next = if k > 0 {
-                        steer(k - 1, reverse_slot[&hops[k - 1]])
-                    } else {
-                        end(chain_id, n as u8, Some(&fc.logical_source_port))
-                    };
-                    targets.push((reverse.clone(), reverse_domain(&hops[k]), next));
+                for (j, (g, _)) in reverse_hops.0.iter().enumerate() {
+                    targets.push((
+                        reverse.clone(),
+                        reverse_domain(g),
+                        decide(&reverse_hops, j + 1, true, lsp, reverse_counters[j + 1]),
+                    ));
                 }
             }
             for (m, domain, verdict) in targets {
@@ -331,6 +446,18 @@ fn build(
                 }
             }
         }
+    }
+    if image.counters.len() >= COUNTERS_PER_GEN as usize {
+        errors.push(err(
+            Kind::PortChain,
+            "",
+            "",
+            format!(
+                "the chains need {} counters (one per chain, direction and hop, plus one); this node holds at most {}: use fewer or shorter chains",
+                image.counters.len() + 1,
+                COUNTERS_PER_GEN
+            ),
+        ));
     }
 
     // Tuples per domain, most specific first.
@@ -410,7 +537,12 @@ fn build(
         let list = tuples.get(&domain)?;
         let mut value = PortValue {
             domain,
-            n_tuples: list.len().min(MAX_TUPLES) as u32,
+            n_tuples: list.len().min(MAX_TUPLES) as u16,
+            flags: if domain < GROUP_DOMAIN_BASE {
+                PORT_ENTRY
+            } else {
+                0
+            },
             tuples: [TupleMask::default(); MAX_TUPLES],
         };
         for (slot, mask) in value.tuples.iter_mut().zip(list) {

@@ -2,8 +2,10 @@
 //!
 //! Updates are make-before-break: an image is written into the inactive generation (group
 //! tables first, then classifier entries, then the per-interface roots), and one write of the
-//! epoch flips every interface to it at once. The old generation stays intact until the next
-//! update, so packets already in flight finish on it.
+//! epoch flips every interface to it at once. Flows keep the generation they entered with
+//! until their packets are out of the chain (at most `GENERATION_LEASE_NS`), and a retired
+//! generation is left intact for twice that before it is reused, so every packet is steered
+//! entirely by one generation.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +15,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, SchedClassifierLink, TcAttachOptions},
@@ -22,13 +24,17 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sfc_common::{
-    stat, ClassKey, Member, PortKey, PortValue, Verdict, CONFIG_EPOCH, MAP_CLASSIFY, MAP_CONFIG,
-    MAP_PORTS, MAP_RING, MAP_STATS, PROGRAM_TC, RING_SIZE, SLOTS_PER_GEN,
+    stat, ClassKey, Counter, PinKey, PortKey, PortValue, RingEntry, Verdict, CONFIG_EPOCH,
+    CONFIG_FLIP_NS, COUNTERS_PER_GEN, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS,
+    MAP_PINS, MAP_PORTS, MAP_RING, MAP_STATS, PROGRAM_TC, RING_SIZE, SLOTS_PER_GEN,
 };
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::compile::Image;
+use crate::{
+    compile::Image,
+    counters::{ChainCounters, Generation, Row},
+};
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -45,6 +51,8 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("program {PROGRAM_TC}: {0}")]
     Program(#[from] ProgramError),
+    #[error("counting the possible CPUs: {0}")]
+    Cpus(io::Error),
     #[error("link for interface {iface}: {message}")]
     Link { iface: String, message: String },
 }
@@ -102,8 +110,12 @@ pub struct Dataplane {
     config: Array<MapData, u64>,
     ports: HashMap<MapData, PortKey, PortValue>,
     classify: HashMap<MapData, ClassKey, Verdict>,
-    ring: Array<MapData, Member>,
+    ring: Array<MapData, RingEntry>,
+    pins: HashMap<MapData, PinKey, RingEntry>,
     stats: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Counter>,
+    /// Per-chain counts of retired generations.
+    pub chain_counters: ChainCounters,
     /// What each generation holds, when known (unknown after a restart).
     written: [Option<Image>; 2],
     /// Interfaces with our program attached: name -> ifindex.
@@ -136,7 +148,10 @@ impl Dataplane {
             ports: take(&mut bpf, MAP_PORTS)?,
             classify: take(&mut bpf, MAP_CLASSIFY)?,
             ring: take(&mut bpf, MAP_RING)?,
+            pins: take(&mut bpf, MAP_PINS)?,
             stats: take(&mut bpf, MAP_STATS)?,
+            counters: take(&mut bpf, MAP_COUNTERS)?,
+            chain_counters: ChainCounters::default(),
             bpf,
             links_dir,
             written: [None, None],
@@ -166,12 +181,20 @@ impl Dataplane {
         let active = (epoch & 1) as usize;
         if self.written[active].as_ref() != Some(image) {
             let target = 1 - active;
+            self.wait_until_retired()?;
+            self.retire_counters(target, epoch.wrapping_sub(1))?;
             self.clear(target)?;
             self.write(target, image)?;
+            self.purge_pins(image)?;
+            self.config
+                .set(CONFIG_FLIP_NS, monotonic_ns(), 0)
+                .map_err(map_err(MAP_CONFIG))?;
             // The flip: one 8-byte write, seen by the next packet on every CPU.
             self.config
                 .set(CONFIG_EPOCH, epoch + 1, 0)
                 .map_err(map_err(MAP_CONFIG))?;
+            // Pins taken from the old tables in the meantime.
+            self.purge_pins(image)?;
             info!(
                 epoch = epoch + 1,
                 ports = image.ports.len(),
@@ -183,12 +206,106 @@ impl Dataplane {
         self.sync_links(&image.attach)
     }
 
+    /// Packets of flows that entered just before the last flip may still be crossing their
+    /// chain on the generation we are about to overwrite: wait out their lease (twice).
+    fn wait_until_retired(&self) -> Result<(), DataplaneError> {
+        let flipped = self
+            .config
+            .get(&CONFIG_FLIP_NS, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        let ready = flipped.saturating_add(2 * GENERATION_LEASE_NS);
+        let now = monotonic_ns();
+        if now < ready {
+            std::thread::sleep(std::time::Duration::from_nanos(ready - now));
+        }
+        Ok(())
+    }
+
+    /// Moves a retired generation's per-chain counters into the running totals, then zeroes
+    /// them for their next use.
+    fn retire_counters(&mut self, gen: usize, epoch: u64) -> Result<(), DataplaneError> {
+        let base = gen as u32 * COUNTERS_PER_GEN;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let labels = self.written[gen]
+            .as_ref()
+            .map(|image| image.counters.clone());
+        let Some(labels) = labels else {
+            // Written by an earlier daemon: we cannot tell what they counted.
+            return Ok(());
+        };
+        let mut rows = Vec::with_capacity(labels.len());
+        for (i, label) in labels.into_iter().enumerate() {
+            let index = base + i as u32 + 1;
+            rows.push(Row::new(label, self.read_counter(index)?));
+            let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])
+                .map_err(DataplaneError::Cpus)?;
+            self.counters
+                .set(index, zero, 0)
+                .map_err(map_err(MAP_COUNTERS))?;
+        }
+        self.chain_counters.retire(Generation { epoch, rows });
+        Ok(())
+    }
+
+    fn read_counter(&self, index: u32) -> Result<Counter, DataplaneError> {
+        let per_cpu = self
+            .counters
+            .get(&index, 0)
+            .map_err(map_err(MAP_COUNTERS))?;
+        Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
+            packets: sum.packets + c.packets,
+            bytes: sum.bytes + c.bytes,
+        }))
+    }
+
+    /// The per-chain counters of the generations written by this daemon (the active one
+    /// first).
+    pub fn live_counters(&self) -> Result<Vec<Generation>, DataplaneError> {
+        let epoch = self.epoch()?;
+        let mut out = Vec::new();
+        for e in [epoch, epoch.wrapping_sub(1)] {
+            let Some(image) = &self.written[(e & 1) as usize] else {
+                continue;
+            };
+            let base = (e & 1) as u32 * COUNTERS_PER_GEN;
+            let mut rows = Vec::new();
+            for (i, label) in image.counters.iter().enumerate() {
+                rows.push(Row::new(
+                    label.clone(),
+                    self.read_counter(base + i as u32 + 1)?,
+                ));
+            }
+            out.push(Generation { epoch: e, rows });
+        }
+        Ok(out)
+    }
+
+    /// Drops the flow pins that point at anything but a live member of their group.
+    fn purge_pins(&mut self, image: &Image) -> Result<(), DataplaneError> {
+        let stale: Vec<PinKey> = self
+            .pins
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                !image
+                    .members
+                    .get(&key.group)
+                    .is_some_and(|members| members.contains(entry))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            remove_ok(self.pins.remove(&key)).map_err(map_err(MAP_PINS))?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, gen: usize, image: &Image) -> Result<(), DataplaneError> {
         let base = gen as u32 * SLOTS_PER_GEN * RING_SIZE;
         for (slot, ring) in image.rings.iter().enumerate() {
-            for (i, member) in ring.iter().enumerate() {
+            for (i, entry) in ring.iter().enumerate() {
                 let index = base + slot as u32 * RING_SIZE + i as u32;
-                self.ring.set(index, member, 0).map_err(map_err(MAP_RING))?;
+                self.ring.set(index, entry, 0).map_err(map_err(MAP_RING))?;
             }
         }
         for (key, verdict) in &image.classify {
@@ -196,9 +313,10 @@ impl Dataplane {
                 gen: gen as u8,
                 ..*key
             };
-            // Verdicts point at this generation's own group tables.
+            // Verdicts point at this generation's own group tables and counters.
             let verdict = Verdict {
                 slot: gen as u32 * SLOTS_PER_GEN + verdict.slot,
+                counter: gen as u32 * COUNTERS_PER_GEN + verdict.counter,
                 ..*verdict
             };
             self.classify
@@ -387,6 +505,13 @@ impl Dataplane {
         info!(iface, ifindex, "detached");
         self.attached.remove(iface);
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn remove_ok(r: Result<(), MapError>) -> Result<(), MapError> {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod classifier;
 pub mod compile;
+pub mod counters;
 pub mod dataplane;
 pub mod document;
 pub mod maglev;

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    counters::{Generation, Row},
     document::ConfigError,
     model::{Kind, Object},
 };
@@ -45,6 +46,12 @@ pub struct Response {
     /// Datapath counters by name (stats).
     #[serde(default)]
     pub counters: Vec<(String, u64)>,
+    /// Per-chain counters, all generations summed (stats).
+    #[serde(default)]
+    pub chains: Vec<Row>,
+    /// Per-chain counters of each recent generation, oldest first (stats).
+    #[serde(default)]
+    pub generations: Vec<Generation>,
 }
 
 impl Response {

@@ -174,20 +174,12 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
             &mut pair_group,
             "a PortPair is in at most one group",
         );
-        if g.tap_enabled {
-            if g.port_pairs.len() != 1 {
-                r.push(
-                    Kind::PortPairGroup,
-                    name,
-                    "spec.tapEnabled",
-                    "a tap group has exactly one PortPair".into(),
-                );
-            }
+        if g.tap_enabled && g.port_pairs.len() != 1 {
             r.push(
                 Kind::PortPairGroup,
                 name,
                 "spec.tapEnabled",
-                "tap groups are not supported by this version yet; remove tapEnabled".into(),
+                "a tap group has exactly one PortPair".into(),
             );
         }
     }

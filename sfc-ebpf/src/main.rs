@@ -8,43 +8,55 @@
 //! or do not match is returned to the stack untouched.
 #![no_std]
 #![no_main]
+// The BPF target has atomic add but no compare-and-swap, so core's atomic types lack fetch_add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod parse;
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::bpf_redirect,
+    helpers::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use sfc_common::{
-    action, stat, ClassKey, FlowTuple, HashInput, Member, PortKey, PortValue, Verdict,
-    CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, FLAG_ENTRY, FLOWS_CAPACITY, MAX_TUPLES,
-    PORTS_CAPACITY, RING_SIZE, SLOTS_PER_GEN,
+    action, stat, ClassKey, Counter, FlowState, FlowTuple, HashInput, PinKey, PortKey, PortValue,
+    RingEntry, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS,
+    COUNTERS_PER_GEN, FLAG_ENTRY, FLAG_REVERSE, FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES,
+    PINS_CAPACITY, PORTS_CAPACITY, PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN,
 };
 
 use crate::parse::{parse, Packet, ParseError};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v1_config")]
+#[map(name = "sfc_v2_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v1_ports")]
+#[map(name = "sfc_v2_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v1_classify")]
+#[map(name = "sfc_v2_classify")]
 static CLASSIFY: HashMap<ClassKey, Verdict> = HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v1_ring")]
-static RING: Array<Member> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
+#[map(name = "sfc_v2_ring")]
+static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v1_flows")]
-static FLOWS: LruHashMap<FlowTuple, [u8; 8]> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
+#[map(name = "sfc_v2_flows")]
+static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v1_stats")]
+#[map(name = "sfc_v2_pins")]
+static PINS: LruHashMap<PinKey, RingEntry> = LruHashMap::pinned(PINS_CAPACITY, 0);
+
+#[map(name = "sfc_v2_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+#[map(name = "sfc_v2_counters")]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
 #[classifier]
 pub fn sfc_tc(ctx: TcContext) -> i32 {
@@ -60,15 +72,34 @@ fn count(index: u32) {
 }
 
 #[inline(always)]
+fn count_chain(index: u32, bytes: u32) {
+    if index == 0 {
+        return;
+    }
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes as u64;
+        }
+    }
+}
+
+#[inline(always)]
+fn port(ifindex: u32, gen: u32) -> Option<&'static PortValue> {
+    unsafe { PORTS.get(PortKey { ifindex, gen }) }
+}
+
+#[inline(always)]
 fn steer(ctx: &TcContext) -> i32 {
-    let gen = match CONFIG.get(CONFIG_EPOCH) {
-        Some(epoch) => (*epoch & 1) as u32,
+    let epoch = match CONFIG.get(CONFIG_EPOCH) {
+        Some(epoch) => *epoch,
         None => return TC_ACT_OK,
     };
+    let current = (epoch & 1) as u32;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let port = match unsafe { PORTS.get(PortKey { ifindex, gen }) } {
-        Some(port) => port,
-        None => return TC_ACT_OK,
+    let entry_port = match port(ifindex, current) {
+        Some(port) => port.flags & PORT_ENTRY != 0,
+        None => false,
     };
     let pkt = match parse(ctx) {
         Ok(pkt) => pkt,
@@ -81,6 +112,12 @@ fn steer(ctx: &TcContext) -> i32 {
             return TC_ACT_OK;
         }
     };
+    let flow = FLOWS.get_ptr_mut(&flow_tuple(&pkt));
+    let gen = generation(flow, current, entry_port);
+    let port = match port(ifindex, gen) {
+        Some(port) => port,
+        None => return TC_ACT_OK,
+    };
     let verdict = match classify(port, gen as u8, &pkt) {
         Some(verdict) => verdict,
         None => {
@@ -92,9 +129,19 @@ fn steer(ctx: &TcContext) -> i32 {
             return TC_ACT_OK;
         }
     };
+    count_chain(verdict.counter, ctx.len());
+    if verdict.tap_ifindex != 0 {
+        tap(ctx, &pkt, verdict);
+    }
     match verdict.action {
-        action::STEER => to_member(ctx, &pkt, verdict),
+        action::STEER => {
+            if verdict.flags & FLAG_ENTRY != 0 {
+                enter(flow, &pkt, gen as u8);
+            }
+            to_member(ctx, &pkt, verdict)
+        }
         action::DELIVER => {
+            leave(flow, verdict);
             if verdict.deliver_mac != [0; 6] && ctx.store(0, &verdict.deliver_mac, 0).is_err() {
                 count(stat::MALFORMED);
                 return TC_ACT_OK;
@@ -102,10 +149,36 @@ fn steer(ctx: &TcContext) -> i32 {
             redirect(verdict.deliver_ifindex, stat::DELIVERED)
         }
         _ => {
-            restore_destination_mac(ctx, &pkt);
+            leave(flow, verdict);
+            restore_destination_mac(ctx, &pkt, flow);
             count(stat::FORWARDED);
             TC_ACT_OK
         }
+    }
+}
+
+/// The generation that steers this packet. A packet is steered entirely by one generation:
+/// past the entry, a flow follows the generation it entered with; at the entry it moves to
+/// the active one once none of its packets is still inside the chain (or the lease ran out,
+/// for packets an SF dropped).
+#[inline(always)]
+fn generation(flow: Option<*mut FlowState>, current: u32, entry_port: bool) -> u32 {
+    let Some(flow) = flow else {
+        return current;
+    };
+    let flow_gen = unsafe { (*flow).gen } as u32;
+    if flow_gen == current || !entry_port {
+        return flow_gen;
+    }
+    let inflight = unsafe { core::ptr::read_volatile(&raw const (*flow).inflight) };
+    if inflight == 0 {
+        return current;
+    }
+    let flipped = CONFIG.get(CONFIG_FLIP_NS).copied().unwrap_or(0);
+    if unsafe { bpf_ktime_get_ns() }.wrapping_sub(flipped) >= GENERATION_LEASE_NS {
+        current
+    } else {
+        flow_gen
     }
 }
 
@@ -113,7 +186,7 @@ fn steer(ctx: &TcContext) -> i32 {
 /// different chains never overlap (the agent rejects it), so the order only matters between
 /// classifiers of one chain.
 #[inline(always)]
-fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<Verdict> {
+fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<&'static Verdict> {
     let n = port.n_tuples as usize;
     for i in 0..MAX_TUPLES {
         if i >= n {
@@ -145,7 +218,7 @@ fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<Verdict> {
             ],
         };
         if let Some(verdict) = unsafe { CLASSIFY.get(&key) } {
-            return Some(*verdict);
+            return Some(verdict);
         }
     }
     None
@@ -164,7 +237,25 @@ fn flow_tuple(pkt: &Packet) -> FlowTuple {
     }
 }
 
-fn to_member(ctx: &TcContext, pkt: &Packet, verdict: Verdict) -> i32 {
+/// Sends a copy to the tap SF, then puts the destination MAC back for the original.
+#[inline(always)]
+fn tap(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) {
+    if ctx.store(0, &verdict.tap_mac, 0).is_err() {
+        count(stat::TAP_FAILED);
+        return;
+    }
+    let rc = unsafe { bpf_clone_redirect(ctx.skb.skb, verdict.tap_ifindex, 0) };
+    count(if rc == 0 {
+        stat::TAPPED
+    } else {
+        stat::TAP_FAILED
+    });
+    let _ = ctx.store(0, &pkt.eth_dst, 0);
+}
+
+/// Picks the member: the flow's pin if it has one (so a surviving member never loses a flow
+/// when the group changes), otherwise the Maglev table, and pins the choice.
+fn to_member(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) -> i32 {
     let input = HashInput {
         eth_src: pkt.eth_src,
         eth_dst: pkt.eth_dst,
@@ -174,17 +265,29 @@ fn to_member(ctx: &TcContext, pkt: &Packet, verdict: Verdict) -> i32 {
         src: pkt.src,
         dst: pkt.dst,
     };
-    let bucket = sfc_common::flow_hash(&input, verdict.lb_fields) % RING_SIZE;
-    let member = match RING.get(verdict.slot * RING_SIZE + bucket) {
-        Some(member) if member.ifindex != 0 => *member,
-        _ => {
-            count(stat::NO_MEMBER);
-            return TC_ACT_SHOT;
-        }
+    let hash = sfc_common::flow_hash(&input, verdict.lb_fields);
+    let pin = PinKey {
+        group: verdict.group,
+        hash,
     };
-    if verdict.flags & FLAG_ENTRY != 0 {
-        remember_destination_mac(pkt);
-    }
+    let entry = match unsafe { PINS.get(&pin) } {
+        Some(entry) => *entry,
+        None => match RING.get(verdict.slot * RING_SIZE + hash % RING_SIZE) {
+            Some(entry) if entry.ingress.ifindex != 0 => {
+                let _ = PINS.insert(&pin, entry, 0);
+                *entry
+            }
+            _ => {
+                count(stat::NO_MEMBER);
+                return TC_ACT_SHOT;
+            }
+        },
+    };
+    let member = if verdict.flags & FLAG_REVERSE != 0 {
+        entry.egress
+    } else {
+        entry.ingress
+    };
     if ctx.store(0, &member.mac, 0).is_err() {
         count(stat::MALFORMED);
         return TC_ACT_OK;
@@ -203,25 +306,58 @@ fn redirect(ifindex: u32, counter: u32) -> i32 {
     verdict
 }
 
-/// On entry to a chain, remembers the frame's destination MAC so that it can be put back after
-/// the last hop. Written only when it changed, so a steady flow costs one lookup.
+/// On entry to a chain: the flow's generation, one more packet in flight, and its destination
+/// MAC to put back after the last hop. Plain writes only when something changed.
 #[inline(always)]
-fn remember_destination_mac(pkt: &Packet) {
-    let key = flow_tuple(pkt);
-    let mac = pkt.eth_dst;
-    let value = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0];
-    if let Some(known) = unsafe { FLOWS.get(&key) } {
-        if *known == value {
-            return;
+fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8) {
+    match flow {
+        Some(flow) => unsafe {
+            if (*flow).gen != gen {
+                (*flow).gen = gen;
+            }
+            if (*flow).mac != pkt.eth_dst {
+                (*flow).mac = pkt.eth_dst;
+            }
+            add_inflight(flow, 1);
+        },
+        None => {
+            let state = FlowState {
+                mac: pkt.eth_dst,
+                gen,
+                _pad: 0,
+                inflight: 1,
+            };
+            let _ = FLOWS.insert(&flow_tuple(pkt), &state, 0);
         }
     }
-    let _ = FLOWS.insert(&key, &value, 0);
+}
+
+/// After the last hop: one packet fewer in flight.
+#[inline(always)]
+fn leave(flow: Option<*mut FlowState>, verdict: &Verdict) {
+    if verdict.flags & FLAG_ENTRY != 0 {
+        return; // entered and left at once (a chain of taps only): never counted in flight
+    }
+    if let Some(flow) = flow {
+        if unsafe { core::ptr::read_volatile(&raw const (*flow).inflight) } != 0 {
+            add_inflight(flow, u64::MAX); // wrapping: minus one
+        }
+    }
+}
+
+/// An atomic add (several CPUs may carry packets of one flow); its result is not used, so it
+/// compiles to the BPF atomic add every kernel supports.
+#[inline(always)]
+fn add_inflight(flow: *mut FlowState, delta: u64) {
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*flow).inflight, delta)
+    };
 }
 
 #[inline(always)]
-fn restore_destination_mac(ctx: &TcContext, pkt: &Packet) {
-    if let Some(mac) = unsafe { FLOWS.get(&flow_tuple(pkt)) } {
-        let mac = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
+fn restore_destination_mac(ctx: &TcContext, pkt: &Packet, flow: Option<*mut FlowState>) {
+    if let Some(flow) = flow {
+        let mac = unsafe { (*flow).mac };
         if mac != pkt.eth_dst {
             let _ = ctx.store(0, &mac, 0);
         }

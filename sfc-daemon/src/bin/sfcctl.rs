@@ -59,8 +59,12 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
-    /// Datapath counters.
-    Stats,
+    /// Datapath counters: by outcome, and per chain, direction and hop.
+    Stats {
+        /// `json` adds each recent generation's per-chain counters.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -154,13 +158,51 @@ fn run(args: Args) -> Result<(), String> {
                 Err(e) => Err(format!("{e}\nnothing was changed")),
             }
         }
-        Command::Stats => {
+        Command::Stats { output } => {
             let response = call(Request::Stats)?;
             if !response.ok {
                 return Err(response.message);
             }
+            if !matches!(output, Output::Table) {
+                let body = serde_json::json!({
+                    "counters": response.counters.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "chains": response.chains,
+                    "generations": response.generations,
+                });
+                let text = match output {
+                    Output::Json => {
+                        serde_json::to_string_pretty(&body).map_err(|e| e.to_string())?
+                    }
+                    _ => serde_yaml_ng::to_string(&body).map_err(|e| e.to_string())?,
+                };
+                println!("{}", text.trim_end());
+                return Ok(());
+            }
             for (name, value) in response.counters {
                 println!("{name:<16} {value}");
+            }
+            if !response.chains.is_empty() {
+                println!();
+                println!(
+                    "{:<24} {:<8} {:<10} {:>12} {:>14}",
+                    "CHAIN", "DIR", "POSITION", "PACKETS", "BYTES"
+                );
+            }
+            for row in &response.chains {
+                let l = &row.label;
+                let position = match l.position {
+                    0 => "entry".to_string(),
+                    p if p == l.hops => "exit".to_string(),
+                    p => format!("after {p}"),
+                };
+                println!(
+                    "{:<24} {:<8} {:<10} {:>12} {:>14}",
+                    l.chain,
+                    format!("{:?}", l.direction).to_lowercase(),
+                    position,
+                    row.packets,
+                    row.bytes
+                );
             }
             Ok(())
         }

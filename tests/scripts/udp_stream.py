@@ -1,0 +1,47 @@
+"""Fixed-rate UDP stream for the tests: `send DST PORT COUNT RATE SPORT` sends COUNT numbered
+datagrams at RATE per second from source port SPORT; `receive PORT OUT IDLE` counts distinct
+sequence numbers until IDLE seconds pass without a datagram (after the first), then writes the
+count to OUT. Every loop is bounded."""
+import socket
+import sys
+import time
+
+
+def send(dst, port, count, rate, sport):
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind(("", sport))
+    start = time.monotonic()
+    payload = b"x" * 32
+    for i in range(count):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        s.sendto(i.to_bytes(4, "big") + payload, (dst, port))
+
+
+def receive(port, out, idle):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    seen = set()
+    s.settimeout(60)  # bounded wait for the first datagram
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            data, _ = s.recvfrom(2048)
+        except socket.timeout:
+            break
+        seen.add(int.from_bytes(data[:4], "big"))
+        s.settimeout(idle)
+    with open(out + ".tmp", "w") as f:
+        f.write(str(len(seen)))
+    import os
+    os.rename(out + ".tmp", out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "send":
+        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))
+    else:
+        receive(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))

@@ -1,0 +1,316 @@
+//! networking-sfc semantics end to end: tap groups, flows pinned to their member while the
+//! group changes, and make-before-break updates under a steady UDP stream. Real daemon, real
+//! traffic, namespaces that each test builds and always removes.
+
+use std::{collections::BTreeMap, fs, path::Path, thread, time::Duration};
+
+use serde_json::Value;
+use sfc_tests::{
+    demo::{example_chain, Demo, DST_V4},
+    wait_for,
+};
+
+fn apply(demo: &Demo, yaml: &str) {
+    if let Err(e) = demo.lab.sfcctl_stdin(&["apply", "-f", "-"], Some(yaml)) {
+        panic!("apply failed: {e}\n{}", demo.lab.daemon_log());
+    }
+}
+
+fn script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `cat` of an interface counter inside an SF namespace.
+fn iface_counter(demo: &Demo, ns: &str, iface: &str, counter: &str) -> u64 {
+    demo.lab
+        .sh(
+            ns,
+            &format!("cat /sys/class/net/{iface}/statistics/{counter}"),
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn stats(demo: &Demo) -> Value {
+    let text = demo.lab.sfcctl(&["stats", "-o", "json"]).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Waits (bounded) for a result file a background script writes when it is done.
+fn result_file(path: &str, limit: Duration) -> String {
+    wait_for(limit, || fs::read_to_string(path).ok())
+        .unwrap_or_else(|| panic!("{path} never written"))
+}
+
+/// The example chain with PG1 holding `pairs` and the chain crossing `groups`.
+fn chain(pairs: &str, groups: &str) -> String {
+    let text = fs::read_to_string(example_chain()).unwrap();
+    let out = text
+        .replace(
+            "  portPairs: [PP1, PP2]",
+            &format!("  portPairs: [{pairs}]"),
+        )
+        .replace(
+            "  portPairGroups: [PG1, PG2]",
+            &format!("  portPairGroups: [{groups}]"),
+        );
+    assert!(out.contains(groups) && out.contains(pairs));
+    out
+}
+
+#[test]
+fn a_tap_sf_gets_a_copy_and_the_original_continues_unchanged() {
+    let demo = Demo::build("tap").unwrap();
+    // SF2 becomes a passive tap: it must not forward the copies it gets.
+    demo.lab
+        .sh(
+            "sf2",
+            "sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0",
+        )
+        .unwrap();
+    let yaml = chain("PP1", "PG1, TAP, PG2")
+        + "---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPairGroup\nmetadata: {name: TAP}\nspec: {portPairs: [PP2], tapEnabled: true}\n";
+    apply(&demo, &yaml);
+    let copies_before = iface_counter(&demo, "sf2", "eth-in", "rx_packets");
+    for port in 43000..43010 {
+        let c = demo.request_from(DST_V4, Some(port)).unwrap();
+        assert_eq!(c.status, 200, "{c:?}");
+        // The original crossed SF1 then SF3, every packet of it; the tap forwarded nothing.
+        assert_eq!(c.forwarded[1], 0, "{c:?}");
+        assert!(c.forwarded[0] >= 4, "{c:?}");
+        assert_eq!(c.forwarded[0], c.forwarded[2], "{c:?}");
+    }
+    let copies = iface_counter(&demo, "sf2", "eth-in", "rx_packets") - copies_before;
+    let tapped = stats(&demo)["counters"]["tapped"].as_u64().unwrap();
+    let through_sf3 = stats(&demo)["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["direction"] == "forward" && r["position"] == 1)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .unwrap();
+    // Every packet that came out of SF1 (position 1: one hop crossed) was copied once.
+    assert_eq!(tapped, through_sf3, "tap copies vs packets past hop 1");
+    assert!(
+        copies >= tapped && tapped >= 40,
+        "tap SF received {copies} frames, {tapped} copies sent"
+    );
+}
+
+#[test]
+fn flows_stay_on_their_member_while_members_are_added_and_removed() {
+    let demo = Demo::build("pin").unwrap();
+    let mut demo = demo;
+    demo.lab
+        .spawn(
+            "dst",
+            &format!("python3 {} serve 7000", script("tcp_echo.py")),
+        )
+        .unwrap();
+    let server_up = wait_for(Duration::from_secs(10), || {
+        demo.lab
+            .sh("dst", "ss -ltn | grep -q ':7000 ' && echo up")
+            .ok()
+            .filter(|s| s.contains("up"))
+    });
+    assert!(server_up.is_some(), "echo server did not start");
+    let tcp = |groups: &str, pairs: &str| {
+        chain(pairs, groups).replace(
+            "  destinationPortRange: \"80\"",
+            "  destinationPortRange: \"7000\"",
+        )
+    };
+    // One member: every connection is on SF1.
+    apply(&demo, &tcp("PG1, PG2", "PP1"));
+    let out = demo.lab.dir.join("talk.out").to_string_lossy().into_owned();
+    let sports: Vec<String> = (44000..44016).map(|p| p.to_string()).collect();
+    demo.lab
+        .spawn(
+            "src",
+            &format!(
+                "python3 {} talk {DST_V4} 7000 {} 6 0.1 {out}",
+                script("tcp_echo.py"),
+                sports.join(",")
+            ),
+        )
+        .unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    let sf = |demo: &Demo| demo.forwarded(false).unwrap();
+    let before_add = sf(&demo);
+    assert!(before_add[0] > 0, "connections not on SF1: {before_add:?}");
+    // SF2 joins: a plain Maglev table would move about half of these flows to it.
+    apply(&demo, &tcp("PG1, PG2", "PP1, PP2"));
+    thread::sleep(Duration::from_millis(1500));
+    let after_add = sf(&demo);
+    assert_eq!(
+        after_add[1], before_add[1],
+        "a flow moved to the new member: {before_add:?} -> {after_add:?}"
+    );
+    assert!(after_add[0] > before_add[0] + 50, "{after_add:?}");
+    // SF2 leaves again: nothing of ours was on it, nothing changes.
+    apply(&demo, &tcp("PG1, PG2", "PP1"));
+    thread::sleep(Duration::from_millis(1000));
+    let after_remove = sf(&demo);
+    assert_eq!(after_remove[1], after_add[1], "{after_remove:?}");
+    let talk = result_file(&out, Duration::from_secs(15));
+    let counts: Vec<u64> = talk
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counts[1], 0, "round trips failed: {talk}");
+    assert!(counts[0] > 16 * 30, "too few round trips: {talk}");
+
+    // New flows, meanwhile, do use a new member; and when a flow's own member leaves, it
+    // must move (to the survivor) and keeps working.
+    apply(&demo, &tcp("PG1, PG2", "PP1, PP2"));
+    let used: Vec<[u64; 3]> = (45000..45012)
+        .map(|p| {
+            let before = sf(&demo);
+            let status = demo
+                .lab
+                .sh(
+                    "src",
+                    &format!(
+                        "python3 -c \"import socket;s=socket.socket();s.bind(('',{p}));s.settimeout(3);s.connect(('{DST_V4}',7000));s.sendall(b'hi');print(s.recv(2))\""
+                    ),
+                )
+                .unwrap();
+            assert!(status.contains("hi"), "{status}");
+            thread::sleep(Duration::from_millis(100));
+            let after = sf(&demo);
+            [0, 1, 2].map(|i| after[i] - before[i])
+        })
+        .collect();
+    assert!(
+        used.iter().any(|u| u[1] > 0),
+        "new flows never use SF2: {used:?}"
+    );
+}
+
+/// Sends `count` datagrams at `rate`/s from the source to the destination while `during`
+/// runs; returns how many distinct ones arrived.
+fn udp_stream(
+    demo: &mut Demo,
+    tag: &str,
+    count: u32,
+    rate: u32,
+    during: impl FnOnce(&Demo),
+) -> u64 {
+    let out = demo
+        .lab
+        .dir
+        .join(format!("{tag}.count"))
+        .to_string_lossy()
+        .into_owned();
+    demo.lab
+        .spawn(
+            "dst",
+            &format!("python3 {} receive 9000 {out} 1.5", script("udp_stream.py")),
+        )
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let sender = demo
+        .lab
+        .cmd("src", "python3")
+        .args([
+            &script("udp_stream.py"),
+            "send",
+            DST_V4,
+            "9000",
+            &count.to_string(),
+            &rate.to_string(),
+            "40999",
+        ])
+        .spawn()
+        .unwrap();
+    during(demo);
+    let output = sender.wait_with_output().unwrap();
+    assert!(output.status.success(), "sender failed");
+    result_file(&out, Duration::from_secs(30))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn updates_are_make_before_break_and_never_mix_generations() {
+    let mut demo = Demo::build("flip").unwrap();
+    let udp = |groups: &str| {
+        chain("PP1, PP2", groups)
+            .replace("  protocol: tcp\n", "  protocol: udp\n")
+            .replace(
+                "  destinationPortRange: \"80\"",
+                "  destinationPortRange: \"9000\"",
+            )
+    };
+    let a = udp("PG1, PG2");
+    let b = udp("PG2, PG1");
+    apply(&demo, &a);
+    const COUNT: u32 = 6000;
+    const RATE: u32 = 1500;
+    // Control: the same stream, no update.
+    let control = udp_stream(&mut demo, "control", COUNT, RATE, |_| {});
+    // The chain flips between two orders of its groups, many times, during the stream.
+    let mut flips = 0;
+    let flipped = udp_stream(&mut demo, "flips", COUNT, RATE, |demo| {
+        for i in 0..16 {
+            thread::sleep(Duration::from_millis(50));
+            apply(demo, if i % 2 == 0 { &b } else { &a });
+            flips += 1;
+        }
+    });
+    let lost_control = COUNT as u64 - control;
+    let lost_flipping = COUNT as u64 - flipped;
+    println!("UDP stream of {COUNT} at {RATE}/s: lost {lost_control} without updates, {lost_flipping} across {flips} updates");
+    assert_eq!(
+        lost_flipping, 0,
+        "packets lost across updates (control lost {lost_control})"
+    );
+
+    // Per generation: every packet that entered the chain on it left the chain on it.
+    let stats = stats(&demo);
+    let mut by_generation: BTreeMap<(u64, String), (u64, u64)> = BTreeMap::new();
+    let mut generations = 0;
+    for g in stats["generations"].as_array().unwrap() {
+        let epoch = g["epoch"].as_u64().unwrap();
+        for row in g["rows"].as_array().unwrap() {
+            let key = (epoch, row["direction"].as_str().unwrap().to_string());
+            let entry = by_generation.entry(key).or_default();
+            let packets = row["packets"].as_u64().unwrap();
+            if row["position"] == 0 {
+                entry.0 += packets;
+            }
+            if row["position"] == row["hops"] {
+                entry.1 += packets;
+            }
+        }
+        generations += 1;
+    }
+    assert!(generations >= 16, "only {generations} generations reported");
+    let used = by_generation
+        .values()
+        .filter(|(entered, _)| *entered > 0)
+        .count();
+    assert!(
+        used >= 8,
+        "the stream was steered by only {used} generations: {by_generation:?}"
+    );
+    for ((epoch, direction), (entered, left)) in &by_generation {
+        assert_eq!(
+            entered, left,
+            "generation {epoch} ({direction}): {entered} packets entered, {left} left on it"
+        );
+    }
+    let total: u64 = by_generation.values().map(|(e, _)| e).sum();
+    assert_eq!(
+        total,
+        2 * COUNT as u64,
+        "every datagram counted once per run"
+    );
+}
