@@ -1,5 +1,6 @@
-"""Fixed-rate UDP stream for the tests: `send DST PORT COUNT RATE SPORT` sends COUNT numbered
-datagrams at RATE per second from source port SPORT; `receive PORT OUT IDLE` counts distinct
+"""Fixed-rate UDP stream for the tests: `send DST PORT COUNT RATE SPORT [BURST [SIZE]]` sends
+COUNT numbered datagrams of SIZE bytes at RATE per second from source port SPORT, BURST at a
+time back to back; `receive PORT OUT IDLE` counts distinct
 sequence numbers until IDLE seconds pass without a datagram (after the first), then writes the
 count to OUT. Every loop is bounded."""
 import socket
@@ -7,16 +8,17 @@ import sys
 import time
 
 
-def send(dst, port, count, rate, sport):
+def send(dst, port, count, rate, sport, burst, size):
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
     s.bind(("", sport))
     start = time.monotonic()
-    payload = b"x" * 32
+    payload = b"x" * max(size - 4, 0)
     for i in range(count):
-        delay = start + i / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        if i % burst == 0:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         s.sendto(i.to_bytes(4, "big") + payload, (dst, port))
 
 
@@ -42,6 +44,10 @@ def receive(port, out, idle):
 
 if __name__ == "__main__":
     if sys.argv[1] == "send":
-        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))
+        extra = [int(a) for a in sys.argv[7:9]]
+        burst = extra[0] if extra else 1
+        size = extra[1] if len(extra) > 1 else 36
+        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]),
+             burst, size)
     else:
         receive(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))

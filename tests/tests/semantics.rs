@@ -193,54 +193,71 @@ fn flows_stay_on_their_member_while_members_are_added_and_removed() {
     );
 }
 
-/// Sends `count` datagrams at `rate`/s from the source to the destination while `during`
-/// runs; returns how many distinct ones arrived.
-fn udp_stream(
-    demo: &mut Demo,
-    tag: &str,
+/// A UDP stream from the source to the destination: `count` datagrams of `size` bytes at
+/// `rate`/s, `burst` back to back.
+#[derive(Clone, Copy)]
+struct Stream {
     count: u32,
     rate: u32,
-    during: impl FnOnce(&Demo),
-) -> u64 {
-    let out = demo
-        .lab
-        .dir
-        .join(format!("{tag}.count"))
-        .to_string_lossy()
-        .into_owned();
-    demo.lab
-        .spawn(
-            "dst",
-            &format!("python3 {} receive 9000 {out} 1.5", script("udp_stream.py")),
-        )
-        .unwrap();
-    thread::sleep(Duration::from_millis(300));
-    let sender = demo
-        .lab
-        .cmd("src", "python3")
-        .args([
-            &script("udp_stream.py"),
-            "send",
-            DST_V4,
-            "9000",
-            &count.to_string(),
-            &rate.to_string(),
-            "40999",
-        ])
-        .spawn()
-        .unwrap();
-    during(demo);
-    let output = sender.wait_with_output().unwrap();
-    assert!(output.status.success(), "sender failed");
-    result_file(&out, Duration::from_secs(30))
-        .trim()
-        .parse()
-        .unwrap()
+    burst: u32,
+    size: u32,
+}
+
+impl Stream {
+    /// Sends the stream while `during` runs; returns how many distinct datagrams arrived.
+    fn run(self, demo: &mut Demo, tag: &str, during: impl FnOnce(&Demo)) -> u64 {
+        let out = demo
+            .lab
+            .dir
+            .join(format!("{tag}.count"))
+            .to_string_lossy()
+            .into_owned();
+        demo.lab
+            .spawn(
+                "dst",
+                &format!("python3 {} receive 9000 {out} 1.5", script("udp_stream.py")),
+            )
+            .unwrap();
+        thread::sleep(Duration::from_millis(300));
+        let sender = demo
+            .lab
+            .cmd("src", "python3")
+            .args([
+                script("udp_stream.py"),
+                "send".into(),
+                DST_V4.into(),
+                "9000".into(),
+                self.count.to_string(),
+                self.rate.to_string(),
+                "40999".into(),
+                self.burst.to_string(),
+                self.size.to_string(),
+            ])
+            .spawn()
+            .unwrap();
+        during(demo);
+        let output = sender.wait_with_output().unwrap();
+        assert!(output.status.success(), "sender failed");
+        result_file(&out, Duration::from_secs(30))
+            .trim()
+            .parse()
+            .unwrap()
+    }
 }
 
 #[test]
 fn updates_are_make_before_break_and_never_mix_generations() {
     let mut demo = Demo::build("flip").unwrap();
+    // Each SF sends at 4 Mbit/s: a burst spends ~10 ms inside the chain, so most updates
+    // happen while packets are in flight between two hops.
+    for sf in ["sf1", "sf2", "sf3"] {
+        demo.lab
+            .sh(
+                sf,
+                "tc qdisc add dev eth-out root tbf rate 4mbit burst 1600 latency 500ms",
+            )
+            .unwrap();
+    }
     let udp = |groups: &str| {
         chain("PP1, PP2", groups)
             .replace("  protocol: tcp\n", "  protocol: udp\n")
@@ -252,22 +269,29 @@ fn updates_are_make_before_break_and_never_mix_generations() {
     let a = udp("PG1, PG2");
     let b = udp("PG2, PG1");
     apply(&demo, &a);
-    const COUNT: u32 = 6000;
-    const RATE: u32 = 1500;
+    let stream = Stream {
+        count: 2400,
+        rate: 600,
+        burst: 12,
+        size: 400,
+    };
     // Control: the same stream, no update.
-    let control = udp_stream(&mut demo, "control", COUNT, RATE, |_| {});
+    let control = stream.run(&mut demo, "control", |_| {});
     // The chain flips between two orders of its groups, many times, during the stream.
     let mut flips = 0;
-    let flipped = udp_stream(&mut demo, "flips", COUNT, RATE, |demo| {
+    let flipped = stream.run(&mut demo, "flips", |demo| {
         for i in 0..16 {
-            thread::sleep(Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(37));
             apply(demo, if i % 2 == 0 { &b } else { &a });
             flips += 1;
         }
     });
-    let lost_control = COUNT as u64 - control;
-    let lost_flipping = COUNT as u64 - flipped;
-    println!("UDP stream of {COUNT} at {RATE}/s: lost {lost_control} without updates, {lost_flipping} across {flips} updates");
+    let lost_control = stream.count as u64 - control;
+    let lost_flipping = stream.count as u64 - flipped;
+    println!(
+        "UDP stream of {} datagrams at {}/s: lost {lost_control} without updates, {lost_flipping} across {flips} updates",
+        stream.count, stream.rate
+    );
     assert_eq!(
         lost_flipping, 0,
         "packets lost across updates (control lost {lost_control})"
@@ -310,7 +334,7 @@ fn updates_are_make_before_break_and_never_mix_generations() {
     let total: u64 = by_generation.values().map(|(e, _)| e).sum();
     assert_eq!(
         total,
-        2 * COUNT as u64,
+        2 * stream.count as u64,
         "every datagram counted once per run"
     );
 }
