@@ -553,3 +553,116 @@ fn weights_share_flows_in_proportion() {
         "weight-1 member got {share_a:.3} of the flows"
     );
 }
+
+/// The fields a group may hash, one packet's worth.
+#[derive(Clone, Copy)]
+struct Fields {
+    proto: u8,
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+}
+
+impl Fields {
+    fn frame(&self) -> Vec<u8> {
+        let len = if self.proto == 6 { 20 } else { 8 };
+        let mut ip = ipv4(
+            self.proto,
+            self.dst,
+            &[],
+            0,
+            &l4(self.sport, self.dport, len),
+        );
+        ip[12..16].copy_from_slice(&self.src);
+        let mut f = self.eth_dst.to_vec();
+        f.extend_from_slice(&self.eth_src);
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    /// This packet with field `name` set to its `i`-th other value.
+    fn with(mut self, name: &str, i: u8) -> Self {
+        match name {
+            "eth_src" => self.eth_src[5] = i,
+            "eth_dst" => self.eth_dst[5] = i,
+            "ip_src" => self.src[3] = i,
+            "ip_dst" => self.dst[3] = i,
+            "tcp_src" | "udp_src" => self.sport = 30000 + i as u16,
+            "tcp_dst" | "udp_dst" => self.dport = 30000 + i as u16,
+            other => panic!("unknown field {other}"),
+        }
+        self
+    }
+}
+
+#[test]
+fn lb_fields_are_honoured_field_by_field() {
+    const FIELDS: [&str; 8] = [
+        "eth_src", "eth_dst", "ip_src", "ip_dst", "tcp_src", "tcp_dst", "udp_src", "udp_dst",
+    ];
+    for field in FIELDS {
+        // Every packet to 198.18.1.0/24 enters C1, whatever its protocol and ports.
+        let yaml = chain_yaml()
+            .replace(
+                "protocol: tcp, destinationIpPrefix: 198.18.1.0/24, destinationPortRange: '80'",
+                "destinationIpPrefix: 198.18.1.0/24",
+            )
+            .replace(
+                "spec: {portPairs: [A, B]}",
+                &format!("spec: {{portPairs: [A, B], lbFields: [{field}]}}"),
+            );
+        assert!(yaml.contains("lbFields"));
+        let mut sb = sandbox(&yaml);
+        let proto = if field.starts_with("udp") { 17 } else { 6 };
+        let base = Fields {
+            proto,
+            eth_src: SRC_MAC,
+            eth_dst: ORIGINAL_DST_MAC,
+            src: SRC,
+            dst: DST,
+            sport: 40000,
+            dport: 80,
+        };
+        let mut member = |f: Fields| {
+            let (verdict, out) = run_on(&mut sb, &f.frame(), 0);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{field}");
+            out[0..6].to_vec()
+        };
+        // The hashed field spreads flows over both members...
+        let used: BTreeSet<Vec<u8>> = (1..=64).map(|i| member(base.with(field, i))).collect();
+        assert_eq!(
+            used.len(),
+            2,
+            "lbFields [{field}]: varying it should use both members"
+        );
+        // ...and every other field is ignored (tcp_x and udp_x are the same bytes: skipped).
+        let l4 = |f: &str| f.starts_with("tcp") || f.starts_with("udp");
+        let alias = |o: &str| l4(o) && l4(field) && o[3..] == field[3..];
+        for other in FIELDS.iter().filter(|o| **o != field && !alias(o)) {
+            let used: BTreeSet<Vec<u8>> = (1..=32).map(|i| member(base.with(other, i))).collect();
+            assert_eq!(
+                used.len(),
+                1,
+                "lbFields [{field}]: varying {other} moved the flow"
+            );
+        }
+        // A UDP field does not apply to TCP packets (nor the reverse): their port is ignored.
+        if l4(field) {
+            let cross = Fields {
+                proto: 23 - proto, // 6 <-> 17
+                ..base
+            };
+            let used: BTreeSet<Vec<u8>> = (1..=32).map(|i| member(cross.with(field, i))).collect();
+            assert_eq!(
+                used.len(),
+                1,
+                "lbFields [{field}] applied to the other protocol"
+            );
+        }
+        drop(sb);
+    }
+}
