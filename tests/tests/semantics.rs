@@ -338,3 +338,38 @@ fn updates_are_make_before_break_and_never_mix_generations() {
         "every datagram counted once per run"
     );
 }
+
+#[test]
+fn a_shared_group_serves_several_chains_and_each_packet_continues_on_its_own() {
+    let mut demo = Demo::build("shared").unwrap();
+    // Two chains from one source port share PG1: web traffic (two classifiers, IPv4 and
+    // IPv6) goes on to SF3, the UDP stream ends after PG1.
+    let yaml = fs::read_to_string(example_chain()).unwrap()
+        + "---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {name: FC-udp}\nspec: {protocol: udp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: '9000', logicalSourcePort: vm-src}\n---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortChain\nmetadata: {name: PC-udp}\nspec: {portPairGroups: [PG1], flowClassifiers: [FC-udp]}\n";
+    apply(&demo, &yaml);
+    for (port, dst) in (46000..46006).zip([DST_V4, sfc_tests::demo::DST_V6].iter().cycle()) {
+        let c = demo.request_from(dst, Some(port)).unwrap();
+        assert_eq!(c.status, 200, "{c:?}");
+        assert!(c.forwarded[2] > 0, "web traffic skipped SF3: {c:?}");
+        assert_eq!(c.forwarded[0] + c.forwarded[1], c.forwarded[2], "{c:?}");
+    }
+    let before = demo.forwarded(false).unwrap();
+    let stream = Stream {
+        count: 300,
+        rate: 1000,
+        burst: 1,
+        size: 64,
+    };
+    let received = stream.run(&mut demo, "udp", |_| {});
+    let after = demo.forwarded(false).unwrap();
+    assert_eq!(received, 300);
+    let through_pg1 = after[0] + after[1] - before[0] - before[1];
+    assert!(
+        through_pg1 >= 300,
+        "UDP datagrams did not cross PG1: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after[2], before[2],
+        "UDP datagrams continued to SF3: {before:?} -> {after:?}"
+    );
+}
