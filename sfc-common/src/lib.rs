@@ -14,6 +14,8 @@ pub const MAP_FLOWS: &str = "sfc_v2_flows";
 pub const MAP_PINS: &str = "sfc_v2_pins";
 pub const MAP_STATS: &str = "sfc_v2_stats";
 pub const MAP_COUNTERS: &str = "sfc_v2_counters";
+pub const MAP_TRACE_FILTER: &str = "sfc_v2_trace_filter";
+pub const MAP_TRACE_EVENTS: &str = "sfc_v2_trace_events";
 pub const PROGRAM_TC: &str = "sfc_tc";
 
 /// Distinct match shapes (prefix lengths, port-prefix lengths, protocol) probed per interface.
@@ -35,8 +37,11 @@ pub const PORTS_CAPACITY: u32 = 8192;
 pub const FLOWS_CAPACITY: u32 = 65536;
 /// Flow-to-member pins (per group and flow hash). LRU.
 pub const PINS_CAPACITY: u32 = 131072;
-/// Per-chain counters (chain, position, direction) per generation; index 0 is "none".
-pub const COUNTERS_PER_GEN: u32 = 16384;
+/// Per-chain counters per generation ((chain, direction, position), and the entry counter of
+/// each classifier); index 0 is "none".
+pub const COUNTERS_PER_GEN: u32 = 32768;
+/// Size of the trace event ring buffer (bytes, a power of two).
+pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
 /// `sfc_v2_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
@@ -259,6 +264,79 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// `TraceFilter::fields`: which fields must match.
+pub mod trace_field {
+    pub const SRC: u8 = 1 << 0;
+    pub const DST: u8 = 1 << 1;
+    pub const PROTO: u8 = 1 << 2;
+    pub const SPORT: u8 = 1 << 3;
+    pub const DPORT: u8 = 1 << 4;
+    pub const ID: u8 = 1 << 5;
+}
+
+/// The one entry of `sfc_v2_trace_filter`. A packet matches in either direction (source and
+/// destination swapped), so one filter follows both directions of a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TraceFilter {
+    /// 0: tracing off (the datapath's only cost is this byte).
+    pub enabled: u8,
+    pub family: u8,
+    pub proto: u8,
+    /// `trace_field` bits.
+    pub fields: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// Tracking id (`tracking_id`).
+    pub id: u32,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// One packet's step through this node, sent to `sfc_v2_trace_events` while tracing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TraceEvent {
+    /// CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Tracking id of the flow (`tracking_id`).
+    pub id: u32,
+    /// Where the packet arrived.
+    pub ifindex: u32,
+    /// Where it was sent (member or logical destination port); 0 when not redirected.
+    pub target_ifindex: u32,
+    pub chain_id: u16,
+    pub hop: u8,
+    /// A `stat` index: steered, delivered, forwarded, no_match, fragment, no_member.
+    pub outcome: u8,
+    /// `Verdict::flags` (entry, reverse).
+    pub flags: u8,
+    pub gen: u8,
+    pub family: u8,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// Destination MAC written (the member's).
+    pub mac: [u8; 6],
+    /// 1 when a copy went to a tap SF.
+    pub tapped: u8,
+    pub _pad: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// The stable tracking id of a flow: the symmetric 5-tuple hash, the same in both directions
+/// (never 0).
+#[inline(always)]
+pub fn tracking_id(input: &HashInput) -> u32 {
+    let id = flow_hash(input, 0);
+    if id == 0 {
+        1
+    } else {
+        id
+    }
+}
+
 /// Key of `sfc_v2_flows` (directional 5-tuple).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -366,6 +444,8 @@ mod pod {
     unsafe impl aya::Pod for PinKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for TraceFilter {}
+    unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for FlowTuple {}
 }
 
@@ -386,6 +466,8 @@ mod tests {
         assert_eq!(size_of::<PinKey>(), 8);
         assert_eq!(size_of::<FlowState>(), 16);
         assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<TraceFilter>(), 12 + 32);
+        assert_eq!(size_of::<TraceEvent>(), 40 + 32);
         assert_eq!(size_of::<FlowTuple>(), 40);
     }
 

@@ -1,7 +1,10 @@
 //! The node agent's logic: desired state in, dataplane out. Requests and interface changes are
 //! handled one at a time on one thread, so every update sees a consistent state.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use thiserror::Error;
 use tracing::{info, warn};
@@ -115,6 +118,7 @@ pub struct Agent {
     state: State,
     store: Store,
     dataplane: Dataplane,
+    bpffs: PathBuf,
     interfaces: Interfaces,
     /// The last reconcile error, logged once rather than every tick.
     last_error: Option<String>,
@@ -137,6 +141,7 @@ impl Agent {
             state,
             store,
             dataplane,
+            bpffs: bpffs.to_path_buf(),
             interfaces: Interfaces::default(),
             last_error: None,
             synced: false,
@@ -203,11 +208,47 @@ impl Agent {
             },
             Request::Delete { kind, name } => self.delete(vec![(kind, name)]),
             Request::Get { kind, name } => self.get(kind, name),
+            // Streams: the server hands those to the trace thread before they get here.
+            Request::Trace { .. } => Response::failure("a trace needs its own connection"),
             Request::Stats => match self.stats() {
                 Ok(response) => response,
                 Err(e) => Response::failure(e.to_string()),
             },
         }
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// Names for a trace's numbers: chains by id, interfaces by index, and the port pair
+    /// behind each SF-facing interface.
+    pub fn trace_names(&self) -> crate::trace::Names {
+        let index = |iface: &str| self.interfaces.links.get(iface).map(|l| l.index);
+        let mut names = crate::trace::Names {
+            chains: self
+                .state
+                .port_chains
+                .iter()
+                .filter_map(|(name, c)| Some((c.chain_id? as u16, name.clone())))
+                .collect(),
+            interfaces: self
+                .interfaces
+                .links
+                .values()
+                .map(|l| (l.index, l.name.clone()))
+                .collect(),
+            pairs: Default::default(),
+        };
+        for (name, pp) in &self.state.port_pairs {
+            if let Some(i) = index(&pp.egress) {
+                names.pairs.insert(i, format!("{name} (egress)"));
+            }
+            if let Some(i) = index(&pp.ingress) {
+                names.pairs.insert(i, name.clone());
+            }
+        }
+        names
     }
 
     fn stats(&self) -> Result<Response, crate::dataplane::DataplaneError> {

@@ -375,7 +375,6 @@ fn build(
                         slot: slot[*g],
                         group: group_key(g),
                         lb_fields: lb_fields(g),
-                        flags: if reverse { FLAG_REVERSE } else { 0 },
                         ..Default::default()
                     },
                     *tap,
@@ -390,6 +389,9 @@ fn build(
             };
             verdict.chain_id = chain_id;
             verdict.counter = counter;
+            if reverse {
+                verdict.flags |= FLAG_REVERSE;
+            }
             if position == 0 {
                 verdict.flags |= FLAG_ENTRY;
             }

@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod trace;
 pub mod validate;
 
 /// The compiled eBPF object (built by build.rs with aya-build).

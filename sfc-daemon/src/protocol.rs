@@ -30,6 +30,11 @@ pub enum Request {
         name: Option<String>,
     },
     Stats,
+    /// Answered with one `Response` line, then `trace::TraceRecord` lines until the client
+    /// hangs up.
+    Trace {
+        spec: crate::trace::TraceSpec,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::{
     agent::Agent,
     protocol::{Request, Response},
+    trace,
 };
 
 /// How often interfaces are re-read when no request arrives.
@@ -73,6 +74,12 @@ pub fn serve(listener: UnixListener, agent: &mut Agent) -> ! {
         let read = BufReader::new((&stream).take_limited()).read_line(&mut line);
         let response = match read {
             Ok(_) => match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Trace { spec }) => {
+                    match trace::start(&stream, agent.bpffs(), spec, agent.trace_names()) {
+                        Ok(()) => continue,
+                        Err(e) => Response::failure(e.to_string()),
+                    }
+                }
                 Ok(request) => {
                     debug!(?request, "request");
                     agent.handle(request)

@@ -20,14 +20,15 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use sfc_common::{
-    action, stat, ClassKey, Counter, FlowState, FlowTuple, HashInput, PinKey, PortKey, PortValue,
-    RingEntry, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS,
-    COUNTERS_PER_GEN, FLAG_ENTRY, FLAG_REVERSE, FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES,
-    PINS_CAPACITY, PORTS_CAPACITY, PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN,
+    action, stat, trace_field, ClassKey, Counter, FlowState, FlowTuple, HashInput, Member, PinKey,
+    PortKey, PortValue, RingEntry, TraceEvent, TraceFilter, Verdict, CLASSIFY_CAPACITY,
+    CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, FLAG_ENTRY, FLAG_REVERSE,
+    FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES, PINS_CAPACITY, PORTS_CAPACITY, PORT_ENTRY,
+    RING_SIZE, SLOTS_PER_GEN, TRACE_EVENTS_BYTES,
 };
 
 use crate::parse::{parse, Packet, ParseError};
@@ -58,9 +59,101 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 #[map(name = "sfc_v2_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
+#[map(name = "sfc_v2_trace_filter")]
+static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
+
+#[map(name = "sfc_v2_trace_events")]
+static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
+
 #[classifier]
 pub fn sfc_tc(ctx: TcContext) -> i32 {
     steer(&ctx)
+}
+
+/// The active trace filter, if a trace is running: one array read when none is.
+#[inline(always)]
+fn trace_filter() -> Option<&'static TraceFilter> {
+    match TRACE_FILTER.get(0) {
+        Some(filter) if filter.enabled != 0 => Some(filter),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn hash_input(pkt: &Packet) -> HashInput {
+    HashInput {
+        eth_src: pkt.eth_src,
+        eth_dst: pkt.eth_dst,
+        proto: pkt.proto,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        src: pkt.src,
+        dst: pkt.dst,
+    }
+}
+
+/// Whether `filter` selects this packet, in either direction.
+#[inline(always)]
+fn trace_matches(filter: &TraceFilter, pkt: &Packet, id: u32) -> bool {
+    let f = filter.fields;
+    if (filter.family != 0 && filter.family != pkt.family)
+        || (f & trace_field::PROTO != 0 && filter.proto != pkt.proto)
+        || (f & trace_field::ID != 0 && filter.id != id)
+    {
+        return false;
+    }
+    let one_way = |src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16| {
+        (f & trace_field::SRC == 0 || filter.src == *src)
+            && (f & trace_field::DST == 0 || filter.dst == *dst)
+            && (f & trace_field::SPORT == 0 || filter.sport == sport)
+            && (f & trace_field::DPORT == 0 || filter.dport == dport)
+    };
+    one_way(&pkt.src, &pkt.dst, pkt.sport, pkt.dport)
+        || one_way(&pkt.dst, &pkt.src, pkt.dport, pkt.sport)
+}
+
+/// Reports one step of a traced packet, if a trace is running and selects it.
+#[inline(always)]
+fn emit(
+    ctx: &TcContext,
+    pkt: &Packet,
+    gen: u32,
+    verdict: Option<&Verdict>,
+    outcome: u32,
+    target: Option<&Member>,
+) {
+    let Some(filter) = trace_filter() else {
+        return;
+    };
+    let id = sfc_common::tracking_id(&hash_input(pkt));
+    if !trace_matches(filter, pkt, id) {
+        return;
+    }
+    let Some(mut slot) = TRACE_EVENTS.reserve::<TraceEvent>(0) else {
+        return;
+    };
+    let event = TraceEvent {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        id,
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        target_ifindex: target.map(|m| m.ifindex).unwrap_or(0),
+        chain_id: verdict.map(|v| v.chain_id).unwrap_or(0),
+        hop: verdict.map(|v| v.hop).unwrap_or(0),
+        outcome: outcome as u8,
+        flags: verdict.map(|v| v.flags).unwrap_or(0),
+        gen: gen as u8,
+        family: pkt.family,
+        proto: pkt.proto,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        mac: target.map(|m| m.mac).unwrap_or([0; 6]),
+        tapped: verdict.map(|v| (v.tap_ifindex != 0) as u8).unwrap_or(0),
+        _pad: 0,
+        src: pkt.src,
+        dst: pkt.dst,
+    };
+    slot.write(event);
+    slot.submit(0);
 }
 
 #[inline(always)]
@@ -121,11 +214,13 @@ fn steer(ctx: &TcContext) -> i32 {
     let verdict = match classify(port, gen as u8, &pkt) {
         Some(verdict) => verdict,
         None => {
-            count(if pkt.fragment {
+            let outcome = if pkt.fragment {
                 stat::FRAGMENT
             } else {
                 stat::NO_MATCH
-            });
+            };
+            count(outcome);
+            emit(ctx, &pkt, gen, None, outcome, None);
             return TC_ACT_OK;
         }
     };
@@ -138,7 +233,7 @@ fn steer(ctx: &TcContext) -> i32 {
             if verdict.flags & FLAG_ENTRY != 0 {
                 enter(flow, &pkt, gen as u8);
             }
-            to_member(ctx, &pkt, verdict)
+            to_member(ctx, &pkt, gen, verdict)
         }
         action::DELIVER => {
             leave(flow, verdict);
@@ -146,12 +241,26 @@ fn steer(ctx: &TcContext) -> i32 {
                 count(stat::MALFORMED);
                 return TC_ACT_OK;
             }
+            let target = Member {
+                ifindex: verdict.deliver_ifindex,
+                mac: verdict.deliver_mac,
+                _pad: [0; 2],
+            };
+            emit(
+                ctx,
+                &pkt,
+                gen,
+                Some(verdict),
+                stat::DELIVERED,
+                Some(&target),
+            );
             redirect(verdict.deliver_ifindex, stat::DELIVERED)
         }
         _ => {
             leave(flow, verdict);
             restore_destination_mac(ctx, &pkt, flow);
             count(stat::FORWARDED);
+            emit(ctx, &pkt, gen, Some(verdict), stat::FORWARDED, None);
             TC_ACT_OK
         }
     }
@@ -255,17 +364,8 @@ fn tap(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) {
 
 /// Picks the member: the flow's pin if it has one (so a surviving member never loses a flow
 /// when the group changes), otherwise the Maglev table, and pins the choice.
-fn to_member(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) -> i32 {
-    let input = HashInput {
-        eth_src: pkt.eth_src,
-        eth_dst: pkt.eth_dst,
-        proto: pkt.proto,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        src: pkt.src,
-        dst: pkt.dst,
-    };
-    let hash = sfc_common::flow_hash(&input, verdict.lb_fields);
+fn to_member(ctx: &TcContext, pkt: &Packet, gen: u32, verdict: &Verdict) -> i32 {
+    let hash = sfc_common::flow_hash(&hash_input(pkt), verdict.lb_fields);
     let pin = PinKey {
         group: verdict.group,
         hash,
@@ -279,6 +379,7 @@ fn to_member(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) -> i32 {
             }
             _ => {
                 count(stat::NO_MEMBER);
+                emit(ctx, pkt, gen, Some(verdict), stat::NO_MEMBER, None);
                 return TC_ACT_SHOT;
             }
         },
@@ -292,6 +393,7 @@ fn to_member(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) -> i32 {
         count(stat::MALFORMED);
         return TC_ACT_OK;
     }
+    emit(ctx, pkt, gen, Some(verdict), stat::STEERED, Some(&member));
     redirect(member.ifindex, stat::STEERED)
 }
 

@@ -14,7 +14,13 @@ use sfc_daemon::{
     document::{to_json, to_yaml},
     model::{Kind, Object, Spec, State},
     protocol::{Request, Response},
+    trace::{self, Format, TraceSpec},
 };
+
+fn parse_id(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("{text:?} is not a tracking id (8 hex digits, as trace prints)"))
+}
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +64,32 @@ enum Command {
     Validate {
         #[arg(short = 'f', long = "filename")]
         file: String,
+    },
+    /// Follow packets through this node live: every step of each packet matching the filter
+    /// (any subset; a flow matches in both directions). Stops after --count records or
+    /// --duration seconds, or on Ctrl-C.
+    Trace {
+        #[arg(long)]
+        src: Option<String>,
+        #[arg(long)]
+        dst: Option<String>,
+        /// tcp, udp, icmp, icmpv6 or a number.
+        #[arg(long)]
+        proto: Option<String>,
+        #[arg(long)]
+        sport: Option<u16>,
+        #[arg(long)]
+        dport: Option<u16>,
+        /// A tracking id (hex, as printed) to follow one flow.
+        #[arg(long, value_parser = parse_id)]
+        id: Option<u32>,
+        #[arg(long)]
+        count: Option<u64>,
+        /// Seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
     },
     /// Datapath counters: by outcome, and per chain, direction and hop.
     Stats {
@@ -157,6 +189,32 @@ fn run(args: Args) -> Result<(), String> {
                 }
                 Err(e) => Err(format!("{e}\nnothing was changed")),
             }
+        }
+        Command::Trace {
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            id,
+            count,
+            duration,
+            output,
+        } => {
+            let spec = TraceSpec {
+                src,
+                dst,
+                proto,
+                sport,
+                dport,
+                id,
+            };
+            let format = match output {
+                Output::Table => Format::Table,
+                _ => Format::Json,
+            };
+            let duration = duration.map(Duration::from_secs_f64);
+            trace::follow(&args.socket, spec, count, duration, format)
         }
         Command::Stats { output } => {
             let response = call(Request::Stats)?;
