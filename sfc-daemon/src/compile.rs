@@ -80,6 +80,9 @@ pub struct CounterLabel {
     pub direction: Direction,
     pub position: u8,
     pub hops: u8,
+    /// At the entry (position 0): the classifier that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<String>,
 }
 
 /// The stable key of a group for flow pins: the same in every generation and after a restart
@@ -344,22 +347,28 @@ fn build(
         let forward_hops = hops_with_taps(chain.port_pair_groups.iter(), &is_tap, &taps);
         let reverse_hops = hops_with_taps(chain.port_pair_groups.iter().rev(), &is_tap, &taps);
         let n = forward_hops.0.len();
-        // Counters: one per (direction, position), position p = hops already crossed.
-        let mut counter = |direction: Direction, position: usize| -> u32 {
+        // Counters: one per (direction, position), position p = hops already crossed; at
+        // the entry (p = 0), one per classifier.
+        let mut counter = |direction: Direction, position: usize, classifier: Option<&String>| {
             image.counters.push(CounterLabel {
                 chain: chain_name.clone(),
                 direction,
                 position: position as u8,
                 hops: n as u8,
+                classifier: classifier.cloned(),
             });
             image.counters.len() as u32
         };
-        let forward_counters: Vec<u32> = (0..=n).map(|p| counter(Direction::Forward, p)).collect();
-        let reverse_counters: Vec<u32> = if chain.chain_parameters.symmetric {
-            (0..=n).map(|p| counter(Direction::Reverse, p)).collect()
-        } else {
-            Vec::new()
-        };
+        let forward_counters: Vec<u32> = (0..=n)
+            .map(|p| (p > 0).then(|| counter(Direction::Forward, p, None)).unwrap_or(0))
+            .collect();
+        let reverse_counters: Vec<u32> = (0..=n)
+            .map(|p| {
+                (p > 0 && chain.chain_parameters.symmetric)
+                    .then(|| counter(Direction::Reverse, p, None))
+                    .unwrap_or(0)
+            })
+            .collect();
         // The decision taken after `position` hops of `hops` (forward or reverse order).
         let decide = |hops: &(Vec<(&String, Option<Member>)>, Option<Member>),
                       position: usize,
@@ -409,7 +418,13 @@ fn build(
             let mut targets = vec![(
                 forward.clone(),
                 port_domain[&fc.logical_source_port],
-                decide(&forward_hops, 0, false, ldp, forward_counters[0]),
+                decide(
+                    &forward_hops,
+                    0,
+                    false,
+                    ldp,
+                    counter(Direction::Forward, 0, Some(fc_name)),
+                ),
             )];
             for (k, (g, _)) in forward_hops.0.iter().enumerate() {
                 targets.push((
@@ -426,7 +441,13 @@ fn build(
                 targets.push((
                     reverse.clone(),
                     port_domain[ldp],
-                    decide(&reverse_hops, 0, true, lsp, reverse_counters[0]),
+                    decide(
+                        &reverse_hops,
+                        0,
+                        true,
+                        lsp,
+                        counter(Direction::Reverse, 0, Some(fc_name)),
+                    ),
                 ));
                 for (j, (g, _)) in reverse_hops.0.iter().enumerate() {
                     targets.push((
