@@ -14,6 +14,10 @@ pub const MAP_FLOWS: &str = "sfc_v2_flows";
 pub const MAP_PINS: &str = "sfc_v2_pins";
 pub const MAP_STATS: &str = "sfc_v2_stats";
 pub const MAP_COUNTERS: &str = "sfc_v2_counters";
+pub const MAP_MEMBER_COUNTERS: &str = "sfc_v2_member_counters";
+/// Which counter slot each SF-facing interface has (written and read by the agent only; kept
+/// in bpffs so that a restarted agent finds the counters where it left them).
+pub const MAP_MEMBER_SLOTS: &str = "sfc_v2_member_slots";
 pub const MAP_TRACE_FILTER: &str = "sfc_v2_trace_filter";
 pub const MAP_TRACE_EVENTS: &str = "sfc_v2_trace_events";
 pub const PROGRAM_TC: &str = "sfc_tc";
@@ -40,6 +44,8 @@ pub const PINS_CAPACITY: u32 = 131072;
 /// Per-chain counters per generation ((chain, direction, position), and the entry counter of
 /// each classifier); index 0 is "none".
 pub const COUNTERS_PER_GEN: u32 = 32768;
+/// Counter slots of SF-facing interfaces (member sides); slot 0 is "none".
+pub const MEMBER_SLOTS: u32 = 4096;
 /// Size of the trace event ring buffer (bytes, a power of two).
 pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
@@ -177,6 +183,9 @@ pub struct PortValue {
     pub n_tuples: u16,
     /// `PORT_*` bits.
     pub flags: u16,
+    /// Member counter slot of this interface (an SF's egress side), 0: none.
+    pub slot: u16,
+    pub _pad: u16,
     pub tuples: [TupleMask; MAX_TUPLES],
 }
 
@@ -207,7 +216,8 @@ pub struct Verdict {
     /// A tap SF that gets a copy first (0: none).
     pub tap_ifindex: u32,
     pub tap_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Member counter slot of the tap's interface, 0: none.
+    pub tap_slot: u16,
 }
 
 /// `Verdict::flags`: the packet enters a chain here (at a logical port): remember its
@@ -223,7 +233,8 @@ pub const FLAG_REVERSE: u8 = 2;
 pub struct Member {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Member counter slot of this interface, 0: none.
+    pub slot: u16,
 }
 
 /// Entry of `sfc_v2_ring` and value of `sfc_v2_pins`: both sides of one member, so that the
@@ -254,6 +265,17 @@ pub struct FlowState {
     pub _pad: u8,
     /// Packets entered and not yet out of the chain (atomic; may drift when an SF drops).
     pub inflight: u64,
+}
+
+/// Element of `sfc_v2_member_counters` (per CPU): traffic we sent into an SF through one of its
+/// interfaces, and traffic that came back out of it there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemberCounter {
+    pub into_packets: u64,
+    pub into_bytes: u64,
+    pub from_packets: u64,
+    pub from_bytes: u64,
 }
 
 /// Element of `sfc_v2_counters` (per CPU).
@@ -444,6 +466,7 @@ mod pod {
     unsafe impl aya::Pod for PinKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for MemberCounter {}
     unsafe impl aya::Pod for TraceFilter {}
     unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for FlowTuple {}
@@ -459,7 +482,8 @@ mod tests {
         assert_eq!(size_of::<ClassKey>(), 4 + 4 + 4 + 32);
         assert_eq!(size_of::<TupleMask>(), 8 + 32);
         assert_eq!(size_of::<PortKey>(), 8);
-        assert_eq!(size_of::<PortValue>(), 8 + 40 * MAX_TUPLES);
+        assert_eq!(size_of::<PortValue>(), 12 + 40 * MAX_TUPLES);
+        assert_eq!(size_of::<MemberCounter>(), 32);
         assert_eq!(size_of::<Verdict>(), 40);
         assert_eq!(size_of::<Member>(), 12);
         assert_eq!(size_of::<RingEntry>(), 24);

@@ -54,6 +54,9 @@ pub struct Image {
     pub members: BTreeMap<u32, Vec<RingEntry>>,
     /// What counter `i + 1` counts (relative to the generation's first counter).
     pub counters: Vec<CounterLabel>,
+    /// The SF-facing interfaces (member sides, taps included) by ifindex. Their counter slots
+    /// are the writer's to fill in (`slot` fields here are 0).
+    pub sides: BTreeMap<u32, Side>,
     /// Interfaces that need the program: name -> ifindex.
     pub attach: BTreeMap<String, u32>,
     /// Things that are fine for now but worth saying (an interface not present yet).
@@ -83,6 +86,15 @@ pub struct CounterLabel {
     /// At the entry (position 0): the classifier that matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier: Option<String>,
+}
+
+/// An interface through which we send into, or receive from, an SF.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Side {
+    pub pair: String,
+    pub interface: String,
 }
 
 /// The stable key of a group for flow pins: the same in every generation and after a restart
@@ -195,19 +207,26 @@ fn build(
             ));
         }
     }
-    // One side of a pair: its interface and the MAC of the SF's NIC behind it.
-    let mut side = |pp_name: &str, iface: &String, configured: &Option<String>, field: &str| {
+    // One side of a pair: its interface and the MAC of the SF's NIC behind it (required when
+    // we send into it; a side we only receive from may have none).
+    let mut side = |pp_name: &str,
+                    iface: &String,
+                    configured: &Option<String>,
+                    field: &str,
+                    send_into: bool| {
         let Some(link) = interfaces.links.get(iface) else {
-            image.notes.push(format!(
-                "PortPair {pp_name:?}: interface {iface:?} is not present; the member is skipped until it appears"
-            ));
+            if send_into {
+                image.notes.push(format!(
+                    "PortPair {pp_name:?}: interface {iface:?} is not present; the member is skipped until it appears"
+                ));
+            }
             return None;
         };
         let discovered = match configured {
             Some(text) => mac(text),
             None => interfaces.peer_macs.get(iface).copied(),
         };
-        let Some(member_mac) = discovered else {
+        if discovered.is_none() && send_into {
             errors.push(err(
                 Kind::PortPair,
                 pp_name,
@@ -218,11 +237,18 @@ fn build(
                 ),
             ));
             return None;
-        };
+        }
+        image.sides.insert(
+            link.index,
+            Side {
+                pair: pp_name.to_string(),
+                interface: iface.clone(),
+            },
+        );
         Some(Member {
             ifindex: link.index,
-            mac: member_mac,
-            _pad: [0; 2],
+            mac: discovered.unwrap_or_default(),
+            slot: 0,
         })
     };
     let mut rings = Vec::new();
@@ -233,11 +259,18 @@ fn build(
         let mut live: Vec<(&str, u32, RingEntry)> = Vec::new();
         for pp_name in &spec.port_pairs {
             let pp = &state.port_pairs[pp_name];
-            let Some(ingress) = side(pp_name, &pp.ingress, &pp.ingress_mac, "spec.ingressMac")
-            else {
+            let Some(ingress) = side(
+                pp_name,
+                &pp.ingress,
+                &pp.ingress_mac,
+                "spec.ingressMac",
+                true,
+            ) else {
                 continue;
             };
             let egress = if !symmetric {
+                // Only received from: counted, never sent into.
+                side(pp_name, &pp.egress, &pp.egress_mac, "spec.egressMac", false);
                 Member::default()
             } else if pp.egress == pp.ingress {
                 Member {
@@ -249,7 +282,7 @@ fn build(
                     ..ingress
                 }
             } else {
-                match side(pp_name, &pp.egress, &pp.egress_mac, "spec.egressMac") {
+                match side(pp_name, &pp.egress, &pp.egress_mac, "spec.egressMac", true) {
                     Some(m) => m,
                     None => continue,
                 }
@@ -274,7 +307,13 @@ fn build(
             }
             if let Some(pp_name) = state.port_pair_groups[g].port_pairs.first() {
                 let pp = &state.port_pairs[pp_name];
-                if let Some(m) = side(pp_name, &pp.ingress, &pp.ingress_mac, "spec.ingressMac") {
+                if let Some(m) = side(
+                    pp_name,
+                    &pp.ingress,
+                    &pp.ingress_mac,
+                    "spec.ingressMac",
+                    true,
+                ) {
                     taps.insert(g, m);
                 }
             }
@@ -360,7 +399,11 @@ fn build(
             image.counters.len() as u32
         };
         let forward_counters: Vec<u32> = (0..=n)
-            .map(|p| (p > 0).then(|| counter(Direction::Forward, p, None)).unwrap_or(0))
+            .map(|p| {
+                (p > 0)
+                    .then(|| counter(Direction::Forward, p, None))
+                    .unwrap_or(0)
+            })
             .collect();
         let reverse_counters: Vec<u32> = (0..=n)
             .map(|p| {
@@ -566,6 +609,8 @@ fn build(
             } else {
                 0
             },
+            slot: 0,
+            _pad: 0,
             tuples: [TupleMask::default(); MAX_TUPLES],
         };
         for (slot, mask) in value.tuples.iter_mut().zip(list) {

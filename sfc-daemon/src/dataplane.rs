@@ -24,15 +24,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sfc_common::{
-    stat, ClassKey, Counter, PinKey, PortKey, PortValue, RingEntry, Verdict, CONFIG_EPOCH,
-    CONFIG_FLIP_NS, COUNTERS_PER_GEN, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS,
-    MAP_PINS, MAP_PORTS, MAP_RING, MAP_STATS, PROGRAM_TC, RING_SIZE, SLOTS_PER_GEN,
+    stat, ClassKey, Counter, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, Verdict,
+    CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG,
+    MAP_COUNTERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PINS, MAP_PORTS, MAP_RING, MAP_STATS,
+    MEMBER_SLOTS, PROGRAM_TC, RING_SIZE, SLOTS_PER_GEN,
 };
 use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::{
-    compile::Image,
+    compile::{Image, Side},
     counters::{ChainCounters, Generation, Row},
 };
 
@@ -51,6 +52,8 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("program {PROGRAM_TC}: {0}")]
     Program(#[from] ProgramError),
+    #[error("{0}")]
+    Capacity(String),
     #[error("counting the possible CPUs: {0}")]
     Cpus(io::Error),
     #[error("link for interface {iface}: {message}")]
@@ -116,6 +119,14 @@ pub struct Dataplane {
     counters: PerCpuArray<MapData, Counter>,
     /// Per-chain counts of retired generations.
     pub chain_counters: ChainCounters,
+    member_counters: PerCpuArray<MapData, MemberCounter>,
+    member_slot_map: HashMap<MapData, u32, u32>,
+    /// Counter slot of each SF-facing interface (a copy of `member_slot_map`).
+    member_slots: BTreeMap<u32, u16>,
+    /// The last known name of each of those interfaces.
+    member_labels: BTreeMap<u32, Side>,
+    /// Counts of interfaces whose slot was given up.
+    member_totals: BTreeMap<Side, MemberCounter>,
     /// What each generation holds, when known (unknown after a restart).
     written: [Option<Image>; 2],
     /// Interfaces with our program attached: name -> ifindex.
@@ -152,11 +163,22 @@ impl Dataplane {
             stats: take(&mut bpf, MAP_STATS)?,
             counters: take(&mut bpf, MAP_COUNTERS)?,
             chain_counters: ChainCounters::default(),
+            member_counters: take(&mut bpf, MAP_MEMBER_COUNTERS)?,
+            member_slot_map: take(&mut bpf, MAP_MEMBER_SLOTS)?,
+            member_slots: BTreeMap::new(),
+            member_labels: BTreeMap::new(),
+            member_totals: BTreeMap::new(),
             bpf,
             links_dir,
             written: [None, None],
             attached: BTreeMap::new(),
         };
+        dp.member_slots = dp
+            .member_slot_map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(ifindex, slot)| (ifindex, slot as u16))
+            .collect();
         dp.adopt_links()?;
         Ok(dp)
     }
@@ -184,6 +206,7 @@ impl Dataplane {
             self.wait_until_retired()?;
             self.retire_counters(target, epoch.wrapping_sub(1))?;
             self.clear(target)?;
+            self.assign_member_slots(image, active)?;
             self.write(target, image)?;
             self.purge_pins(image)?;
             self.config
@@ -280,8 +303,109 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Gives every SF-facing interface of `image` a counter slot, keeping the ones they have;
+    /// interfaces that neither `image` nor the active generation uses give theirs up (their
+    /// counts move to the totals).
+    fn assign_member_slots(&mut self, image: &Image, active: usize) -> Result<(), DataplaneError> {
+        let active_sides = self.written[active].as_ref().map(|i| &i.sides);
+        let keep = |ifindex: &u32| {
+            image.sides.contains_key(ifindex)
+                || active_sides.is_some_and(|sides| sides.contains_key(ifindex))
+        };
+        let released: Vec<(u32, u16)> = self
+            .member_slots
+            .iter()
+            .filter(|(ifindex, _)| !keep(ifindex))
+            .map(|(i, s)| (*i, *s))
+            .collect();
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        for (ifindex, slot) in released {
+            let counts = self.read_member_counter(slot)?;
+            let label = self.member_labels.remove(&ifindex).unwrap_or(Side {
+                pair: String::new(),
+                interface: format!("ifindex {ifindex}"),
+            });
+            add_member(self.member_totals.entry(label).or_default(), &counts);
+            let zero = PerCpuValues::try_from(vec![MemberCounter::default(); cpus])
+                .map_err(DataplaneError::Cpus)?;
+            self.member_counters
+                .set(slot as u32, zero, 0)
+                .map_err(map_err(MAP_MEMBER_COUNTERS))?;
+            remove_ok(self.member_slot_map.remove(&ifindex)).map_err(map_err(MAP_MEMBER_SLOTS))?;
+            self.member_slots.remove(&ifindex);
+        }
+        for (&ifindex, side) in &image.sides {
+            self.member_labels.insert(ifindex, side.clone());
+            if self.member_slots.contains_key(&ifindex) {
+                continue;
+            }
+            let used: std::collections::BTreeSet<u16> =
+                self.member_slots.values().copied().collect();
+            let Some(slot) = (1..MEMBER_SLOTS as u16).find(|s| !used.contains(s)) else {
+                return Err(DataplaneError::Capacity(format!(
+                    "more than {} SF-facing interfaces need counters",
+                    MEMBER_SLOTS - 1
+                )));
+            };
+            self.member_slot_map
+                .insert(ifindex, slot as u32, 0)
+                .map_err(map_err(MAP_MEMBER_SLOTS))?;
+            self.member_slots.insert(ifindex, slot);
+        }
+        Ok(())
+    }
+
+    fn read_member_counter(&self, slot: u16) -> Result<MemberCounter, DataplaneError> {
+        let per_cpu = self
+            .member_counters
+            .get(&(slot as u32), 0)
+            .map_err(map_err(MAP_MEMBER_COUNTERS))?;
+        let mut sum = MemberCounter::default();
+        for c in per_cpu.iter() {
+            add_member(&mut sum, c);
+        }
+        Ok(sum)
+    }
+
+    /// Traffic into and out of each SF-facing interface, by pair and interface (live slots
+    /// plus what interfaces that went away had counted).
+    pub fn member_counters(&self) -> Result<BTreeMap<Side, MemberCounter>, DataplaneError> {
+        let mut out = self.member_totals.clone();
+        for (ifindex, slot) in &self.member_slots {
+            let Some(label) = self.member_labels.get(ifindex) else {
+                continue;
+            };
+            add_member(
+                out.entry(label.clone()).or_default(),
+                &self.read_member_counter(*slot)?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn slot_of(&self, member: Member) -> Member {
+        Member {
+            slot: self.member_slots.get(&member.ifindex).copied().unwrap_or(0),
+            ..member
+        }
+    }
+
     /// Drops the flow pins that point at anything but a live member of their group.
     fn purge_pins(&mut self, image: &Image) -> Result<(), DataplaneError> {
+        // Pins carry counter slots, the image does not: compare interfaces and MACs.
+        let same = |a: &RingEntry, b: &RingEntry| {
+            (
+                a.ingress.ifindex,
+                a.ingress.mac,
+                a.egress.ifindex,
+                a.egress.mac,
+            ) == (
+                b.ingress.ifindex,
+                b.ingress.mac,
+                b.egress.ifindex,
+                b.egress.mac,
+            )
+        };
         let stale: Vec<PinKey> = self
             .pins
             .iter()
@@ -290,7 +414,7 @@ impl Dataplane {
                 !image
                     .members
                     .get(&key.group)
-                    .is_some_and(|members| members.contains(entry))
+                    .is_some_and(|members| members.iter().any(|m| same(m, entry)))
             })
             .map(|(key, _)| key)
             .collect();
@@ -305,6 +429,10 @@ impl Dataplane {
         for (slot, ring) in image.rings.iter().enumerate() {
             for (i, entry) in ring.iter().enumerate() {
                 let index = base + slot as u32 * RING_SIZE + i as u32;
+                let entry = RingEntry {
+                    ingress: self.slot_of(entry.ingress),
+                    egress: self.slot_of(entry.egress),
+                };
                 self.ring.set(index, entry, 0).map_err(map_err(MAP_RING))?;
             }
         }
@@ -317,6 +445,11 @@ impl Dataplane {
             let verdict = Verdict {
                 slot: gen as u32 * SLOTS_PER_GEN + verdict.slot,
                 counter: gen as u32 * COUNTERS_PER_GEN + verdict.counter,
+                tap_slot: self
+                    .member_slots
+                    .get(&verdict.tap_ifindex)
+                    .copied()
+                    .unwrap_or(0),
                 ..*verdict
             };
             self.classify
@@ -327,6 +460,10 @@ impl Dataplane {
             let key = PortKey {
                 ifindex: *ifindex,
                 gen: gen as u32,
+            };
+            let value = PortValue {
+                slot: self.member_slots.get(ifindex).copied().unwrap_or(0),
+                ..*value
             };
             self.ports
                 .insert(key, value, 0)
@@ -505,6 +642,13 @@ impl Dataplane {
         info!(iface, ifindex, "detached");
         self.attached.remove(iface);
     }
+}
+
+fn add_member(total: &mut MemberCounter, c: &MemberCounter) {
+    total.into_packets += c.into_packets;
+    total.into_bytes += c.into_bytes;
+    total.from_packets += c.from_packets;
+    total.from_bytes += c.from_bytes;
 }
 
 /// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.

@@ -24,11 +24,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sfc_common::{
-    action, stat, trace_field, ClassKey, Counter, FlowState, FlowTuple, HashInput, Member, PinKey,
-    PortKey, PortValue, RingEntry, TraceEvent, TraceFilter, Verdict, CLASSIFY_CAPACITY,
-    CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, FLAG_ENTRY, FLAG_REVERSE,
-    FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES, PINS_CAPACITY, PORTS_CAPACITY, PORT_ENTRY,
-    RING_SIZE, SLOTS_PER_GEN, TRACE_EVENTS_BYTES,
+    action, stat, trace_field, ClassKey, Counter, FlowState, FlowTuple, HashInput, Member,
+    MemberCounter, PinKey, PortKey, PortValue, RingEntry, TraceEvent, TraceFilter, Verdict,
+    CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, FLAG_ENTRY,
+    FLAG_REVERSE, FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES, MEMBER_SLOTS, PINS_CAPACITY,
+    PORTS_CAPACITY, PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN, TRACE_EVENTS_BYTES,
 };
 
 use crate::parse::{parse, Packet, ParseError};
@@ -58,6 +58,13 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
 #[map(name = "sfc_v2_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
+
+#[map(name = "sfc_v2_member_counters")]
+static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
+
+/// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
+#[map(name = "sfc_v2_member_slots")]
+static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
 #[map(name = "sfc_v2_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
@@ -177,6 +184,25 @@ fn count_chain(index: u32, bytes: u32) {
     }
 }
 
+/// Traffic into an SF (`into`) or back out of it, per member interface.
+#[inline(always)]
+fn count_member(slot: u16, into: bool, bytes: u32) {
+    if slot == 0 {
+        return;
+    }
+    if let Some(c) = MEMBER_COUNTERS.get_ptr_mut(slot as u32) {
+        unsafe {
+            if into {
+                (*c).into_packets += 1;
+                (*c).into_bytes += bytes as u64;
+            } else {
+                (*c).from_packets += 1;
+                (*c).from_bytes += bytes as u64;
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn port(ifindex: u32, gen: u32) -> Option<&'static PortValue> {
     unsafe { PORTS.get(PortKey { ifindex, gen }) }
@@ -211,6 +237,7 @@ fn steer(ctx: &TcContext) -> i32 {
         Some(port) => port,
         None => return TC_ACT_OK,
     };
+    count_member(port.slot, false, ctx.len());
     let verdict = match classify(port, gen as u8, &pkt) {
         Some(verdict) => verdict,
         None => {
@@ -244,7 +271,7 @@ fn steer(ctx: &TcContext) -> i32 {
             let target = Member {
                 ifindex: verdict.deliver_ifindex,
                 mac: verdict.deliver_mac,
-                _pad: [0; 2],
+                slot: 0,
             };
             emit(
                 ctx,
@@ -354,11 +381,12 @@ fn tap(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) {
         return;
     }
     let rc = unsafe { bpf_clone_redirect(ctx.skb.skb, verdict.tap_ifindex, 0) };
-    count(if rc == 0 {
-        stat::TAPPED
+    if rc == 0 {
+        count(stat::TAPPED);
+        count_member(verdict.tap_slot, true, ctx.len());
     } else {
-        stat::TAP_FAILED
-    });
+        count(stat::TAP_FAILED);
+    }
     let _ = ctx.store(0, &pkt.eth_dst, 0);
 }
 
@@ -393,6 +421,7 @@ fn to_member(ctx: &TcContext, pkt: &Packet, gen: u32, verdict: &Verdict) -> i32 
         count(stat::MALFORMED);
         return TC_ACT_OK;
     }
+    count_member(member.slot, true, ctx.len());
     emit(ctx, pkt, gen, Some(verdict), stat::STEERED, Some(&member));
     redirect(member.ifindex, stat::STEERED)
 }
