@@ -10,6 +10,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod overlap;
 pub mod protocol;
 pub mod server;
 pub mod store;
