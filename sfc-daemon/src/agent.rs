@@ -11,7 +11,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::{
-    changes,
+    capacity, changes,
     compile::{compile, Image, Interfaces},
     dataplane::{Dataplane, DataplaneError},
     document::{parse_file, ConfigError, ConfigErrors, Sourced},
@@ -59,7 +59,7 @@ pub fn plan(
         names.push((s.object.spec.kind(), s.object.name.clone()));
         next.upsert(s.object);
     }
-    keep_and_assign_chain_ids(&mut next, current);
+    keep_and_assign_chain_ids(&mut next, current, &origins)?;
     let image = compile(&next, interfaces, &origins)?;
     let lines = changes::applied(current, &next, &names);
     Ok((next, lines, image))
@@ -84,7 +84,11 @@ fn origins_of(objects: &[Sourced], errors: &mut Vec<ConfigError>) -> Origins {
 
 /// A chain applied without `chainId` keeps the id it was given before; new ones get the lowest
 /// free id. Ids are stored with the chain, so they are stable across restarts.
-fn keep_and_assign_chain_ids(next: &mut State, current: &State) {
+fn keep_and_assign_chain_ids(
+    next: &mut State,
+    current: &State,
+    origins: &Origins,
+) -> Result<(), ConfigErrors> {
     for (name, chain) in next.port_chains.iter_mut() {
         if chain.chain_id.is_none() {
             chain.chain_id = current.port_chains.get(name).and_then(|c| c.chain_id);
@@ -96,14 +100,24 @@ fn keep_and_assign_chain_ids(next: &mut State, current: &State) {
         .filter_map(|c| c.chain_id)
         .collect();
     let mut candidate = 1;
-    for chain in next.port_chains.values_mut() {
+    let mut errors = Vec::new();
+    for (name, chain) in next.port_chains.iter_mut() {
         if chain.chain_id.is_none() {
             while used.contains(&candidate) {
                 candidate += 1;
             }
+            if candidate > capacity::MAX_CHAIN_ID {
+                errors.push(capacity::no_chain_id(name, origins));
+                continue;
+            }
             chain.chain_id = Some(candidate);
             used.insert(candidate);
         }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 

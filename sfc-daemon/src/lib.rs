@@ -2,6 +2,7 @@
 //! (`sfc-daemon`) and its command-line client (`sfcctl`).
 
 pub mod agent;
+pub mod capacity;
 pub mod changes;
 pub mod classifier;
 pub mod compile;

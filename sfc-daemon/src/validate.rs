@@ -248,7 +248,7 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
                 name,
                 "spec.portPairGroups",
                 format!(
-                    "has {} hops; at most {MAX_HOPS} are supported",
+                    "has {} hops; at most {MAX_HOPS} are supported: shorten the chain",
                     groups.len()
                 ),
             );
