@@ -372,6 +372,14 @@ struct Conflict<'s> {
     shared_group: Option<&'s str>,
 }
 
+/// Where classifiers of different chains meet: the logical ports they enter at, or a group
+/// their chains share.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Meeting<'s> {
+    Entry(&'s str, Option<&'s str>),
+    Group(&'s str),
+}
+
 /// Only classifiers that meet somewhere can conflict: those entering at the same logical
 /// ports, and those of chains through one group. Each such set is searched with the overlap
 /// index, never pair by pair, so the cost follows the classifiers, not their square.
@@ -380,22 +388,19 @@ fn conflicts<'s>(
     matches: &'s BTreeMap<String, Match>,
     fc_chain: &BTreeMap<&'s str, &'s str>,
 ) -> BTreeSet<Conflict<'s>> {
-    let mut sets: BTreeMap<(Option<&str>, Option<&str>, Option<&str>), Vec<&str>> = BTreeMap::new();
+    let mut sets: BTreeMap<Meeting, Vec<&str>> = BTreeMap::new();
     for name in matches.keys() {
         let Some(chain) = fc_chain.get(name.as_str()) else {
             continue;
         };
         let fc = &state.flow_classifiers[name];
-        let entry = (
-            None,
-            Some(fc.logical_source_port.as_str()),
+        let entry = Meeting::Entry(
+            &fc.logical_source_port,
             fc.logical_destination_port.as_deref(),
         );
         sets.entry(entry).or_default().push(name);
         for group in &state.port_chains[*chain].port_pair_groups {
-            sets.entry((Some(group.as_str()), None, None))
-                .or_default()
-                .push(name);
+            sets.entry(Meeting::Group(group)).or_default().push(name);
         }
     }
     let mut found = BTreeSet::new();
