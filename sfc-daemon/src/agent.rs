@@ -4,12 +4,14 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::{
+    capacity, changes,
     compile::{compile, Image, Interfaces},
     dataplane::{Dataplane, DataplaneError},
     document::{parse_file, ConfigError, ConfigErrors, Sourced},
@@ -52,23 +54,14 @@ pub fn plan(
         return Err(ConfigErrors(errors));
     }
     let mut next = current.clone();
-    let mut lines = Vec::new();
+    let mut names = Vec::with_capacity(objects.len());
     for s in objects {
-        let kind = s.object.spec.kind();
-        let verb = match current.get(kind, &s.object.name) {
-            None => "created",
-            Some(old) if old == s.object.spec => "unchanged",
-            Some(_) => "configured",
-        };
-        lines.push(format!(
-            "{}/{} {verb}",
-            kind.as_str().to_lowercase(),
-            s.object.name
-        ));
+        names.push((s.object.spec.kind(), s.object.name.clone()));
         next.upsert(s.object);
     }
-    keep_and_assign_chain_ids(&mut next, current);
+    keep_and_assign_chain_ids(&mut next, current, &origins)?;
     let image = compile(&next, interfaces, &origins)?;
+    let lines = changes::applied(current, &next, &names);
     Ok((next, lines, image))
 }
 
@@ -91,7 +84,11 @@ fn origins_of(objects: &[Sourced], errors: &mut Vec<ConfigError>) -> Origins {
 
 /// A chain applied without `chainId` keeps the id it was given before; new ones get the lowest
 /// free id. Ids are stored with the chain, so they are stable across restarts.
-fn keep_and_assign_chain_ids(next: &mut State, current: &State) {
+fn keep_and_assign_chain_ids(
+    next: &mut State,
+    current: &State,
+    origins: &Origins,
+) -> Result<(), ConfigErrors> {
     for (name, chain) in next.port_chains.iter_mut() {
         if chain.chain_id.is_none() {
             chain.chain_id = current.port_chains.get(name).and_then(|c| c.chain_id);
@@ -103,14 +100,24 @@ fn keep_and_assign_chain_ids(next: &mut State, current: &State) {
         .filter_map(|c| c.chain_id)
         .collect();
     let mut candidate = 1;
-    for chain in next.port_chains.values_mut() {
+    let mut errors = Vec::new();
+    for (name, chain) in next.port_chains.iter_mut() {
         if chain.chain_id.is_none() {
             while used.contains(&candidate) {
                 candidate += 1;
             }
+            if candidate > capacity::MAX_CHAIN_ID {
+                errors.push(capacity::no_chain_id(name, origins));
+                continue;
+            }
             chain.chain_id = Some(candidate);
             used.insert(candidate);
         }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 
@@ -196,17 +203,25 @@ impl Agent {
                 content,
                 dry_run,
             } => self.apply(file, content, dry_run),
-            Request::DeleteFile { file, content } => match parse_file(&file, &content) {
+            Request::DeleteFile {
+                file,
+                content,
+                dry_run,
+            } => match parse_file(&file, &content) {
                 Ok(objects) => {
                     let targets = objects
                         .into_iter()
                         .map(|s| (s.object.spec.kind(), s.object.name))
                         .collect();
-                    self.delete(targets)
+                    self.delete(targets, dry_run)
                 }
                 Err(e) => errors_response(e),
             },
-            Request::Delete { kind, name } => self.delete(vec![(kind, name)]),
+            Request::Delete {
+                kind,
+                name,
+                dry_run,
+            } => self.delete(vec![(kind, name)], dry_run),
             Request::Get { kind, name } => self.get(kind, name),
             // Streams: the server hands those to the trace thread before they get here.
             Request::Trace { .. } => Response::failure("a trace needs its own connection"),
@@ -277,35 +292,56 @@ impl Agent {
     }
 
     fn apply(&mut self, file: String, content: String, dry_run: bool) -> Response {
+        let started = Instant::now();
         let interfaces = self.current_interfaces();
-        let (next, mut lines, image) = match plan(&self.state, &[(file, content)], &interfaces) {
+        let (next, lines, image) = match plan(&self.state, &[(file, content)], &interfaces) {
             Ok(p) => p,
             Err(e) => return errors_response(e),
         };
         if dry_run {
-            for line in &mut lines {
-                line.push_str(" (dry run)");
-            }
-            return ok_response(lines, &image);
+            return self.dry_run(lines, &image, &interfaces);
         }
+        let planned = started.elapsed();
         match self.commit(next, &image) {
-            Ok(()) => ok_response(lines, &image),
+            Ok(timing) => {
+                info!(
+                    objects = lines.len(),
+                    plan_ms = ms(planned),
+                    persist_ms = ms(timing.persist),
+                    dataplane_ms = ms(timing.dataplane),
+                    "applied"
+                );
+                ok_response(lines, &image)
+            }
             Err(e) => Response::failure(e),
         }
     }
 
-    fn delete(&mut self, targets: Vec<(Kind, String)>) -> Response {
+    /// The answer to `--dry-run`: the per-object lines, what the dataplane would do compared
+    /// with what the current state programs, and nothing else: no write to disk or kernel.
+    fn dry_run(&self, mut lines: Vec<String>, image: &Image, interfaces: &Interfaces) -> Response {
+        // The state applied now always compiled once; if the interfaces changed so that it no
+        // longer does, compare with an empty dataplane.
+        let before = compile(&self.state, interfaces, &Origins::new()).unwrap_or_default();
+        lines.push(changes::dataplane(&before, image));
+        let mut response = ok_response(lines, image);
+        response.message.push_str("\ndry run: nothing was changed");
+        response
+    }
+
+    fn delete(&mut self, targets: Vec<(Kind, String)>, dry_run: bool) -> Response {
         let interfaces = self.current_interfaces();
         let mut next = self.state.clone();
-        let mut lines = Vec::new();
-        for (kind, name) in &targets {
-            let verb = if next.remove(*kind, name) {
+        let mut items = Vec::new();
+        for (kind, name) in targets {
+            let verb = if next.remove(kind, &name) {
                 "deleted"
             } else {
                 "not found (nothing to delete)"
             };
-            lines.push(format!("{}/{name} {verb}", kind.as_str().to_lowercase()));
+            items.push((kind, name, verb.to_string()));
         }
+        let lines = changes::render(items);
         let origins = Origins::new();
         let image = match compile(&next, &interfaces, &origins) {
             Ok(image) => image,
@@ -315,19 +351,28 @@ impl Agent {
                 return r;
             }
         };
+        if dry_run {
+            return self.dry_run(lines, &image, &interfaces);
+        }
         match self.commit(next, &image) {
-            Ok(()) => ok_response(lines, &image),
+            Ok(_) => ok_response(lines, &image),
             Err(e) => Response::failure(e),
         }
     }
 
     /// Persists, then programs the dataplane; on a dataplane failure the old state is put back
     /// on disk so that disk and kernel agree.
-    fn commit(&mut self, next: State, image: &Image) -> Result<(), String> {
+    fn commit(&mut self, next: State, image: &Image) -> Result<Timing, String> {
+        let started = Instant::now();
         if next == self.state {
-            return self.dataplane.apply(image).map_err(|e| e.to_string());
+            self.dataplane.apply(image).map_err(|e| e.to_string())?;
+            return Ok(Timing {
+                persist: Duration::ZERO,
+                dataplane: started.elapsed(),
+            });
         }
         self.store.save(&next).map_err(|e| e.to_string())?;
+        let persist = started.elapsed();
         if let Err(e) = self.dataplane.apply(image) {
             if let Err(restore) = self.store.save(&self.state) {
                 warn!(error = %restore, "could not restore the previous state file");
@@ -337,7 +382,10 @@ impl Agent {
             ));
         }
         self.state = next;
-        Ok(())
+        Ok(Timing {
+            persist,
+            dataplane: started.elapsed() - persist,
+        })
     }
 
     fn get(&self, kind: Kind, name: Option<String>) -> Response {
@@ -359,6 +407,16 @@ impl Agent {
             ..Default::default()
         }
     }
+}
+
+/// Where the time of one commit went (logged, to see what an apply at scale costs).
+struct Timing {
+    persist: Duration,
+    dataplane: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 fn errors_response(e: ConfigErrors) -> Response {

@@ -28,7 +28,8 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    fn bits(&self) -> u128 {
+    /// The network address, top-aligned in 128 bits (IPv4 in the top 32).
+    pub(crate) fn bits(&self) -> u128 {
         match self.addr {
             IpAddr::V4(a) => (u32::from(a) as u128) << 96,
             IpAddr::V6(a) => u128::from(a),
@@ -54,7 +55,7 @@ impl Prefix {
     }
 }
 
-fn prefix_mask(len: u8) -> u128 {
+pub(crate) fn prefix_mask(len: u8) -> u128 {
     if len == 0 {
         0
     } else {

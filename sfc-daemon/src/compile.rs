@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sfc_common::{
-    action, ClassKey, Member, PortValue, RingEntry, TupleMask, Verdict, CLASSIFY_CAPACITY,
-    COUNTERS_PER_GEN, FLAG_ENTRY, FLAG_REVERSE, MAX_TUPLES, PORTS_CAPACITY, PORT_ENTRY, RING_SIZE,
-    SLOTS_PER_GEN,
+    action, ClassKey, Member, PortValue, RingEntry, TupleMask, Verdict, COUNTERS_PER_GEN,
+    FLAG_ENTRY, FLAG_REVERSE, MAX_TUPLES, PORT_ENTRY, RING_SIZE,
 };
 
 use crate::{
+    capacity,
     classifier::{specificity, Match},
     document::{ConfigError, ConfigErrors},
     maglev,
@@ -179,17 +179,8 @@ fn build(
         .filter(|c| c.chain_parameters.symmetric)
         .flat_map(|c| &c.port_pair_groups)
         .collect();
-    if used_groups.len() > SLOTS_PER_GEN as usize {
-        errors.push(err(
-            Kind::PortPairGroup,
-            used_groups.iter().last().map(|s| s.as_str()).unwrap_or(""),
-            "",
-            format!(
-                "{} groups are in use by chains; this node supports at most {SLOTS_PER_GEN}",
-                used_groups.len()
-            ),
-        ));
-        return Err(ConfigErrors(errors));
+    if let Some(e) = capacity::group_tables(state, origins) {
+        return Err(ConfigErrors(vec![e]));
     }
     let slot: BTreeMap<&String, u32> = used_groups
         .iter()
@@ -346,6 +337,9 @@ fn build(
         .enumerate()
         .map(|(i, p)| (p, i as u32 + 1))
         .collect();
+    if let Some(e) = capacity::entry_ports(&port_domain, GROUP_DOMAIN_BASE, state, origins) {
+        return Err(ConfigErrors(vec![e]));
+    }
     let group_domain = |g: &String| GROUP_DOMAIN_BASE + 2 * slot[g];
     let reverse_domain = |g: &String| {
         let shared = state.port_pair_groups[g]
@@ -555,6 +549,8 @@ fn build(
     }
 
     let mut owner: BTreeMap<ClassKey, String> = BTreeMap::new();
+    // The classifier whose entries go past the map's capacity, to name it.
+    let mut overflow_at: Option<String> = None;
     for e in entries {
         let list = &tuples[&e.domain];
         let Some(index) = list.iter().position(|m| *m == e.mask) else {
@@ -581,21 +577,17 @@ fn build(
             Some(_) => {}
             None => {
                 image.classify.insert(key, e.verdict);
+                if image.classify.len() == capacity::CLASSIFY_PER_GEN + 1 {
+                    overflow_at = Some(e.classifier.clone());
+                }
                 owner.insert(key, e.classifier);
             }
         }
     }
-    if image.classify.len() > (CLASSIFY_CAPACITY / 2) as usize {
-        errors.push(err(
-            Kind::FlowClassifier,
-            "",
-            "",
-            format!(
-                "the classifiers need {} map entries; this node holds at most {} per generation: use fewer classifiers or port ranges",
-                image.classify.len(),
-                CLASSIFY_CAPACITY / 2
-            ),
-        ));
+    if let Some(e) =
+        capacity::classifier_entries(image.classify.len(), overflow_at.as_deref(), origins)
+    {
+        errors.push(e);
     }
 
     // Ports: where each domain's traffic arrives.
@@ -641,17 +633,8 @@ fn build(
             )),
         }
     }
-    if image.ports.len() > (PORTS_CAPACITY / 2) as usize {
-        errors.push(err(
-            Kind::PortChain,
-            "",
-            "",
-            format!(
-                "{} interfaces need the program; at most {}",
-                image.ports.len(),
-                PORTS_CAPACITY / 2
-            ),
-        ));
+    if let Some(e) = capacity::managed_interfaces(&image.attach, state, origins) {
+        errors.push(e);
     }
 
     if errors.is_empty() {

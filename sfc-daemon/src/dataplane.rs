@@ -199,6 +199,11 @@ impl Dataplane {
 
     /// Makes `image` the active generation. A no-op when it already is.
     pub fn apply(&mut self, image: &Image) -> Result<(), DataplaneError> {
+        // Make before break for interfaces too: those the new generation steers from get the
+        // program before the flip (until then it finds no entry for them and passes their
+        // packets), and those it no longer needs lose it only after. Attaching after the flip
+        // would let packets leave a newly used SF unsteered, skipping the next hops.
+        self.attach_missing(&image.attach)?;
         let epoch = self.epoch()?;
         let active = (epoch & 1) as usize;
         if self.written[active].as_ref() != Some(image) {
@@ -226,7 +231,8 @@ impl Dataplane {
                 "dataplane updated"
             );
         }
-        self.sync_links(&image.attach)
+        self.detach_stale(&image.attach);
+        Ok(())
     }
 
     /// Packets of flows that entered just before the last flip may still be crossing their
@@ -568,8 +574,23 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches to every interface in `want` and detaches from the rest.
-    fn sync_links(&mut self, want: &BTreeMap<String, u32>) -> Result<(), DataplaneError> {
+    /// Attaches to every interface in `want` that does not have the program yet.
+    fn attach_missing(&mut self, want: &BTreeMap<String, u32>) -> Result<(), DataplaneError> {
+        for (iface, &index) in want {
+            match self.attached.get(iface) {
+                Some(&old) if old == index => continue,
+                // The name now belongs to a new interface; the old one is gone, and so is the
+                // only thing its link and pin still hold.
+                Some(&old) => self.detach(iface, old),
+                None => {}
+            }
+            self.attach(iface, index)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches from every interface not in `want`.
+    fn detach_stale(&mut self, want: &BTreeMap<String, u32>) {
         let stale: Vec<(String, u32)> = self
             .attached
             .iter()
@@ -579,12 +600,6 @@ impl Dataplane {
         for (iface, index) in stale {
             self.detach(&iface, index);
         }
-        for (iface, &index) in want {
-            if self.attached.get(iface) != Some(&index) {
-                self.attach(iface, index)?;
-            }
-        }
-        Ok(())
     }
 
     fn attach(&mut self, iface: &str, ifindex: u32) -> Result<(), DataplaneError> {

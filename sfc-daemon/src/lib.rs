@@ -2,6 +2,8 @@
 //! (`sfc-daemon`) and its command-line client (`sfcctl`).
 
 pub mod agent;
+pub mod capacity;
+pub mod changes;
 pub mod classifier;
 pub mod compile;
 pub mod counters;
@@ -11,6 +13,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod overlap;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -20,10 +20,14 @@ pub enum Request {
     DeleteFile {
         file: String,
         content: String,
+        #[serde(default)]
+        dry_run: bool,
     },
     Delete {
         kind: Kind,
         name: String,
+        #[serde(default)]
+        dry_run: bool,
     },
     Get {
         kind: Kind,

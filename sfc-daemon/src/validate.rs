@@ -240,7 +240,7 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
                 name,
                 "spec.portPairGroups",
                 format!(
-                    "has {} hops; at most {MAX_HOPS} are supported",
+                    "has {} hops; at most {MAX_HOPS} are supported: shorten the chain",
                     groups.len()
                 ),
             );
@@ -335,44 +335,13 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
 
     // Overlaps between chains: at the same entry (networking-sfc's rule) and, for chains that
     // share a group, anywhere (a packet leaving the shared SF must belong to one chain).
-    // Only classifiers of different chains and of one family can conflict: compare chain
-    // against chain, never a chain with itself (one chain of 100k classifiers costs nothing).
-    let mut by_chain: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
-    for name in matches.keys() {
-        if let Some(chain) = fc_chain.get(name.as_str()) {
-            by_chain.entry(chain).or_default().push(name);
-        }
-    }
-    let groups_of = |chain: &str| -> BTreeSet<&String> {
-        state
-            .port_chains
-            .get(chain)
-            .map(|c| c.port_pair_groups.iter().collect())
-            .unwrap_or_default()
-    };
-    let chains: Vec<(&str, &Vec<&String>)> = by_chain.iter().map(|(c, v)| (*c, v)).collect();
-    for (i, (ca, fas)) in chains.iter().enumerate() {
-        for (cb, fbs) in &chains[i + 1..] {
-            let shared: Vec<&String> = groups_of(ca)
-                .intersection(&groups_of(cb))
-                .cloned()
-                .collect();
-            for a in fas.iter() {
-                for b in fbs.iter() {
-                    if !matches[*a].overlaps(&matches[*b]) {
-                        continue;
-                    }
-                    let (fa, fb) = (&state.flow_classifiers[*a], &state.flow_classifiers[*b]);
-                    let same_entry = fa.logical_source_port == fb.logical_source_port
-                        && fa.logical_destination_port == fb.logical_destination_port;
-                    if same_entry {
-                        r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?} (this one is in {cb:?}); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"));
-                    } else if let Some(g) = shared.first() {
-                        r.push(Kind::FlowClassifier, b, "spec", format!("overlaps FlowClassifier {a:?} of PortChain {ca:?}, and both chains use PortPairGroup {g:?}: a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups"));
-                    }
-                }
-            }
-        }
+    for conflict in conflicts(state, &matches, &fc_chain) {
+        let Conflict { a, ca, b, cb, .. } = &conflict;
+        let message = match conflict.shared_group {
+            None => format!("overlaps FlowClassifier {a:?} of PortChain {ca:?} (this one is in {cb:?}); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"),
+            Some(g) => format!("overlaps FlowClassifier {a:?} of PortChain {ca:?}, and both chains use PortPairGroup {g:?}: a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups"),
+        };
+        r.push(Kind::FlowClassifier, b, "spec", message);
     }
 
     if r.errors.is_empty() {
@@ -380,6 +349,93 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
     } else {
         Err(ConfigErrors(r.errors))
     }
+}
+
+/// Two classifiers of different chains that match some packet alike where it matters: `b` (of
+/// chain `cb`) is reported against `a` (of `ca`), with `ca < cb`.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Conflict<'s> {
+    ca: &'s str,
+    a: &'s str,
+    cb: &'s str,
+    b: &'s str,
+    /// `None` when they enter at the same logical ports; otherwise the first group both
+    /// chains use.
+    shared_group: Option<&'s str>,
+}
+
+/// Where classifiers of different chains meet: the logical ports they enter at, or a group
+/// their chains share.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Meeting<'s> {
+    Entry(&'s str, Option<&'s str>),
+    Group(&'s str),
+}
+
+/// Only classifiers that meet somewhere can conflict: those entering at the same logical
+/// ports, and those of chains through one group. Each such set is searched with the overlap
+/// index, never pair by pair, so the cost follows the classifiers, not their square.
+fn conflicts<'s>(
+    state: &'s State,
+    matches: &'s BTreeMap<String, Match>,
+    fc_chain: &BTreeMap<&'s str, &'s str>,
+) -> BTreeSet<Conflict<'s>> {
+    let mut sets: BTreeMap<Meeting, Vec<&str>> = BTreeMap::new();
+    for name in matches.keys() {
+        let Some(chain) = fc_chain.get(name.as_str()) else {
+            continue;
+        };
+        let fc = &state.flow_classifiers[name];
+        let entry = Meeting::Entry(
+            &fc.logical_source_port,
+            fc.logical_destination_port.as_deref(),
+        );
+        sets.entry(entry).or_default().push(name);
+        for group in &state.port_chains[*chain].port_pair_groups {
+            sets.entry(Meeting::Group(group)).or_default().push(name);
+        }
+    }
+    let mut found = BTreeSet::new();
+    for members in sets.values() {
+        let items: Vec<(&str, &Match)> = members
+            .iter()
+            .map(|fc| (fc_chain[fc], &matches[*fc]))
+            .collect();
+        for (i, j) in crate::overlap::overlapping_pairs(&items) {
+            let (mut a, mut b) = (members[i], members[j]);
+            if fc_chain[b] < fc_chain[a] {
+                std::mem::swap(&mut a, &mut b);
+            }
+            let (ca, cb) = (fc_chain[a], fc_chain[b]);
+            let (fa, fb) = (&state.flow_classifiers[a], &state.flow_classifiers[b]);
+            let same_entry = fa.logical_source_port == fb.logical_source_port
+                && fa.logical_destination_port == fb.logical_destination_port;
+            let shared_group = if same_entry {
+                None
+            } else {
+                let groups_b: BTreeSet<&String> =
+                    state.port_chains[cb].port_pair_groups.iter().collect();
+                let shared = state.port_chains[ca]
+                    .port_pair_groups
+                    .iter()
+                    .filter(|g| groups_b.contains(g))
+                    .min();
+                match shared {
+                    Some(g) => Some(g.as_str()),
+                    // Met in the set of another group of theirs; reported from there.
+                    None => continue,
+                }
+            };
+            found.insert(Conflict {
+                ca,
+                a,
+                cb,
+                b,
+                shared_group,
+            });
+        }
+    }
+    found
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ enum Command {
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: String,
-        /// Show what would change, change nothing.
+        /// Show what would be created, changed and left unchanged, and what the dataplane
+        /// would do; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -52,6 +53,9 @@ enum Command {
         file: Option<String>,
         kind: Option<String>,
         name: Option<String>,
+        /// Show what would be deleted, and refuse as a real delete would; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List objects of one kind (portpairs, portpairgroups, flowclassifiers, portchains).
     Get {
@@ -149,15 +153,21 @@ fn run(args: Args) -> Result<(), String> {
             file,
             kind: k,
             name,
+            dry_run,
         } => {
             let request = match (file, k, name) {
                 (Some(file), None, None) => {
                     let (file, content) = read_file(&file)?;
-                    Request::DeleteFile { file, content }
+                    Request::DeleteFile {
+                        file,
+                        content,
+                        dry_run,
+                    }
                 }
                 (None, Some(k), Some(name)) => Request::Delete {
                     kind: kind(&k)?,
                     name,
+                    dry_run,
                 },
                 _ => return Err("use `sfcctl delete -f FILE` or `sfcctl delete KIND NAME`".into()),
             };
