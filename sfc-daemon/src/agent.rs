@@ -15,7 +15,9 @@ use crate::{
     compile::{compile, Image, Interfaces},
     dataplane::{Dataplane, DataplaneError},
     document::{parse_file, ConfigError, ConfigErrors, Sourced},
+    health::Health,
     model::{Kind, Object, State},
+    observe::{ApplyStats, Shared, Snapshot},
     protocol::{Request, Response},
     store::{Store, StoreError},
     validate::Origins,
@@ -131,10 +133,18 @@ pub struct Agent {
     last_error: Option<String>,
     /// The dataplane reflects `state` on `interfaces`; false forces the next reconcile.
     synced: bool,
+    health: Health,
+    last_sample: Option<Instant>,
+    applies: ApplyStats,
+    /// Published for the metrics endpoint.
+    observed: Shared,
 }
 
+/// How often counters are sampled for rates, health and metrics.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 impl Agent {
-    pub fn start(state_dir: &Path, bpffs: &Path) -> Result<Self, AgentError> {
+    pub fn start(state_dir: &Path, bpffs: &Path, observed: Shared) -> Result<Self, AgentError> {
         let store = Store::new(state_dir)?;
         let state = store.load()?;
         let dataplane = Dataplane::open(bpffs)?;
@@ -152,9 +162,73 @@ impl Agent {
             interfaces: Interfaces::default(),
             last_error: None,
             synced: false,
+            health: Health::default(),
+            last_sample: None,
+            applies: ApplyStats::default(),
+            observed,
         };
         agent.reconcile();
+        agent.sample();
         Ok(agent)
+    }
+
+    /// Periodic work between requests: follow the interfaces, sample the counters.
+    pub fn tick(&mut self) {
+        self.reconcile();
+        if self
+            .last_sample
+            .is_none_or(|at| at.elapsed() >= SAMPLE_EVERY)
+        {
+            self.sample();
+        }
+    }
+
+    /// Reads every counter once, updates rates and health, publishes the snapshot.
+    fn sample(&mut self) {
+        self.last_sample = Some(Instant::now());
+        let read = || -> Result<Snapshot, crate::dataplane::DataplaneError> {
+            let live = self.dataplane.live_counters()?;
+            Ok(Snapshot {
+                outcomes: sfc_common::stat::NAMES
+                    .iter()
+                    .map(|n| n.to_string())
+                    .zip(self.dataplane.stats()?)
+                    .collect(),
+                chains: self.dataplane.chain_counters.totals(&live),
+                epoch: self.dataplane.epoch()?,
+                ..Default::default()
+            })
+        };
+        let mut snapshot = match read() {
+            Ok(s) => s,
+            Err(e) => {
+                self.report(format!("reading counters: {e}"));
+                return;
+            }
+        };
+        match self.dataplane.member_counters() {
+            Ok(members) => self.health.sample(&members, &snapshot.chains),
+            Err(e) => self.report(format!("reading counters: {e}")),
+        }
+        let state = &self.state;
+        let taps = |pair: &str| {
+            state
+                .port_pair_groups
+                .values()
+                .any(|g| g.tap_enabled && g.port_pairs.iter().any(|p| p == pair))
+        };
+        snapshot.pairs = self.health.pairs(&taps);
+        snapshot.hops = self.health.hops();
+        snapshot.applies = self.applies.clone();
+        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    /// The last published snapshot.
+    pub fn observed(&self) -> Snapshot {
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Re-reads the interfaces and, when they changed, brings the dataplane in line with the
@@ -225,10 +299,27 @@ impl Agent {
             Request::Get { kind, name } => self.get(kind, name),
             // Streams: the server hands those to the trace thread before they get here.
             Request::Trace { .. } => Response::failure("a trace needs its own connection"),
-            Request::Stats => match self.stats() {
+            Request::Stats { chain } => match self.stats(chain.as_deref()) {
                 Ok(response) => response,
                 Err(e) => Response::failure(e.to_string()),
             },
+            Request::Describe { kind, name } => {
+                let observed = self.observed();
+                let context = crate::describe::Context {
+                    state: &self.state,
+                    interfaces: &self.interfaces,
+                    attached: self.dataplane.attached(),
+                    observed: &observed,
+                };
+                match context.describe(kind, &name) {
+                    Ok(text) => Response {
+                        ok: true,
+                        message: text,
+                        ..Default::default()
+                    },
+                    Err(e) => Response::failure(e),
+                }
+            }
         }
     }
 
@@ -266,10 +357,36 @@ impl Agent {
         names
     }
 
-    fn stats(&self) -> Result<Response, crate::dataplane::DataplaneError> {
+    fn stats(&self, chain: Option<&str>) -> Result<Response, String> {
+        let Some(chain) = chain else {
+            return self.stats_all().map_err(|e| e.to_string());
+        };
+        let Some(spec) = self.state.port_chains.get(chain) else {
+            return Err(format!(
+                "PortChain {chain:?} not found; `sfcctl get portchains` lists them"
+            ));
+        };
+        let pairs: Vec<&String> = spec
+            .port_pair_groups
+            .iter()
+            .filter_map(|g| self.state.port_pair_groups.get(g))
+            .flat_map(|g| &g.port_pairs)
+            .collect();
+        let mut response = self.stats_all().map_err(|e| e.to_string())?;
+        response.chains.retain(|r| r.label.chain == chain);
+        response.hops.retain(|h| h.chain == chain);
+        response.pairs.retain(|p| pairs.contains(&&p.pair));
+        for g in &mut response.generations {
+            g.rows.retain(|r| r.label.chain == chain);
+        }
+        Ok(response)
+    }
+
+    fn stats_all(&self) -> Result<Response, crate::dataplane::DataplaneError> {
         let values = self.dataplane.stats()?;
         let live = self.dataplane.live_counters()?;
         let history = &self.dataplane.chain_counters;
+        let observed = self.observed();
         let mut generations: Vec<_> = history.history().cloned().collect();
         generations.extend(live.iter().rev().cloned());
         Ok(Response {
@@ -281,6 +398,8 @@ impl Agent {
                 .collect(),
             chains: history.totals(&live),
             generations,
+            pairs: observed.pairs,
+            hops: observed.hops,
             ..Default::default()
         })
     }
@@ -304,6 +423,10 @@ impl Agent {
         let planned = started.elapsed();
         match self.commit(next, &image) {
             Ok(timing) => {
+                let took = started.elapsed().as_secs_f64();
+                self.applies.count += 1;
+                self.applies.seconds_sum += took;
+                self.applies.last_seconds = took;
                 info!(
                     objects = lines.len(),
                     plan_ms = ms(planned),

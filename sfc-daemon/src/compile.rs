@@ -392,18 +392,23 @@ fn build(
             });
             image.counters.len() as u32
         };
+        // (Entry counters, position 0, are per classifier: taken below.)
         let forward_counters: Vec<u32> = (0..=n)
             .map(|p| {
-                (p > 0)
-                    .then(|| counter(Direction::Forward, p, None))
-                    .unwrap_or(0)
+                if p > 0 {
+                    counter(Direction::Forward, p, None)
+                } else {
+                    0
+                }
             })
             .collect();
         let reverse_counters: Vec<u32> = (0..=n)
             .map(|p| {
-                (p > 0 && chain.chain_parameters.symmetric)
-                    .then(|| counter(Direction::Reverse, p, None))
-                    .unwrap_or(0)
+                if p > 0 && chain.chain_parameters.symmetric {
+                    counter(Direction::Reverse, p, None)
+                } else {
+                    0
+                }
             })
             .collect();
         // The decision taken after `position` hops of `hops` (forward or reverse order).

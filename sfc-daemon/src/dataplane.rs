@@ -183,6 +183,11 @@ impl Dataplane {
         Ok(dp)
     }
 
+    /// Interfaces with the program attached: name -> ifindex.
+    pub fn attached(&self) -> &BTreeMap<String, u32> {
+        &self.attached
+    }
+
     pub fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         Ok(self
             .bpf
@@ -526,7 +531,14 @@ impl Dataplane {
 
     /// Datapath counters, summed over CPUs, in `stat::NAMES` order.
     pub fn stats(&self) -> Result<Vec<u64>, DataplaneError> {
-        read_stats(&self.stats)
+        (0..stat::COUNT)
+            .map(|i| {
+                self.stats
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(map_err(MAP_STATS))
+            })
+            .collect()
     }
 
     fn pin_path(&self, iface: &str, ifindex: u32) -> PathBuf {
@@ -678,21 +690,4 @@ fn remove_ok(r: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::KeyNotFound) => Ok(()),
         other => other,
     }
-}
-
-pub fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Result<Vec<u64>, DataplaneError> {
-    (0..stat::COUNT)
-        .map(|i| {
-            stats
-                .get(&i, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .map_err(map_err(MAP_STATS))
-        })
-        .collect()
-}
-
-/// Opens the pinned counters without loading anything (for readers other than the daemon).
-pub fn open_stats(bpffs: &Path) -> Result<PerCpuArray<MapData, u64>, DataplaneError> {
-    let data = MapData::from_pin(bpffs.join("maps").join(MAP_STATS)).map_err(map_err(MAP_STATS))?;
-    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err(MAP_STATS))
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     counters::{Generation, Row},
     document::ConfigError,
+    health::{HopHealth, PairHealth},
     model::{Kind, Object},
 };
 
@@ -33,7 +34,15 @@ pub enum Request {
         kind: Kind,
         name: Option<String>,
     },
-    Stats,
+    Stats {
+        /// Only this chain's hops, and the SFs of its groups.
+        #[serde(default)]
+        chain: Option<String>,
+    },
+    Describe {
+        kind: Kind,
+        name: String,
+    },
     /// Answered with one `Response` line, then `trace::TraceRecord` lines until the client
     /// hangs up.
     Trace {
@@ -61,6 +70,12 @@ pub struct Response {
     /// Per-chain counters of each recent generation, oldest first (stats).
     #[serde(default)]
     pub generations: Vec<Generation>,
+    /// Traffic into and out of each SF, with rates and health (stats, describe).
+    #[serde(default)]
+    pub pairs: Vec<PairHealth>,
+    /// Traffic into and out of each hop of each chain (stats, describe).
+    #[serde(default)]
+    pub hops: Vec<HopHealth>,
 }
 
 impl Response {

@@ -56,9 +56,15 @@ fn readable(listener: &UnixListener, timeout: Duration) -> bool {
 }
 
 pub fn serve(listener: UnixListener, agent: &mut Agent) -> ! {
+    let mut last_tick = std::time::Instant::now();
     loop {
-        if !readable(&listener, TICK) {
-            agent.reconcile();
+        let ready = readable(&listener, TICK);
+        // Also between requests: a client polling fast must not starve it.
+        if last_tick.elapsed() >= TICK {
+            agent.tick();
+            last_tick = std::time::Instant::now();
+        }
+        if !ready {
             continue;
         }
         let (mut stream, _) = match listener.accept() {

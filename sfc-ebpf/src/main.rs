@@ -237,7 +237,6 @@ fn steer(ctx: &TcContext) -> i32 {
         Some(port) => port,
         None => return TC_ACT_OK,
     };
-    count_member(port.slot, false, ctx.len());
     let verdict = match classify(port, gen as u8, &pkt) {
         Some(verdict) => verdict,
         None => {
@@ -251,6 +250,8 @@ fn steer(ctx: &TcContext) -> i32 {
             return TC_ACT_OK;
         }
     };
+    // Back out of an SF, on its chain (what the SF itself sends is not counted).
+    count_member(port.slot, false, ctx.len());
     count_chain(verdict.counter, ctx.len());
     if verdict.tap_ifindex != 0 {
         tap(ctx, &pkt, verdict);

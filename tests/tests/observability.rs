@@ -1,10 +1,19 @@
 //! Seeing the chain: live tracing of real requests through the demo topology.
 
-use std::{collections::BTreeSet, fs, thread, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::Path,
+    thread,
+    time::Duration,
+};
 
 use serde_json::Value;
 use sfc_common::{tracking_id, HashInput, PROTO_TCP};
-use sfc_tests::demo::{example_chain, Demo, DST_V4, SRC_V4};
+use sfc_tests::{
+    demo::{example_chain, Demo, DST_V4, SRC_V4},
+    wait_for,
+};
 
 fn apply(demo: &Demo, yaml: &str) {
     if let Err(e) = demo.lab.sfcctl_stdin(&["apply", "-f", "-"], Some(yaml)) {
@@ -119,4 +128,218 @@ fn trace_shows_a_request_crossing_a_pg1_member_then_sf3_in_both_directions() {
     );
     let hops: BTreeSet<u64> = records.iter().map(|r| r["hop"].as_u64().unwrap()).collect();
     assert_eq!(hops, [0, 1, 2].into());
+}
+
+/// The example chain, for UDP to port 9000.
+fn udp_chain() -> String {
+    fs::read_to_string(example_chain())
+        .unwrap()
+        .replace("  protocol: tcp\n", "  protocol: udp\n")
+        .replace(
+            "  destinationPortRange: \"80\"",
+            "  destinationPortRange: \"9000\"",
+        )
+}
+
+/// Sends `count` UDP datagrams at `rate`/s from the source to the destination port 9000.
+fn send_udp(demo: &Demo, count: u32, rate: u32) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/udp_stream.py");
+    demo.lab
+        .sh(
+            "src",
+            &format!(
+                "python3 {} send {DST_V4} 9000 {count} {rate} 40998",
+                script.display()
+            ),
+        )
+        .unwrap();
+}
+
+fn stats(demo: &Demo) -> Value {
+    serde_json::from_str(&demo.lab.sfcctl(&["stats", "-o", "json"]).unwrap()).unwrap()
+}
+
+/// The daemon's /metrics as (name{labels} -> value), and the families it declares.
+fn scrape(demo: &Demo) -> (BTreeMap<String, f64>, BTreeSet<String>) {
+    let text = demo
+        .lab
+        .sh("node", "curl -sf http://127.0.0.1:9464/metrics")
+        .unwrap();
+    let mut samples = BTreeMap::new();
+    let mut families = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families.insert(rest.split_whitespace().next().unwrap().to_string());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            samples.insert(name.to_string(), value.parse().unwrap());
+        }
+    }
+    (samples, families)
+}
+
+#[test]
+fn a_udp_burst_of_n_packets_shows_exactly_n_in_stats_and_metrics() {
+    let demo = Demo::build("count").unwrap();
+    apply(&demo, &udp_chain());
+    const N: u64 = 500;
+    send_udp(&demo, N as u32, 1000);
+    // The agent publishes what it counts once a second.
+    thread::sleep(Duration::from_millis(2500));
+    let s = stats(&demo);
+    let rows = s["chains"].as_array().unwrap();
+    let at = |position: u64| -> u64 {
+        rows.iter()
+            .filter(|r| r["chain"] == "PC1" && r["position"] == position)
+            .map(|r| r["packets"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (at(0), at(1), at(2)),
+        (N, N, N),
+        "entered, past hop 1, left: {s:#}"
+    );
+    let pair = |name: &str| -> (u64, u64) {
+        let p = s["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pair"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {s:#}"));
+        (
+            p["into_packets"].as_u64().unwrap(),
+            p["from_packets"].as_u64().unwrap(),
+        )
+    };
+    let (pp1, pp2, pp3) = (pair("PP1"), pair("PP2"), pair("PP3"));
+    assert_eq!(pp1.0 + pp2.0, N, "into PG1");
+    assert_eq!(pp1.1 + pp2.1, N, "out of PG1");
+    assert_eq!(pp3, (N, N), "into and out of SF3");
+    let (m, _) = scrape(&demo);
+    let metric = |k: &str| {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("no {k} in /metrics: {m:#?}"))
+    };
+    assert_eq!(
+        metric("sfc_chain_entered_packets_total{chain=\"PC1\",direction=\"forward\"}"),
+        N as f64
+    );
+    assert_eq!(
+        metric("sfc_chain_left_packets_total{chain=\"PC1\",direction=\"forward\"}"),
+        N as f64
+    );
+    assert_eq!(
+        metric("sfc_sf_into_packets_total{port_pair=\"PP3\"}"),
+        N as f64
+    );
+    assert_eq!(
+        metric("sfc_sf_out_packets_total{port_pair=\"PP3\"}"),
+        N as f64
+    );
+    assert_eq!(
+        metric("sfc_hop_into_packets_total{chain=\"PC1\",direction=\"forward\",hop=\"2\"}"),
+        N as f64
+    );
+}
+
+#[test]
+fn an_sf_that_stops_forwarding_is_reported_as_a_black_hole() {
+    let demo = Demo::build("hole").unwrap();
+    apply(&demo, &udp_chain());
+    send_udp(&demo, 200, 400);
+    thread::sleep(Duration::from_millis(1500));
+    let healthy = demo.lab.sfcctl(&["describe", "portchain", "PC1"]).unwrap();
+    assert!(healthy.contains("no black hole"), "{healthy}");
+    // SF3 stops forwarding: what goes in never comes out.
+    demo.lab
+        .sh("sf3", "sysctl -qw net.ipv4.ip_forward=0")
+        .unwrap();
+    send_udp(&demo, 600, 300);
+    let described = wait_for(Duration::from_secs(5), || {
+        let text = demo.lab.sfcctl(&["describe", "portchain", "PC1"]).ok()?;
+        text.contains("BLACK HOLE").then_some(text)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no black hole reported: {}",
+            demo.lab.sfcctl(&["describe", "portchain", "PC1"]).unwrap()
+        )
+    });
+    println!("{described}");
+    assert!(described.contains("BLACK HOLE at PP3"), "{described}");
+    let s = stats(&demo);
+    let state = |name: &str| {
+        s["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pair"] == name)
+            .map(|p| p["state"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(state("PP3"), "black-hole", "{s:#}");
+    assert_ne!(state("PP1"), "black-hole");
+    assert_ne!(state("PP2"), "black-hole");
+    let table = demo.lab.sfcctl(&["stats", "PC1"]).unwrap();
+    println!("{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("PP3") && l.ends_with("black-hole")),
+        "{table}"
+    );
+    let (m, _) = scrape(&demo);
+    assert_eq!(
+        m.get("sfc_sf_black_hole{port_pair=\"PP3\"}"),
+        Some(&1.0),
+        "{m:#?}"
+    );
+    assert_eq!(m.get("sfc_sf_black_hole{port_pair=\"PP1\"}"), Some(&0.0));
+}
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_exists() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/grafana/sfc-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(dashboard["__inputs"][0]["pluginId"], "prometheus");
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert_eq!(panel["datasource"]["uid"], "${DS_PROMETHEUS}", "{panel}");
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("sfc_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    // A live daemon with a chain and some traffic.
+    let demo = Demo::build("grafana").unwrap();
+    apply(&demo, &udp_chain());
+    send_udp(&demo, 50, 500);
+    thread::sleep(Duration::from_millis(1500));
+    let (samples, families) = scrape(&demo);
+    for name in &queried {
+        let family = ["_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            families.contains(family),
+            "the dashboard queries {name}, the daemon does not export it"
+        );
+        assert!(
+            samples
+                .keys()
+                .any(|k| k == name || k.starts_with(&format!("{name}{{"))),
+            "{name} has no sample"
+        );
+    }
 }

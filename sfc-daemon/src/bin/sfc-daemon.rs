@@ -7,7 +7,7 @@ use std::{
 };
 
 use clap::Parser;
-use sfc_daemon::{agent::Agent, metrics, server};
+use sfc_daemon::{agent::Agent, metrics, observe::Shared, server};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -40,14 +40,15 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let ready = Arc::new(AtomicBool::new(false));
-    if let Err(e) = metrics::spawn(args.metrics, args.bpffs.clone(), ready.clone()) {
+    let observed = Shared::default();
+    if let Err(e) = metrics::spawn(args.metrics, observed.clone(), ready.clone()) {
         error!(
             "cannot serve metrics on {}: {e}; pick another --metrics address",
             args.metrics
         );
         return ExitCode::FAILURE;
     }
-    let mut agent = match Agent::start(&args.state_dir, &args.bpffs) {
+    let mut agent = match Agent::start(&args.state_dir, &args.bpffs, observed) {
         Ok(a) => a,
         Err(e) => {
             error!("cannot start: {e}");

@@ -14,6 +14,7 @@ use sfc_daemon::{
     document::{to_json, to_yaml},
     model::{Kind, Object, Spec, State},
     protocol::{Request, Response},
+    stats_view,
     trace::{self, Format, TraceSpec},
 };
 
@@ -95,12 +96,21 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
     },
-    /// Datapath counters: by outcome, and per chain, direction and hop.
+    /// Counters: datapath outcomes, and per chain, hop and SF with rates and health.
     Stats {
+        /// Only this chain (its hops and the SFs of its groups).
+        chain: Option<String>,
+        /// Print again every --interval seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = "1")]
+        interval: f64,
         /// `json` adds each recent generation's per-chain counters.
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
     },
+    /// One object in context: references, interfaces and their state, counters, health.
+    Describe { kind: String, name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -226,52 +236,44 @@ fn run(args: Args) -> Result<(), String> {
             let duration = duration.map(Duration::from_secs_f64);
             trace::follow(&args.socket, spec, count, duration, format)
         }
-        Command::Stats { output } => {
-            let response = call(Request::Stats)?;
+        Command::Stats {
+            chain,
+            watch,
+            interval,
+            output,
+        } => loop {
+            let response = call(Request::Stats {
+                chain: chain.clone(),
+            })?;
             if !response.ok {
                 return Err(response.message);
             }
-            if !matches!(output, Output::Table) {
-                let body = serde_json::json!({
-                    "counters": response.counters.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                    "chains": response.chains,
-                    "generations": response.generations,
-                });
-                let text = match output {
-                    Output::Json => {
-                        serde_json::to_string_pretty(&body).map_err(|e| e.to_string())?
-                    }
-                    _ => serde_yaml_ng::to_string(&body).map_err(|e| e.to_string())?,
-                };
-                println!("{}", text.trim_end());
+            match output {
+                Output::Table => print!("{}", stats_view::table(&response, chain.is_none())),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&stats_view::json(&response))
+                        .map_err(|e| e.to_string())?
+                ),
+                Output::Yaml => print!(
+                    "{}",
+                    serde_yaml_ng::to_string(&stats_view::json(&response))
+                        .map_err(|e| e.to_string())?
+                ),
+            }
+            if !watch {
                 return Ok(());
             }
-            for (name, value) in response.counters {
-                println!("{name:<16} {value}");
+            std::thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
+            println!();
+        },
+        Command::Describe { kind, name } => {
+            let kind = kind.parse::<Kind>()?;
+            let response = call(Request::Describe { kind, name })?;
+            if !response.ok {
+                return Err(response.message);
             }
-            if !response.chains.is_empty() {
-                println!();
-                println!(
-                    "{:<24} {:<8} {:<10} {:>12} {:>14}",
-                    "CHAIN", "DIR", "POSITION", "PACKETS", "BYTES"
-                );
-            }
-            for row in &response.chains {
-                let l = &row.label;
-                let position = match l.position {
-                    0 => "entry".to_string(),
-                    p if p == l.hops => "exit".to_string(),
-                    p => format!("after {p}"),
-                };
-                println!(
-                    "{:<24} {:<8} {:<10} {:>12} {:>14}",
-                    l.chain,
-                    format!("{:?}", l.direction).to_lowercase(),
-                    position,
-                    row.packets,
-                    row.bytes
-                );
-            }
+            print!("{}", response.message);
             Ok(())
         }
     }
