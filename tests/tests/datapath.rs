@@ -498,22 +498,48 @@ fn classifier_cost() {
             0x0800,
             &ipv4(6, [10, 255, 255, 255], &[], 0, &l4(40000, 443, 20)),
         );
-        for (case, frame) in [("hit", hit), ("miss", miss)] {
+        let measure = |sb: &mut Sandbox, case: &str, frame: &[u8]| {
             let mut out = vec![0u8; frame.len() + 64];
             let program = sb.dataplane.program().unwrap();
             let r = program
                 .test_run(TestRunOptions {
-                    data_in: Some(&frame),
+                    data_in: Some(frame),
                     data_out: Some(&mut out),
                     repeat: 1_000_000,
                     ..TestRunOptions::new()
                 })
                 .unwrap();
             println!(
-                "classifiers {n:>6}  {case:<4}  verdict {}  {:>5.1} ns/packet",
+                "classifiers {n:>6}  {case:<28}  verdict {}  {:>5.1} ns/packet",
                 r.return_value,
                 r.duration.as_nanos() as f64
             );
+        };
+        measure(&mut sb, "hit", &hit);
+        measure(&mut sb, "miss", &miss);
+        if n == 1 {
+            // What tracing costs: nothing installed (above), a filter that selects nothing,
+            // and one that selects the packet (an event per packet).
+            let path = sb.bpffs.join("maps").join(sfc_common::MAP_TRACE_FILTER);
+            let mut filters: aya::maps::Array<_, sfc_common::TraceFilter> =
+                aya::maps::Array::try_from(aya::maps::Map::Array(
+                    aya::maps::MapData::from_pin(path).unwrap(),
+                ))
+                .unwrap();
+            let mut filter = sfc_common::TraceFilter {
+                enabled: 1,
+                fields: sfc_common::trace_field::DPORT,
+                dport: 1,
+                ..Default::default()
+            };
+            filters.set(0, filter, 0).unwrap();
+            measure(&mut sb, "hit, trace selects nothing", &hit);
+            filter.dport = 443;
+            filters.set(0, filter, 0).unwrap();
+            measure(&mut sb, "hit, traced", &hit);
+            filters
+                .set(0, sfc_common::TraceFilter::default(), 0)
+                .unwrap();
         }
         println!(
             "classifiers {n:>6}  set-up (parse, validate, compile, write) {:?}",
