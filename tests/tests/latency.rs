@@ -1,7 +1,8 @@
 //! Apply-to-effect latency with real traffic: a sender in the source VM emits a numbered,
 //! timestamped UDP datagram every half millisecond; each SF's ingress NIC records which datagrams
-//! reached it. An apply moves the chain from SF1 to SF2; the first datagram seen at SF2 tells
-//! when the new path took effect, relative to the moment `sfcctl apply` returned.
+//! reached it. An apply moves the chain's first hop from SF1 to SF2 (SF3 stays second); the
+//! first datagram seen at SF2 tells when the new path took effect, relative to the moment
+//! `sfcctl apply` returned, and SF3 tells whether any datagram skipped a hop on the way.
 
 use std::{fs, time::Duration};
 
@@ -72,7 +73,9 @@ fn chain(group: &str) -> String {
         doc("PortPair", "PP1", "{ingress: sf1-in, egress: sf1-out}"),
         doc("PortPair", "PP2", "{ingress: sf2-in, egress: sf2-out}"),
         doc("PortPairGroup", "PGA", "{portPairs: [PP1]}"),
+        doc("PortPair", "PP3", "{ingress: sf3-in, egress: sf3-out}"),
         doc("PortPairGroup", "PGB", "{portPairs: [PP2]}"),
+        doc("PortPairGroup", "PGC", "{portPairs: [PP3]}"),
         doc(
             "FlowClassifier",
             "FCU",
@@ -81,7 +84,7 @@ fn chain(group: &str) -> String {
         doc(
             "PortChain",
             "PC1",
-            &format!("{{portPairGroups: [{group}], flowClassifiers: [FCU]}}"),
+            &format!("{{portPairGroups: [{group}, PGC], flowClassifiers: [FCU]}}"),
         ),
     ]
     .concat()
@@ -135,16 +138,18 @@ fn a_moved_chain_steers_the_next_packets_within_milliseconds_of_the_apply() {
             .to_string_lossy()
             .into_owned()
     };
-    let (out1, out2) = (out("sf1"), out("sf2"));
-    for (sf, path) in [("sf1", &out1), ("sf2", &out2)] {
+    let (out1, out2, out3) = (out("sf1"), out("sf2"), out("sf3"));
+    for (sf, path) in [("sf1", &out1), ("sf2", &out2), ("sf3", &out3)] {
         demo.lab
             .spawn(sf, &format!("python3 {receiver} eth-in {path} {PORT} 30"))
             .unwrap();
     }
     let ready = |p: &str| fs::read_to_string(p).is_ok_and(|t| t.starts_with("ready"));
     assert!(
-        wait_for(Duration::from_secs(10), || (ready(&out1) && ready(&out2))
-            .then_some(()))
+        wait_for(Duration::from_secs(10), || (ready(&out1)
+            && ready(&out2)
+            && ready(&out3))
+        .then_some(()))
         .is_some(),
         "receivers did not start"
     );
@@ -172,7 +177,8 @@ fn a_moved_chain_steers_the_next_packets_within_milliseconds_of_the_apply() {
 
     assert!(
         wait_for(Duration::from_secs(30), || (records(&out1).1
-            && records(&out2).1)
+            && records(&out2).1
+            && records(&out3).1)
             .then_some(()))
         .is_some(),
         "receivers did not finish"
@@ -217,6 +223,21 @@ fn a_moved_chain_steers_the_next_packets_within_milliseconds_of_the_apply() {
     );
     let lost = (COUNT as usize).saturating_sub(old.len() + new.len());
     assert!(lost <= COUNT as usize / 100, "{lost} datagrams lost");
+    // And per hop: every datagram that crossed SF1 or SF2 went on to SF3. A datagram leaving
+    // SF2 before its egress had the program would skip the chain's second hop.
+    let last_hop: std::collections::BTreeSet<u64> = records(&out3).0.iter().map(|r| r.0).collect();
+    let skipped: Vec<u64> = old
+        .iter()
+        .chain(&new)
+        .map(|r| r.0)
+        .filter(|seq| !last_hop.contains(seq))
+        .collect();
+    assert!(
+        skipped.is_empty(),
+        "{} datagrams skipped SF3, e.g. #{:?}",
+        skipped.len(),
+        &skipped[..skipped.len().min(5)]
+    );
     assert!(
         after_return < BOUND.as_nanos() as i64,
         "the new path took effect {:.1} ms after apply returned",
