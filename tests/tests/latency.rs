@@ -1,7 +1,8 @@
 //! Apply-to-effect latency with real traffic: a sender in the source VM emits a numbered,
-//! timestamped UDP datagram every millisecond; each SF's ingress NIC records which datagrams
-//! reached it. An apply moves the chain from SF1 to SF2; the first datagram seen at SF2 tells
-//! when the new path took effect, relative to the moment `sfcctl apply` returned.
+//! timestamped UDP datagram every half millisecond; each SF's ingress NIC records which datagrams
+//! reached it. An apply moves the chain's first hop from SF1 to SF2 (SF3 stays second); the
+//! first datagram seen at SF2 tells when the new path took effect, relative to the moment
+//! `sfcctl apply` returned, and SF3 tells whether any datagram skipped a hop on the way.
 
 use std::{fs, time::Duration};
 
@@ -11,8 +12,8 @@ use sfc_tests::{
 };
 
 const PORT: u16 = 5000;
-const COUNT: u64 = 3000;
-const GAP: Duration = Duration::from_millis(1);
+const COUNT: u64 = 6000;
+const GAP: Duration = Duration::from_micros(500);
 /// Generous, so that a loaded machine does not fail the test; the figure is printed.
 const BOUND: Duration = Duration::from_millis(100);
 
@@ -36,6 +37,8 @@ const RECEIVER: &str = r#"
 import socket, struct, sys, time
 iface, out, port, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+# SO_RCVBUFFORCE: room for seconds of datagrams, should the reader be descheduled for long.
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)
 s.bind((iface, 0))
 s.settimeout(0.1)
 f = open(out, 'w', buffering=1)
@@ -70,7 +73,9 @@ fn chain(group: &str) -> String {
         doc("PortPair", "PP1", "{ingress: sf1-in, egress: sf1-out}"),
         doc("PortPair", "PP2", "{ingress: sf2-in, egress: sf2-out}"),
         doc("PortPairGroup", "PGA", "{portPairs: [PP1]}"),
+        doc("PortPair", "PP3", "{ingress: sf3-in, egress: sf3-out}"),
         doc("PortPairGroup", "PGB", "{portPairs: [PP2]}"),
+        doc("PortPairGroup", "PGC", "{portPairs: [PP3]}"),
         doc(
             "FlowClassifier",
             "FCU",
@@ -79,7 +84,7 @@ fn chain(group: &str) -> String {
         doc(
             "PortChain",
             "PC1",
-            &format!("{{portPairGroups: [{group}], flowClassifiers: [FCU]}}"),
+            &format!("{{portPairGroups: [{group}, PGC], flowClassifiers: [FCU]}}"),
         ),
     ]
     .concat()
@@ -133,16 +138,18 @@ fn a_moved_chain_steers_the_next_packets_within_milliseconds_of_the_apply() {
             .to_string_lossy()
             .into_owned()
     };
-    let (out1, out2) = (out("sf1"), out("sf2"));
-    for (sf, path) in [("sf1", &out1), ("sf2", &out2)] {
+    let (out1, out2, out3) = (out("sf1"), out("sf2"), out("sf3"));
+    for (sf, path) in [("sf1", &out1), ("sf2", &out2), ("sf3", &out3)] {
         demo.lab
             .spawn(sf, &format!("python3 {receiver} eth-in {path} {PORT} 30"))
             .unwrap();
     }
     let ready = |p: &str| fs::read_to_string(p).is_ok_and(|t| t.starts_with("ready"));
     assert!(
-        wait_for(Duration::from_secs(10), || (ready(&out1) && ready(&out2))
-            .then_some(()))
+        wait_for(Duration::from_secs(10), || (ready(&out1)
+            && ready(&out2)
+            && ready(&out3))
+        .then_some(()))
         .is_some(),
         "receivers did not start"
     );
@@ -170,7 +177,8 @@ fn a_moved_chain_steers_the_next_packets_within_milliseconds_of_the_apply() {
 
     assert!(
         wait_for(Duration::from_secs(30), || (records(&out1).1
-            && records(&out2).1)
+            && records(&out2).1
+            && records(&out3).1)
             .then_some(()))
         .is_some(),
         "receivers did not finish"
@@ -179,22 +187,24 @@ fn a_moved_chain_steers_the_next_packets_within_milliseconds_of_the_apply() {
     let (new, _) = records(&out2);
     let first_new = *new.iter().min().expect("no datagram took the new path");
     let last_old = *old.iter().max().unwrap();
-    // Negative when the new path was in effect before sfcctl returned (the daemon answers
-    // after the flip): then the latency is nil.
+    // The flip happened between the send of the last datagram on the old path and that of
+    // the first on the new one; the latency is the latter, counted from the moment sfcctl
+    // returned (nil when the new path was in effect before it returned: the daemon answers
+    // after the flip).
     let after_return = first_new.1 - returned;
     println!(
-        "apply-to-effect latency: {:.2} ms (the first datagram on the new path, #{}, was sent \
-         {:.2} ms after apply returned and {:.2} ms after it started; seen at SF2 {:.2} ms \
-         after the return); apply took {:.2} ms; last datagram on the old path #{}; one \
-         datagram every {} ms",
+        "apply-to-effect latency: {:.2} ms after apply returned (at most: the flip came \
+         between datagram #{}, the last on the old path, sent at {:+.2} ms from the return, and \
+         #{}, the first on the new path, sent at {:+.2} ms and seen at SF2 at {:+.2} ms); apply \
+         took {:.2} ms; one datagram every {} us",
         ms(after_return.max(0)),
+        last_old.0,
+        ms(last_old.1 - returned),
         first_new.0,
         ms(after_return),
-        ms(first_new.1 - started),
         ms(first_new.2 - returned),
         ms(returned - started),
-        last_old.0,
-        GAP.as_millis()
+        GAP.as_micros()
     );
     assert!(
         first_new.1 + GAP.as_nanos() as i64 >= started,
@@ -213,6 +223,21 @@ fn a_moved_chain_steers_the_next_packets_within_milliseconds_of_the_apply() {
     );
     let lost = (COUNT as usize).saturating_sub(old.len() + new.len());
     assert!(lost <= COUNT as usize / 100, "{lost} datagrams lost");
+    // And per hop: every datagram that crossed SF1 or SF2 went on to SF3. A datagram leaving
+    // SF2 before its egress had the program would skip the chain's second hop.
+    let last_hop: std::collections::BTreeSet<u64> = records(&out3).0.iter().map(|r| r.0).collect();
+    let skipped: Vec<u64> = old
+        .iter()
+        .chain(&new)
+        .map(|r| r.0)
+        .filter(|seq| !last_hop.contains(seq))
+        .collect();
+    assert!(
+        skipped.is_empty(),
+        "{} datagrams skipped SF3, e.g. #{:?}",
+        skipped.len(),
+        &skipped[..skipped.len().min(5)]
+    );
     assert!(
         after_return < BOUND.as_nanos() as i64,
         "the new path took effect {:.1} ms after apply returned",
