@@ -374,6 +374,23 @@ fn build(
             .fold(0, |acc, f| acc | f.bit())
     };
 
+    // Entry counters are per classifier while they fit; past that, per chain (the per-hop
+    // counters always are), so that any number of classifiers still applies.
+    let needed_per_classifier: usize = state
+        .port_chains
+        .values()
+        .map(|c| {
+            let directions = if c.chain_parameters.symmetric { 2 } else { 1 };
+            directions * (c.port_pair_groups.len() + c.flow_classifiers.len())
+        })
+        .sum();
+    let per_classifier = needed_per_classifier < COUNTERS_PER_GEN as usize;
+    if !per_classifier {
+        image.notes.push(format!(
+            "{needed_per_classifier} counters would be needed to count each classifier's hits; this node holds {}: hits are counted per chain",
+            COUNTERS_PER_GEN - 1
+        ));
+    }
     let mut entries = Vec::new();
     for (chain_name, chain) in &state.port_chains {
         let chain_id = chain.chain_id.unwrap_or(0) as u16;
@@ -392,10 +409,10 @@ fn build(
             });
             image.counters.len() as u32
         };
-        // (Entry counters, position 0, are per classifier: taken below.)
+        // (Entry counters, position 0, are per classifier when they fit: taken below.)
         let forward_counters: Vec<u32> = (0..=n)
             .map(|p| {
-                if p > 0 {
+                if p > 0 || !per_classifier {
                     counter(Direction::Forward, p, None)
                 } else {
                     0
@@ -404,7 +421,7 @@ fn build(
             .collect();
         let reverse_counters: Vec<u32> = (0..=n)
             .map(|p| {
-                if p > 0 && chain.chain_parameters.symmetric {
+                if (p > 0 || !per_classifier) && chain.chain_parameters.symmetric {
                     counter(Direction::Reverse, p, None)
                 } else {
                     0
@@ -465,7 +482,11 @@ fn build(
                     0,
                     false,
                     ldp,
-                    counter(Direction::Forward, 0, Some(fc_name)),
+                    if per_classifier {
+                        counter(Direction::Forward, 0, Some(fc_name))
+                    } else {
+                        forward_counters[0]
+                    },
                 ),
             )];
             for (k, (g, _)) in forward_hops.0.iter().enumerate() {
@@ -488,7 +509,11 @@ fn build(
                         0,
                         true,
                         lsp,
-                        counter(Direction::Reverse, 0, Some(fc_name)),
+                        if per_classifier {
+                            counter(Direction::Reverse, 0, Some(fc_name))
+                        } else {
+                            reverse_counters[0]
+                        },
                     ),
                 ));
                 for (j, (g, _)) in reverse_hops.0.iter().enumerate() {
