@@ -12,6 +12,7 @@ pub const MAP_CLASSIFY: &str = "sfc_v2_classify";
 pub const MAP_RING: &str = "sfc_v2_ring";
 pub const MAP_FLOWS: &str = "sfc_v2_flows";
 pub const MAP_PINS: &str = "sfc_v2_pins";
+pub const MAP_DECISIONS: &str = "sfc_v2_decisions";
 pub const MAP_STATS: &str = "sfc_v2_stats";
 pub const MAP_COUNTERS: &str = "sfc_v2_counters";
 pub const MAP_MEMBER_COUNTERS: &str = "sfc_v2_member_counters";
@@ -41,6 +42,8 @@ pub const PORTS_CAPACITY: u32 = 8192;
 pub const FLOWS_CAPACITY: u32 = 65536;
 /// Flow-to-member pins (per group and flow hash). LRU.
 pub const PINS_CAPACITY: u32 = 131072;
+/// Decisions remembered per (interface, flow) for the current epoch. LRU.
+pub const DECISIONS_CAPACITY: u32 = 131072;
 /// Per-chain counters per generation ((chain, direction, position), and the entry counter of
 /// each classifier); index 0 is "none".
 pub const COUNTERS_PER_GEN: u32 = 32768;
@@ -267,6 +270,32 @@ pub struct FlowState {
     pub inflight: u64,
 }
 
+/// Key of `sfc_v2_decisions`: a flow arriving on one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecisionKey {
+    pub ifindex: u32,
+    pub tuple: FlowTuple,
+}
+
+/// Value of `sfc_v2_decisions`: what the program decided for a flow on an interface, valid
+/// while the epoch is the same (any update makes every decision stale at once), so that the
+/// next packets of the flow skip classification and member choice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Decision {
+    pub epoch: u64,
+    /// `action` 0: no chain matched.
+    pub verdict: Verdict,
+    /// For `STEER`: the member chosen.
+    pub member: Member,
+    /// Member counter slot of the interface the flow arrives on.
+    pub arrival_slot: u16,
+    /// 1 when that interface is a logical port (chains start there).
+    pub entry_port: u8,
+    pub _pad: u8,
+}
+
 /// Element of `sfc_v2_member_counters` (per CPU): traffic we sent into an SF through one of its
 /// interfaces, and traffic that came back out of it there.
 #[repr(C)]
@@ -467,6 +496,8 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for MemberCounter {}
+    unsafe impl aya::Pod for DecisionKey {}
+    unsafe impl aya::Pod for Decision {}
     unsafe impl aya::Pod for TraceFilter {}
     unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for FlowTuple {}
@@ -484,6 +515,8 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<PortValue>(), 12 + 40 * MAX_TUPLES);
         assert_eq!(size_of::<MemberCounter>(), 32);
+        assert_eq!(size_of::<DecisionKey>(), 44);
+        assert_eq!(size_of::<Decision>(), 64);
         assert_eq!(size_of::<Verdict>(), 40);
         assert_eq!(size_of::<Member>(), 12);
         assert_eq!(size_of::<RingEntry>(), 24);

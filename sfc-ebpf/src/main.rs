@@ -14,7 +14,10 @@
 
 mod parse;
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::{
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    ptr::null_mut,
+};
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -24,11 +27,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sfc_common::{
-    action, stat, trace_field, ClassKey, Counter, FlowState, FlowTuple, HashInput, Member,
-    MemberCounter, PinKey, PortKey, PortValue, RingEntry, TraceEvent, TraceFilter, Verdict,
-    CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, FLAG_ENTRY,
-    FLAG_REVERSE, FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES, MEMBER_SLOTS, PINS_CAPACITY,
-    PORTS_CAPACITY, PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN, TRACE_EVENTS_BYTES,
+    action, lb, stat, trace_field, ClassKey, Counter, Decision, DecisionKey, FlowState, FlowTuple,
+    HashInput, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, TraceEvent,
+    TraceFilter, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS,
+    COUNTERS_PER_GEN, DECISIONS_CAPACITY, FLAG_ENTRY, FLAG_REVERSE, FLOWS_CAPACITY,
+    GENERATION_LEASE_NS, MAX_TUPLES, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_ENTRY,
+    RING_SIZE, SLOTS_PER_GEN, TRACE_EVENTS_BYTES,
 };
 
 use crate::parse::{parse, Packet, ParseError};
@@ -52,6 +56,22 @@ static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACI
 
 #[map(name = "sfc_v2_pins")]
 static PINS: LruHashMap<PinKey, RingEntry> = LruHashMap::pinned(PINS_CAPACITY, 0);
+
+#[map(name = "sfc_v2_decisions")]
+static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
+
+/// Per-CPU scratch space for the decision key and value (too big for the 512-byte stack
+/// beside the parsed packet).
+#[repr(C)]
+struct Scratch {
+    key: DecisionKey,
+    _pad: u32,
+    decision: Decision,
+    pkt: Packet,
+}
+
+#[map(name = "sfc_v2_scratch")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "sfc_v2_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
@@ -216,12 +236,12 @@ fn steer(ctx: &TcContext) -> i32 {
     };
     let current = (epoch & 1) as u32;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let entry_port = match port(ifindex, current) {
-        Some(port) => port.flags & PORT_ENTRY != 0,
-        None => false,
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return TC_ACT_OK;
     };
-    let pkt = match parse(ctx) {
-        Ok(pkt) => pkt,
+    let scratch = unsafe { &mut *scratch };
+    match parse(ctx, &mut scratch.pkt) {
+        Ok(()) => {}
         Err(ParseError::NotIp) => {
             count(stat::NOT_IP);
             return TC_ACT_OK;
@@ -230,38 +250,89 @@ fn steer(ctx: &TcContext) -> i32 {
             count(stat::MALFORMED);
             return TC_ACT_OK;
         }
+    }
+    let pkt = &scratch.pkt;
+    scratch.key.ifindex = ifindex;
+    scratch.key.tuple = flow_tuple(pkt);
+    let key = &scratch.key;
+    let flow = FLOWS.get_ptr_mut(&key.tuple);
+    // Fast path: this flow was decided on this interface under the current epoch.
+    if let Some(d) = unsafe { DECISIONS.get(key) } {
+        if d.epoch == epoch && generation(flow, current, d.entry_port != 0) == current {
+            return act(ctx, pkt, flow.unwrap_or(null_mut()), current, d);
+        }
+    }
+    let entry_port = match port(ifindex, current) {
+        Some(port) => port.flags & PORT_ENTRY != 0,
+        None => false,
     };
-    let flow = FLOWS.get_ptr_mut(&flow_tuple(&pkt));
     let gen = generation(flow, current, entry_port);
     let port = match port(ifindex, gen) {
         Some(port) => port,
         None => return TC_ACT_OK,
     };
-    let verdict = match classify(port, gen as u8, &pkt) {
-        Some(verdict) => verdict,
-        None => {
-            let outcome = if pkt.fragment {
-                stat::FRAGMENT
-            } else {
-                stat::NO_MATCH
-            };
-            count(outcome);
-            emit(ctx, &pkt, gen, None, outcome, None);
-            return TC_ACT_OK;
+    let decision = &mut scratch.decision;
+    decision.epoch = epoch;
+    decision.verdict = Verdict::default();
+    decision.member = Member::default();
+    decision.arrival_slot = port.slot;
+    decision.entry_port = entry_port as u8;
+    if let Some(verdict) = classify(port, gen as u8, pkt) {
+        decision.verdict = *verdict;
+        if verdict.action == action::STEER {
+            decision.member = choose_member(pkt, verdict);
         }
-    };
+    }
+    // Only what the current generation decided, never "no member" (one may come back), and
+    // not a choice that hashed MAC addresses (the key is the 5-tuple).
+    let no_member = decision.verdict.action == action::STEER && decision.member.ifindex == 0;
+    let by_mac = decision.verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) != 0;
+    if gen == current && !no_member && !by_mac {
+        let _ = DECISIONS.insert(&scratch.key, &scratch.decision, 0);
+    }
+    act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
+}
+
+/// Carries out a decision: counters, tap copy, flow bookkeeping, MAC rewrite, redirect.
+#[inline(never)]
+fn act(ctx: &TcContext, pkt: &Packet, flow: *mut FlowState, gen: u32, decision: &Decision) -> i32 {
+    // (A raw pointer, null for none: an Option of one takes two argument registers.)
+    let flow = (!flow.is_null()).then_some(flow);
+    let verdict = &decision.verdict;
+    let member = &decision.member;
+    if verdict.action == 0 {
+        let outcome = if pkt.fragment {
+            stat::FRAGMENT
+        } else {
+            stat::NO_MATCH
+        };
+        count(outcome);
+        emit(ctx, pkt, gen, None, outcome, None);
+        return TC_ACT_OK;
+    }
     // Back out of an SF, on its chain (what the SF itself sends is not counted).
-    count_member(port.slot, false, ctx.len());
+    count_member(decision.arrival_slot, false, ctx.len());
     count_chain(verdict.counter, ctx.len());
     if verdict.tap_ifindex != 0 {
-        tap(ctx, &pkt, verdict);
+        tap(ctx, pkt, verdict);
     }
     match verdict.action {
         action::STEER => {
-            if verdict.flags & FLAG_ENTRY != 0 {
-                enter(flow, &pkt, gen as u8);
+            if member.ifindex == 0 {
+                count(stat::NO_MEMBER);
+                emit(ctx, pkt, gen, Some(verdict), stat::NO_MEMBER, None);
+                return TC_ACT_SHOT;
             }
-            to_member(ctx, &pkt, gen, verdict)
+            if verdict.flags & FLAG_ENTRY != 0 {
+                enter(flow, pkt, gen as u8);
+            }
+            if ctx.store(0, &member.mac, 0).is_err() {
+                count(stat::MALFORMED);
+                return TC_ACT_OK;
+            }
+            count_member(member.slot, true, ctx.len());
+            emit(ctx, pkt, gen, Some(verdict), stat::STEERED, Some(member));
+            redirect(member.ifindex, stat::STEERED)
         }
         action::DELIVER => {
             leave(flow, verdict);
@@ -274,21 +345,14 @@ fn steer(ctx: &TcContext) -> i32 {
                 mac: verdict.deliver_mac,
                 slot: 0,
             };
-            emit(
-                ctx,
-                &pkt,
-                gen,
-                Some(verdict),
-                stat::DELIVERED,
-                Some(&target),
-            );
+            emit(ctx, pkt, gen, Some(verdict), stat::DELIVERED, Some(&target));
             redirect(verdict.deliver_ifindex, stat::DELIVERED)
         }
         _ => {
             leave(flow, verdict);
-            restore_destination_mac(ctx, &pkt, flow);
+            restore_destination_mac(ctx, pkt, flow);
             count(stat::FORWARDED);
-            emit(ctx, &pkt, gen, Some(verdict), stat::FORWARDED, None);
+            emit(ctx, pkt, gen, Some(verdict), stat::FORWARDED, None);
             TC_ACT_OK
         }
     }
@@ -392,8 +456,10 @@ fn tap(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) {
 }
 
 /// Picks the member: the flow's pin if it has one (so a surviving member never loses a flow
-/// when the group changes), otherwise the Maglev table, and pins the choice.
-fn to_member(ctx: &TcContext, pkt: &Packet, gen: u32, verdict: &Verdict) -> i32 {
+/// when the group changes), otherwise the Maglev table, and pins the choice. `ifindex` 0: the
+/// group has no live member.
+#[inline(always)]
+fn choose_member(pkt: &Packet, verdict: &Verdict) -> Member {
     let hash = sfc_common::flow_hash(&hash_input(pkt), verdict.lb_fields);
     let pin = PinKey {
         group: verdict.group,
@@ -406,25 +472,14 @@ fn to_member(ctx: &TcContext, pkt: &Packet, gen: u32, verdict: &Verdict) -> i32 
                 let _ = PINS.insert(&pin, entry, 0);
                 *entry
             }
-            _ => {
-                count(stat::NO_MEMBER);
-                emit(ctx, pkt, gen, Some(verdict), stat::NO_MEMBER, None);
-                return TC_ACT_SHOT;
-            }
+            _ => return Member::default(),
         },
     };
-    let member = if verdict.flags & FLAG_REVERSE != 0 {
+    if verdict.flags & FLAG_REVERSE != 0 {
         entry.egress
     } else {
         entry.ingress
-    };
-    if ctx.store(0, &member.mac, 0).is_err() {
-        count(stat::MALFORMED);
-        return TC_ACT_OK;
     }
-    count_member(member.slot, true, ctx.len());
-    emit(ctx, pkt, gen, Some(verdict), stat::STEERED, Some(&member));
-    redirect(member.ifindex, stat::STEERED)
 }
 
 #[inline(always)]

@@ -50,7 +50,8 @@ fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, ParseError> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Packet, ParseError> {
+/// Fills `pkt` (per-CPU scratch memory: a packet does not fit the stack beside the rest).
+pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
     let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ParseError::NotIp)?;
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut offset = ETH_HLEN;
@@ -62,30 +63,28 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ParseError> {
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         offset += VLAN_HLEN;
     }
-    let mut pkt = Packet {
-        eth_dst: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
-        eth_src: [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
-        family: 0,
-        proto: 0,
-        fragment: false,
-        sport: 0,
-        dport: 0,
-        src: [0; 4],
-        dst: [0; 4],
-    };
+    pkt.eth_dst = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
+    pkt.eth_src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    pkt.family = 0;
+    pkt.proto = 0;
+    pkt.fragment = false;
+    pkt.sport = 0;
+    pkt.dport = 0;
+    pkt.src = [0; 4];
+    pkt.dst = [0; 4];
     let len = ctx.len() as usize;
     let l4 = match ethertype {
-        ETH_P_IP => ipv4(ctx, offset, len, &mut pkt)?,
-        ETH_P_IPV6 => ipv6(ctx, offset, len, &mut pkt)?,
+        ETH_P_IP => ipv4(ctx, offset, len, pkt)?,
+        ETH_P_IPV6 => ipv6(ctx, offset, len, pkt)?,
         _ => return Err(ParseError::NotIp),
     };
     if pkt.fragment {
-        return Ok(pkt);
+        return Ok(());
     }
     let min_header = match pkt.proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
-        _ => return Ok(pkt),
+        _ => return Ok(()),
     };
     if l4 + min_header > len {
         return Err(ParseError::Malformed);
@@ -93,7 +92,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ParseError> {
     let ports: [u8; 4] = load(ctx, l4)?;
     pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
     pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    Ok(pkt)
+    Ok(())
 }
 
 /// Returns the offset of the L4 header.
