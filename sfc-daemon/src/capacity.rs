@@ -21,7 +21,14 @@ pub const PORTS_PER_GEN: usize = (PORTS_CAPACITY / 2) as usize;
 /// Chain ids travel in 16 bits; 0 means none.
 pub const MAX_CHAIN_ID: u32 = u16::MAX as u32;
 
-fn error(origins: &Origins, kind: Kind, name: &str, field: &str, message: String) -> ConfigError {
+/// An input error naming the file the object came from (or the applied state).
+pub fn error(
+    origins: &Origins,
+    kind: Kind,
+    name: &str,
+    field: &str,
+    message: String,
+) -> ConfigError {
     ConfigError {
         file: origins
             .get(&(kind, name.to_string()))

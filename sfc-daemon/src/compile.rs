@@ -12,11 +12,11 @@ use sfc_common::{
 use crate::{
     capacity,
     classifier::{specificity, Match},
-    document::{ConfigError, ConfigErrors},
+    document::ConfigErrors,
     maglev,
     model::{Kind, State},
     netlink::Link,
-    validate::{mac, validate, Origins, APPLIED},
+    validate::{mac, validate, Origins},
 };
 
 /// The interfaces of the node namespace, as the compiler needs them.
@@ -153,15 +153,8 @@ fn build(
 ) -> Result<Image, ConfigErrors> {
     let mut errors = Vec::new();
     let mut image = Image::default();
-    let err = |kind: Kind, name: &str, field: &str, message: String| ConfigError {
-        file: origins
-            .get(&(kind, name.to_string()))
-            .cloned()
-            .unwrap_or_else(|| APPLIED.to_string()),
-        kind: kind.to_string(),
-        name: name.to_string(),
-        field: field.to_string(),
-        message,
+    let err = |kind: Kind, name: &str, field: &str, message: String| {
+        capacity::error(origins, kind, name, field, message)
     };
 
     // Group tables: one per (non-tap) group that some chain uses. Each entry holds both sides

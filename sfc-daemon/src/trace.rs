@@ -42,15 +42,28 @@ pub enum TraceError {
     },
 }
 
-/// What to trace, as sfcctl sends it (any subset).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// What to trace, as sfcctl takes it and sends it (any subset).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, clap::Args)]
 pub struct TraceSpec {
+    #[arg(long)]
     pub src: Option<String>,
+    #[arg(long)]
     pub dst: Option<String>,
+    /// tcp, udp, icmp, icmpv6 or a number.
+    #[arg(long)]
     pub proto: Option<String>,
+    #[arg(long)]
     pub sport: Option<u16>,
+    #[arg(long)]
     pub dport: Option<u16>,
+    /// A tracking id (hex, as printed) to follow one flow.
+    #[arg(long, value_parser = parse_id)]
     pub id: Option<u32>,
+}
+
+fn parse_id(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("{text:?} is not a tracking id (8 hex digits, as trace prints)"))
 }
 
 /// One step of one packet, as sfcctl prints it.
@@ -317,25 +330,20 @@ fn record(e: &TraceEvent, names: &Names, clock: &Clock) -> TraceRecord {
             .unwrap_or_else(|| format!("ifindex {i}"))
     };
     let classified = e.chain_id != 0;
-    let flow = if e.family == FAMILY_V6 {
-        format!(
-            "{} [{}]:{} > [{}]:{}",
-            proto_text(e.proto),
-            ip_text(e.family, &e.src),
-            e.sport,
-            ip_text(e.family, &e.dst),
-            e.dport
-        )
-    } else {
-        format!(
-            "{} {}:{} > {}:{}",
-            proto_text(e.proto),
-            ip_text(e.family, &e.src),
-            e.sport,
-            ip_text(e.family, &e.dst),
-            e.dport
-        )
+    // An address and port as in a URL: IPv6 in brackets.
+    let endpoint = |addr: &[u32; 4], port: u16| {
+        if e.family == FAMILY_V6 {
+            format!("[{}]:{port}", ip_text(e.family, addr))
+        } else {
+            format!("{}:{port}", ip_text(e.family, addr))
+        }
     };
+    let flow = format!(
+        "{} {} > {}",
+        proto_text(e.proto),
+        endpoint(&e.src, e.sport),
+        endpoint(&e.dst, e.dport)
+    );
     TraceRecord {
         time_ns: clock.wall(e.ts_ns),
         id: e.id,

@@ -18,11 +18,6 @@ use sfc_daemon::{
     trace::{self, Format, TraceSpec},
 };
 
-fn parse_id(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text.trim_start_matches("0x"), 16)
-        .map_err(|_| format!("{text:?} is not a tracking id (8 hex digits, as trace prints)"))
-}
-
 #[derive(Parser)]
 #[command(
     name = "sfcctl",
@@ -74,20 +69,8 @@ enum Command {
     /// (any subset; a flow matches in both directions). Stops after --count records or
     /// --duration seconds, or on Ctrl-C.
     Trace {
-        #[arg(long)]
-        src: Option<String>,
-        #[arg(long)]
-        dst: Option<String>,
-        /// tcp, udp, icmp, icmpv6 or a number.
-        #[arg(long)]
-        proto: Option<String>,
-        #[arg(long)]
-        sport: Option<u16>,
-        #[arg(long)]
-        dport: Option<u16>,
-        /// A tracking id (hex, as printed) to follow one flow.
-        #[arg(long, value_parser = parse_id)]
-        id: Option<u32>,
+        #[command(flatten)]
+        spec: TraceSpec,
         #[arg(long)]
         count: Option<u64>,
         /// Seconds.
@@ -211,24 +194,11 @@ fn run(args: Args) -> Result<(), String> {
             }
         }
         Command::Trace {
-            src,
-            dst,
-            proto,
-            sport,
-            dport,
-            id,
+            spec,
             count,
             duration,
             output,
         } => {
-            let spec = TraceSpec {
-                src,
-                dst,
-                proto,
-                sport,
-                dport,
-                id,
-            };
             let format = match output {
                 Output::Table => Format::Table,
                 _ => Format::Json,
