@@ -255,13 +255,24 @@ fn steer(ctx: &TcContext) -> i32 {
     scratch.key.ifindex = ifindex;
     scratch.key.tuple = flow_tuple(pkt);
     let key = &scratch.key;
-    let flow = FLOWS.get_ptr_mut(&key.tuple);
-    // Fast path: this flow was decided on this interface under the current epoch.
+    // Fast path: this flow was decided on this interface under the current epoch. Such a
+    // decision exists only if the flow was on the current generation then, and a flow never
+    // goes back to an older one, so its generation needs no look-up; its state is read only
+    // where it changes (entering the chain, leaving it).
     if let Some(d) = unsafe { DECISIONS.get(key) } {
-        if d.epoch == epoch && generation(flow, current, d.entry_port != 0) == current {
-            return act(ctx, pkt, flow.unwrap_or(null_mut()), current, d);
+        if d.epoch == epoch {
+            let v = &d.verdict;
+            let bookkeeping =
+                v.action != 0 && (v.flags & FLAG_ENTRY != 0 || v.action != action::STEER);
+            let flow = if bookkeeping {
+                FLOWS.get_ptr_mut(&key.tuple).unwrap_or(null_mut())
+            } else {
+                null_mut()
+            };
+            return act(ctx, pkt, flow, current, d);
         }
     }
+    let flow = FLOWS.get_ptr_mut(&key.tuple);
     let entry_port = match port(ifindex, current) {
         Some(port) => port.flags & PORT_ENTRY != 0,
         None => false,
