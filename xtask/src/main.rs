@@ -42,7 +42,7 @@ enum Task {
         /// A few seconds: one round, one hop, short durations, results in a temp dir.
         #[arg(long)]
         smoke: bool,
-        /// Interleaved rounds (default 3; 1 with --smoke).
+        /// Interleaved rounds (default 5; 1 with --smoke).
         #[arg(long)]
         rounds: Option<usize>,
         /// Systems to run, comma-separated (default: all): plain, sfc-tc, sfc-xdp, tc-mirred,

@@ -109,7 +109,7 @@ impl Plan {
             }
         } else {
             Plan {
-                rounds: opts.rounds.unwrap_or(3),
+                rounds: opts.rounds.unwrap_or(5),
                 hops,
                 systems,
                 warmup: Duration::from_millis(500),
@@ -152,7 +152,9 @@ pub fn run(opts: Options, root: &Path, target_dir: &Path, bin_dir: &Path) -> Res
     let mut report = Report::default();
     let sfs = *plan.hops.iter().max().unwrap_or(&1);
     println!("==> building the topology: source, destination, node and {sfs} SF namespaces");
+    let built = Instant::now();
     let mut topo = Topology::build(sfs).context("building the bench topology")?;
+    println!("    done in {:.1} s", built.elapsed().as_secs_f64());
     let mut runner = Runner::new(object.as_ref().ok().cloned(), systems::xdp_args(bin_dir));
     let mut systems = Vec::new();
     for &system in &plan.systems {
@@ -178,6 +180,7 @@ pub fn run(opts: Options, root: &Path, target_dir: &Path, bin_dir: &Path) -> Res
                         plan.rounds,
                         system.name()
                     );
+                    std::io::Write::flush(&mut std::io::stdout())?;
                     match slot(
                         &mut topo,
                         &mut runner,
@@ -293,8 +296,9 @@ fn measure(
             bail!("sf{k} forwarded {forwarded} packets but the destination received {received}: the traffic did not follow the chain");
         }
     }
-    if received == 0 {
-        bail!("the destination received no packets");
+    // Far below any real rate: packets are being lost on the way, not forwarded slowly.
+    if received < 1000 {
+        bail!("the destination received only {received} packets");
     }
     report.add(order, name, hops, "udp64_pps", pps);
     check_interrupt()?;

@@ -248,6 +248,6 @@ impl Ovs {
             .map(|(port, usual, _)| format!("ip link set {port} address {usual}"))
             .collect();
         topo.node(&restores.join(" && "))?;
-        Ok(())
+        topo.node_neighbours()
     }
 }

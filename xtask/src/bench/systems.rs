@@ -232,6 +232,9 @@ impl Runner {
             }
             System::OvsNetdev => {
                 if self.ovs.is_none() {
+                    println!(
+                        "    starting Open vSwitch (userspace datapath) in the node namespace"
+                    );
                     self.ovs = Some(Ovs::start(topo).map_err(|e| format!("{e:#}")));
                 }
                 self.ovs.as_ref().and_then(|o| o.as_ref().err().cloned())

@@ -49,6 +49,8 @@ pub fn src_mac() -> &'static str {
 
 pub struct Topology {
     pub lab: Lab,
+    /// SF namespaces: sf1..=sfs.
+    sfs: usize,
 }
 
 const SYSCTLS: &str = "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
@@ -81,14 +83,7 @@ impl Topology {
                      for a in {DST} {SINK} {PROBE}; do ip neigh add $a lladdr {shared} dev eth-out nud permanent; done"
                 ),
             )?;
-            // For policy routing: the next hop's neighbours, whatever table routes there.
-            lab.sh(
-                "node",
-                &format!(
-                    "ip link set {sf}-out address {shared} && \
-                     for a in {DST} {SINK} {PROBE}; do ip neigh add $a lladdr {shared} dev {sf}-in nud permanent; done"
-                ),
-            )?;
+            lab.sh("node", &format!("ip link set {sf}-out address {shared}"))?;
         }
         // Checksums in software and no TSO/GSO at the source: every system then forwards the
         // same MTU-sized, fully checksummed packets (a userspace datapath such as OVS netdev
@@ -119,14 +114,31 @@ impl Topology {
             &format!(
                 "ip link set vm-src address {shared} && ip link set vm-dst address {VM_DST_MAC} && \
                  ip route add {SRC}/32 dev vm-src && \
-                 ip neigh add {SRC} lladdr {SRC_MAC} dev vm-src nud permanent && \
                  ip route add {DST}/32 dev vm-dst && ip route add {SINK}/32 dev vm-dst && \
-                 ip route add blackhole {PROBE}/32 && \
-                 for a in {DST} {SINK} {PROBE}; do ip neigh add $a lladdr {shared} dev vm-dst nud permanent; done"
+                 ip route add blackhole {PROBE}/32"
             ),
         )?;
         lab.spawn("dst", "iperf3 -s -B 198.18.1.1")?;
-        Ok(Self { lab })
+        let topo = Self { lab, sfs };
+        topo.node_neighbours()?;
+        Ok(topo)
+    }
+
+    /// The node's static neighbours: the source, and the destination's addresses behind
+    /// vm-dst and behind every SF ingress (for policy routing, whatever table routes there).
+    /// Changing an interface's MAC flushes even permanent entries, so whoever does that calls
+    /// this again afterwards.
+    pub fn node_neighbours(&self) -> Result<()> {
+        let shared = mac_str(SHARED_MAC);
+        let mut devs = vec!["vm-dst".to_string()];
+        devs.extend((1..=self.sfs).map(|k| format!("sf{k}-in")));
+        self.node(&format!(
+            "ip neigh replace {SRC} lladdr {SRC_MAC} dev vm-src nud permanent && \
+             for d in {}; do for a in {DST} {SINK} {PROBE}; do \
+               ip neigh replace $a lladdr {shared} dev $d nud permanent; done; done",
+            devs.join(" ")
+        ))?;
+        Ok(())
     }
 
     pub fn ns(&self, short: &str) -> String {
