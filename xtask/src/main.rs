@@ -336,7 +336,7 @@ fn run_bench(options: bench::Options) -> Result<()> {
     require_root()?;
     bench::run(
         options,
-        &root(),
+        &root().canonicalize()?,
         &target_dir(),
         &target_dir().join("release"),
     )

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::{
     bpf, netns,
-    systems::{start_daemon, stop_daemon},
+    systems::{sfcctl_apply, start_daemon, stop_daemon},
     topology::{self as topo, Topology},
 };
 
@@ -83,9 +83,7 @@ pub fn measure(
         let daemon = start_daemon(topo, &[])?;
         let file = topo.lab.file("classifiers.yaml", &yaml(n))?;
         let started = Instant::now();
-        topo.lab
-            .sfcctl(&["apply", "-f", &file])
-            .map_err(|e| anyhow::anyhow!("sfcctl apply of {n} classifiers: {e}"))?;
+        sfcctl_apply(topo, &file).with_context(|| format!("applying {n} classifiers"))?;
         let apply_ms = started.elapsed().as_secs_f64() * 1e3;
         let baseline = bpf::load_lookup(object, (0..n).map(rule_addr))?;
         let baseline_fd = bpf::program_fd(&baseline, "sfc_bench_lookup")?;

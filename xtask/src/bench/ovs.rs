@@ -81,6 +81,8 @@ impl Ovs {
         let d = ovs.dir.display().to_string();
         let env = ovs.env();
         topo.node(&format!("ovsdb-tool create {d}/conf.db {SCHEMA}"))?;
+        // Spawned, not daemonized: the lab kills them (and anything else left in the namespace)
+        // when it is dropped.
         topo.lab.spawn(
             "node",
             &format!(
@@ -96,7 +98,10 @@ impl Ovs {
                 ovs.log("ovsdb-server.log")
             );
         }
-        topo.node(&format!("{env} ovs-vsctl --db={} --no-wait init", ovs.db()))?;
+        topo.node(&format!(
+            "{env} ovs-vsctl --timeout=20 --db={} --no-wait init",
+            ovs.db()
+        ))?;
         topo.lab.spawn(
             "node",
             &format!(
@@ -229,8 +234,8 @@ impl Ovs {
         std::fs::write(self.dir.join("flows.txt"), flows)?;
         let mgmt = format!("unix:{d}/{BRIDGE}.mgmt");
         topo.node(&format!(
-            "ovs-ofctl -O OpenFlow13 add-groups {mgmt} {d}/groups.txt && \
-             ovs-ofctl -O OpenFlow13 add-flows {mgmt} {d}/flows.txt"
+            "timeout 60 ovs-ofctl -O OpenFlow13 add-groups {mgmt} {d}/groups.txt && \
+             timeout 60 ovs-ofctl -O OpenFlow13 add-flows {mgmt} {d}/flows.txt"
         ))
         .with_context(|| {
             format!(

@@ -102,12 +102,13 @@ impl Report {
     pub fn markdown(&self, json: &Value) -> String {
         let m = &json["machine"];
         let mut md = format!(
-            "Machine: {}, {} cores, kernel {}, {}. Median (min–max) of {} interleaved rounds; \
-             plain = no chain (hops 0).\n\n",
+            "Machine: {}, {} cores, kernel {}, {} (load average {} at the end). Median (min–max) \
+             of {} interleaved rounds; plain = no chain (hops 0).\n\n",
             m["cpu"].as_str().unwrap_or("?"),
             m["cores"],
             m["kernel"].as_str().unwrap_or("?"),
             m["date"].as_str().unwrap_or("?"),
+            m["loadavg"].as_str().unwrap_or("?"),
             json["config"]["rounds"]
         );
         md += "| system | hops |";
@@ -210,7 +211,11 @@ fn machine() -> Value {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    json!({"kernel": kernel.trim(), "cpu": cpu, "cores": cores, "date": date})
+    // The machine may be shared: the load when the results were written says how quiet it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    json!({"kernel": kernel.trim(), "cpu": cpu, "cores": cores, "date": date,
+           "loadavg": load.join(" ")})
 }
 
 /// Debian's interpreter on purpose: python3-matplotlib is installed for it, whatever else is

@@ -127,6 +127,21 @@ pub fn chain_yaml(hops: usize) -> String {
     y
 }
 
+/// `sfcctl apply -f file`, given at most two minutes.
+pub fn sfcctl_apply(topo: &Topology, file: &str) -> Result<()> {
+    let lab = &topo.lab;
+    sfc_tests::run(
+        Command::new("timeout")
+            .arg("120")
+            .arg(lab.bin_dir.join("sfcctl"))
+            .arg("--socket")
+            .arg(lab.socket())
+            .args(["apply", "-f", file]),
+    )
+    .context("sfcctl apply")?;
+    Ok(())
+}
+
 /// sfc-daemon run by the bench in the node namespace; killed on drop.
 pub struct Daemon {
     child: Child,
@@ -275,10 +290,7 @@ impl Runner {
             System::Plain => Ok(()),
             System::SfcTc | System::SfcXdp => {
                 let file = topo.lab.file("chain.yaml", &chain_yaml(hops))?;
-                topo.lab
-                    .sfcctl(&["apply", "-f", &file])
-                    .map_err(|e| anyhow::anyhow!("sfcctl apply: {e}"))?;
-                Ok(())
+                sfcctl_apply(topo, &file)
             }
             System::TcMirred => {
                 let mut batch = String::new();
