@@ -156,6 +156,20 @@ pub fn attached_program(iface: &str) -> Result<ProgramFd> {
     Ok(info.fd()?)
 }
 
+/// How many TCX ingress programs are attached to `ifaces` in namespace `ns`.
+pub fn tcx_attached(ns: &str, ifaces: &[String]) -> Result<usize> {
+    netns::run_in(ns, || {
+        let mut n = 0;
+        for iface in ifaces {
+            n += SchedClassifier::query_tcx(iface, TcAttachType::Ingress)
+                .with_context(|| format!("querying TCX ingress programs on {iface}"))?
+                .1
+                .len();
+        }
+        Ok(n)
+    })
+}
+
 /// `union bpf_attr` for BPF_PROG_TEST_RUN (include/uapi/linux/bpf.h).
 #[repr(C)]
 #[derive(Default)]

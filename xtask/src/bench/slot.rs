@@ -25,8 +25,11 @@ pub(super) fn run(
     system: System,
     hops: usize,
 ) -> Result<String> {
-    runner.prepare(topo, system, hops)?;
-    let result = measure(topo, runner, plan, report, order, system, hops);
+    let result = runner
+        .prepare(topo, system, hops)
+        .and_then(|()| measure(topo, runner, plan, report, order, system, hops));
+    // Also after a failed prepare: whatever part of it happened must not leak into the next
+    // system's measurement.
     let down = runner.teardown(topo, system, hops);
     let line = result?;
     down.context("teardown")?;
@@ -47,9 +50,10 @@ fn measure(
     let mut line = String::new();
     if system != System::Plain {
         let topo_ref: &Topology = topo;
-        let (apply_ms, first) = traffic::Probe::around(&src, &dst, Duration::from_secs(5), || {
-            runner.apply(topo_ref, system, hops)
-        })?;
+        let (apply_ms, first) =
+            traffic::apply_and_probe(&src, &dst, Duration::from_secs(5), || {
+                runner.apply(topo_ref, system, hops)
+            })?;
         let first = first.context("no probe reached the destination within 5 s of the apply")?;
         report.add(order, name, hops, "apply_ms", apply_ms);
         report.add(order, name, hops, "first_packet_ms", first);

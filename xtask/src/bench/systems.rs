@@ -212,6 +212,16 @@ pub fn stop_daemon(topo: &mut Topology, daemon: Daemon) -> Result<()> {
         .with_context(|| format!("removing {}", path.display()))?;
     }
     let _ = fs::remove_dir_all(topo.lab.dir.join("state"));
+    // The kernel releases a link whose last pin went away from a workqueue, a little later:
+    // until then the old chain still steers, and would carry the next system's first probe.
+    let ifaces = topo.node_interfaces();
+    let node = topo.ns("node");
+    let bare = wait_for(Duration::from_secs(5), || {
+        bpf::tcx_attached(&node, &ifaces).ok().filter(|n| *n == 0)
+    });
+    if bare.is_none() {
+        bail!("sfc-daemon's programs were still attached 5 s after it stopped and its pins were removed");
+    }
     Ok(())
 }
 

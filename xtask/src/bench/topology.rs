@@ -154,6 +154,16 @@ impl Topology {
         netns::ifindex(&self.ns("node"), iface)
     }
 
+    /// Every interface of the node namespace that a system may attach to.
+    pub fn node_interfaces(&self) -> Vec<String> {
+        let mut v = vec!["vm-src".to_string(), "vm-dst".to_string()];
+        for k in 1..=self.sfs {
+            v.push(format!("sf{k}-in"));
+            v.push(format!("sf{k}-out"));
+        }
+        v
+    }
+
     /// The interface a hop's traffic arrives on in the node: the source's, then each SF's egress.
     pub fn arrival(k: usize) -> String {
         if k == 0 {

@@ -136,76 +136,75 @@ pub fn ping_rtts(topo: &topo::Topology, count: usize) -> Result<Vec<f64>> {
     Ok(rtts)
 }
 
-/// Sends probe datagrams every 100 µs into the chain and reports when the first one reaches
-/// the destination; probes are blackholed by the node, so only a steered one can arrive.
-pub struct Probe<'a> {
-    stop: &'a AtomicBool,
-}
-
-impl Probe<'_> {
-    /// Runs `apply` while probing; returns (apply wall time, time from the start of `apply`
-    /// until the first probe arrived), both in ms; the latter is None if none arrived within
-    /// `limit`.
-    pub fn around(
-        src_ns: &str,
-        dst_ns: &str,
-        limit: Duration,
-        apply: impl FnOnce() -> Result<()>,
-    ) -> Result<(f64, Option<f64>)> {
-        let stop = AtomicBool::new(false);
-        let probe = Probe { stop: &stop };
-        thread::scope(|s| {
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let receiver = s.spawn(move || -> Result<Option<Instant>> {
-                netns::enter(dst_ns)?;
-                let socket = UdpSocket::bind(addr(topo::PROBE, topo::PROBE_PORT))?;
-                socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-                let _ = ready_tx.send(());
-                let mut buf = [0u8; 64];
-                let deadline = Instant::now() + limit + Duration::from_secs(60);
-                while !probe.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    if socket.recv(&mut buf).is_ok() {
-                        return Ok(Some(Instant::now()));
-                    }
+/// Runs `apply` while sending probe datagrams every 100 µs into the chain; probes are
+/// blackholed by the node, so only a steered one can reach the destination. Returns the apply's
+/// wall time and the time from its start until the first probe arrived, both in ms; the latter
+/// is None if none arrived within `limit` after the apply.
+pub fn apply_and_probe(
+    src_ns: &str,
+    dst_ns: &str,
+    limit: Duration,
+    apply: impl FnOnce() -> Result<()>,
+) -> Result<(f64, Option<f64>)> {
+    let stop = AtomicBool::new(false);
+    let stop = &stop;
+    thread::scope(|s| {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let receiver = s.spawn(move || -> Result<Option<Instant>> {
+            netns::enter(dst_ns)?;
+            let socket = UdpSocket::bind(addr(topo::PROBE, topo::PROBE_PORT))?;
+            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 64];
+            let deadline = Instant::now() + limit + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if socket.recv(&mut buf).is_ok() {
+                    return Ok(Some(Instant::now()));
                 }
-                Ok(None)
-            });
-            let sender = s.spawn(move || -> Result<()> {
-                netns::enter(src_ns)?;
-                let socket = UdpSocket::bind("0.0.0.0:0")?;
-                socket.connect(addr(topo::PROBE, topo::PROBE_PORT))?;
-                let deadline = Instant::now() + limit + Duration::from_secs(60);
-                while !probe.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let _ = socket.send(b"probe");
-                    thread::sleep(Duration::from_micros(100));
-                }
-                Ok(())
-            });
-            let result = (|| -> Result<(Instant, Duration)> {
-                ready_rx
-                    .recv_timeout(Duration::from_secs(5))
-                    .context("the probe receiver did not start")?;
-                let start = Instant::now();
-                apply()?;
-                let applied = start.elapsed();
-                let wait_until = Instant::now() + limit;
-                while !receiver.is_finished() && Instant::now() < wait_until && !interrupted() {
-                    thread::sleep(Duration::from_millis(1));
-                }
-                Ok((start, applied))
-            })();
-            stop.store(true, Ordering::Relaxed);
-            let arrived = receiver
-                .join()
-                .map_err(|_| anyhow::anyhow!("probe receiver panicked"))??;
-            sender
-                .join()
-                .map_err(|_| anyhow::anyhow!("probe sender panicked"))??;
-            let (start, applied) = result?;
-            Ok((
-                applied.as_secs_f64() * 1e3,
-                arrived.map(|t| t.duration_since(start).as_secs_f64() * 1e3),
-            ))
-        })
-    }
+            }
+            Ok(None)
+        });
+        let sender = s.spawn(move || -> Result<()> {
+            netns::enter(src_ns)?;
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect(addr(topo::PROBE, topo::PROBE_PORT))?;
+            let deadline = Instant::now() + limit + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let _ = socket.send(b"probe");
+                thread::sleep(Duration::from_micros(100));
+            }
+            Ok(())
+        });
+        let result = (|| -> Result<(Instant, Duration)> {
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .context("the probe receiver did not start")?;
+            // Nothing may steer yet: a probe arriving now means that the previous system is
+            // still in place, and the figure would be meaningless.
+            thread::sleep(Duration::from_millis(5));
+            if receiver.is_finished() {
+                bail!("probes reach the destination before the chain is applied");
+            }
+            let start = Instant::now();
+            apply()?;
+            let applied = start.elapsed();
+            let wait_until = Instant::now() + limit;
+            while !receiver.is_finished() && Instant::now() < wait_until && !interrupted() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Ok((start, applied))
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let arrived = receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("probe receiver panicked"))??;
+        sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("probe sender panicked"))??;
+        let (start, applied) = result?;
+        Ok((
+            applied.as_secs_f64() * 1e3,
+            arrived.map(|t| t.duration_since(start).as_secs_f64() * 1e3),
+        ))
+    })
 }
