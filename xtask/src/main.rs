@@ -36,7 +36,7 @@ enum Task {
     },
     /// Set up, build, check formatting and lints, and run every test (and the bench's smoke mode).
     Test,
-    /// Set up, build, and measure sfc against its peers in network namespaces (about 12 minutes;
+    /// Set up, build, and measure sfc against its peers in network namespaces (about 10 minutes;
     /// results in bench/results/).
     Bench {
         /// A few seconds: one round, one hop, short durations, results in a temp dir.
