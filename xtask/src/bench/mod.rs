@@ -156,7 +156,10 @@ pub fn run(opts: Options, root: &Path, target_dir: &Path, bin_dir: &Path) -> Res
     let built = Instant::now();
     let mut topo = Topology::build(sfs).context("building the bench topology")?;
     println!("    done in {:.1} s", built.elapsed().as_secs_f64());
-    let mut runner = Runner::new(object.as_ref().ok().cloned(), systems::xdp_args(bin_dir));
+    let mut runner = Runner::new(
+        object.as_ref().cloned().map_err(|e| format!("{e:#}")),
+        systems::xdp_args(bin_dir),
+    );
     let mut systems = Vec::new();
     for &system in &plan.systems {
         if let Some(why) = runner.unavailable(&mut topo, system) {

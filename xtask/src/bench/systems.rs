@@ -227,15 +227,16 @@ pub fn stop_daemon(topo: &mut Topology, daemon: Daemon) -> Result<()> {
 
 /// What is currently set up, and so what teardown must undo.
 pub struct Runner {
-    object: Option<PathBuf>,
-    pub ovs: Option<std::result::Result<Ovs, String>>,
+    /// The bench's eBPF object, or why it is missing.
+    object: std::result::Result<PathBuf, String>,
+    ovs: Option<std::result::Result<Ovs, String>>,
     daemon: Option<Daemon>,
     upper: Option<Ebpf>,
     xdp: Option<Vec<String>>,
 }
 
 impl Runner {
-    pub fn new(object: Option<PathBuf>, xdp: Option<Vec<String>>) -> Self {
+    pub fn new(object: std::result::Result<PathBuf, String>, xdp: Option<Vec<String>>) -> Self {
         Self {
             object,
             ovs: None,
@@ -252,9 +253,7 @@ impl Runner {
                 "this sfc-daemon has no XDP mode (its --help lists neither --xdp nor --mode xdp)"
                     .into(),
             ),
-            System::UpperBound if self.object.is_none() => {
-                Some("the sfc-bench eBPF object was not found".into())
-            }
+            System::UpperBound => self.object.as_ref().err().cloned(),
             System::OvsNetdev => {
                 if self.ovs.is_none() {
                     println!(
@@ -286,7 +285,7 @@ impl Runner {
             }
             System::OvsNetdev => self.ovs()?.prepare(topo, hops)?,
             System::UpperBound => {
-                let object = self.object.as_ref().context("no bench object")?;
+                let object = self.object.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
                 self.upper = Some(bpf::load_redirect(object)?);
             }
             System::Plain | System::TcMirred | System::PolicyRouting => {}
