@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | demo | test`.
+//! Project tasks: `cargo xtask setup | build | demo | test | bench`.
 //! Every task installs what it needs first (idempotently), so each works on a fresh machine.
 
 use std::{
@@ -10,6 +10,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sfc_tests::demo::{self, Demo, DST_V4, DST_V6};
+
+mod bench;
 
 #[derive(Parser)]
 struct Args {
@@ -32,8 +34,31 @@ enum Task {
         #[arg(long, default_value_t = 8)]
         requests: usize,
     },
-    /// Set up, build, check formatting and lints, and run every test.
+    /// Set up, build, check formatting and lints, and run every test (and the bench's smoke mode).
     Test,
+    /// Set up, build, and measure sfc against its peers in network namespaces (about 10 minutes;
+    /// results in bench/results/).
+    Bench {
+        /// A few seconds: one round, one hop, short durations, results in a temp dir.
+        #[arg(long)]
+        smoke: bool,
+        /// Interleaved rounds (default 5; 1 with --smoke).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Systems to run, comma-separated (default: all): plain, sfc-tc, sfc-xdp, tc-mirred,
+        /// policy-routing, ovs-netdev, upper-bound.
+        #[arg(long, value_delimiter = ',')]
+        systems: Option<Vec<String>>,
+        /// Chain lengths, comma-separated (default 1,2,4,8; 1 with --smoke).
+        #[arg(long, value_delimiter = ',')]
+        hops: Option<Vec<usize>>,
+        /// Output directory (default bench/results, or a temp dir with --smoke).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Leave out the classifier cost measurement.
+        #[arg(long)]
+        skip_classifier: bool,
+    },
 }
 
 const APT_PACKAGES: &[&str] = &[
@@ -49,6 +74,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "curl",
     "python3",
+    // `cargo xtask bench`: the OVS userspace datapath peer, and the packet-rate plot.
+    "openvswitch-switch",
+    "python3-matplotlib",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -283,7 +311,35 @@ fn test() -> Result<()> {
     if !exit.success() {
         bail!("cargo test failed ({exit})");
     }
-    Ok(())
+    step("cargo xtask bench --smoke (every bench code path, briefly)");
+    run_bench(bench_options(true))
+}
+
+fn bench_options(smoke: bool) -> bench::Options {
+    bench::Options {
+        smoke,
+        rounds: None,
+        systems: None,
+        hops: None,
+        out: None,
+        skip_classifier: false,
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn run_bench(options: bench::Options) -> Result<()> {
+    require_root()?;
+    bench::run(
+        options,
+        &root().canonicalize()?,
+        &target_dir(),
+        &target_dir().join("release"),
+    )
 }
 
 fn main() -> Result<()> {
@@ -292,5 +348,23 @@ fn main() -> Result<()> {
         Task::Build => build(),
         Task::Demo { keep, requests } => run_demo(keep, requests),
         Task::Test => test(),
+        Task::Bench {
+            smoke,
+            rounds,
+            systems,
+            hops,
+            out,
+            skip_classifier,
+        } => {
+            build()?;
+            run_bench(bench::Options {
+                smoke,
+                rounds,
+                systems,
+                hops,
+                out,
+                skip_classifier,
+            })
+        }
     }
 }

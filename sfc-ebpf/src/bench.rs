@@ -1,0 +1,76 @@
+//! Programs for `cargo xtask bench`, built as their own object (`sfc-bench`) so that loading
+//! them never touches the steering program's maps.
+//!
+//! - `sfc_bench_redirect`: the "upper-bound" system, the least a TC steering program can do:
+//!   one array read keyed by the ingress ifindex, a destination-MAC rewrite and a redirect.
+//! - `sfc_bench_lookup`: the baseline for the classifier's cost, one hash lookup keyed by the
+//!   IPv4 destination address, whatever its result.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    helpers::bpf_redirect,
+    macros::{classifier, map},
+    maps::{Array, HashMap},
+    programs::TcContext,
+};
+
+/// Where a frame arriving on an interface goes next (0: not steered).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Next {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Indexed by ingress ifindex; namespaces made by the bench have small ifindexes.
+#[map(name = "sfc_bench_next")]
+static NEXT: Array<Next> = Array::with_max_entries(4096, 0);
+
+#[map(name = "sfc_bench_hash")]
+static HASH: HashMap<u32, u32> = HashMap::with_max_entries(1 << 17, 0);
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_HLEN: usize = 14;
+
+#[classifier]
+pub fn sfc_bench_redirect(ctx: TcContext) -> i32 {
+    // Leave ARP and everything else that is not IPv4 to the stack.
+    match ctx.load::<u16>(12) {
+        Ok(t) if u16::from_be(t) == ETH_P_IPV4 => {}
+        _ => return TC_ACT_OK,
+    }
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let next = match NEXT.get(ifindex) {
+        Some(next) if next.ifindex != 0 => *next,
+        _ => return TC_ACT_OK,
+    };
+    if ctx.store(0, &next.mac, 0).is_err() {
+        return TC_ACT_OK;
+    }
+    unsafe { bpf_redirect(next.ifindex, 0) as i32 }
+}
+
+#[classifier]
+pub fn sfc_bench_lookup(ctx: TcContext) -> i32 {
+    let dst = match ctx.load::<u32>(ETH_HLEN + 16) {
+        Ok(dst) => dst,
+        Err(_) => return TC_ACT_OK,
+    };
+    // The result is irrelevant: the lookup itself is what is measured.
+    let hit = unsafe { HASH.get(&dst) }.is_some();
+    core::hint::black_box(hit);
+    TC_ACT_OK
+}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

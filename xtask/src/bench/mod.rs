@@ -1,0 +1,247 @@
+//! `cargo xtask bench`: this project's steering against its peers on one chain topology, in
+//! interleaved rounds (every system once per round, then again), plus the classifier's cost
+//! per packet through BPF_PROG_TEST_RUN. `--smoke` is the same code with one round, one hop and
+//! short durations, writing to a temp dir; `cargo xtask test` runs it so that it never rots.
+
+mod bpf;
+mod classifier;
+mod netns;
+mod ovs;
+mod report;
+mod slot;
+mod systems;
+mod topology;
+mod traffic;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use report::Report;
+use systems::{Runner, System};
+use topology::Topology;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Fails once Ctrl-C (or SIGTERM) arrived, so that the topology is dropped and cleaned up.
+pub fn check_interrupt() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted; cleaning up");
+    }
+    Ok(())
+}
+
+pub struct Options {
+    pub smoke: bool,
+    pub rounds: Option<usize>,
+    pub systems: Option<Vec<String>>,
+    pub hops: Option<Vec<usize>>,
+    pub out: Option<PathBuf>,
+    pub skip_classifier: bool,
+}
+
+/// Durations and sizes of one run.
+struct Plan {
+    rounds: usize,
+    hops: Vec<usize>,
+    systems: Vec<System>,
+    warmup: Duration,
+    window: Duration,
+    tcp_seconds: u32,
+    tcp_bytes: Option<&'static str>,
+    pings: usize,
+    classifier_sizes: Vec<usize>,
+    repeat: u32,
+    out: PathBuf,
+}
+
+impl Plan {
+    fn new(opts: &Options, root: &Path) -> Result<Self> {
+        let systems = match &opts.systems {
+            Some(names) => names
+                .iter()
+                .map(|n| System::from_name(n))
+                .collect::<Result<Vec<_>>>()?,
+            None => systems::ALL.to_vec(),
+        };
+        let hops = opts.hops.clone().unwrap_or_else(|| {
+            if opts.smoke {
+                vec![1]
+            } else {
+                vec![1, 2, 4, 8]
+            }
+        });
+        if hops.iter().any(|h| !(1..=8).contains(h)) {
+            bail!("hops must be between 1 and 8");
+        }
+        let out = match &opts.out {
+            Some(out) => out.clone(),
+            None if opts.smoke => {
+                std::env::temp_dir().join(format!("sfc-bench-smoke-{}", std::process::id()))
+            }
+            None => root.join("bench/results"),
+        };
+        Ok(if opts.smoke {
+            Plan {
+                rounds: opts.rounds.unwrap_or(1),
+                hops,
+                systems,
+                warmup: Duration::from_millis(50),
+                window: Duration::from_millis(200),
+                tcp_seconds: 1,
+                tcp_bytes: Some("2M"),
+                pings: 20,
+                classifier_sizes: vec![1, 100],
+                repeat: 10_000,
+                out,
+            }
+        } else {
+            Plan {
+                rounds: opts.rounds.unwrap_or(5),
+                hops,
+                systems,
+                warmup: Duration::from_millis(500),
+                window: Duration::from_secs(2),
+                tcp_seconds: 2,
+                tcp_bytes: None,
+                pings: 500,
+                classifier_sizes: vec![1, 100, 10_000, 100_000],
+                repeat: 200_000,
+                out,
+            }
+        })
+    }
+
+    fn config(&self) -> serde_json::Value {
+        json!({
+            "rounds": self.rounds,
+            "hops": self.hops,
+            "systems": self.systems.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "udp": format!("64-byte frames from {} sendmmsg sender threads, {:?} warm-up, {:?} counted at the destination", senders(), self.warmup, self.window),
+            "tcp": match self.tcp_bytes { Some(b) => format!("iperf3 -n {b}"), None => format!("iperf3 -t {}", self.tcp_seconds) },
+            "latency": format!("{} pings at 1 ms intervals", self.pings),
+            "classifier_repeat": self.repeat,
+        })
+    }
+}
+
+fn senders() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub fn run(opts: Options, root: &Path, target_dir: &Path, bin_dir: &Path) -> Result<()> {
+    let started = Instant::now();
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let plan = Plan::new(&opts, root)?;
+    let object = bpf::find_object(target_dir);
+    let mut report = Report::default();
+    let sfs = *plan.hops.iter().max().unwrap_or(&1);
+    println!("==> building the topology: source, destination, node and {sfs} SF namespaces");
+    let built = Instant::now();
+    let mut topo = Topology::build(sfs).context("building the bench topology")?;
+    println!("    done in {:.1} s", built.elapsed().as_secs_f64());
+    let mut runner = Runner::new(
+        object.as_ref().cloned().map_err(|e| format!("{e:#}")),
+        systems::xdp_args(bin_dir),
+    );
+    let mut systems = Vec::new();
+    for &system in &plan.systems {
+        if let Some(why) = runner.unavailable(&mut topo, system) {
+            println!("    {:<15} skipped: {why}", system.name());
+            report.skipped.push((system.name().into(), why));
+        } else {
+            systems.push(system);
+        }
+    }
+    let measured = (|| -> Result<()> {
+        for round in 1..=plan.rounds {
+            for &hops in &plan.hops {
+                for (order, &system) in systems.iter().enumerate() {
+                    // plain has no chain: once per round, as hops 0.
+                    if system == System::Plain && hops != plan.hops[0] {
+                        continue;
+                    }
+                    check_interrupt()?;
+                    let hops = if system == System::Plain { 0 } else { hops };
+                    print!(
+                        "    round {round}/{}  {:<15} hops {hops}  ",
+                        plan.rounds,
+                        system.name()
+                    );
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                    match slot::run(
+                        &mut topo,
+                        &mut runner,
+                        &plan,
+                        &mut report,
+                        order,
+                        system,
+                        hops,
+                    ) {
+                        Ok(line) => println!("{line}"),
+                        Err(e) => {
+                            check_interrupt()?;
+                            let msg = format!("{} hops {hops} round {round}: {e:#}", system.name());
+                            println!("FAILED: {e:#}");
+                            report.errors.push(msg);
+                        }
+                    }
+                }
+            }
+        }
+        match (&object, opts.skip_classifier) {
+            (_, true) => {}
+            (Ok(object), false) => {
+                println!("==> classifier cost through BPF_PROG_TEST_RUN (sfcctl apply, then the attached program)");
+                report.classifier = classifier::measure(
+                    &mut topo,
+                    object,
+                    &plan.classifier_sizes,
+                    plan.repeat,
+                    |r| {
+                        println!(
+                            "    {:>6} classifiers  {:<4}  {:>6.1} ns/packet  (one hash lookup {:>5.1} ns)  apply {:.0} ms",
+                            r.rules, r.case, r.ns, r.baseline_ns, r.apply_ms
+                        )
+                    },
+                )?;
+            }
+            (Err(e), false) => bail!("classifier cost: {e:#}"),
+        }
+        Ok(())
+    })();
+    drop(runner);
+    println!("==> removing the topology");
+    drop(topo);
+    measured?;
+    report.write(&plan.out, plan.config())?;
+    println!(
+        "==> results in {} (latest.json, latest.md, packet-rate.png); {:.1} s in all",
+        plan.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if opts.smoke && !report.errors.is_empty() {
+        bail!(
+            "{} measurement(s) failed:\n{}",
+            report.errors.len(),
+            report.errors.join("\n")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Results: rounds' samples reduced to median/min/max, written as JSON, a Markdown table and a
+//! packet-rate plot (matplotlib, Debian's python3-matplotlib, installed by `cargo xtask setup`).
+
+use std::{collections::BTreeMap, path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::classifier;
+
+/// Metrics, in table order: (key, column title, scale from the sample's unit to the shown one).
+pub const METRICS: [(&str, &str, f64); 6] = [
+    ("udp64_pps", "64-byte UDP (Mpps)", 1e-6),
+    ("tcp_gbps", "TCP (Gbit/s)", 1.0),
+    ("rtt_p50_us", "RTT p50 (µs)", 1.0),
+    ("rtt_p99_us", "RTT p99 (µs)", 1.0),
+    ("apply_ms", "apply (ms)", 1.0),
+    ("first_packet_ms", "first packet (ms)", 1.0),
+];
+
+#[derive(Default)]
+pub struct Report {
+    /// (system order, system, hops, metric) -> one value per round.
+    samples: BTreeMap<(usize, &'static str, usize, &'static str), Vec<f64>>,
+    pub classifier: Vec<classifier::Row>,
+    pub skipped: Vec<(String, String)>,
+    pub errors: Vec<String>,
+}
+
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub rounds: usize,
+}
+
+fn stat(values: &[f64]) -> Stat {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Stat {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        rounds: n,
+    }
+}
+
+impl Report {
+    pub fn add(
+        &mut self,
+        order: usize,
+        system: &'static str,
+        hops: usize,
+        metric: &'static str,
+        value: f64,
+    ) {
+        self.samples
+            .entry((order, system, hops, metric))
+            .or_default()
+            .push(value);
+    }
+
+    fn rows(&self) -> Vec<(&'static str, usize, &'static str, Stat)> {
+        self.samples
+            .iter()
+            .map(|((_, system, hops, metric), v)| (*system, *hops, *metric, stat(v)))
+            .collect()
+    }
+
+    pub fn json(&self, config: Value) -> Value {
+        let rows: Vec<Value> = self
+            .rows()
+            .into_iter()
+            .map(|(system, hops, metric, s)| {
+                json!({"system": system, "hops": hops, "metric": metric,
+                       "median": s.median, "min": s.min, "max": s.max, "rounds": s.rounds})
+            })
+            .collect();
+        let classifier: Vec<Value> = self
+            .classifier
+            .iter()
+            .map(|r| {
+                json!({"rules": r.rules, "case": r.case, "ns": r.ns,
+                            "baseline_ns": r.baseline_ns, "apply_ms": r.apply_ms})
+            })
+            .collect();
+        let skipped: Vec<Value> = self
+            .skipped
+            .iter()
+            .map(|(s, why)| json!({"system": s, "reason": why}))
+            .collect();
+        json!({"machine": machine(), "config": config, "rows": rows,
+               "classifier": classifier, "skipped": skipped, "errors": self.errors})
+    }
+
+    pub fn markdown(&self, json: &Value) -> String {
+        let m = &json["machine"];
+        let mut md = format!(
+            "Machine: {}, {} cores, kernel {}, {} (load average {} at the end). Median (min–max) \
+             of {} interleaved rounds; plain = no chain (hops 0).\n\n",
+            m["cpu"].as_str().unwrap_or("?"),
+            m["cores"],
+            m["kernel"].as_str().unwrap_or("?"),
+            m["date"].as_str().unwrap_or("?"),
+            m["loadavg"].as_str().unwrap_or("?"),
+            json["config"]["rounds"]
+        );
+        md += "| system | hops |";
+        for (_, title, _) in METRICS {
+            md += &format!(" {title} |");
+        }
+        md += "\n|---|---:|";
+        md += &"---:|".repeat(METRICS.len());
+        md += "\n";
+        let mut cells: BTreeMap<(usize, &str, usize), BTreeMap<&str, Stat>> = BTreeMap::new();
+        for ((order, system, hops, metric), v) in &self.samples {
+            cells
+                .entry((*order, system, *hops))
+                .or_default()
+                .insert(metric, stat(v));
+        }
+        for ((_, system, hops), stats) in &cells {
+            md += &format!("| {system} | {hops} |");
+            for (key, _, scale) in METRICS {
+                match stats.get(key) {
+                    Some(s) => {
+                        md += &format!(
+                            " {} ({}–{}) |",
+                            fmt(s.median * scale),
+                            fmt(s.min * scale),
+                            fmt(s.max * scale)
+                        )
+                    }
+                    None => md += " – |",
+                }
+            }
+            md += "\n";
+        }
+        if !self.classifier.is_empty() {
+            md += "\nClassifier cost per packet (BPF_PROG_TEST_RUN, median of 3 runs), beside one hash lookup:\n\n";
+            md += "| classifiers | case | sfc-tc (ns) | one hash lookup (ns) | apply (ms) |\n|---:|---|---:|---:|---:|\n";
+            for r in &self.classifier {
+                md += &format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    r.rules,
+                    r.case,
+                    fmt(r.ns),
+                    fmt(r.baseline_ns),
+                    fmt(r.apply_ms)
+                );
+            }
+        }
+        if !self.skipped.is_empty() {
+            md += "\nSkipped:\n\n";
+            for (system, why) in &self.skipped {
+                md += &format!("- {system}: {why}\n");
+            }
+        }
+        if !self.errors.is_empty() {
+            md += "\nErrors:\n\n";
+            for e in &self.errors {
+                md += &format!("- {}\n", e.replace('\n', " "));
+            }
+        }
+        md
+    }
+
+    /// Writes latest.json, latest.md and packet-rate.png into `dir`.
+    pub fn write(&self, dir: &Path, config: Value) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let json = self.json(config);
+        let json_path = dir.join("latest.json");
+        std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")?;
+        std::fs::write(dir.join("latest.md"), self.markdown(&json))?;
+        plot(&json_path, &dir.join("packet-rate.png"))
+    }
+}
+
+/// Three significant digits, without scientific notation.
+fn fmt(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn machine() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    // The machine may be shared: the load when the results were written says how quiet it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    json!({"kernel": kernel.trim(), "cpu": cpu, "cores": cores, "date": date,
+           "loadavg": load.join(" ")})
+}
+
+/// Debian's interpreter on purpose: python3-matplotlib is installed for it, whatever else is
+/// first on PATH.
+const PYTHON: &str = "/usr/bin/python3";
+
+const PLOT: &str = r#"
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+data = json.load(open(sys.argv[1]))
+rows = [r for r in data["rows"] if r["metric"] == "udp64_pps"]
+systems = []
+for r in rows:
+    if r["system"] not in systems:
+        systems.append(r["system"])
+fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+for s in systems:
+    pts = sorted((r["hops"], r["median"] / 1e6, r["min"] / 1e6, r["max"] / 1e6) for r in rows if r["system"] == s)
+    if all(h == 0 for h, *_ in pts):
+        ax.axhline(pts[0][1], linestyle="--", color="grey", label=f"{s} (no chain)")
+        continue
+    hops = [p[0] for p in pts]
+    med = [p[1] for p in pts]
+    err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+    ax.errorbar(hops, med, yerr=err, marker="o", capsize=3, label=s)
+ax.set_xscale("log", base=2)
+ax.set_xticks([1, 2, 4, 8])
+ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+ax.set_xlabel("chain length (hops)")
+ax.set_ylabel("received 64-byte UDP packets (Mpps)")
+ax.set_ylim(bottom=0)
+m = data["machine"]
+ax.set_title(f"Packet rate through the chain ({m['cores']} cores, kernel {m['kernel']})", fontsize=10)
+ax.grid(True, alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(sys.argv[2])
+"#;
+
+fn plot(json: &Path, png: &Path) -> Result<()> {
+    let out = Command::new(PYTHON)
+        .arg("-c")
+        .arg(PLOT)
+        .arg(json)
+        .arg(png)
+        .output()
+        .with_context(|| {
+            format!("running {PYTHON} (python3-matplotlib; `cargo xtask setup` installs it)")
+        })?;
+    if !out.status.success() {
+        bail!(
+            "plotting {} failed: {}",
+            png.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

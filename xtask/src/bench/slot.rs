@@ -1,0 +1,95 @@
+//! One system at one chain length: put the chain in place (timing the apply and the first
+//! steered packet), measure packet rate, TCP throughput and latency, take the chain away.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::{
+    check_interrupt, netns,
+    report::Report,
+    senders,
+    systems::{Runner, System},
+    topology::Topology,
+    traffic, Plan,
+};
+
+/// One system at one chain length: prepare, apply (timed, with the first-packet probe), the
+/// three traffic measurements, teardown (also when a step failed).
+pub(super) fn run(
+    topo: &mut Topology,
+    runner: &mut Runner,
+    plan: &Plan,
+    report: &mut Report,
+    order: usize,
+    system: System,
+    hops: usize,
+) -> Result<String> {
+    let result = runner
+        .prepare(topo, system, hops)
+        .and_then(|()| measure(topo, runner, plan, report, order, system, hops));
+    // Also after a failed prepare: whatever part of it happened must not leak into the next
+    // system's measurement.
+    let down = runner.teardown(topo, system, hops);
+    let line = result?;
+    down.context("teardown")?;
+    Ok(line)
+}
+
+fn measure(
+    topo: &mut Topology,
+    runner: &mut Runner,
+    plan: &Plan,
+    report: &mut Report,
+    order: usize,
+    system: System,
+    hops: usize,
+) -> Result<String> {
+    let name = system.name();
+    let (src, dst) = (topo.ns("src"), topo.ns("dst"));
+    let mut line = String::new();
+    if system != System::Plain {
+        let topo_ref: &Topology = topo;
+        let (apply_ms, first) =
+            traffic::apply_and_probe(&src, &dst, Duration::from_secs(5), || {
+                runner.apply(topo_ref, system, hops)
+            })?;
+        let first = first.context("no probe reached the destination within 5 s of the apply")?;
+        report.add(order, name, hops, "apply_ms", apply_ms);
+        report.add(order, name, hops, "first_packet_ms", first);
+        line += &format!("apply {apply_ms:.1} ms, first packet {first:.1} ms  ");
+    }
+    // Every SF of the chain must have forwarded (nearly) all that the destination received, or
+    // the traffic did not follow the chain and the figure would be meaningless.
+    let sf_tx = |k: usize| netns::counters(&topo.ns(&format!("sf{k}")), "eth-out").map(|c| c.1);
+    let before: Vec<u64> = (1..=hops).map(sf_tx).collect::<Result<_>>()?;
+    let dst_before = netns::counters(&dst, "eth0")?.0;
+    let pps = traffic::packet_rate(&src, &dst, senders(), plan.warmup, plan.window)?;
+    let received = netns::counters(&dst, "eth0")?.0 - dst_before;
+    for (k, b) in (1..=hops).zip(&before) {
+        let forwarded = sf_tx(k)? - b;
+        if (forwarded as f64) < 0.9 * received as f64 {
+            bail!("sf{k} forwarded {forwarded} packets but the destination received {received}: the traffic did not follow the chain");
+        }
+    }
+    // Far below any real rate: packets are being lost on the way, not forwarded slowly.
+    if received < 1000 {
+        bail!("the destination received only {received} packets");
+    }
+    report.add(order, name, hops, "udp64_pps", pps);
+    check_interrupt()?;
+    let gbps = traffic::tcp_throughput(topo, plan.tcp_seconds, plan.tcp_bytes)?;
+    report.add(order, name, hops, "tcp_gbps", gbps);
+    check_interrupt()?;
+    let mut rtts = traffic::ping_rtts(topo, plan.pings)?;
+    rtts.sort_by(f64::total_cmp);
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    let (p50, p99) = (pct(0.5), pct(0.99));
+    report.add(order, name, hops, "rtt_p50_us", p50);
+    report.add(order, name, hops, "rtt_p99_us", p99);
+    line += &format!(
+        "{:.3} Mpps  {gbps:.2} Gbit/s  rtt p50 {p50:.0} µs p99 {p99:.0} µs",
+        pps / 1e6
+    );
+    Ok(line)
+}

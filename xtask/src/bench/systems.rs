@@ -1,0 +1,382 @@
+//! The systems under test and how each is put on, and taken off, the same topology.
+//!
+//! - `plain`: no chain; the node routes source to destination.
+//! - `sfc-tc`: this project: sfc-daemon in the node namespace, `sfcctl apply -f` of a chain YAML.
+//! - `sfc-xdp`: the same in XDP mode, when the daemon has one (see [`xdp_args`]).
+//! - `tc-mirred`: a tc u32 classifier with a mirred redirect on each arrival interface.
+//! - `policy-routing`: the node routes each hop: `ip rule` (iif, from, to) selects a table per hop.
+//! - `ovs-netdev`: Open vSwitch's userspace datapath with networking-sfc-style flows.
+//! - `upper-bound`: a hard-wired redirect program (one array read, MAC rewrite, redirect).
+//!
+//! Only `sfc-tc`, `ovs-netdev` and `upper-bound` rewrite the destination MAC; the others rely
+//! on the topology's shared MAC (see topology.rs).
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::Ebpf;
+use sfc_tests::wait_for;
+
+use super::{
+    bpf,
+    ovs::Ovs,
+    topology::{self as topo, Topology},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Plain,
+    SfcTc,
+    SfcXdp,
+    TcMirred,
+    PolicyRouting,
+    OvsNetdev,
+    UpperBound,
+}
+
+pub const ALL: [System; 7] = [
+    System::Plain,
+    System::SfcTc,
+    System::SfcXdp,
+    System::TcMirred,
+    System::PolicyRouting,
+    System::OvsNetdev,
+    System::UpperBound,
+];
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Plain => "plain",
+            System::SfcTc => "sfc-tc",
+            System::SfcXdp => "sfc-xdp",
+            System::TcMirred => "tc-mirred",
+            System::PolicyRouting => "policy-routing",
+            System::OvsNetdev => "ovs-netdev",
+            System::UpperBound => "upper-bound",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        ALL.into_iter().find(|s| s.name() == name).with_context(|| {
+            let names: Vec<&str> = ALL.iter().map(|s| s.name()).collect();
+            format!("unknown system {name:?}; known: {}", names.join(", "))
+        })
+    }
+}
+
+/// The daemon flags that select XDP mode, if this sfc-daemon has one. The XDP mode does not
+/// exist yet; when it does, this is the one place to teach the bench how to ask for it.
+pub fn xdp_args(bin_dir: &std::path::Path) -> Option<Vec<String>> {
+    let help = Command::new(bin_dir.join("sfc-daemon"))
+        .arg("--help")
+        .output()
+        .ok()?;
+    let help = String::from_utf8_lossy(&help.stdout).to_lowercase();
+    if help.contains("--xdp") {
+        Some(vec!["--xdp".into()])
+    } else if help.contains("--mode") && help.contains("xdp") {
+        Some(vec!["--mode".into(), "xdp".into()])
+    } else {
+        None
+    }
+}
+
+/// A chain of `hops` single-instance groups (sf1..sfN) for everything from the source to the
+/// bench's destination prefix, delivered to the destination's port after the last hop.
+pub fn chain_yaml(hops: usize) -> String {
+    let mut y = String::new();
+    let doc = |kind: &str, name: &str, spec: &str| {
+        format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n")
+    };
+    for k in 1..=hops {
+        y += &doc(
+            "PortPair",
+            &format!("PP{k}"),
+            &format!("{{ingress: sf{k}-in, egress: sf{k}-out}}"),
+        );
+        y += &doc(
+            "PortPairGroup",
+            &format!("PG{k}"),
+            &format!("{{portPairs: [PP{k}]}}"),
+        );
+    }
+    y += &doc(
+        "FlowClassifier",
+        "FC",
+        &format!(
+            "{{sourceIpPrefix: {}/32, destinationIpPrefix: {}, logicalSourcePort: vm-src, logicalDestinationPort: vm-dst}}",
+            topo::SRC,
+            topo::NET
+        ),
+    );
+    let groups: Vec<String> = (1..=hops).map(|k| format!("PG{k}")).collect();
+    y += &doc(
+        "PortChain",
+        "PC",
+        &format!(
+            "{{portPairGroups: [{}], flowClassifiers: [FC]}}",
+            groups.join(", ")
+        ),
+    );
+    y
+}
+
+/// `sfcctl apply -f file`, given at most two minutes.
+pub fn sfcctl_apply(topo: &Topology, file: &str) -> Result<()> {
+    let lab = &topo.lab;
+    sfc_tests::run(
+        Command::new("timeout")
+            .arg("120")
+            .arg(lab.bin_dir.join("sfcctl"))
+            .arg("--socket")
+            .arg(lab.socket())
+            .args(["apply", "-f", file]),
+    )
+    .context("sfcctl apply")?;
+    Ok(())
+}
+
+/// sfc-daemon run by the bench in the node namespace; killed on drop.
+pub struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a fresh daemon (empty state, empty bpffs) in the node namespace.
+pub fn start_daemon(topo: &mut Topology, extra: &[String]) -> Result<Daemon> {
+    let lab = &mut topo.lab;
+    let bpffs = lab.bpffs()?;
+    let socket = lab.socket();
+    let state = lab.dir.join("state");
+    let _ = fs::remove_file(&socket);
+    let log = fs::File::create(lab.dir.join("daemon.log"))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("node")])
+        .arg(lab.bin_dir.join("sfc-daemon"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--bpffs")
+        .arg(&bpffs)
+        .args(["--metrics", "127.0.0.1:9464"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting sfc-daemon")?;
+    let mut daemon = Daemon { child };
+    let up = wait_for(Duration::from_secs(20), || {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            return Some(Err(status));
+        }
+        socket.exists().then_some(Ok(()))
+    });
+    match up {
+        Some(Ok(())) => Ok(daemon),
+        Some(Err(status)) => bail!("sfc-daemon exited ({status}):\n{}", lab.daemon_log()),
+        None => bail!("sfc-daemon did not come up in 20 s:\n{}", lab.daemon_log()),
+    }
+}
+
+/// Stops the daemon and removes its pins and state, which detaches its programs: pinned links
+/// outlive the daemon by design, and the next system must find the interfaces bare.
+pub fn stop_daemon(topo: &mut Topology, daemon: Daemon) -> Result<()> {
+    drop(daemon);
+    let bpffs = topo.lab.bpffs()?;
+    for entry in fs::read_dir(&bpffs)? {
+        let path = entry?.path();
+        // The kernel's own iterators (progs.debug, maps.debug) are not the daemon's.
+        if path.extension().is_some_and(|e| e == "debug") {
+            continue;
+        }
+        if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        }
+        .with_context(|| format!("removing {}", path.display()))?;
+    }
+    let _ = fs::remove_dir_all(topo.lab.dir.join("state"));
+    // The kernel releases a link whose last pin went away from a workqueue, a little later:
+    // until then the old chain still steers, and would carry the next system's first probe.
+    let ifaces = topo.node_interfaces();
+    let node = topo.ns("node");
+    let bare = wait_for(Duration::from_secs(5), || {
+        bpf::tcx_attached(&node, &ifaces).ok().filter(|n| *n == 0)
+    });
+    if bare.is_none() {
+        bail!("sfc-daemon's programs were still attached 5 s after it stopped and its pins were removed");
+    }
+    Ok(())
+}
+
+/// What is currently set up, and so what teardown must undo.
+pub struct Runner {
+    /// The bench's eBPF object, or why it is missing.
+    object: std::result::Result<PathBuf, String>,
+    ovs: Option<std::result::Result<Ovs, String>>,
+    daemon: Option<Daemon>,
+    upper: Option<Ebpf>,
+    xdp: Option<Vec<String>>,
+}
+
+impl Runner {
+    pub fn new(object: std::result::Result<PathBuf, String>, xdp: Option<Vec<String>>) -> Self {
+        Self {
+            object,
+            ovs: None,
+            daemon: None,
+            upper: None,
+            xdp,
+        }
+    }
+
+    /// Why `system` cannot run here, if it cannot (checked once, before the rounds).
+    pub fn unavailable(&mut self, topo: &mut Topology, system: System) -> Option<String> {
+        match system {
+            System::SfcXdp if self.xdp.is_none() => Some(
+                "this sfc-daemon has no XDP mode (its --help lists neither --xdp nor --mode xdp)"
+                    .into(),
+            ),
+            System::UpperBound => self.object.as_ref().err().cloned(),
+            System::OvsNetdev => {
+                if self.ovs.is_none() {
+                    println!(
+                        "    starting Open vSwitch (userspace datapath) in the node namespace"
+                    );
+                    self.ovs = Some(Ovs::start(topo).map_err(|e| format!("{e:#}")));
+                }
+                self.ovs.as_ref().and_then(|o| o.as_ref().err().cloned())
+            }
+            _ => None,
+        }
+    }
+
+    fn ovs(&self) -> Result<&Ovs> {
+        match &self.ovs {
+            Some(Ok(ovs)) => Ok(ovs),
+            _ => bail!("OVS is not running"),
+        }
+    }
+
+    /// Everything a system needs before its chain can be applied (not timed): a daemon, an
+    /// OVS bridge with its ports, a loaded (not attached) program.
+    pub fn prepare(&mut self, topo: &mut Topology, system: System, hops: usize) -> Result<()> {
+        match system {
+            System::SfcTc => self.daemon = Some(start_daemon(topo, &[])?),
+            System::SfcXdp => {
+                let args = self.xdp.clone().unwrap_or_default();
+                self.daemon = Some(start_daemon(topo, &args)?)
+            }
+            System::OvsNetdev => self.ovs()?.prepare(topo, hops)?,
+            System::UpperBound => {
+                let object = self.object.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+                self.upper = Some(bpf::load_redirect(object)?);
+            }
+            System::Plain | System::TcMirred | System::PolicyRouting => {}
+        }
+        Ok(())
+    }
+
+    /// Puts a `hops`-long chain in place: the step timed as "apply".
+    pub fn apply(&mut self, topo: &Topology, system: System, hops: usize) -> Result<()> {
+        match system {
+            System::Plain => Ok(()),
+            System::SfcTc | System::SfcXdp => {
+                let file = topo.lab.file("chain.yaml", &chain_yaml(hops))?;
+                sfcctl_apply(topo, &file)
+            }
+            System::TcMirred => {
+                let mut batch = String::new();
+                for k in 0..=hops {
+                    let (from, to) = (Topology::arrival(k), Topology::departure(k, hops));
+                    batch += &format!(
+                        "qdisc add dev {from} clsact\nfilter add dev {from} ingress protocol ip prio 1 u32 \
+                         match ip src {}/32 match ip dst {} action mirred egress redirect dev {to}\n",
+                        topo::SRC,
+                        topo::NET
+                    );
+                }
+                let file = topo.lab.file("tc.batch", &batch)?;
+                topo.node(&format!("tc -batch {file}"))?;
+                Ok(())
+            }
+            System::PolicyRouting => {
+                let mut batch = String::new();
+                for k in 0..=hops {
+                    let (from, to) = (Topology::arrival(k), Topology::departure(k, hops));
+                    let table = 100 + k;
+                    batch += &format!(
+                        "rule add pref {table} iif {from} from {}/32 to {} lookup {table}\nroute add {} dev {to} table {table}\n",
+                        topo::SRC,
+                        topo::NET,
+                        topo::NET
+                    );
+                }
+                let file = topo.lab.file("ip.batch", &batch)?;
+                topo.node(&format!("ip -batch {file}"))?;
+                Ok(())
+            }
+            System::OvsNetdev => self.ovs()?.apply(topo, hops),
+            System::UpperBound => {
+                let mut hop_list = Vec::new();
+                for k in 0..=hops {
+                    hop_list.push(bpf::Hop {
+                        from: Topology::arrival(k),
+                        to_ifindex: topo.ifindex(&Topology::departure(k, hops))?,
+                        mac: topo::SHARED_MAC,
+                    });
+                }
+                let ebpf = self.upper.as_mut().context("upper-bound is not prepared")?;
+                bpf::attach_redirect(ebpf, &topo.ns("node"), &hop_list)
+            }
+        }
+    }
+
+    /// Undoes prepare and apply, leaving the topology as built.
+    pub fn teardown(&mut self, topo: &mut Topology, system: System, hops: usize) -> Result<()> {
+        match system {
+            System::Plain => {}
+            System::SfcTc | System::SfcXdp => {
+                if let Some(daemon) = self.daemon.take() {
+                    stop_daemon(topo, daemon)?;
+                }
+            }
+            System::TcMirred => {
+                let cmds: Vec<String> = (0..=hops)
+                    .map(|k| {
+                        format!(
+                            "tc qdisc del dev {} clsact 2>/dev/null",
+                            Topology::arrival(k)
+                        )
+                    })
+                    .collect();
+                topo.node(&(cmds.join("; ") + "; true"))?;
+            }
+            System::PolicyRouting => {
+                let cmds: Vec<String> = (0..=hops)
+                    .map(|k| format!("ip rule del pref {0}; ip route flush table {0}", 100 + k))
+                    .collect();
+                topo.node(&(cmds.join("; ") + "; true"))?;
+            }
+            System::OvsNetdev => self.ovs()?.teardown(topo, hops)?,
+            System::UpperBound => self.upper = None,
+        }
+        Ok(())
+    }
+}
