@@ -179,6 +179,16 @@ impl Dataplane {
             .filter_map(Result::ok)
             .map(|(ifindex, slot)| (ifindex, slot as u16))
             .collect();
+        // Maps never flipped are fresh: both generations are known to be empty.
+        if dp.epoch()? == 0
+            && dp
+                .config
+                .get(&CONFIG_FLIP_NS, 0)
+                .map_err(map_err(MAP_CONFIG))?
+                == 0
+        {
+            dp.written = [Some(Image::default()), Some(Image::default())];
+        }
         dp.adopt_links()?;
         Ok(dp)
     }
@@ -213,7 +223,7 @@ impl Dataplane {
         let active = (epoch & 1) as usize;
         if self.written[active].as_ref() != Some(image) {
             let target = 1 - active;
-            self.wait_until_retired()?;
+            self.wait_until_retired(target)?;
             self.retire_counters(target, epoch.wrapping_sub(1))?;
             self.clear(target)?;
             self.assign_member_slots(image, active)?;
@@ -242,7 +252,14 @@ impl Dataplane {
 
     /// Packets of flows that entered just before the last flip may still be crossing their
     /// chain on the generation we are about to overwrite: wait out their lease (twice).
-    fn wait_until_retired(&self) -> Result<(), DataplaneError> {
+    /// A generation that held no classifier entry steered nothing: no wait.
+    fn wait_until_retired(&self, target: usize) -> Result<(), DataplaneError> {
+        if self.written[target]
+            .as_ref()
+            .is_some_and(|image| image.classify.is_empty())
+        {
+            return Ok(());
+        }
         let flipped = self
             .config
             .get(&CONFIG_FLIP_NS, 0)
