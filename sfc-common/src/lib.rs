@@ -229,6 +229,16 @@ pub const FLAG_ENTRY: u8 = 1;
 /// `Verdict::flags`: the reverse direction of a symmetric chain: members are entered through
 /// their egress side.
 pub const FLAG_REVERSE: u8 = 2;
+/// `Verdict::flags`: the logical destination port is a veth with its peer in another
+/// namespace (see `SLOT_PEER`).
+pub const FLAG_DELIVER_PEER: u8 = 4;
+
+/// `Member::slot` bit: the interface is a veth whose peer is in another namespace: the packet
+/// is redirected straight into the peer's ingress (`bpf_redirect_peer`: no second pass
+/// through the host side and the backlog queue).
+pub const SLOT_PEER: u16 = 0x8000;
+/// `Member::slot` bits holding the counter slot.
+pub const SLOT_MASK: u16 = 0x7fff;
 
 /// One side of a group member. `ifindex == 0` marks an empty table (no live member).
 #[repr(C)]
@@ -236,7 +246,7 @@ pub const FLAG_REVERSE: u8 = 2;
 pub struct Member {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    /// Member counter slot of this interface, 0: none.
+    /// Member counter slot of this interface (0: none), and `SLOT_PEER`.
     pub slot: u16,
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sfc_common::{
     action, ClassKey, Member, PortValue, RingEntry, TupleMask, Verdict, COUNTERS_PER_GEN,
-    FLAG_ENTRY, FLAG_REVERSE, MAX_TUPLES, PORT_ENTRY, RING_SIZE,
+    FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_REVERSE, MAX_TUPLES, PORT_ENTRY, RING_SIZE, SLOT_PEER,
 };
 
 use crate::{
@@ -95,6 +95,12 @@ pub struct CounterLabel {
 pub struct Side {
     pub pair: String,
     pub interface: String,
+}
+
+/// A veth whose other end is in another namespace: the datapath can hand packets straight to
+/// that end (`bpf_redirect_peer` drops them when both ends share a namespace).
+fn peer_in_other_namespace(link: &Link) -> bool {
+    link.kind.as_deref() == Some("veth") && link.peer_nsid.is_some()
 }
 
 /// The stable key of a group for flow pins: the same in every generation and after a restart
@@ -232,7 +238,11 @@ fn build(
         Some(Member {
             ifindex: link.index,
             mac: discovered.unwrap_or_default(),
-            slot: 0,
+            slot: if peer_in_other_namespace(link) {
+                SLOT_PEER
+            } else {
+                0
+            },
         })
     };
     let mut rings = Vec::new();
@@ -351,6 +361,11 @@ fn build(
         |port: Option<&String>| match port.and_then(|p| interfaces.links.get(p).map(|l| (p, l))) {
             Some((name, link)) => Verdict {
                 action: action::DELIVER,
+                flags: if peer_in_other_namespace(link) {
+                    FLAG_DELIVER_PEER
+                } else {
+                    0
+                },
                 deliver_ifindex: link.index,
                 deliver_mac: interfaces.peer_macs.get(name).copied().unwrap_or_default(),
                 ..Default::default()

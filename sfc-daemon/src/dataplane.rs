@@ -27,7 +27,7 @@ use sfc_common::{
     stat, ClassKey, Counter, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, Verdict,
     CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG,
     MAP_COUNTERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PINS, MAP_PORTS, MAP_RING, MAP_STATS,
-    MEMBER_SLOTS, PROGRAM_TC, RING_SIZE, SLOTS_PER_GEN,
+    MEMBER_SLOTS, PROGRAM_TC, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -281,21 +281,29 @@ impl Dataplane {
             .as_ref()
             .map(|image| image.counters.clone());
         let Some(labels) = labels else {
-            // Written by an earlier daemon: we cannot tell what they counted.
+            // Written by an earlier daemon: what its counters counted is unknown, so they are
+            // dropped rather than credited to the wrong chains.
+            for index in base + 1..base + COUNTERS_PER_GEN {
+                self.zero_counter(index, cpus)?;
+            }
             return Ok(());
         };
         let mut rows = Vec::with_capacity(labels.len());
         for (i, label) in labels.into_iter().enumerate() {
             let index = base + i as u32 + 1;
             rows.push(Row::new(label, self.read_counter(index)?));
-            let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])
-                .map_err(DataplaneError::Cpus)?;
-            self.counters
-                .set(index, zero, 0)
-                .map_err(map_err(MAP_COUNTERS))?;
+            self.zero_counter(index, cpus)?;
         }
         self.chain_counters.retire(Generation { epoch, rows });
         Ok(())
+    }
+
+    fn zero_counter(&mut self, index: u32, cpus: usize) -> Result<(), DataplaneError> {
+        let values =
+            PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(DataplaneError::Cpus)?;
+        self.counters
+            .set(index, values, 0)
+            .map_err(map_err(MAP_COUNTERS))
     }
 
     fn read_counter(&self, index: u32) -> Result<Counter, DataplaneError> {
@@ -411,9 +419,11 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// `member` with its counter slot (keeping the `SLOT_PEER` bit the compiler set).
     fn slot_of(&self, member: Member) -> Member {
+        let slot = self.member_slots.get(&member.ifindex).copied().unwrap_or(0);
         Member {
-            slot: self.member_slots.get(&member.ifindex).copied().unwrap_or(0),
+            slot: (member.slot & SLOT_PEER) | slot,
             ..member
         }
     }

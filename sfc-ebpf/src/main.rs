@@ -1,11 +1,15 @@
 //! The steering datapath: one TC ingress program on every host-side interface the agent manages
-//! (logical source ports and SF egress ports).
+//! (logical ports and SF egress ports).
 //!
-//! Per packet: read the active generation, look up the interface, parse the headers once, probe
-//! the interface's tuples (one hash lookup each, most specific first; the number of tuples is
-//! bounded and independent of the number of classifiers), then either pick a group member from
-//! its Maglev table and redirect into it, or deliver after the last hop. Anything we cannot parse
-//! or do not match is returned to the stack untouched.
+//! Per packet: parse the headers once; if this flow already has a decision on this interface
+//! for the current epoch, carry it out (one lookup). Otherwise find the flow's generation (a
+//! flow keeps the one it entered with while its packets are inside the chain), look up the
+//! interface, probe its tuples (one hash lookup each, most specific first; bounded, and
+//! independent of the number of classifiers), pick a member (the flow's pin, or the group's
+//! Maglev table) and remember the decision. Carrying it out: counters, a copy to a tap SF,
+//! the destination MAC rewritten, a redirect into the member or to the logical destination
+//! port after the last hop. Anything we cannot parse or do not match is returned to the stack
+//! untouched.
 #![no_std]
 #![no_main]
 // The BPF target has atomic add but no compare-and-swap, so core's atomic types lack fetch_add.
@@ -21,7 +25,9 @@ use core::{
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{
+        bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer, bpf_skb_change_type,
+    },
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -30,14 +36,15 @@ use sfc_common::{
     action, lb, stat, trace_field, ClassKey, Counter, Decision, DecisionKey, FlowState, FlowTuple,
     HashInput, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, TraceEvent,
     TraceFilter, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS,
-    COUNTERS_PER_GEN, DECISIONS_CAPACITY, FLAG_ENTRY, FLAG_REVERSE, FLOWS_CAPACITY,
-    GENERATION_LEASE_NS, MAX_TUPLES, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_ENTRY,
-    RING_SIZE, SLOTS_PER_GEN, TRACE_EVENTS_BYTES,
+    COUNTERS_PER_GEN, DECISIONS_CAPACITY, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_REVERSE,
+    FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY,
+    PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, TRACE_EVENTS_BYTES,
 };
 
 use crate::parse::{parse, Packet, ParseError};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
+const PACKET_HOST: u32 = 0;
 
 #[map(name = "sfc_v2_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
@@ -207,6 +214,7 @@ fn count_chain(index: u32, bytes: u32) {
 /// Traffic into an SF (`into`) or back out of it, per member interface.
 #[inline(always)]
 fn count_member(slot: u16, into: bool, bytes: u32) {
+    let slot = slot & SLOT_MASK;
     if slot == 0 {
         return;
     }
@@ -343,7 +351,12 @@ fn act(ctx: &TcContext, pkt: &Packet, flow: *mut FlowState, gen: u32, decision: 
             }
             count_member(member.slot, true, ctx.len());
             emit(ctx, pkt, gen, Some(verdict), stat::STEERED, Some(member));
-            redirect(member.ifindex, stat::STEERED)
+            redirect(
+                ctx,
+                member.ifindex,
+                member.slot & SLOT_PEER != 0,
+                stat::STEERED,
+            )
         }
         action::DELIVER => {
             leave(flow, verdict);
@@ -357,7 +370,8 @@ fn act(ctx: &TcContext, pkt: &Packet, flow: *mut FlowState, gen: u32, decision: 
                 slot: 0,
             };
             emit(ctx, pkt, gen, Some(verdict), stat::DELIVERED, Some(&target));
-            redirect(verdict.deliver_ifindex, stat::DELIVERED)
+            let peer = verdict.flags & FLAG_DELIVER_PEER != 0;
+            redirect(ctx, verdict.deliver_ifindex, peer, stat::DELIVERED)
         }
         _ => {
             leave(flow, verdict);
@@ -493,9 +507,19 @@ fn choose_member(pkt: &Packet, verdict: &Verdict) -> Member {
     }
 }
 
+/// Into `ifindex`, or with `peer` straight into the ingress of its veth peer (in the SF's
+/// namespace). That path skips `eth_type_trans`, so the packet is first marked as addressed
+/// to that host (it arrived addressed to someone else, before its MAC was rewritten).
 #[inline(always)]
-fn redirect(ifindex: u32, counter: u32) -> i32 {
-    let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
+fn redirect(ctx: &TcContext, ifindex: u32, peer: bool, counter: u32) -> i32 {
+    let verdict = if peer {
+        unsafe {
+            bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
+            bpf_redirect_peer(ifindex, 0)
+        }
+    } else {
+        unsafe { bpf_redirect(ifindex, 0) }
+    } as i32;
     if verdict == TC_ACT_REDIRECT {
         count(counter);
     } else {
