@@ -96,7 +96,7 @@ pub struct Health {
 }
 
 /// Per pair: the sum over its interfaces.
-fn pairs(
+fn by_pair(
     members: &BTreeMap<Side, MemberCounter>,
 ) -> BTreeMap<String, (MemberCounter, Vec<String>)> {
     let mut out: BTreeMap<String, (MemberCounter, Vec<String>)> = BTreeMap::new();
@@ -113,7 +113,7 @@ fn pairs(
 
 /// Per chain, direction and hop (1-based): packets sent into the hop (position hop - 1) and
 /// packets that came back out of it (position hop).
-fn hops(chains: &[Row]) -> BTreeMap<(String, Direction, u8), (u64, u64)> {
+fn by_hop(chains: &[Row]) -> BTreeMap<(String, Direction, u8), (u64, u64)> {
     let mut out: BTreeMap<(String, Direction, u8), (u64, u64)> = BTreeMap::new();
     for row in chains {
         let l = &row.label;
@@ -137,8 +137,8 @@ impl Health {
         let now = Instant::now();
         self.samples.push_back(Sample {
             at: now,
-            pairs: pairs(members),
-            hops: hops(chains),
+            pairs: by_pair(members),
+            hops: by_hop(chains),
         });
         while self
             .samples
