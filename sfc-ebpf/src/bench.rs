@@ -2,7 +2,8 @@
 //! them never touches the steering program's maps.
 //!
 //! - `sfc_bench_redirect`: the "upper-bound" system, the least a TC steering program can do:
-//!   one array read keyed by the ingress ifindex, a destination-MAC rewrite and a redirect.
+//!   one array read keyed by the ingress ifindex, a destination-MAC rewrite and the redirect the
+//!   steering program uses into an SF's veth (straight into the peer's ingress).
 //! - `sfc_bench_lookup`: the baseline for the classifier's cost, one hash lookup keyed by the
 //!   IPv4 destination address, whatever its result.
 #![no_std]
@@ -10,7 +11,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::bpf_redirect,
+    helpers::{bpf_redirect_peer, bpf_skb_change_type},
     macros::{classifier, map},
     maps::{Array, HashMap},
     programs::TcContext,
@@ -50,7 +51,12 @@ pub fn sfc_bench_redirect(ctx: TcContext) -> i32 {
     if ctx.store(0, &next.mac, 0).is_err() {
         return TC_ACT_OK;
     }
-    unsafe { bpf_redirect(next.ifindex, 0) as i32 }
+    // As the steering program does: the peer's ingress skips eth_type_trans, so mark the
+    // frame as addressed to that host (PACKET_HOST) first.
+    unsafe {
+        bpf_skb_change_type(ctx.skb.skb, 0);
+        bpf_redirect_peer(next.ifindex, 0) as i32
+    }
 }
 
 #[classifier]
