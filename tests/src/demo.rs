@@ -52,7 +52,28 @@ impl Crossing {
     }
 }
 
+/// The example chain made symmetric: replies enter at vm-dst and cross the same SFs back.
+pub fn symmetric_chain() -> String {
+    std::fs::read_to_string(example_chain())
+        .expect("examples/chain.yaml")
+        .replace(
+            "  logicalSourcePort: vm-src\n",
+            "  logicalSourcePort: vm-src\n  logicalDestinationPort: vm-dst\n",
+        )
+        .replace(
+            "  flowClassifiers: [FC1, FC1-v6]",
+            "  flowClassifiers: [FC1, FC1-v6]\n  chainParameters: {symmetric: true}",
+        )
+}
+
 impl Demo {
+    /// `sfcctl apply -f -` of `yaml`; panics with the daemon's log when it is refused.
+    pub fn apply(&self, yaml: &str) {
+        if let Err(e) = self.lab.sfcctl_stdin(&["apply", "-f", "-"], Some(yaml)) {
+            panic!("apply failed: {e}\n{}", self.lab.daemon_log());
+        }
+    }
+
     /// Builds the topology and starts the daemon (no chain applied yet).
     pub fn build(tag: &str) -> Result<Self> {
         let mut lab = Lab::new(tag)?;

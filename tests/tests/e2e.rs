@@ -4,7 +4,7 @@
 use std::{fs, os::unix::fs::PermissionsExt, thread, time::Duration};
 
 use sfc_tests::{
-    demo::{example_chain, Crossing, Demo, DST_V4, DST_V6},
+    demo::{example_chain, symmetric_chain, Crossing, Demo, DST_V4, DST_V6},
     wait_for,
 };
 
@@ -26,12 +26,6 @@ impl Flows {
     fn one(&mut self) -> u16 {
         self.0 += 1;
         self.0 - 1
-    }
-}
-
-fn apply(demo: &Demo, yaml: &str) {
-    if let Err(e) = demo.lab.sfcctl_stdin(&["apply", "-f", "-"], Some(yaml)) {
-        panic!("apply failed: {e}\n{}", demo.lab.daemon_log());
     }
 }
 
@@ -115,18 +109,15 @@ fn live_updates_from_the_blog_take_effect() {
     let demo = Demo::build("live").unwrap();
     let mut flows = Flows::new();
     let full = chain_file();
-    apply(&demo, &full);
+    demo.apply(&full);
     assert_demo_path(&requests(&demo, DST_V4, &mut flows), "initial");
 
     // The classifier removed from the chain: the SFs go quiet.
-    apply(
-        &demo,
-        &doc(
-            "PortChain",
-            "PC1",
-            "  portPairGroups: [PG1, PG2]\n  flowClassifiers: []",
-        ),
-    );
+    demo.apply(&doc(
+        "PortChain",
+        "PC1",
+        "  portPairGroups: [PG1, PG2]\n  flowClassifiers: []",
+    ));
     for c in requests(&demo, DST_V4, &mut flows) {
         assert_eq!(c.status, 200);
         assert_eq!(
@@ -137,14 +128,11 @@ fn live_updates_from_the_blog_take_effect() {
     }
 
     // Chain = PG1 only: one of SF1/SF2, never SF3.
-    apply(
-        &demo,
-        &doc(
-            "PortChain",
-            "PC1",
-            "  portPairGroups: [PG1]\n  flowClassifiers: [FC1, FC1-v6]",
-        ),
-    );
+    demo.apply(&doc(
+        "PortChain",
+        "PC1",
+        "  portPairGroups: [PG1]\n  flowClassifiers: [FC1, FC1-v6]",
+    ));
     for c in requests(&demo, DST_V4, &mut flows) {
         assert_eq!(c.status, 200);
         assert_eq!(c.forwarded[2], 0, "SF3 used by a PG1-only chain: {c:?}");
@@ -152,8 +140,7 @@ fn live_updates_from_the_blog_take_effect() {
     }
 
     // PG1 = {PP2} only, full chain again: SF2 then SF3, every time.
-    apply(
-        &demo,
+    demo.apply(
         &(doc("PortPairGroup", "PG1", "  portPairs: [PP2]")
             + &doc(
                 "PortChain",
@@ -167,7 +154,7 @@ fn live_updates_from_the_blog_take_effect() {
     }
 
     // Restored.
-    apply(&demo, &full);
+    demo.apply(&full);
     assert_demo_path(&requests(&demo, DST_V4, &mut flows), "restored");
 }
 
@@ -228,7 +215,7 @@ fn kill_9_and_restart_keep_steering_and_state() {
     let mut demo = Demo::build("restart").unwrap();
     let icmp = chain_file().replace("protocol: tcp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32\n  destinationPortRange: \"80\"", "protocol: icmp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32");
     assert_ne!(icmp, chain_file());
-    apply(&demo, &icmp);
+    demo.apply(&icmp);
     let state_before = demo
         .lab
         .sfcctl(&["get", "portchains", "-o", "json"])
@@ -265,7 +252,7 @@ fn kill_9_and_restart_keep_steering_and_state() {
     );
     assert!(demo.lab.daemon_log().contains("adopted pinned link"));
     // The restarted daemon controls the dataplane: a new update takes effect.
-    apply(&demo, &doc("PortPairGroup", "PG1", "  portPairs: [PP2]"));
+    demo.apply(&doc("PortPairGroup", "PG1", "  portPairs: [PP2]"));
     let before = demo.forwarded(false).unwrap();
     demo.lab
         .sh("src", &format!("ping -c 5 -i 0.05 -W 1 -q {DST_V4}"))
@@ -406,7 +393,7 @@ fn after_the_last_hop_traffic_goes_to_the_logical_destination_port() {
         "  logicalSourcePort: vm-src\n  logicalDestinationPort: vm-dst\n",
     );
     assert_ne!(chain, chain_file());
-    apply(&demo, &chain);
+    demo.apply(&chain);
     let before = counter(&demo, "delivered");
     assert_demo_path(&requests(&demo, DST_V4, &mut flows), "IPv4, delivered");
     assert_demo_path(&requests(&demo, DST_V6, &mut flows), "IPv6, delivered");
@@ -419,16 +406,7 @@ fn after_the_last_hop_traffic_goes_to_the_logical_destination_port() {
 fn a_symmetric_chain_sends_replies_back_through_the_same_instances() {
     let demo = Demo::build("sym").unwrap();
     let mut flows = Flows::new();
-    let chain = chain_file()
-        .replace(
-            "  logicalSourcePort: vm-src\n",
-            "  logicalSourcePort: vm-src\n  logicalDestinationPort: vm-dst\n",
-        )
-        .replace(
-            "  flowClassifiers: [FC1, FC1-v6]",
-            "  flowClassifiers: [FC1, FC1-v6]\n  chainParameters: {symmetric: true}",
-        );
-    apply(&demo, &chain);
+    demo.apply(&symmetric_chain());
     let mut used = [false; 2];
     for port in flows.next() {
         let back_before = demo.sent_back().unwrap();

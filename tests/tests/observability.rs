@@ -11,28 +11,9 @@ use std::{
 use serde_json::Value;
 use sfc_common::{tracking_id, HashInput, PROTO_TCP};
 use sfc_tests::{
-    demo::{example_chain, Demo, DST_V4, SRC_V4},
+    demo::{example_chain, symmetric_chain, Demo, DST_V4, SRC_V4},
     wait_for,
 };
-
-fn apply(demo: &Demo, yaml: &str) {
-    if let Err(e) = demo.lab.sfcctl_stdin(&["apply", "-f", "-"], Some(yaml)) {
-        panic!("apply failed: {e}\n{}", demo.lab.daemon_log());
-    }
-}
-
-fn symmetric_chain() -> String {
-    fs::read_to_string(example_chain())
-        .unwrap()
-        .replace(
-            "  logicalSourcePort: vm-src\n",
-            "  logicalSourcePort: vm-src\n  logicalDestinationPort: vm-dst\n",
-        )
-        .replace(
-            "  flowClassifiers: [FC1, FC1-v6]",
-            "  flowClassifiers: [FC1, FC1-v6]\n  chainParameters: {symmetric: true}",
-        )
-}
 
 /// Runs `sfcctl trace ARGS -o json` while `requests` runs; returns the records.
 fn trace(demo: &Demo, args: &[&str], requests: impl FnOnce()) -> Vec<Value> {
@@ -71,7 +52,7 @@ fn id_of(sport: u16) -> u32 {
 #[test]
 fn trace_shows_a_request_crossing_a_pg1_member_then_sf3_in_both_directions() {
     let demo = Demo::build("trace").unwrap();
-    apply(&demo, &symmetric_chain());
+    demo.apply(&symmetric_chain());
     let (port, other) = (47001, 47002);
     let id = id_of(port);
     // Follow one flow by its tracking id, while another flow runs beside it.
@@ -181,7 +162,7 @@ fn scrape(demo: &Demo) -> (BTreeMap<String, f64>, BTreeSet<String>) {
 #[test]
 fn a_udp_burst_of_n_packets_shows_exactly_n_in_stats_and_metrics() {
     let demo = Demo::build("count").unwrap();
-    apply(&demo, &udp_chain());
+    demo.apply(&udp_chain());
     const N: u64 = 500;
     send_udp(&demo, N as u32, 1000);
     // The agent publishes what it counts once a second.
@@ -245,7 +226,7 @@ fn a_udp_burst_of_n_packets_shows_exactly_n_in_stats_and_metrics() {
 #[test]
 fn an_sf_that_stops_forwarding_is_reported_as_a_black_hole() {
     let demo = Demo::build("hole").unwrap();
-    apply(&demo, &udp_chain());
+    demo.apply(&udp_chain());
     send_udp(&demo, 200, 400);
     thread::sleep(Duration::from_millis(1500));
     let healthy = demo.lab.sfcctl(&["describe", "portchain", "PC1"]).unwrap();
@@ -322,7 +303,7 @@ fn every_metric_the_grafana_dashboard_queries_exists() {
     assert!(queried.len() >= 10, "{queried:?}");
     // A live daemon with a chain and some traffic.
     let demo = Demo::build("grafana").unwrap();
-    apply(&demo, &udp_chain());
+    demo.apply(&udp_chain());
     send_udp(&demo, 50, 500);
     thread::sleep(Duration::from_millis(1500));
     let (samples, families) = scrape(&demo);

@@ -10,12 +10,6 @@ use sfc_tests::{
     wait_for,
 };
 
-fn apply(demo: &Demo, yaml: &str) {
-    if let Err(e) = demo.lab.sfcctl_stdin(&["apply", "-f", "-"], Some(yaml)) {
-        panic!("apply failed: {e}\n{}", demo.lab.daemon_log());
-    }
-}
-
 fn script(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
@@ -76,7 +70,7 @@ fn a_tap_sf_gets_a_copy_and_the_original_continues_unchanged() {
         .unwrap();
     let yaml = chain("PP1", "PG1, TAP, PG2")
         + "---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPairGroup\nmetadata: {name: TAP}\nspec: {portPairs: [PP2], tapEnabled: true}\n";
-    apply(&demo, &yaml);
+    demo.apply(&yaml);
     let copies_before = iface_counter(&demo, "sf2", "eth-in", "rx_packets");
     for port in 43000..43010 {
         let c = demo.request_from(DST_V4, Some(port)).unwrap();
@@ -127,7 +121,7 @@ fn flows_stay_on_their_member_while_members_are_added_and_removed() {
         )
     };
     // One member: every connection is on SF1.
-    apply(&demo, &tcp("PG1, PG2", "PP1"));
+    demo.apply(&tcp("PG1, PG2", "PP1"));
     let out = demo.lab.dir.join("talk.out").to_string_lossy().into_owned();
     let sports: Vec<String> = (44000..44016).map(|p| p.to_string()).collect();
     demo.lab
@@ -145,7 +139,7 @@ fn flows_stay_on_their_member_while_members_are_added_and_removed() {
     let before_add = sf(&demo);
     assert!(before_add[0] > 0, "connections not on SF1: {before_add:?}");
     // SF2 joins: a plain Maglev table would move about half of these flows to it.
-    apply(&demo, &tcp("PG1, PG2", "PP1, PP2"));
+    demo.apply(&tcp("PG1, PG2", "PP1, PP2"));
     thread::sleep(Duration::from_millis(1500));
     let after_add = sf(&demo);
     assert_eq!(
@@ -154,7 +148,7 @@ fn flows_stay_on_their_member_while_members_are_added_and_removed() {
     );
     assert!(after_add[0] > before_add[0] + 50, "{after_add:?}");
     // SF2 leaves again: nothing of ours was on it, nothing changes.
-    apply(&demo, &tcp("PG1, PG2", "PP1"));
+    demo.apply(&tcp("PG1, PG2", "PP1"));
     thread::sleep(Duration::from_millis(1000));
     let after_remove = sf(&demo);
     assert_eq!(after_remove[1], after_add[1], "{after_remove:?}");
@@ -168,7 +162,7 @@ fn flows_stay_on_their_member_while_members_are_added_and_removed() {
 
     // New flows, meanwhile, do use a new member; and when a flow's own member leaves, it
     // must move (to the survivor) and keeps working.
-    apply(&demo, &tcp("PG1, PG2", "PP1, PP2"));
+    demo.apply(&tcp("PG1, PG2", "PP1, PP2"));
     let used: Vec<[u64; 3]> = (45000..45012)
         .map(|p| {
             let before = sf(&demo);
@@ -268,7 +262,7 @@ fn updates_are_make_before_break_and_never_mix_generations() {
     };
     let a = udp("PG1, PG2");
     let b = udp("PG2, PG1");
-    apply(&demo, &a);
+    demo.apply(&a);
     let stream = Stream {
         count: 2400,
         rate: 600,
@@ -282,7 +276,7 @@ fn updates_are_make_before_break_and_never_mix_generations() {
     let flipped = stream.run(&mut demo, "flips", |demo| {
         for i in 0..16 {
             thread::sleep(Duration::from_millis(37));
-            apply(demo, if i % 2 == 0 { &b } else { &a });
+            demo.apply(if i % 2 == 0 { &b } else { &a });
             flips += 1;
         }
     });
@@ -346,7 +340,7 @@ fn a_shared_group_serves_several_chains_and_each_packet_continues_on_its_own() {
     // IPv6) goes on to SF3, the UDP stream ends after PG1.
     let yaml = fs::read_to_string(example_chain()).unwrap()
         + "---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {name: FC-udp}\nspec: {protocol: udp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: '9000', logicalSourcePort: vm-src}\n---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortChain\nmetadata: {name: PC-udp}\nspec: {portPairGroups: [PG1], flowClassifiers: [FC-udp]}\n";
-    apply(&demo, &yaml);
+    demo.apply(&yaml);
     for (port, dst) in (46000..46006).zip([DST_V4, sfc_tests::demo::DST_V6].iter().cycle()) {
         let c = demo.request_from(dst, Some(port)).unwrap();
         assert_eq!(c.status, 200, "{c:?}");
