@@ -39,25 +39,8 @@ enum Task {
     /// Set up, build, and measure sfc against its peers in network namespaces (about 10 minutes;
     /// results in bench/results/).
     Bench {
-        /// A few seconds: one round, one hop, short durations, results in a temp dir.
-        #[arg(long)]
-        smoke: bool,
-        /// Interleaved rounds (default 5; 1 with --smoke).
-        #[arg(long)]
-        rounds: Option<usize>,
-        /// Systems to run, comma-separated (default: all): plain, sfc-tc, sfc-xdp, tc-mirred,
-        /// policy-routing, ovs-netdev, upper-bound.
-        #[arg(long, value_delimiter = ',')]
-        systems: Option<Vec<String>>,
-        /// Chain lengths, comma-separated (default 1,2,4,8; 1 with --smoke).
-        #[arg(long, value_delimiter = ',')]
-        hops: Option<Vec<usize>>,
-        /// Output directory (default bench/results, or a temp dir with --smoke).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Leave out the classifier cost measurement.
-        #[arg(long)]
-        skip_classifier: bool,
+        #[command(flatten)]
+        options: bench::Options,
     },
 }
 
@@ -312,18 +295,10 @@ fn test() -> Result<()> {
         bail!("cargo test failed ({exit})");
     }
     step("cargo xtask bench --smoke (every bench code path, briefly)");
-    run_bench(bench_options(true))
-}
-
-fn bench_options(smoke: bool) -> bench::Options {
-    bench::Options {
-        smoke,
-        rounds: None,
-        systems: None,
-        hops: None,
-        out: None,
-        skip_classifier: false,
-    }
+    run_bench(bench::Options {
+        smoke: true,
+        ..Default::default()
+    })
 }
 
 fn target_dir() -> PathBuf {
@@ -348,23 +323,9 @@ fn main() -> Result<()> {
         Task::Build => build(),
         Task::Demo { keep, requests } => run_demo(keep, requests),
         Task::Test => test(),
-        Task::Bench {
-            smoke,
-            rounds,
-            systems,
-            hops,
-            out,
-            skip_classifier,
-        } => {
+        Task::Bench { options } => {
             build()?;
-            run_bench(bench::Options {
-                smoke,
-                rounds,
-                systems,
-                hops,
-                out,
-                skip_classifier,
-            })
+            run_bench(options)
         }
     }
 }

@@ -44,12 +44,27 @@ pub fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench` options (all optional: the full run by default).
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Options {
+    /// A few seconds: one round, one hop, short durations, results in a temp dir.
+    #[arg(long)]
     pub smoke: bool,
+    /// Interleaved rounds (default 5; 1 with --smoke).
+    #[arg(long)]
     pub rounds: Option<usize>,
+    /// Systems to run, comma-separated (default: all): plain, sfc-tc, sfc-xdp, tc-mirred,
+    /// policy-routing, ovs-netdev, upper-bound.
+    #[arg(long, value_delimiter = ',')]
     pub systems: Option<Vec<String>>,
+    /// Chain lengths, comma-separated (default 1,2,4,8; 1 with --smoke).
+    #[arg(long, value_delimiter = ',')]
     pub hops: Option<Vec<usize>>,
+    /// Output directory (default bench/results, or a temp dir with --smoke).
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Leave out the classifier cost measurement.
+    #[arg(long)]
     pub skip_classifier: bool,
 }
 
