@@ -281,14 +281,16 @@ fn steer(ctx: &TcContext) -> i32 {
         }
     }
     let flow = FLOWS.get_ptr_mut(&key.tuple);
-    let entry_port = match port(ifindex, current) {
-        Some(port) => port.flags & PORT_ENTRY != 0,
-        None => false,
-    };
+    let current_port = port(ifindex, current);
+    let entry_port = current_port.is_some_and(|p| p.flags & PORT_ENTRY != 0);
     let gen = generation(flow, current, entry_port);
-    let port = match port(ifindex, gen) {
-        Some(port) => port,
-        None => return TC_ACT_OK,
+    let found = if gen == current {
+        current_port
+    } else {
+        port(ifindex, gen)
+    };
+    let Some(port) = found else {
+        return TC_ACT_OK;
     };
     let decision = &mut scratch.decision;
     decision.epoch = epoch;
