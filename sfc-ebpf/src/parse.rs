@@ -1,6 +1,8 @@
-//! Header parsing, once per packet, with bpf_skb_load_bytes (works on non-linear skbs and keeps
-//! the verifier out of packet-pointer arithmetic). Every read is bounded by the skb length;
-//! anything short or inconsistent is `Malformed` and is passed untouched by the caller.
+//! Header parsing, once per packet. The common cases (untagged IPv4 without options and IPv6
+//! without extension headers, TCP or UDP) are read straight from packet memory; everything else
+//! with bpf_skb_load_bytes (works on non-linear skbs, no packet-pointer arithmetic for the
+//! verifier). Every read is bounded by the skb length; anything short or inconsistent is
+//! `Malformed` and is passed untouched by the caller.
 
 use aya_ebpf::programs::TcContext;
 use sfc_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
@@ -49,9 +51,87 @@ fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, ParseError> {
     ctx.load::<T>(offset).map_err(|_| ParseError::Malformed)
 }
 
+/// The common case read straight from packet memory: an untagged IPv4 TCP or UDP packet
+/// without options, not a fragment, whole. Anything else (or anything doubtful) is left to the
+/// general parser, which decides what is malformed.
 #[inline(always)]
+fn common_ipv4(ctx: &TcContext, pkt: &mut Packet) -> bool {
+    const HEAD: usize = ETH_HLEN + 20 + 4;
+    let start = ctx.data();
+    if start + HEAD > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: the verifier-checked bound above covers these HEAD bytes.
+    let b = unsafe { &*(start as *const [u8; HEAD]) };
+    if b[12] != 0x08 || b[13] != 0x00 || b[14] != 0x45 {
+        return false;
+    }
+    let proto = b[23];
+    let l4_min = match proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        _ => return false,
+    };
+    let total_len = u16::from_be_bytes([b[16], b[17]]) as usize;
+    let fragment = u16::from_be_bytes([b[20], b[21]]) & 0x3fff != 0;
+    if fragment || total_len < 20 + l4_min || ETH_HLEN + total_len > ctx.len() as usize {
+        return false;
+    }
+    pkt.eth_dst = [b[0], b[1], b[2], b[3], b[4], b[5]];
+    pkt.eth_src = [b[6], b[7], b[8], b[9], b[10], b[11]];
+    pkt.family = FAMILY_V4;
+    pkt.proto = proto;
+    pkt.fragment = false;
+    pkt.src = [word(b, 26), 0, 0, 0];
+    pkt.dst = [word(b, 30), 0, 0, 0];
+    pkt.sport = u16::from_be_bytes([b[34], b[35]]);
+    pkt.dport = u16::from_be_bytes([b[36], b[37]]);
+    true
+}
+
+/// The same for an untagged IPv6 TCP or UDP packet without extension headers.
+#[inline(always)]
+fn common_ipv6(ctx: &TcContext, pkt: &mut Packet) -> bool {
+    const HEAD: usize = ETH_HLEN + 40 + 4;
+    let start = ctx.data();
+    if start + HEAD > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: the verifier-checked bound above covers these HEAD bytes.
+    let b = unsafe { &*(start as *const [u8; HEAD]) };
+    if b[12] != 0x86 || b[13] != 0xdd || b[14] >> 4 != 6 {
+        return false;
+    }
+    let proto = b[20];
+    let l4_min = match proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        _ => return false,
+    };
+    let payload_len = u16::from_be_bytes([b[18], b[19]]) as usize;
+    if payload_len < l4_min || ETH_HLEN + 40 + payload_len > ctx.len() as usize {
+        return false;
+    }
+    pkt.eth_dst = [b[0], b[1], b[2], b[3], b[4], b[5]];
+    pkt.eth_src = [b[6], b[7], b[8], b[9], b[10], b[11]];
+    pkt.family = FAMILY_V6;
+    pkt.proto = proto;
+    pkt.fragment = false;
+    for i in 0..4 {
+        pkt.src[i] = word(b, 22 + 4 * i);
+        pkt.dst[i] = word(b, 38 + 4 * i);
+    }
+    pkt.sport = u16::from_be_bytes([b[54], b[55]]);
+    pkt.dport = u16::from_be_bytes([b[56], b[57]]);
+    true
+}
+
 /// Fills `pkt` (per-CPU scratch memory: a packet does not fit the stack beside the rest).
+#[inline(always)]
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
+    if common_ipv4(ctx, pkt) || common_ipv6(ctx, pkt) {
+        return Ok(());
+    }
     let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ParseError::NotIp)?;
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut offset = ETH_HLEN;
