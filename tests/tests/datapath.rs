@@ -21,14 +21,18 @@ const SRC_MAC: [u8; 6] = [0x02, 0x55, 0, 0, 0, 1];
 
 /// A private network namespace (for this thread) and bpffs mount; both undone on drop.
 struct Sandbox {
-    bpffs: PathBuf,
+    // Dropped in this order: the maps and programs, then the mount.
     dataplane: Dataplane,
+    bpffs: Bpffs,
 }
 
-impl Drop for Sandbox {
+/// A bpffs mount, undone on drop (also when setting up the sandbox panics half-way).
+struct Bpffs(PathBuf);
+
+impl Drop for Bpffs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.bpffs).output();
-        let _ = std::fs::remove_dir_all(&self.bpffs);
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -96,7 +100,8 @@ fn sandbox(yaml: &str) -> Sandbox {
     );
     std::fs::create_dir_all(&bpffs).unwrap();
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs)).unwrap();
-    let mut dataplane = Dataplane::open(&bpffs).unwrap();
+    let bpffs = Bpffs(bpffs);
+    let mut dataplane = Dataplane::open(&bpffs.0).unwrap();
     let interfaces = Interfaces::read().unwrap();
     let (_, _, image) = plan(
         &State::default(),
@@ -105,7 +110,7 @@ fn sandbox(yaml: &str) -> Sandbox {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     dataplane.apply(&image).unwrap();
-    Sandbox { bpffs, dataplane }
+    Sandbox { dataplane, bpffs }
 }
 
 fn peer_mac(iface: &str) -> [u8; 6] {
@@ -520,7 +525,7 @@ fn classifier_cost() {
         if n == 1 {
             // What tracing costs: nothing installed (above), a filter that selects nothing,
             // and one that selects the packet (an event per packet).
-            let path = sb.bpffs.join("maps").join(sfc_common::MAP_TRACE_FILTER);
+            let path = sb.bpffs.0.join("maps").join(sfc_common::MAP_TRACE_FILTER);
             let mut filters: aya::maps::Array<_, sfc_common::TraceFilter> =
                 aya::maps::Array::try_from(aya::maps::Map::Array(
                     aya::maps::MapData::from_pin(path).unwrap(),
