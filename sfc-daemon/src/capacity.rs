@@ -275,6 +275,7 @@ mod tests {
             );
         }
         compile(&state, &Interfaces::default(), &Origins::new()).expect("exactly at the limit");
+        let at_limit = state.clone();
         chain(
             &mut state,
             "c9999",
@@ -290,16 +291,7 @@ mod tests {
         assert!(err.contains("let chains share groups"), "{err}");
 
         // Tap groups need no table.
-        let mut state = groups(limit + 1);
-        for i in 0..limit {
-            chain(
-                &mut state,
-                &format!("c{i:04}"),
-                vec![format!("g{i:04}")],
-                vec![],
-                false,
-            );
-        }
+        let mut state = at_limit;
         state
             .port_pair_groups
             .get_mut(&format!("g{limit:04}"))
