@@ -22,6 +22,7 @@ pub const MAP_MEMBER_SLOTS: &str = "sfc_v2_member_slots";
 pub const MAP_TRACE_FILTER: &str = "sfc_v2_trace_filter";
 pub const MAP_TRACE_EVENTS: &str = "sfc_v2_trace_events";
 pub const PROGRAM_TC: &str = "sfc_tc";
+pub const PROGRAM_XDP: &str = "sfc_xdp";
 
 /// Distinct match shapes (prefix lengths, port-prefix lengths, protocol) probed per interface.
 /// The datapath does one hash lookup per shape, so this bounds the per-packet cost whatever the

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::{
     capacity, changes,
     compile::{compile, Image, Interfaces},
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, Mode},
     document::{parse_file, ConfigError, ConfigErrors, Sourced},
     health::Health,
     model::{Kind, Object, State},
@@ -144,10 +144,15 @@ pub struct Agent {
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 impl Agent {
-    pub fn start(state_dir: &Path, bpffs: &Path, observed: Shared) -> Result<Self, AgentError> {
+    pub fn start(
+        state_dir: &Path,
+        bpffs: &Path,
+        mode: Mode,
+        observed: Shared,
+    ) -> Result<Self, AgentError> {
         let store = Store::new(state_dir)?;
         let state = store.load()?;
-        let dataplane = Dataplane::open(bpffs)?;
+        let dataplane = Dataplane::open(bpffs, mode)?;
         info!(
             chains = state.port_chains.len(),
             classifiers = state.flow_classifiers.len(),
@@ -309,6 +314,7 @@ impl Agent {
                     state: &self.state,
                     interfaces: &self.interfaces,
                     attached: self.dataplane.attached(),
+                    xdp: (self.dataplane.mode() == Mode::Xdp).then(|| self.dataplane.xdp()),
                     observed: &observed,
                 };
                 match context.describe(kind, &name) {

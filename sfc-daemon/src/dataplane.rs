@@ -1,4 +1,4 @@
-//! The kernel side: bpffs, the pinned maps, the program and its per-interface links.
+//! The kernel side: bpffs, the pinned maps, the programs and their per-interface links.
 //!
 //! Updates are make-before-break: an image is written into the inactive generation (group
 //! tables first, then classifier entries, then the per-interface roots), and one write of the
@@ -16,25 +16,22 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{
-        links::{FdLink, LinkError, PinnedLink},
-        tc::{self, SchedClassifierLink, TcAttachOptions},
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-    },
+    programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use sfc_common::{
     stat, ClassKey, Counter, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, Verdict,
     CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG,
     MAP_COUNTERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PINS, MAP_PORTS, MAP_RING, MAP_STATS,
-    MEMBER_SLOTS, PROGRAM_TC, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
+    MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
 };
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     compile::{Image, Side},
     counters::{ChainCounters, Generation, Row},
+    links::{Hook, Links},
 };
 
 #[derive(Debug, Error)]
@@ -50,7 +47,7 @@ pub enum DataplaneError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
-    #[error("program {PROGRAM_TC}: {0}")]
+    #[error("program {PROGRAM_TC} or {PROGRAM_XDP}: {0}")]
     Program(#[from] ProgramError),
     #[error("{0}")]
     Capacity(String),
@@ -107,9 +104,17 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
 
+/// Which hooks steer: TC alone, or XDP in front of TC where the driver has native XDP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    #[default]
+    Tc,
+    Xdp,
+}
+
 pub struct Dataplane {
     bpf: Ebpf,
-    links_dir: PathBuf,
+    mode: Mode,
     config: Array<MapData, u64>,
     ports: HashMap<MapData, PortKey, PortValue>,
     classify: HashMap<MapData, ClassKey, Verdict>,
@@ -129,23 +134,22 @@ pub struct Dataplane {
     member_totals: BTreeMap<Side, MemberCounter>,
     /// What each generation holds, when known (unknown after a restart).
     written: [Option<Image>; 2],
-    /// Interfaces with our program attached: name -> ifindex.
-    attached: BTreeMap<String, u32>,
+    tc: Links,
+    /// Empty unless in XDP mode.
+    xdp: Links,
 }
 
 impl Dataplane {
-    /// Loads the program and opens (or creates) the pinned maps under `bpffs`. Links pinned by
-    /// an earlier daemon are adopted, and moved atomically onto this daemon's program.
-    pub fn open(bpffs: &Path) -> Result<Self, DataplaneError> {
+    /// Loads the programs and opens (or creates) the pinned maps under `bpffs`. Links pinned by
+    /// an earlier daemon are adopted, and moved atomically onto this daemon's programs (its
+    /// XDP links removed if this daemon is not in XDP mode).
+    pub fn open(bpffs: &Path, mode: Mode) -> Result<Self, DataplaneError> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
-        let links_dir = bpffs.join("links");
-        for dir in [&maps_dir, &links_dir] {
-            fs::create_dir_all(dir).map_err(|source| DataplaneError::Bpffs {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Bpffs {
+            path: maps_dir.clone(),
+            source,
+        })?;
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(crate::EBPF_OBJECT)?;
@@ -154,6 +158,16 @@ impl Dataplane {
             .ok_or(ProgramError::UnexpectedProgramType)?
             .try_into()?;
         program.load()?;
+        let program: &mut Xdp = bpf
+            .program_mut(PROGRAM_XDP)
+            .ok_or(ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        program.load()?;
+        let tc = Links::adopt(Hook::Tc, bpffs.join("links"), &mut bpf)?;
+        let mut xdp = Links::adopt(Hook::Xdp, bpffs.join("links-xdp"), &mut bpf)?;
+        if mode != Mode::Xdp {
+            xdp.detach_all();
+        }
         let mut dp = Self {
             config: take(&mut bpf, MAP_CONFIG)?,
             ports: take(&mut bpf, MAP_PORTS)?,
@@ -169,9 +183,10 @@ impl Dataplane {
             member_labels: BTreeMap::new(),
             member_totals: BTreeMap::new(),
             bpf,
-            links_dir,
+            mode,
             written: [None, None],
-            attached: BTreeMap::new(),
+            tc,
+            xdp,
         };
         dp.member_slots = dp
             .member_slot_map
@@ -189,19 +204,36 @@ impl Dataplane {
         {
             dp.written = [Some(Image::default()), Some(Image::default())];
         }
-        dp.adopt_links()?;
         Ok(dp)
     }
 
-    /// Interfaces with the program attached: name -> ifindex.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Interfaces with the TC program attached (every steered one): name -> ifindex.
     pub fn attached(&self) -> &BTreeMap<String, u32> {
-        &self.attached
+        self.tc.attached()
+    }
+
+    /// XDP links (in XDP mode): the interfaces with the XDP program attached, and those where
+    /// it could not be, with why.
+    pub fn xdp(&self) -> &Links {
+        &self.xdp
     }
 
     pub fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         Ok(self
             .bpf
             .program_mut(PROGRAM_TC)
+            .ok_or(ProgramError::UnexpectedProgramType)?
+            .try_into()?)
+    }
+
+    pub fn xdp_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        Ok(self
+            .bpf
+            .program_mut(PROGRAM_XDP)
             .ok_or(ProgramError::UnexpectedProgramType)?
             .try_into()?)
     }
@@ -218,7 +250,10 @@ impl Dataplane {
         // program before the flip (until then it finds no entry for them and passes their
         // packets), and those it no longer needs lose it only after. Attaching after the flip
         // would let packets leave a newly used SF unsteered, skipping the next hops.
-        self.attach_missing(&image.attach)?;
+        self.tc.attach_missing(&image.attach, &mut self.bpf)?;
+        if self.mode == Mode::Xdp {
+            self.xdp.attach_missing(&image.attach, &mut self.bpf)?;
+        }
         let epoch = self.epoch()?;
         let active = (epoch & 1) as usize;
         if self.written[active].as_ref() != Some(image) {
@@ -246,7 +281,8 @@ impl Dataplane {
                 "dataplane updated"
             );
         }
-        self.detach_stale(&image.attach);
+        self.tc.detach_stale(&image.attach);
+        self.xdp.detach_stale(&image.attach);
         Ok(())
     }
 
@@ -566,135 +602,6 @@ impl Dataplane {
                     .map_err(map_err(MAP_STATS))
             })
             .collect()
-    }
-
-    fn pin_path(&self, iface: &str, ifindex: u32) -> PathBuf {
-        self.links_dir.join(format!("{ifindex}_{iface}"))
-    }
-
-    /// Takes over the links an earlier daemon pinned, replacing their program with ours
-    /// (bpf_link_update: atomic, no packet sees an interface without a program).
-    fn adopt_links(&mut self) -> Result<(), DataplaneError> {
-        let entries = fs::read_dir(&self.links_dir).map_err(|source| DataplaneError::Bpffs {
-            path: self.links_dir.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let file = entry.file_name().to_string_lossy().to_string();
-            let Some((index, iface)) = file
-                .split_once('_')
-                .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.to_string())))
-            else {
-                continue;
-            };
-            match self.replace_program(&path) {
-                Ok(()) => {
-                    info!(iface, ifindex = index, "adopted pinned link");
-                    self.attached.insert(iface, index);
-                }
-                Err(e) => {
-                    warn!(iface, error = %e, "dropping a stale pinned link");
-                    let _ = fs::remove_file(&path);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn replace_program(&mut self, pin: &Path) -> Result<(), String> {
-        let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;
-        let link =
-            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
-        let program = self.program().map_err(|e| e.to_string())?;
-        let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
-        // The pin keeps the link alive; our handle can go.
-        drop(program.take_link(id).map_err(|e| e.to_string())?);
-        Ok(())
-    }
-
-    /// Attaches to every interface in `want` that does not have the program yet.
-    fn attach_missing(&mut self, want: &BTreeMap<String, u32>) -> Result<(), DataplaneError> {
-        for (iface, &index) in want {
-            match self.attached.get(iface) {
-                Some(&old) if old == index => continue,
-                // The name now belongs to a new interface; the old one is gone, and so is the
-                // only thing its link and pin still hold.
-                Some(&old) => self.detach(iface, old),
-                None => {}
-            }
-            self.attach(iface, index)?;
-        }
-        Ok(())
-    }
-
-    /// Detaches from every interface not in `want`.
-    fn detach_stale(&mut self, want: &BTreeMap<String, u32>) {
-        let stale: Vec<(String, u32)> = self
-            .attached
-            .iter()
-            .filter(|(name, index)| want.get(*name) != Some(index))
-            .map(|(n, i)| (n.clone(), *i))
-            .collect();
-        for (iface, index) in stale {
-            self.detach(&iface, index);
-        }
-    }
-
-    fn attach(&mut self, iface: &str, ifindex: u32) -> Result<(), DataplaneError> {
-        let pin = self.pin_path(iface, ifindex);
-        let link_err = |message: String| DataplaneError::Link {
-            iface: iface.to_string(),
-            message,
-        };
-        let program = self.program()?;
-        // TCX (a bpf_link, pinnable) where the kernel has it; classic clsact otherwise.
-        match program.attach_with_options(
-            iface,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        ) {
-            Ok(id) => {
-                let link = program.take_link(id)?;
-                let fd: FdLink = link
-                    .try_into()
-                    .map_err(|e: LinkError| link_err(e.to_string()))?;
-                fd.pin(&pin).map_err(|e| link_err(e.to_string()))?;
-            }
-            Err(tcx_error) => {
-                warn!(iface, error = %tcx_error, "TCX attach failed, using clsact");
-                if let Err(e) = tc::qdisc_add_clsact(iface) {
-                    if !matches!(&e, tc::TcError::IoError(io) if io.kind() == io::ErrorKind::AlreadyExists)
-                    {
-                        warn!(iface, error = %e, "adding clsact");
-                    }
-                }
-                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM_TC);
-                let id = program.attach_with_options(
-                    iface,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::Netlink(Default::default()),
-                )?;
-                // A tc filter outlives this process without a pin.
-                std::mem::forget(program.take_link(id)?);
-            }
-        }
-        info!(iface, ifindex, "attached");
-        self.attached.insert(iface.to_string(), ifindex);
-        Ok(())
-    }
-
-    fn detach(&mut self, iface: &str, ifindex: u32) {
-        let pin = self.pin_path(iface, ifindex);
-        match fs::remove_file(&pin) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM_TC);
-            }
-            Err(e) => warn!(iface, error = %e, "removing link pin"),
-        }
-        info!(iface, ifindex, "detached");
-        self.attached.remove(iface);
     }
 }
 

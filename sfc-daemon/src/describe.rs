@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, fmt::Write};
 use crate::{
     compile::{Direction, Interfaces},
     health::{PairHealth, State as Health},
+    links::Links,
     model::{FlowClassifierSpec, Kind, State},
     observe::Snapshot,
 };
@@ -17,6 +18,8 @@ pub struct Context<'a> {
     pub interfaces: &'a Interfaces,
     /// Interfaces with the program attached.
     pub attached: &'a BTreeMap<String, u32>,
+    /// In XDP mode, the XDP links: attached, and refused with why.
+    pub xdp: Option<&'a Links>,
     pub observed: &'a Snapshot,
 }
 
@@ -32,10 +35,18 @@ impl Context<'_> {
         let Some(link) = self.interfaces.links.get(name) else {
             return format!("{name} (not present)");
         };
+        let xdp =
+            self.xdp.map(
+                |links| match (links.attached().get(name), links.refused().get(name)) {
+                    (Some(_), _) => " (XDP and TC)".to_string(),
+                    (None, Some((_, why))) => format!(" (TC only: no native XDP: {why})"),
+                    (None, None) => String::new(),
+                },
+            );
         let attached = if self.attached.contains_key(name) {
-            ", program attached"
+            format!(", program attached{}", xdp.unwrap_or_default())
         } else {
-            ""
+            String::new()
         };
         let mac = configured_mac
             .cloned()

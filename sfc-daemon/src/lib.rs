@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod describe;
 pub mod document;
 pub mod health;
+pub mod links;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

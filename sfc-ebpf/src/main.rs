@@ -1,5 +1,6 @@
 //! The steering datapath: one TC ingress program on every host-side interface the agent manages
-//! (logical ports and SF egress ports).
+//! (logical ports and SF egress ports), and in XDP mode an XDP program beside it that carries
+//! out in the driver what it can (see frame.rs).
 //!
 //! Per packet: parse the headers once; if this flow already has a decision on this interface
 //! for the current epoch, carry it out (one lookup). Otherwise find the flow's generation (a
@@ -16,6 +17,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod frame;
 mod parse;
 
 use core::{
@@ -24,13 +26,10 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{
-        bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer, bpf_skb_change_type,
-    },
-    macros::{classifier, map},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use sfc_common::{
     action, lb, stat, trace_field, ClassKey, Counter, Decision, DecisionKey, FlowState, FlowTuple,
@@ -41,10 +40,12 @@ use sfc_common::{
     PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, TRACE_EVENTS_BYTES,
 };
 
-use crate::parse::{parse, Packet, ParseError};
+use crate::{
+    frame::Frame,
+    parse::{parse, Packet, ParseError},
+};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
-const PACKET_HOST: u32 = 0;
 
 #[map(name = "sfc_v2_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
@@ -104,6 +105,11 @@ pub fn sfc_tc(ctx: TcContext) -> i32 {
     steer(&ctx)
 }
 
+#[xdp]
+pub fn sfc_xdp(ctx: XdpContext) -> u32 {
+    steer(&ctx) as u32
+}
+
 /// The active trace filter, if a trace is running: one array read when none is.
 #[inline(always)]
 fn trace_filter() -> Option<&'static TraceFilter> {
@@ -148,8 +154,8 @@ fn trace_matches(filter: &TraceFilter, pkt: &Packet, id: u32) -> bool {
 
 /// Reports one step of a traced packet, if a trace is running and selects it.
 #[inline(always)]
-fn emit(
-    ctx: &TcContext,
+fn emit<C: Frame>(
+    ctx: &C,
     pkt: &Packet,
     gen: u32,
     verdict: Option<&Verdict>,
@@ -169,7 +175,7 @@ fn emit(
     let event = TraceEvent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         id,
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        ifindex: ctx.ifindex(),
         target_ifindex: target.map(|m| m.ifindex).unwrap_or(0),
         chain_id: verdict.map(|v| v.chain_id).unwrap_or(0),
         hop: verdict.map(|v| v.hop).unwrap_or(0),
@@ -237,27 +243,25 @@ fn port(ifindex: u32, gen: u32) -> Option<&'static PortValue> {
 }
 
 #[inline(always)]
-fn steer(ctx: &TcContext) -> i32 {
+fn steer<C: Frame>(ctx: &C) -> i32 {
     let epoch = match CONFIG.get(CONFIG_EPOCH) {
         Some(epoch) => *epoch,
-        None => return TC_ACT_OK,
+        None => return C::PASS,
     };
     let current = (epoch & 1) as u32;
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ifindex = ctx.ifindex();
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return TC_ACT_OK;
+        return C::PASS;
     };
     let scratch = unsafe { &mut *scratch };
-    match parse(ctx, &mut scratch.pkt) {
-        Ok(()) => {}
-        Err(ParseError::NotIp) => {
-            count(stat::NOT_IP);
-            return TC_ACT_OK;
+    if let Err(e) = parse(ctx, &mut scratch.pkt) {
+        if !C::DEFERS {
+            count(match e {
+                ParseError::NotIp => stat::NOT_IP,
+                ParseError::Malformed => stat::MALFORMED,
+            });
         }
-        Err(ParseError::Malformed) => {
-            count(stat::MALFORMED);
-            return TC_ACT_OK;
-        }
+        return C::PASS;
     }
     let pkt = &scratch.pkt;
     scratch.key.ifindex = ifindex;
@@ -290,7 +294,7 @@ fn steer(ctx: &TcContext) -> i32 {
         port(ifindex, gen)
     };
     let Some(port) = found else {
-        return TC_ACT_OK;
+        return C::PASS;
     };
     let decision = &mut scratch.decision;
     decision.epoch = epoch;
@@ -314,9 +318,25 @@ fn steer(ctx: &TcContext) -> i32 {
     act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
 }
 
+/// Whether the XDP program can finish this decision itself (see frame.rs).
+#[inline(always)]
+fn finishes_in_xdp(decision: &Decision) -> bool {
+    let v = &decision.verdict;
+    v.tap_ifindex == 0 && (v.action == action::STEER || v.action == action::DELIVER)
+}
+
 /// Carries out a decision: counters, tap copy, flow bookkeeping, MAC rewrite, redirect.
 #[inline(never)]
-fn act(ctx: &TcContext, pkt: &Packet, flow: *mut FlowState, gen: u32, decision: &Decision) -> i32 {
+fn act<C: Frame>(
+    ctx: &C,
+    pkt: &Packet,
+    flow: *mut FlowState,
+    gen: u32,
+    decision: &Decision,
+) -> i32 {
+    if C::DEFERS && !finishes_in_xdp(decision) {
+        return C::PASS;
+    }
     // (A raw pointer, null for none: an Option of one takes two argument registers.)
     let flow = (!flow.is_null()).then_some(flow);
     let verdict = &decision.verdict;
@@ -329,7 +349,7 @@ fn act(ctx: &TcContext, pkt: &Packet, flow: *mut FlowState, gen: u32, decision: 
         };
         count(outcome);
         emit(ctx, pkt, gen, None, outcome, None);
-        return TC_ACT_OK;
+        return C::PASS;
     }
     // Back out of an SF, on its chain (what the SF itself sends is not counted).
     count_member(decision.arrival_slot, false, ctx.len());
@@ -342,14 +362,14 @@ fn act(ctx: &TcContext, pkt: &Packet, flow: *mut FlowState, gen: u32, decision: 
             if member.ifindex == 0 {
                 count(stat::NO_MEMBER);
                 emit(ctx, pkt, gen, Some(verdict), stat::NO_MEMBER, None);
-                return TC_ACT_SHOT;
+                return C::DROP;
             }
             if verdict.flags & FLAG_ENTRY != 0 {
                 enter(flow, pkt, gen as u8);
             }
-            if ctx.store(0, &member.mac, 0).is_err() {
+            if ctx.set_destination_mac(&member.mac).is_err() {
                 count(stat::MALFORMED);
-                return TC_ACT_OK;
+                return C::PASS;
             }
             count_member(member.slot, true, ctx.len());
             emit(ctx, pkt, gen, Some(verdict), stat::STEERED, Some(member));
@@ -362,9 +382,11 @@ fn act(ctx: &TcContext, pkt: &Packet, flow: *mut FlowState, gen: u32, decision: 
         }
         action::DELIVER => {
             leave(flow, verdict);
-            if verdict.deliver_mac != [0; 6] && ctx.store(0, &verdict.deliver_mac, 0).is_err() {
+            if verdict.deliver_mac != [0; 6]
+                && ctx.set_destination_mac(&verdict.deliver_mac).is_err()
+            {
                 count(stat::MALFORMED);
-                return TC_ACT_OK;
+                return C::PASS;
             }
             let target = Member {
                 ifindex: verdict.deliver_ifindex,
@@ -380,7 +402,7 @@ fn act(ctx: &TcContext, pkt: &Packet, flow: *mut FlowState, gen: u32, decision: 
             restore_destination_mac(ctx, pkt, flow);
             count(stat::FORWARDED);
             emit(ctx, pkt, gen, Some(verdict), stat::FORWARDED, None);
-            TC_ACT_OK
+            C::PASS
         }
     }
 }
@@ -467,19 +489,18 @@ fn flow_tuple(pkt: &Packet) -> FlowTuple {
 
 /// Sends a copy to the tap SF, then puts the destination MAC back for the original.
 #[inline(always)]
-fn tap(ctx: &TcContext, pkt: &Packet, verdict: &Verdict) {
-    if ctx.store(0, &verdict.tap_mac, 0).is_err() {
+fn tap<C: Frame>(ctx: &C, pkt: &Packet, verdict: &Verdict) {
+    if ctx.set_destination_mac(&verdict.tap_mac).is_err() {
         count(stat::TAP_FAILED);
         return;
     }
-    let rc = unsafe { bpf_clone_redirect(ctx.skb.skb, verdict.tap_ifindex, 0) };
-    if rc == 0 {
+    if ctx.clone_into(verdict.tap_ifindex) {
         count(stat::TAPPED);
         count_member(verdict.tap_slot, true, ctx.len());
     } else {
         count(stat::TAP_FAILED);
     }
-    let _ = ctx.store(0, &pkt.eth_dst, 0);
+    let _ = ctx.set_destination_mac(&pkt.eth_dst);
 }
 
 /// Picks the member: the flow's pin if it has one (so a surviving member never loses a flow
@@ -509,20 +530,11 @@ fn choose_member(pkt: &Packet, verdict: &Verdict) -> Member {
     }
 }
 
-/// Into `ifindex`, or with `peer` straight into the ingress of its veth peer (in the SF's
-/// namespace). That path skips `eth_type_trans`, so the packet is first marked as addressed
-/// to that host (it arrived addressed to someone else, before its MAC was rewritten).
+/// Into `ifindex`, or with `peer` straight into its veth peer (in the SF's namespace).
 #[inline(always)]
-fn redirect(ctx: &TcContext, ifindex: u32, peer: bool, counter: u32) -> i32 {
-    let verdict = if peer {
-        unsafe {
-            bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
-            bpf_redirect_peer(ifindex, 0)
-        }
-    } else {
-        unsafe { bpf_redirect(ifindex, 0) }
-    } as i32;
-    if verdict == TC_ACT_REDIRECT {
+fn redirect<C: Frame>(ctx: &C, ifindex: u32, peer: bool, counter: u32) -> i32 {
+    let verdict = ctx.redirect(ifindex, peer);
+    if verdict == C::REDIRECTED {
         count(counter);
     } else {
         count(stat::REDIRECT_FAILED);
@@ -579,11 +591,11 @@ fn add_inflight(flow: *mut FlowState, delta: u64) {
 }
 
 #[inline(always)]
-fn restore_destination_mac(ctx: &TcContext, pkt: &Packet, flow: Option<*mut FlowState>) {
+fn restore_destination_mac<C: Frame>(ctx: &C, pkt: &Packet, flow: Option<*mut FlowState>) {
     if let Some(flow) = flow {
         let mac = unsafe { (*flow).mac };
         if mac != pkt.eth_dst {
-            let _ = ctx.store(0, &mac, 0);
+            let _ = ctx.set_destination_mac(&mac);
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Header parsing, once per packet. The common cases (untagged IPv4 without options and IPv6
 //! without extension headers, TCP or UDP) are read straight from packet memory; everything else
-//! with bpf_skb_load_bytes (works on non-linear skbs, no packet-pointer arithmetic for the
+//! with the hook's load-bytes helper (works on non-linear skbs, no packet-pointer arithmetic for the
 //! verifier). Every read is bounded by the skb length; anything short or inconsistent is
 //! `Malformed` and is passed untouched by the caller.
 
-use aya_ebpf::programs::TcContext;
 use sfc_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+use crate::frame::Frame;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -47,7 +48,7 @@ fn word(b: &[u8], at: usize) -> u32 {
 }
 
 #[inline(always)]
-fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, ParseError> {
+fn load<T, C: Frame>(ctx: &C, offset: usize) -> Result<T, ParseError> {
     ctx.load::<T>(offset).map_err(|_| ParseError::Malformed)
 }
 
@@ -55,7 +56,7 @@ fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, ParseError> {
 /// without options, not a fragment, whole. Anything else (or anything doubtful) is left to the
 /// general parser, which decides what is malformed.
 #[inline(always)]
-fn common_ipv4(ctx: &TcContext, pkt: &mut Packet) -> bool {
+fn common_ipv4<C: Frame>(ctx: &C, pkt: &mut Packet) -> bool {
     const HEAD: usize = ETH_HLEN + 20 + 4;
     let start = ctx.data();
     if start + HEAD > ctx.data_end() {
@@ -91,7 +92,7 @@ fn common_ipv4(ctx: &TcContext, pkt: &mut Packet) -> bool {
 
 /// The same for an untagged IPv6 TCP or UDP packet without extension headers.
 #[inline(always)]
-fn common_ipv6(ctx: &TcContext, pkt: &mut Packet) -> bool {
+fn common_ipv6<C: Frame>(ctx: &C, pkt: &mut Packet) -> bool {
     const HEAD: usize = ETH_HLEN + 40 + 4;
     let start = ctx.data();
     if start + HEAD > ctx.data_end() {
@@ -128,7 +129,7 @@ fn common_ipv6(ctx: &TcContext, pkt: &mut Packet) -> bool {
 
 /// Fills `pkt` (per-CPU scratch memory: a packet does not fit the stack beside the rest).
 #[inline(always)]
-pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
+pub fn parse<C: Frame>(ctx: &C, pkt: &mut Packet) -> Result<(), ParseError> {
     if common_ipv4(ctx, pkt) || common_ipv6(ctx, pkt) {
         return Ok(());
     }
@@ -177,7 +178,12 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ParseError> {
 
 /// Returns the offset of the L4 header.
 #[inline(always)]
-fn ipv4(ctx: &TcContext, offset: usize, len: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+fn ipv4<C: Frame>(
+    ctx: &C,
+    offset: usize,
+    len: usize,
+    pkt: &mut Packet,
+) -> Result<usize, ParseError> {
     let ip: [u8; 20] = load(ctx, offset)?;
     let header_len = ((ip[0] & 0x0f) as usize) * 4;
     let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
@@ -194,7 +200,12 @@ fn ipv4(ctx: &TcContext, offset: usize, len: usize, pkt: &mut Packet) -> Result<
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext, offset: usize, len: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+fn ipv6<C: Frame>(
+    ctx: &C,
+    offset: usize,
+    len: usize,
+    pkt: &mut Packet,
+) -> Result<usize, ParseError> {
     let ip: [u8; 40] = load(ctx, offset)?;
     let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     if ip[0] >> 4 != 6 || offset + 40 + payload_len > len {

@@ -4,12 +4,19 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions};
-use sfc_daemon::{agent::plan, compile::Interfaces, dataplane::Dataplane, model::State};
+use sfc_daemon::{
+    agent::plan,
+    compile::Interfaces,
+    dataplane::{Dataplane, Mode},
+    model::State,
+};
 use sfc_tests::run;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 
 const SRC: [u8; 4] = [198, 18, 0, 10];
 const DST: [u8; 4] = [198, 18, 1, 1];
@@ -101,7 +108,7 @@ fn sandbox(yaml: &str) -> Sandbox {
     std::fs::create_dir_all(&bpffs).unwrap();
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs)).unwrap();
     let bpffs = Bpffs(bpffs);
-    let mut dataplane = Dataplane::open(&bpffs.0).unwrap();
+    let mut dataplane = Dataplane::open(&bpffs.0, Mode::Tc).unwrap();
     let interfaces = Interfaces::read().unwrap();
     let (_, _, image) = plan(
         &State::default(),
@@ -224,6 +231,26 @@ fn run_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
     (result.return_value, out)
 }
 
+/// The same through the XDP program (ingress_ifindex 0: loopback, as test runs default to).
+fn run_xdp_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let program = sb.dataplane.xdp_program().unwrap();
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: (ifindex > 1).then_some(&ctx[..]),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
 fn stats(sb: &Sandbox) -> Vec<u64> {
     sb.dataplane.stats().unwrap()
 }
@@ -317,6 +344,57 @@ fn continues_from_an_sf_egress_and_restores_the_mac_after_the_last_hop() {
     let (verdict, out) = run_on(&mut sb, &from_sf, ifindex("sfz-out"));
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out[0..6], ORIGINAL_DST_MAC);
+}
+
+/// XDP mode: the XDP program steers and delivers exactly as TC would, and leaves everything
+/// else to TC without touching the packet, a counter or a flow's state.
+#[test]
+fn xdp_finishes_steering_and_leaves_the_rest_to_tc() {
+    let mut sb = sandbox(&chain_yaml());
+    let frame = tcp4(40002, 80);
+    let before = stats(&sb);
+    let (verdict, out) = run_xdp_on(&mut sb, &frame, 0);
+    assert_eq!(verdict, XDP_REDIRECT, "a matching packet at the entry");
+    let after = stats(&sb);
+    assert_eq!(stat(&after, "steered") - stat(&before, "steered"), 1);
+    let (_, by_tc) = run_on(&mut sb, &frame, 0);
+    assert_eq!(out, by_tc, "XDP and TC pick the same member, same rewrite");
+    let member = if out[0..6] == peer_mac("sfa-in") {
+        "sfa"
+    } else {
+        "sfb"
+    };
+    let mut from_sf = frame.clone();
+    from_sf[0..6].copy_from_slice(&[0x02, 0x77, 0, 0, 0, 7]);
+    let (verdict, out) = run_xdp_on(&mut sb, &from_sf, ifindex(&format!("{member}-out")));
+    assert_eq!(verdict, XDP_REDIRECT, "hop 2 from {member}-out");
+    assert_eq!(out[0..6], peer_mac("sfz-in"), "hop 2 is SF Z");
+
+    // Handing back to the stack after the last hop, no match, not IP, malformed: passed to TC
+    // unchanged, nothing counted.
+    let arp = eth(0x0806, &[0u8; 28]);
+    let truncated = tcp4(40000, 80)[..40].to_vec();
+    let cases = [
+        ("after the last hop", from_sf.clone(), ifindex("sfz-out")),
+        ("no match", tcp4(40000, 81), 0),
+        ("ARP", arp, 0),
+        ("truncated", truncated, 0),
+    ];
+    for (what, frame, ifindex) in cases {
+        let before = stats(&sb);
+        let (verdict, out) = run_xdp_on(&mut sb, &frame, ifindex);
+        assert_eq!((verdict, &out), (XDP_PASS, &frame), "{what}");
+        assert_eq!(stats(&sb), before, "{what}: XDP counted something");
+    }
+    // TC then does it: the original MAC back, the packet to the stack, counted once.
+    let before = stats(&sb);
+    let (verdict, out) = run_on(&mut sb, &from_sf, ifindex("sfz-out"));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out[0..6], ORIGINAL_DST_MAC);
+    assert_eq!(
+        stat(&stats(&sb), "forwarded") - stat(&before, "forwarded"),
+        1
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{
 };
 
 use clap::Parser;
-use sfc_daemon::{agent::Agent, metrics, observe::Shared, server};
+use sfc_daemon::{agent::Agent, dataplane::Mode, metrics, observe::Shared, server};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -29,6 +29,13 @@ struct Args {
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics: SocketAddr,
+    /// Where the steering programs run. `xdp` adds an XDP program in front of TC on every
+    /// steered interface whose driver has native XDP; it finishes steering and delivery in the
+    /// driver and leaves the rest (taps, handing packets back to the stack) to TC. Every
+    /// interface it redirects into must accept XDP frames: a veth only does when its peer has
+    /// GRO on or an XDP program (see README, "XDP mode").
+    #[arg(long, value_enum, default_value_t = Mode::Tc)]
+    mode: Mode,
 }
 
 fn main() -> ExitCode {
@@ -48,7 +55,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let mut agent = match Agent::start(&args.state_dir, &args.bpffs, observed) {
+    let mut agent = match Agent::start(&args.state_dir, &args.bpffs, args.mode, observed) {
         Ok(a) => a,
         Err(e) => {
             error!("cannot start: {e}");

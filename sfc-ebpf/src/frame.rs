@@ -1,0 +1,167 @@
+//! What the steering code needs from a packet, for the two hooks it runs at: TC (an skb) and
+//! XDP (a frame in the driver). One implementation of the steering logic serves both.
+//!
+//! The XDP program carries out only what it can finish there (steering into a member,
+//! delivering after the last hop, dropping for want of a member). Everything else (taps, handing
+//! a packet back to the stack, what it cannot parse) it passes untouched, with no counter or
+//! flow state changed, to the TC program attached to the same interface, which does it all.
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::{
+        bpf_clone_redirect, bpf_redirect, bpf_redirect_peer, bpf_skb_change_type,
+        bpf_xdp_load_bytes,
+    },
+    programs::{TcContext, XdpContext},
+};
+
+const PACKET_HOST: u32 = 0;
+
+pub trait Frame {
+    /// Leave the packet to the stack (TC) or to the TC program (XDP).
+    const PASS: i32;
+    const DROP: i32;
+    const REDIRECTED: i32;
+    /// Whether this hook leaves what it cannot finish to the TC program.
+    const DEFERS: bool;
+
+    /// Start and end of the linear packet data.
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    fn len(&self) -> u32;
+    fn ifindex(&self) -> u32;
+    /// `size_of::<T>()` bytes at `offset`, wherever they are (linear data or not).
+    fn load<T>(&self, offset: usize) -> Result<T, ()>;
+    fn set_destination_mac(&self, mac: &[u8; 6]) -> Result<(), ()>;
+    /// A copy into `ifindex` (the original continues); whether it was sent.
+    fn clone_into(&self, ifindex: u32) -> bool;
+    /// Into `ifindex`, or with `peer` straight into the ingress of its veth peer where the
+    /// hook can (TC); returns the program's verdict.
+    fn redirect(&self, ifindex: u32, peer: bool) -> i32;
+}
+
+impl Frame for TcContext {
+    const PASS: i32 = TC_ACT_OK;
+    const DROP: i32 = TC_ACT_SHOT;
+    const REDIRECTED: i32 = TC_ACT_REDIRECT;
+    const DEFERS: bool = false;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn load<T>(&self, offset: usize) -> Result<T, ()> {
+        TcContext::load::<T>(self, offset).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn set_destination_mac(&self, mac: &[u8; 6]) -> Result<(), ()> {
+        self.store(0, mac, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn clone_into(&self, ifindex: u32) -> bool {
+        unsafe { bpf_clone_redirect(self.skb.skb, ifindex, 0) == 0 }
+    }
+
+    /// The peer path skips `eth_type_trans`, so the packet is first marked as addressed to that
+    /// host (it arrived addressed to someone else, before its MAC was rewritten).
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32, peer: bool) -> i32 {
+        (if peer {
+            unsafe {
+                bpf_skb_change_type(self.skb.skb, PACKET_HOST);
+                bpf_redirect_peer(ifindex, 0)
+            }
+        } else {
+            unsafe { bpf_redirect(ifindex, 0) }
+        }) as i32
+    }
+}
+
+impl Frame for XdpContext {
+    const PASS: i32 = xdp_action::XDP_PASS as i32;
+    const DROP: i32 = xdp_action::XDP_DROP as i32;
+    const REDIRECTED: i32 = xdp_action::XDP_REDIRECT as i32;
+    const DEFERS: bool = true;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    /// Frames here are single-buffer (the program is not loaded for fragments), so the
+    /// linear data is the whole frame.
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn load<T>(&self, offset: usize) -> Result<T, ()> {
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx,
+                offset as u32,
+                value.as_mut_ptr() as *mut _,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if rc == 0 {
+            Ok(unsafe { value.assume_init() })
+        } else {
+            Err(())
+        }
+    }
+
+    #[inline(always)]
+    fn set_destination_mac(&self, mac: &[u8; 6]) -> Result<(), ()> {
+        let start = XdpContext::data(self);
+        if start + 6 > XdpContext::data_end(self) {
+            return Err(());
+        }
+        // SAFETY: the verifier-checked bound above covers these 6 bytes.
+        unsafe { *(start as *mut [u8; 6]) = *mac };
+        Ok(())
+    }
+
+    /// Never asked for: taps are left to TC.
+    #[inline(always)]
+    fn clone_into(&self, _ifindex: u32) -> bool {
+        false
+    }
+
+    /// XDP has no peer shortcut: the frame is sent through `ifindex` into its peer.
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32, _peer: bool) -> i32 {
+        unsafe { bpf_redirect(ifindex, 0) as i32 }
+    }
+}
