@@ -314,7 +314,7 @@ impl Agent {
                     state: &self.state,
                     interfaces: &self.interfaces,
                     attached: self.dataplane.attached(),
-                    xdp: (self.dataplane.mode() == Mode::Xdp).then(|| self.dataplane.xdp()),
+                    xdp: (self.dataplane.mode() != Mode::Tc).then(|| self.dataplane.xdp()),
                     observed: &observed,
                 };
                 match context.describe(kind, &name) {

@@ -105,12 +105,20 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
 }
 
 /// Which hooks steer: TC alone, or XDP in front of TC where the driver has native XDP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     #[default]
     Tc,
-    Xdp,
+    /// Not on veths unless `on_veth`: the veth driver runs XDP on the sender's skbs, and a
+    /// frame redirected from there loses the skb's checksum-offload state, so a packet whose
+    /// sender left its TCP/UDP checksum to offload arrives with a wrong one. Only where every
+    /// sender into the steered veths computes checksums itself is XDP on them correct.
+    Xdp { on_veth: bool },
 }
+
+const VETH_REFUSED: &str = "a veth: XDP would hand on frames without the sender's checksum \
+    offload state (start sfc-daemon with --xdp-on-veth if every sender into it computes \
+    checksums, ethtool -K IFACE tx off)";
 
 pub struct Dataplane {
     bpf: Ebpf,
@@ -165,7 +173,7 @@ impl Dataplane {
         program.load()?;
         let tc = Links::adopt(Hook::Tc, bpffs.join("links"), &mut bpf)?;
         let mut xdp = Links::adopt(Hook::Xdp, bpffs.join("links-xdp"), &mut bpf)?;
-        if mode != Mode::Xdp {
+        if mode == Mode::Tc {
             xdp.detach_all();
         }
         let mut dp = Self {
@@ -251,9 +259,8 @@ impl Dataplane {
         // packets), and those it no longer needs lose it only after. Attaching after the flip
         // would let packets leave a newly used SF unsteered, skipping the next hops.
         self.tc.attach_missing(&image.attach, &mut self.bpf)?;
-        if self.mode == Mode::Xdp {
-            self.xdp.attach_missing(&image.attach, &mut self.bpf)?;
-        }
+        let xdp_want = self.xdp_candidates(image)?;
+        self.xdp.attach_missing(&xdp_want, &mut self.bpf)?;
         let epoch = self.epoch()?;
         let active = (epoch & 1) as usize;
         if self.written[active].as_ref() != Some(image) {
@@ -282,8 +289,30 @@ impl Dataplane {
             );
         }
         self.tc.detach_stale(&image.attach);
-        self.xdp.detach_stale(&image.attach);
+        self.xdp.detach_stale(&xdp_want);
         Ok(())
+    }
+
+    /// The interfaces of `image` that get XDP in front of TC (none in TC mode); veths are
+    /// refused, with why, unless allowed.
+    fn xdp_candidates(&mut self, image: &Image) -> Result<BTreeMap<String, u32>, DataplaneError> {
+        let Mode::Xdp { on_veth } = self.mode else {
+            return Ok(BTreeMap::new());
+        };
+        let links = crate::netlink::links().map_err(|e| DataplaneError::Link {
+            iface: "*".into(),
+            message: e.to_string(),
+        })?;
+        let mut want = BTreeMap::new();
+        for (iface, &index) in &image.attach {
+            let veth = links.get(iface).and_then(|l| l.kind.as_deref()) == Some("veth");
+            if veth && !on_veth {
+                self.xdp.refuse(iface, index, VETH_REFUSED);
+            } else {
+                want.insert(iface.clone(), index);
+            }
+        }
+        Ok(want)
     }
 
     /// Packets of flows that entered just before the last flip may still be crossing their

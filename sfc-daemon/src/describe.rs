@@ -39,7 +39,7 @@ impl Context<'_> {
             self.xdp.map(
                 |links| match (links.attached().get(name), links.refused().get(name)) {
                     (Some(_), _) => " (XDP and TC)".to_string(),
-                    (None, Some((_, why))) => format!(" (TC only: no native XDP: {why})"),
+                    (None, Some((_, why))) => format!(" (TC only, no XDP: {why})"),
                     (None, None) => String::new(),
                 },
             );

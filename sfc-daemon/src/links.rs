@@ -169,6 +169,18 @@ impl Links {
         Ok(())
     }
 
+    /// Records that `iface` does not get this hook, and why (shown by describe).
+    pub fn refuse(&mut self, iface: &str, ifindex: u32, why: &str) {
+        if self.refused.get(iface).is_none_or(|(i, _)| *i != ifindex) {
+            warn!(
+                iface,
+                ifindex, why, "no XDP here; TC alone steers this interface"
+            );
+            self.refused
+                .insert(iface.to_string(), (ifindex, why.to_string()));
+        }
+    }
+
     /// Detaches from every interface not in `want`.
     pub fn detach_stale(&mut self, want: &BTreeMap<String, u32>) {
         let stale: Vec<(String, u32)> = self
@@ -180,8 +192,6 @@ impl Links {
         for (iface, index) in stale {
             self.detach(&iface, index);
         }
-        self.refused
-            .retain(|name, (index, _)| want.get(name) == Some(index));
     }
 
     fn attach_tc(
@@ -253,10 +263,7 @@ impl Links {
                 info!(iface, ifindex, "attached XDP");
                 self.attached.insert(iface.to_string(), ifindex);
             }
-            Err(why) => {
-                warn!(iface, ifindex, error = %why, "no native XDP here; TC alone steers this interface");
-                self.refused.insert(iface.to_string(), (ifindex, why));
-            }
+            Err(e) => self.refuse(iface, ifindex, &format!("no native XDP: {e}")),
         }
         Ok(())
     }

@@ -76,7 +76,13 @@ impl Demo {
 
     /// Builds the topology and starts the daemon (no chain applied yet).
     pub fn build(tag: &str) -> Result<Self> {
+        Self::build_with(tag, &[])
+    }
+
+    /// The same, with extra sfc-daemon flags.
+    pub fn build_with(tag: &str, daemon_args: &[&str]) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
+        lab.daemon_args = daemon_args.iter().map(|a| a.to_string()).collect();
         for ns in ["node", "src", "dst", "sf1", "sf2", "sf3"] {
             lab.add_ns(ns)?;
         }

@@ -57,6 +57,8 @@ pub struct Lab {
     bpffs_mounted: bool,
     daemon: Option<Child>,
     pub bin_dir: PathBuf,
+    /// Extra sfc-daemon flags (`--mode xdp`, say), for every start.
+    pub daemon_args: Vec<String>,
 }
 
 /// Where `cargo build --release` put the binaries (override with SFC_BIN_DIR).
@@ -82,6 +84,7 @@ impl Lab {
             bpffs_mounted: false,
             daemon: None,
             bin_dir: bin_dir(),
+            daemon_args: Vec::new(),
         })
     }
 
@@ -176,6 +179,7 @@ impl Lab {
             .arg("--bpffs")
             .arg(&bpffs)
             .args(["--metrics", "127.0.0.1:9464"])
+            .args(&self.daemon_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -30,12 +30,22 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics: SocketAddr,
     /// Where the steering programs run. `xdp` adds an XDP program in front of TC on every
-    /// steered interface whose driver has native XDP; it finishes steering and delivery in the
-    /// driver and leaves the rest (taps, handing packets back to the stack) to TC. Every
-    /// interface it redirects into must accept XDP frames: a veth only does when its peer has
-    /// GRO on or an XDP program (see README, "XDP mode").
-    #[arg(long, value_enum, default_value_t = Mode::Tc)]
-    mode: Mode,
+    /// steered interface whose driver has native XDP, veths excepted (see --xdp-on-veth); it
+    /// finishes steering and delivery in the driver and leaves the rest (taps, handing packets
+    /// back to the stack) to TC. See README, "XDP mode".
+    #[arg(long, value_enum, default_value_t = ModeArg::Tc)]
+    mode: ModeArg,
+    /// With --mode xdp, XDP on veths too. Only correct where every sender into those veths
+    /// computes its TCP/UDP checksums (`ethtool -K IFACE tx off`), and every veth a chain
+    /// redirects into accepts XDP frames (GRO on, or an XDP program, at its far end).
+    #[arg(long, requires = "mode")]
+    xdp_on_veth: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Tc,
+    Xdp,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +56,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let mode = match args.mode {
+        ModeArg::Tc if args.xdp_on_veth => {
+            error!("--xdp-on-veth needs --mode xdp");
+            return ExitCode::FAILURE;
+        }
+        ModeArg::Tc => Mode::Tc,
+        ModeArg::Xdp => Mode::Xdp {
+            on_veth: args.xdp_on_veth,
+        },
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let observed = Shared::default();
     if let Err(e) = metrics::spawn(args.metrics, observed.clone(), ready.clone()) {
@@ -55,7 +75,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let mut agent = match Agent::start(&args.state_dir, &args.bpffs, args.mode, observed) {
+    let mut agent = match Agent::start(&args.state_dir, &args.bpffs, mode, observed) {
         Ok(a) => a,
         Err(e) => {
             error!("cannot start: {e}");

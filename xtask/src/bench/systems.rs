@@ -70,21 +70,19 @@ impl System {
     }
 }
 
-/// The daemon flags that select XDP mode, if this sfc-daemon has one. The XDP mode does not
-/// exist yet; when it does, this is the one place to teach the bench how to ask for it.
+/// The daemon flags that select XDP mode, if this sfc-daemon has one.
 pub fn xdp_args(bin_dir: &std::path::Path) -> Option<Vec<String>> {
     let help = Command::new(bin_dir.join("sfc-daemon"))
         .arg("--help")
         .output()
         .ok()?;
-    let help = String::from_utf8_lossy(&help.stdout).to_lowercase();
-    if help.contains("--xdp") {
-        Some(vec!["--xdp".into()])
-    } else if help.contains("--mode") && help.contains("xdp") {
-        Some(vec!["--mode".into(), "xdp".into()])
-    } else {
-        None
-    }
+    let help = String::from_utf8_lossy(&help.stdout);
+    // Every interface here is a veth.
+    help.contains("--xdp-on-veth").then(|| {
+        ["--mode", "xdp", "--xdp-on-veth"]
+            .map(String::from)
+            .to_vec()
+    })
 }
 
 /// A chain of `hops` single-instance groups (sf1..sfN) for everything from the source to the
@@ -250,8 +248,7 @@ impl Runner {
     pub fn unavailable(&mut self, topo: &mut Topology, system: System) -> Option<String> {
         match system {
             System::SfcXdp if self.xdp.is_none() => Some(
-                "this sfc-daemon has no XDP mode (its --help lists neither --xdp nor --mode xdp)"
-                    .into(),
+                "this sfc-daemon has no XDP mode for veths (its --help lacks --xdp-on-veth)".into(),
             ),
             System::UpperBound => self.object.as_ref().err().cloned(),
             System::OvsNetdev => {
@@ -280,6 +277,7 @@ impl Runner {
         match system {
             System::SfcTc => self.daemon = Some(start_daemon(topo, &[])?),
             System::SfcXdp => {
+                topo.prepare_xdp_on_veth(true)?;
                 let args = self.xdp.clone().unwrap_or_default();
                 self.daemon = Some(start_daemon(topo, &args)?)
             }
@@ -355,6 +353,9 @@ impl Runner {
             System::SfcTc | System::SfcXdp => {
                 if let Some(daemon) = self.daemon.take() {
                     stop_daemon(topo, daemon)?;
+                }
+                if system == System::SfcXdp {
+                    topo.prepare_xdp_on_veth(false)?;
                 }
             }
             System::TcMirred => {

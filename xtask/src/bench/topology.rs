@@ -145,6 +145,22 @@ impl Topology {
         self.lab.ns(short)
     }
 
+    /// What XDP on veths needs (or back to the defaults): GRO on where XDP redirects frames
+    /// into (the SFs' ingress NICs, the destination's), as a veth takes XDP frames only with
+    /// NAPI; and checksums computed by every sender into a steered veth (the SFs; the source
+    /// and destination always do here), as a redirected frame loses the skb's offload state.
+    pub fn prepare_xdp_on_veth(&self, on: bool) -> Result<()> {
+        let (gro, tx) = if on { ("on", "off") } else { ("off", "on") };
+        self.lab.sh("dst", &format!("ethtool -K eth0 gro {gro}"))?;
+        for k in 1..=self.sfs {
+            self.lab.sh(
+                &format!("sf{k}"),
+                &format!("ethtool -K eth-in gro {gro} tx {tx} && ethtool -K eth-out tx {tx}"),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Runs `script` in the node namespace.
     pub fn node(&self, script: &str) -> Result<String> {
         self.lab.sh("node", script)
