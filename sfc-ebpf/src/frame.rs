@@ -71,8 +71,16 @@ impl Frame for TcContext {
         TcContext::load::<T>(self, offset).map_err(|_| ())
     }
 
+    /// Straight into packet memory (the verifier unclones a cloned skb first); the store
+    /// helper only if the header is not in the linear part.
     #[inline(always)]
     fn set_destination_mac(&self, mac: &[u8; 6]) -> Result<(), ()> {
+        let start = TcContext::data(self);
+        if start + 6 <= TcContext::data_end(self) {
+            // SAFETY: the verifier-checked bound above covers these 6 bytes.
+            unsafe { *(start as *mut [u8; 6]) = *mac };
+            return Ok(());
+        }
         self.store(0, mac, 0).map_err(|_| ())
     }
 

@@ -32,12 +32,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sfc_common::{
-    action, lb, stat, trace_field, ClassKey, Counter, Decision, DecisionKey, FlowState, FlowTuple,
-    HashInput, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, TraceEvent,
-    TraceFilter, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS,
-    COUNTERS_PER_GEN, DECISIONS_CAPACITY, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_REVERSE,
-    FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY,
-    PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, TRACE_EVENTS_BYTES,
+    action, lb, stat, trace_field, ClassKey, Counter, Decision, DecisionKey, DecisionKey4,
+    FlowState, FlowTuple, FlowTuple4, HashInput, Member, MemberCounter, PinKey, PortKey, PortValue,
+    RingEntry, TraceEvent, TraceFilter, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH,
+    CONFIG_FLIP_NS, COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY,
+    FLAG_REVERSE, FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES, MEMBER_SLOTS, PINS_CAPACITY,
+    PORTS_CAPACITY, PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, TRACE_EVENTS_BYTES,
 };
 
 use crate::{
@@ -62,20 +62,73 @@ static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 #[map(name = "sfc_v2_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
+#[map(name = "sfc_v2_flows4")]
+static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
+
 #[map(name = "sfc_v2_pins")]
 static PINS: LruHashMap<PinKey, RingEntry> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
 #[map(name = "sfc_v2_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-/// Per-CPU scratch space for the decision key and value (too big for the 512-byte stack
-/// beside the parsed packet).
+#[map(name = "sfc_v2_decisions4")]
+static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
+
+/// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
+/// beside the parsed packet). An IPv4 packet uses `key4`, any other `key`.
 #[repr(C)]
 struct Scratch {
     key: DecisionKey,
-    _pad: u32,
+    key4: DecisionKey4,
     decision: Decision,
     pkt: Packet,
+}
+
+impl Scratch {
+    #[inline(always)]
+    fn set_keys(&mut self, ifindex: u32) {
+        if self.pkt.family == FAMILY_V4 {
+            self.key4.ifindex = ifindex;
+            self.key4.tuple = flow_tuple4(&self.pkt);
+        } else {
+            self.key.ifindex = ifindex;
+            self.key.tuple = flow_tuple(&self.pkt);
+        }
+    }
+
+    #[inline(always)]
+    fn v4(&self) -> bool {
+        self.pkt.family == FAMILY_V4
+    }
+
+    #[inline(always)]
+    fn decided(&self) -> Option<&'static Decision> {
+        unsafe {
+            if self.v4() {
+                DECISIONS4.get(&self.key4)
+            } else {
+                DECISIONS.get(&self.key)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn remember_decision(&self) {
+        let _ = if self.v4() {
+            DECISIONS4.insert(&self.key4, &self.decision, 0)
+        } else {
+            DECISIONS.insert(&self.key, &self.decision, 0)
+        };
+    }
+
+    #[inline(always)]
+    fn flow_state(&self) -> Option<*mut FlowState> {
+        if self.v4() {
+            FLOWS4.get_ptr_mut(&self.key4.tuple)
+        } else {
+            FLOWS.get_ptr_mut(&self.key.tuple)
+        }
+    }
 }
 
 #[map(name = "sfc_v2_scratch")]
@@ -263,28 +316,26 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
         }
         return C::PASS;
     }
+    scratch.set_keys(ifindex);
     let pkt = &scratch.pkt;
-    scratch.key.ifindex = ifindex;
-    scratch.key.tuple = flow_tuple(pkt);
-    let key = &scratch.key;
     // Fast path: this flow was decided on this interface under the current epoch. Such a
     // decision exists only if the flow was on the current generation then, and a flow never
     // goes back to an older one, so its generation needs no look-up; its state is read only
     // where it changes (entering the chain, leaving it).
-    if let Some(d) = unsafe { DECISIONS.get(key) } {
+    if let Some(d) = scratch.decided() {
         if d.epoch == epoch {
             let v = &d.verdict;
             let bookkeeping =
                 v.action != 0 && (v.flags & FLAG_ENTRY != 0 || v.action != action::STEER);
             let flow = if bookkeeping {
-                FLOWS.get_ptr_mut(&key.tuple).unwrap_or(null_mut())
+                scratch.flow_state().unwrap_or(null_mut())
             } else {
                 null_mut()
             };
             return act(ctx, pkt, flow, current, d);
         }
     }
-    let flow = FLOWS.get_ptr_mut(&key.tuple);
+    let flow = scratch.flow_state();
     let current_port = port(ifindex, current);
     let entry_port = current_port.is_some_and(|p| p.flags & PORT_ENTRY != 0);
     let gen = generation(flow, current, entry_port);
@@ -313,7 +364,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     let no_member = decision.verdict.action == action::STEER && decision.member.ifindex == 0;
     let by_mac = decision.verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) != 0;
     if gen == current && !no_member && !by_mac {
-        let _ = DECISIONS.insert(&scratch.key, &scratch.decision, 0);
+        scratch.remember_decision();
     }
     act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
 }
@@ -475,6 +526,18 @@ fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<&'static Verdict>
 }
 
 #[inline(always)]
+fn flow_tuple4(pkt: &Packet) -> FlowTuple4 {
+    FlowTuple4 {
+        src: pkt.src[0],
+        dst: pkt.dst[0],
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
 fn flow_tuple(pkt: &Packet) -> FlowTuple {
     FlowTuple {
         family: pkt.family,
@@ -563,7 +626,11 @@ fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8) {
                 _pad: 0,
                 inflight: 1,
             };
-            let _ = FLOWS.insert(&flow_tuple(pkt), &state, 0);
+            let _ = if pkt.family == FAMILY_V4 {
+                FLOWS4.insert(&flow_tuple4(pkt), &state, 0)
+            } else {
+                FLOWS.insert(&flow_tuple(pkt), &state, 0)
+            };
         }
     }
 }
