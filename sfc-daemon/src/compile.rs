@@ -574,12 +574,29 @@ fn build(
                 .find(|e| e.domain == *domain && !list[..MAX_TUPLES].contains(&e.mask))
                 .map(|e| e.classifier.clone())
                 .unwrap_or_default();
+            // Which port or group, so that each domain's line says something of its own.
+            let place = port_domain
+                .iter()
+                .find(|(_, d)| **d == *domain)
+                .map(|(p, _)| format!("entering at port {p}"))
+                .or_else(|| {
+                    slot.keys().find_map(|&g| {
+                        if group_domain(g) == *domain {
+                            Some(format!("leaving group {g}"))
+                        } else if reverse_domain(g) == *domain {
+                            Some(format!("leaving group {g} in reverse"))
+                        } else {
+                            None
+                        }
+                    })
+                })
+                .unwrap_or_else(|| "at one port".into());
             errors.push(err(
                 Kind::FlowClassifier,
                 &culprit,
                 "spec",
                 format!(
-                    "the classifiers entering at one port (or leaving one group) need {} distinct match shapes (prefix lengths and port-range blocks); at most {MAX_TUPLES} are supported: use fewer distinct prefix lengths or port ranges that are powers of two",
+                    "the classifiers {place} need {} distinct match shapes (prefix lengths and port-range blocks); at most {MAX_TUPLES} are supported: use fewer distinct prefix lengths or port ranges that are powers of two",
                     list.len()
                 ),
             ));

@@ -31,7 +31,7 @@ use tracing::info;
 use crate::{
     compile::{Image, Side},
     counters::{ChainCounters, Generation, Row},
-    links::{Hook, Links},
+    links::{self, Hook, Links},
 };
 
 #[derive(Debug, Error)]
@@ -161,16 +161,8 @@ impl Dataplane {
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(crate::EBPF_OBJECT)?;
-        let program: &mut SchedClassifier = bpf
-            .program_mut(PROGRAM_TC)
-            .ok_or(ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        program.load()?;
-        let program: &mut Xdp = bpf
-            .program_mut(PROGRAM_XDP)
-            .ok_or(ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        program.load()?;
+        links::tc_program(&mut bpf)?.load()?;
+        links::xdp_program(&mut bpf)?.load()?;
         let tc = Links::adopt(Hook::Tc, bpffs.join("links"), &mut bpf)?;
         let mut xdp = Links::adopt(Hook::Xdp, bpffs.join("links-xdp"), &mut bpf)?;
         if mode == Mode::Tc {
@@ -231,19 +223,11 @@ impl Dataplane {
     }
 
     pub fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        Ok(self
-            .bpf
-            .program_mut(PROGRAM_TC)
-            .ok_or(ProgramError::UnexpectedProgramType)?
-            .try_into()?)
+        links::tc_program(&mut self.bpf)
     }
 
     pub fn xdp_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        Ok(self
-            .bpf
-            .program_mut(PROGRAM_XDP)
-            .ok_or(ProgramError::UnexpectedProgramType)?
-            .try_into()?)
+        links::xdp_program(&mut self.bpf)
     }
 
     pub fn epoch(&self) -> Result<u64, DataplaneError> {

@@ -49,14 +49,14 @@ pub struct Links {
     refused: BTreeMap<String, (u32, String)>,
 }
 
-fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+pub(crate) fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
     Ok(bpf
         .program_mut(PROGRAM_TC)
         .ok_or(ProgramError::UnexpectedProgramType)?
         .try_into()?)
 }
 
-fn xdp_program(bpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+pub(crate) fn xdp_program(bpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     Ok(bpf
         .program_mut(PROGRAM_XDP)
         .ok_or(ProgramError::UnexpectedProgramType)?
