@@ -436,6 +436,9 @@ mod tests {
         assert!(err.contains("use fewer distinct prefix lengths"), "{err}");
         // Each line names its place: the entry port, then the group the packets leave.
         assert!(err.contains("the classifiers entering at port "), "{err}");
-        assert!(err.contains("the classifiers leaving group g0000 need"), "{err}");
+        assert!(
+            err.contains("the classifiers leaving group g0000 need"),
+            "{err}"
+        );
     }
 }
