@@ -142,6 +142,8 @@ pub struct Agent {
 
 /// How often counters are sampled for rates, health and metrics.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How old a sample `stats` and `describe` may show (newer ones are taken on request).
+const FRESH_ENOUGH: Duration = Duration::from_millis(100);
 
 impl Agent {
     pub fn start(
@@ -180,10 +182,11 @@ impl Agent {
     /// Periodic work between requests: follow the interfaces, sample the counters.
     pub fn tick(&mut self) {
         self.reconcile();
-        if self
-            .last_sample
-            .is_none_or(|at| at.elapsed() >= SAMPLE_EVERY)
-        {
+        self.sample_if_older_than(SAMPLE_EVERY);
+    }
+
+    fn sample_if_older_than(&mut self, age: Duration) {
+        if self.last_sample.is_none_or(|at| at.elapsed() >= age) {
             self.sample();
         }
     }
@@ -304,11 +307,16 @@ impl Agent {
             Request::Get { kind, name } => self.get(kind, name),
             // Streams: the server hands those to the trace thread before they get here.
             Request::Trace { .. } => Response::failure("a trace needs its own connection"),
-            Request::Stats { chain } => match self.stats(chain.as_deref()) {
+            Request::Stats { chain } => match {
+                // Per-SF and per-hop figures as fresh as the live per-chain ones beside them.
+                self.sample_if_older_than(FRESH_ENOUGH);
+                self.stats(chain.as_deref())
+            } {
                 Ok(response) => response,
                 Err(e) => Response::failure(e.to_string()),
             },
             Request::Describe { kind, name } => {
+                self.sample_if_older_than(FRESH_ENOUGH);
                 let observed = self.observed();
                 let context = crate::describe::Context {
                     state: &self.state,
