@@ -307,14 +307,14 @@ impl Agent {
             Request::Get { kind, name } => self.get(kind, name),
             // Streams: the server hands those to the trace thread before they get here.
             Request::Trace { .. } => Response::failure("a trace needs its own connection"),
-            Request::Stats { chain } => match {
+            Request::Stats { chain } => {
                 // Per-SF and per-hop figures as fresh as the live per-chain ones beside them.
                 self.sample_if_older_than(FRESH_ENOUGH);
-                self.stats(chain.as_deref())
-            } {
-                Ok(response) => response,
-                Err(e) => Response::failure(e.to_string()),
-            },
+                match self.stats(chain.as_deref()) {
+                    Ok(response) => response,
+                    Err(e) => Response::failure(e.to_string()),
+                }
+            }
             Request::Describe { kind, name } => {
                 self.sample_if_older_than(FRESH_ENOUGH);
                 let observed = self.observed();
