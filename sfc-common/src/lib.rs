@@ -25,6 +25,11 @@ pub const MAP_TRACE_FILTER: &str = "sfc_v2_trace_filter";
 pub const MAP_TRACE_EVENTS: &str = "sfc_v2_trace_events";
 pub const PROGRAM_TC: &str = "sfc_tc";
 pub const PROGRAM_XDP: &str = "sfc_xdp";
+/// One u32, set by the agent when it loads the programs (not pinned: it belongs to them):
+/// 1 when the XDP program may redirect into a veth whose peer is in another namespace. Such a
+/// veth takes XDP frames only if its peer has GRO on or an XDP program, which only the user
+/// can vouch for (`--xdp-on-veth`); otherwise the XDP program leaves those packets to TC.
+pub const MAP_XDP_INTO_VETH: &str = "sfc_v2_xdp_into_veth";
 
 /// Distinct match shapes (prefix lengths, port-prefix lengths, protocol) probed per interface.
 /// The datapath does one hash lookup per shape, so this bounds the per-packet cost whatever the

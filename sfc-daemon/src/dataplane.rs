@@ -23,7 +23,7 @@ use sfc_common::{
     stat, ClassKey, Counter, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, Verdict,
     CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG,
     MAP_COUNTERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PINS, MAP_PORTS, MAP_RING, MAP_STATS,
-    MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
+    MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
 };
 use thiserror::Error;
 use tracing::info;
@@ -163,6 +163,12 @@ impl Dataplane {
             .load(crate::EBPF_OBJECT)?;
         links::tc_program(&mut bpf)?.load()?;
         links::xdp_program(&mut bpf)?.load()?;
+        // Before a link gets these programs.
+        let mut into_veth: Array<MapData, u32> = take(&mut bpf, MAP_XDP_INTO_VETH)?;
+        let on_veth = matches!(mode, Mode::Xdp { on_veth: true });
+        into_veth
+            .set(0, on_veth as u32, 0)
+            .map_err(map_err(MAP_XDP_INTO_VETH))?;
         let tc = Links::adopt(Hook::Tc, bpffs.join("links"), &mut bpf)?;
         let mut xdp = Links::adopt(Hook::Xdp, bpffs.join("links-xdp"), &mut bpf)?;
         if mode == Mode::Tc {

@@ -131,6 +131,9 @@ impl Scratch {
     }
 }
 
+#[map(name = "sfc_v2_xdp_into_veth")]
+static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "sfc_v2_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -369,11 +372,17 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
 }
 
-/// Whether the XDP program can finish this decision itself (see frame.rs).
+/// Whether the XDP program can finish this decision itself (see frame.rs): not a tap, not a
+/// hand-back to the stack, and not a redirect into a veth peer unless those take XDP frames.
 #[inline(always)]
 fn finishes_in_xdp(decision: &Decision) -> bool {
     let v = &decision.verdict;
-    v.tap_ifindex == 0 && (v.action == action::STEER || v.action == action::DELIVER)
+    let into_veth_peer = match v.action {
+        action::STEER => decision.member.slot & SLOT_PEER != 0,
+        action::DELIVER => v.flags & FLAG_DELIVER_PEER != 0,
+        _ => return false,
+    };
+    v.tap_ifindex == 0 && (!into_veth_peer || XDP_INTO_VETH.get(0).is_some_and(|on| *on != 0))
 }
 
 /// Carries out a decision: counters, tap copy, flow bookkeeping, MAC rewrite, redirect.

@@ -74,6 +74,10 @@ fn chain_yaml() -> String {
 }
 
 fn sandbox(yaml: &str) -> Sandbox {
+    sandbox_in(yaml, Mode::Tc)
+}
+
+fn sandbox_in(yaml: &str, mode: Mode) -> Sandbox {
     assert_eq!(
         unsafe { libc::unshare(libc::CLONE_NEWNET) },
         0,
@@ -108,7 +112,15 @@ fn sandbox(yaml: &str) -> Sandbox {
     std::fs::create_dir_all(&bpffs).unwrap();
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs)).unwrap();
     let bpffs = Bpffs(bpffs);
-    let mut dataplane = Dataplane::open(&bpffs.0, Mode::Tc).unwrap();
+    let mut sb = Sandbox {
+        dataplane: Dataplane::open(&bpffs.0, mode).unwrap(),
+        bpffs,
+    };
+    apply(&mut sb, yaml);
+    sb
+}
+
+fn apply(sb: &mut Sandbox, yaml: &str) {
     let interfaces = Interfaces::read().unwrap();
     let (_, _, image) = plan(
         &State::default(),
@@ -116,8 +128,32 @@ fn sandbox(yaml: &str) -> Sandbox {
         &interfaces,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    dataplane.apply(&image).unwrap();
-    Sandbox { dataplane, bpffs }
+    sb.dataplane.apply(&image).unwrap();
+}
+
+/// A named namespace holding the SF ends of the sandbox's veths, as SFs in namespaces of
+/// their own have them; deleted (with those veths) on drop.
+struct PeerNamespace(String);
+
+impl PeerNamespace {
+    fn take_sf_ends() -> Self {
+        let name = format!("sfc-dp-peers-{}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name])).unwrap();
+        let ns = PeerNamespace(name);
+        for sf in ["sfa", "sfb", "sfz", "sfc"] {
+            for side in ["in", "out"] {
+                let peer = format!("{sf}-{side}-p");
+                run(Command::new("ip").args(["link", "set", &peer, "netns", &ns.0])).unwrap();
+            }
+        }
+        ns
+    }
+}
+
+impl Drop for PeerNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
 }
 
 fn peer_mac(iface: &str) -> [u8; 6] {
@@ -395,6 +431,28 @@ fn xdp_finishes_steering_and_leaves_the_rest_to_tc() {
         stat(&stats(&sb), "forwarded") - stat(&before, "forwarded"),
         1
     );
+}
+
+/// A veth whose peer is in another namespace takes XDP frames only when that peer has GRO on
+/// (or an XDP program): unless the agent was told so (`--xdp-on-veth`), XDP leaves packets for
+/// such members to TC, which redirects them straight into the peer.
+#[test]
+fn xdp_redirects_into_veth_peers_only_when_allowed() {
+    for (on_veth, expected) in [(false, XDP_PASS), (true, XDP_REDIRECT)] {
+        let mut sb = sandbox_in(&chain_yaml(), Mode::Xdp { on_veth });
+        let _peers = PeerNamespace::take_sf_ends();
+        apply(&mut sb, &chain_yaml());
+        let frame = tcp4(40003, 80);
+        let before = stats(&sb);
+        let (verdict, out) = run_xdp_on(&mut sb, &frame, 0);
+        assert_eq!(verdict, expected, "--xdp-on-veth {on_veth}");
+        if !on_veth {
+            assert_eq!(out, frame, "passed to TC untouched");
+            assert_eq!(stats(&sb), before, "nothing counted by XDP");
+        }
+        let (verdict, _) = run_on(&mut sb, &frame, 0);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "TC steers it either way");
+    }
 }
 
 #[test]
