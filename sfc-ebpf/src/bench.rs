@@ -6,15 +6,18 @@
 //!   steering program uses into an SF's veth (straight into the peer's ingress).
 //! - `sfc_bench_lookup`: the baseline for the classifier's cost, one hash lookup keyed by the
 //!   IPv4 destination address, whatever its result.
+//! - `sfc_bench_tx`: the frame source of the XDP-frame packet rate: run through
+//!   BPF_PROG_TEST_RUN with live frames on the source's NIC, it sends each frame out of it, so
+//!   that frames reach the node as XDP frames, as they would from a NIC.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
+    bindings::{xdp_action::XDP_TX, TC_ACT_OK},
     helpers::{bpf_redirect_peer, bpf_skb_change_type},
-    macros::{classifier, map},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 
 /// Where a frame arriving on an interface goes next (0: not steered).
@@ -69,6 +72,11 @@ pub fn sfc_bench_lookup(ctx: TcContext) -> i32 {
     let hit = unsafe { HASH.get(&dst) }.is_some();
     core::hint::black_box(hit);
     TC_ACT_OK
+}
+
+#[xdp]
+pub fn sfc_bench_tx(_ctx: XdpContext) -> u32 {
+    XDP_TX
 }
 
 #[cfg(all(target_arch = "bpf", not(test)))]

@@ -2,14 +2,14 @@
 //! program by aya-build), loading its programs, and BPF_PROG_TEST_RUN on any program fd.
 
 use std::{
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap},
-    programs::{tc::TcAttachType, ProgramFd, SchedClassifier},
+    programs::{tc::TcAttachType, ProgramFd, SchedClassifier, Xdp},
     Ebpf,
 };
 
@@ -169,6 +169,58 @@ pub fn tcx_attached(ns: &str, ifaces: &[String]) -> Result<usize> {
         Ok(n)
     })
 }
+
+/// Loads `sfc_bench_tx` (XDP_TX for every frame).
+pub fn load_tx(object: &Path) -> Result<Ebpf> {
+    let mut ebpf = load(object)?;
+    let program: &mut Xdp = ebpf
+        .program_mut("sfc_bench_tx")
+        .context("no program sfc_bench_tx in the bench object")?
+        .try_into()?;
+    program.load().context("loading sfc_bench_tx")?;
+    Ok(ebpf)
+}
+
+/// Sends `repeat` copies of `frame` out of `ifindex` (of the calling thread's namespace) as
+/// XDP frames: `sfc_bench_tx` through BPF_PROG_TEST_RUN with live frames.
+pub fn send_live_frames(ebpf: &Ebpf, frame: &[u8], ifindex: u32, repeat: u32) -> Result<()> {
+    let program: &Xdp = ebpf
+        .program("sfc_bench_tx")
+        .context("no program sfc_bench_tx")?
+        .try_into()?;
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
+    let mut ctx = [0u32; 6];
+    ctx[1] = frame.len() as u32;
+    ctx[3] = ifindex;
+    let mut attr = TestRunAttr {
+        prog_fd: program.fd()?.as_fd().as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: std::mem::size_of_val(&ctx) as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: 64,
+        ..Default::default()
+    };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "BPF_PROG_TEST_RUN with live frames: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 /// `union bpf_attr` for BPF_PROG_TEST_RUN (include/uapi/linux/bpf.h).
 #[repr(C)]

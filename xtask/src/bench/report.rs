@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 use super::classifier;
 
 /// Metrics, in table order: (key, column title, scale from the sample's unit to the shown one).
-pub const METRICS: [(&str, &str, f64); 6] = [
+pub const METRICS: [(&str, &str, f64); 7] = [
     ("udp64_pps", "64-byte UDP (Mpps)", 1e-6),
+    ("udp64_xdp_pps", "64-byte UDP, XDP frames (Mpps)", 1e-6),
     ("tcp_gbps", "TCP (Gbit/s)", 1.0),
     ("rtt_p50_us", "RTT p50 (µs)", 1.0),
     ("rtt_p99_us", "RTT p99 (µs)", 1.0),
@@ -228,31 +229,34 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 data = json.load(open(sys.argv[1]))
-rows = [r for r in data["rows"] if r["metric"] == "udp64_pps"]
-systems = []
-for r in rows:
-    if r["system"] not in systems:
-        systems.append(r["system"])
-fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-for s in systems:
-    pts = sorted((r["hops"], r["median"] / 1e6, r["min"] / 1e6, r["max"] / 1e6) for r in rows if r["system"] == s)
-    if all(h == 0 for h, *_ in pts):
-        ax.axhline(pts[0][1], linestyle="--", color="grey", label=f"{s} (no chain)")
-        continue
-    hops = [p[0] for p in pts]
-    med = [p[1] for p in pts]
-    err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-    ax.errorbar(hops, med, yerr=err, marker="o", capsize=3, label=s)
-ax.set_xscale("log", base=2)
-ax.set_xticks([1, 2, 4, 8])
-ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-ax.set_xlabel("chain length (hops)")
-ax.set_ylabel("received 64-byte UDP packets (Mpps)")
-ax.set_ylim(bottom=0)
 m = data["machine"]
-ax.set_title(f"Packet rate through the chain ({m['cores']} cores, kernel {m['kernel']})", fontsize=10)
-ax.grid(True, alpha=0.3)
-ax.legend(fontsize=8)
+panels = [("udp64_pps", "from sockets (sendmmsg)"), ("udp64_xdp_pps", "from XDP frames (live BPF_PROG_TEST_RUN)")]
+fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=100)
+for ax, (metric, source) in zip(axes, panels):
+    rows = [r for r in data["rows"] if r["metric"] == metric]
+    systems = []
+    for r in rows:
+        if r["system"] not in systems:
+            systems.append(r["system"])
+    for s in systems:
+        pts = sorted((r["hops"], r["median"] / 1e6, r["min"] / 1e6, r["max"] / 1e6) for r in rows if r["system"] == s)
+        if all(h == 0 for h, *_ in pts):
+            ax.axhline(pts[0][1], linestyle="--", color="grey", label=f"{s} (no chain)")
+            continue
+        hops = [p[0] for p in pts]
+        med = [p[1] for p in pts]
+        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+        ax.errorbar(hops, med, yerr=err, marker="o", capsize=3, label=s)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8])
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("chain length (hops)")
+    ax.set_ylabel("received 64-byte UDP packets (Mpps)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"64-byte packets {source}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+fig.suptitle(f"Packet rate through the chain ({m['cores']} cores, kernel {m['kernel']})", fontsize=11)
 fig.tight_layout()
 fig.savefig(sys.argv[2])
 "#;

@@ -59,24 +59,21 @@ fn measure(
         report.add(order, name, hops, "first_packet_ms", first);
         line += &format!("apply {apply_ms:.1} ms, first packet {first:.1} ms  ");
     }
-    // Every SF of the chain must have forwarded (nearly) all that the destination received, or
-    // the traffic did not follow the chain and the figure would be meaningless.
-    let sf_tx = |k: usize| netns::counters(&topo.ns(&format!("sf{k}")), "eth-out").map(|c| c.1);
-    let before: Vec<u64> = (1..=hops).map(sf_tx).collect::<Result<_>>()?;
-    let dst_before = netns::counters(&dst, "eth0")?.0;
-    let pps = traffic::packet_rate(&src, &dst, senders(), plan.warmup, plan.window)?;
-    let received = netns::counters(&dst, "eth0")?.0 - dst_before;
-    for (k, b) in (1..=hops).zip(&before) {
-        let forwarded = sf_tx(k)? - b;
-        if (forwarded as f64) < 0.9 * received as f64 {
-            bail!("sf{k} forwarded {forwarded} packets but the destination received {received}: the traffic did not follow the chain");
-        }
-    }
-    // Far below any real rate: packets are being lost on the way, not forwarded slowly.
-    if received < 1000 {
-        bail!("the destination received only {received} packets");
-    }
+    let pps = along_the_chain(topo, hops, || {
+        traffic::packet_rate(&src, &dst, senders(), plan.warmup, plan.window)
+    })?;
     report.add(order, name, hops, "udp64_pps", pps);
+    check_interrupt()?;
+    // The same frames arriving as XDP frames: the source's veth end hands them over to NAPI on
+    // the node's end, which takes them only with GRO on (or an XDP program attached).
+    let object = runner.object()?;
+    topo.node("ethtool -K vm-src gro on")?;
+    let xdp_pps = along_the_chain(topo, hops, || {
+        traffic::packet_rate_xdp_frames(object, &src, &dst, senders(), plan.warmup, plan.window)
+    });
+    topo.node("ethtool -K vm-src gro off")?;
+    let xdp_pps = xdp_pps?;
+    report.add(order, name, hops, "udp64_xdp_pps", xdp_pps);
     check_interrupt()?;
     let gbps = traffic::tcp_throughput(topo, plan.tcp_seconds, plan.tcp_bytes)?;
     report.add(order, name, hops, "tcp_gbps", gbps);
@@ -88,8 +85,36 @@ fn measure(
     report.add(order, name, hops, "rtt_p50_us", p50);
     report.add(order, name, hops, "rtt_p99_us", p99);
     line += &format!(
-        "{:.3} Mpps  {gbps:.2} Gbit/s  rtt p50 {p50:.0} µs p99 {p99:.0} µs",
-        pps / 1e6
+        "{:.3} Mpps ({:.3} from XDP frames)  {gbps:.2} Gbit/s  rtt p50 {p50:.0} µs p99 {p99:.0} µs",
+        pps / 1e6,
+        xdp_pps / 1e6
     );
     Ok(line)
+}
+
+/// Runs a packet-rate measurement and checks that its traffic followed the chain: every SF of
+/// it forwarded (nearly) all that the destination received, or the figure would be
+/// meaningless.
+fn along_the_chain(
+    topo: &Topology,
+    hops: usize,
+    rate: impl FnOnce() -> Result<f64>,
+) -> Result<f64> {
+    let dst = topo.ns("dst");
+    let sf_tx = |k: usize| netns::counters(&topo.ns(&format!("sf{k}")), "eth-out").map(|c| c.1);
+    let before: Vec<u64> = (1..=hops).map(sf_tx).collect::<Result<_>>()?;
+    let dst_before = netns::counters(&dst, "eth0")?.0;
+    let pps = rate()?;
+    let received = netns::counters(&dst, "eth0")?.0 - dst_before;
+    for (k, b) in (1..=hops).zip(&before) {
+        let forwarded = sf_tx(k)? - b;
+        if (forwarded as f64) < 0.9 * received as f64 {
+            bail!("sf{k} forwarded {forwarded} packets but the destination received {received}: the traffic did not follow the chain");
+        }
+    }
+    // Far below any real rate: packets are being lost on the way, not forwarded slowly.
+    if received < 1000 {
+        bail!("the destination received only {received} packets");
+    }
+    Ok(pps)
 }

@@ -264,6 +264,13 @@ impl Runner {
         }
     }
 
+    /// The bench's eBPF object (its programs, the XDP frame source among them).
+    pub fn object(&self) -> Result<&std::path::Path> {
+        self.object
+            .as_deref()
+            .map_err(|e| anyhow::anyhow!("the bench's eBPF object: {e}"))
+    }
+
     fn ovs(&self) -> Result<&Ovs> {
         match &self.ovs {
             Some(Ok(ovs)) => Ok(ovs),
