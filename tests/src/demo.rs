@@ -52,6 +52,24 @@ impl Crossing {
     }
 }
 
+/// Every request answered, each through exactly one PG1 member and then SF3, every packet
+/// that crossed PG1 crossing SF3 too.
+pub fn assert_through_one_pg1_member_then_sf3(results: &[Crossing], what: &str) {
+    for c in results {
+        assert_eq!(c.status, 200, "{what}: {c:?}");
+        assert!(c.forwarded[2] > 0, "{what}: SF3 skipped: {c:?}");
+        assert!(
+            (c.forwarded[0] > 0) != (c.forwarded[1] > 0),
+            "{what}: not exactly one PG1 member: {c:?}"
+        );
+        assert_eq!(
+            c.forwarded[0] + c.forwarded[1],
+            c.forwarded[2],
+            "{what}: every packet that crossed PG1 must cross SF3: {c:?}"
+        );
+    }
+}
+
 /// The example chain made symmetric: replies enter at vm-dst and cross the same SFs back.
 pub fn symmetric_chain() -> String {
     std::fs::read_to_string(example_chain())

@@ -171,6 +171,22 @@ fn peer_mac(iface: &str) -> [u8; 6] {
     bytes.try_into().unwrap()
 }
 
+/// The PG member (of A and B) a steered frame went to, by its new destination MAC.
+fn member_of(steered: &[u8]) -> &'static str {
+    if steered[0..6] == peer_mac("sfa-in") {
+        "sfa"
+    } else {
+        "sfb"
+    }
+}
+
+/// `frame` as an SF sends it back out: with some other destination MAC.
+fn as_sent_back_by_the_sf(frame: &[u8]) -> Vec<u8> {
+    let mut from_sf = frame.to_vec();
+    from_sf[0..6].copy_from_slice(&[0x02, 0x77, 0, 0, 0, 7]);
+    from_sf
+}
+
 fn ifindex(iface: &str) -> u32 {
     let out = run(Command::new("ip").args(["-o", "link", "show", iface])).unwrap();
     out.split(':').next().unwrap().trim().parse().unwrap()
@@ -251,35 +267,39 @@ fn opts8() -> Vec<u8> {
 /// Runs the program on `frame` as if it arrived on `ifindex` (0: loopback). Returns the
 /// verdict and the frame as the program left it.
 fn run_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
+    // struct __sk_buff: ifindex at byte 40.
     let mut ctx = [0u8; 192];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    let program = sb.dataplane.program().unwrap();
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: (ifindex > 1).then_some(&ctx[..]),
-            ..TestRunOptions::new()
-        })
-        .unwrap();
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    run_program(
+        sb.dataplane.program().unwrap(),
+        frame,
+        (ifindex > 1).then_some(&ctx),
+    )
 }
 
-/// The same through the XDP program (ingress_ifindex 0: loopback, as test runs default to).
+/// The same through the XDP program.
 fn run_xdp_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    let program = sb.dataplane.xdp_program().unwrap();
+    run_program(
+        sb.dataplane.xdp_program().unwrap(),
+        frame,
+        (ifindex > 1).then_some(&ctx),
+    )
+}
+
+fn run_program<P>(program: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + 256];
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
-            ctx_in: (ifindex > 1).then_some(&ctx[..]),
+            ctx_in: ctx,
             ..TestRunOptions::new()
         })
         .unwrap();
@@ -365,14 +385,8 @@ fn continues_from_an_sf_egress_and_restores_the_mac_after_the_last_hop() {
     let frame = tcp4(40001, 80);
     let (verdict, out) = run_on(&mut sb, &frame, 0);
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    let member = if out[0..6] == peer_mac("sfa-in") {
-        "sfa"
-    } else {
-        "sfb"
-    };
-    // The SF sends the packet back out with some other destination MAC.
-    let mut from_sf = frame.clone();
-    from_sf[0..6].copy_from_slice(&[0x02, 0x77, 0, 0, 0, 7]);
+    let member = member_of(&out);
+    let from_sf = as_sent_back_by_the_sf(&frame);
     let (verdict, out) = run_on(&mut sb, &from_sf, ifindex(&format!("{member}-out")));
     assert_eq!(verdict, TC_ACT_REDIRECT, "hop 2 from {member}-out");
     assert_eq!(out[0..6], peer_mac("sfz-in"), "hop 2 is SF Z");
@@ -395,13 +409,8 @@ fn xdp_finishes_steering_and_leaves_the_rest_to_tc() {
     assert_eq!(stat(&after, "steered") - stat(&before, "steered"), 1);
     let (_, by_tc) = run_on(&mut sb, &frame, 0);
     assert_eq!(out, by_tc, "XDP and TC pick the same member, same rewrite");
-    let member = if out[0..6] == peer_mac("sfa-in") {
-        "sfa"
-    } else {
-        "sfb"
-    };
-    let mut from_sf = frame.clone();
-    from_sf[0..6].copy_from_slice(&[0x02, 0x77, 0, 0, 0, 7]);
+    let member = member_of(&out);
+    let from_sf = as_sent_back_by_the_sf(&frame);
     let (verdict, out) = run_xdp_on(&mut sb, &from_sf, ifindex(&format!("{member}-out")));
     assert_eq!(verdict, XDP_REDIRECT, "hop 2 from {member}-out");
     assert_eq!(out[0..6], peer_mac("sfz-in"), "hop 2 is SF Z");

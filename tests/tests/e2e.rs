@@ -4,7 +4,10 @@
 use std::{fs, os::unix::fs::PermissionsExt, thread, time::Duration};
 
 use sfc_tests::{
-    demo::{example_chain, symmetric_chain, Crossing, Demo, DST_V4, DST_V6},
+    demo::{
+        assert_through_one_pg1_member_then_sf3, example_chain, symmetric_chain, Crossing, Demo,
+        DST_V4, DST_V6,
+    },
     wait_for,
 };
 
@@ -39,19 +42,7 @@ fn requests(demo: &Demo, dst: &str, flows: &mut Flows) -> Vec<Crossing> {
 /// Every request answered, each through exactly one PG1 member and then SF3, and both PG1
 /// members used.
 fn assert_demo_path(results: &[Crossing], what: &str) {
-    for c in results {
-        assert_eq!(c.status, 200, "{what}: {c:?}");
-        assert!(c.forwarded[2] > 0, "{what}: SF3 skipped: {c:?}");
-        assert!(
-            (c.forwarded[0] > 0) != (c.forwarded[1] > 0),
-            "{what}: not exactly one PG1 member: {c:?}"
-        );
-        assert_eq!(
-            c.forwarded[0] + c.forwarded[1],
-            c.forwarded[2],
-            "{what}: every packet that crossed PG1 must cross SF3: {c:?}"
-        );
-    }
+    assert_through_one_pg1_member_then_sf3(results, what);
     assert!(
         results.iter().any(|c| c.forwarded[0] > 0),
         "{what}: SF1 never used"

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use sfc_tests::{
-    demo::{symmetric_chain, Crossing, Demo, DST_V4, DST_V6, SFS},
+    demo::{
+        assert_through_one_pg1_member_then_sf3, symmetric_chain, Crossing, Demo, DST_V4, DST_V6,
+        SFS,
+    },
     wait_for,
 };
 
@@ -60,19 +63,7 @@ fn requests(demo: &Demo, dst: &str, ports: std::ops::Range<u16>) -> Vec<Crossing
     let results: Vec<Crossing> = ports
         .map(|p| demo.request_from(dst, Some(p)).expect("request"))
         .collect();
-    for c in &results {
-        assert_eq!(c.status, 200, "{dst}: {c:?}");
-        assert!(c.forwarded[2] > 0, "{dst}: SF3 skipped: {c:?}");
-        assert!(
-            (c.forwarded[0] > 0) != (c.forwarded[1] > 0),
-            "{dst}: not exactly one PG1 member: {c:?}"
-        );
-        assert_eq!(
-            c.forwarded[0] + c.forwarded[1],
-            c.forwarded[2],
-            "{dst}: every packet that crossed PG1 must cross SF3: {c:?}"
-        );
-    }
+    assert_through_one_pg1_member_then_sf3(&results, dst);
     results
 }
 

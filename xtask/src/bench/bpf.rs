@@ -203,21 +203,7 @@ pub fn send_live_frames(ebpf: &Ebpf, frame: &[u8], ifindex: u32, repeat: u32) ->
         batch_size: 64,
         ..Default::default()
     };
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "BPF_PROG_TEST_RUN with live frames: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    prog_test_run(&mut attr).context("with live frames")
 }
 
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
@@ -263,16 +249,21 @@ pub fn test_run(fd: BorrowedFd<'_>, frame: &[u8], ifindex: u32, repeat: u32) -> 
         attr.ctx_size_in = ctx.len() as u32;
         attr.ctx_in = ctx.as_ptr() as u64;
     }
+    prog_test_run(&mut attr)?;
+    Ok((attr.retval, attr.duration))
+}
+
+fn prog_test_run(attr: &mut TestRunAttr) -> Result<()> {
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
+            attr as *mut TestRunAttr,
             std::mem::size_of::<TestRunAttr>(),
         )
     };
     if rc != 0 {
         bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
     }
-    Ok((attr.retval, attr.duration))
+    Ok(())
 }

@@ -56,6 +56,45 @@ fn flood(src_ns: &str, stop: &AtomicBool, deadline: Instant) -> Result<u64> {
     Ok(sent)
 }
 
+/// Packets per second received at the destination's interface over `window`, after `warmup`.
+fn received_rate(dst_ns: &str, warmup: Duration, window: Duration) -> Result<f64> {
+    thread::sleep(warmup);
+    let (rx0, _) = netns::counters(dst_ns, "eth0")?;
+    let t0 = Instant::now();
+    thread::sleep(window);
+    let (rx1, _) = netns::counters(dst_ns, "eth0")?;
+    Ok((rx1 - rx0) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Runs `senders` copies of `send` (each sends until `stop` is set or its deadline passes, and
+/// returns how many packets it sent) while the destination's received rate is measured.
+/// Returns the rate and the packets sent.
+fn while_sending(
+    dst_ns: &str,
+    senders: usize,
+    warmup: Duration,
+    window: Duration,
+    send: impl Fn(&AtomicBool, Instant) -> Result<u64> + Sync,
+) -> Result<(f64, u64)> {
+    let stop = AtomicBool::new(false);
+    let deadline = Instant::now() + warmup + window + Duration::from_secs(5);
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..senders)
+            .map(|_| s.spawn(|| send(&stop, deadline)))
+            .collect();
+        let measured = received_rate(dst_ns, warmup, window);
+        stop.store(true, Ordering::Relaxed);
+        let mut sent = 0;
+        for h in handles {
+            sent += h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        }
+        if sent == 0 {
+            bail!("the senders sent nothing");
+        }
+        Ok((measured?, sent))
+    })
+}
+
 /// Received packets per second at the destination, over `window` after `warmup`.
 pub fn packet_rate(
     src_ns: &str,
@@ -64,30 +103,10 @@ pub fn packet_rate(
     warmup: Duration,
     window: Duration,
 ) -> Result<f64> {
-    let stop = AtomicBool::new(false);
-    let deadline = Instant::now() + warmup + window + Duration::from_secs(5);
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..senders)
-            .map(|_| s.spawn(|| flood(src_ns, &stop, deadline)))
-            .collect();
-        let measured = (|| -> Result<f64> {
-            thread::sleep(warmup);
-            let (rx0, _) = netns::counters(dst_ns, "eth0")?;
-            let t0 = Instant::now();
-            thread::sleep(window);
-            let (rx1, _) = netns::counters(dst_ns, "eth0")?;
-            Ok((rx1 - rx0) as f64 / t0.elapsed().as_secs_f64())
-        })();
-        stop.store(true, Ordering::Relaxed);
-        let mut sent = 0;
-        for h in handles {
-            sent += h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
-        }
-        if sent == 0 {
-            bail!("the UDP senders sent nothing");
-        }
-        measured
+    while_sending(dst_ns, senders, warmup, window, |stop, deadline| {
+        flood(src_ns, stop, deadline)
     })
+    .map(|(rate, _)| rate)
 }
 
 /// The 64-byte frame (60 without the FCS) the XDP frame source sends: UDP from the source to
@@ -135,39 +154,21 @@ pub fn packet_rate_xdp_frames(
     warmup: Duration,
     window: Duration,
 ) -> Result<f64> {
-    let stop = AtomicBool::new(false);
-    let deadline = Instant::now() + warmup + window + Duration::from_secs(5);
     let frame = udp64_frame();
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..senders)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    netns::enter(src_ns)?;
-                    let ebpf = bpf::load_tx(object)?;
-                    let ifindex = netns::ifindex_here("eth0")?;
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        // About 20 ms of frames per call at the rates seen here.
-                        bpf::send_live_frames(&ebpf, &frame, ifindex, 1 << 14)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        let measured = (|| -> Result<f64> {
-            thread::sleep(warmup);
-            let (rx0, _) = netns::counters(dst_ns, "eth0")?;
-            let t0 = Instant::now();
-            thread::sleep(window);
-            let (rx1, _) = netns::counters(dst_ns, "eth0")?;
-            Ok((rx1 - rx0) as f64 / t0.elapsed().as_secs_f64())
-        })();
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("frame sender panicked"))??;
+    while_sending(dst_ns, senders, warmup, window, |stop, deadline| {
+        netns::enter(src_ns)?;
+        let ebpf = bpf::load_tx(object)?;
+        let ifindex = netns::ifindex_here("eth0")?;
+        // About 20 ms of frames per call at the rates seen here.
+        const PER_CALL: u32 = 1 << 14;
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            bpf::send_live_frames(&ebpf, &frame, ifindex, PER_CALL)?;
+            sent += PER_CALL as u64;
         }
-        measured
+        Ok(sent)
     })
+    .map(|(rate, _)| rate)
 }
 
 /// TCP throughput in Gbit/s: iperf3 for `seconds`, or for `bytes` when given (smoke).
