@@ -67,8 +67,9 @@ fn requests(demo: &Demo, dst: &str, ports: std::ops::Range<u16>) -> Vec<Crossing
     results
 }
 
-/// A 20 MB TCP transfer through the chain (iperf3, bounded by a timeout): the bytes sent and
-/// those the destination reported received (its last interval may be cut short).
+/// A 20 MB TCP transfer through the chain (iperf3, bounded by a timeout: it fails when the
+/// transfer stalls): the bytes sent and those the destination reported received (its last
+/// interval may be cut short).
 fn bulk_tcp(demo: &Demo) -> (u64, u64) {
     let out = demo
         .lab
@@ -115,7 +116,8 @@ fn xdp_mode_steers_in_the_driver_and_leaves_veths_to_tc_unless_allowed() {
         "XDP redirected {redirected} frames at the chain entries, {crossed} crossed SF3"
     );
     let (sent, received) = bulk_tcp(&demo);
-    assert_eq!(sent, 20 << 20, "bulk TCP through XDP");
+    // (iperf3 -n may round up to its next 128 KB block.)
+    assert!(sent >= 20 << 20, "bulk TCP through XDP: {sent} bytes sent");
     assert!(
         received >= 18 << 20,
         "bulk TCP through XDP: {received} bytes received"
