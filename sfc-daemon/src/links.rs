@@ -263,7 +263,7 @@ impl Links {
                 info!(iface, ifindex, "attached XDP");
                 self.attached.insert(iface.to_string(), ifindex);
             }
-            Err(e) => self.refuse(iface, ifindex, &format!("no native XDP: {e}")),
+            Err(e) => self.refuse(iface, ifindex, &format!("attaching native XDP failed: {e}")),
         }
         Ok(())
     }
