@@ -1,6 +1,7 @@
 """Fixed-rate UDP stream for the tests: `send DST PORT COUNT RATE SPORT [BURST [SIZE]]` sends
-COUNT numbered datagrams of SIZE bytes at RATE per second from source port SPORT, BURST at a
-time back to back; `receive PORT OUT IDLE` counts distinct
+COUNT numbered datagrams of SIZE bytes at RATE per second from source port SPORT (or, for
+`FIRST-LAST`, from each port of that range in turn: one flow per port), BURST at a time back to
+back; `receive PORT OUT IDLE` counts distinct
 sequence numbers until IDLE seconds pass without a datagram (after the first), then writes the
 count to OUT. Every loop is bounded."""
 import socket
@@ -10,8 +11,12 @@ import time
 
 def send(dst, port, count, rate, sport, burst, size):
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    s.bind(("", sport))
+    first, _, last = sport.partition("-")
+    sockets = []
+    for p in range(int(first), int(last or first) + 1):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind(("", p))
+        sockets.append(s)
     start = time.monotonic()
     payload = b"x" * max(size - 4, 0)
     for i in range(count):
@@ -19,7 +24,7 @@ def send(dst, port, count, rate, sport, burst, size):
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        s.sendto(i.to_bytes(4, "big") + payload, (dst, port))
+        sockets[i % len(sockets)].sendto(i.to_bytes(4, "big") + payload, (dst, port))
 
 
 def receive(port, out, idle):
@@ -47,7 +52,7 @@ if __name__ == "__main__":
         extra = [int(a) for a in sys.argv[7:9]]
         burst = extra[0] if extra else 1
         size = extra[1] if len(extra) > 1 else 36
-        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]),
+        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6],
              burst, size)
     else:
         receive(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))

@@ -4,13 +4,13 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions};
-use sfc_daemon::{
-    agent::plan,
-    compile::Interfaces,
-    dataplane::{Dataplane, Mode},
-    model::State,
+use sfc_config::{model::State, plan::plan};
+use sfc_daemon::dataplane::{netlink::read_interfaces, Dataplane, Mode};
+use sfc_lab::{
+    frames::{self, l4, opts8},
+    lab::run,
+    yaml::{bulk_chain, doc},
 };
-use sfc_tests::run;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -45,16 +45,27 @@ impl Drop for Bpffs {
 
 fn chain_yaml() -> String {
     let pp = |name: &str, port: &str| {
-        format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPair\nmetadata: {{name: {name}}}\nspec: {{ingress: {port}-in, egress: {port}-out}}\n---\n")
+        doc(
+            "PortPair",
+            name,
+            &format!("{{ingress: {port}-in, egress: {port}-out}}"),
+        )
     };
-    let group = |name: &str, pairs: &str| {
-        format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPairGroup\nmetadata: {{name: {name}}}\nspec: {{portPairs: [{pairs}]}}\n---\n")
-    };
+    let group =
+        |name: &str, pairs: &str| doc("PortPairGroup", name, &format!("{{portPairs: [{pairs}]}}"));
     let fc = |name: &str, spec: &str| {
-        format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {{name: {name}}}\nspec: {{logicalSourcePort: lo, {spec}}}\n---\n")
+        doc(
+            "FlowClassifier",
+            name,
+            &format!("{{logicalSourcePort: lo, {spec}}}"),
+        )
     };
     let chain = |name: &str, groups: &str, fcs: &str| {
-        format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortChain\nmetadata: {{name: {name}}}\nspec: {{portPairGroups: [{groups}], flowClassifiers: [{fcs}]}}\n---\n")
+        doc(
+            "PortChain",
+            name,
+            &format!("{{portPairGroups: [{groups}], flowClassifiers: [{fcs}]}}"),
+        )
     };
     [
         pp("A", "sfa"),
@@ -121,14 +132,14 @@ fn sandbox_in(yaml: &str, mode: Mode) -> Sandbox {
 }
 
 fn apply(sb: &mut Sandbox, yaml: &str) {
-    let interfaces = Interfaces::read().unwrap();
+    let interfaces = read_interfaces().unwrap();
     let (_, _, image) = plan(
         &State::default(),
         &[("chain.yaml".into(), yaml.into())],
         &interfaces,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    sb.dataplane.apply(&image).unwrap();
+    sb.dataplane.apply(&image, &interfaces).unwrap();
 }
 
 /// A named namespace holding the SF ends of the sandbox's veths, as SFs in namespaces of
@@ -192,74 +203,28 @@ fn ifindex(iface: &str) -> u32 {
     out.split(':').next().unwrap().trim().parse().unwrap()
 }
 
-// ---- frames ----
+// ---- frames (sfc_lab::frames, from SRC_MAC to ORIGINAL_DST_MAC, SRC to DST) ----
 
 fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = ORIGINAL_DST_MAC.to_vec();
-    f.extend_from_slice(&SRC_MAC);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    frames::eth(ORIGINAL_DST_MAC, SRC_MAC, ethertype, payload)
 }
 
+/// A frame with a VLAN tag (VLAN 100).
 fn vlan(tpid: u16, inner_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x00, 0x64];
-    p.extend_from_slice(&inner_type.to_be_bytes());
-    p.extend_from_slice(payload);
-    eth(tpid, &p)
-}
-
-fn l4(sport: u16, dport: u16, len: usize) -> Vec<u8> {
-    let mut h = vec![0u8; len];
-    h[0..2].copy_from_slice(&sport.to_be_bytes());
-    h[2..4].copy_from_slice(&dport.to_be_bytes());
-    if len >= 20 {
-        h[12] = 0x50;
-    }
-    h
+    eth(tpid, &frames::vlan(100, inner_type, payload))
 }
 
 fn ipv4(proto: u8, dst: [u8; 4], options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
-    let ihl = 5 + options.len() / 4;
-    let total = ihl * 4 + payload.len();
-    let mut h = vec![0x40 | ihl as u8, 0];
-    h.extend_from_slice(&(total as u16).to_be_bytes());
-    h.extend_from_slice(&[0, 1]);
-    h.extend_from_slice(&frag.to_be_bytes());
-    h.extend_from_slice(&[64, proto, 0, 0]);
-    h.extend_from_slice(&SRC);
-    h.extend_from_slice(&dst);
-    h.extend_from_slice(options);
-    h.extend_from_slice(payload);
-    h
+    frames::ipv4(proto, SRC, dst, options, frag, payload)
 }
 
 fn tcp4(sport: u16, dport: u16) -> Vec<u8> {
     eth(0x0800, &ipv4(6, DST, &[], 0, &l4(sport, dport, 20)))
 }
 
-/// IPv6 with extension headers given as (type, bytes): each header's first byte (next header)
-/// is filled in here.
+/// An IPv6 frame from SRC6 to DST6 (see [`frames::ipv6`]).
 fn ipv6(exts: &[(u8, Vec<u8>)], proto: u8, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (i, (_, ext)) in exts.iter().enumerate() {
-        let mut ext = ext.clone();
-        ext[0] = exts.get(i + 1).map(|e| e.0).unwrap_or(proto);
-        body.extend_from_slice(&ext);
-    }
-    body.extend_from_slice(payload);
-    let mut h = vec![0x60, 0, 0, 0];
-    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    h.push(exts.first().map(|e| e.0).unwrap_or(proto));
-    h.push(64);
-    h.extend_from_slice(&SRC6);
-    h.extend_from_slice(&DST6);
-    h.extend_from_slice(&body);
-    eth(0x86dd, &h)
-}
-
-fn opts8() -> Vec<u8> {
-    vec![0, 0, 1, 4, 0, 0, 0, 0]
+    eth(0x86dd, &frames::ipv6(SRC6, DST6, exts, proto, payload))
 }
 
 // ---- running ----
@@ -267,9 +232,7 @@ fn opts8() -> Vec<u8> {
 /// Runs the program on `frame` as if it arrived on `ifindex` (0: loopback). Returns the
 /// verdict and the frame as the program left it.
 fn run_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    // struct __sk_buff: ifindex at byte 40.
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let ctx = frames::skb_ctx(ifindex);
     run_program(
         sb.dataplane.program().unwrap(),
         frame,
@@ -279,10 +242,7 @@ fn run_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
 
 /// The same through the XDP program.
 fn run_xdp_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let ctx = frames::xdp_ctx(frame.len(), ifindex);
     run_program(
         sb.dataplane.xdp_program().unwrap(),
         frame,
@@ -579,14 +539,14 @@ fn a_group_without_live_members_fails_closed() {
     let alone = plan(
         &State::default(),
         &[("z.yaml".into(), yaml.into())],
-        &Interfaces::read().unwrap(),
+        &read_interfaces().unwrap(),
     );
     assert!(alone.is_ok(), "a pair in no chain needs no MAC yet");
     let yaml = format!("{yaml}---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPairGroup\nmetadata: {{name: G}}\nspec: {{portPairs: [Z]}}\n---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortChain\nmetadata: {{name: C}}\nspec: {{portPairGroups: [G]}}\n");
     let err = plan(
         &State::default(),
         &[("z.yaml".into(), yaml)],
-        &Interfaces::read().unwrap(),
+        &read_interfaces().unwrap(),
     )
     .unwrap_err()
     .to_string();
@@ -599,13 +559,14 @@ fn a_group_without_live_members_fails_closed() {
     // than bypassing the SF.
     let mut sb = sandbox(&chain_yaml());
     run(Command::new("ip").args(["link", "del", "sfc-in"])).unwrap();
+    let interfaces = read_interfaces().unwrap();
     let (_, _, image) = plan(
         &State::default(),
         &[("chain.yaml".into(), chain_yaml())],
-        &Interfaces::read().unwrap(),
+        &interfaces,
     )
     .unwrap();
-    sb.dataplane.apply(&image).unwrap();
+    sb.dataplane.apply(&image, &interfaces).unwrap();
     let frame = eth(0x0800, &ipv4(17, UDP_DST, &[], 0, &l4(5000, 6000, 8)));
     assert_eq!(run_on(&mut sb, &frame, 0).0, TC_ACT_SHOT);
     assert!(stat(&stats(&sb), "no_member") >= 1);
@@ -617,18 +578,7 @@ fn a_group_without_live_members_fails_closed() {
 #[ignore]
 fn classifier_cost() {
     for n in [1usize, 100_000] {
-        let mut yaml = chain_yaml();
-        for i in 0..n {
-            yaml.push_str(&format!(
-                "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {{name: bulk{i}}}\nspec: {{logicalSourcePort: lo, protocol: tcp, destinationIpPrefix: 10.{}.{}.{}/32, destinationPortRange: '443'}}\n---\n",
-                i >> 16, (i >> 8) & 255, i & 255
-            ));
-        }
-        let names: Vec<String> = (0..n).map(|i| format!("bulk{i}")).collect();
-        yaml.push_str(&format!(
-            "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortChain\nmetadata: {{name: bulk}}\nspec: {{portPairGroups: [GZ], flowClassifiers: [{}]}}\n",
-            names.join(", ")
-        ));
+        let yaml = chain_yaml() + &bulk_chain(n, "bulk", "lo", "GZ");
         // GZ is used by C1 and bulk: make C1 go through G only so the paths differ.
         let yaml = yaml.replace("portPairGroups: [G, GZ]", "portPairGroups: [G]");
         let started = std::time::Instant::now();
@@ -745,19 +695,15 @@ struct Fields {
 impl Fields {
     fn frame(&self) -> Vec<u8> {
         let len = if self.proto == 6 { 20 } else { 8 };
-        let mut ip = ipv4(
+        let ip = frames::ipv4(
             self.proto,
+            self.src,
             self.dst,
             &[],
             0,
             &l4(self.sport, self.dport, len),
         );
-        ip[12..16].copy_from_slice(&self.src);
-        let mut f = self.eth_dst.to_vec();
-        f.extend_from_slice(&self.eth_src);
-        f.extend_from_slice(&0x0800u16.to_be_bytes());
-        f.extend_from_slice(&ip);
-        f
+        frames::eth(self.eth_dst, self.eth_src, 0x0800, &ip)
     }
 
     /// This packet with field `name` set to its `i`-th other value.

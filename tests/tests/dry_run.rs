@@ -5,13 +5,12 @@ use std::fs;
 
 use aya::maps::{Array, Map, MapData};
 use sfc_common::{CONFIG_EPOCH, MAP_CONFIG};
-use sfc_tests::demo::{example_chain, Demo, DST_V4};
+use sfc_lab::{
+    demo::{example_chain, Demo, DST_V4},
+    yaml::doc,
+};
 
 const KINDS: [&str; 4] = ["pp", "ppg", "fc", "pc"];
-
-fn doc(kind: &str, name: &str, spec: &str) -> String {
-    format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n")
-}
 
 /// Everything a dry run must leave alone: every `get` in every format, the state file, the
 /// dataplane's epoch (bumped by every reprogramming) and how often the daemon wrote the maps.

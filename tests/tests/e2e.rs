@@ -3,12 +3,13 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, thread, time::Duration};
 
-use sfc_tests::{
+use sfc_lab::{
     demo::{
         assert_through_one_pg1_member_then_sf3, example_chain, symmetric_chain, Crossing, Demo,
         DST_V4, DST_V6,
     },
-    wait_for,
+    lab::wait_for,
+    yaml::block_doc,
 };
 
 /// Source ports for a test's requests: fixed, so that the flows (and the members they hash
@@ -57,10 +58,6 @@ fn chain_file() -> String {
     fs::read_to_string(example_chain()).unwrap()
 }
 
-fn doc(kind: &str, name: &str, spec: &str) -> String {
-    format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{spec}\n---\n")
-}
-
 #[test]
 fn demo_chain_steers_ipv4_and_ipv6_through_one_pg1_member_then_sf3() {
     let demo = Demo::build("e2e").unwrap();
@@ -104,7 +101,7 @@ fn live_updates_from_the_blog_take_effect() {
     assert_demo_path(&requests(&demo, DST_V4, &mut flows), "initial");
 
     // The classifier removed from the chain: the SFs go quiet.
-    demo.apply(&doc(
+    demo.apply(&block_doc(
         "PortChain",
         "PC1",
         "  portPairGroups: [PG1, PG2]\n  flowClassifiers: []",
@@ -119,7 +116,7 @@ fn live_updates_from_the_blog_take_effect() {
     }
 
     // Chain = PG1 only: one of SF1/SF2, never SF3.
-    demo.apply(&doc(
+    demo.apply(&block_doc(
         "PortChain",
         "PC1",
         "  portPairGroups: [PG1]\n  flowClassifiers: [FC1, FC1-v6]",
@@ -132,8 +129,8 @@ fn live_updates_from_the_blog_take_effect() {
 
     // PG1 = {PP2} only, full chain again: SF2 then SF3, every time.
     demo.apply(
-        &(doc("PortPairGroup", "PG1", "  portPairs: [PP2]")
-            + &doc(
+        &(block_doc("PortPairGroup", "PG1", "  portPairs: [PP2]")
+            + &block_doc(
                 "PortChain",
                 "PC1",
                 "  portPairGroups: [PG1, PG2]\n  flowClassifiers: [FC1, FC1-v6]",
@@ -169,8 +166,8 @@ fn an_invalid_apply_changes_nothing() {
     let bad = lab
         .file(
             "bad.yaml",
-            &(doc("PortPairGroup", "PG1", "  portPairs: [PP2]")
-                + &doc(
+            &(block_doc("PortPairGroup", "PG1", "  portPairs: [PP2]")
+                + &block_doc(
                     "PortChain",
                     "PC1",
                     "  portPairGroups: [PG1, PG9]\n  flowClassifiers: [FC1]",
@@ -243,7 +240,7 @@ fn kill_9_and_restart_keep_steering_and_state() {
     );
     assert!(demo.lab.daemon_log().contains("adopted pinned link"));
     // The restarted daemon controls the dataplane: a new update takes effect.
-    demo.apply(&doc("PortPairGroup", "PG1", "  portPairs: [PP2]"));
+    demo.apply(&block_doc("PortPairGroup", "PG1", "  portPairs: [PP2]"));
     let before = demo.forwarded(false).unwrap();
     demo.lab
         .sh("src", &format!("ping -c 5 -i 0.05 -W 1 -q {DST_V4}"))

@@ -6,9 +6,10 @@
 
 use std::{fs, time::Duration};
 
-use sfc_tests::{
+use sfc_lab::{
     demo::{Demo, DST_V4, SRC_V4},
-    wait_for,
+    lab::wait_for,
+    yaml::doc,
 };
 
 const PORT: u16 = 5000;
@@ -66,9 +67,6 @@ f.write('done\n')
 "#;
 
 fn chain(group: &str) -> String {
-    let doc = |kind: &str, name: &str, spec: &str| {
-        format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n")
-    };
     [
         doc("PortPair", "PP1", "{ingress: sf1-in, egress: sf1-out}"),
         doc("PortPair", "PP2", "{ingress: sf2-in, egress: sf2-out}"),

@@ -10,9 +10,9 @@ use std::{
 
 use serde_json::Value;
 use sfc_common::{tracking_id, HashInput, PROTO_TCP};
-use sfc_tests::{
+use sfc_lab::{
     demo::{example_chain, symmetric_chain, Demo, DST_V4, SRC_V4},
-    wait_for,
+    lab::{script, wait_for},
 };
 
 /// Runs `sfcctl trace ARGS -o json` while `requests` runs; returns the records.
@@ -124,13 +124,12 @@ fn udp_chain() -> String {
 
 /// Sends `count` UDP datagrams at `rate`/s from the source to the destination port 9000.
 fn send_udp(demo: &Demo, count: u32, rate: u32) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/udp_stream.py");
     demo.lab
         .sh(
             "src",
             &format!(
                 "python3 {} send {DST_V4} 9000 {count} {rate} 40998",
-                script.display()
+                script("udp_stream.py")
             ),
         )
         .unwrap();
@@ -309,7 +308,8 @@ fn every_metric_the_grafana_dashboard_queries_exists() {
     thread::sleep(Duration::from_millis(1500));
     let (samples, families) = scrape(&demo);
     for name in &queried {
-        let family = ["_sum", "_count"]
+        // OpenMetrics names a counter family without `_total`, a histogram without `_sum`.
+        let family = ["_sum", "_count", "_total"]
             .iter()
             .find_map(|s| name.strip_suffix(s))
             .unwrap_or(name);

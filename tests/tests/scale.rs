@@ -1,12 +1,9 @@
 //! Apply at scale: 1000 PortChains with 10 000 FlowClassifiers in total, against the real
 //! daemon, with real interfaces in namespaces, must take under a second end to end.
 
-use std::{
-    fmt::Write as _,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use sfc_tests::Lab;
+use sfc_lab::{lab::Lab, yaml};
 
 /// Groups (one SF each); chains are distinct ordered lists of them. Each SF interface costs
 /// the first apply one TCX attach, about 12 ms (the kernel waits for an RCU grace period under
@@ -18,10 +15,7 @@ const CLASSIFIERS_PER_CHAIN: usize = 10;
 const BUDGET: Duration = Duration::from_secs(1);
 
 fn doc(out: &mut String, kind: &str, name: &str, spec: &str) {
-    let _ = write!(
-        out,
-        "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n"
-    );
+    out.push_str(&yaml::doc(kind, name, spec));
 }
 
 /// The hops of chain `k`: the first `GROUPS` chains have one group each, the next the ordered

@@ -2,21 +2,13 @@
 //! group changes, and make-before-break updates under a steady UDP stream. Real daemon, real
 //! traffic, namespaces that each test builds and always removes.
 
-use std::{collections::BTreeMap, fs, path::Path, thread, time::Duration};
+use std::{collections::BTreeMap, fs, thread, time::Duration};
 
 use serde_json::Value;
-use sfc_tests::{
+use sfc_lab::{
     demo::{example_chain, Demo, DST_V4},
-    wait_for,
+    lab::{script, wait_for},
 };
-
-fn script(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// `cat` of an interface counter inside an SF namespace.
 fn iface_counter(demo: &Demo, ns: &str, iface: &str, counter: &str) -> u64 {
@@ -341,7 +333,7 @@ fn a_shared_group_serves_several_chains_and_each_packet_continues_on_its_own() {
     let yaml = fs::read_to_string(example_chain()).unwrap()
         + "---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {name: FC-udp}\nspec: {protocol: udp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: '9000', logicalSourcePort: vm-src}\n---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortChain\nmetadata: {name: PC-udp}\nspec: {portPairGroups: [PG1], flowClassifiers: [FC-udp]}\n";
     demo.apply(&yaml);
-    for (port, dst) in (46000..46006).zip([DST_V4, sfc_tests::demo::DST_V6].iter().cycle()) {
+    for (port, dst) in (46000..46006).zip([DST_V4, sfc_lab::demo::DST_V6].iter().cycle()) {
         let c = demo.request_from(dst, Some(port)).unwrap();
         assert_eq!(c.status, 200, "{c:?}");
         assert!(c.forwarded[2] > 0, "web traffic skipped SF3: {c:?}");

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use sfc_tests::{
+use sfc_lab::{
     demo::{
         assert_through_one_pg1_member_then_sf3, symmetric_chain, Crossing, Demo, DST_V4, DST_V6,
         SFS,
     },
-    wait_for,
+    lab::wait_for,
 };
 
 /// What XDP on veths needs from the namespaces behind them: every sender computes its own

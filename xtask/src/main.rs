@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use sfc_tests::demo::{self, Demo, DST_V4, DST_V6};
+use sfc_lab::demo::{self, Demo, DST_V4, DST_V6};
 
 mod bench;
 
@@ -175,7 +175,7 @@ fn cargo(args: &[&str]) -> Result<()> {
 fn build() -> Result<()> {
     setup()?;
     step("building release binaries (the eBPF object is built by aya-build and embedded)");
-    cargo(&["build", "--release", "-p", "sfc-daemon"])
+    cargo(&["build", "--release", "-p", "sfc-daemon", "-p", "sfcctl"])
 }
 
 fn run_demo(keep: bool, requests: usize) -> Result<()> {
@@ -259,6 +259,18 @@ fn test() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     step("cargo clippy -D warnings");
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    step("sfcctl alone: stable Rust, nothing of the BPF toolchain on PATH, a fresh target dir");
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    status(
+        Command::new(format!("{home}/.cargo/bin/cargo"))
+            .args(["build", "-q", "-p", "sfcctl", "--target-dir"])
+            .arg(target_dir().join("cli-only"))
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", "/usr/bin:/bin")
+            .env("RUSTUP_TOOLCHAIN", "stable")
+            .current_dir(root()),
+    )?;
     step("cargo test (unit, BPF_PROG_TEST_RUN and end-to-end tests in namespaces)");
     let bin_dir = root().join("target/release");
     let mut child = Command::new("cargo")

@@ -1,17 +1,19 @@
 //! The eBPF side of the bench: finding the bench's own object (built next to the steering
-//! program by aya-build), loading its programs, and BPF_PROG_TEST_RUN on any program fd.
+//! program by aya-build), loading its programs, and BPF_PROG_TEST_RUN (aya's [`TestRun`]) on
+//! them and on the steering program the daemon attached.
 
-use std::{
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap},
-    programs::{tc::TcAttachType, ProgramFd, SchedClassifier, Xdp},
+    programs::{
+        tc::TcAttachType, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, TestRunResult,
+        Xdp,
+    },
     Ebpf,
 };
+use sfc_lab::frames;
 
 use super::netns;
 
@@ -136,24 +138,25 @@ pub fn load_lookup(object: &Path, keys: impl Iterator<Item = [u8; 4]>) -> Result
     Ok(ebpf)
 }
 
-/// The fd of a loaded program of the object, for [`test_run`].
-pub fn program_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a ProgramFd> {
-    let program: &SchedClassifier = ebpf
+/// A loaded TC program of the object, for [`test_run`].
+pub fn tc_program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
+    Ok(ebpf
         .program(name)
         .with_context(|| format!("no program {name}"))?
-        .try_into()?;
-    Ok(program.fd()?)
+        .try_into()?)
 }
 
 /// The first TCX ingress program on `iface` of the calling thread's namespace (the steering
-/// program the daemon attached).
-pub fn attached_program(iface: &str) -> Result<ProgramFd> {
+/// program the daemon attached), for [`test_run`]. Dropping it leaves it attached.
+pub fn attached_program(iface: &str) -> Result<SchedClassifier> {
     let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress)
         .with_context(|| format!("querying TCX ingress programs on {iface}"))?;
     let info = programs
-        .first()
+        .into_iter()
+        .next()
         .with_context(|| format!("no TCX ingress program on {iface}"))?;
-    Ok(info.fd()?)
+    let name = info.name_as_str().unwrap_or("steering").to_string();
+    Ok(SchedClassifier::from_program_info(info, name.into())?)
 }
 
 /// How many TCX ingress programs are attached to `ifaces` in namespace `ns`.
@@ -188,82 +191,35 @@ pub fn send_live_frames(ebpf: &Ebpf, frame: &[u8], ifindex: u32, repeat: u32) ->
         .program("sfc_bench_tx")
         .context("no program sfc_bench_tx")?
         .try_into()?;
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
-    let mut ctx = [0u32; 6];
-    ctx[1] = frame.len() as u32;
-    ctx[3] = ifindex;
-    let mut attr = TestRunAttr {
-        prog_fd: program.fd()?.as_fd().as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: std::mem::size_of_val(&ctx) as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size: 64,
-        ..Default::default()
-    };
-    prog_test_run(&mut attr).context("with live frames")
+    // Live frames need the context's data_end, and leave through its ingress_ifindex.
+    let ctx = frames::xdp_ctx(frame.len(), ifindex);
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN with live frames")?;
+    Ok(())
 }
-
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-
-/// `union bpf_attr` for BPF_PROG_TEST_RUN (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 /// Runs a TC program `repeat` times on `frame` as if it arrived on `ifindex` (0: loopback) of
-/// the calling thread's namespace. Returns (verdict, mean ns per run).
-pub fn test_run(fd: BorrowedFd<'_>, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, u32)> {
-    // struct __sk_buff: ifindex is at byte 40.
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    let mut attr = TestRunAttr {
-        prog_fd: fd.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ..Default::default()
-    };
-    if ifindex > 1 {
-        attr.ctx_size_in = ctx.len() as u32;
-        attr.ctx_in = ctx.as_ptr() as u64;
-    }
-    prog_test_run(&mut attr)?;
-    Ok((attr.retval, attr.duration))
-}
-
-fn prog_test_run(attr: &mut TestRunAttr) -> Result<()> {
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+/// the calling thread's namespace: its verdict, and the mean duration of one run.
+pub fn test_run(
+    program: &SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> Result<TestRunResult> {
+    let ctx = frames::skb_ctx(ifindex);
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: (ifindex > 1).then_some(&ctx[..]),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")
 }

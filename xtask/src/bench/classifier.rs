@@ -4,9 +4,16 @@
 //! many keys) measured in the same run. The steering program is the one sfc-daemon attached to
 //! the node's vm-src after `sfcctl apply -f` of the generated chain file: no daemon internals.
 
-use std::{os::fd::AsFd, path::Path, time::Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
+use sfc_lab::{
+    frames,
+    yaml::{bulk_address, bulk_chain, doc},
+};
 
 use super::{
     bpf, netns,
@@ -22,48 +29,28 @@ pub struct Row {
     pub apply_ms: f64,
 }
 
-fn rule_addr(i: usize) -> [u8; 4] {
-    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8]
-}
-
+/// One group (SF1) and `n` classifiers from vm-src, rule `i` matching TCP to
+/// [`bulk_address`]`(i)`:443.
 fn yaml(n: usize) -> String {
-    let mut y = String::with_capacity(n * 220);
-    y += "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPair\nmetadata: {name: CPP}\nspec: {ingress: sf1-in, egress: sf1-out}\n---\n";
-    y += "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPairGroup\nmetadata: {name: CPG}\nspec: {portPairs: [CPP]}\n---\n";
-    for i in 0..n {
-        let [a, b, c, d] = rule_addr(i);
-        y += &format!(
-            "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {{name: c{i}}}\nspec: {{logicalSourcePort: vm-src, protocol: tcp, destinationIpPrefix: {a}.{b}.{c}.{d}/32, destinationPortRange: '443'}}\n---\n"
-        );
-    }
-    let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-    y += &format!(
-        "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortChain\nmetadata: {{name: bulk}}\nspec: {{portPairGroups: [CPG], flowClassifiers: [{}]}}\n",
-        names.join(", ")
-    );
-    y
+    [
+        doc("PortPair", "CPP", "{ingress: sf1-in, egress: sf1-out}"),
+        doc("PortPairGroup", "CPG", "{portPairs: [CPP]}"),
+        bulk_chain(n, "c", "vm-src", "CPG"),
+    ]
+    .concat()
 }
 
-/// Ethernet + IPv4 + TCP to `dst`:443, as the source would send it.
+/// Ethernet + IPv4 (don't fragment) + TCP to `dst`:443, as the source would send it.
 fn frame(dst: [u8; 4]) -> Vec<u8> {
-    let mut f = topo::SHARED_MAC.to_vec();
-    f.extend_from_slice(&[0x02, 0x5f, 0xc0, 0, 0, 0x0a, 0x08, 0x00]);
-    let src: std::net::Ipv4Addr = topo::SRC.parse().expect("a constant address");
-    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst);
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&443u16.to_be_bytes());
-    tcp[12] = 0x50;
-    f.extend_from_slice(&tcp);
-    f
+    let tcp = frames::l4(40000, 443, 20);
+    let ip = frames::ipv4(6, topo::octets(topo::SRC), dst, &[], 0x4000, &tcp);
+    frames::eth(topo::SHARED_MAC, topo::SRC_MAC, 0x0800, &ip)
 }
 
-fn median_ns(runs: usize, mut f: impl FnMut() -> Result<u32>) -> Result<f64> {
+fn median_ns(runs: usize, mut f: impl FnMut() -> Result<Duration>) -> Result<f64> {
     let mut v = Vec::with_capacity(runs);
     for _ in 0..runs {
-        v.push(f()? as f64);
+        v.push(f()?.as_nanos() as f64);
     }
     v.sort_by(f64::total_cmp);
     Ok(v[v.len() / 2])
@@ -85,10 +72,10 @@ pub fn measure(
         let started = Instant::now();
         sfcctl_apply(topo, &file).with_context(|| format!("applying {n} classifiers"))?;
         let apply_ms = started.elapsed().as_secs_f64() * 1e3;
-        let baseline = bpf::load_lookup(object, (0..n).map(rule_addr))?;
-        let baseline_fd = bpf::program_fd(&baseline, "sfc_bench_lookup")?;
+        let baseline = bpf::load_lookup(object, (0..n).map(bulk_address))?;
+        let lookup = bpf::tc_program(&baseline, "sfc_bench_lookup")?;
         let cases = [
-            ("hit", frame(rule_addr(n - 1))),
+            ("hit", frame(bulk_address(n - 1))),
             ("miss", frame([10, 255, 255, 255])),
         ];
         let results = netns::run_in(&node, || {
@@ -96,12 +83,12 @@ pub fn measure(
             let vm_src = netns::ifindex_here("vm-src")?;
             let mut out = Vec::new();
             for (case, frame) in &cases {
-                let (verdict, _) = bpf::test_run(steering.as_fd(), frame, vm_src, 1)?;
+                let verdict = bpf::test_run(&steering, frame, vm_src, 1)?.return_value;
                 let ns = median_ns(3, || {
-                    Ok(bpf::test_run(steering.as_fd(), frame, vm_src, repeat)?.1)
+                    Ok(bpf::test_run(&steering, frame, vm_src, repeat)?.duration)
                 })?;
                 let base = median_ns(3, || {
-                    Ok(bpf::test_run(baseline_fd.as_fd(), frame, vm_src, repeat)?.1)
+                    Ok(bpf::test_run(lookup, frame, vm_src, repeat)?.duration)
                 })?;
                 out.push((*case, verdict, ns, base));
             }

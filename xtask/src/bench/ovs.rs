@@ -10,7 +10,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use sfc_tests::wait_for;
+use sfc_lab::lab::wait_for;
 
 use super::topology::{self as topo, Topology};
 
@@ -226,7 +226,7 @@ impl Ovs {
         flows.push_str(&format!(
             "table=0,priority=10,in_port={},actions=mod_dl_dst:{},output:{}\ntable=0,priority=0,actions=drop\n",
             port_no("vm-dst"),
-            topo::src_mac(),
+            topo::mac_str(topo::SRC_MAC),
             port_no("vm-src")
         ));
         let d = self.dir.display();

@@ -14,13 +14,16 @@
 use std::{
     fs,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use aya::Ebpf;
-use sfc_tests::wait_for;
+use sfc_lab::{
+    lab::{run, wait_for},
+    yaml::doc,
+};
 
 use super::{
     bpf,
@@ -89,9 +92,6 @@ pub fn xdp_args(bin_dir: &std::path::Path) -> Option<Vec<String>> {
 /// bench's destination prefix, delivered to the destination's port after the last hop.
 pub fn chain_yaml(hops: usize) -> String {
     let mut y = String::new();
-    let doc = |kind: &str, name: &str, spec: &str| {
-        format!("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n")
-    };
     for k in 1..=hops {
         y += &doc(
             "PortPair",
@@ -128,14 +128,12 @@ pub fn chain_yaml(hops: usize) -> String {
 /// `sfcctl apply -f file`, given at most two minutes.
 pub fn sfcctl_apply(topo: &Topology, file: &str) -> Result<()> {
     let lab = &topo.lab;
-    sfc_tests::run(
-        Command::new("timeout")
-            .arg("120")
-            .arg(lab.bin_dir.join("sfcctl"))
-            .arg("--socket")
-            .arg(lab.socket())
-            .args(["apply", "-f", file]),
-    )
+    run(Command::new("timeout")
+        .arg("120")
+        .arg(lab.bin_dir.join("sfcctl"))
+        .arg("--socket")
+        .arg(lab.socket())
+        .args(["apply", "-f", file]))
     .context("sfcctl apply")?;
     Ok(())
 }
@@ -152,43 +150,12 @@ impl Drop for Daemon {
     }
 }
 
-/// Starts a fresh daemon (empty state, empty bpffs) in the node namespace.
+/// Starts a fresh daemon (empty state, empty bpffs, a new log) in the node namespace.
 pub fn start_daemon(topo: &mut Topology, extra: &[String]) -> Result<Daemon> {
     let lab = &mut topo.lab;
-    let bpffs = lab.bpffs()?;
-    let socket = lab.socket();
-    let state = lab.dir.join("state");
-    let _ = fs::remove_file(&socket);
-    let log = fs::File::create(lab.dir.join("daemon.log"))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("node")])
-        .arg(lab.bin_dir.join("sfc-daemon"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--bpffs")
-        .arg(&bpffs)
-        .args(["--metrics", "127.0.0.1:9464"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting sfc-daemon")?;
-    let mut daemon = Daemon { child };
-    let up = wait_for(Duration::from_secs(20), || {
-        if let Ok(Some(status)) = daemon.child.try_wait() {
-            return Some(Err(status));
-        }
-        socket.exists().then_some(Ok(()))
-    });
-    match up {
-        Some(Ok(())) => Ok(daemon),
-        Some(Err(status)) => bail!("sfc-daemon exited ({status}):\n{}", lab.daemon_log()),
-        None => bail!("sfc-daemon did not come up in 20 s:\n{}", lab.daemon_log()),
-    }
+    let _ = fs::remove_file(lab.dir.join("daemon.log"));
+    let child = lab.spawn_daemon("node", extra, "warn")?;
+    Ok(Daemon { child })
 }
 
 /// Stops the daemon and removes its pins and state, which detaches its programs: pinned links

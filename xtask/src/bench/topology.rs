@@ -20,7 +20,7 @@
 //! No link has the same MAC at both ends.
 
 use anyhow::Result;
-use sfc_tests::Lab;
+use sfc_lab::lab::Lab;
 
 use super::netns;
 
@@ -31,20 +31,24 @@ pub const PROBE: &str = "198.18.1.3";
 /// What every chain steers: from the source to this prefix, any protocol.
 pub const NET: &str = "198.18.1.0/24";
 pub const SHARED_MAC: [u8; 6] = [0x02, 0x5f, 0xc0, 0, 0, 0x01];
-const SRC_MAC: &str = "02:5f:c0:00:00:0a";
+/// The source's NIC.
+pub const SRC_MAC: [u8; 6] = [0x02, 0x5f, 0xc0, 0, 0, 0x0a];
 pub const VM_DST_MAC: &str = "02:5f:c0:00:00:0d";
 pub const PPS_PORT: u16 = 9;
 pub const PROBE_PORT: u16 = 7777;
+
+/// The bytes of one of the addresses above.
+pub fn octets(addr: &str) -> [u8; 4] {
+    addr.parse::<std::net::Ipv4Addr>()
+        .expect("a constant address")
+        .octets()
+}
 
 pub fn mac_str(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-pub fn src_mac() -> &'static str {
-    SRC_MAC
 }
 
 pub struct Topology {
@@ -68,7 +72,7 @@ impl Topology {
             // Before any interface exists, so that every interface inherits the defaults.
             lab.sh(ns, SYSCTLS)?;
         }
-        let shared = mac_str(SHARED_MAC);
+        let (shared, src_mac) = (mac_str(SHARED_MAC), mac_str(SRC_MAC));
         lab.veth("node", "vm-src", "src", "eth0")?;
         lab.veth("node", "vm-dst", "dst", "eth0")?;
         for k in 1..=sfs {
@@ -91,7 +95,7 @@ impl Topology {
         lab.sh(
             "src",
             &format!(
-                "ip link set eth0 address {SRC_MAC} && ip addr add {SRC}/32 dev eth0 && \
+                "ip link set eth0 address {src_mac} && ip addr add {SRC}/32 dev eth0 && \
                  ip route add {NET} dev eth0 && \
                  for a in {DST} {SINK} {PROBE}; do ip neigh add $a lladdr {shared} dev eth0 nud permanent; done && \
                  ethtool -K eth0 tx off tso off gso off >/dev/null"
@@ -129,11 +133,11 @@ impl Topology {
     /// Changing an interface's MAC flushes even permanent entries, so whoever does that calls
     /// this again afterwards.
     pub fn node_neighbours(&self) -> Result<()> {
-        let shared = mac_str(SHARED_MAC);
+        let (shared, src_mac) = (mac_str(SHARED_MAC), mac_str(SRC_MAC));
         let mut devs = vec!["vm-dst".to_string()];
         devs.extend((1..=self.sfs).map(|k| format!("sf{k}-in")));
         self.node(&format!(
-            "ip neigh replace {SRC} lladdr {SRC_MAC} dev vm-src nud permanent && \
+            "ip neigh replace {SRC} lladdr {src_mac} dev vm-src nud permanent && \
              for d in {}; do for a in {DST} {SINK} {PROBE}; do \
                ip neigh replace $a lladdr {shared} dev $d nud permanent; done; done",
             devs.join(" ")

@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use sfc_lab::frames;
 
 use super::{bpf, interrupted, netns, topology as topo};
 
@@ -112,35 +113,17 @@ pub fn packet_rate(
 /// The 64-byte frame (60 without the FCS) the XDP frame source sends: UDP from the source to
 /// the sink, IPv4 header checksum filled in, no UDP checksum.
 fn udp64_frame() -> Vec<u8> {
-    let ip = |s: &str| {
-        s.parse::<std::net::Ipv4Addr>()
-            .expect("a constant")
-            .octets()
-    };
-    let mac = |s: &str| -> Vec<u8> {
-        s.split(':')
-            .map(|b| u8::from_str_radix(b, 16).expect("a constant"))
-            .collect()
-    };
-    let mut f = topo::SHARED_MAC.to_vec();
-    f.extend(mac(topo::src_mac()));
-    f.extend([0x08, 0x00]);
-    let mut ip_header = vec![0x45, 0, 0, 20 + 8 + PAYLOAD as u8, 0, 1, 0, 0, 64, 17, 0, 0];
-    ip_header.extend(ip(topo::SRC));
-    ip_header.extend(ip(topo::SINK));
-    let sum = ip_header
-        .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-        .sum::<u32>();
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    ip_header[10..12].copy_from_slice(&sum.to_be_bytes());
-    f.extend(ip_header);
-    f.extend(topo::PPS_PORT.to_be_bytes());
-    f.extend(topo::PPS_PORT.to_be_bytes());
-    f.extend((8 + PAYLOAD as u16).to_be_bytes());
-    f.extend([0, 0]);
-    f.extend([0u8; PAYLOAD]);
-    f
+    let udp = frames::udp(topo::PPS_PORT, topo::PPS_PORT, &[0u8; PAYLOAD]);
+    let mut ip = frames::ipv4(
+        17,
+        topo::octets(topo::SRC),
+        topo::octets(topo::SINK),
+        &[],
+        0,
+        &udp,
+    );
+    frames::ipv4_checksum(&mut ip);
+    frames::eth(topo::SHARED_MAC, topo::SRC_MAC, 0x0800, &ip)
 }
 
 /// Received packets per second at the destination when the source's NIC sends 64-byte frames

@@ -1,0 +1,1734 @@
+//! Turns the desired state plus the interfaces present now into a dataplane image: the exact
+//! map contents of one generation. Pure (no kernel writes), so it can run for `--dry-run`
+//! and is compared with the last image to skip no-op updates.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sfc_common::{
+    action, ClassKey, Member, PortValue, RingEntry, TupleMask, Verdict, COUNTERS_PER_GEN,
+    FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_REVERSE, MAX_TUPLES, PORT_ENTRY, RING_SIZE, SLOT_PEER,
+};
+
+pub mod capacity;
+mod incremental;
+pub mod maglev;
+
+pub use incremental::Compiled;
+
+use crate::{
+    document::{ConfigError, ConfigErrors},
+    model::{Kind, State},
+    validate::{
+        classifier::{specificity, Match},
+        mac, validate, Origins,
+    },
+};
+
+/// One interface of the node's namespace, as the agent read it from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub kind: Option<String>,
+    /// For a veth: the peer's ifindex, in the namespace given by `peer_nsid` (or ours).
+    pub peer_index: Option<u32>,
+    pub peer_nsid: Option<i32>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+}
+
+/// The interfaces of the node namespace, as the compiler needs them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interfaces {
+    pub links: BTreeMap<String, Link>,
+    /// MAC of the NIC behind each veth (its peer), where the kernel could tell.
+    pub peer_macs: BTreeMap<String, [u8; 6]>,
+}
+
+/// The map contents of one generation (generation fields left at 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    pub ports: BTreeMap<u32, PortValue>,
+    pub classify: BTreeMap<ClassKey, Verdict>,
+    /// Group tables by slot, relative to the generation's first slot (the writer adds the
+    /// generation base to the tables and to the verdicts that point at them).
+    pub rings: Vec<Vec<RingEntry>>,
+    /// The live members of each group, by group key: flow pins to anything else are stale.
+    pub members: BTreeMap<u32, Vec<RingEntry>>,
+    /// What counter `i + 1` counts (relative to the generation's first counter).
+    pub counters: Vec<CounterLabel>,
+    /// The SF-facing interfaces (member sides, taps included) by ifindex. Their counter slots
+    /// are the writer's to fill in (`slot` fields here are 0).
+    pub sides: BTreeMap<u32, Side>,
+    /// Interfaces that need the program: name -> ifindex.
+    pub attach: BTreeMap<String, u32>,
+    /// Things that are fine for now but worth saying (an interface not present yet).
+    pub notes: Vec<String>,
+}
+
+/// Which way a packet crosses a chain.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// What one per-chain counter counts: packets of `chain` going `direction` that have crossed
+/// `position` of its `hops` hops (0: entering; `hops`: leaving the chain).
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct CounterLabel {
+    pub chain: String,
+    pub direction: Direction,
+    pub position: u8,
+    pub hops: u8,
+    /// At the entry (position 0): the classifier that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<String>,
+}
+
+/// An interface through which we send into, or receive from, an SF.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Side {
+    pub pair: String,
+    pub interface: String,
+}
+
+/// A veth whose other end is in another namespace: the datapath can hand packets straight to
+/// that end (`bpf_redirect_peer` drops them when both ends share a namespace).
+fn peer_in_other_namespace(link: &Link) -> bool {
+    link.kind.as_deref() == Some("veth") && link.peer_nsid.is_some()
+}
+
+/// The stable key of a group for flow pins: the same in every generation and after a restart
+/// (FNV-1a of its name; never 0).
+pub fn group_key(name: &str) -> u32 {
+    let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    hash.max(1)
+}
+
+/// Classification domains from here up belong to groups (two per group table); logical ports
+/// are numbered below.
+const GROUP_DOMAIN_BASE: u32 = 0x0001_0000;
+
+/// Checks the whole state (all-or-nothing) and compiles it against `interfaces`.
+pub fn compile(
+    state: &State,
+    interfaces: &Interfaces,
+    origins: &Origins,
+) -> Result<Image, ConfigErrors> {
+    compile_cached(state, interfaces, origins).map(Compiled::into_image)
+}
+
+/// [`compile`], keeping what the compile found out that does not depend on the interfaces, so
+/// that the same state can be compiled again on other interfaces redoing only the stages that
+/// read them ([`Compiled::with_interfaces`]).
+pub fn compile_cached(
+    state: &State,
+    interfaces: &Interfaces,
+    origins: &Origins,
+) -> Result<Compiled, ConfigErrors> {
+    let matches = validate(state, origins)?;
+    build(state, &matches, interfaces, origins)
+}
+
+/// Compiles a validated state in stages, each filling its part of the image and passing on what
+/// later ones need. Errors are gathered so that one run reports all of them, except where a
+/// stage cannot go on (too many group tables or logical ports): then that error alone. Only
+/// the group tables (members' and taps' sides), the verdicts (taps, ends of chains) and
+/// `attach` read the interfaces (see [`Compiled::with_interfaces`] for what that allows).
+fn build(
+    state: &State,
+    matches: &BTreeMap<String, Match>,
+    interfaces: &Interfaces,
+    origins: &Origins,
+) -> Result<Compiled, ConfigErrors> {
+    let mut compiler = Compiler::new(state, interfaces, origins);
+    let groups = compiler.group_tables()?;
+    let domains = compiler.classifier_domains(&groups)?;
+    let entries = compiler.entries(matches, &groups, &domains);
+    let shapes = compiler.match_shapes(&entries, &domains);
+    compiler.classify(entries, &shapes);
+    let roots = compiler.roots(&groups, &domains);
+    compiler.attach(&roots, &shapes);
+    let image = compiler.finish()?;
+    Ok(Compiled::new(image, state, interfaces, roots, shapes))
+}
+
+/// The inputs of one compilation, and the image and errors its stages fill in.
+struct Compiler<'s> {
+    state: &'s State,
+    interfaces: &'s Interfaces,
+    origins: &'s Origins,
+    image: Image,
+    errors: Vec<ConfigError>,
+}
+
+/// What the group tables leave for the later stages.
+struct Groups<'s> {
+    /// Each group some chain steers through (tap groups only get copies), with the slot of its
+    /// table: in name order from 0.
+    slot: BTreeMap<&'s String, u32>,
+    /// Groups of symmetric chains: reverse traffic is sent into their members' egress and
+    /// comes back out of their ingress.
+    reverse: BTreeSet<&'s String>,
+    /// The member each tap group sends its copies to (tap groups whose interface is usable).
+    taps: BTreeMap<&'s String, Member>,
+}
+
+/// Where packets are classified: a domain per logical port and per group side.
+struct Domains<'s> {
+    /// Logical ports where chains start (forward, or reverse for symmetric chains): from 1, in
+    /// name order.
+    port: BTreeMap<&'s String, u32>,
+    /// Per group in `Groups::slot`, in the same order: the domain of what leaves its members'
+    /// egress, and of what leaves their ingress in reverse.
+    group: BTreeMap<&'s String, GroupDomains>,
+}
+
+#[derive(Clone, Copy)]
+struct GroupDomains {
+    egress: u32,
+    /// The egress domain itself where any member of the group uses one interface for both
+    /// sides: what comes out of that interface cannot be told apart by where it arrives.
+    reverse: u32,
+}
+
+/// A chain's steering hops in crossing order, each with the tap (if any) that gets a copy just
+/// before it, and the tap after the last hop.
+struct Hops<'s> {
+    steps: Vec<(&'s String, Option<Member>)>,
+    trailing_tap: Option<Member>,
+}
+
+/// One chain as its classifier entries need it: both ways through it, and the counters that
+/// are the chain's own (per hop; at the entry too when counted per chain, else 0 there).
+struct ChainPlan<'s> {
+    name: &'s String,
+    chain_id: u16,
+    symmetric: bool,
+    /// Whether each classifier gets its own entry counters (see `counters_per_classifier`).
+    per_classifier: bool,
+    forward: Hops<'s>,
+    reverse: Hops<'s>,
+    forward_counters: Vec<u32>,
+    reverse_counters: Vec<u32>,
+}
+
+/// One classifier map entry before its tuple is known.
+struct Entry {
+    domain: u32,
+    mask: TupleMask,
+    key: ClassKey,
+    verdict: Verdict,
+    classifier: String,
+}
+
+/// The match shapes (masks) of each domain, most specific first: the order they are probed in.
+type Shapes = BTreeMap<u32, Vec<TupleMask>>;
+
+/// The interfaces where classified traffic arrives, each with its domain.
+type Roots = Vec<(String, u32)>;
+
+impl<'s> Compiler<'s> {
+    fn new(state: &'s State, interfaces: &'s Interfaces, origins: &'s Origins) -> Self {
+        Compiler {
+            state,
+            interfaces,
+            origins,
+            image: Image::default(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, kind: Kind, name: &str, field: &str, message: String) {
+        self.errors
+            .push(capacity::error(self.origins, kind, name, field, message));
+    }
+
+    fn is_tap(&self, group: &String) -> bool {
+        self.state.port_pair_groups[group].tap_enabled
+    }
+
+    fn finish(self) -> Result<Image, ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(self.image)
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+
+    // Stage 1: group tables.
+
+    /// One table (Maglev ring) per group that some chain steers through, so that each flow
+    /// keeps its instance while members come and go; each entry holds both sides of a member,
+    /// so that the two directions of a symmetric flow meet the same instance. Also the live
+    /// members (flow pins to others are stale) and the members tap groups copy to. Refused
+    /// whole, before anything else, when the tables do not fit.
+    fn group_tables(&mut self) -> Result<Groups<'s>, ConfigErrors> {
+        let state = self.state;
+        let used: BTreeSet<&String> = state
+            .port_chains
+            .values()
+            .flat_map(|c| &c.port_pair_groups)
+            .filter(|g| !self.is_tap(g))
+            .collect();
+        let reverse: BTreeSet<&String> = state
+            .port_chains
+            .values()
+            .filter(|c| c.chain_parameters.symmetric)
+            .flat_map(|c| &c.port_pair_groups)
+            .collect();
+        if let Some(e) = capacity::group_tables(state, self.origins) {
+            return Err(ConfigErrors(vec![e]));
+        }
+        let slot: BTreeMap<&String, u32> = used
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (*g, i as u32))
+            .collect();
+        self.check_flow_pin_keys(&used);
+        for group in &used {
+            self.group_table(group, reverse.contains(group));
+        }
+        let taps = self.tap_members();
+        Ok(Groups {
+            slot,
+            reverse,
+            taps,
+        })
+    }
+
+    /// Flow pins are keyed by a hash of the group's name (stable across generations and
+    /// restarts), so two groups in use must not share one.
+    fn check_flow_pin_keys(&mut self, used: &BTreeSet<&String>) {
+        let mut keys: BTreeMap<u32, &String> = BTreeMap::new();
+        for g in used {
+            if let Some(other) = keys.insert(group_key(g), g) {
+                self.error(
+                    Kind::PortPairGroup,
+                    g,
+                    "metadata.name",
+                    format!("hashes to the same flow-pin key as PortPairGroup {other:?}; rename one of them"),
+                );
+            }
+        }
+    }
+
+    /// One group's ring (indexes by slot follow name order) and live members. Members weigh as
+    /// their weight; a group with no live member gets an empty table (`ifindex` 0), which the
+    /// datapath reads as "no member".
+    fn group_table(&mut self, group: &String, symmetric: bool) {
+        let state = self.state;
+        let mut live: Vec<(&str, u32, RingEntry)> = Vec::new();
+        for pp_name in &state.port_pair_groups[group].port_pairs {
+            if let Some(entry) = self.member(pp_name, symmetric) {
+                live.push((pp_name, state.port_pairs[pp_name].weight, entry));
+            }
+        }
+        let weights: Vec<(&str, u32)> = live.iter().map(|(n, w, _)| (*n, *w)).collect();
+        let table = maglev::table(&weights, RING_SIZE);
+        self.image.rings.push(if table.is_empty() {
+            vec![RingEntry::default(); RING_SIZE as usize]
+        } else {
+            table.iter().map(|&i| live[i].2).collect()
+        });
+        self.image
+            .members
+            .insert(group_key(group), live.iter().map(|m| m.2).collect());
+    }
+
+    /// Both sides of one member, or `None` when it is skipped (an interface is absent, or one
+    /// we send into has no MAC). Only symmetric chains send into the egress side; one-way chains
+    /// only receive from it (counted, never sent into).
+    fn member(&mut self, pp_name: &str, symmetric: bool) -> Option<RingEntry> {
+        let pp = &self.state.port_pairs[pp_name];
+        let ingress = self.side(
+            pp_name,
+            &pp.ingress,
+            &pp.ingress_mac,
+            "spec.ingressMac",
+            true,
+        )?;
+        let egress = if !symmetric {
+            // Only received from (counted, never sent into); but what the SF sends back comes
+            // out of it to go on along the chain, so a member without it is no member yet:
+            // traffic sent in would leave the SF unsteered, skipping the hops after it.
+            self.side(pp_name, &pp.egress, &pp.egress_mac, "spec.egressMac", false)
+                .or_else(|| {
+                    self.image.notes.push(format!(
+                        "PortPair {pp_name:?}: interface {:?} is not present; the member is skipped until it appears",
+                        pp.egress
+                    ));
+                    None
+                })?;
+            Member::default()
+        } else if pp.egress == pp.ingress {
+            Member {
+                mac: pp
+                    .egress_mac
+                    .as_deref()
+                    .and_then(mac)
+                    .unwrap_or(ingress.mac),
+                ..ingress
+            }
+        } else {
+            self.side(pp_name, &pp.egress, &pp.egress_mac, "spec.egressMac", true)?
+        };
+        Some(RingEntry { ingress, egress })
+    }
+
+    /// One side of a pair: its interface and the MAC of the SF's NIC behind it (required when
+    /// we send into it; a side we only receive from may have none). A side that is present is
+    /// recorded in `sides`, for its counters.
+    fn side(
+        &mut self,
+        pp_name: &str,
+        iface: &String,
+        configured: &Option<String>,
+        field: &str,
+        send_into: bool,
+    ) -> Option<Member> {
+        let Some(link) = self.interfaces.links.get(iface) else {
+            if send_into {
+                self.image.notes.push(format!(
+                    "PortPair {pp_name:?}: interface {iface:?} is not present; the member is skipped until it appears"
+                ));
+            }
+            return None;
+        };
+        let discovered = match configured {
+            Some(text) => mac(text),
+            None => self.interfaces.peer_macs.get(iface).copied(),
+        };
+        if discovered.is_none() && send_into {
+            self.error(
+                Kind::PortPair,
+                pp_name,
+                field,
+                format!(
+                    "the MAC of the SF behind {iface:?} cannot be discovered (it is not a veth); set {}",
+                    field.trim_start_matches("spec.")
+                ),
+            );
+            return None;
+        }
+        self.image.sides.insert(
+            link.index,
+            Side {
+                pair: pp_name.to_string(),
+                interface: iface.clone(),
+            },
+        );
+        Some(Member {
+            ifindex: link.index,
+            mac: discovered.unwrap_or_default(),
+            slot: if peer_in_other_namespace(link) {
+                SLOT_PEER
+            } else {
+                0
+            },
+        })
+    }
+
+    /// A tap group's one pair: copies go into its ingress. Taps need no table. (A tap whose
+    /// side is unusable is tried again, and noted again, for each chain that uses it.)
+    fn tap_members(&mut self) -> BTreeMap<&'s String, Member> {
+        let state = self.state;
+        let mut taps: BTreeMap<&String, Member> = BTreeMap::new();
+        for chain in state.port_chains.values() {
+            let tap_groups = chain
+                .port_pair_groups
+                .iter()
+                .filter(|g| state.port_pair_groups[*g].tap_enabled);
+            for g in tap_groups {
+                if taps.contains_key(g) {
+                    continue;
+                }
+                if let Some(pp_name) = state.port_pair_groups[g].port_pairs.first() {
+                    let pp = &state.port_pairs[pp_name];
+                    if let Some(m) = self.side(
+                        pp_name,
+                        &pp.ingress,
+                        &pp.ingress_mac,
+                        "spec.ingressMac",
+                        true,
+                    ) {
+                        taps.insert(g, m);
+                    }
+                }
+            }
+        }
+        taps
+    }
+
+    // Stage 2: classification domains.
+
+    /// The same packet means different things depending on where it comes from, so each
+    /// place is a domain of its own: one per logical port (where chains start, forward or
+    /// reverse), and per group one for what leaves its members' egress and, for symmetric
+    /// chains, one for what leaves their ingress. Refused alone when the logical ports would
+    /// reach the groups' domains.
+    fn classifier_domains(&self, groups: &Groups<'s>) -> Result<Domains<'s>, ConfigErrors> {
+        let state = self.state;
+        let logical_ports: BTreeSet<&String> = state
+            .port_chains
+            .values()
+            .flat_map(|c| {
+                c.flow_classifiers
+                    .iter()
+                    .filter_map(|fc| state.flow_classifiers.get(fc))
+                    .flat_map(|fc| {
+                        std::iter::once(&fc.logical_source_port).chain(
+                            fc.logical_destination_port
+                                .as_ref()
+                                .filter(|_| c.chain_parameters.symmetric),
+                        )
+                    })
+            })
+            .collect();
+        let port: BTreeMap<&String, u32> = logical_ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (p, i as u32 + 1))
+            .collect();
+        if let Some(e) = capacity::entry_ports(&port, GROUP_DOMAIN_BASE, state, self.origins) {
+            return Err(ConfigErrors(vec![e]));
+        }
+        let group = groups
+            .slot
+            .iter()
+            .map(|(&g, &slot)| {
+                let egress = GROUP_DOMAIN_BASE + 2 * slot;
+                let shared = state.port_pair_groups[g]
+                    .port_pairs
+                    .iter()
+                    .any(|pp| state.port_pairs[pp].ingress == state.port_pairs[pp].egress);
+                let reverse = if shared { egress } else { egress + 1 };
+                (g, GroupDomains { egress, reverse })
+            })
+            .collect();
+        Ok(Domains { port, group })
+    }
+
+    /// Where a chain ends: redirected to a logical port (with the MAC of the NIC behind it,
+    /// when known), or, when there is none or it is absent, handed to normal forwarding with
+    /// the original destination MAC.
+    fn end_of_chain(&self, port: Option<&String>) -> Verdict {
+        let interfaces = self.interfaces;
+        match port.and_then(|p| interfaces.links.get(p).map(|l| (p, l))) {
+            Some((name, link)) => Verdict {
+                action: action::DELIVER,
+                flags: if peer_in_other_namespace(link) {
+                    FLAG_DELIVER_PEER
+                } else {
+                    0
+                },
+                deliver_ifindex: link.index,
+                deliver_mac: interfaces.peer_macs.get(name).copied().unwrap_or_default(),
+                ..Default::default()
+            },
+            None => Verdict {
+                action: action::FORWARD,
+                ..Default::default()
+            },
+        }
+    }
+
+    // Stage 3: classifier entries and counters.
+
+    /// For each chain and classifier, the entries that take a packet through the chain: at
+    /// its entry, and again as it leaves each hop (the datapath keeps no per-packet chain
+    /// state), forward and, for symmetric chains, reverse. Counters are allocated on the way.
+    fn entries(
+        &mut self,
+        matches: &BTreeMap<String, Match>,
+        groups: &Groups<'s>,
+        domains: &Domains<'s>,
+    ) -> Vec<Entry> {
+        let per_classifier = self.counters_per_classifier();
+        let mut entries = Vec::new();
+        for (name, chain) in &self.state.port_chains {
+            let plan = self.chain_plan(name, groups, per_classifier);
+            for fc_name in &chain.flow_classifiers {
+                let forward = &matches[fc_name];
+                entries.extend(self.classifier_entries(&plan, fc_name, forward, groups, domains));
+            }
+        }
+        self.check_counters();
+        entries
+    }
+
+    /// Entry counters are per classifier while they fit; past that, per chain (the per-hop
+    /// counters always are), so that any number of classifiers still applies.
+    fn counters_per_classifier(&mut self) -> bool {
+        let needed: usize = self
+            .state
+            .port_chains
+            .values()
+            .map(|c| {
+                let directions = if c.chain_parameters.symmetric { 2 } else { 1 };
+                directions * (c.port_pair_groups.len() + c.flow_classifiers.len())
+            })
+            .sum();
+        let per_classifier = needed < COUNTERS_PER_GEN as usize;
+        if !per_classifier {
+            self.image.notes.push(format!(
+                "{needed} counters would be needed to count each classifier's hits; this node holds {}: hits are counted per chain",
+                COUNTERS_PER_GEN - 1
+            ));
+        }
+        per_classifier
+    }
+
+    /// A chain's hops both ways, and its own counters: one per (direction, position), position
+    /// p = hops already crossed; the entry's (p = 0) here only when counted per chain.
+    fn chain_plan(
+        &mut self,
+        name: &'s String,
+        groups: &Groups<'s>,
+        per_classifier: bool,
+    ) -> ChainPlan<'s> {
+        let chain = &self.state.port_chains[name];
+        let forward = self.hops(chain.port_pair_groups.iter(), &groups.taps);
+        let reverse = self.hops(chain.port_pair_groups.iter().rev(), &groups.taps);
+        let mut plan = ChainPlan {
+            name,
+            chain_id: chain.chain_id.unwrap_or(0) as u16,
+            symmetric: chain.chain_parameters.symmetric,
+            per_classifier,
+            forward,
+            reverse,
+            forward_counters: Vec::new(),
+            reverse_counters: Vec::new(),
+        };
+        let n = plan.forward.steps.len();
+        plan.forward_counters = (0..=n)
+            .map(|p| {
+                if p > 0 || !per_classifier {
+                    self.counter(&plan, Direction::Forward, p, None)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        plan.reverse_counters = (0..=n)
+            .map(|p| {
+                if (p > 0 || !per_classifier) && plan.symmetric {
+                    self.counter(&plan, Direction::Reverse, p, None)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        plan
+    }
+
+    /// The steering hops among `groups` (in crossing order): a tap group is no hop, its copy
+    /// is taken just before the next hop, or after the last.
+    fn hops(
+        &self,
+        groups: impl Iterator<Item = &'s String>,
+        taps: &BTreeMap<&'s String, Member>,
+    ) -> Hops<'s> {
+        let mut steps = Vec::new();
+        let mut pending = None;
+        for g in groups {
+            if self.is_tap(g) {
+                pending = taps.get(g).copied();
+            } else {
+                steps.push((g, pending.take()));
+            }
+        }
+        Hops {
+            steps,
+            trailing_tap: pending,
+        }
+    }
+
+    /// A new counter of `chain`; returns its number (from 1: 0 counts nothing).
+    fn counter(
+        &mut self,
+        chain: &ChainPlan,
+        direction: Direction,
+        position: usize,
+        classifier: Option<&String>,
+    ) -> u32 {
+        self.image.counters.push(CounterLabel {
+            chain: chain.name.clone(),
+            direction,
+            position: position as u8,
+            hops: chain.forward.steps.len() as u8,
+            classifier: classifier.cloned(),
+        });
+        self.image.counters.len() as u32
+    }
+
+    /// One classifier's entries. Forward: enter at the source port, then from each group's
+    /// egress to the next. Reverse (symmetric chains): enter at the destination port, cross
+    /// the same groups backwards through their egress, end at the source port.
+    fn classifier_entries(
+        &mut self,
+        chain: &ChainPlan<'s>,
+        fc_name: &String,
+        forward: &Match,
+        groups: &Groups<'s>,
+        domains: &Domains<'s>,
+    ) -> Vec<Entry> {
+        let fc = &self.state.flow_classifiers[fc_name];
+        let ldp = fc.logical_destination_port.as_ref();
+        let entry_counter = if chain.per_classifier {
+            self.counter(chain, Direction::Forward, 0, Some(fc_name))
+        } else {
+            chain.forward_counters[0]
+        };
+        let mut targets = vec![(
+            forward.clone(),
+            domains.port[&fc.logical_source_port],
+            self.verdict(chain, groups, Direction::Forward, 0, ldp, entry_counter),
+        )];
+        for (k, (g, _)) in chain.forward.steps.iter().enumerate() {
+            targets.push((
+                forward.clone(),
+                domains.group[g].egress,
+                self.verdict(
+                    chain,
+                    groups,
+                    Direction::Forward,
+                    k + 1,
+                    ldp,
+                    chain.forward_counters[k + 1],
+                ),
+            ));
+        }
+        if let (true, Some(ldp)) = (chain.symmetric, ldp) {
+            let reverse = forward.reversed();
+            let lsp = Some(&fc.logical_source_port);
+            let entry_counter = if chain.per_classifier {
+                self.counter(chain, Direction::Reverse, 0, Some(fc_name))
+            } else {
+                chain.reverse_counters[0]
+            };
+            targets.push((
+                reverse.clone(),
+                domains.port[ldp],
+                self.verdict(chain, groups, Direction::Reverse, 0, lsp, entry_counter),
+            ));
+            for (j, (g, _)) in chain.reverse.steps.iter().enumerate() {
+                targets.push((
+                    reverse.clone(),
+                    domains.group[g].reverse,
+                    self.verdict(
+                        chain,
+                        groups,
+                        Direction::Reverse,
+                        j + 1,
+                        lsp,
+                        chain.reverse_counters[j + 1],
+                    ),
+                ));
+            }
+        }
+        let mut entries = Vec::new();
+        for (m, domain, verdict) in targets {
+            for (mask, key) in m.expand() {
+                entries.push(Entry {
+                    domain,
+                    mask,
+                    key,
+                    verdict,
+                    classifier: fc_name.clone(),
+                });
+            }
+        }
+        entries
+    }
+
+    /// The decision taken after `position` hops of `chain` going `direction`: steer to the
+    /// next hop, or end the chain at `end_port`; with the copy to the tap before it, if any.
+    /// Hops are numbered as going forward, so that a hop number (as traces show it) names the
+    /// same group both ways.
+    fn verdict(
+        &self,
+        chain: &ChainPlan,
+        groups: &Groups,
+        direction: Direction,
+        position: usize,
+        end_port: Option<&String>,
+        counter: u32,
+    ) -> Verdict {
+        let reverse = direction == Direction::Reverse;
+        let hops = if reverse {
+            &chain.reverse
+        } else {
+            &chain.forward
+        };
+        let n = chain.forward.steps.len();
+        let (mut verdict, tap) = match hops.steps.get(position) {
+            Some((g, tap)) => (
+                Verdict {
+                    hop: (if reverse { n - 1 - position } else { position }) as u8,
+                    action: action::STEER,
+                    slot: groups.slot[*g],
+                    group: group_key(g),
+                    lb_fields: self.state.port_pair_groups[*g]
+                        .lb_fields
+                        .iter()
+                        .fold(0, |acc, f| acc | f.bit()),
+                    ..Default::default()
+                },
+                *tap,
+            ),
+            None => (
+                Verdict {
+                    hop: n as u8,
+                    ..self.end_of_chain(end_port)
+                },
+                hops.trailing_tap,
+            ),
+        };
+        verdict.chain_id = chain.chain_id;
+        verdict.counter = counter;
+        if reverse {
+            verdict.flags |= FLAG_REVERSE;
+        }
+        if position == 0 {
+            verdict.flags |= FLAG_ENTRY;
+        }
+        if let Some(tap) = tap {
+            verdict.tap_ifindex = tap.ifindex;
+            verdict.tap_mac = tap.mac;
+        }
+        verdict
+    }
+
+    /// The counters map holds a fixed number per generation (counter 0 counts nothing).
+    fn check_counters(&mut self) {
+        let used = self.image.counters.len();
+        if used >= COUNTERS_PER_GEN as usize {
+            self.error(
+                Kind::PortChain,
+                "",
+                "",
+                format!(
+                    "the chains need {} counters (one per chain, direction and hop, plus one); this node holds at most {}: use fewer or shorter chains",
+                    used + 1,
+                    COUNTERS_PER_GEN
+                ),
+            );
+        }
+    }
+
+    // Stage 4: match shapes and the classify map.
+
+    /// Tuple space search probes each shape of a packet's domain in turn, most specific first
+    /// (the narrowest classifier of a chain wins), and the datapath probes at most
+    /// `MAX_TUPLES`: a domain with more is an error naming its place.
+    fn match_shapes(&mut self, entries: &[Entry], domains: &Domains) -> Shapes {
+        let mut shapes = Shapes::new();
+        for e in entries {
+            let list = shapes.entry(e.domain).or_default();
+            if !list.contains(&e.mask) {
+                list.push(e.mask);
+            }
+        }
+        for (domain, list) in shapes.iter_mut() {
+            list.sort_by_key(|m| std::cmp::Reverse(specificity(m)));
+            if list.len() > MAX_TUPLES {
+                self.too_many_shapes(*domain, list, entries, domains);
+            }
+        }
+        shapes
+    }
+
+    /// The error for a domain with more shapes than are probed, naming the first classifier
+    /// with a shape past the limit and, so that each domain's line says something of its own,
+    /// the port or group the packets come from.
+    fn too_many_shapes(
+        &mut self,
+        domain: u32,
+        list: &[TupleMask],
+        entries: &[Entry],
+        domains: &Domains,
+    ) {
+        let culprit = entries
+            .iter()
+            .find(|e| e.domain == domain && !list[..MAX_TUPLES].contains(&e.mask))
+            .map(|e| e.classifier.clone())
+            .unwrap_or_default();
+        let place = domains
+            .port
+            .iter()
+            .find(|(_, d)| **d == domain)
+            .map(|(p, _)| format!("entering at port {p}"))
+            .or_else(|| {
+                domains.group.iter().find_map(|(g, d)| {
+                    if d.egress == domain {
+                        Some(format!("leaving group {g}"))
+                    } else if d.reverse == domain {
+                        Some(format!("leaving group {g} in reverse"))
+                    } else {
+                        None
+                    }
+                })
+            })
+            .unwrap_or_else(|| "at one port".into());
+        self.error(
+            Kind::FlowClassifier,
+            &culprit,
+            "spec",
+            format!(
+                "the classifiers {place} need {} distinct match shapes (prefix lengths and port-range blocks); at most {MAX_TUPLES} are supported: use fewer distinct prefix lengths or port ranges that are powers of two",
+                list.len()
+            ),
+        );
+    }
+
+    /// The classify map: each entry keyed by its domain and the index of its shape there.
+    /// Identical entries merge; the same key leading two ways is an error, as is passing the
+    /// map's capacity (named at the classifier where it is passed).
+    fn classify(&mut self, entries: Vec<Entry>, shapes: &Shapes) {
+        let mut owner: BTreeMap<ClassKey, String> = BTreeMap::new();
+        let mut overflow_at: Option<String> = None;
+        for e in entries {
+            let list = &shapes[&e.domain];
+            let Some(index) = list.iter().position(|m| *m == e.mask) else {
+                continue;
+            };
+            if index >= MAX_TUPLES {
+                continue;
+            }
+            let key = ClassKey {
+                tuple: index as u8,
+                domain: e.domain,
+                ..e.key
+            };
+            match self.image.classify.get(&key) {
+                Some(existing) if *existing != e.verdict => {
+                    let other = owner.get(&key).cloned().unwrap_or_default();
+                    self.error(
+                        Kind::FlowClassifier,
+                        &e.classifier,
+                        "spec",
+                        format!("matches exactly the same packets as FlowClassifier {other:?} but leads elsewhere; remove one of them"),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.image.classify.insert(key, e.verdict);
+                    if self.image.classify.len() == capacity::CLASSIFY_PER_GEN + 1 {
+                        overflow_at = Some(e.classifier.clone());
+                    }
+                    owner.insert(key, e.classifier);
+                }
+            }
+        }
+        if let Some(e) = capacity::classifier_entries(
+            self.image.classify.len(),
+            overflow_at.as_deref(),
+            self.origins,
+        ) {
+            self.errors.push(e);
+        }
+    }
+
+    // Stage 5: per-interface roots.
+
+    /// Where classified traffic arrives, with the domain it is classified in: logical ports
+    /// first, then each group's members: egress, and ingress for symmetric chains. Depends on
+    /// the state alone (see [`Compiler::attach`] for the interfaces).
+    fn roots(&self, groups: &Groups<'s>, domains: &Domains<'s>) -> Roots {
+        let state = self.state;
+        let mut roots: Roots = domains
+            .port
+            .iter()
+            .map(|(p, d)| ((*p).clone(), *d))
+            .collect();
+        for g in groups.slot.keys() {
+            for pp in &state.port_pair_groups[*g].port_pairs {
+                let pp = &state.port_pairs[pp];
+                roots.push((pp.egress.clone(), domains.group[g].egress));
+                if groups.reverse.contains(g) {
+                    roots.push((pp.ingress.clone(), domains.group[g].reverse));
+                }
+            }
+        }
+        roots
+    }
+
+    /// What the program needs on each root present: its domain and shapes (`ports`), and the
+    /// program itself (`attach`). Absent roots are noted; places no classifier reaches need
+    /// nothing.
+    fn attach(&mut self, roots: &Roots, shapes: &Shapes) {
+        for (iface, domain) in roots {
+            let Some(value) = port_value(shapes, *domain) else {
+                continue;
+            };
+            match self.interfaces.links.get(iface) {
+                Some(link) => {
+                    self.image.ports.insert(link.index, value);
+                    self.image.attach.insert(iface.clone(), link.index);
+                }
+                None => self.image.notes.push(format!(
+                    "interface {iface:?} is not present; steering from it starts when it appears"
+                )),
+            }
+        }
+        if let Some(e) = capacity::managed_interfaces(&self.image.attach, self.state, self.origins)
+        {
+            self.errors.push(e);
+        }
+    }
+}
+
+/// The `ports` value of an interface whose traffic is classified in `domain`: its shapes, and
+/// whether chains start there (`PORT_ENTRY`). `None` when no entry uses the domain.
+fn port_value(shapes: &Shapes, domain: u32) -> Option<PortValue> {
+    let list = shapes.get(&domain)?;
+    let mut value = PortValue {
+        domain,
+        n_tuples: list.len().min(MAX_TUPLES) as u16,
+        flags: if domain < GROUP_DOMAIN_BASE {
+            PORT_ENTRY
+        } else {
+            0
+        },
+        slot: 0,
+        _pad: 0,
+        tuples: [TupleMask::default(); MAX_TUPLES],
+    };
+    for (slot, mask) in value.tuples.iter_mut().zip(list) {
+        *slot = *mask;
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FlowClassifierSpec;
+    use crate::testing::{chain, group, pair, tap};
+
+    /// A classifier written as a YAML flow mapping, e.g. `{protocol: tcp, logicalSourcePort: p}`.
+    pub(super) fn classifier(state: &mut State, name: &str, yaml: &str) {
+        let spec: FlowClassifierSpec = serde_yaml_ng::from_str(yaml).unwrap();
+        state.flow_classifiers.insert(name.into(), spec);
+    }
+
+    /// A veth whose peer is in another namespace, with the peer's MAC known: 02:00:00:00:00:index.
+    pub(super) fn veth(interfaces: &mut Interfaces, name: &str, index: u32) {
+        interfaces.links.insert(
+            name.into(),
+            Link {
+                index,
+                name: name.into(),
+                mac: None,
+                kind: Some("veth".into()),
+                peer_index: Some(index + 1000),
+                peer_nsid: Some(1),
+                up: true,
+            },
+        );
+        interfaces
+            .peer_macs
+            .insert(name.into(), [2, 0, 0, 0, 0, index as u8]);
+    }
+
+    /// An interface that is no veth: no MAC behind it can be discovered.
+    pub(super) fn plain(interfaces: &mut Interfaces, name: &str, index: u32) {
+        interfaces.links.insert(
+            name.into(),
+            Link {
+                index,
+                name: name.into(),
+                mac: None,
+                kind: None,
+                peer_index: None,
+                peer_nsid: None,
+                up: true,
+            },
+        );
+    }
+
+    /// The classifiers' matches, checking that the state is valid.
+    fn matches(state: &State) -> BTreeMap<String, Match> {
+        validate(state, &Origins::new()).expect("a valid state")
+    }
+
+    fn messages(errors: &[ConfigError]) -> Vec<String> {
+        errors.iter().map(|e| e.to_string()).collect()
+    }
+
+    /// The member of a veth made by `veth`.
+    fn veth_member(index: u32) -> Member {
+        Member {
+            ifindex: index,
+            mac: [2, 0, 0, 0, 0, index as u8],
+            slot: SLOT_PEER,
+        }
+    }
+
+    #[test]
+    fn group_tables_hold_the_weighted_live_members_of_the_groups_in_use() {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "a1", "a1-in", "a1-out");
+        pair(&mut s, "a2", "a2-in", "a2-out");
+        s.port_pairs.get_mut("a2").unwrap().weight = 3;
+        pair(&mut s, "gone", "gone-in", "gone-out");
+        pair(&mut s, "nomac", "nm-in", "nm-out");
+        group(&mut s, "ga", &["a1", "a2", "gone", "nomac"]);
+        pair(&mut s, "one", "one", "one");
+        s.port_pairs.get_mut("one").unwrap().egress_mac = Some("02:00:00:00:00:55".into());
+        group(&mut s, "gs", &["one"]);
+        pair(&mut s, "e", "e-in", "e-out");
+        group(&mut s, "empty", &["e"]);
+        pair(&mut s, "t", "t-in", "t-out");
+        tap(&mut s, "tap", "t");
+        pair(&mut s, "u", "u-in", "u-out");
+        group(&mut s, "unused", &["u"]);
+        chain(&mut s, "c1", &["ga", "tap", "empty"], &[], false);
+        chain(&mut s, "c2", &["gs"], &[], true);
+        for (n, name) in ["a1-in", "a1-out", "a2-in", "a2-out", "one", "t-in"]
+            .iter()
+            .enumerate()
+        {
+            veth(&mut i, name, n as u32 + 1);
+        }
+        plain(&mut i, "nm-in", 9);
+        matches(&s);
+        let origins = Origins::new();
+        let mut c = Compiler::new(&s, &i, &origins);
+        let groups = c.group_tables().expect("tables fit");
+
+        // Tables for the groups chains steer through, in name order; none for taps or unused
+        // groups.
+        let slots: Vec<(&str, u32)> = groups.slot.iter().map(|(g, s)| (g.as_str(), *s)).collect();
+        assert_eq!(slots, [("empty", 0), ("ga", 1), ("gs", 2)]);
+        assert_eq!(c.image.rings.len(), 3);
+        assert!(c.image.rings.iter().all(|r| r.len() == RING_SIZE as usize));
+        // No live member: an empty table.
+        assert!(c.image.rings[0].iter().all(|e| *e == RingEntry::default()));
+        // One-way members: only the ingress is sent into. Weights 1 and 3.
+        let a1 = RingEntry {
+            ingress: veth_member(1),
+            egress: Member::default(),
+        };
+        let a2 = RingEntry {
+            ingress: veth_member(3),
+            egress: Member::default(),
+        };
+        let ring = &c.image.rings[1];
+        assert!(ring.iter().all(|e| *e == a1 || *e == a2));
+        let share = ring.iter().filter(|e| **e == a2).count() as f64 / ring.len() as f64;
+        assert!((share - 0.75).abs() < 0.02, "{share}");
+        // Symmetric, one interface for both sides: the egress MAC as configured.
+        let one = RingEntry {
+            ingress: veth_member(5),
+            egress: Member {
+                mac: [2, 0, 0, 0, 0, 0x55],
+                ..veth_member(5)
+            },
+        };
+        assert!(c.image.rings[2].iter().all(|e| *e == one));
+        let members: Vec<(u32, Vec<RingEntry>)> = c.image.members.clone().into_iter().collect();
+        let mut expected = vec![
+            (group_key("empty"), vec![]),
+            (group_key("ga"), vec![a1, a2]),
+            (group_key("gs"), vec![one]),
+        ];
+        expected.sort_by_key(|(k, _)| *k);
+        assert_eq!(members, expected);
+        assert_eq!(
+            groups.taps.into_iter().collect::<Vec<_>>(),
+            [(&"tap".to_string(), veth_member(6))]
+        );
+        // Every side present and usable, taps' and those only received from included.
+        let sides: Vec<(u32, &str)> = c
+            .image
+            .sides
+            .iter()
+            .map(|(index, side)| (*index, side.interface.as_str()))
+            .collect();
+        assert_eq!(
+            sides,
+            [
+                (1, "a1-in"),
+                (2, "a1-out"),
+                (3, "a2-in"),
+                (4, "a2-out"),
+                (5, "one"),
+                (6, "t-in")
+            ]
+        );
+        assert_eq!(
+            c.image.notes,
+            [
+                "PortPair \"e\": interface \"e-in\" is not present; the member is skipped until it appears",
+                "PortPair \"gone\": interface \"gone-in\" is not present; the member is skipped until it appears",
+            ]
+        );
+        assert_eq!(
+            messages(&c.errors),
+            ["(applied state): PortPair \"nomac\": spec.ingressMac: the MAC of the SF behind \"nm-in\" cannot be discovered (it is not a veth); set ingressMac"]
+        );
+    }
+
+    #[test]
+    fn a_member_whose_egress_is_absent_is_skipped_until_it_appears() {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "p", "p-in", "p-out");
+        group(&mut s, "g", &["p"]);
+        chain(&mut s, "c", &["g"], &[], false);
+        veth(&mut i, "p-in", 1);
+        matches(&s);
+        let origins = Origins::new();
+        let mut c = Compiler::new(&s, &i, &origins);
+        c.group_tables().expect("tables fit");
+        // Traffic sent in would leave the SF where nothing steers it on.
+        assert!(c.image.rings[0].iter().all(|e| *e == RingEntry::default()));
+        assert_eq!(c.image.members[&group_key("g")], []);
+        assert_eq!(
+            c.image.notes,
+            ["PortPair \"p\": interface \"p-out\" is not present; the member is skipped until it appears"]
+        );
+        // Once it appears, the member is live.
+        veth(&mut i, "p-out", 2);
+        let mut c = Compiler::new(&s, &i, &origins);
+        c.group_tables().expect("tables fit");
+        assert_eq!(c.image.members[&group_key("g")].len(), 1);
+        assert!(c.image.notes.is_empty());
+    }
+
+    #[test]
+    fn classifier_domains_number_logical_ports_then_group_sides() {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "p1", "in1", "out1");
+        group(&mut s, "g1", &["p1"]);
+        pair(&mut s, "p2", "x", "x");
+        pair(&mut s, "p3", "in3", "out3");
+        group(&mut s, "g2", &["p2", "p3"]);
+        pair(&mut s, "p4", "in4", "out4");
+        group(&mut s, "g3", &["p4"]);
+        classifier(
+            &mut s,
+            "s1",
+            "{logicalSourcePort: lp-b, logicalDestinationPort: lp-c}",
+        );
+        classifier(
+            &mut s,
+            "o1",
+            "{logicalSourcePort: lp-a, logicalDestinationPort: lp-z}",
+        );
+        chain(&mut s, "sym", &["g1", "g2"], &["s1"], true);
+        chain(&mut s, "ow", &["g3"], &["o1"], false);
+        veth(&mut i, "lp-c", 7);
+        veth(&mut i, "lp-b", 8);
+        i.links.get_mut("lp-b").unwrap().peer_nsid = None;
+        i.peer_macs.remove("lp-b");
+        matches(&s);
+        let origins = Origins::new();
+        let mut c = Compiler::new(&s, &i, &origins);
+        let groups = c.group_tables().unwrap();
+        let domains = c.classifier_domains(&groups).expect("ports fit");
+
+        // Logical ports from 1 in name order; a one-way chain's destination is none.
+        let ports: Vec<(&str, u32)> = domains.port.iter().map(|(p, d)| (p.as_str(), *d)).collect();
+        assert_eq!(ports, [("lp-a", 1), ("lp-b", 2), ("lp-c", 3)]);
+        // Two domains per table slot; one for both sides of a group where a member uses one
+        // interface for both.
+        let group: Vec<(&str, u32, u32)> = domains
+            .group
+            .iter()
+            .map(|(g, d)| (g.as_str(), d.egress, d.reverse))
+            .collect();
+        assert_eq!(
+            group,
+            [
+                ("g1", GROUP_DOMAIN_BASE, GROUP_DOMAIN_BASE + 1),
+                ("g2", GROUP_DOMAIN_BASE + 2, GROUP_DOMAIN_BASE + 2),
+                ("g3", GROUP_DOMAIN_BASE + 4, GROUP_DOMAIN_BASE + 5),
+            ]
+        );
+        // The end of a chain: into the peer's namespace, into a port of ours, or forwarded.
+        let lp_c = "lp-c".to_string();
+        let lp_b = "lp-b".to_string();
+        let lp_a = "lp-a".to_string();
+        assert_eq!(
+            c.end_of_chain(Some(&lp_c)),
+            Verdict {
+                action: action::DELIVER,
+                flags: FLAG_DELIVER_PEER,
+                deliver_ifindex: 7,
+                deliver_mac: [2, 0, 0, 0, 0, 7],
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            c.end_of_chain(Some(&lp_b)),
+            Verdict {
+                action: action::DELIVER,
+                deliver_ifindex: 8,
+                ..Default::default()
+            }
+        );
+        let forward = Verdict {
+            action: action::FORWARD,
+            ..Default::default()
+        };
+        assert_eq!(c.end_of_chain(Some(&lp_a)), forward);
+        assert_eq!(c.end_of_chain(None), forward);
+    }
+
+    #[test]
+    fn logical_ports_reaching_the_group_domains_are_refused_alone() {
+        let mut s = State::default();
+        pair(&mut s, "pp", "in", "out");
+        group(&mut s, "g", &["pp"]);
+        let mut fcs = Vec::new();
+        for n in 0..GROUP_DOMAIN_BASE {
+            let name = format!("fc{n:05}");
+            classifier(&mut s, &name, &format!("{{logicalSourcePort: p{n:05}}}"));
+            fcs.push(name);
+        }
+        let refs: Vec<&str> = fcs.iter().map(|f| f.as_str()).collect();
+        chain(&mut s, "c", &["g"], &refs, false);
+        let interfaces = Interfaces::default();
+        let origins = Origins::new();
+        let mut c = Compiler::new(&s, &interfaces, &origins);
+        let groups = c.group_tables().unwrap();
+        let Err(e) = c.classifier_domains(&groups) else {
+            panic!("65 536 logical ports should be refused");
+        };
+        assert_eq!(
+            messages(&e.0),
+            ["(applied state): FlowClassifier \"fc65535\": spec.logicalSourcePort: \"p65535\" would be logical port 65536, and this node supports at most 65535; let classifiers share logical ports"]
+        );
+    }
+
+    /// The chain of the entries tests: src -> g1 -> (tap t) -> g2 -> dst, symmetric.
+    fn tapped_chain() -> (State, Interfaces) {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "p1", "in1", "out1");
+        pair(&mut s, "p2", "in2", "out2");
+        pair(&mut s, "pt", "tin", "tout");
+        group(&mut s, "g1", &["p1"]);
+        group(&mut s, "g2", &["p2"]);
+        tap(&mut s, "t", "pt");
+        for (name, dst) in [("a", "10.0.0.0/24"), ("b", "10.0.1.0/24")] {
+            classifier(
+                &mut s,
+                name,
+                &format!("{{destinationIpPrefix: {dst}, logicalSourcePort: src, logicalDestinationPort: dst}}"),
+            );
+        }
+        chain(&mut s, "c", &["g1", "t", "g2"], &["a", "b"], true);
+        for (n, name) in ["in1", "out1", "in2", "out2", "tin", "src", "dst"]
+            .iter()
+            .enumerate()
+        {
+            veth(&mut i, name, n as u32 + 1);
+        }
+        (s, i)
+    }
+
+    fn label(
+        direction: Direction,
+        position: u8,
+        hops: u8,
+        classifier: Option<&str>,
+    ) -> CounterLabel {
+        CounterLabel {
+            chain: "c".into(),
+            direction,
+            position,
+            hops,
+            classifier: classifier.map(String::from),
+        }
+    }
+
+    #[test]
+    fn entries_walk_each_chain_both_ways_with_their_counters() {
+        let (s, i) = tapped_chain();
+        let matches = matches(&s);
+        let origins = Origins::new();
+        let mut c = Compiler::new(&s, &i, &origins);
+        let groups = c.group_tables().unwrap();
+        let domains = c.classifier_domains(&groups).unwrap();
+        let entries = c.entries(&matches, &groups, &domains);
+
+        // The chain's per-hop counters first, then each classifier's entry counters.
+        use Direction::{Forward, Reverse};
+        assert_eq!(
+            c.image.counters,
+            [
+                label(Forward, 1, 2, None),
+                label(Forward, 2, 2, None),
+                label(Reverse, 1, 2, None),
+                label(Reverse, 2, 2, None),
+                label(Forward, 0, 2, Some("a")),
+                label(Reverse, 0, 2, Some("a")),
+                label(Forward, 0, 2, Some("b")),
+                label(Reverse, 0, 2, Some("b")),
+            ]
+        );
+        assert!(c.image.notes.is_empty(), "{:?}", c.image.notes);
+        // Classifier a: (domain, hop, action, slot, group, counter, flags, tap, deliver).
+        let (dst, src) = (1, 2);
+        let (g1, g2) = (GROUP_DOMAIN_BASE, GROUP_DOMAIN_BASE + 2);
+        let (k1, k2) = (group_key("g1"), group_key("g2"));
+        let (steer, deliver) = (action::STEER, action::DELIVER);
+        let of_a: Vec<_> = entries
+            .iter()
+            .filter(|e| e.classifier == "a")
+            .map(|e| {
+                let v = &e.verdict;
+                assert_eq!(v.chain_id, 1);
+                (
+                    e.domain,
+                    v.hop,
+                    v.action,
+                    v.slot,
+                    v.group,
+                    v.counter,
+                    v.flags,
+                    v.tap_ifindex,
+                    v.deliver_ifindex,
+                )
+            })
+            .collect();
+        assert_eq!(
+            of_a,
+            [
+                // Forward: enter at src to g1, leave g1 to g2 (copied to the tap first),
+                // leave g2 to dst.
+                (src, 0, steer, 0, k1, 5, FLAG_ENTRY, 0, 0),
+                (g1, 1, steer, 1, k2, 1, 0, 5, 0),
+                (g2, 2, deliver, 0, 0, 2, FLAG_DELIVER_PEER, 0, 7),
+                // Reverse: enter at dst to g2 (hop 1, as going forward), leave g2 through its
+                // ingress to the tap and g1 (hop 0), leave g1 to src.
+                (dst, 1, steer, 1, k2, 6, FLAG_ENTRY | FLAG_REVERSE, 0, 0),
+                (g2 + 1, 0, steer, 0, k1, 3, FLAG_REVERSE, 5, 0),
+                (
+                    g1 + 1,
+                    2,
+                    deliver,
+                    0,
+                    0,
+                    4,
+                    FLAG_REVERSE | FLAG_DELIVER_PEER,
+                    0,
+                    6
+                ),
+            ]
+        );
+        // The reverse entries match the swapped packet.
+        let reverse = &entries
+            .iter()
+            .filter(|e| e.classifier == "a")
+            .nth(3)
+            .unwrap();
+        assert_eq!(reverse.key, matches["a"].reversed().expand()[0].1);
+        assert_eq!(entries.len(), 12);
+    }
+
+    #[test]
+    fn entry_counters_fall_back_to_per_chain_when_per_classifier_would_not_fit() {
+        // A symmetric chain of one group: 2 * (1 + classifiers) counters per classifier.
+        let mut s = State::default();
+        pair(&mut s, "pp", "in", "out");
+        group(&mut s, "g", &["pp"]);
+        let mut fcs = Vec::new();
+        for n in 0..16_383u32 {
+            let name = format!("fc{n:05}");
+            let dst = format!("10.0.{}.{}/32", n >> 8, n & 0xff);
+            classifier(
+                &mut s,
+                &name,
+                &format!("{{destinationIpPrefix: {dst}, logicalSourcePort: src, logicalDestinationPort: dst}}"),
+            );
+            fcs.push(name);
+        }
+        let refs: Vec<&str> = fcs.iter().map(|f| f.as_str()).collect();
+        chain(&mut s, "c", &["g"], &refs[..16_382], true);
+        let interfaces = Interfaces::default();
+        let origins = Origins::new();
+        // 32 766 fit.
+        let mut c = Compiler::new(&s, &interfaces, &origins);
+        assert!(c.counters_per_classifier());
+        assert!(c.image.notes.is_empty());
+        // 32 768 do not.
+        chain(&mut s, "c", &["g"], &refs, true);
+        s.port_chains.get_mut("c").unwrap().chain_id = Some(1);
+        let matches = matches(&s);
+        let mut c = Compiler::new(&s, &interfaces, &origins);
+        let groups = c.group_tables().unwrap();
+        let domains = c.classifier_domains(&groups).unwrap();
+        let entries = c.entries(&matches, &groups, &domains);
+        assert_eq!(
+            c.image.notes.last().unwrap(),
+            "32768 counters would be needed to count each classifier's hits; this node holds 32767: hits are counted per chain"
+        );
+        use Direction::{Forward, Reverse};
+        assert_eq!(
+            c.image.counters,
+            [
+                label(Forward, 0, 1, None),
+                label(Forward, 1, 1, None),
+                label(Reverse, 0, 1, None),
+                label(Reverse, 1, 1, None),
+            ]
+        );
+        let (dst, src, g) = (1, 2, GROUP_DOMAIN_BASE);
+        let counters: BTreeSet<(u32, u32)> = entries
+            .iter()
+            .map(|e| (e.domain, e.verdict.counter))
+            .collect();
+        assert_eq!(
+            counters.into_iter().collect::<Vec<_>>(),
+            [(dst, 3), (src, 1), (g, 2), (g + 1, 4)]
+        );
+        assert!(c.errors.is_empty());
+    }
+
+    /// Compiles `s` through the match shapes.
+    fn through_shapes<'s>(
+        s: &'s State,
+        i: &'s Interfaces,
+        origins: &'s Origins,
+    ) -> (Compiler<'s>, Vec<Entry>, Shapes) {
+        let matches = matches(s);
+        let mut c = Compiler::new(s, i, origins);
+        let groups = c.group_tables().unwrap();
+        let domains = c.classifier_domains(&groups).unwrap();
+        let entries = c.entries(&matches, &groups, &domains);
+        let shapes = c.match_shapes(&entries, &domains);
+        (c, entries, shapes)
+    }
+
+    #[test]
+    fn match_shapes_are_probed_most_specific_first() {
+        let mut s = State::default();
+        pair(&mut s, "pp", "in", "out");
+        group(&mut s, "g", &["pp"]);
+        let fcs = [
+            ("p16", "destinationIpPrefix: 10.0.0.0/16"),
+            ("udp", "protocol: udp"),
+            ("p32", "destinationIpPrefix: 10.2.0.1/32"),
+            ("p24tcp", "protocol: tcp, destinationIpPrefix: 10.1.0.0/24"),
+        ];
+        for (name, fields) in fcs {
+            classifier(
+                &mut s,
+                name,
+                &format!("{{{fields}, logicalSourcePort: src}}"),
+            );
+        }
+        chain(&mut s, "c", &["g"], &fcs.map(|(n, _)| n), false);
+        let interfaces = Interfaces::default();
+        let origins = Origins::new();
+        let (mut c, entries, shapes) = through_shapes(&s, &interfaces, &origins);
+        let matches = matches(&s);
+        let mask = |name: &str| matches[name].expand()[0].0;
+        let expected = vec![mask("p32"), mask("p24tcp"), mask("p16"), mask("udp")];
+        let (src, g) = (1, GROUP_DOMAIN_BASE);
+        assert_eq!(shapes.keys().copied().collect::<Vec<_>>(), [src, g]);
+        assert_eq!(shapes[&src], expected);
+        assert_eq!(shapes[&g], expected);
+        assert!(c.errors.is_empty());
+
+        // Each key names its shape by its index in its domain's list.
+        c.classify(entries, &shapes);
+        assert_eq!(c.image.classify.len(), 8);
+        for (tuple, name) in ["p32", "p24tcp", "p16", "udp"].iter().enumerate() {
+            for domain in [src, g] {
+                let key = ClassKey {
+                    tuple: tuple as u8,
+                    domain,
+                    ..matches[*name].expand()[0].1
+                };
+                assert!(c.image.classify.contains_key(&key), "{name} in {domain}");
+            }
+        }
+    }
+
+    #[test]
+    fn more_than_16_match_shapes_are_refused_in_each_place() {
+        let mut s = State::default();
+        pair(&mut s, "pp", "in", "out");
+        group(&mut s, "g", &["pp"]);
+        let mut fcs = Vec::new();
+        for len in 16..=32 {
+            let name = format!("fc{len}");
+            classifier(
+                &mut s,
+                &name,
+                &format!("{{destinationIpPrefix: 10.0.0.0/{len}, logicalSourcePort: src, logicalDestinationPort: dst}}"),
+            );
+            fcs.push(name);
+        }
+        let refs: Vec<&str> = fcs.iter().map(|f| f.as_str()).collect();
+        chain(&mut s, "c", &["g"], &refs, true);
+        let interfaces = Interfaces::default();
+        let origins = Origins::new();
+        let (mut c, entries, shapes) = through_shapes(&s, &interfaces, &origins);
+        // The /16 is the least specific: past the limit, so its classifier is named.
+        let line = |place: &str| {
+            format!("(applied state): FlowClassifier \"fc16\": spec: the classifiers {place} need 17 distinct match shapes (prefix lengths and port-range blocks); at most 16 are supported: use fewer distinct prefix lengths or port ranges that are powers of two")
+        };
+        assert_eq!(
+            messages(&c.errors),
+            [
+                line("entering at port dst"),
+                line("entering at port src"),
+                line("leaving group g"),
+                line("leaving group g in reverse"),
+            ]
+        );
+        assert!(shapes.values().all(|list| list.len() == 17));
+        // Entries of shapes past the limit are left out of the map.
+        c.classify(entries, &shapes);
+        assert_eq!(c.image.classify.len(), 4 * 16);
+        assert!(c
+            .image
+            .classify
+            .keys()
+            .all(|k| (k.tuple as usize) < MAX_TUPLES));
+    }
+
+    #[test]
+    fn the_same_key_leading_two_ways_is_refused() {
+        // Identical classifiers of one chain: each counts its own hits at the entry, so their
+        // entry verdicts differ; past the entry they are the same and merge.
+        let mut s = State::default();
+        pair(&mut s, "pp", "in", "out");
+        group(&mut s, "g", &["pp"]);
+        classifier(&mut s, "a", "{protocol: tcp, logicalSourcePort: src}");
+        classifier(&mut s, "b", "{protocol: tcp, logicalSourcePort: src}");
+        chain(&mut s, "c", &["g"], &["a", "b"], false);
+        let interfaces = Interfaces::default();
+        let origins = Origins::new();
+        let (mut c, entries, shapes) = through_shapes(&s, &interfaces, &origins);
+        c.classify(entries, &shapes);
+        assert_eq!(
+            messages(&c.errors),
+            ["(applied state): FlowClassifier \"b\": spec: matches exactly the same packets as FlowClassifier \"a\" but leads elsewhere; remove one of them"]
+        );
+        let counters: Vec<u32> = c.image.classify.values().map(|v| v.counter).collect();
+        // a's entry (its own counter 2), and after the hop (the chain's counter 1).
+        assert_eq!(counters, [2, 1]);
+    }
+
+    #[test]
+    fn roots_are_the_interfaces_where_classified_traffic_arrives() {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "p1", "in1", "out1");
+        pair(&mut s, "p2", "in2", "out2");
+        pair(&mut s, "p3", "in3", "out3");
+        // One interface for both sides: g2's reverse domain is its egress domain, yet a
+        // one-way chain needs nothing from its members' ingress.
+        pair(&mut s, "p5", "sh", "sh");
+        group(&mut s, "g1", &["p1"]);
+        group(&mut s, "g2", &["p2", "p5"]);
+        group(&mut s, "g3", &["p3"]);
+        classifier(
+            &mut s,
+            "s",
+            "{protocol: udp, logicalSourcePort: lp1, logicalDestinationPort: lp2}",
+        );
+        classifier(
+            &mut s,
+            "o",
+            "{protocol: tcp, logicalSourcePort: lp3, logicalDestinationPort: lp4}",
+        );
+        chain(&mut s, "sym", &["g1"], &["s"], true);
+        chain(&mut s, "ow", &["g2"], &["o"], false);
+        chain(&mut s, "bare", &["g3"], &[], false);
+        for (name, index) in [
+            ("lp1", 1),
+            ("lp2", 2),
+            ("lp3", 3),
+            ("lp4", 4),
+            ("in1", 5),
+            ("in2", 7),
+            ("out2", 8),
+            ("in3", 9),
+            ("out3", 10),
+            ("sh", 11),
+        ] {
+            veth(&mut i, name, index);
+        }
+        let origins = Origins::new();
+        let matches = matches(&s);
+        let mut c = Compiler::new(&s, &i, &origins);
+        let groups = c.group_tables().unwrap();
+        let domains = c.classifier_domains(&groups).unwrap();
+        let entries = c.entries(&matches, &groups, &domains);
+        let shapes = c.match_shapes(&entries, &domains);
+        c.classify(entries, &shapes);
+        let notes_before = c.image.notes.len();
+        let roots = c.roots(&groups, &domains);
+        c.attach(&roots, &shapes);
+
+        // Logical ports where chains start, SF egress sides, and for symmetric chains SF
+        // ingress sides; not a one-way chain's destination, nor SF sides of a chain without
+        // classifiers (nothing is classified there).
+        let attach: Vec<(&str, u32)> = c
+            .image
+            .attach
+            .iter()
+            .map(|(n, x)| (n.as_str(), *x))
+            .collect();
+        assert_eq!(
+            attach,
+            [
+                ("in1", 5),
+                ("lp1", 1),
+                ("lp2", 2),
+                ("lp3", 3),
+                ("out2", 8),
+                ("sh", 11)
+            ]
+        );
+        let ports: Vec<(u32, u32, u16, u16)> = c
+            .image
+            .ports
+            .iter()
+            .map(|(x, v)| (*x, v.domain, v.flags, v.n_tuples))
+            .collect();
+        let (g1, g2) = (GROUP_DOMAIN_BASE, GROUP_DOMAIN_BASE + 2);
+        assert_eq!(
+            ports,
+            [
+                (1, 1, PORT_ENTRY, 1),
+                (2, 2, PORT_ENTRY, 1),
+                (3, 3, PORT_ENTRY, 1),
+                (5, g1 + 1, 0, 1),
+                (8, g2, 0, 1),
+                (11, g2, 0, 1),
+            ]
+        );
+        let udp_reversed = matches["s"].reversed().expand()[0].0;
+        let mut tuples = [TupleMask::default(); MAX_TUPLES];
+        tuples[0] = udp_reversed;
+        assert_eq!(c.image.ports[&5].tuples, tuples);
+        assert_eq!(
+            c.image.notes[notes_before..],
+            ["interface \"out1\" is not present; steering from it starts when it appears"]
+        );
+        assert!(c.errors.is_empty(), "{:?}", messages(&c.errors));
+    }
+}

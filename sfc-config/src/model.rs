@@ -1,0 +1,318 @@
+//! The resource model of the user contract (PortPair, PortPairGroup, FlowClassifier, PortChain)
+//! and the desired state made of them.
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "sfc.dataplane.dev/v1alpha1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    PortPair,
+    PortPairGroup,
+    FlowClassifier,
+    PortChain,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::PortPair,
+        Kind::PortPairGroup,
+        Kind::FlowClassifier,
+        Kind::PortChain,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::PortPair => "PortPair",
+            Kind::PortPairGroup => "PortPairGroup",
+            Kind::FlowClassifier => "FlowClassifier",
+            Kind::PortChain => "PortChain",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    /// Accepts the kind names of the YAML, the CLI's plural and singular forms, and the short
+    /// names (`pp`, `ppg`, `fc`, `pc`), case-insensitively.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "portpair" | "portpairs" | "pp" => Ok(Kind::PortPair),
+            "portpairgroup" | "portpairgroups" | "ppg" => Ok(Kind::PortPairGroup),
+            "flowclassifier" | "flowclassifiers" | "fc" => Ok(Kind::FlowClassifier),
+            "portchain" | "portchains" | "pc" => Ok(Kind::PortChain),
+            _ => Err(format!(
+                "unknown kind {s:?}: use portpairs (pp), portpairgroups (ppg), flowclassifiers (fc) or portchains (pc)"
+            )),
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn is_default_weight(w: &u32) -> bool {
+    *w == 1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortPairSpec {
+    pub ingress: String,
+    pub egress: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_mac: Option<String>,
+    /// MAC of the SF's NIC behind `egress` (an extension: reverse traffic of symmetric chains
+    /// is sent there); discovered like `ingressMac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_mac: Option<String>,
+    #[serde(default = "default_weight", skip_serializing_if = "is_default_weight")]
+    pub weight: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbField {
+    EthSrc,
+    EthDst,
+    IpSrc,
+    IpDst,
+    TcpSrc,
+    TcpDst,
+    UdpSrc,
+    UdpDst,
+}
+
+impl LbField {
+    pub fn bit(self) -> u8 {
+        use sfc_common::lb;
+        match self {
+            LbField::EthSrc => lb::ETH_SRC,
+            LbField::EthDst => lb::ETH_DST,
+            LbField::IpSrc => lb::IP_SRC,
+            LbField::IpDst => lb::IP_DST,
+            LbField::TcpSrc => lb::TCP_SRC,
+            LbField::TcpDst => lb::TCP_DST,
+            LbField::UdpSrc => lb::UDP_SRC,
+            LbField::UdpDst => lb::UDP_DST,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortPairGroupSpec {
+    pub port_pairs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lb_fields: Vec<LbField>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tap_enabled: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ethertype {
+    #[default]
+    IPv4,
+    IPv6,
+}
+
+/// `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Protocol {
+    Number(i64),
+    Name(String),
+}
+
+/// `"N"` or `"MIN:MAX"`; a bare integer is accepted too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortRange {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowClassifierSpec {
+    #[serde(default)]
+    pub ethertype: Ethertype,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_port_range: Option<PortRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port_range: Option<PortRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_ip_prefix: Option<String>,
+    pub logical_source_port: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_destination_port: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Correlation {
+    #[default]
+    None,
+    Mpls,
+    Nsh,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChainParameters {
+    #[serde(default)]
+    pub symmetric: bool,
+    #[serde(default)]
+    pub correlation: Correlation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortChainSpec {
+    pub port_pair_groups: Vec<String>,
+    #[serde(default)]
+    pub flow_classifiers: Vec<String>,
+    #[serde(default)]
+    pub chain_parameters: ChainParameters,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "spec")]
+pub enum Spec {
+    PortPair(PortPairSpec),
+    PortPairGroup(PortPairGroupSpec),
+    FlowClassifier(FlowClassifierSpec),
+    PortChain(PortChainSpec),
+}
+
+impl Spec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::PortPair(_) => Kind::PortPair,
+            Spec::PortPairGroup(_) => Kind::PortPairGroup,
+            Spec::FlowClassifier(_) => Kind::FlowClassifier,
+            Spec::PortChain(_) => Kind::PortChain,
+        }
+    }
+}
+
+/// One named object of any kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: Spec,
+}
+
+/// The desired state: every applied object, by kind and name (sorted, so every listing and
+/// every compiled map image is deterministic).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct State {
+    #[serde(default)]
+    pub port_pairs: BTreeMap<String, PortPairSpec>,
+    #[serde(default)]
+    pub port_pair_groups: BTreeMap<String, PortPairGroupSpec>,
+    #[serde(default)]
+    pub flow_classifiers: BTreeMap<String, FlowClassifierSpec>,
+    #[serde(default)]
+    pub port_chains: BTreeMap<String, PortChainSpec>,
+}
+
+impl State {
+    pub fn upsert(&mut self, object: Object) {
+        match object.spec {
+            Spec::PortPair(s) => {
+                self.port_pairs.insert(object.name, s);
+            }
+            Spec::PortPairGroup(s) => {
+                self.port_pair_groups.insert(object.name, s);
+            }
+            Spec::FlowClassifier(s) => {
+                self.flow_classifiers.insert(object.name, s);
+            }
+            Spec::PortChain(s) => {
+                self.port_chains.insert(object.name, s);
+            }
+        }
+    }
+
+    /// Removes an object; returns whether it existed.
+    pub fn remove(&mut self, kind: Kind, name: &str) -> bool {
+        match kind {
+            Kind::PortPair => self.port_pairs.remove(name).is_some(),
+            Kind::PortPairGroup => self.port_pair_groups.remove(name).is_some(),
+            Kind::FlowClassifier => self.flow_classifiers.remove(name).is_some(),
+            Kind::PortChain => self.port_chains.remove(name).is_some(),
+        }
+    }
+
+    pub fn get(&self, kind: Kind, name: &str) -> Option<Spec> {
+        match kind {
+            Kind::PortPair => self.port_pairs.get(name).cloned().map(Spec::PortPair),
+            Kind::PortPairGroup => self
+                .port_pair_groups
+                .get(name)
+                .cloned()
+                .map(Spec::PortPairGroup),
+            Kind::FlowClassifier => self
+                .flow_classifiers
+                .get(name)
+                .cloned()
+                .map(Spec::FlowClassifier),
+            Kind::PortChain => self.port_chains.get(name).cloned().map(Spec::PortChain),
+        }
+    }
+
+    /// The kind and name of every object.
+    pub fn objects(&self) -> impl Iterator<Item = (Kind, String)> + '_ {
+        fn names<S>(
+            kind: Kind,
+            m: &BTreeMap<String, S>,
+        ) -> impl Iterator<Item = (Kind, String)> + '_ {
+            m.keys().map(move |n| (kind, n.clone()))
+        }
+        names(Kind::PortPair, &self.port_pairs)
+            .chain(names(Kind::PortPairGroup, &self.port_pair_groups))
+            .chain(names(Kind::FlowClassifier, &self.flow_classifiers))
+            .chain(names(Kind::PortChain, &self.port_chains))
+    }
+
+    /// Every object of one kind, sorted by name.
+    pub fn list(&self, kind: Kind) -> Vec<Object> {
+        fn wrap<S: Clone>(m: &BTreeMap<String, S>, f: fn(S) -> Spec) -> Vec<Object> {
+            m.iter()
+                .map(|(name, s)| Object {
+                    name: name.clone(),
+                    spec: f(s.clone()),
+                })
+                .collect()
+        }
+        match kind {
+            Kind::PortPair => wrap(&self.port_pairs, Spec::PortPair),
+            Kind::PortPairGroup => wrap(&self.port_pair_groups, Spec::PortPairGroup),
+            Kind::FlowClassifier => wrap(&self.flow_classifiers, Spec::FlowClassifier),
+            Kind::PortChain => wrap(&self.port_chains, Spec::PortChain),
+        }
+    }
+}

@@ -1,0 +1,1567 @@
+//! The all-or-nothing checks run on the whole desired state before anything changes.
+//!
+//! [`validate`] runs them in stages, one per kind of object and then the overlaps between
+//! chains; each stage reports every problem it finds, so one run shows everything to fix.
+//! Objects are visited in apply order (see [`Origins::in_apply_order`]): where two objects
+//! conflict, the error is reported on the one applied last, and names the other.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sfc_common::MAX_HOPS;
+
+pub mod classifier;
+pub mod nesting;
+pub mod overlap;
+
+use crate::{
+    document::{shown, ConfigError, ConfigErrors},
+    model::{Correlation, Kind, PortChainSpec, State},
+};
+use classifier::{normalize, Match};
+
+pub const APPLIED: &str = "(applied state)";
+
+/// When an object came, for blame: `None` when it was applied before, `Some(n)` when it is
+/// the n-th object of the files being applied. Applied objects come first (`None < Some`).
+pub type Rank = Option<usize>;
+
+/// Where the objects of an apply come from: each one's file and its place in the apply (the
+/// files in the order given, the documents of each in order). Objects not listed were
+/// applied before. Used to name the file in messages and, where two objects conflict, to
+/// report the conflict on the one applied last.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origins {
+    objects: BTreeMap<Kind, BTreeMap<String, (usize, String)>>,
+    count: usize,
+}
+
+impl Origins {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the next object of the apply. When the same kind and name appeared before,
+    /// keeps the first and returns its file.
+    pub fn insert(&mut self, kind: Kind, name: &str, file: &str) -> Option<String> {
+        let objects = self.objects.entry(kind).or_default();
+        if let Some((_, first)) = objects.get(name) {
+            return Some(first.clone());
+        }
+        objects.insert(name.to_string(), (self.count, file.to_string()));
+        self.count += 1;
+        None
+    }
+
+    /// The file an object comes from, or [`APPLIED`].
+    pub fn file(&self, kind: Kind, name: &str) -> &str {
+        self.objects
+            .get(&kind)
+            .and_then(|o| o.get(name))
+            .map_or(APPLIED, |(_, file)| file)
+    }
+
+    pub fn rank(&self, kind: Kind, name: &str) -> Rank {
+        self.objects.get(&kind)?.get(name).map(|(n, _)| *n)
+    }
+
+    /// The objects of one kind in apply order: those applied before first (by name), then
+    /// those of the files, in their order.
+    pub fn in_apply_order<'m, V>(
+        &self,
+        kind: Kind,
+        objects: &'m BTreeMap<String, V>,
+    ) -> Vec<(&'m String, &'m V)> {
+        let mut out: Vec<_> = objects.iter().collect();
+        if self.objects.contains_key(&kind) {
+            out.sort_by_cached_key(|(name, _)| self.rank(kind, name));
+        }
+        out
+    }
+
+    /// `Kind "name"` of an object a message about `about` names: followed by
+    /// ` (already applied)` or ` (in FILE)` when it does not come from the same place.
+    pub fn other(&self, (kind, name): (Kind, &str), about: (Kind, &str)) -> String {
+        let file = self.file(kind, name);
+        let where_ = if file == self.file(about.0, about.1) {
+            String::new()
+        } else if file == APPLIED {
+            " (already applied)".to_string()
+        } else {
+            format!(" (in {file})")
+        };
+        format!("{kind} {}{where_}", shown(name))
+    }
+}
+
+/// The errors found so far, and what they are about.
+struct Report<'s> {
+    state: &'s State,
+    origins: &'s Origins,
+    errors: Vec<ConfigError>,
+}
+
+impl<'s> Report<'s> {
+    fn new(state: &'s State, origins: &'s Origins) -> Self {
+        Report {
+            state,
+            origins,
+            errors: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, kind: Kind, name: &str, field: &str, message: String) {
+        self.errors.push(ConfigError {
+            file: self.origins.file(kind, name).to_string(),
+            kind: kind.to_string(),
+            name: name.to_string(),
+            field: field.to_string(),
+            message,
+        });
+    }
+
+    fn rank(&self, kind: Kind, name: &str) -> Rank {
+        self.origins.rank(kind, name)
+    }
+
+    /// See [`Origins::other`].
+    fn other(&self, object: (Kind, &str), about: (Kind, &str)) -> String {
+        self.origins.other(object, about)
+    }
+
+    fn interface(&mut self, kind: Kind, name: &str, field: &str, value: &str) {
+        if !valid_interface(value) {
+            self.push(
+                kind,
+                name,
+                field,
+                format!(
+                    "{} is not an interface name; use 1 to 15 characters without '/', ':' or spaces",
+                    shown(value)
+                ),
+            );
+        }
+    }
+
+    /// Checks a list of references whose targets each belong to one owner only: every name
+    /// resolves, and none is listed twice or already claimed by an owner visited before.
+    fn exclusive_refs<V>(
+        &mut self,
+        (kind, owner, field): (Kind, &'s str, &str),
+        refs: &'s [String],
+        (target_kind, targets): (Kind, &BTreeMap<String, V>),
+        claimed: &mut BTreeMap<&'s str, &'s str>,
+        rule: &str,
+    ) {
+        for (i, target) in refs.iter().enumerate() {
+            let field = format!("{field}[{i}]");
+            if !targets.contains_key(target) {
+                self.push(
+                    kind,
+                    owner,
+                    &field,
+                    format!(
+                        "{target_kind} {} does not exist; apply it first or in the same file",
+                        shown(target)
+                    ),
+                );
+            }
+            match claimed.get(target.as_str()) {
+                None => {
+                    claimed.insert(target, owner);
+                }
+                Some(&other) => {
+                    let what = if other == owner {
+                        "is listed twice".to_string()
+                    } else {
+                        format!("is already in {}", self.other((kind, other), (kind, owner)))
+                    };
+                    self.push(
+                        kind,
+                        owner,
+                        &field,
+                        format!("{target_kind} {} {what}; {rule}", shown(target)),
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub fn valid_interface(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
+}
+
+pub fn mac(text: &str) -> Option<[u8; 6]> {
+    parse_mac(text).filter(|m| m[0] & 1 == 0 && *m != [0; 6])
+}
+
+/// Checks the whole state; on success returns every classifier's normalised match.
+pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Match>, ConfigErrors> {
+    let mut r = Report::new(state, origins);
+    let sf_ports = port_pairs(&mut r);
+    groups(&mut r);
+    let matches = classifiers(&mut r, &sf_ports);
+    let fc_chain = chains(&mut r);
+    overlaps(&mut r, &matches, &fc_chain);
+    if r.errors.is_empty() {
+        Ok(matches)
+    } else {
+        Err(ConfigErrors(r.errors))
+    }
+}
+
+/// An SF's interface: the pair it belongs to, and the field of the pair that names it.
+type SfPorts<'s> = BTreeMap<&'s str, (&'s str, &'static str)>;
+
+/// Stage 1, port pairs: each pair's fields (interface names, weight, MACs), and interface
+/// ownership: an interface belongs to one pair (as its ingress, its egress, or both). Returns
+/// the SF interfaces.
+fn port_pairs<'s>(r: &mut Report<'s>) -> SfPorts<'s> {
+    let mut owners = SfPorts::new();
+    for (name, pp) in r
+        .origins
+        .in_apply_order(Kind::PortPair, &r.state.port_pairs)
+    {
+        r.interface(Kind::PortPair, name, "spec.ingress", &pp.ingress);
+        r.interface(Kind::PortPair, name, "spec.egress", &pp.egress);
+        if !(1..=255).contains(&pp.weight) {
+            r.push(
+                Kind::PortPair,
+                name,
+                "spec.weight",
+                format!("{} is out of range; use 1..255", pp.weight),
+            );
+        }
+        for (field, value) in [
+            ("spec.ingressMac", &pp.ingress_mac),
+            ("spec.egressMac", &pp.egress_mac),
+        ] {
+            if let Some(m) = value {
+                if mac(m).is_none() {
+                    r.push(
+                        Kind::PortPair,
+                        name,
+                        field,
+                        format!(
+                            "{} is not a unicast MAC; use the form 02:00:00:00:00:01",
+                            shown(m)
+                        ),
+                    );
+                }
+            }
+        }
+        let mut ifaces = vec![("spec.ingress", pp.ingress.as_str())];
+        if pp.egress != pp.ingress {
+            ifaces.push(("spec.egress", pp.egress.as_str()));
+        }
+        for (field, iface) in ifaces {
+            match owners.get(iface) {
+                None => {
+                    owners.insert(iface, (name.as_str(), field));
+                }
+                Some(&(other, _)) => {
+                    let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+                    r.push(
+                        Kind::PortPair,
+                        name,
+                        field,
+                        format!(
+                            "interface {} already belongs to {other}; an interface belongs to one SF instance",
+                            shown(iface)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// Stage 2, groups: each lists at least one pair, every pair it lists exists and is in no
+/// other group, and a tap group has exactly one pair.
+fn groups(r: &mut Report) {
+    let mut pair_group = BTreeMap::new();
+    for (name, g) in r
+        .origins
+        .in_apply_order(Kind::PortPairGroup, &r.state.port_pair_groups)
+    {
+        if g.port_pairs.is_empty() {
+            r.push(
+                Kind::PortPairGroup,
+                name,
+                "spec.portPairs",
+                "is empty; list at least one PortPair".into(),
+            );
+        }
+        r.exclusive_refs(
+            (Kind::PortPairGroup, name, "spec.portPairs"),
+            &g.port_pairs,
+            (Kind::PortPair, &r.state.port_pairs),
+            &mut pair_group,
+            "a PortPair is in at most one group",
+        );
+        if g.tap_enabled && g.port_pairs.len() != 1 {
+            r.push(
+                Kind::PortPairGroup,
+                name,
+                "spec.tapEnabled",
+                "a tap group has exactly one PortPair".into(),
+            );
+        }
+    }
+}
+
+/// Stage 3, classifiers: logical port names, logical ports that are no SF's interface, and
+/// the match fields, normalised (each field's error from [`normalize`]). Returns the
+/// normalised match of every classifier without field errors.
+fn classifiers(r: &mut Report, sf_ports: &SfPorts) -> BTreeMap<String, Match> {
+    let mut matches = BTreeMap::new();
+    for (name, fc) in r
+        .origins
+        .in_apply_order(Kind::FlowClassifier, &r.state.flow_classifiers)
+    {
+        let ports = [
+            ("spec.logicalSourcePort", Some(&fc.logical_source_port)),
+            (
+                "spec.logicalDestinationPort",
+                fc.logical_destination_port.as_ref(),
+            ),
+        ];
+        for (field, port) in ports {
+            if let Some(port) = port {
+                r.interface(Kind::FlowClassifier, name, field, port);
+            }
+        }
+        for (field, port) in ports {
+            let Some(port) = port else {
+                continue;
+            };
+            let Some(&(pp, pp_field)) = sf_ports.get(port.as_str()) else {
+                continue;
+            };
+            let port = shown(port);
+            let rule = "a logical port is where traffic enters or leaves the node, not an SF port";
+            if r.rank(Kind::PortPair, pp) > r.rank(Kind::FlowClassifier, name) {
+                // The pair came last: the conflict is its doing.
+                let fc = r.other((Kind::FlowClassifier, name), (Kind::PortPair, pp));
+                let role = field.trim_start_matches("spec.");
+                r.push(
+                    Kind::PortPair,
+                    pp,
+                    pp_field,
+                    format!("{port} is the {role} of {fc}; {rule}"),
+                );
+            } else {
+                let pair = r.other((Kind::PortPair, pp), (Kind::FlowClassifier, name));
+                r.push(
+                    Kind::FlowClassifier,
+                    name,
+                    field,
+                    format!("{port} is a port of {pair}; {rule}"),
+                );
+            }
+        }
+        match normalize(fc) {
+            Ok(m) => {
+                matches.insert(name.clone(), m);
+            }
+            Err(errs) => {
+                for (field, message) in errs {
+                    r.push(Kind::FlowClassifier, name, field, message);
+                }
+            }
+        }
+    }
+    matches
+}
+
+/// Stage 4, chains: for each, its hops ([`hops`]), no other chain with the same ordered
+/// groups, its classifiers (each exists and is in no other chain), its id ([`chain_id`]),
+/// what a symmetric chain needs ([`symmetric`]), its correlation, and no consecutive tap
+/// groups ([`taps`]). Returns the chain of each classifier.
+fn chains<'s>(r: &mut Report<'s>) -> BTreeMap<&'s str, &'s str> {
+    let mut fc_chain = BTreeMap::new();
+    let mut paths: BTreeMap<&Vec<String>, &str> = BTreeMap::new();
+    let mut ids: BTreeMap<u32, &str> = BTreeMap::new();
+    for (name, pc) in r
+        .origins
+        .in_apply_order(Kind::PortChain, &r.state.port_chains)
+    {
+        hops(r, name, pc);
+        match paths.get(&pc.port_pair_groups) {
+            None => {
+                paths.insert(&pc.port_pair_groups, name);
+            }
+            Some(&other) => {
+                let other = r.other((Kind::PortChain, other), (Kind::PortChain, name));
+                r.push(
+                    Kind::PortChain,
+                    name,
+                    "spec.portPairGroups",
+                    format!("{other} has the same ordered groups; two chains must differ"),
+                );
+            }
+        }
+        r.exclusive_refs(
+            (Kind::PortChain, name, "spec.flowClassifiers"),
+            &pc.flow_classifiers,
+            (Kind::FlowClassifier, &r.state.flow_classifiers),
+            &mut fc_chain,
+            "a classifier belongs to at most one chain",
+        );
+        chain_id(r, name, pc, &mut ids);
+        if pc.chain_parameters.symmetric {
+            symmetric(r, name, pc);
+        }
+        if pc.chain_parameters.correlation != Correlation::None {
+            r.push(Kind::PortChain, name, "spec.chainParameters.correlation", "only none is supported: this dataplane steers on one node and needs no encapsulation".into());
+        }
+        taps(r, name, pc);
+    }
+    fc_chain
+}
+
+/// A chain's hops: at least one, at most [`MAX_HOPS`], each an existing group, none twice.
+fn hops(r: &mut Report, name: &str, pc: &PortChainSpec) {
+    let groups = &pc.port_pair_groups;
+    if groups.is_empty() {
+        r.push(
+            Kind::PortChain,
+            name,
+            "spec.portPairGroups",
+            "is empty; list at least one PortPairGroup".into(),
+        );
+    }
+    if groups.len() > MAX_HOPS {
+        r.push(
+            Kind::PortChain,
+            name,
+            "spec.portPairGroups",
+            format!(
+                "has {} hops; at most {MAX_HOPS} are supported: shorten the chain",
+                groups.len()
+            ),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, g) in groups.iter().enumerate() {
+        let field = format!("spec.portPairGroups[{i}]");
+        if !r.state.port_pair_groups.contains_key(g) {
+            r.push(
+                Kind::PortChain,
+                name,
+                &field,
+                format!(
+                    "PortPairGroup {} does not exist; apply it first or in the same file",
+                    shown(g)
+                ),
+            );
+        }
+        if !seen.insert(g) {
+            r.push(Kind::PortChain, name, &field, format!("PortPairGroup {} appears twice; a packet leaving it could not tell which hop comes next", shown(g)));
+        }
+    }
+}
+
+/// A chain's id, when set: in range, and no chain visited before has it.
+fn chain_id<'s>(
+    r: &mut Report,
+    name: &'s str,
+    pc: &PortChainSpec,
+    ids: &mut BTreeMap<u32, &'s str>,
+) {
+    let Some(id) = pc.chain_id else {
+        return;
+    };
+    if !(1..=65535).contains(&id) {
+        r.push(
+            Kind::PortChain,
+            name,
+            "spec.chainId",
+            format!("{id} is out of range; use 1..65535 or leave it out to have one assigned"),
+        );
+    } else if let Some(&other) = ids.get(&id) {
+        let other = r.other((Kind::PortChain, other), (Kind::PortChain, name));
+        r.push(
+            Kind::PortChain,
+            name,
+            "spec.chainId",
+            format!("{id} is already the id of {other}"),
+        );
+    } else {
+        ids.insert(id, name);
+    }
+}
+
+/// A symmetric chain: every classifier has a logicalDestinationPort (where reverse traffic
+/// enters), and every group hashes the default symmetric 5-tuple. Reported on the chain, or
+/// on the classifier or group when that came last.
+fn symmetric(r: &mut Report, name: &str, pc: &PortChainSpec) {
+    let chain = (Kind::PortChain, name);
+    for fc in &pc.flow_classifiers {
+        let lacks = r
+            .state
+            .flow_classifiers
+            .get(fc)
+            .is_some_and(|f| f.logical_destination_port.is_none());
+        if !lacks {
+            continue;
+        }
+        let classifier = (Kind::FlowClassifier, fc.as_str());
+        if r.rank(classifier.0, classifier.1) > r.rank(chain.0, chain.1) {
+            let chain = r.other(chain, classifier);
+            r.push(
+                classifier.0,
+                classifier.1,
+                "spec.logicalDestinationPort",
+                format!("is missing, and {chain} is symmetric; symmetric chains need one on every classifier"),
+            );
+        } else {
+            let classifier = r.other(classifier, chain);
+            r.push(Kind::PortChain, name, "spec.chainParameters.symmetric", format!("{classifier} has no logicalDestinationPort; symmetric chains need one on every classifier"));
+        }
+    }
+    let why = "in a symmetric chain a group must use the default symmetric 5-tuple so that both directions of a flow pick the same instance";
+    for (i, g) in pc.port_pair_groups.iter().enumerate() {
+        let sets = r
+            .state
+            .port_pair_groups
+            .get(g)
+            .is_some_and(|g| !g.lb_fields.is_empty());
+        if !sets {
+            continue;
+        }
+        let group = (Kind::PortPairGroup, g.as_str());
+        if r.rank(group.0, group.1) > r.rank(chain.0, chain.1) {
+            let chain = r.other(chain, group);
+            r.push(
+                group.0,
+                group.1,
+                "spec.lbFields",
+                format!("is set, but {chain} is symmetric: {why}; leave lbFields out"),
+            );
+        } else {
+            let group = r.other(group, chain);
+            r.push(
+                Kind::PortChain,
+                name,
+                &format!("spec.portPairGroups[{i}]"),
+                format!("{group} sets lbFields; {why}"),
+            );
+        }
+    }
+}
+
+/// Two tap groups are never consecutive in a chain. Reported once per chain: on the chain,
+/// or on the group of the first such two whose tapEnabled came last.
+fn taps(r: &mut Report, name: &str, pc: &PortChainSpec) {
+    let groups = &pc.port_pair_groups;
+    let is_tap = |g: &String| {
+        r.state
+            .port_pair_groups
+            .get(g)
+            .is_some_and(|g| g.tap_enabled)
+    };
+    let Some(i) = (1..groups.len()).find(|&i| is_tap(&groups[i - 1]) && is_tap(&groups[i])) else {
+        return;
+    };
+    let (before, after) = (groups[i - 1].as_str(), groups[i].as_str());
+    let group_rank = |g: &str| r.rank(Kind::PortPairGroup, g);
+    let (late, other, place) = if group_rank(after) >= group_rank(before) {
+        (after, before, "right after")
+    } else {
+        (before, after, "right before")
+    };
+    if group_rank(late) > r.rank(Kind::PortChain, name) {
+        let about = (Kind::PortPairGroup, late);
+        let chain = r.other((Kind::PortChain, name), about);
+        let other = r.other((Kind::PortPairGroup, other), about);
+        r.push(
+            Kind::PortPairGroup,
+            late,
+            "spec.tapEnabled",
+            format!("is true, but {chain} lists this group {place} {other}, a tap group too; two tap groups are never consecutive: put a normal group between them"),
+        );
+    } else {
+        r.push(
+            Kind::PortChain,
+            name,
+            "spec.portPairGroups",
+            "two tap groups are consecutive; put a normal group between them".into(),
+        );
+    }
+}
+
+/// Stage 5, overlaps between chains: classifiers of different chains must not match the same
+/// packets where they meet, at the same entry (networking-sfc's rule) or, for chains that
+/// share a group, anywhere (a packet leaving the shared SF must belong to one chain). Each
+/// conflict is reported on the side (classifier and chain) applied last: on its classifier,
+/// or on its chain when only the chain is being applied (it brought an applied classifier in).
+fn overlaps(r: &mut Report, matches: &BTreeMap<String, Match>, fc_chain: &BTreeMap<&str, &str>) {
+    for conflict in conflicts(r.state, matches, fc_chain) {
+        let Conflict { a, ca, b, cb, .. } = conflict;
+        let side = |fc: &str, chain: &str| {
+            r.rank(Kind::FlowClassifier, fc)
+                .max(r.rank(Kind::PortChain, chain))
+        };
+        // (x, cx) is blamed, (y, cy) named; b's side unless a's came last.
+        let (x, cx, y, cy) = if side(a, ca) > side(b, cb) {
+            (a, ca, b, cb)
+        } else {
+            (b, cb, a, ca)
+        };
+        let by_chain =
+            r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, cx).is_some();
+        let about = if by_chain {
+            (Kind::PortChain, cx)
+        } else {
+            (Kind::FlowClassifier, x)
+        };
+        let other = r.other((Kind::FlowClassifier, y), about);
+        let cy = shown(cy);
+        let (what, sep, rule) = match conflict.shared_group {
+            None => (
+                format!("overlaps {other} of PortChain {cy}"),
+                "; ",
+                "classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol",
+            ),
+            Some(g) => (
+                format!("overlaps {other} of PortChain {cy}, and both chains use PortPairGroup {}", shown(g)),
+                ": ",
+                "a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups",
+            ),
+        };
+        if by_chain {
+            let i = r.state.port_chains[cx]
+                .flow_classifiers
+                .iter()
+                .position(|f| f == x)
+                .unwrap_or_default();
+            r.push(
+                Kind::PortChain,
+                cx,
+                &format!("spec.flowClassifiers[{i}]"),
+                format!("its FlowClassifier {} {what}{sep}{rule}", shown(x)),
+            );
+        } else {
+            let this = match conflict.shared_group {
+                None => format!(" (this one is in {})", shown(cx)),
+                Some(_) => String::new(),
+            };
+            r.push(
+                Kind::FlowClassifier,
+                x,
+                "spec",
+                format!("{what}{this}{sep}{rule}"),
+            );
+        }
+    }
+}
+
+/// Two classifiers of different chains that match some packet alike where it matters: `b` (of
+/// chain `cb`) is reported against `a` (of `ca`), with `ca < cb`.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Conflict<'s> {
+    ca: &'s str,
+    a: &'s str,
+    cb: &'s str,
+    b: &'s str,
+    /// `None` when they enter at the same logical ports; otherwise the first group both
+    /// chains use.
+    shared_group: Option<&'s str>,
+}
+
+/// Where classifiers of different chains meet: the logical ports they enter at, or a group
+/// their chains share.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Meeting<'s> {
+    Entry(&'s str, Option<&'s str>),
+    Group(&'s str),
+}
+
+/// Only classifiers that meet somewhere can conflict: those entering at the same logical
+/// ports, and those of chains through one group. Each such set is searched with the overlap
+/// index, never pair by pair, so the cost follows the classifiers, not their square.
+fn conflicts<'s>(
+    state: &'s State,
+    matches: &'s BTreeMap<String, Match>,
+    fc_chain: &BTreeMap<&'s str, &'s str>,
+) -> BTreeSet<Conflict<'s>> {
+    let mut sets: BTreeMap<Meeting, Vec<&str>> = BTreeMap::new();
+    for name in matches.keys() {
+        let Some(chain) = fc_chain.get(name.as_str()) else {
+            continue;
+        };
+        let fc = &state.flow_classifiers[name];
+        let entry = Meeting::Entry(
+            &fc.logical_source_port,
+            fc.logical_destination_port.as_deref(),
+        );
+        sets.entry(entry).or_default().push(name);
+        for group in &state.port_chains[*chain].port_pair_groups {
+            sets.entry(Meeting::Group(group)).or_default().push(name);
+        }
+    }
+    let mut found = BTreeSet::new();
+    for members in sets.values() {
+        let items: Vec<(&str, &Match)> = members
+            .iter()
+            .map(|fc| (fc_chain[fc], &matches[*fc]))
+            .collect();
+        for (i, j) in overlap::overlapping_pairs(&items) {
+            let (mut a, mut b) = (members[i], members[j]);
+            if fc_chain[b] < fc_chain[a] {
+                std::mem::swap(&mut a, &mut b);
+            }
+            let (ca, cb) = (fc_chain[a], fc_chain[b]);
+            let (fa, fb) = (&state.flow_classifiers[a], &state.flow_classifiers[b]);
+            let same_entry = fa.logical_source_port == fb.logical_source_port
+                && fa.logical_destination_port == fb.logical_destination_port;
+            let shared_group = if same_entry {
+                None
+            } else {
+                let groups_b: BTreeSet<&String> =
+                    state.port_chains[cb].port_pair_groups.iter().collect();
+                let shared = state.port_chains[ca]
+                    .port_pair_groups
+                    .iter()
+                    .filter(|g| groups_b.contains(g))
+                    .min();
+                match shared {
+                    Some(g) => Some(g.as_str()),
+                    // Met in the set of another group of theirs; reported from there.
+                    None => continue,
+                }
+            };
+            found.insert(Conflict {
+                ca,
+                a,
+                cb,
+                b,
+                shared_group,
+            });
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compile::Interfaces, document::parse_file, plan::plan, testing::doc};
+
+    fn base() -> String {
+        [
+            doc("PortPair", "pp1", "{ingress: a-in, egress: a-out}"),
+            doc("PortPair", "pp2", "{ingress: b-in, egress: b-out}"),
+            doc("PortPairGroup", "g1", "{portPairs: [pp1]}"),
+            doc("PortPairGroup", "g2", "{portPairs: [pp2]}"),
+            doc(
+                "FlowClassifier",
+                "fc1",
+                "{protocol: tcp, destinationPortRange: '80', logicalSourcePort: src}",
+            ),
+            doc(
+                "FlowClassifier",
+                "fc2",
+                "{protocol: udp, logicalSourcePort: src}",
+            ),
+            doc(
+                "PortChain",
+                "c1",
+                "{portPairGroups: [g1, g2], flowClassifiers: [fc1]}",
+            ),
+        ]
+        .concat()
+    }
+
+    /// Applies `extra` on top of the base file and expects one error naming `kind "name"` and
+    /// `field`, with `words` in its message.
+    fn rejects(extra: &str, kind_name: &str, field: &str, words: &str) {
+        let text = base() + extra;
+        let err = plan(
+            &State::default(),
+            &[("f.yaml".into(), text)],
+            &Interfaces::default(),
+        )
+        .expect_err("should be rejected")
+        .to_string();
+        let wanted = format!("f.yaml: {kind_name}: {field}: ");
+        assert!(err.contains(&wanted), "wanted {wanted:?} in:\n{err}");
+        assert!(err.contains(words), "wanted {words:?} in:\n{err}");
+    }
+
+    #[test]
+    fn the_base_is_valid() {
+        plan(
+            &State::default(),
+            &[("f.yaml".into(), base())],
+            &Interfaces::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn every_rule_names_file_kind_name_and_field() {
+        rejects(
+            &doc("PortPairGroup", "g3", "{portPairs: [nope]}"),
+            "PortPairGroup \"g3\"",
+            "spec.portPairs[0]",
+            "does not exist",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g9]}"),
+            "PortChain \"c2\"",
+            "spec.portPairGroups[0]",
+            "does not exist",
+        );
+        rejects(
+            &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], flowClassifiers: [fc9]}",
+            ),
+            "PortChain \"c2\"",
+            "spec.flowClassifiers[0]",
+            "does not exist",
+        );
+        rejects(
+            &doc("PortPairGroup", "g3", "{portPairs: [pp1]}"),
+            "PortPairGroup \"g3\"",
+            "spec.portPairs[0]",
+            "at most one group",
+        );
+        rejects(
+            &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], flowClassifiers: [fc1]}",
+            ),
+            "PortChain \"c2\"",
+            "spec.flowClassifiers[0]",
+            "at most one chain",
+        );
+        rejects(
+            &(doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, sourceIpPrefix: 10.0.0.0/8, logicalSourcePort: src}",
+            ) + &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], flowClassifiers: [fc3]}",
+            )),
+            "FlowClassifier \"fc3\"",
+            "spec",
+            "overlaps FlowClassifier \"fc1\"",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g1, g2]}"),
+            "PortChain \"c2\"",
+            "spec.portPairGroups",
+            "same ordered groups",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{destinationPortRange: '80', logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.destinationPortRange",
+            "tcp or udp",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, sourcePortRange: '90:80', logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.sourcePortRange",
+            "min > max",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, sourcePortRange: '0', logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.sourcePortRange",
+            "1..65535",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{ethertype: IPv6, sourceIpPrefix: 10.0.0.0/8, logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.sourceIpPrefix",
+            "ethertype",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{destinationIpPrefix: 10.0.0.1/8, logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.destinationIpPrefix",
+            "10.0.0.0/8",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: ftp, logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.protocol",
+            "unknown protocol",
+        );
+        rejects(
+            &doc(
+                "FlowClassifier",
+                "fc3",
+                "{ethertype: IPv4, protocol: icmpv6, logicalSourcePort: src}",
+            ),
+            "FlowClassifier \"fc3\"",
+            "spec.protocol",
+            "icmpv6",
+        );
+        rejects(
+            &doc("FlowClassifier", "fc3", "{logicalSourcePort: a-in}"),
+            "FlowClassifier \"fc3\"",
+            "spec.logicalSourcePort",
+            "SF port",
+        );
+        rejects(
+            &doc("PortPair", "pp3", "{ingress: a-in, egress: c-out}"),
+            "PortPair \"pp3\"",
+            "spec.ingress",
+            "already belongs",
+        );
+        rejects(
+            &doc(
+                "PortPair",
+                "pp3",
+                "{ingress: c-in, egress: c-out, weight: 300}",
+            ),
+            "PortPair \"pp3\"",
+            "spec.weight",
+            "1..255",
+        );
+        rejects(
+            &doc(
+                "PortPair",
+                "pp3",
+                "{ingress: c-in, egress: c-out, ingressMac: 'zz'}",
+            ),
+            "PortPair \"pp3\"",
+            "spec.ingressMac",
+            "MAC",
+        );
+        rejects(
+            &doc(
+                "PortPair",
+                "pp3",
+                "{ingress: this-name-is-too-long, egress: c-out}",
+            ),
+            "PortPair \"pp3\"",
+            "spec.ingress",
+            "interface name",
+        );
+        rejects(
+            &doc("PortPairGroup", "g3", "{portPairs: []}"),
+            "PortPairGroup \"g3\"",
+            "spec.portPairs",
+            "at least one",
+        );
+        rejects(
+            &doc("PortPairGroup", "g3", "{portPairs: [pp3]}").replace("pp3", "pp2"),
+            "PortPairGroup \"g3\"",
+            "spec.portPairs[0]",
+            "at most one group",
+        );
+        rejects(
+            &doc(
+                "PortPairGroup",
+                "g3",
+                "{portPairs: [pp1], lbFields: [vlan]}",
+            ),
+            "PortPairGroup \"g3\"",
+            "spec.lbFields[0]",
+            "unknown variant",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g2, g2]}"),
+            "PortChain \"c2\"",
+            "spec.portPairGroups[1]",
+            "appears twice",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g2], chainId: 0}"),
+            "PortChain \"c2\"",
+            "spec.chainId",
+            "1..65535",
+        );
+        rejects(
+            &(doc("PortChain", "c0", "{portPairGroups: [g1], chainId: 7}")
+                + &doc("PortChain", "c2", "{portPairGroups: [g2], chainId: 7}")),
+            "PortChain \"c2\"",
+            "spec.chainId",
+            "already the id",
+        );
+        rejects(&doc("PortChain", "c2", "{portPairGroups: [g2], flowClassifiers: [fc2], chainParameters: {symmetric: true}}"), "PortChain \"c2\"", "spec.chainParameters.symmetric", "logicalDestinationPort");
+        rejects(
+            &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], chainParameters: {correlation: mpls}}",
+            ),
+            "PortChain \"c2\"",
+            "spec.chainParameters.correlation",
+            "only none",
+        );
+        rejects(
+            &doc("PortChain", "c2", "{portPairGroups: [g2], colour: red}"),
+            "PortChain \"c2\"",
+            "spec.colour",
+            "unknown field `colour`",
+        );
+        rejects(
+            &doc("PortPair", "pp1", "{ingress: a-in, egress: a-out}"),
+            "PortPair \"pp1\"",
+            "metadata.name",
+            "appears twice",
+        );
+    }
+
+    #[test]
+    fn symmetric_chains_need_symmetric_hashing() {
+        let text = base().replace(
+            "{portPairs: [pp2]}",
+            "{portPairs: [pp2], lbFields: [ip_src]}",
+        ) + &doc(
+            "FlowClassifier",
+            "fc3",
+            "{protocol: icmp, logicalSourcePort: x, logicalDestinationPort: y}",
+        ) + &doc(
+            "PortChain",
+            "c2",
+            "{portPairGroups: [g2], flowClassifiers: [fc3], chainParameters: {symmetric: true}}",
+        );
+        let err = plan(
+            &State::default(),
+            &[("f.yaml".into(), text)],
+            &Interfaces::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("f.yaml: PortChain \"c2\": spec.portPairGroups[0]: PortPairGroup \"g2\" sets lbFields"), "{err}");
+    }
+
+    #[test]
+    fn classifiers_of_chains_sharing_a_group_must_be_disjoint_even_from_other_ports() {
+        let shared = doc(
+            "FlowClassifier",
+            "fc3",
+            "{protocol: tcp, logicalSourcePort: other}",
+        ) + &doc(
+            "PortChain",
+            "c2",
+            "{portPairGroups: [g2], flowClassifiers: [fc3]}",
+        );
+        rejects(
+            &shared,
+            "FlowClassifier \"fc3\"",
+            "spec",
+            "both chains use PortPairGroup \"g2\"",
+        );
+        // From another port and through other groups, the same packets are fine.
+        let text = base()
+            + &doc("PortPair", "pp3", "{ingress: c-in, egress: c-out}")
+            + &doc("PortPairGroup", "g3", "{portPairs: [pp3]}")
+            + &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, logicalSourcePort: other}",
+            )
+            + &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g3], flowClassifiers: [fc3]}",
+            );
+        plan(
+            &State::default(),
+            &[("f.yaml".into(), text)],
+            &Interfaces::default(),
+        )
+        .unwrap();
+    }
+
+    /// The state a chain file describes, without checking it.
+    fn state_of(text: &str) -> State {
+        let mut state = State::default();
+        for s in parse_file("t.yaml", text).unwrap() {
+            state.upsert(s.object);
+        }
+        state
+    }
+
+    /// Runs stages on `state`: what they return, and their errors as printed.
+    fn stage<'s, T>(
+        state: &'s State,
+        origins: &'s Origins,
+        run: impl FnOnce(&mut Report<'s>) -> T,
+    ) -> (T, Vec<String>) {
+        let mut r = Report::new(state, origins);
+        let out = run(&mut r);
+        (out, r.errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn stage_port_pairs_checks_fields_and_interface_owners() {
+        let state = state_of(
+            &[
+                doc("PortPair", "pp1", "{ingress: a-in, egress: a-out}"),
+                doc("PortPair", "pp2", "{ingress: b, egress: b}"),
+                doc(
+                    "PortPair",
+                    "pp3",
+                    "{ingress: a-out, egress: c, weight: 0, ingressMac: 'ff:ff:ff:ff:ff:ff'}",
+                ),
+                doc("PortPair", "pp4", "{ingress: bad/name, egress: d}"),
+                doc("PortPair", "pp0", "{ingress: a-in, egress: e}"),
+            ]
+            .concat(),
+        );
+        // pp0 comes from a file: it is visited after the applied pairs, and blamed.
+        let mut origins = Origins::new();
+        origins.insert(Kind::PortPair, "pp0", "new.yaml");
+        let (owners, errors) = stage(&state, &origins, port_pairs);
+        assert_eq!(
+            errors,
+            [
+                "(applied state): PortPair \"pp3\": spec.weight: 0 is out of range; use 1..255",
+                "(applied state): PortPair \"pp3\": spec.ingressMac: \"ff:ff:ff:ff:ff:ff\" is not a unicast MAC; use the form 02:00:00:00:00:01",
+                "(applied state): PortPair \"pp3\": spec.ingress: interface \"a-out\" already belongs to PortPair \"pp1\"; an interface belongs to one SF instance",
+                "(applied state): PortPair \"pp4\": spec.ingress: \"bad/name\" is not an interface name; use 1 to 15 characters without '/', ':' or spaces",
+                "new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" already belongs to PortPair \"pp1\" (already applied); an interface belongs to one SF instance",
+            ]
+        );
+        assert_eq!(owners.len(), 7);
+        assert_eq!(owners["a-out"], ("pp1", "spec.egress"));
+        assert_eq!(owners["b"], ("pp2", "spec.ingress"));
+        assert_eq!(owners["e"], ("pp0", "spec.egress"));
+    }
+
+    #[test]
+    fn stage_groups_checks_members_and_taps() {
+        let state = state_of(
+            &[
+                doc("PortPair", "pp1", "{ingress: a, egress: a}"),
+                doc("PortPair", "pp2", "{ingress: b, egress: b}"),
+                doc("PortPair", "pp3", "{ingress: c, egress: c}"),
+                doc("PortPairGroup", "g1", "{portPairs: [pp1]}"),
+                doc("PortPairGroup", "g2", "{portPairs: [pp2, pp2, nope]}"),
+                doc("PortPairGroup", "g3", "{portPairs: []}"),
+                doc(
+                    "PortPairGroup",
+                    "t1",
+                    "{portPairs: [pp3, pp1], tapEnabled: true}",
+                ),
+            ]
+            .concat(),
+        );
+        let ((), errors) = stage(&state, &Origins::new(), groups);
+        assert_eq!(
+            errors,
+            [
+                "(applied state): PortPairGroup \"g2\": spec.portPairs[1]: PortPair \"pp2\" is listed twice; a PortPair is in at most one group",
+                "(applied state): PortPairGroup \"g2\": spec.portPairs[2]: PortPair \"nope\" does not exist; apply it first or in the same file",
+                "(applied state): PortPairGroup \"g3\": spec.portPairs: is empty; list at least one PortPair",
+                "(applied state): PortPairGroup \"t1\": spec.portPairs[1]: PortPair \"pp1\" is already in PortPairGroup \"g1\"; a PortPair is in at most one group",
+                "(applied state): PortPairGroup \"t1\": spec.tapEnabled: a tap group has exactly one PortPair",
+            ]
+        );
+    }
+
+    #[test]
+    fn stage_classifiers_checks_ports_and_fields_and_normalises() {
+        let state = state_of(
+            &[
+                doc("PortPair", "pp1", "{ingress: a-in, egress: a-out}"),
+                doc("FlowClassifier", "fc1", "{logicalSourcePort: a-in}"),
+                doc(
+                    "FlowClassifier",
+                    "fc2",
+                    "{logicalSourcePort: src, logicalDestinationPort: a-out}",
+                ),
+                doc(
+                    "FlowClassifier",
+                    "fc3",
+                    "{protocol: tcp, sourcePortRange: '90:80', logicalSourcePort: src}",
+                ),
+                doc(
+                    "FlowClassifier",
+                    "fc4",
+                    "{protocol: udp, destinationIpPrefix: 10.0.0.0/8, logicalSourcePort: 'x y'}",
+                ),
+            ]
+            .concat(),
+        );
+        let (matches, errors) = stage(&state, &Origins::new(), |r| {
+            let sf_ports = port_pairs(r);
+            classifiers(r, &sf_ports)
+        });
+        assert_eq!(
+            errors,
+            [
+                "(applied state): FlowClassifier \"fc1\": spec.logicalSourcePort: \"a-in\" is a port of PortPair \"pp1\"; a logical port is where traffic enters or leaves the node, not an SF port",
+                "(applied state): FlowClassifier \"fc2\": spec.logicalDestinationPort: \"a-out\" is a port of PortPair \"pp1\"; a logical port is where traffic enters or leaves the node, not an SF port",
+                "(applied state): FlowClassifier \"fc3\": spec.sourcePortRange: range 90:80 has min > max; write it as \"80:90\"",
+                "(applied state): FlowClassifier \"fc4\": spec.logicalSourcePort: \"x y\" is not an interface name; use 1 to 15 characters without '/', ':' or spaces",
+            ]
+        );
+        assert_eq!(matches.keys().collect::<Vec<_>>(), ["fc1", "fc2", "fc4"]);
+        assert_eq!(matches["fc4"].dst.map(|p| p.len), Some(8));
+        assert_eq!(matches["fc4"].proto, Some(sfc_common::PROTO_UDP));
+    }
+
+    #[test]
+    fn stage_chains_checks_hops_classifiers_ids_symmetry_and_taps() {
+        let state = state_of(
+            &[
+                doc("PortPair", "pp1", "{ingress: a, egress: a}"),
+                doc("PortPair", "pp2", "{ingress: b, egress: b}"),
+                doc("PortPair", "pp3", "{ingress: c, egress: c}"),
+                doc("PortPair", "pp4", "{ingress: d, egress: d}"),
+                doc("PortPair", "pp5", "{ingress: e, egress: e}"),
+                doc("PortPairGroup", "g1", "{portPairs: [pp1]}"),
+                doc("PortPairGroup", "g2", "{portPairs: [pp2]}"),
+                doc("PortPairGroup", "g3", "{portPairs: [pp5], lbFields: [ip_src]}"),
+                doc("PortPairGroup", "t1", "{portPairs: [pp3], tapEnabled: true}"),
+                doc("PortPairGroup", "t2", "{portPairs: [pp4], tapEnabled: true}"),
+                doc("FlowClassifier", "fc1", "{logicalSourcePort: s1}"),
+                doc("FlowClassifier", "fc2", "{logicalSourcePort: s2}"),
+                doc(
+                    "PortChain",
+                    "c1",
+                    "{portPairGroups: [g1, g2], flowClassifiers: [fc1], chainId: 7}",
+                ),
+                doc(
+                    "PortChain",
+                    "c2",
+                    "{portPairGroups: [g1, g2], flowClassifiers: [fc1], chainId: 7}",
+                ),
+                doc("PortChain", "c3", "{portPairGroups: [], chainId: 0}"),
+                doc("PortChain", "c4", "{portPairGroups: [g1, g1, nope]}"),
+                doc("PortChain", "c5", "{portPairGroups: [g1, t1, t2]}"),
+                doc(
+                    "PortChain",
+                    "c6",
+                    "{portPairGroups: [g3], flowClassifiers: [fc2], chainParameters: {symmetric: true, correlation: nsh}}",
+                ),
+            ]
+            .concat(),
+        );
+        let origins = Origins::new();
+        let (fc_chain, errors) = stage(&state, &origins, chains);
+        let applied = "(applied state): PortChain";
+        assert_eq!(
+            errors,
+            [
+                format!("{applied} \"c2\": spec.portPairGroups: PortChain \"c1\" has the same ordered groups; two chains must differ"),
+                format!("{applied} \"c2\": spec.flowClassifiers[0]: FlowClassifier \"fc1\" is already in PortChain \"c1\"; a classifier belongs to at most one chain"),
+                format!("{applied} \"c2\": spec.chainId: 7 is already the id of PortChain \"c1\""),
+                format!("{applied} \"c3\": spec.portPairGroups: is empty; list at least one PortPairGroup"),
+                format!("{applied} \"c3\": spec.chainId: 0 is out of range; use 1..65535 or leave it out to have one assigned"),
+                format!("{applied} \"c4\": spec.portPairGroups[1]: PortPairGroup \"g1\" appears twice; a packet leaving it could not tell which hop comes next"),
+                format!("{applied} \"c4\": spec.portPairGroups[2]: PortPairGroup \"nope\" does not exist; apply it first or in the same file"),
+                format!("{applied} \"c5\": spec.portPairGroups: two tap groups are consecutive; put a normal group between them"),
+                format!("{applied} \"c6\": spec.chainParameters.symmetric: FlowClassifier \"fc2\" has no logicalDestinationPort; symmetric chains need one on every classifier"),
+                format!("{applied} \"c6\": spec.portPairGroups[0]: PortPairGroup \"g3\" sets lbFields; in a symmetric chain a group must use the default symmetric 5-tuple so that both directions of a flow pick the same instance"),
+                format!("{applied} \"c6\": spec.chainParameters.correlation: only none is supported: this dataplane steers on one node and needs no encapsulation"),
+            ]
+        );
+        assert_eq!(
+            fc_chain.into_iter().collect::<Vec<_>>(),
+            [("fc1", "c1"), ("fc2", "c6")]
+        );
+    }
+
+    #[test]
+    fn stage_overlaps_checks_classifiers_that_meet() {
+        let state = state_of(
+            &[
+                doc("PortPair", "pp1", "{ingress: a, egress: a}"),
+                doc("PortPair", "pp2", "{ingress: b, egress: b}"),
+                doc("PortPairGroup", "g1", "{portPairs: [pp1]}"),
+                doc("PortPairGroup", "g2", "{portPairs: [pp2]}"),
+                doc(
+                    "FlowClassifier",
+                    "fc1",
+                    "{protocol: tcp, logicalSourcePort: src}",
+                ),
+                doc(
+                    "FlowClassifier",
+                    "fc2",
+                    "{protocol: tcp, destinationIpPrefix: 10.0.0.0/8, logicalSourcePort: src}",
+                ),
+                doc(
+                    "FlowClassifier",
+                    "fc3",
+                    "{protocol: tcp, logicalSourcePort: other}",
+                ),
+                doc(
+                    "FlowClassifier",
+                    "fc4",
+                    "{protocol: udp, logicalSourcePort: src}",
+                ),
+                doc(
+                    "PortChain",
+                    "c1",
+                    "{portPairGroups: [g1], flowClassifiers: [fc1]}",
+                ),
+                doc(
+                    "PortChain",
+                    "c2",
+                    "{portPairGroups: [g2], flowClassifiers: [fc2, fc4]}",
+                ),
+                doc(
+                    "PortChain",
+                    "c3",
+                    "{portPairGroups: [g1, g2], flowClassifiers: [fc3]}",
+                ),
+            ]
+            .concat(),
+        );
+        let origins = Origins::new();
+        let (_, errors) = stage(&state, &origins, |r| {
+            let sf_ports = port_pairs(r);
+            groups(r);
+            let matches = classifiers(r, &sf_ports);
+            let fc_chain = chains(r);
+            assert!(r.errors.is_empty(), "{:?}", r.errors);
+            overlaps(r, &matches, &fc_chain);
+        });
+        assert_eq!(
+            errors,
+            [
+                "(applied state): FlowClassifier \"fc2\": spec: overlaps FlowClassifier \"fc1\" of PortChain \"c1\" (this one is in \"c2\"); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol",
+                "(applied state): FlowClassifier \"fc3\": spec: overlaps FlowClassifier \"fc1\" of PortChain \"c1\", and both chains use PortPairGroup \"g1\": a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups",
+                "(applied state): FlowClassifier \"fc3\": spec: overlaps FlowClassifier \"fc2\" of PortChain \"c2\", and both chains use PortPairGroup \"g2\": a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups",
+            ]
+        );
+    }
+
+    /// Applies `current` (one file) to an empty state, then `files` over it; the errors of
+    /// the second apply, as printed.
+    fn errors_applying(current: &str, files: &[(&str, String)]) -> Vec<String> {
+        let (state, _, _) = plan(
+            &State::default(),
+            &[("old.yaml".into(), current.into())],
+            &Interfaces::default(),
+        )
+        .expect("the current state is valid");
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(f, t)| (f.to_string(), t.clone()))
+            .collect();
+        plan(&state, &files, &Interfaces::default())
+            .expect_err("should be refused")
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    fn new_file(text: String) -> [(&'static str, String); 1] {
+        [("new.yaml", text)]
+    }
+
+    #[test]
+    fn a_conflict_with_the_applied_state_is_reported_on_the_object_being_applied() {
+        let pair = doc("PortPair", "pp0", "{ingress: a-in, egress: z-out}");
+        assert_eq!(
+            errors_applying(&base(), &new_file(pair)),
+            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" already belongs to PortPair \"pp1\" (already applied); an interface belongs to one SF instance"]
+        );
+        let group = doc("PortPairGroup", "g0", "{portPairs: [pp1]}");
+        assert_eq!(
+            errors_applying(&base(), &new_file(group)),
+            ["new.yaml: PortPairGroup \"g0\": spec.portPairs[0]: PortPair \"pp1\" is already in PortPairGroup \"g1\" (already applied); a PortPair is in at most one group"]
+        );
+        let chain = doc(
+            "PortChain",
+            "c0",
+            "{portPairGroups: [g2], flowClassifiers: [fc1]}",
+        );
+        assert_eq!(
+            errors_applying(&base(), &new_file(chain)),
+            ["new.yaml: PortChain \"c0\": spec.flowClassifiers[0]: FlowClassifier \"fc1\" is already in PortChain \"c1\" (already applied); a classifier belongs to at most one chain"]
+        );
+        let chain = doc("PortChain", "c0", "{portPairGroups: [g1, g2]}");
+        assert_eq!(
+            errors_applying(&base(), &new_file(chain)),
+            ["new.yaml: PortChain \"c0\": spec.portPairGroups: PortChain \"c1\" (already applied) has the same ordered groups; two chains must differ"]
+        );
+        // c1 was given id 1 when it was applied.
+        let chain = doc("PortChain", "c0", "{portPairGroups: [g2], chainId: 1}");
+        assert_eq!(
+            errors_applying(&base(), &new_file(chain)),
+            ["new.yaml: PortChain \"c0\": spec.chainId: 1 is already the id of PortChain \"c1\" (already applied)"]
+        );
+    }
+
+    #[test]
+    fn a_conflict_of_two_kinds_is_reported_on_the_one_being_applied() {
+        // A new pair on an applied classifier's logical port, and the reverse.
+        let pair = doc("PortPair", "pp0", "{ingress: src, egress: z-out}");
+        assert_eq!(
+            errors_applying(&base(), &new_file(pair)),
+            [
+                "new.yaml: PortPair \"pp0\": spec.ingress: \"src\" is the logicalSourcePort of FlowClassifier \"fc1\" (already applied); a logical port is where traffic enters or leaves the node, not an SF port",
+                "new.yaml: PortPair \"pp0\": spec.ingress: \"src\" is the logicalSourcePort of FlowClassifier \"fc2\" (already applied); a logical port is where traffic enters or leaves the node, not an SF port",
+            ]
+        );
+        let classifier = doc(
+            "FlowClassifier",
+            "fc0",
+            "{logicalSourcePort: src, logicalDestinationPort: a-out}",
+        );
+        assert_eq!(
+            errors_applying(&base(), &new_file(classifier)),
+            ["new.yaml: FlowClassifier \"fc0\": spec.logicalDestinationPort: \"a-out\" is a port of PortPair \"pp1\" (already applied); a logical port is where traffic enters or leaves the node, not an SF port"]
+        );
+        // A symmetric chain applied before; its classifier and group changed now.
+        let symmetric = base()
+            + &doc(
+                "FlowClassifier",
+                "fs",
+                "{protocol: icmp, logicalSourcePort: x, logicalDestinationPort: y}",
+            )
+            + &doc(
+                "PortChain",
+                "cs",
+                "{portPairGroups: [g2], flowClassifiers: [fs], chainParameters: {symmetric: true}}",
+            );
+        let classifier = doc(
+            "FlowClassifier",
+            "fs",
+            "{protocol: icmp, logicalSourcePort: x}",
+        );
+        assert_eq!(
+            errors_applying(&symmetric, &new_file(classifier)),
+            ["new.yaml: FlowClassifier \"fs\": spec.logicalDestinationPort: is missing, and PortChain \"cs\" (already applied) is symmetric; symmetric chains need one on every classifier"]
+        );
+        let group = doc(
+            "PortPairGroup",
+            "g2",
+            "{portPairs: [pp2], lbFields: [ip_src]}",
+        );
+        assert_eq!(
+            errors_applying(&symmetric, &new_file(group)),
+            ["new.yaml: PortPairGroup \"g2\": spec.lbFields: is set, but PortChain \"cs\" (already applied) is symmetric: in a symmetric chain a group must use the default symmetric 5-tuple so that both directions of a flow pick the same instance; leave lbFields out"]
+        );
+        // A group turned into a tap right after a tap group of an applied chain.
+        let taps = base()
+            + &doc("PortPair", "pp3", "{ingress: t-in, egress: t-out}")
+            + &doc("PortPair", "pp4", "{ingress: u-in, egress: u-out}")
+            + &doc(
+                "PortPairGroup",
+                "t1",
+                "{portPairs: [pp3], tapEnabled: true}",
+            )
+            + &doc("PortPairGroup", "g4", "{portPairs: [pp4]}")
+            + &doc("PortChain", "ct", "{portPairGroups: [t1, g4]}");
+        let group = doc(
+            "PortPairGroup",
+            "g4",
+            "{portPairs: [pp4], tapEnabled: true}",
+        );
+        assert_eq!(
+            errors_applying(&taps, &new_file(group)),
+            ["new.yaml: PortPairGroup \"g4\": spec.tapEnabled: is true, but PortChain \"ct\" (already applied) lists this group right after PortPairGroup \"t1\" (already applied), a tap group too; two tap groups are never consecutive: put a normal group between them"]
+        );
+    }
+
+    #[test]
+    fn an_overlap_is_reported_on_the_classifier_or_chain_being_applied() {
+        // By name, c0 sorts before the applied c1: the error still goes to the new side.
+        let text = doc(
+            "FlowClassifier",
+            "fc0",
+            "{protocol: tcp, logicalSourcePort: src}",
+        ) + &doc(
+            "PortChain",
+            "c0",
+            "{portPairGroups: [g2, g1], flowClassifiers: [fc0]}",
+        );
+        assert_eq!(
+            errors_applying(&base(), &new_file(text)),
+            ["new.yaml: FlowClassifier \"fc0\": spec: overlaps FlowClassifier \"fc1\" (already applied) of PortChain \"c1\" (this one is in \"c0\"); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"]
+        );
+        // An applied classifier no chain used, brought in by a new chain: the chain is blamed.
+        let current = base()
+            + &doc(
+                "FlowClassifier",
+                "fc9",
+                "{protocol: tcp, logicalSourcePort: src}",
+            );
+        let chain = doc(
+            "PortChain",
+            "c0",
+            "{portPairGroups: [g2, g1], flowClassifiers: [fc9]}",
+        );
+        assert_eq!(
+            errors_applying(&current, &new_file(chain)),
+            ["new.yaml: PortChain \"c0\": spec.flowClassifiers[0]: its FlowClassifier \"fc9\" overlaps FlowClassifier \"fc1\" (already applied) of PortChain \"c1\"; classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"]
+        );
+    }
+
+    #[test]
+    fn between_files_the_later_object_is_blamed_and_the_other_file_named() {
+        let first = doc("PortPair", "pp5", "{ingress: q-in, egress: q-out}");
+        let second = doc("PortPair", "pp0", "{ingress: q-out, egress: r}");
+        assert_eq!(
+            errors_applying(&base(), &[("f1.yaml", first), ("f2.yaml", second)]),
+            ["f2.yaml: PortPair \"pp0\": spec.ingress: interface \"q-out\" already belongs to PortPair \"pp5\" (in f1.yaml); an interface belongs to one SF instance"]
+        );
+        // In one file, the later document (not the later name).
+        let text = doc("PortPair", "pp9", "{ingress: x-in, egress: x-out}")
+            + &doc("PortPair", "pp0", "{ingress: x-in, egress: y}");
+        assert_eq!(
+            errors_applying(&base(), &new_file(text)),
+            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"x-in\" already belongs to PortPair \"pp9\"; an interface belongs to one SF instance"]
+        );
+        let again = doc("PortPair", "pp7", "{ingress: w-in, egress: w-out}");
+        assert_eq!(
+            errors_applying(&base(), &[("f1.yaml", again.clone()), ("f2.yaml", again)]),
+            ["f2.yaml: PortPair \"pp7\": metadata.name: appears twice (first in f1.yaml); names are unique within a kind"]
+        );
+    }
+}

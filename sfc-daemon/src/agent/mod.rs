@@ -1,0 +1,588 @@
+//! The node agent's logic: desired state in, dataplane out. The agent is the one writer:
+//! requests that change something and interface changes are handled one at a time on its own
+//! thread ([`run`]), so every update sees a consistent state, while clients are read and
+//! answered elsewhere ([`crate::api::server`]), so no apply waits on another client's I/O.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+pub mod lock;
+pub mod run;
+pub mod store;
+
+use sfc_api::protocol::{Request, Response};
+use sfc_config::{
+    changes,
+    compile::{compile, compile_cached, Compiled, Image, Interfaces, Link},
+    document::{parse_file, ConfigErrors},
+    model::{Kind, Object, State},
+    plan::plan_compiled,
+    validate::Origins,
+};
+
+use crate::{
+    dataplane::{netlink::Netlink, Dataplane, DataplaneError, Mode},
+    observe::{
+        health::Health,
+        metrics::{Metrics, Status},
+        snapshot::{Shared, Snapshot},
+    },
+};
+use store::{Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// Why an apply or a delete that passed validation did not take effect.
+#[derive(Debug, Error)]
+pub enum CommitError {
+    #[error("saving the state: {0}; nothing changed")]
+    Persist(#[source] StoreError),
+    #[error("the dataplane refused the update, nothing changed: {0}")]
+    Dataplane(#[source] DataplaneError),
+}
+
+/// The applied state as last committed, for readers on other threads (`get` is answered from
+/// it without queueing behind an apply).
+pub type Published = Arc<Mutex<Arc<State>>>;
+
+pub struct Agent {
+    state: State,
+    published: Published,
+    netlink: Netlink,
+    store: Store,
+    dataplane: Dataplane,
+    interfaces: Interfaces,
+    /// What the applied state last compiled to, kept so that an interface change recompiles
+    /// only the stages that read the interfaces that changed (None until it first compiled).
+    compiled: Option<Compiled>,
+    /// Why the dataplane does not steer the applied state (logged once, not every tick).
+    last_error: Option<String>,
+    /// The last other problem logged (reading counters), likewise.
+    last_warning: Option<String>,
+    /// The dataplane reflects `state` on `interfaces` (or cannot, until they change); false
+    /// makes the next reconcile compile and write whatever changed.
+    synced: bool,
+    health: Health,
+    last_sample: Option<Instant>,
+    metrics: Arc<Metrics>,
+    /// What /readyz says: whether the dataplane steers the applied state.
+    status: Arc<Status>,
+    /// Published for the metrics endpoint.
+    observed: Shared,
+}
+
+/// How old a sample `stats` and `describe` may show (newer ones are taken on request).
+const FRESH_ENOUGH: Duration = Duration::from_millis(100);
+
+impl Agent {
+    pub fn start(
+        state_dir: &Path,
+        bpffs: &Path,
+        mode: Mode,
+        netlink: Netlink,
+        observed: Shared,
+        metrics: Arc<Metrics>,
+        status: Arc<Status>,
+    ) -> Result<Self, AgentError> {
+        let store = Store::new(state_dir)?;
+        let state = store.load()?;
+        let dataplane = Dataplane::open(bpffs, mode)?;
+        info!(
+            chains = state.port_chains.len(),
+            classifiers = state.flow_classifiers.len(),
+            epoch = dataplane.epoch()?,
+            "state loaded"
+        );
+        let mut agent = Self {
+            published: Arc::new(Mutex::new(Arc::new(state.clone()))),
+            netlink,
+            state,
+            store,
+            dataplane,
+            interfaces: Interfaces::default(),
+            compiled: None,
+            last_error: None,
+            last_warning: None,
+            synced: false,
+            health: Health::default(),
+            last_sample: None,
+            metrics,
+            status,
+            observed,
+        };
+        agent.reconcile();
+        agent.sample();
+        Ok(agent)
+    }
+
+    /// The applied state, as readers on other threads see it.
+    pub fn published(&self) -> Published {
+        self.published.clone()
+    }
+
+    fn sample_if_older_than(&mut self, age: Duration) {
+        if self.last_sample.is_none_or(|at| at.elapsed() >= age) {
+            self.sample();
+        }
+    }
+
+    /// Reads every counter once, updates rates and health, publishes the snapshot.
+    fn sample(&mut self) {
+        self.last_sample = Some(Instant::now());
+        let read = || -> Result<Snapshot, crate::dataplane::DataplaneError> {
+            let live = self.dataplane.live_counters()?;
+            Ok(Snapshot {
+                outcomes: sfc_common::stat::NAMES
+                    .iter()
+                    .map(|n| n.to_string())
+                    .zip(self.dataplane.stats()?)
+                    .collect(),
+                chains: self.dataplane.chain_counters.totals(&live),
+                epoch: self.dataplane.epoch()?,
+                ..Default::default()
+            })
+        };
+        let mut snapshot = match read() {
+            Ok(s) => s,
+            Err(e) => {
+                self.warn_once(format!("reading counters: {e}"));
+                return;
+            }
+        };
+        match self.dataplane.member_counters() {
+            Ok(members) => self.health.sample(&members, &snapshot.chains),
+            Err(e) => self.warn_once(format!("reading counters: {e}")),
+        }
+        let state = &self.state;
+        let taps = |pair: &str| {
+            state
+                .port_pair_groups
+                .values()
+                .any(|g| g.tap_enabled && g.port_pairs.iter().any(|p| p == pair))
+        };
+        snapshot.pairs = self.health.pairs(&taps);
+        snapshot.hops = self.health.hops();
+        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    /// The last published snapshot.
+    pub fn observed(&self) -> Snapshot {
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the interfaces and, when they changed, brings the dataplane in line with the
+    /// desired state. An unchanged namespace costs one netlink dump: no compile, no writes.
+    pub fn reconcile(&mut self) {
+        let now = match self.netlink.interfaces() {
+            Ok(now) => now,
+            Err(e) => {
+                self.not_ready(format!("reading interfaces: {e}"));
+                return;
+            }
+        };
+        let relevant = !self.synced || touches_state(&self.state, &self.interfaces, &now);
+        self.interfaces = now;
+        if !relevant {
+            return;
+        }
+        let origins = Origins::new();
+        let compiled = match &self.compiled {
+            Some(c) => c.with_interfaces(&self.state, &self.interfaces, &origins),
+            None => compile_cached(&self.state, &self.interfaces, &origins),
+        };
+        match compiled {
+            Ok(compiled) => match self.dataplane.apply(compiled.image(), &self.interfaces) {
+                Ok(()) => {
+                    self.synced = true;
+                    self.compiled = Some(compiled);
+                    self.ready();
+                }
+                Err(e) => {
+                    // Tried again at the next interface change or resync.
+                    self.synced = false;
+                    self.not_ready(format!("updating the dataplane: {e}"));
+                }
+            },
+            // Nothing better to do until the state or the interfaces change: the previous
+            // generation keeps steering.
+            Err(e) => {
+                self.synced = true;
+                self.not_ready(format!(
+                    "the applied state cannot be steered on the interfaces present: {e}"
+                ));
+            }
+        }
+    }
+
+    fn warn_once(&mut self, message: String) {
+        if self.last_warning.as_deref() != Some(message.as_str()) {
+            warn!("{message}");
+            self.last_warning = Some(message);
+        }
+    }
+
+    /// The dataplane steers the applied state.
+    fn ready(&mut self) {
+        self.last_error = None;
+        self.status.set_ready(None);
+    }
+
+    /// It does not, and why: logged once, shown by /readyz, `sfc_ready` and `describe`.
+    fn not_ready(&mut self, message: String) {
+        if self.last_error.as_deref() != Some(message.as_str()) {
+            warn!("{message}");
+            self.status.set_ready(Some(message.clone()));
+            self.last_error = Some(message);
+        }
+    }
+
+    pub fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Apply {
+                file,
+                content,
+                dry_run,
+            } => self.apply(file, content, dry_run),
+            Request::DeleteFile {
+                file,
+                content,
+                dry_run,
+            } => match parse_file(&file, &content) {
+                Ok(objects) => {
+                    let targets = objects
+                        .into_iter()
+                        .map(|s| (s.object.spec.kind(), s.object.name))
+                        .collect();
+                    self.delete(targets, dry_run)
+                }
+                Err(e) => errors_response(e),
+            },
+            Request::Delete {
+                kind,
+                name,
+                dry_run,
+            } => self.delete(vec![(kind, name)], dry_run),
+            Request::Get { kind, name } => get(&self.state, kind, name),
+            // The server answers these itself.
+            Request::Trace { .. } | Request::TraceStop => {
+                Response::failure("traces are served by the socket server, not the agent")
+            }
+            Request::Stats { chain } => {
+                // Per-SF and per-hop figures as fresh as the live per-chain ones beside them.
+                self.sample_if_older_than(FRESH_ENOUGH);
+                match self.stats(chain.as_deref()) {
+                    Ok(response) => response,
+                    Err(e) => Response::failure(e.to_string()),
+                }
+            }
+            Request::Describe { kind, name } => {
+                self.sample_if_older_than(FRESH_ENOUGH);
+                let observed = self.observed();
+                let context = crate::observe::describe::Context {
+                    state: &self.state,
+                    interfaces: &self.interfaces,
+                    attached: self.dataplane.attached(),
+                    xdp: (self.dataplane.mode() != Mode::Tc).then(|| self.dataplane.xdp()),
+                    observed: &observed,
+                    not_ready: self.last_error.clone(),
+                };
+                match context.describe(kind, &name) {
+                    Ok(text) => Response {
+                        ok: true,
+                        message: text,
+                        ..Default::default()
+                    },
+                    Err(e) => Response::failure(e),
+                }
+            }
+        }
+    }
+
+    /// Names for a trace's numbers: chains by id, interfaces by index, and the port pair
+    /// behind each SF-facing interface.
+    pub fn trace_names(&self) -> crate::observe::trace::Names {
+        let index = |iface: &str| self.interfaces.links.get(iface).map(|l| l.index);
+        let mut names = crate::observe::trace::Names {
+            chains: self
+                .state
+                .port_chains
+                .iter()
+                .filter_map(|(name, c)| Some((c.chain_id? as u16, name.clone())))
+                .collect(),
+            interfaces: self
+                .interfaces
+                .links
+                .values()
+                .map(|l| (l.index, l.name.clone()))
+                .collect(),
+            pairs: Default::default(),
+        };
+        for (name, pp) in &self.state.port_pairs {
+            if let Some(i) = index(&pp.egress) {
+                names.pairs.insert(i, format!("{name} (egress)"));
+            }
+            if let Some(i) = index(&pp.ingress) {
+                names.pairs.insert(i, name.clone());
+            }
+        }
+        names
+    }
+
+    fn stats(&self, chain: Option<&str>) -> Result<Response, String> {
+        let Some(chain) = chain else {
+            return self.stats_all().map_err(|e| e.to_string());
+        };
+        let Some(spec) = self.state.port_chains.get(chain) else {
+            return Err(format!(
+                "PortChain {chain:?} not found; `sfcctl get portchains` lists them"
+            ));
+        };
+        let pairs: Vec<&String> = spec
+            .port_pair_groups
+            .iter()
+            .filter_map(|g| self.state.port_pair_groups.get(g))
+            .flat_map(|g| &g.port_pairs)
+            .collect();
+        let mut response = self.stats_all().map_err(|e| e.to_string())?;
+        response.chains.retain(|r| r.label.chain == chain);
+        response.hops.retain(|h| h.chain == chain);
+        response.pairs.retain(|p| pairs.contains(&&p.pair));
+        for g in &mut response.generations {
+            g.rows.retain(|r| r.label.chain == chain);
+        }
+        Ok(response)
+    }
+
+    fn stats_all(&self) -> Result<Response, crate::dataplane::DataplaneError> {
+        let values = self.dataplane.stats()?;
+        let live = self.dataplane.live_counters()?;
+        let history = &self.dataplane.chain_counters;
+        let observed = self.observed();
+        let mut generations: Vec<_> = history.history().cloned().collect();
+        generations.extend(live.iter().rev().cloned());
+        Ok(Response {
+            ok: true,
+            counters: sfc_common::stat::NAMES
+                .iter()
+                .map(|n| n.to_string())
+                .zip(values)
+                .collect(),
+            chains: history.totals(&live),
+            generations,
+            pairs: observed.pairs,
+            hops: observed.hops,
+            ..Default::default()
+        })
+    }
+
+    /// The interfaces as they are now, for compiling a request (they become `self.interfaces`
+    /// once the dataplane steers what was compiled against them).
+    fn current_interfaces(&self) -> Interfaces {
+        self.netlink
+            .interfaces()
+            .unwrap_or_else(|_| self.interfaces.clone())
+    }
+
+    fn apply(&mut self, file: String, content: String, dry_run: bool) -> Response {
+        let started = Instant::now();
+        let interfaces = self.current_interfaces();
+        let planned = plan_compiled(&self.state, &[(file, content)], &interfaces);
+        let (next, lines, compiled) = match planned {
+            Ok(p) => p,
+            Err(e) => return errors_response(e),
+        };
+        if dry_run {
+            return self.dry_run(lines, compiled.image(), &interfaces);
+        }
+        let planned = started.elapsed();
+        let notes = compiled.image().notes.clone();
+        match self.commit(next, compiled, interfaces) {
+            Ok(timing) => {
+                let took = started.elapsed().as_secs_f64();
+                self.metrics.observe_apply(took);
+                info!(
+                    objects = lines.len(),
+                    plan_ms = ms(planned),
+                    persist_ms = ms(timing.persist),
+                    dataplane_ms = ms(timing.dataplane),
+                    "applied"
+                );
+                ok_response(lines, &notes)
+            }
+            Err(e) => Response::failure(e.to_string()),
+        }
+    }
+
+    /// The answer to `--dry-run`: the per-object lines, what the dataplane would do compared
+    /// with what the current state programs, and nothing else: no write to disk or kernel.
+    fn dry_run(&self, mut lines: Vec<String>, image: &Image, interfaces: &Interfaces) -> Response {
+        // The state applied now always compiled once; if the interfaces changed so that it no
+        // longer does, compare with an empty dataplane.
+        let before = compile(&self.state, interfaces, &Origins::new()).unwrap_or_default();
+        lines.push(changes::dataplane(&before, image));
+        let mut response = ok_response(lines, &image.notes);
+        response.message.push_str("\ndry run: nothing was changed");
+        response
+    }
+
+    fn delete(&mut self, targets: Vec<(Kind, String)>, dry_run: bool) -> Response {
+        let interfaces = self.current_interfaces();
+        let mut next = self.state.clone();
+        let mut items = Vec::new();
+        for (kind, name) in targets {
+            let verb = if next.remove(kind, &name) {
+                "deleted"
+            } else {
+                "not found (nothing to delete)"
+            };
+            items.push((kind, name, verb.to_string()));
+        }
+        let lines = changes::render(items);
+        let origins = Origins::new();
+        let compiled = match compile_cached(&next, &interfaces, &origins) {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                let mut r = errors_response(e);
+                r.message = "nothing was deleted: the rest of the state would be invalid; delete the objects that use these first, or in the same file".into();
+                return r;
+            }
+        };
+        if dry_run {
+            return self.dry_run(lines, compiled.image(), &interfaces);
+        }
+        let notes = compiled.image().notes.clone();
+        match self.commit(next, compiled, interfaces) {
+            Ok(_) => ok_response(lines, &notes),
+            Err(e) => Response::failure(e.to_string()),
+        }
+    }
+
+    /// Persists, then programs the dataplane; on a dataplane failure the old state is put back
+    /// on disk so that disk and kernel agree.
+    fn commit(
+        &mut self,
+        next: State,
+        compiled: Compiled,
+        interfaces: Interfaces,
+    ) -> Result<Timing, CommitError> {
+        let started = Instant::now();
+        if next == self.state {
+            self.dataplane
+                .apply(compiled.image(), &interfaces)
+                .map_err(CommitError::Dataplane)?;
+            self.interfaces = interfaces;
+            self.compiled = Some(compiled);
+            self.ready();
+            return Ok(Timing {
+                persist: Duration::ZERO,
+                dataplane: started.elapsed(),
+            });
+        }
+        self.store.save(&next).map_err(CommitError::Persist)?;
+        let persist = started.elapsed();
+        if let Err(e) = self.dataplane.apply(compiled.image(), &interfaces) {
+            if let Err(restore) = self.store.save(&self.state) {
+                warn!(error = %restore, "could not restore the previous state file");
+            }
+            return Err(CommitError::Dataplane(e));
+        }
+        self.state = next;
+        self.interfaces = interfaces;
+        self.compiled = Some(compiled);
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(self.state.clone());
+        self.ready();
+        Ok(Timing {
+            persist,
+            dataplane: started.elapsed() - persist,
+        })
+    }
+}
+
+/// Where the time of one commit went (logged, to see what an apply at scale costs).
+struct Timing {
+    persist: Duration,
+    dataplane: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+fn errors_response(e: ConfigErrors) -> Response {
+    Response {
+        ok: false,
+        message: "nothing was changed".into(),
+        errors: e.0,
+        ..Default::default()
+    }
+}
+
+fn ok_response(mut lines: Vec<String>, notes: &[String]) -> Response {
+    lines.extend(notes.iter().map(|n| format!("note: {n}")));
+    Response {
+        ok: true,
+        message: lines.join("\n"),
+        ..Default::default()
+    }
+}
+
+/// `sfcctl get`: one object or every object of a kind, sorted by name.
+pub fn get(state: &State, kind: Kind, name: Option<String>) -> Response {
+    let objects: Vec<Object> = match name {
+        Some(name) => match state.get(kind, &name) {
+            Some(spec) => vec![Object { name, spec }],
+            None => {
+                return Response::failure(format!(
+                    "{kind} {name:?} not found; `sfcctl get {}` lists them",
+                    kind.as_str().to_lowercase()
+                ))
+            }
+        },
+        None => state.list(kind),
+    };
+    Response {
+        ok: true,
+        objects,
+        ..Default::default()
+    }
+}
+
+/// Whether the interfaces changed in a way the state cares about: an interface it names
+/// appeared, vanished, or changed (index, MAC, kind, peer, the MAC behind it); up or down
+/// alone is not such a change. Changes to
+/// other interfaces cost nothing more than the read.
+fn touches_state(state: &State, before: &Interfaces, after: &Interfaces) -> bool {
+    let named = state
+        .port_pairs
+        .values()
+        .flat_map(|pp| [&pp.ingress, &pp.egress])
+        .chain(state.flow_classifiers.values().flat_map(|fc| {
+            std::iter::once(&fc.logical_source_port).chain(fc.logical_destination_port.as_ref())
+        }));
+    // Whether a link is up does not change what is steered through it.
+    let steered = |i: &Interfaces, name: &String| {
+        i.links.get(name).map(|l| Link {
+            up: true,
+            ..l.clone()
+        })
+    };
+    named.into_iter().any(|name| {
+        steered(before, name) != steered(after, name)
+            || before.peer_macs.get(name) != after.peer_macs.get(name)
+    })
+}

@@ -1,0 +1,3 @@
+//! The Unix socket sfcctl talks to.
+
+pub mod server;

@@ -1,0 +1,293 @@
+//! The program's per-interface links, one set per hook, each link pinned in bpffs so that it
+//! outlives the daemon (a restarted daemon adopts them and swaps its program in atomically).
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf,
+};
+use sfc_common::{PROGRAM_TC, PROGRAM_XDP};
+use tracing::{info, warn};
+
+use crate::dataplane::DataplaneError;
+
+/// Where the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// TC ingress: every packet, with every action.
+    Tc,
+    /// XDP in the driver, in front of TC: what it can finish there (see sfc-ebpf's frame.rs).
+    Xdp,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Tc => "tc",
+            Hook::Xdp => "xdp",
+        }
+    }
+}
+
+pub struct Links {
+    hook: Hook,
+    dir: PathBuf,
+    /// Interfaces with this hook's program attached: name -> ifindex.
+    attached: BTreeMap<String, u32>,
+    /// Interfaces where XDP could not be attached (the driver has no native XDP, say), with
+    /// why: not retried until the interface changes; TC steers their packets.
+    refused: BTreeMap<String, (u32, String)>,
+}
+
+pub(crate) fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    Ok(bpf
+        .program_mut(PROGRAM_TC)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()?)
+}
+
+pub(crate) fn xdp_program(bpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    Ok(bpf
+        .program_mut(PROGRAM_XDP)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()?)
+}
+
+impl Links {
+    /// The links pinned under `dir` by an earlier daemon, moved onto `bpf`'s program.
+    pub fn adopt(hook: Hook, dir: PathBuf, bpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        fs::create_dir_all(&dir).map_err(|source| DataplaneError::Bpffs {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut links = Self {
+            hook,
+            dir,
+            attached: BTreeMap::new(),
+            refused: BTreeMap::new(),
+        };
+        let entries = fs::read_dir(&links.dir).map_err(|source| DataplaneError::Bpffs {
+            path: links.dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let file = entry.file_name().to_string_lossy().to_string();
+            let Some((index, iface)) = file
+                .split_once('_')
+                .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.to_string())))
+            else {
+                continue;
+            };
+            match links.replace_program(&path, bpf) {
+                Ok(()) => {
+                    info!(
+                        iface,
+                        ifindex = index,
+                        hook = hook.name(),
+                        "adopted pinned link"
+                    );
+                    links.attached.insert(iface, index);
+                }
+                Err(e) => {
+                    warn!(iface, hook = hook.name(), error = %e, "dropping a stale pinned link");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// Interfaces with this hook's program attached: name -> ifindex.
+    pub fn attached(&self) -> &BTreeMap<String, u32> {
+        &self.attached
+    }
+
+    /// Interfaces where this hook could not be attached, with why.
+    pub fn refused(&self) -> &BTreeMap<String, (u32, String)> {
+        &self.refused
+    }
+
+    fn pin_path(&self, iface: &str, ifindex: u32) -> PathBuf {
+        self.dir.join(format!("{ifindex}_{iface}"))
+    }
+
+    /// bpf_link_update: atomic, no packet sees the interface without a program.
+    fn replace_program(&self, pin: &Path, bpf: &mut Ebpf) -> Result<(), DataplaneError> {
+        let pinned_link = |source| DataplaneError::PinnedLink {
+            path: pin.to_path_buf(),
+            source,
+        };
+        let fd = FdLink::from(PinnedLink::from_pin(pin).map_err(pinned_link)?);
+        match self.hook {
+            Hook::Tc => {
+                let link = SchedClassifierLink::try_from(fd).map_err(pinned_link)?;
+                let program = tc_program(bpf)?;
+                let id = program.attach_to_link(link)?;
+                // The pin keeps the link alive; our handle can go.
+                drop(program.take_link(id)?);
+            }
+            Hook::Xdp => {
+                let link = XdpLink::try_from(fd).map_err(pinned_link)?;
+                let program = xdp_program(bpf)?;
+                let id = program.attach_to_link(link)?;
+                drop(program.take_link(id)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches to every interface in `want` that does not have the program yet.
+    pub fn attach_missing(
+        &mut self,
+        want: &BTreeMap<String, u32>,
+        bpf: &mut Ebpf,
+    ) -> Result<(), DataplaneError> {
+        for (iface, &index) in want {
+            match self.attached.get(iface) {
+                Some(&old) if old == index => continue,
+                // The name now belongs to a new interface; the old one is gone, and so is the
+                // only thing its link and pin still hold.
+                Some(&old) => self.detach(iface, old),
+                None => {}
+            }
+            if self.refused.get(iface).is_some_and(|(i, _)| *i == index) {
+                continue;
+            }
+            match self.hook {
+                Hook::Tc => self.attach_tc(iface, index, bpf)?,
+                Hook::Xdp => self.attach_xdp(iface, index, bpf)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `iface` does not get this hook, and why (shown by describe).
+    pub fn refuse(&mut self, iface: &str, ifindex: u32, why: &str) {
+        if self.refused.get(iface).is_none_or(|(i, _)| *i != ifindex) {
+            warn!(
+                iface,
+                ifindex, why, "no XDP here; TC alone steers this interface"
+            );
+            self.refused
+                .insert(iface.to_string(), (ifindex, why.to_string()));
+        }
+    }
+
+    /// Detaches from every interface not in `want`.
+    pub fn detach_stale(&mut self, want: &BTreeMap<String, u32>) {
+        let stale: Vec<(String, u32)> = self
+            .attached
+            .iter()
+            .filter(|(name, index)| want.get(*name) != Some(index))
+            .map(|(n, i)| (n.clone(), *i))
+            .collect();
+        for (iface, index) in stale {
+            self.detach(&iface, index);
+        }
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        bpf: &mut Ebpf,
+    ) -> Result<(), DataplaneError> {
+        let pin = self.pin_path(iface, ifindex);
+        let program = tc_program(bpf)?;
+        // TCX (a bpf_link, pinnable) where the kernel has it; classic clsact otherwise.
+        match program.attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        ) {
+            Ok(id) => {
+                let link = program.take_link(id)?;
+                let fd: FdLink =
+                    link.try_into()
+                        .map_err(|source: LinkError| DataplaneError::LinkFd {
+                            iface: iface.to_string(),
+                            source,
+                        })?;
+                fd.pin(&pin).map_err(|source| DataplaneError::Pin {
+                    iface: iface.to_string(),
+                    source,
+                })?;
+            }
+            Err(tcx_error) => {
+                warn!(iface, error = %tcx_error, "TCX attach failed, using clsact");
+                if let Err(e) = tc::qdisc_add_clsact(iface) {
+                    if !matches!(&e, tc::TcError::IoError(io) if io.kind() == io::ErrorKind::AlreadyExists)
+                    {
+                        warn!(iface, error = %e, "adding clsact");
+                    }
+                }
+                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM_TC);
+                let id = program.attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(Default::default()),
+                )?;
+                // A tc filter outlives this process without a pin.
+                std::mem::forget(program.take_link(id)?);
+            }
+        }
+        info!(iface, ifindex, "attached");
+        self.attached.insert(iface.to_string(), ifindex);
+        Ok(())
+    }
+
+    /// Native (driver) XDP only: generic XDP runs after the skb is built, where TC is as fast
+    /// and can do more. Where the driver has none, the interface keeps TC alone.
+    fn attach_xdp(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        bpf: &mut Ebpf,
+    ) -> Result<(), DataplaneError> {
+        let pin = self.pin_path(iface, ifindex);
+        let program = xdp_program(bpf)?;
+        let pinned = program
+            .attach_to_if_index(ifindex, XdpMode::Driver)
+            .map_err(|e| e.to_string())
+            .and_then(|id| program.take_link(id).map_err(|e| e.to_string()))
+            .and_then(|link| FdLink::try_from(link).map_err(|e| e.to_string()))
+            .and_then(|fd| fd.pin(&pin).map(drop).map_err(|e| e.to_string()));
+        match pinned {
+            Ok(()) => {
+                info!(iface, ifindex, "attached XDP");
+                self.attached.insert(iface.to_string(), ifindex);
+            }
+            Err(e) => self.refuse(iface, ifindex, &format!("attaching native XDP failed: {e}")),
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self, iface: &str, ifindex: u32) {
+        let pin = self.pin_path(iface, ifindex);
+        match fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.hook == Hook::Tc => {
+                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM_TC);
+            }
+            Err(e) => warn!(iface, error = %e, "removing link pin"),
+        }
+        info!(iface, ifindex, hook = self.hook.name(), "detached");
+        self.attached.remove(iface);
+    }
+
+    /// Detaches from every interface (this hook is no longer wanted).
+    pub fn detach_all(&mut self) {
+        self.detach_stale(&BTreeMap::new());
+    }
+}

@@ -1,0 +1,674 @@
+//! The kernel side: bpffs, the pinned maps, the programs and their per-interface links.
+//!
+//! Updates are make-before-break: an image is written into the inactive generation (group
+//! tables first, then classifier entries, then the per-interface roots), and one write of the
+//! epoch flips every interface to it at once. Flows keep the generation they entered with
+//! until their packets are out of the chain (at most `GENERATION_LEASE_NS`), and a retired
+//! generation is left intact for twice that before it is reused, so every packet is steered
+//! entirely by one generation.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use sfc_common::{
+    stat, ClassKey, Counter, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, Verdict,
+    CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG,
+    MAP_COUNTERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PINS, MAP_PORTS, MAP_RING, MAP_STATS,
+    MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
+};
+use thiserror::Error;
+use tracing::info;
+
+pub mod links;
+pub mod netlink;
+
+use sfc_api::counters::{Generation, Row};
+use sfc_config::compile::{Image, Interfaces, Side};
+
+use crate::observe::counters::ChainCounters;
+use links::{Hook, Links};
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error("bpffs at {path}: {source}")]
+    Bpffs { path: PathBuf, source: io::Error },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {PROGRAM_TC} or {PROGRAM_XDP}: {0}")]
+    Program(#[from] ProgramError),
+    #[error("more than {limit} SF-facing interfaces need counters; remove port pairs or taps")]
+    MemberSlots { limit: u32 },
+    #[error("counting the possible CPUs: {0}")]
+    Cpus(io::Error),
+    #[error("pinned link {path}: {source}")]
+    PinnedLink {
+        path: PathBuf,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("the link of interface {iface}: {source}")]
+    LinkFd {
+        iface: String,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning the link of interface {iface}: {source}")]
+    Pin {
+        iface: String,
+        source: aya::pin::PinError,
+    },
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at `dir` unless one is mounted there already.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let err = |source| DataplaneError::Bpffs {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(err)?;
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_dir.as_ptr(), &mut st) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    if st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = c"bpf";
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c_dir.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    info!(path = %dir.display(), "mounted bpffs");
+    Ok(())
+}
+
+fn take<T: TryFrom<Map, Error = MapError>>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    let map = bpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// Which hooks steer: TC alone, or XDP in front of TC where the driver has native XDP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Tc,
+    /// Not on veths unless `on_veth`: the veth driver runs XDP on the sender's skbs, and a
+    /// frame redirected from there loses the skb's checksum-offload state, so a packet whose
+    /// sender left its TCP/UDP checksum to offload arrives with a wrong one. Only where every
+    /// sender into the steered veths computes checksums itself is XDP on them correct.
+    Xdp { on_veth: bool },
+}
+
+const VETH_REFUSED: &str = "a veth: XDP would hand on frames without the sender's checksum \
+    offload state (start sfc-daemon with --xdp-on-veth if every sender into it computes \
+    checksums, ethtool -K IFACE tx off)";
+
+pub struct Dataplane {
+    bpf: Ebpf,
+    mode: Mode,
+    config: Array<MapData, u64>,
+    ports: HashMap<MapData, PortKey, PortValue>,
+    classify: HashMap<MapData, ClassKey, Verdict>,
+    ring: Array<MapData, RingEntry>,
+    pins: HashMap<MapData, PinKey, RingEntry>,
+    stats: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Counter>,
+    /// Per-chain counts of retired generations.
+    pub chain_counters: ChainCounters,
+    member_counters: PerCpuArray<MapData, MemberCounter>,
+    member_slot_map: HashMap<MapData, u32, u32>,
+    /// Counter slot of each SF-facing interface (a copy of `member_slot_map`).
+    member_slots: BTreeMap<u32, u16>,
+    /// The last known name of each of those interfaces.
+    member_labels: BTreeMap<u32, Side>,
+    /// Counts of interfaces whose slot was given up.
+    member_totals: BTreeMap<Side, MemberCounter>,
+    /// What each generation holds, when known (unknown after a restart).
+    written: [Option<Image>; 2],
+    tc: Links,
+    /// Empty unless in XDP mode.
+    xdp: Links,
+}
+
+impl Dataplane {
+    /// Loads the programs and opens (or creates) the pinned maps under `bpffs`. Links pinned by
+    /// an earlier daemon are adopted, and moved atomically onto this daemon's programs (its
+    /// XDP links removed if this daemon is not in XDP mode).
+    pub fn open(bpffs: &Path, mode: Mode) -> Result<Self, DataplaneError> {
+        ensure_bpffs(bpffs)?;
+        let maps_dir = bpffs.join("maps");
+        fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Bpffs {
+            path: maps_dir.clone(),
+            source,
+        })?;
+        let mut bpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(crate::EBPF_OBJECT)?;
+        links::tc_program(&mut bpf)?.load()?;
+        links::xdp_program(&mut bpf)?.load()?;
+        // Before a link gets these programs.
+        let mut into_veth: Array<MapData, u32> = take(&mut bpf, MAP_XDP_INTO_VETH)?;
+        let on_veth = matches!(mode, Mode::Xdp { on_veth: true });
+        into_veth
+            .set(0, on_veth as u32, 0)
+            .map_err(map_err(MAP_XDP_INTO_VETH))?;
+        let tc = Links::adopt(Hook::Tc, bpffs.join("links"), &mut bpf)?;
+        let mut xdp = Links::adopt(Hook::Xdp, bpffs.join("links-xdp"), &mut bpf)?;
+        if mode == Mode::Tc {
+            xdp.detach_all();
+        }
+        let mut dp = Self {
+            config: take(&mut bpf, MAP_CONFIG)?,
+            ports: take(&mut bpf, MAP_PORTS)?,
+            classify: take(&mut bpf, MAP_CLASSIFY)?,
+            ring: take(&mut bpf, MAP_RING)?,
+            pins: take(&mut bpf, MAP_PINS)?,
+            stats: take(&mut bpf, MAP_STATS)?,
+            counters: take(&mut bpf, MAP_COUNTERS)?,
+            chain_counters: ChainCounters::default(),
+            member_counters: take(&mut bpf, MAP_MEMBER_COUNTERS)?,
+            member_slot_map: take(&mut bpf, MAP_MEMBER_SLOTS)?,
+            member_slots: BTreeMap::new(),
+            member_labels: BTreeMap::new(),
+            member_totals: BTreeMap::new(),
+            bpf,
+            mode,
+            written: [None, None],
+            tc,
+            xdp,
+        };
+        dp.member_slots = dp
+            .member_slot_map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(ifindex, slot)| (ifindex, slot as u16))
+            .collect();
+        // Maps never flipped are fresh: both generations are known to be empty.
+        if dp.epoch()? == 0
+            && dp
+                .config
+                .get(&CONFIG_FLIP_NS, 0)
+                .map_err(map_err(MAP_CONFIG))?
+                == 0
+        {
+            dp.written = [Some(Image::default()), Some(Image::default())];
+        }
+        Ok(dp)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Interfaces with the TC program attached (every steered one): name -> ifindex.
+    pub fn attached(&self) -> &BTreeMap<String, u32> {
+        self.tc.attached()
+    }
+
+    /// XDP links (in XDP mode): the interfaces with the XDP program attached, and those where
+    /// it could not be, with why.
+    pub fn xdp(&self) -> &Links {
+        &self.xdp
+    }
+
+    pub fn program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        links::tc_program(&mut self.bpf)
+    }
+
+    pub fn xdp_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        links::xdp_program(&mut self.bpf)
+    }
+
+    pub fn epoch(&self) -> Result<u64, DataplaneError> {
+        self.config
+            .get(&CONFIG_EPOCH, 0)
+            .map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Makes `image` the active generation. A no-op when it already is.
+    pub fn apply(&mut self, image: &Image, interfaces: &Interfaces) -> Result<(), DataplaneError> {
+        // Make before break for interfaces too: those the new generation steers from get the
+        // program before the flip (until then it finds no entry for them and passes their
+        // packets), and those it no longer needs lose it only after. Attaching after the flip
+        // would let packets leave a newly used SF unsteered, skipping the next hops.
+        self.tc.attach_missing(&image.attach, &mut self.bpf)?;
+        let xdp_want = self.xdp_candidates(image, interfaces);
+        self.xdp.attach_missing(&xdp_want, &mut self.bpf)?;
+        let epoch = self.epoch()?;
+        let active = (epoch & 1) as usize;
+        if self.written[active].as_ref() != Some(image) {
+            let target = 1 - active;
+            self.wait_until_retired(target)?;
+            self.retire_counters(target, epoch.wrapping_sub(1))?;
+            self.clear(target)?;
+            self.assign_member_slots(image, active)?;
+            self.write(target, image)?;
+            self.purge_pins(image)?;
+            self.config
+                .set(CONFIG_FLIP_NS, monotonic_ns(), 0)
+                .map_err(map_err(MAP_CONFIG))?;
+            // The flip: one 8-byte write, seen by the next packet on every CPU.
+            self.config
+                .set(CONFIG_EPOCH, epoch + 1, 0)
+                .map_err(map_err(MAP_CONFIG))?;
+            // Pins taken from the old tables in the meantime.
+            self.purge_pins(image)?;
+            self.forget_what_is_gone();
+            info!(
+                epoch = epoch + 1,
+                ports = image.ports.len(),
+                classifier_entries = image.classify.len(),
+                groups = image.rings.len(),
+                "dataplane updated"
+            );
+        }
+        self.tc.detach_stale(&image.attach);
+        self.xdp.detach_stale(&xdp_want);
+        Ok(())
+    }
+
+    /// The interfaces of `image` that get XDP in front of TC (none in TC mode); veths are
+    /// refused, with why, unless allowed.
+    fn xdp_candidates(&mut self, image: &Image, interfaces: &Interfaces) -> BTreeMap<String, u32> {
+        let Mode::Xdp { on_veth } = self.mode else {
+            return BTreeMap::new();
+        };
+        let links = &interfaces.links;
+        let mut want = BTreeMap::new();
+        for (iface, &index) in &image.attach {
+            let veth = links.get(iface).and_then(|l| l.kind.as_deref()) == Some("veth");
+            if veth && !on_veth {
+                self.xdp.refuse(iface, index, VETH_REFUSED);
+            } else {
+                want.insert(iface.clone(), index);
+            }
+        }
+        want
+    }
+
+    /// Packets of flows that entered just before the last flip may still be crossing their
+    /// chain on the generation we are about to overwrite: wait out their lease (twice).
+    /// A generation that held no classifier entry steered nothing: no wait.
+    fn wait_until_retired(&self, target: usize) -> Result<(), DataplaneError> {
+        if self.written[target]
+            .as_ref()
+            .is_some_and(|image| image.classify.is_empty())
+        {
+            return Ok(());
+        }
+        let flipped = self
+            .config
+            .get(&CONFIG_FLIP_NS, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        let ready = flipped.saturating_add(2 * GENERATION_LEASE_NS);
+        let now = monotonic_ns();
+        if now < ready {
+            std::thread::sleep(std::time::Duration::from_nanos(ready - now));
+        }
+        Ok(())
+    }
+
+    /// Moves a retired generation's per-chain counters into the running totals, then zeroes
+    /// them for their next use.
+    fn retire_counters(&mut self, gen: usize, epoch: u64) -> Result<(), DataplaneError> {
+        let base = gen as u32 * COUNTERS_PER_GEN;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let labels = self.written[gen]
+            .as_ref()
+            .map(|image| image.counters.clone());
+        let Some(labels) = labels else {
+            // Written by an earlier daemon: what its counters counted is unknown, so they are
+            // dropped rather than credited to the wrong chains.
+            for index in base + 1..base + COUNTERS_PER_GEN {
+                self.zero_counter(index, cpus)?;
+            }
+            return Ok(());
+        };
+        let mut rows = Vec::with_capacity(labels.len());
+        for (i, label) in labels.into_iter().enumerate() {
+            let index = base + i as u32 + 1;
+            rows.push(Row::new(label, self.read_counter(index)?));
+            self.zero_counter(index, cpus)?;
+        }
+        self.chain_counters.retire(Generation { epoch, rows });
+        Ok(())
+    }
+
+    fn zero_counter(&mut self, index: u32, cpus: usize) -> Result<(), DataplaneError> {
+        let values =
+            PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(DataplaneError::Cpus)?;
+        self.counters
+            .set(index, values, 0)
+            .map_err(map_err(MAP_COUNTERS))
+    }
+
+    fn read_counter(&self, index: u32) -> Result<Counter, DataplaneError> {
+        let per_cpu = self
+            .counters
+            .get(&index, 0)
+            .map_err(map_err(MAP_COUNTERS))?;
+        Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
+            packets: sum.packets + c.packets,
+            bytes: sum.bytes + c.bytes,
+        }))
+    }
+
+    /// The per-chain counters of the generations written by this daemon (the active one
+    /// first).
+    pub fn live_counters(&self) -> Result<Vec<Generation>, DataplaneError> {
+        let epoch = self.epoch()?;
+        let mut out = Vec::new();
+        for e in [epoch, epoch.wrapping_sub(1)] {
+            let Some(image) = &self.written[(e & 1) as usize] else {
+                continue;
+            };
+            let base = (e & 1) as u32 * COUNTERS_PER_GEN;
+            let mut rows = Vec::new();
+            for (i, label) in image.counters.iter().enumerate() {
+                rows.push(Row::new(
+                    label.clone(),
+                    self.read_counter(base + i as u32 + 1)?,
+                ));
+            }
+            out.push(Generation { epoch: e, rows });
+        }
+        Ok(out)
+    }
+
+    /// Drops the totals of counters and SF interfaces that neither live generation (the one
+    /// just written and the one it replaced) has, so that deleted objects and vanished
+    /// interfaces do not pile up over the daemon's life.
+    fn forget_what_is_gone(&mut self) {
+        let [a, b] = &self.written;
+        let live = [a.as_ref(), b.as_ref()];
+        self.chain_counters
+            .keep_only(|label| live.iter().flatten().any(|i| i.counters.contains(label)));
+        self.member_totals.retain(|side, _| {
+            live.iter()
+                .flatten()
+                .any(|i| i.sides.values().any(|s| s == side))
+        });
+    }
+
+    /// Gives every SF-facing interface of `image` a counter slot, keeping the ones they have;
+    /// interfaces that neither `image` nor the active generation uses give theirs up (their
+    /// counts move to the totals).
+    fn assign_member_slots(&mut self, image: &Image, active: usize) -> Result<(), DataplaneError> {
+        let active_sides = self.written[active].as_ref().map(|i| &i.sides);
+        let keep = |ifindex: &u32| {
+            image.sides.contains_key(ifindex)
+                || active_sides.is_some_and(|sides| sides.contains_key(ifindex))
+        };
+        let released: Vec<(u32, u16)> = self
+            .member_slots
+            .iter()
+            .filter(|(ifindex, _)| !keep(ifindex))
+            .map(|(i, s)| (*i, *s))
+            .collect();
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        for (ifindex, slot) in released {
+            let counts = self.read_member_counter(slot)?;
+            let label = self.member_labels.remove(&ifindex).unwrap_or(Side {
+                pair: String::new(),
+                interface: format!("ifindex {ifindex}"),
+            });
+            add_member(self.member_totals.entry(label).or_default(), &counts);
+            let zero = PerCpuValues::try_from(vec![MemberCounter::default(); cpus])
+                .map_err(DataplaneError::Cpus)?;
+            self.member_counters
+                .set(slot as u32, zero, 0)
+                .map_err(map_err(MAP_MEMBER_COUNTERS))?;
+            remove_ok(self.member_slot_map.remove(&ifindex)).map_err(map_err(MAP_MEMBER_SLOTS))?;
+            self.member_slots.remove(&ifindex);
+        }
+        for (&ifindex, side) in &image.sides {
+            self.member_labels.insert(ifindex, side.clone());
+            if self.member_slots.contains_key(&ifindex) {
+                continue;
+            }
+            let used: std::collections::BTreeSet<u16> =
+                self.member_slots.values().copied().collect();
+            let Some(slot) = (1..MEMBER_SLOTS as u16).find(|s| !used.contains(s)) else {
+                return Err(DataplaneError::MemberSlots {
+                    limit: MEMBER_SLOTS - 1,
+                });
+            };
+            self.member_slot_map
+                .insert(ifindex, slot as u32, 0)
+                .map_err(map_err(MAP_MEMBER_SLOTS))?;
+            self.member_slots.insert(ifindex, slot);
+        }
+        Ok(())
+    }
+
+    fn read_member_counter(&self, slot: u16) -> Result<MemberCounter, DataplaneError> {
+        let per_cpu = self
+            .member_counters
+            .get(&(slot as u32), 0)
+            .map_err(map_err(MAP_MEMBER_COUNTERS))?;
+        let mut sum = MemberCounter::default();
+        for c in per_cpu.iter() {
+            add_member(&mut sum, c);
+        }
+        Ok(sum)
+    }
+
+    /// Traffic into and out of each SF-facing interface, by pair and interface (live slots
+    /// plus what interfaces that went away had counted).
+    pub fn member_counters(&self) -> Result<BTreeMap<Side, MemberCounter>, DataplaneError> {
+        let mut out = self.member_totals.clone();
+        for (ifindex, slot) in &self.member_slots {
+            let Some(label) = self.member_labels.get(ifindex) else {
+                continue;
+            };
+            add_member(
+                out.entry(label.clone()).or_default(),
+                &self.read_member_counter(*slot)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// `member` with its counter slot (keeping the `SLOT_PEER` bit the compiler set).
+    fn slot_of(&self, member: Member) -> Member {
+        let slot = self.member_slots.get(&member.ifindex).copied().unwrap_or(0);
+        Member {
+            slot: (member.slot & SLOT_PEER) | slot,
+            ..member
+        }
+    }
+
+    /// Drops the flow pins that point at anything but a live member of their group.
+    fn purge_pins(&mut self, image: &Image) -> Result<(), DataplaneError> {
+        // Pins carry counter slots, the image does not: compare interfaces and MACs.
+        let same = |a: &RingEntry, b: &RingEntry| {
+            (
+                a.ingress.ifindex,
+                a.ingress.mac,
+                a.egress.ifindex,
+                a.egress.mac,
+            ) == (
+                b.ingress.ifindex,
+                b.ingress.mac,
+                b.egress.ifindex,
+                b.egress.mac,
+            )
+        };
+        let stale: Vec<PinKey> = self
+            .pins
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                !image
+                    .members
+                    .get(&key.group)
+                    .is_some_and(|members| members.iter().any(|m| same(m, entry)))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            remove_ok(self.pins.remove(&key)).map_err(map_err(MAP_PINS))?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, gen: usize, image: &Image) -> Result<(), DataplaneError> {
+        let base = gen as u32 * SLOTS_PER_GEN * RING_SIZE;
+        for (slot, ring) in image.rings.iter().enumerate() {
+            for (i, entry) in ring.iter().enumerate() {
+                let index = base + slot as u32 * RING_SIZE + i as u32;
+                let entry = RingEntry {
+                    ingress: self.slot_of(entry.ingress),
+                    egress: self.slot_of(entry.egress),
+                };
+                self.ring.set(index, entry, 0).map_err(map_err(MAP_RING))?;
+            }
+        }
+        for (key, verdict) in &image.classify {
+            let key = ClassKey {
+                gen: gen as u8,
+                ..*key
+            };
+            // Verdicts point at this generation's own group tables and counters.
+            let verdict = Verdict {
+                slot: gen as u32 * SLOTS_PER_GEN + verdict.slot,
+                counter: gen as u32 * COUNTERS_PER_GEN + verdict.counter,
+                tap_slot: self
+                    .member_slots
+                    .get(&verdict.tap_ifindex)
+                    .copied()
+                    .unwrap_or(0),
+                ..*verdict
+            };
+            self.classify
+                .insert(key, verdict, 0)
+                .map_err(map_err(MAP_CLASSIFY))?;
+        }
+        for (ifindex, value) in &image.ports {
+            let key = PortKey {
+                ifindex: *ifindex,
+                gen: gen as u32,
+            };
+            let value = PortValue {
+                slot: self.member_slots.get(ifindex).copied().unwrap_or(0),
+                ..*value
+            };
+            self.ports
+                .insert(key, value, 0)
+                .map_err(map_err(MAP_PORTS))?;
+        }
+        self.written[gen] = Some(image.clone());
+        Ok(())
+    }
+
+    /// Empties one (inactive) generation: from memory when we wrote it, by walking the maps
+    /// when an earlier daemon did.
+    fn clear(&mut self, gen: usize) -> Result<(), DataplaneError> {
+        let (class_keys, port_keys): (Vec<ClassKey>, Vec<PortKey>) = match self.written[gen].take()
+        {
+            Some(image) => (
+                image
+                    .classify
+                    .keys()
+                    .map(|k| ClassKey {
+                        gen: gen as u8,
+                        ..*k
+                    })
+                    .collect(),
+                image
+                    .ports
+                    .keys()
+                    .map(|&ifindex| PortKey {
+                        ifindex,
+                        gen: gen as u32,
+                    })
+                    .collect(),
+            ),
+            None => (
+                self.classify
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.gen as usize == gen)
+                    .collect(),
+                self.ports
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.gen as usize == gen)
+                    .collect(),
+            ),
+        };
+        for key in port_keys {
+            remove_ok(self.ports.remove(&key)).map_err(map_err(MAP_PORTS))?;
+        }
+        for key in class_keys {
+            remove_ok(self.classify.remove(&key)).map_err(map_err(MAP_CLASSIFY))?;
+        }
+        Ok(())
+    }
+
+    /// Datapath counters, summed over CPUs, in `stat::NAMES` order.
+    pub fn stats(&self) -> Result<Vec<u64>, DataplaneError> {
+        (0..stat::COUNT)
+            .map(|i| {
+                self.stats
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(map_err(MAP_STATS))
+            })
+            .collect()
+    }
+}
+
+fn add_member(total: &mut MemberCounter, c: &MemberCounter) {
+    total.into_packets += c.into_packets;
+    total.into_bytes += c.into_bytes;
+    total.from_packets += c.from_packets;
+    total.from_bytes += c.from_bytes;
+}
+
+/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn remove_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}

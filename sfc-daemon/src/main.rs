@@ -1,0 +1,139 @@
+//! The node agent: loads and pins the steering program, keeps the desired state, serves sfcctl.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use sfc_daemon::{
+    agent::{lock, run, Agent},
+    api::server,
+    dataplane::{
+        ensure_bpffs,
+        netlink::{self, Netlink},
+        Mode,
+    },
+    observe::{
+        metrics::{self, Metrics, Status},
+        snapshot::Shared,
+    },
+};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "sfc-daemon",
+    version,
+    about = "eBPF service function chaining node agent"
+)]
+struct Args {
+    /// Unix socket sfcctl talks to (created with mode 0600).
+    #[arg(long, default_value = "/run/sfc/sfc.sock")]
+    socket: PathBuf,
+    /// Where the desired state is persisted.
+    #[arg(long, default_value = "/var/lib/sfc")]
+    state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links (mounted if it is not bpffs yet).
+    #[arg(long, default_value = "/sys/fs/bpf/sfc")]
+    bpffs: PathBuf,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics: SocketAddr,
+    /// Where the steering programs run. `xdp` adds an XDP program in front of TC on every
+    /// steered interface whose driver has native XDP, veths excepted (see --xdp-on-veth); it
+    /// finishes steering and delivery in the driver and leaves the rest (taps, handing packets
+    /// back to the stack) to TC. See README, "XDP mode".
+    #[arg(long, value_enum, default_value_t = ModeArg::Tc)]
+    mode: ModeArg,
+    /// With --mode xdp, XDP on veths too. Only correct where every sender into those veths
+    /// computes its TCP/UDP checksums (`ethtool -K IFACE tx off`), and every veth a chain
+    /// redirects into accepts XDP frames (GRO on, or an XDP program, at its far end).
+    #[arg(long, requires = "mode")]
+    xdp_on_veth: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Tc,
+    Xdp,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mode = match args.mode {
+        ModeArg::Tc if args.xdp_on_veth => {
+            error!("--xdp-on-veth needs --mode xdp");
+            return ExitCode::FAILURE;
+        }
+        ModeArg::Tc => Mode::Tc,
+        ModeArg::Xdp => Mode::Xdp {
+            on_veth: args.xdp_on_veth,
+        },
+    };
+    match start(args, mode) {
+        Ok(never) => match never {},
+        Err(message) => {
+            error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Brings the agent up; returns only if it cannot start.
+fn start(args: Args, mode: Mode) -> Result<std::convert::Infallible, String> {
+    // One agent per node, decided before anything is touched: the maps, the links and the
+    // socket of a running agent are left alone.
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.state_dir.display()))?;
+    ensure_bpffs(&args.bpffs).map_err(|e| format!("cannot start: {e}"))?;
+    let _lock = lock::acquire(&[&args.state_dir, &args.bpffs]).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sfc-io")
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let _entered = runtime.enter();
+    server::refuse_if_served(&args.socket).map_err(|e| e.to_string())?;
+    let status = Arc::new(Status::new());
+    let observed = Shared::default();
+    let metrics = Arc::new(Metrics::new(observed.clone(), status.clone()));
+    let endpoint = runtime
+        .block_on(tokio::net::TcpListener::bind(args.metrics))
+        .map_err(|e| {
+            format!(
+                "cannot serve metrics on {}: {e}; pick another --metrics address",
+                args.metrics
+            )
+        })?;
+    runtime.spawn(metrics::serve(endpoint, metrics.clone()));
+    let (handle, queue) = run::queue();
+    let events = handle.clone();
+    netlink::watch_links(move || events.interfaces_changed())
+        .map_err(|e| format!("cannot follow interface changes: {e}"))?;
+    let netlink = Netlink::connect().map_err(|e| format!("cannot read interfaces: {e}"))?;
+    let agent = Agent::start(
+        &args.state_dir,
+        &args.bpffs,
+        mode,
+        netlink,
+        observed,
+        metrics,
+        status.clone(),
+    )
+    .map_err(|e| format!("cannot start: {e}"))?;
+    // Last: clients find the socket only once there is an agent to answer them.
+    let listener = server::bind(&args.socket).map_err(|e| e.to_string())?;
+    let context = server::Context {
+        published: agent.published(),
+        bpffs: args.bpffs.clone(),
+        traces: Default::default(),
+        agent: handle,
+    };
+    run::spawn(agent, queue, status).map_err(|e| format!("cannot start the agent thread: {e}"))?;
+    info!(socket = %args.socket.display(), "ready");
+    runtime.block_on(server::serve(listener, context));
+    Err("the socket server stopped".into())
+}

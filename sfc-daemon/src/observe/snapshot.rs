@@ -1,0 +1,24 @@
+//! What the agent knows about traffic, published once a second for readers on other threads
+//! (the metrics endpoint) and for `sfcctl stats` and `describe`.
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use sfc_api::{
+    counters::Row,
+    health::{HopHealth, PairHealth},
+};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Datapath counters by outcome (`stat::NAMES` order).
+    pub outcomes: Vec<(String, u64)>,
+    /// Per chain, direction and position, summed over generations.
+    pub chains: Vec<Row>,
+    pub pairs: Vec<PairHealth>,
+    pub hops: Vec<HopHealth>,
+    pub epoch: u64,
+}
+
+pub type Shared = Arc<Mutex<Snapshot>>;

@@ -1,0 +1,411 @@
+//! `sfcctl trace`: installs a flow filter in the datapath and streams, live, each matching
+//! packet's steps through this node. One trace at a time per node (the filter is one map
+//! slot). A trace runs in its client's connection task, reading the pinned filter and event
+//! maps, so the agent keeps serving while it lasts; it ends when its client hangs up or stops
+//! reading, when its lease runs out, or on `sfcctl trace --stop` from anyone.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, Map, MapData, MapError, RingBuf};
+use sfc_api::{
+    protocol::{self, Response},
+    trace::{FilterError, TraceRecord, TraceSpec, MAX_LEASE_SECONDS},
+};
+use sfc_common::{
+    stat, TraceEvent, TraceFilter, FAMILY_V6, FLAG_ENTRY, FLAG_REVERSE, MAP_TRACE_EVENTS,
+    MAP_TRACE_FILTER, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
+use thiserror::Error;
+use tokio::{
+    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt},
+    net::unix::{OwnedReadHalf, OwnedWriteHalf},
+    sync::watch,
+    time::timeout,
+};
+use tracing::{info, warn};
+
+/// Longest a trace client may take to read one record before the trace ends.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum TraceError {
+    #[error("a trace is already running on this node (started {age} s ago, filter {filter}); end it with `sfcctl trace --stop`")]
+    Busy { age: u64, filter: String },
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("waiting on the trace ring: {0}")]
+    Ring(std::io::Error),
+}
+
+/// Names for the numbers in events, from the agent's state when the trace starts.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    pub chains: BTreeMap<u16, String>,
+    pub interfaces: BTreeMap<u32, String>,
+    /// Interface -> the port pair (and side) behind it.
+    pub pairs: BTreeMap<u32, String>,
+}
+
+/// The node's one trace: who holds it, and how to end it.
+#[derive(Default)]
+pub struct TraceSlot {
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    started: Instant,
+    filter: String,
+    stop: watch::Sender<bool>,
+}
+
+impl TraceSlot {
+    fn claim(&self, spec: &TraceSpec) -> Result<watch::Receiver<bool>, TraceError> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = running.as_ref() {
+            return Err(TraceError::Busy {
+                age: r.started.elapsed().as_secs(),
+                filter: r.filter.clone(),
+            });
+        }
+        let (stop, stopped) = watch::channel(false);
+        *running = Some(Running {
+            started: Instant::now(),
+            filter: describe(spec),
+            stop,
+        });
+        Ok(stopped)
+    }
+
+    fn release(&self) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// `sfcctl trace --stop`.
+    pub fn stop(&self) -> Response {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.as_ref() {
+            Some(r) => {
+                let _ = r.stop.send(true);
+                Response {
+                    ok: true,
+                    message: format!(
+                        "stopped the trace started {} s ago (filter {})",
+                        r.started.elapsed().as_secs(),
+                        r.filter
+                    ),
+                    ..Default::default()
+                }
+            }
+            None => Response {
+                ok: true,
+                message: "no trace is running on this node".into(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// A filter as the user gave it, for messages.
+fn describe(spec: &TraceSpec) -> String {
+    let fields = [
+        ("src", spec.src.clone()),
+        ("dst", spec.dst.clone()),
+        ("proto", spec.proto.clone()),
+        ("sport", spec.sport.map(|p| p.to_string())),
+        ("dport", spec.dport.map(|p| p.to_string())),
+        ("id", spec.id.map(|i| format!("{i:08x}"))),
+    ];
+    let set: Vec<String> = fields
+        .into_iter()
+        .filter_map(|(k, v)| Some(format!("--{k} {}", v?)))
+        .collect();
+    if set.is_empty() {
+        "any packet".into()
+    } else {
+        set.join(" ")
+    }
+}
+
+fn open<T: TryFrom<Map, Error = MapError>>(
+    bpffs: &Path,
+    name: &'static str,
+    wrap: fn(MapData) -> Map,
+) -> Result<T, TraceError> {
+    let err = |source| TraceError::Map { name, source };
+    let data = MapData::from_pin(bpffs.join("maps").join(name)).map_err(err)?;
+    T::try_from(wrap(data)).map_err(err)
+}
+
+/// One trace, served on its client's connection.
+pub struct Session<'a> {
+    pub bpffs: &'a Path,
+    pub spec: TraceSpec,
+    pub lease_seconds: Option<u64>,
+    pub names: Names,
+    pub slot: &'a TraceSlot,
+}
+
+/// Why a trace ended (logged).
+#[derive(Debug)]
+enum End {
+    HungUp,
+    NotReading,
+    Stopped,
+    LeaseOver,
+    Failed(String),
+}
+
+impl Session<'_> {
+    /// Answers with one `Response` line, then one `TraceRecord` line per event until the
+    /// trace ends.
+    pub async fn run(self, mut read: OwnedReadHalf, mut write: OwnedWriteHalf) {
+        let filter = match self.spec.filter() {
+            Ok(f) => f,
+            Err(e) => return refuse(&mut write, TraceError::from(e)).await,
+        };
+        let maps = open(self.bpffs, MAP_TRACE_FILTER, Map::Array)
+            .and_then(|filters| Ok((filters, open(self.bpffs, MAP_TRACE_EVENTS, Map::RingBuf)?)));
+        let (mut filters, events): (Array<MapData, TraceFilter>, RingBuf<MapData>) = match maps {
+            Ok(m) => m,
+            Err(e) => return refuse(&mut write, e).await,
+        };
+        let mut stopped = match self.slot.claim(&self.spec) {
+            Ok(s) => s,
+            Err(e) => return refuse(&mut write, e).await,
+        };
+        let lease = Duration::from_secs(
+            self.lease_seconds
+                .unwrap_or(MAX_LEASE_SECONDS)
+                .min(MAX_LEASE_SECONDS),
+        );
+        // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd,
+        // which owns the ring buffer, is registered.
+        let end = match unsafe { AsyncFd::register(events) }.map_err(std::io::Error::from) {
+            Ok(mut events) => {
+                // Events of an earlier trace left in the ring are not this one's.
+                while events.get_mut().next().is_some() {}
+                match filters.set(0, filter, 0) {
+                    Ok(()) => {
+                        info!(
+                            filter = describe(&self.spec),
+                            lease_s = lease.as_secs(),
+                            "trace started"
+                        );
+                        let hello = Response {
+                            ok: true,
+                            message: "tracing".into(),
+                            ..Default::default()
+                        };
+                        if send(&mut write, &protocol::encode(&hello)).await {
+                            let stream = Stream {
+                                events: &mut events,
+                                names: &self.names,
+                                clock: Clock::now(),
+                            };
+                            tokio::select! {
+                                end = stream.forward(&mut write) => end,
+                                _ = hung_up(&mut read) => End::HungUp,
+                                _ = stopped.wait_for(|s| *s) => End::Stopped,
+                                _ = tokio::time::sleep(lease) => End::LeaseOver,
+                            }
+                        } else {
+                            End::NotReading
+                        }
+                    }
+                    Err(source) => End::Failed(
+                        TraceError::Map {
+                            name: MAP_TRACE_FILTER,
+                            source,
+                        }
+                        .to_string(),
+                    ),
+                }
+            }
+            Err(e) => End::Failed(TraceError::Ring(e).to_string()),
+        };
+        if let Err(e) = filters.set(0, TraceFilter::default(), 0) {
+            warn!(error = %e, "clearing the trace filter");
+        }
+        self.slot.release();
+        match end {
+            End::Failed(error) => warn!(error, "trace failed"),
+            end => info!(?end, "trace ended"),
+        }
+    }
+}
+
+async fn refuse(write: &mut OwnedWriteHalf, e: TraceError) {
+    send(write, &protocol::encode(&Response::failure(e.to_string()))).await;
+}
+
+async fn send(write: &mut OwnedWriteHalf, line: &[u8]) -> bool {
+    matches!(
+        timeout(WRITE_DEADLINE, write.write_all(line)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Resolves when the client hangs up: it sends nothing after its request, so anything read
+/// (end of file, an error, or stray bytes) means it is done.
+async fn hung_up(read: &mut OwnedReadHalf) {
+    let mut byte = [0u8; 1];
+    let _ = read.read(&mut byte).await;
+}
+
+struct Stream<'a> {
+    events: &'a mut AsyncFd<RingBuf<MapData>>,
+    names: &'a Names,
+    clock: Clock,
+}
+
+impl Stream<'_> {
+    /// Forwards events as they come, until a write fails or times out.
+    async fn forward(self, write: &mut OwnedWriteHalf) -> End {
+        loop {
+            let mut ready = match self.events.readable_mut().await {
+                Ok(r) => r,
+                Err(e) => return End::Failed(TraceError::Ring(e).to_string()),
+            };
+            let mut lines = Vec::new();
+            while let Some(item) = ready.get_inner_mut().next() {
+                if item.len() < std::mem::size_of::<TraceEvent>() {
+                    continue;
+                }
+                let event: TraceEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const TraceEvent) };
+                drop(item);
+                let mut line = serde_json::to_vec(&record(&event, self.names, &self.clock))
+                    .expect("records serialise");
+                line.push(b'\n');
+                lines.extend_from_slice(&line);
+            }
+            ready.clear_ready();
+            if !lines.is_empty() && !send(write, &lines).await {
+                return End::NotReading;
+            }
+        }
+    }
+}
+
+/// Converts CLOCK_MONOTONIC (the datapath's clock) to wall-clock time.
+struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let read = |id| {
+            let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        Self {
+            offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    fn wall(&self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+fn ip_text(family: u8, addr: &[u32; 4]) -> String {
+    if family == FAMILY_V6 {
+        let mut o = [0u8; 16];
+        for (i, w) in addr.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        std::net::Ipv6Addr::from(o).to_string()
+    } else {
+        std::net::Ipv4Addr::from(addr[0].to_ne_bytes()).to_string()
+    }
+}
+
+fn proto_text(proto: u8) -> String {
+    match proto {
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        PROTO_ICMP => "icmp".into(),
+        PROTO_ICMPV6 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+fn record(e: &TraceEvent, names: &Names, clock: &Clock) -> TraceRecord {
+    let iface = |i: u32| {
+        names
+            .interfaces
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| format!("ifindex {i}"))
+    };
+    let classified = e.chain_id != 0;
+    // An address and port as in a URL: IPv6 in brackets.
+    let endpoint = |addr: &[u32; 4], port: u16| {
+        if e.family == FAMILY_V6 {
+            format!("[{}]:{port}", ip_text(e.family, addr))
+        } else {
+            format!("{}:{port}", ip_text(e.family, addr))
+        }
+    };
+    let flow = format!(
+        "{} {} > {}",
+        proto_text(e.proto),
+        endpoint(&e.src, e.sport),
+        endpoint(&e.dst, e.dport)
+    );
+    TraceRecord {
+        time_ns: clock.wall(e.ts_ns),
+        id: e.id,
+        interface: iface(e.ifindex),
+        chain: classified.then(|| {
+            names
+                .chains
+                .get(&e.chain_id)
+                .cloned()
+                .unwrap_or_else(|| format!("chain id {}", e.chain_id))
+        }),
+        hop: classified.then_some(e.hop),
+        direction: classified.then(|| {
+            if e.flags & FLAG_REVERSE != 0 {
+                "reverse".to_string()
+            } else {
+                "forward".to_string()
+            }
+        }),
+        entry: e.flags & FLAG_ENTRY != 0,
+        verdict: stat::NAMES
+            .get(e.outcome as usize)
+            .copied()
+            .unwrap_or("unknown")
+            .to_string(),
+        target: (e.target_ifindex != 0).then(|| {
+            names
+                .pairs
+                .get(&e.target_ifindex)
+                .cloned()
+                .unwrap_or_else(|| iface(e.target_ifindex))
+        }),
+        target_interface: (e.target_ifindex != 0).then(|| iface(e.target_ifindex)),
+        target_mac: (e.mac != [0; 6]).then(|| {
+            e.mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        }),
+        tapped: e.tapped != 0,
+        generation: e.gen,
+        flow,
+    }
+}

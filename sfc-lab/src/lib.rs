@@ -1,0 +1,11 @@
+//! What the tests (`tests/`) and the bench (`cargo xtask bench`) share.
+//!
+//! - [`lab`]: labs of network namespaces: namespaces, veths, processes, the daemon and sfcctl;
+//! - [`demo`]: the networking-sfc demo topology, built in a lab;
+//! - [`yaml`]: chain configuration documents, as `sfcctl apply -f` reads them;
+//! - [`frames`]: Ethernet frames byte by byte, for BPF_PROG_TEST_RUN.
+
+pub mod demo;
+pub mod frames;
+pub mod lab;
+pub mod yaml;
