@@ -812,20 +812,24 @@ impl<'s> Compiler<'s> {
     }
 
     /// The counters map holds a fixed number per generation (counter 0 counts nothing).
+    /// Counters are numbered from 1 and must stay below `COUNTERS_PER_GEN`; the error names
+    /// the chain (in name order) whose counter is the first that does not fit.
     fn check_counters(&mut self) {
         let used = self.image.counters.len();
-        if used >= COUNTERS_PER_GEN as usize {
-            self.error(
-                Kind::PortChain,
-                "",
-                "",
-                format!(
-                    "the chains need {} counters (one per chain, direction and hop, plus one); this node holds at most {}: use fewer or shorter chains",
-                    used + 1,
-                    COUNTERS_PER_GEN
-                ),
-            );
-        }
+        let Some(first_over) = self.image.counters.get(COUNTERS_PER_GEN as usize - 1) else {
+            return;
+        };
+        let chain = first_over.chain.clone();
+        self.error(
+            Kind::PortChain,
+            &chain,
+            "spec.portPairGroups",
+            format!(
+                "the chains need {} counters (one per chain, direction and hop, plus one), and this node holds at most {}; this chain's do not fit: use fewer or shorter chains",
+                used + 1,
+                COUNTERS_PER_GEN
+            ),
+        );
     }
 
     // Stage 4: match shapes and the classify map.
@@ -1180,6 +1184,40 @@ mod tests {
         assert_eq!(
             messages(&c.errors),
             ["(applied state): PortPair \"nomac\": spec.ingressMac: the MAC of the SF behind \"nm-in\" cannot be discovered (it is not a veth); set ingressMac"]
+        );
+    }
+
+    #[test]
+    fn counters_past_the_limit_name_the_chain_where_they_run_out() {
+        // 1100 chains of 32 hops (no classifiers: one counter per hop), each through 30 shared
+        // groups and a pair of its own of 34 others, so that no two share their list.
+        let mut s = State::default();
+        let groups: Vec<String> = (0..64).map(|g| format!("g{g:02}")).collect();
+        for g in &groups {
+            pair(
+                &mut s,
+                &format!("p{g}"),
+                &format!("{g}-in"),
+                &format!("{g}-out"),
+            );
+            group(&mut s, g, &[format!("p{g}")]);
+        }
+        let extra = &groups[30..];
+        let lists = extra
+            .iter()
+            .flat_map(|a| extra.iter().filter(move |b| *b != a).map(move |b| (a, b)));
+        for (i, (a, b)) in lists.take(1100).enumerate() {
+            let mut hops: Vec<&str> = groups[..30].iter().map(String::as_str).collect();
+            hops.extend([a.as_str(), b.as_str()]);
+            chain(&mut s, &format!("c{i:04}"), &hops, &[], false);
+        }
+        let origins = Origins::new();
+        let errors = compile(&s, &Interfaces::default(), &origins).unwrap_err();
+        // 33 counters a chain (32 hops, and one at the entry since counting per classifier
+        // does not fit): the 32 768th, the first over, is one of c0992's.
+        assert_eq!(
+            messages(&errors.0),
+            ["(applied state): PortChain \"c0992\": spec.portPairGroups: the chains need 36301 counters (one per chain, direction and hop, plus one), and this node holds at most 32768; this chain's do not fit: use fewer or shorter chains"]
         );
     }
 
