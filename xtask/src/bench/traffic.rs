@@ -10,7 +10,7 @@
 use std::{
     net::{SocketAddrV4, UdpSocket},
     os::fd::AsRawFd,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -29,7 +29,7 @@ fn addr(ip: &str, port: u16) -> SocketAddrV4 {
 }
 
 /// Sends 64-byte frames from `src_ns` to the sink until `stop`; returns the number sent.
-fn flood(src_ns: &str, stop: &AtomicBool, deadline: Instant) -> Result<u64> {
+fn flood(src_ns: &str, sending: &Sending, deadline: Instant) -> Result<u64> {
     netns::enter(src_ns)?;
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.connect(addr(topo::SINK, topo::PPS_PORT))?;
@@ -46,15 +46,21 @@ fn flood(src_ns: &str, stop: &AtomicBool, deadline: Instant) -> Result<u64> {
             m
         })
         .collect();
-    let mut sent = 0u64;
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+    let (mut sent, mut failed) = (0u64, None);
+    sending.started();
+    while !sending.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
         // ENOBUFS and the like: the path is saturated, which is the point; keep going.
         if n > 0 {
             sent += n as u64;
+        } else {
+            failed = Some(std::io::Error::last_os_error());
         }
     }
-    Ok(sent)
+    match (sent, failed) {
+        (0, Some(e)) => bail!("every sendmmsg from {src_ns} failed, the last with: {e}"),
+        _ => Ok(sent),
+    }
 }
 
 /// Packets per second received at the destination's interface over `window`, after `warmup`.
@@ -67,24 +73,47 @@ fn received_rate(dst_ns: &str, warmup: Duration, window: Duration) -> Result<f64
     Ok((rx1 - rx0) as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// Runs `senders` copies of `send` (each sends until `stop` is set or its deadline passes, and
-/// returns how many packets it sent) while the destination's received rate is measured.
-/// Returns the rate and the packets sent.
+/// What the senders and the measuring thread share: senders say when they start sending, and
+/// stop when told.
+#[derive(Default)]
+struct Sending {
+    stop: AtomicBool,
+    started: AtomicUsize,
+}
+
+impl Sending {
+    /// A sender is set up and sends from now on.
+    fn started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `senders` copies of `send` (each calls `Sending::started` once set up, sends until
+/// `stop` is set or its deadline passes, and returns how many packets it sent) and measures
+/// the destination's received rate once they all send (on a busy machine a thread may start
+/// late: a window that opened before would count its absence). Returns the rate and the
+/// packets sent.
 fn while_sending(
     dst_ns: &str,
     senders: usize,
     warmup: Duration,
     window: Duration,
-    send: impl Fn(&AtomicBool, Instant) -> Result<u64> + Sync,
+    send: impl Fn(&Sending, Instant) -> Result<u64> + Sync,
 ) -> Result<(f64, u64)> {
-    let stop = AtomicBool::new(false);
-    let deadline = Instant::now() + warmup + window + Duration::from_secs(5);
+    let sending = Sending::default();
+    let set_up_by = Instant::now() + Duration::from_secs(5);
+    let deadline = set_up_by + warmup + window + Duration::from_secs(5);
     thread::scope(|s| {
         let handles: Vec<_> = (0..senders)
-            .map(|_| s.spawn(|| send(&stop, deadline)))
+            .map(|_| s.spawn(|| send(&sending, deadline)))
             .collect();
+        // Bounded: a sender that fails before it starts ends the wait at `set_up_by`, and
+        // its error is reported below.
+        while sending.started.load(Ordering::Relaxed) < senders && Instant::now() < set_up_by {
+            thread::sleep(Duration::from_millis(1));
+        }
         let measured = received_rate(dst_ns, warmup, window);
-        stop.store(true, Ordering::Relaxed);
+        sending.stop.store(true, Ordering::Relaxed);
         let mut sent = 0;
         for h in handles {
             sent += h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
@@ -104,8 +133,8 @@ pub fn packet_rate(
     warmup: Duration,
     window: Duration,
 ) -> Result<f64> {
-    while_sending(dst_ns, senders, warmup, window, |stop, deadline| {
-        flood(src_ns, stop, deadline)
+    while_sending(dst_ns, senders, warmup, window, |sending, deadline| {
+        flood(src_ns, sending, deadline)
     })
     .map(|(rate, _)| rate)
 }
@@ -138,14 +167,15 @@ pub fn packet_rate_xdp_frames(
     window: Duration,
 ) -> Result<f64> {
     let frame = udp64_frame();
-    while_sending(dst_ns, senders, warmup, window, |stop, deadline| {
+    while_sending(dst_ns, senders, warmup, window, |sending, deadline| {
         netns::enter(src_ns)?;
         let ebpf = bpf::load_tx(object)?;
         let ifindex = netns::ifindex_here("eth0")?;
         // About 20 ms of frames per call at the rates seen here.
         const PER_CALL: u32 = 1 << 14;
         let mut sent = 0;
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        sending.started();
+        while !sending.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             bpf::send_live_frames(&ebpf, &frame, ifindex, PER_CALL)?;
             sent += PER_CALL as u64;
         }
