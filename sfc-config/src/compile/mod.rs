@@ -673,6 +673,37 @@ impl<'s> Compiler<'s> {
         self.image.counters.len() as u32
     }
 
+    /// One direction of a classifier: where it enters (with `m`, entering at `entered_at`) and
+    /// after each of its hops, each with the verdict of that position; it ends at `end_port`.
+    fn direction_targets(
+        &mut self,
+        (chain, groups, domains, fc_name): (&ChainPlan<'s>, &Groups<'s>, &Domains<'s>, &String),
+        direction: Direction,
+        (m, entered_at, end_port): (&Match, u32, Option<&String>),
+        targets: &mut Vec<(Match, u32, Verdict)>,
+    ) {
+        let (hops, counters) = match direction {
+            Direction::Forward => (&chain.forward, &chain.forward_counters),
+            Direction::Reverse => (&chain.reverse, &chain.reverse_counters),
+        };
+        let entry_counter = if chain.per_classifier {
+            self.counter(chain, direction, 0, Some(fc_name))
+        } else {
+            counters[0]
+        };
+        let entry = self.verdict(chain, groups, direction, 0, end_port, entry_counter);
+        targets.push((m.clone(), entered_at, entry));
+        for (k, (g, _)) in hops.steps.iter().enumerate() {
+            let after = &domains.group[g];
+            let domain = match direction {
+                Direction::Forward => after.egress,
+                Direction::Reverse => after.reverse,
+            };
+            let verdict = self.verdict(chain, groups, direction, k + 1, end_port, counters[k + 1]);
+            targets.push((m.clone(), domain, verdict));
+        }
+    }
+
     /// One classifier's entries. Forward: enter at the source port, then from each group's
     /// egress to the next. Reverse (symmetric chains): enter at the destination port, cross
     /// the same groups backwards through their egress, end at the source port.
@@ -686,57 +717,22 @@ impl<'s> Compiler<'s> {
     ) -> Vec<Entry> {
         let fc = &self.state.flow_classifiers[fc_name];
         let ldp = fc.logical_destination_port.as_ref();
-        let entry_counter = if chain.per_classifier {
-            self.counter(chain, Direction::Forward, 0, Some(fc_name))
-        } else {
-            chain.forward_counters[0]
-        };
-        let mut targets = vec![(
-            forward.clone(),
-            domains.port[&fc.logical_source_port],
-            self.verdict(chain, groups, Direction::Forward, 0, ldp, entry_counter),
-        )];
-        for (k, (g, _)) in chain.forward.steps.iter().enumerate() {
-            targets.push((
-                forward.clone(),
-                domains.group[g].egress,
-                self.verdict(
-                    chain,
-                    groups,
-                    Direction::Forward,
-                    k + 1,
-                    ldp,
-                    chain.forward_counters[k + 1],
-                ),
-            ));
-        }
+        let mut targets = Vec::new();
+        let entered_at = domains.port[&fc.logical_source_port];
+        self.direction_targets(
+            (chain, groups, domains, fc_name),
+            Direction::Forward,
+            (forward, entered_at, ldp),
+            &mut targets,
+        );
         if let (true, Some(ldp)) = (chain.symmetric, ldp) {
-            let reverse = forward.reversed();
             let lsp = Some(&fc.logical_source_port);
-            let entry_counter = if chain.per_classifier {
-                self.counter(chain, Direction::Reverse, 0, Some(fc_name))
-            } else {
-                chain.reverse_counters[0]
-            };
-            targets.push((
-                reverse.clone(),
-                domains.port[ldp],
-                self.verdict(chain, groups, Direction::Reverse, 0, lsp, entry_counter),
-            ));
-            for (j, (g, _)) in chain.reverse.steps.iter().enumerate() {
-                targets.push((
-                    reverse.clone(),
-                    domains.group[g].reverse,
-                    self.verdict(
-                        chain,
-                        groups,
-                        Direction::Reverse,
-                        j + 1,
-                        lsp,
-                        chain.reverse_counters[j + 1],
-                    ),
-                ));
-            }
+            self.direction_targets(
+                (chain, groups, domains, fc_name),
+                Direction::Reverse,
+                (&forward.reversed(), domains.port[ldp], lsp),
+                &mut targets,
+            );
         }
         let mut entries = Vec::new();
         for (m, domain, verdict) in targets {
