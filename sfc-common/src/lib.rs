@@ -2,34 +2,87 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v2_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! version (`sfc_v3_*`): a change of any layout here bumps it, so that a new daemon gets fresh
 //! maps instead of misreading pinned ones.
 #![no_std]
 
-pub const MAP_CONFIG: &str = "sfc_v2_config";
-pub const MAP_PORTS: &str = "sfc_v2_ports";
-pub const MAP_CLASSIFY: &str = "sfc_v2_classify";
-pub const MAP_RING: &str = "sfc_v2_ring";
-pub const MAP_FLOWS: &str = "sfc_v2_flows";
-pub const MAP_FLOWS4: &str = "sfc_v2_flows4";
-pub const MAP_PINS: &str = "sfc_v2_pins";
-pub const MAP_DECISIONS: &str = "sfc_v2_decisions";
-pub const MAP_DECISIONS4: &str = "sfc_v2_decisions4";
-pub const MAP_STATS: &str = "sfc_v2_stats";
-pub const MAP_COUNTERS: &str = "sfc_v2_counters";
-pub const MAP_MEMBER_COUNTERS: &str = "sfc_v2_member_counters";
+/// The version of this ABI, in every map name (`sfc_v3_*`). A change of any layout here, of a
+/// map's type or of what a value means bumps it, so that a new daemon gets fresh maps instead of
+/// misreading pinned ones; `layout_fingerprint_matches_the_abi_version` fails until it is.
+#[macro_export]
+macro_rules! abi_version {
+    () => {
+        3
+    };
+}
+pub const ABI_VERSION: u32 = abi_version!();
+
+/// A map's name: `sfc_v{ABI_VERSION}_{name}`.
+macro_rules! map_name {
+    ($name:literal) => {
+        concat!("sfc_v", abi_version!(), "_", $name)
+    };
+}
+
+pub const MAP_PREFIX: &str = map_name!("");
+pub const MAP_CONFIG: &str = map_name!("config");
+pub const MAP_PORTS: &str = map_name!("ports");
+pub const MAP_CLASSIFY: &str = map_name!("classify");
+pub const MAP_RING: &str = map_name!("ring");
+/// Members of every group table: a pin is honoured only while its member is still here.
+pub const MAP_MEMBERS: &str = map_name!("members");
+/// Interfaces packets may be redirected into (members, tap SFs, logical destination ports),
+/// as a device map: the kernel removes an interface from it the moment it is deleted, and the
+/// agent removes one that goes down, so a redirect into either is never counted as sent.
+pub const MAP_LIVE: &str = map_name!("live");
+pub const MAP_FLOWS: &str = map_name!("flows");
+pub const MAP_FLOWS4: &str = map_name!("flows4");
+pub const MAP_PINS: &str = map_name!("pins");
+pub const MAP_DECISIONS: &str = map_name!("decisions");
+pub const MAP_DECISIONS4: &str = map_name!("decisions4");
+/// First fragments seen, so that the rest of their datagram takes the same path.
+pub const MAP_FRAGMENTS: &str = map_name!("fragments");
+pub const MAP_STATS: &str = map_name!("stats");
+pub const MAP_COUNTERS: &str = map_name!("counters");
+pub const MAP_MEMBER_COUNTERS: &str = map_name!("member_counters");
 /// Which counter slot each SF-facing interface has (written and read by the agent only; kept
 /// in bpffs so that a restarted agent finds the counters where it left them).
-pub const MAP_MEMBER_SLOTS: &str = "sfc_v2_member_slots";
-pub const MAP_TRACE_FILTER: &str = "sfc_v2_trace_filter";
-pub const MAP_TRACE_EVENTS: &str = "sfc_v2_trace_events";
+pub const MAP_MEMBER_SLOTS: &str = map_name!("member_slots");
+pub const MAP_TRACE_FILTER: &str = map_name!("trace_filter");
+pub const MAP_TRACE_EVENTS: &str = map_name!("trace_events");
+/// Per-CPU scratch memory of the programs (not pinned).
+pub const MAP_SCRATCH: &str = map_name!("scratch");
 pub const PROGRAM_TC: &str = "sfc_tc";
 pub const PROGRAM_XDP: &str = "sfc_xdp";
 /// One u32, set by the agent when it loads the programs (not pinned: it belongs to them):
 /// 1 when the XDP program may redirect into a veth whose peer is in another namespace. Such a
 /// veth takes XDP frames only if its peer has GRO on or an XDP program, which only the user
 /// can vouch for (`--xdp-on-veth`); otherwise the XDP program leaves those packets to TC.
-pub const MAP_XDP_INTO_VETH: &str = "sfc_v2_xdp_into_veth";
+pub const MAP_XDP_INTO_VETH: &str = map_name!("xdp_into_veth");
+
+/// Every map of the steering object, pinned or not.
+pub const MAP_NAMES: [&str; 20] = [
+    MAP_CONFIG,
+    MAP_PORTS,
+    MAP_CLASSIFY,
+    MAP_RING,
+    MAP_MEMBERS,
+    MAP_LIVE,
+    MAP_FLOWS,
+    MAP_FLOWS4,
+    MAP_PINS,
+    MAP_DECISIONS,
+    MAP_DECISIONS4,
+    MAP_FRAGMENTS,
+    MAP_STATS,
+    MAP_COUNTERS,
+    MAP_MEMBER_COUNTERS,
+    MAP_MEMBER_SLOTS,
+    MAP_TRACE_FILTER,
+    MAP_TRACE_EVENTS,
+    MAP_SCRATCH,
+    MAP_XDP_INTO_VETH,
+];
 
 /// Distinct match shapes (prefix lengths, port-prefix lengths, protocol) probed per interface.
 /// The datapath does one hash lookup per shape, so this bounds the per-packet cost whatever the
@@ -45,14 +98,25 @@ pub const SLOTS_PER_GEN: u32 = 512;
 pub const CLASSIFY_CAPACITY: u32 = 1 << 20;
 /// Interfaces with a program, times two generations.
 pub const PORTS_CAPACITY: u32 = 8192;
-/// Flows in a chain (per direction), IPv4 and IPv6 each: their generation, packets in flight
-/// and original destination MAC. LRU: an evicted flow simply starts over on the active
-/// generation.
+/// Default size of the flow tables (flows in a chain, per direction, IPv4 and IPv6 each: their
+/// generation, packets in flight and original destination MAC). LRU: an evicted flow simply
+/// starts over on the active generation. The agent sets the real size (a flag).
 pub const FLOWS_CAPACITY: u32 = 65536;
-/// Flow-to-member pins (per group and flow hash). LRU.
+/// Default size of the flow-to-member pins (per group and flow hash). LRU.
 pub const PINS_CAPACITY: u32 = 131072;
-/// Decisions remembered per (interface, flow) for the current epoch, IPv4 and IPv6 each. LRU.
+/// Default size of the decision tables (per interface and flow, for the current epoch, IPv4
+/// and IPv6 each). LRU.
 pub const DECISIONS_CAPACITY: u32 = 131072;
+/// Default size of the fragment table (datagrams whose first fragment was seen and whose last
+/// bytes were not). Not LRU: when it is full a new datagram is not tracked, and counted.
+pub const FRAGMENTS_CAPACITY: u32 = 65536;
+/// A tracked datagram whose fragments stop coming is forgotten after this (the agent sweeps
+/// such entries; the datapath ignores them at once).
+pub const FRAGMENT_TIMEOUT_NS: u64 = 2_000_000_000;
+/// Members of group tables, both generations together.
+pub const MEMBERS_CAPACITY: u32 = 131072;
+/// Interfaces packets may be redirected into.
+pub const LIVE_CAPACITY: u32 = 8192;
 /// Per-chain counters per generation ((chain, direction, position), and the entry counter of
 /// each classifier); index 0 is "none".
 pub const COUNTERS_PER_GEN: u32 = 32768;
@@ -61,9 +125,9 @@ pub const MEMBER_SLOTS: u32 = 4096;
 /// Size of the trace event ring buffer (bytes, a power of two).
 pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
-/// `sfc_v2_config` index holding the epoch; the active generation is `epoch & 1`.
+/// `sfc_v3_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
-/// `sfc_v2_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
+/// `sfc_v3_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
 pub const CONFIG_FLIP_NS: u32 = 1;
 pub const CONFIG_ENTRIES: u32 = 2;
 
@@ -103,7 +167,7 @@ pub mod action {
     pub const FORWARD: u8 = 3;
 }
 
-/// Indexes of the per-CPU `sfc_v2_stats` counters (summed over CPUs when read).
+/// Indexes of the per-CPU stats counters (summed over CPUs when read).
 pub mod stat {
     /// Packets sent into an SF.
     pub const STEERED: u32 = 0;
@@ -115,19 +179,35 @@ pub mod stat {
     pub const NO_MATCH: u32 = 3;
     /// Frames that are not IPv4/IPv6 (ARP, LLDP, ...), untouched.
     pub const NOT_IP: u32 = 4;
-    /// Truncated or malformed IP headers, untouched.
+    /// Unparsable: truncated or inconsistent IP or L4 headers.
     pub const MALFORMED: u32 = 5;
-    /// Fragments not matched because the classifier needs L4 ports, untouched.
-    pub const FRAGMENT: u32 = 6;
+    /// Unparsable: more VLAN tags than the parser walks.
+    pub const UNPARSABLE_VLAN: u32 = 6;
+    /// Unparsable: more IPv6 extension headers than the parser walks.
+    pub const UNPARSABLE_IPV6_EXT: u32 = 7;
+    /// Unparsable: a non-first fragment whose first fragment was not seen, where a classifier
+    /// needs L4 ports.
+    pub const FRAGMENT_UNKNOWN: u32 = 8;
+    /// Unparsable packets passed on anyway, as their port's classifiers ask
+    /// (`unparsable: pass`); the others were dropped.
+    pub const UNPARSABLE_PASSED: u32 = 9;
     /// Dropped: the hop's group has no live member (fail closed rather than bypass the SF).
-    pub const NO_MEMBER: u32 = 7;
-    /// The redirect helper refused (target interface gone), dropped by the kernel.
-    pub const REDIRECT_FAILED: u32 = 8;
+    pub const NO_MEMBER: u32 = 10;
+    /// Dropped: the interface the packet was to go into is gone or down.
+    pub const TARGET_DOWN: u32 = 11;
+    /// The redirect helper refused (dropped by the kernel).
+    pub const REDIRECT_FAILED: u32 = 12;
     /// Copies sent to a tap SF.
-    pub const TAPPED: u32 = 9;
-    /// Copies a tap SF could not be sent (clone failed); the original continues.
-    pub const TAP_FAILED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    pub const TAPPED: u32 = 13;
+    /// Copies a tap SF could not be sent (gone, down, or the clone failed); the original
+    /// continues.
+    pub const TAP_FAILED: u32 = 14;
+    /// First fragments whose datagram is now tracked.
+    pub const FRAGMENTS_TRACKED: u32 = 15;
+    /// First fragments not tracked because the fragment table is full: the rest of their
+    /// datagram is unparsable where ports matter.
+    pub const FRAGMENT_TABLE_FULL: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const NAMES: [&str; COUNT as usize] = [
         "steered",
         "delivered",
@@ -135,15 +215,21 @@ pub mod stat {
         "no_match",
         "not_ip",
         "malformed",
-        "fragment",
+        "unparsable_vlan",
+        "unparsable_ipv6_ext",
+        "fragment_unknown",
+        "unparsable_passed",
         "no_member",
+        "target_down",
         "redirect_failed",
         "tapped",
         "tap_failed",
+        "fragments_tracked",
+        "fragment_table_full",
     ];
 }
 
-/// Key of `sfc_v2_classify`: a packet's fields, masked by one tuple of its interface.
+/// Key of `sfc_v3_classify`: a packet's fields, masked by one tuple of its interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClassKey {
@@ -178,7 +264,7 @@ pub struct TupleMask {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v2_ports`.
+/// Key of `sfc_v3_ports`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -186,7 +272,7 @@ pub struct PortKey {
     pub gen: u32,
 }
 
-/// Value of `sfc_v2_ports`: the domain packets arriving on this interface are classified in and
+/// Value of `sfc_v3_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,8 +290,14 @@ pub struct PortValue {
 /// `PortValue::flags`: a logical port, where chains start. Only there may a flow move to a
 /// newer generation; everywhere else it stays on the one it entered with.
 pub const PORT_ENTRY: u16 = 1;
+/// `PortValue::flags`: every classifier entering here asks for today's networking-sfc
+/// behaviour, `unparsable: pass`: what cannot be parsed is passed on rather than dropped.
+pub const PORT_PASS_UNPARSABLE: u16 = 2;
+/// `PortValue::flags`: some classifier here matches L4 ports, so a fragment whose ports are
+/// unknown is unparsable here.
+pub const PORT_NEEDS_PORTS: u16 = 4;
 
-/// Value of `sfc_v2_classify`.
+/// Value of `sfc_v3_classify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Verdict {
@@ -241,6 +333,9 @@ pub const FLAG_REVERSE: u8 = 2;
 /// `Verdict::flags`: the logical destination port is a veth with its peer in another
 /// namespace (see `SLOT_PEER`).
 pub const FLAG_DELIVER_PEER: u8 = 4;
+/// `Verdict::flags`: the classifier matches no L4 ports, so the member choice ignores them:
+/// every packet of a flow, fragment or not, reaches the same member.
+pub const FLAG_PORTLESS: u8 = 8;
 
 /// `Member::slot` bit: the interface is a veth whose peer is in another namespace: the packet
 /// is redirected straight into the peer's ingress (`bpf_redirect_peer`: no second pass
@@ -259,7 +354,7 @@ pub struct Member {
     pub slot: u16,
 }
 
-/// Entry of `sfc_v2_ring` and value of `sfc_v2_pins`: both sides of one member, so that the
+/// Entry of `sfc_v3_ring` and value of `sfc_v3_pins`: both sides of one member, so that the
 /// two directions of a symmetric flow meet the same instance.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -268,7 +363,17 @@ pub struct RingEntry {
     pub egress: Member,
 }
 
-/// Key of `sfc_v2_pins`: a flow (as its member-choosing hash) in one group.
+/// Key of `sfc_v3_members`: a member (by its ingress interface) of one group table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberKey {
+    /// Group table (absolute: generation base included).
+    pub slot: u32,
+    pub ifindex: u32,
+}
+
+/// Key of `sfc_v3_pins` (whose value is the member's ingress ifindex): a flow (as its
+/// member-choosing hash) in one group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PinKey {
@@ -276,7 +381,7 @@ pub struct PinKey {
     pub hash: u32,
 }
 
-/// Value of `sfc_v2_flows`.
+/// Value of `sfc_v3_flows`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowState {
@@ -289,7 +394,7 @@ pub struct FlowState {
     pub inflight: u64,
 }
 
-/// Key of `sfc_v2_decisions`: a flow arriving on one interface.
+/// Key of `sfc_v3_decisions`: a flow arriving on one interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey {
@@ -297,7 +402,7 @@ pub struct DecisionKey {
     pub tuple: FlowTuple,
 }
 
-/// Value of `sfc_v2_decisions`: what the program decided for a flow on an interface, valid
+/// Value of `sfc_v3_decisions`: what the program decided for a flow on an interface, valid
 /// while the epoch is the same (any update makes every decision stale at once), so that the
 /// next packets of the flow skip classification and member choice.
 #[repr(C)]
@@ -315,7 +420,7 @@ pub struct Decision {
     pub _pad: u8,
 }
 
-/// Element of `sfc_v2_member_counters` (per CPU): traffic we sent into an SF through one of its
+/// Element of `sfc_v3_member_counters` (per CPU): traffic we sent into an SF through one of its
 /// interfaces, and traffic that came back out of it there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -326,7 +431,7 @@ pub struct MemberCounter {
     pub from_bytes: u64,
 }
 
-/// Element of `sfc_v2_counters` (per CPU).
+/// Element of `sfc_v3_counters` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Counter {
@@ -344,7 +449,7 @@ pub mod trace_field {
     pub const ID: u8 = 1 << 5;
 }
 
-/// The one entry of `sfc_v2_trace_filter`. A packet matches in either direction (source and
+/// The one entry of `sfc_v3_trace_filter`. A packet matches in either direction (source and
 /// destination swapped), so one filter follows both directions of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -363,7 +468,7 @@ pub struct TraceFilter {
     pub dst: [u32; 4],
 }
 
-/// One packet's step through this node, sent to `sfc_v2_trace_events` while tracing.
+/// One packet's step through this node, sent to `sfc_v3_trace_events` while tracing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TraceEvent {
@@ -407,7 +512,7 @@ pub fn tracking_id(input: &HashInput) -> u32 {
     }
 }
 
-/// Key of `sfc_v2_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
+/// Key of `sfc_v3_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
 /// IPv4 flows have their own tables because the key is hashed on every packet: a decided flow
 /// costs a third less with it.
 #[repr(C)]
@@ -418,10 +523,12 @@ pub struct FlowTuple4 {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// VLAN id of the outermost tag (0: untagged).
+    pub vlan: u16,
 }
 
-/// Key of `sfc_v2_decisions4`.
+/// Key of `sfc_v3_decisions4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey4 {
@@ -429,17 +536,45 @@ pub struct DecisionKey4 {
     pub tuple: FlowTuple4,
 }
 
-/// Key of `sfc_v2_flows` (directional 5-tuple; IPv6, and anything not IPv4).
+/// Key of `sfc_v3_flows` (directional 5-tuple; IPv6, and anything not IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowTuple {
     pub family: u8,
     pub proto: u8,
-    pub _pad: [u8; 2],
+    /// VLAN id of the outermost tag (0: untagged).
+    pub vlan: u16,
     pub sport: u16,
     pub dport: u16,
     pub src: [u32; 4],
     pub dst: [u32; 4],
+}
+
+/// Key of `sfc_v3_fragments`: one IP datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub family: u8,
+    pub proto: u8,
+    pub vlan: u16,
+    /// The IPv4 identification or the IPv6 fragment header's.
+    pub id: u32,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// Value of `sfc_v3_fragments`: what the first fragment told of its datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentState {
+    pub sport: u16,
+    pub dport: u16,
+    /// Payload bytes of the datagram (known once its last fragment was seen; 0 before).
+    pub total: u32,
+    /// Payload bytes seen so far (atomic): the entry goes when it reaches `total`.
+    pub seen: u64,
+    /// CLOCK_MONOTONIC of the first fragment.
+    pub first_ns: u64,
 }
 
 /// The parts of a packet the member choice may hash.
@@ -448,6 +583,8 @@ pub struct HashInput {
     pub eth_src: [u8; 6],
     pub eth_dst: [u8; 6],
     pub proto: u8,
+    /// VLAN id of the outermost tag (0: untagged): the same 5-tuple in two VLANs is two flows.
+    pub vlan: u16,
     pub sport: u16,
     pub dport: u16,
     pub src: [u32; 4],
@@ -494,9 +631,9 @@ pub fn flow_hash(input: &HashInput, fields: u8) -> u32 {
     if fields == 0 {
         let a = endpoint(&input.src, input.sport);
         let b = endpoint(&input.dst, input.dport);
-        return fmix(a.wrapping_add(b) ^ input.proto as u32);
+        return fmix(a.wrapping_add(b) ^ (input.proto as u32) ^ ((input.vlan as u32) << 8));
     }
-    let mut h = 0x5fc0_0002u32;
+    let mut h = step(0x5fc0_0002u32, input.vlan as u32);
     if fields & lb::ETH_SRC != 0 {
         let (x, y) = mac_word(&input.eth_src);
         h = step(step(h, x), y);
@@ -542,6 +679,11 @@ mod pod {
     unsafe impl aya::Pod for TraceFilter {}
     unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for FlowTuple {}
+    unsafe impl aya::Pod for FlowTuple4 {}
+    unsafe impl aya::Pod for DecisionKey4 {}
+    unsafe impl aya::Pod for MemberKey {}
+    unsafe impl aya::Pod for FragmentKey {}
+    unsafe impl aya::Pod for FragmentState {}
 }
 
 #[cfg(test)]
@@ -569,6 +711,68 @@ mod tests {
         assert_eq!(size_of::<FlowTuple>(), 40);
         assert_eq!(size_of::<FlowTuple4>(), 16);
         assert_eq!(size_of::<DecisionKey4>(), 20);
+        assert_eq!(size_of::<MemberKey>(), 8);
+        assert_eq!(size_of::<FragmentKey>(), 8 + 32);
+        assert_eq!(size_of::<FragmentState>(), 24);
+    }
+
+    /// Every field's offset and size of every map key and value, folded into one number.
+    fn layout_fingerprint() -> u64 {
+        use core::mem::offset_of;
+        macro_rules! fields {
+            ($t:ty: $($f:ident),+) => {
+                [size_of::<$t>() as u64, $(offset_of!($t, $f) as u64),+]
+            };
+        }
+        let layouts: [&[u64]; 21] = [
+            &fields!(ClassKey: gen, tuple, family, proto, domain, sport, dport, src, dst),
+            &fields!(TupleMask: family, proto, uses_ports, sport, dport, src, dst),
+            &fields!(PortKey: ifindex, gen),
+            &fields!(PortValue: domain, n_tuples, flags, slot, tuples),
+            &fields!(Verdict: chain_id, hop, action, slot, group, counter, deliver_ifindex,
+                deliver_mac, lb_fields, flags, tap_ifindex, tap_mac, tap_slot),
+            &fields!(Member: ifindex, mac, slot),
+            &fields!(RingEntry: ingress, egress),
+            &fields!(MemberKey: slot, ifindex),
+            &fields!(PinKey: group, hash),
+            &fields!(FlowState: mac, gen, inflight),
+            &fields!(DecisionKey: ifindex, tuple),
+            &fields!(DecisionKey4: ifindex, tuple),
+            &fields!(Decision: epoch, verdict, member, arrival_slot, entry_port),
+            &fields!(MemberCounter: into_packets, into_bytes, from_packets, from_bytes),
+            &fields!(Counter: packets, bytes),
+            &fields!(TraceFilter: enabled, family, proto, fields, sport, dport, id, src, dst),
+            &fields!(TraceEvent: ts_ns, id, ifindex, target_ifindex, chain_id, hop, outcome,
+                flags, gen, family, proto, sport, dport, mac, tapped, src, dst),
+            &fields!(FlowTuple: family, proto, vlan, sport, dport, src, dst),
+            &fields!(FlowTuple4: src, dst, sport, dport, proto, vlan),
+            &fields!(FragmentKey: family, proto, vlan, id, src, dst),
+            &fields!(FragmentState: sport, dport, total, seen, first_ns),
+        ];
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for word in layouts.iter().flat_map(|l| l.iter()).chain(&[
+            MAX_TUPLES as u64,
+            RING_SIZE as u64,
+            SLOTS_PER_GEN as u64,
+            COUNTERS_PER_GEN as u64,
+            MEMBER_SLOTS as u64,
+            stat::COUNT as u64,
+        ]) {
+            h = (h ^ word).wrapping_mul(0x100_0000_01b3);
+        }
+        h
+    }
+
+    /// A layout change must come with a new ABI version (new map names), or a new daemon
+    /// would read the pinned maps of an old one with the wrong layout. Changed a layout? Bump
+    /// `abi_version!` and write the new pair here.
+    #[test]
+    fn layout_fingerprint_matches_the_abi_version() {
+        assert_eq!(
+            (ABI_VERSION, layout_fingerprint()),
+            (3, 11670733507916612553),
+            "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
+        );
     }
 
     #[test]
