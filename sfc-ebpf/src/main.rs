@@ -9,8 +9,10 @@
 //! independent of the number of classifiers), pick a member (the flow's pin, or the group's
 //! Maglev table) and remember the decision. Carrying it out: counters, a copy to a tap SF,
 //! the destination MAC rewritten, a redirect into the member or to the logical destination
-//! port after the last hop. Anything we cannot parse or do not match is returned to the stack
-//! untouched.
+//! port after the last hop. What we do not match, and non-IP frames, go on untouched to the
+//! next program on the interface (or the stack). What is IP but cannot be fully parsed is
+//! dropped where a classifier applies, unless its classifiers ask for it to pass: passing it
+//! would let the stack route it around the SFs.
 #![no_std]
 #![no_main]
 // The BPF target has atomic add but no compare-and-swap, so core's atomic types lack fetch_add.
@@ -28,50 +30,63 @@ use core::{
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use sfc_common::{
     action, lb, stat, trace_field, ClassKey, Counter, Decision, DecisionKey, DecisionKey4,
-    FlowState, FlowTuple, FlowTuple4, HashInput, Member, MemberCounter, PinKey, PortKey, PortValue,
-    RingEntry, TraceEvent, TraceFilter, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH,
-    CONFIG_FLIP_NS, COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY,
-    FLAG_REVERSE, FLOWS_CAPACITY, GENERATION_LEASE_NS, MAX_TUPLES, MEMBER_SLOTS, PINS_CAPACITY,
-    PORTS_CAPACITY, PORT_ENTRY, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, TRACE_EVENTS_BYTES,
+    FlowState, FlowTuple, FlowTuple4, FragmentKey, FragmentState, HashInput, Member, MemberCounter,
+    MemberKey, PinKey, PortKey, PortValue, RingEntry, TraceEvent, TraceFilter, Verdict,
+    CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN,
+    DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE,
+    FLOWS_CAPACITY, FRAGMENTS_CAPACITY, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY,
+    MAX_TUPLES, MEMBERS_CAPACITY, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_ENTRY,
+    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER,
+    TRACE_EVENTS_BYTES,
 };
 
 use crate::{
     frame::Frame,
-    parse::{parse, Packet, ParseError},
+    parse::{parse, Packet, ParseError, FIRST_FRAGMENT, LATER_FRAGMENT, NOT_FRAGMENT},
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v2_config")]
+#[map(name = "sfc_v3_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v2_ports")]
+#[map(name = "sfc_v3_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v2_classify")]
+#[map(name = "sfc_v3_classify")]
 static CLASSIFY: HashMap<ClassKey, Verdict> = HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v2_ring")]
+#[map(name = "sfc_v3_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v2_flows")]
+#[map(name = "sfc_v3_members")]
+static MEMBERS: HashMap<MemberKey, RingEntry> =
+    HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "sfc_v3_live")]
+static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
+
+#[map(name = "sfc_v3_fragments")]
+static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
+
+#[map(name = "sfc_v3_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v2_flows4")]
+#[map(name = "sfc_v3_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v2_pins")]
-static PINS: LruHashMap<PinKey, RingEntry> = LruHashMap::pinned(PINS_CAPACITY, 0);
+#[map(name = "sfc_v3_pins")]
+static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v2_decisions")]
+#[map(name = "sfc_v3_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v2_decisions4")]
+#[map(name = "sfc_v3_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -82,6 +97,7 @@ struct Scratch {
     key4: DecisionKey4,
     decision: Decision,
     pkt: Packet,
+    fragment: FragmentKey,
 }
 
 impl Scratch {
@@ -131,29 +147,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v2_xdp_into_veth")]
+#[map(name = "sfc_v3_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v2_scratch")]
+#[map(name = "sfc_v3_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v2_stats")]
+#[map(name = "sfc_v3_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v2_counters")]
+#[map(name = "sfc_v3_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v2_member_counters")]
+#[map(name = "sfc_v3_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v2_member_slots")]
+#[map(name = "sfc_v3_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v2_trace_filter")]
+#[map(name = "sfc_v3_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v2_trace_events")]
+#[map(name = "sfc_v3_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -181,6 +197,7 @@ fn hash_input(pkt: &Packet) -> HashInput {
         eth_src: pkt.eth_src,
         eth_dst: pkt.eth_dst,
         proto: pkt.proto,
+        vlan: pkt.vlan,
         sport: pkt.sport,
         dport: pkt.dport,
         src: pkt.src,
@@ -310,14 +327,30 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
         return C::PASS;
     };
     let scratch = unsafe { &mut *scratch };
-    if let Err(e) = parse(ctx, &mut scratch.pkt) {
-        if !C::DEFERS {
-            count(match e {
-                ParseError::NotIp => stat::NOT_IP,
-                ParseError::Malformed => stat::MALFORMED,
-            });
+    let reason = match parse(ctx, &mut scratch.pkt) {
+        Ok(()) => None,
+        Err(ParseError::NotIp) => {
+            if !C::DEFERS {
+                count(stat::NOT_IP);
+            }
+            return C::PASS;
         }
-        return C::PASS;
+        Err(ParseError::Malformed) => Some(stat::MALFORMED),
+        Err(ParseError::TooManyVlans) => Some(stat::UNPARSABLE_VLAN),
+        Err(ParseError::TooManyExtensionHeaders) => Some(stat::UNPARSABLE_IPV6_EXT),
+    };
+    if let Some(reason) = reason {
+        return unparsable::<C>(ifindex, current, reason);
+    }
+    if scratch.pkt.fragment != NOT_FRAGMENT {
+        if C::DEFERS {
+            return C::PASS;
+        }
+        if !follow_datagram(&mut scratch.pkt, &mut scratch.fragment, ifindex)
+            && port(ifindex, current).is_some_and(|p| p.flags & PORT_NEEDS_PORTS != 0)
+        {
+            return unparsable::<C>(ifindex, current, stat::FRAGMENT_UNKNOWN);
+        }
     }
     scratch.set_keys(ifindex);
     let pkt = &scratch.pkt;
@@ -356,11 +389,17 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     decision.member = Member::default();
     decision.arrival_slot = port.slot;
     decision.entry_port = entry_port as u8;
-    if let Some(verdict) = classify(port, gen as u8, pkt) {
-        decision.verdict = *verdict;
-        if verdict.action == action::STEER {
-            decision.member = choose_member(pkt, verdict);
+    let Some(verdict) = classify(port, gen as u8, pkt) else {
+        // Not remembered: a flood of flows that match nothing must not evict decided ones.
+        if !C::DEFERS {
+            count(stat::NO_MATCH);
+            emit(ctx, pkt, gen, None, stat::NO_MATCH, None);
         }
+        return C::PASS;
+    };
+    decision.verdict = *verdict;
+    if verdict.action == action::STEER {
+        decision.member = choose_member(pkt, verdict, gen == current);
     }
     // Only what the current generation decided, never "no member" (one may come back), and
     // not a choice that hashed MAC addresses (the key is the 5-tuple).
@@ -373,16 +412,26 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
 }
 
 /// Whether the XDP program can finish this decision itself (see frame.rs): not a tap, not a
-/// hand-back to the stack, and not a redirect into a veth peer unless those take XDP frames.
+/// hand-back to the stack, not a redirect that cannot succeed, and not a redirect into a veth
+/// peer unless those take XDP frames.
 #[inline(always)]
-fn finishes_in_xdp(decision: &Decision) -> bool {
+fn finishes_in_xdp(decision: &Decision, target_live: bool) -> bool {
     let v = &decision.verdict;
     let into_veth_peer = match v.action {
         action::STEER => decision.member.slot & SLOT_PEER != 0,
         action::DELIVER => v.flags & FLAG_DELIVER_PEER != 0,
         _ => return false,
     };
-    v.tap_ifindex == 0 && (!into_veth_peer || XDP_INTO_VETH.get(0).is_some_and(|on| *on != 0))
+    target_live
+        && v.tap_ifindex == 0
+        && (!into_veth_peer || XDP_INTO_VETH.get(0).is_some_and(|on| *on != 0))
+}
+
+/// Whether `ifindex` can take a redirect: it exists and is up. The kernel deletes a vanished
+/// interface from the map at once; the agent removes one that goes down.
+#[inline(always)]
+fn live(ifindex: u32) -> bool {
+    LIVE.get_ifindex(ifindex).is_some()
 }
 
 /// Carries out a decision: counters, tap copy, flow bookkeeping, MAC rewrite, redirect.
@@ -394,26 +443,47 @@ fn act<C: Frame>(
     gen: u32,
     decision: &Decision,
 ) -> i32 {
-    if C::DEFERS && !finishes_in_xdp(decision) {
+    let verdict = &decision.verdict;
+    let member = &decision.member;
+    // Where the packet goes next; "no member" is not a dead target but a drop of its own.
+    let target_live = match verdict.action {
+        action::STEER => member.ifindex == 0 || live(member.ifindex),
+        action::DELIVER => live(verdict.deliver_ifindex),
+        _ => true,
+    };
+    if C::DEFERS && !finishes_in_xdp(decision, target_live) {
         return C::PASS;
     }
     // (A raw pointer, null for none: an Option of one takes two argument registers.)
     let flow = (!flow.is_null()).then_some(flow);
-    let verdict = &decision.verdict;
-    let member = &decision.member;
-    if verdict.action == 0 {
-        let outcome = if pkt.fragment {
-            stat::FRAGMENT
-        } else {
-            stat::NO_MATCH
-        };
-        count(outcome);
-        emit(ctx, pkt, gen, None, outcome, None);
-        return C::PASS;
-    }
     // Back out of an SF, on its chain (what the SF itself sends is not counted).
     count_member(decision.arrival_slot, false, ctx.len());
     count_chain(verdict.counter, ctx.len());
+    if !target_live {
+        count(stat::TARGET_DOWN);
+        let target = match verdict.action {
+            action::STEER => *member,
+            _ => Member {
+                ifindex: verdict.deliver_ifindex,
+                mac: verdict.deliver_mac,
+                slot: 0,
+            },
+        };
+        emit(
+            ctx,
+            pkt,
+            gen,
+            Some(verdict),
+            stat::TARGET_DOWN,
+            Some(&target),
+        );
+        // Its packets in flight are lost with the interface: nothing holds the flow on an
+        // older generation any more, so its next packet takes the newest one.
+        if let Some(flow) = flow.or_else(|| flow_of(pkt)) {
+            unsafe { core::ptr::write_volatile(&raw mut (*flow).inflight, 0) };
+        }
+        return C::DROP;
+    }
     if verdict.tap_ifindex != 0 {
         tap(ctx, pkt, verdict);
     }
@@ -429,7 +499,7 @@ fn act<C: Frame>(
             }
             if ctx.set_destination_mac(&member.mac).is_err() {
                 count(stat::MALFORMED);
-                return C::PASS;
+                return C::DROP;
             }
             count_member(member.slot, true, ctx.len());
             emit(ctx, pkt, gen, Some(verdict), stat::STEERED, Some(member));
@@ -446,7 +516,7 @@ fn act<C: Frame>(
                 && ctx.set_destination_mac(&verdict.deliver_mac).is_err()
             {
                 count(stat::MALFORMED);
-                return C::PASS;
+                return C::DROP;
             }
             let target = Member {
                 ifindex: verdict.deliver_ifindex,
@@ -465,6 +535,81 @@ fn act<C: Frame>(
             C::PASS
         }
     }
+}
+
+/// What cannot be fully parsed, where `reason` says why: counted, then dropped at a port where
+/// a classifier applies (the stack would route it straight to its destination, around the
+/// SFs) unless all of that port's classifiers ask for it to pass. Elsewhere it passes.
+#[inline(always)]
+fn unparsable<C: Frame>(ifindex: u32, current: u32, reason: u32) -> i32 {
+    if C::DEFERS {
+        return C::PASS;
+    }
+    count(reason);
+    match port(ifindex, current) {
+        Some(port) if port.flags & PORT_PASS_UNPARSABLE == 0 => C::DROP,
+        _ => {
+            count(stat::UNPARSABLE_PASSED);
+            C::PASS
+        }
+    }
+}
+
+/// Gives a fragment the ports of its datagram, so that all of it takes the path of its first
+/// fragment: a first fragment records them, a later one looks them up (and the record goes
+/// once every byte of the datagram went by). Returns whether the ports are known; when they
+/// are, the packet is steered as a whole one from here on.
+#[inline(always)]
+fn follow_datagram(pkt: &mut Packet, key: &mut FragmentKey, ifindex: u32) -> bool {
+    key.family = pkt.family;
+    key.proto = pkt.proto;
+    key.vlan = pkt.vlan;
+    key.id = pkt.frag_id;
+    key.ifindex = ifindex;
+    key.src = pkt.src;
+    key.dst = pkt.dst;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if pkt.fragment == FIRST_FRAGMENT {
+        let state = FragmentState {
+            sport: pkt.sport,
+            dport: pkt.dport,
+            total: 0,
+            seen: pkt.frag_len as u64,
+            first_ns: now,
+        };
+        // Replaces a record of the same id: a new datagram, or the same first fragment again.
+        count(if FRAGMENTS.insert(&*key, &state, 0).is_ok() {
+            stat::FRAGMENTS_TRACKED
+        } else {
+            stat::FRAGMENT_TABLE_FULL
+        });
+        pkt.fragment = NOT_FRAGMENT;
+        return true;
+    }
+    let Some(state) = FRAGMENTS.get_ptr_mut(&*key) else {
+        return false;
+    };
+    // Too old: a datagram whose first fragment came long ago, or an identification reused.
+    if now.wrapping_sub(unsafe { (*state).first_ns }) > FRAGMENT_TIMEOUT_NS {
+        return false;
+    }
+    unsafe {
+        pkt.sport = (*state).sport;
+        pkt.dport = (*state).dport;
+        if !pkt.frag_more {
+            (*state).total = pkt.frag_offset + pkt.frag_len;
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*state).seen,
+            pkt.frag_len as u64,
+        );
+        let total = core::ptr::read_volatile(&raw const (*state).total) as u64;
+        if total != 0 && core::ptr::read_volatile(&raw const (*state).seen) >= total {
+            let _ = FRAGMENTS.remove(key);
+        }
+    }
+    pkt.fragment = NOT_FRAGMENT;
+    true
 }
 
 /// The generation that steers this packet. A packet is steered entirely by one generation:
@@ -503,7 +648,8 @@ fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<&'static Verdict>
             break;
         }
         let mask = &port.tuples[i];
-        if mask.family != pkt.family || (pkt.fragment && mask.uses_ports != 0) {
+        // A later fragment whose ports are unknown never matches on ports.
+        if mask.family != pkt.family || (pkt.fragment == LATER_FRAGMENT && mask.uses_ports != 0) {
             continue;
         }
         let key = ClassKey {
@@ -542,7 +688,8 @@ fn flow_tuple4(pkt: &Packet) -> FlowTuple4 {
         sport: pkt.sport,
         dport: pkt.dport,
         proto: pkt.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        vlan: pkt.vlan,
     }
 }
 
@@ -551,7 +698,7 @@ fn flow_tuple(pkt: &Packet) -> FlowTuple {
     FlowTuple {
         family: pkt.family,
         proto: pkt.proto,
-        _pad: [0; 2],
+        vlan: pkt.vlan,
         sport: pkt.sport,
         dport: pkt.dport,
         src: pkt.src,
@@ -562,7 +709,7 @@ fn flow_tuple(pkt: &Packet) -> FlowTuple {
 /// Sends a copy to the tap SF, then puts the destination MAC back for the original.
 #[inline(always)]
 fn tap<C: Frame>(ctx: &C, pkt: &Packet, verdict: &Verdict) {
-    if ctx.set_destination_mac(&verdict.tap_mac).is_err() {
+    if !live(verdict.tap_ifindex) || ctx.set_destination_mac(&verdict.tap_mac).is_err() {
         count(stat::TAP_FAILED);
         return;
     }
@@ -575,21 +722,38 @@ fn tap<C: Frame>(ctx: &C, pkt: &Packet, verdict: &Verdict) {
     let _ = ctx.set_destination_mac(&pkt.eth_dst);
 }
 
-/// Picks the member: the flow's pin if it has one (so a surviving member never loses a flow
-/// when the group changes), otherwise the Maglev table, and pins the choice. `ifindex` 0: the
-/// group has no live member.
+/// Picks the member: the flow's pin if it has one and its member is still in the group (so
+/// a surviving member never loses a flow when the group changes, and a removed one keeps
+/// none), otherwise the Maglev table; the choice is pinned, from the active generation only
+/// (an older one may still hold members that are gone). `ifindex` 0: the group has no live
+/// member.
 #[inline(always)]
-fn choose_member(pkt: &Packet, verdict: &Verdict) -> Member {
-    let hash = sfc_common::flow_hash(&hash_input(pkt), verdict.lb_fields);
+fn choose_member(pkt: &Packet, verdict: &Verdict, active: bool) -> Member {
+    let mut input = hash_input(pkt);
+    if verdict.flags & FLAG_PORTLESS != 0 && verdict.lb_fields == 0 {
+        // The classifier ignores ports: so does the default choice, or fragments whose first
+        // one was not seen could part ways. (Explicit `lbFields` are honoured as given.)
+        input.sport = 0;
+        input.dport = 0;
+    }
+    let hash = sfc_common::flow_hash(&input, verdict.lb_fields);
     let pin = PinKey {
         group: verdict.group,
         hash,
     };
-    let entry = match unsafe { PINS.get(&pin) } {
+    let pinned = unsafe { PINS.get(&pin) }.and_then(|ifindex| unsafe {
+        MEMBERS.get(&MemberKey {
+            slot: verdict.slot,
+            ifindex: *ifindex,
+        })
+    });
+    let entry = match pinned {
         Some(entry) => *entry,
         None => match RING.get(verdict.slot * RING_SIZE + hash % RING_SIZE) {
             Some(entry) if entry.ingress.ifindex != 0 => {
-                let _ = PINS.insert(&pin, entry, 0);
+                if active {
+                    let _ = PINS.insert(&pin, &entry.ingress.ifindex, 0);
+                }
                 *entry
             }
             _ => return Member::default(),
@@ -599,6 +763,16 @@ fn choose_member(pkt: &Packet, verdict: &Verdict) -> Member {
         entry.egress
     } else {
         entry.ingress
+    }
+}
+
+/// The flow state of this packet's flow, if it has one.
+#[inline(always)]
+fn flow_of(pkt: &Packet) -> Option<*mut FlowState> {
+    if pkt.family == FAMILY_V4 {
+        FLOWS4.get_ptr_mut(&flow_tuple4(pkt))
+    } else {
+        FLOWS.get_ptr_mut(&flow_tuple(pkt))
     }
 }
 

@@ -1,8 +1,10 @@
 //! Header parsing, once per packet. The common cases (untagged IPv4 without options and IPv6
 //! without extension headers, TCP or UDP) are read straight from packet memory; everything else
 //! with the hook's load-bytes helper (works on non-linear skbs, no packet-pointer arithmetic for the
-//! verifier). Every read is bounded by the skb length; anything short or inconsistent is
-//! `Malformed` and is passed untouched by the caller.
+//! verifier). Every read is bounded by the skb length. A frame that is IP but cannot be fully
+//! parsed (short or inconsistent headers, more VLAN tags or IPv6 extension headers than walked,
+//! a first fragment too short to hold its L4 header) is an error with its reason: the caller
+//! decides whether it may pass (by default it may not: the stack would route it around the SFs).
 
 use sfc_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
@@ -26,16 +28,34 @@ const IPPROTO_DSTOPTS: u8 = 60;
 pub enum ParseError {
     NotIp,
     Malformed,
+    TooManyVlans,
+    TooManyExtensionHeaders,
 }
+
+/// `Packet::fragment`.
+pub const NOT_FRAGMENT: u8 = 0;
+/// Offset 0 and more to come: carries the L4 header.
+pub const FIRST_FRAGMENT: u8 = 1;
+/// Any later fragment: no L4 header.
+pub const LATER_FRAGMENT: u8 = 2;
 
 pub struct Packet {
     pub eth_dst: [u8; 6],
     pub eth_src: [u8; 6],
     pub family: u8,
     pub proto: u8,
-    /// An IPv4 fragment (MF or offset set) or an IPv6 packet with a fragment header: ports are
-    /// not read (later fragments have none), so the whole datagram is treated alike.
-    pub fragment: bool,
+    /// `NOT_FRAGMENT`, `FIRST_FRAGMENT` or `LATER_FRAGMENT` (an IPv6 atomic fragment, offset 0
+    /// and no more, is a whole datagram). A later fragment has ports 0 until the caller finds
+    /// those of its first fragment.
+    pub fragment: u8,
+    /// Of a fragment: the datagram's identification, whether more fragments follow, and the
+    /// datagram payload bytes this one carries, from `frag_offset`.
+    pub frag_id: u32,
+    pub frag_more: bool,
+    pub frag_offset: u32,
+    pub frag_len: u32,
+    /// VLAN id of the outermost tag, 0 when untagged.
+    pub vlan: u16,
     pub sport: u16,
     pub dport: u16,
     pub src: [u32; 4],
@@ -82,7 +102,8 @@ fn common_ipv4<C: Frame>(ctx: &C, pkt: &mut Packet) -> bool {
     pkt.eth_src = [b[6], b[7], b[8], b[9], b[10], b[11]];
     pkt.family = FAMILY_V4;
     pkt.proto = proto;
-    pkt.fragment = false;
+    pkt.fragment = NOT_FRAGMENT;
+    pkt.vlan = ctx.vlan();
     pkt.src = [word(b, 26), 0, 0, 0];
     pkt.dst = [word(b, 30), 0, 0, 0];
     pkt.sport = u16::from_be_bytes([b[34], b[35]]);
@@ -117,7 +138,8 @@ fn common_ipv6<C: Frame>(ctx: &C, pkt: &mut Packet) -> bool {
     pkt.eth_src = [b[6], b[7], b[8], b[9], b[10], b[11]];
     pkt.family = FAMILY_V6;
     pkt.proto = proto;
-    pkt.fragment = false;
+    pkt.fragment = NOT_FRAGMENT;
+    pkt.vlan = ctx.vlan();
     for i in 0..4 {
         pkt.src[i] = word(b, 22 + 4 * i);
         pkt.dst[i] = word(b, 38 + 4 * i);
@@ -136,30 +158,45 @@ pub fn parse<C: Frame>(ctx: &C, pkt: &mut Packet) -> Result<(), ParseError> {
     let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ParseError::NotIp)?;
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut offset = ETH_HLEN;
+    // The outermost tag: already in the skb's metadata at TC ingress, else the first in the
+    // frame.
+    let mut vlan = ctx.vlan();
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
         let tag: [u8; VLAN_HLEN] = load(ctx, offset)?;
+        if vlan == 0 {
+            vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
+        }
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         offset += VLAN_HLEN;
+    }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Err(ParseError::TooManyVlans);
     }
     pkt.eth_dst = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
     pkt.eth_src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
     pkt.family = 0;
     pkt.proto = 0;
-    pkt.fragment = false;
+    pkt.fragment = NOT_FRAGMENT;
+    pkt.frag_id = 0;
+    pkt.frag_more = false;
+    pkt.frag_offset = 0;
+    pkt.frag_len = 0;
+    pkt.vlan = vlan;
     pkt.sport = 0;
     pkt.dport = 0;
     pkt.src = [0; 4];
     pkt.dst = [0; 4];
     let len = ctx.len() as usize;
-    let l4 = match ethertype {
+    // The L4 header's offset and the end of the IP packet (the frame may carry padding).
+    let (l4, end) = match ethertype {
         ETH_P_IP => ipv4(ctx, offset, len, pkt)?,
         ETH_P_IPV6 => ipv6(ctx, offset, len, pkt)?,
         _ => return Err(ParseError::NotIp),
     };
-    if pkt.fragment {
+    if pkt.fragment == LATER_FRAGMENT {
         return Ok(());
     }
     let min_header = match pkt.proto {
@@ -167,7 +204,9 @@ pub fn parse<C: Frame>(ctx: &C, pkt: &mut Packet) -> Result<(), ParseError> {
         PROTO_UDP => 8,
         _ => return Ok(()),
     };
-    if l4 + min_header > len {
+    // A first fragment too short for its L4 header is refused too: its ports could not be
+    // trusted (the tiny-fragment attack of RFC 1858).
+    if l4 + min_header > end {
         return Err(ParseError::Malformed);
     }
     let ports: [u8; 4] = load(ctx, l4)?;
@@ -176,14 +215,14 @@ pub fn parse<C: Frame>(ctx: &C, pkt: &mut Packet) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// Returns the offset of the L4 header.
+/// Returns the offsets of the L4 header and of the end of the IP packet.
 #[inline(always)]
 fn ipv4<C: Frame>(
     ctx: &C,
     offset: usize,
     len: usize,
     pkt: &mut Packet,
-) -> Result<usize, ParseError> {
+) -> Result<(usize, usize), ParseError> {
     let ip: [u8; 20] = load(ctx, offset)?;
     let header_len = ((ip[0] & 0x0f) as usize) * 4;
     let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
@@ -193,10 +232,22 @@ fn ipv4<C: Frame>(
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     pkt.family = FAMILY_V4;
     pkt.proto = ip[9];
-    pkt.fragment = frag & 0x3fff != 0;
     pkt.src[0] = word(&ip, 12);
     pkt.dst[0] = word(&ip, 16);
-    Ok(offset + header_len)
+    let more = frag & 0x2000 != 0;
+    let frag_offset = ((frag & 0x1fff) as u32) * 8;
+    if more || frag_offset != 0 {
+        pkt.fragment = if frag_offset == 0 {
+            FIRST_FRAGMENT
+        } else {
+            LATER_FRAGMENT
+        };
+        pkt.frag_id = u16::from_be_bytes([ip[4], ip[5]]) as u32;
+        pkt.frag_more = more;
+        pkt.frag_offset = frag_offset;
+        pkt.frag_len = (total_len - header_len) as u32;
+    }
+    Ok((offset + header_len, offset + total_len))
 }
 
 #[inline(always)]
@@ -205,10 +256,11 @@ fn ipv6<C: Frame>(
     offset: usize,
     len: usize,
     pkt: &mut Packet,
-) -> Result<usize, ParseError> {
+) -> Result<(usize, usize), ParseError> {
     let ip: [u8; 40] = load(ctx, offset)?;
     let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-    if ip[0] >> 4 != 6 || offset + 40 + payload_len > len {
+    let end = offset + 40 + payload_len;
+    if ip[0] >> 4 != 6 || end > len {
         return Err(ParseError::Malformed);
     }
     pkt.family = FAMILY_V6;
@@ -219,6 +271,9 @@ fn ipv6<C: Frame>(
     let mut next = ip[6];
     let mut at = offset + 40;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if at > end {
+            return Err(ParseError::Malformed);
+        }
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let ext: [u8; 2] = load(ctx, at)?;
@@ -234,14 +289,53 @@ fn ipv6<C: Frame>(
                 let ext: [u8; 8] = load(ctx, at)?;
                 next = ext[0];
                 at += 8;
-                pkt.fragment = true;
+                let field = u16::from_be_bytes([ext[2], ext[3]]);
+                let more = field & 1 != 0;
+                let frag_offset = (field & 0xfff8) as u32;
+                // Offset 0 and no more: an atomic fragment, a whole datagram.
+                if more || frag_offset != 0 {
+                    if at > end {
+                        return Err(ParseError::Malformed);
+                    }
+                    pkt.fragment = if frag_offset == 0 {
+                        FIRST_FRAGMENT
+                    } else {
+                        LATER_FRAGMENT
+                    };
+                    pkt.frag_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                    pkt.frag_more = more;
+                    pkt.frag_offset = frag_offset;
+                    pkt.frag_len = (end - at) as u32;
+                    if frag_offset != 0 {
+                        // What follows is the middle of the datagram, not headers.
+                        pkt.proto = next;
+                        return Ok((at, end));
+                    }
+                }
             }
-            _ => {
-                pkt.proto = next;
-                return Ok(at);
-            }
+            _ => return upper_layer(pkt, next, at, end),
         }
     }
-    // More extension headers than we walk: we cannot know the upper layer, so do not guess.
-    Err(ParseError::Malformed)
+    match next {
+        // More extension headers than we walk: we cannot know the upper layer, so do not
+        // guess.
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Err(ParseError::TooManyExtensionHeaders)
+        }
+        _ => upper_layer(pkt, next, at, end),
+    }
+}
+
+#[inline(always)]
+fn upper_layer(
+    pkt: &mut Packet,
+    next: u8,
+    at: usize,
+    end: usize,
+) -> Result<(usize, usize), ParseError> {
+    if at > end {
+        return Err(ParseError::Malformed);
+    }
+    pkt.proto = next;
+    Ok((at, end))
 }

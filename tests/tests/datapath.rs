@@ -1,7 +1,12 @@
 //! Packet cases through BPF_PROG_TEST_RUN: the real program, with maps filled by the real
 //! agent code, in a network namespace private to the test's thread.
 
-use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use sfc_config::{model::State, plan::plan};
@@ -12,7 +17,8 @@ use sfc_lab::{
     yaml::{bulk_chain, doc},
 };
 
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (TCX_NEXT): on to the next program, or the stack.
+const TC_ACT_NEXT: u32 = -1i32 as u32;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const XDP_PASS: u32 = 2;
@@ -109,7 +115,10 @@ fn sandbox_in(yaml: &str, mode: Mode) -> Sandbox {
                 &format!("{name}-p"),
             ]))
             .unwrap();
-            run(Command::new("ip").args(["link", "set", &name, "up"])).unwrap();
+            // Both ends up: a veth whose peer is down has no carrier and takes no redirect.
+            for end in [name.clone(), format!("{name}-p")] {
+                run(Command::new("ip").args(["link", "set", &end, "up"])).unwrap();
+            }
         }
     }
     let bpffs = std::env::temp_dir().join(
@@ -155,6 +164,7 @@ impl PeerNamespace {
             for side in ["in", "out"] {
                 let peer = format!("{sf}-{side}-p");
                 run(Command::new("ip").args(["link", "set", &peer, "netns", &ns.0])).unwrap();
+                run(Command::new("ip").args(["-n", &ns.0, "link", "set", &peer, "up"])).unwrap();
             }
         }
         ns
@@ -326,6 +336,121 @@ fn steers_matching_packets_through_every_encapsulation() {
     }
 }
 
+/// Flows (by source port) that the sandbox's chain puts on each member of G.
+fn flows_by_member(
+    sb: &mut Sandbox,
+    ports: std::ops::Range<u16>,
+) -> BTreeMap<&'static str, Vec<u16>> {
+    let mut by_member: BTreeMap<&'static str, Vec<u16>> = BTreeMap::new();
+    for sport in ports {
+        let (verdict, out) = run_on(sb, &tcp4(sport, 80), 0);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        by_member.entry(member_of(&out)).or_default().push(sport);
+    }
+    by_member
+}
+
+/// A member taken out of its group by an apply loses its flows, even those still inside the
+/// chain at the flip (which finish on the old tables, and must not pin themselves back to it
+/// from there); the other member keeps every one of its own.
+#[test]
+fn a_member_removed_from_its_group_loses_its_flows_and_only_those() {
+    let mut sb = sandbox(&chain_yaml());
+    // The packets never come back from the SFs: every flow stays "inside the chain".
+    let before = flows_by_member(&mut sb, 40000..40032);
+    assert_eq!(before.len(), 2, "32 flows should use both members");
+    apply(
+        &mut sb,
+        &chain_yaml().replace("portPairs: [A, B]", "portPairs: [B]"),
+    );
+    // Within the lease the flows finish on the old tables...
+    let during = flows_by_member(&mut sb, 40000..40032);
+    assert_eq!(
+        during, before,
+        "flows in flight keep the generation they entered with"
+    );
+    // ...then every one moves to the new ones: all on B, B's own never moved.
+    std::thread::sleep(Duration::from_nanos(2 * sfc_common::GENERATION_LEASE_NS));
+    let after = flows_by_member(&mut sb, 40000..40032);
+    assert_eq!(after.keys().copied().collect::<Vec<_>>(), ["sfb"]);
+    // And back: A's return takes no flow from B (B's pins hold them).
+    apply(&mut sb, &chain_yaml());
+    std::thread::sleep(Duration::from_nanos(2 * sfc_common::GENERATION_LEASE_NS));
+    assert_eq!(flows_by_member(&mut sb, 40000..40032), after);
+}
+
+/// A member whose interface vanishes (or goes down) is not sent packets that would be lost
+/// while the agent catches up: they are dropped and counted as such, never as steered.
+#[test]
+fn a_redirect_into_a_gone_or_down_interface_is_counted_as_target_down() {
+    let mut sb = sandbox(&chain_yaml());
+    let by_member = flows_by_member(&mut sb, 40000..40032);
+    let on_a = by_member["sfa"][0];
+    let on_b = by_member["sfb"][0];
+    // Down: the agent follows the link (here by hand: no agent in the sandbox).
+    run(Command::new("ip").args(["link", "set", "sfa-in-p", "down"])).unwrap();
+    sb.dataplane.sync_live(&read_interfaces().unwrap()).unwrap();
+    let before = stats(&sb);
+    assert_eq!(run_on(&mut sb, &tcp4(on_a, 80), 0).0, TC_ACT_SHOT, "A down");
+    assert_eq!(
+        run_on(&mut sb, &tcp4(on_b, 80), 0).0,
+        TC_ACT_REDIRECT,
+        "B up"
+    );
+    assert_eq!(stat_delta(&before, &sb, "target_down"), 1);
+    assert_eq!(stat_delta(&before, &sb, "steered"), 1);
+    run(Command::new("ip").args(["link", "set", "sfa-in-p", "up"])).unwrap();
+    sb.dataplane.sync_live(&read_interfaces().unwrap()).unwrap();
+    assert_eq!(
+        run_on(&mut sb, &tcp4(on_a, 80), 0).0,
+        TC_ACT_REDIRECT,
+        "A up again"
+    );
+    // Gone: the kernel itself takes it out of the liveness map, at once.
+    run(Command::new("ip").args(["link", "del", "sfa-in"])).unwrap();
+    let before = stats(&sb);
+    assert_eq!(run_on(&mut sb, &tcp4(on_a, 80), 0).0, TC_ACT_SHOT, "A gone");
+    assert_eq!(stat_delta(&before, &sb, "target_down"), 1);
+    assert_eq!(stat_delta(&before, &sb, "steered"), 0);
+}
+
+/// The same 5-tuple in two VLANs is two flows: its own decision and its own member choice.
+#[test]
+fn the_vlan_is_part_of_a_flow() {
+    let mut sb = sandbox(&chain_yaml());
+    let full = tcp4(40000, 80);
+    let members: BTreeSet<&str> = (1..=16u16)
+        .map(|id| {
+            let tagged = eth(0x8100, &frames::vlan(id, 0x0800, &full[14..]));
+            let (verdict, out) = run_on(&mut sb, &tagged, 0);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "VLAN {id}");
+            member_of(&out)
+        })
+        .collect();
+    // All 16 on one member by chance: 2 in 65536.
+    assert_eq!(members.len(), 2, "16 VLANs should use both members");
+}
+
+/// Traffic that matches nothing leaves no decision behind: a flood of such flows cannot evict
+/// the decisions of steered ones.
+#[test]
+fn no_decision_is_remembered_for_traffic_that_matches_nothing() {
+    let mut sb = sandbox(&chain_yaml());
+    let path = sb.bpffs.0.join("maps").join(sfc_common::MAP_DECISIONS4);
+    let decisions = || -> usize {
+        let map = aya::maps::MapData::from_pin(&path).unwrap();
+        let map: aya::maps::HashMap<_, sfc_common::DecisionKey4, sfc_common::Decision> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
+        map.keys().count()
+    };
+    for sport in 40000..40100 {
+        assert_eq!(run_on(&mut sb, &tcp4(sport, 81), 0).0, TC_ACT_NEXT);
+    }
+    assert_eq!(decisions(), 0);
+    assert_eq!(run_on(&mut sb, &tcp4(40000, 80), 0).0, TC_ACT_REDIRECT);
+    assert_eq!(decisions(), 1);
+}
+
 #[test]
 fn a_flow_stays_on_one_member_and_flows_spread() {
     let mut sb = sandbox(&chain_yaml());
@@ -352,7 +477,7 @@ fn continues_from_an_sf_egress_and_restores_the_mac_after_the_last_hop() {
     assert_eq!(out[0..6], peer_mac("sfz-in"), "hop 2 is SF Z");
     // After the last hop, normal forwarding with the original destination MAC.
     let (verdict, out) = run_on(&mut sb, &from_sf, ifindex("sfz-out"));
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, TC_ACT_NEXT);
     assert_eq!(out[0..6], ORIGINAL_DST_MAC);
 }
 
@@ -394,7 +519,7 @@ fn xdp_finishes_steering_and_leaves_the_rest_to_tc() {
     // TC then does it: the original MAC back, the packet to the stack, counted once.
     let before = stats(&sb);
     let (verdict, out) = run_on(&mut sb, &from_sf, ifindex("sfz-out"));
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, TC_ACT_NEXT);
     assert_eq!(out[0..6], ORIGINAL_DST_MAC);
     assert_eq!(
         stat(&stats(&sb), "forwarded") - stat(&before, "forwarded"),
@@ -446,46 +571,111 @@ fn non_matching_packets_are_untouched() {
     ];
     for (what, frame) in cases {
         let (verdict, out) = run_on(&mut sb, &frame, 0);
-        assert_eq!((verdict, &out), (TC_ACT_OK, &frame), "{what}");
+        assert_eq!((verdict, &out), (TC_ACT_NEXT, &frame), "{what}");
     }
     // Arriving on an interface we do not manage: untouched even if it matches.
     let (verdict, out) = run_on(&mut sb, &tcp4(40000, 80), ifindex("sfa-in"));
-    assert_eq!((verdict, out), (TC_ACT_OK, tcp4(40000, 80)));
+    assert_eq!((verdict, out), (TC_ACT_NEXT, tcp4(40000, 80)));
+}
+
+/// An IPv4 fragment of datagram `id` (`frag`: the flags and offset field).
+fn fragment4(proto: u8, dst: [u8; 4], id: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = eth(0x0800, &ipv4(proto, dst, &[], frag, payload));
+    frame[18..20].copy_from_slice(&id.to_be_bytes());
+    frame
+}
+
+/// An IPv6 fragment header: offset (in bytes, a multiple of 8), more fragments, id.
+fn fragment_header6(offset: u16, more: bool, id: u32) -> (u8, Vec<u8>) {
+    let field = offset | more as u16;
+    let mut h = vec![0, 0];
+    h.extend_from_slice(&field.to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    (44, h)
+}
+
+fn stat_delta(before: &[u64], sb: &Sandbox, name: &str) -> u64 {
+    stat(&stats(sb), name) - stat(before, name)
 }
 
 #[test]
-fn fragments_are_never_mis_steered() {
+fn fragments_follow_their_first_fragment() {
     let mut sb = sandbox(&chain_yaml());
     let before = stats(&sb);
-    // TCP to port 80, but as fragments: the ports are not (reliably) there, so no steering.
-    let first = eth(0x0800, &ipv4(6, DST, &[], 0x2000, &l4(40000, 80, 20)));
-    let later = eth(0x0800, &ipv4(6, DST, &[], 0x0010, &[0u8; 24]));
-    let v6_frag = ipv6(
-        &[(44, vec![0, 0, 0, 0x01, 0, 0, 0, 1])],
-        6,
-        &l4(40000, 80, 20),
-    );
-    for (what, frame) in [
-        ("first fragment", first),
-        ("later fragment", later),
-        ("IPv6 fragment", v6_frag),
-    ] {
-        let (verdict, out) = run_on(&mut sb, &frame, 0);
-        assert_eq!((verdict, &out), (TC_ACT_OK, &frame), "{what}");
+    // TCP to port 80 in three fragments: the first carries the ports, the rest take its path.
+    let first = fragment4(6, DST, 7, 0x2000, &l4(40000, 80, 24));
+    let middle = fragment4(6, DST, 7, 0x2003, &[0u8; 16]);
+    let last = fragment4(6, DST, 7, 0x0005, &[0u8; 8]);
+    let (verdict, out) = run_on(&mut sb, &first, 0);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "first fragment");
+    let member = out[0..6].to_vec();
+    for (what, frame) in [("middle", &middle), ("last", &last)] {
+        let (verdict, out) = run_on(&mut sb, frame, 0);
+        assert_eq!(
+            (verdict, &out[0..6]),
+            (TC_ACT_REDIRECT, &member[..]),
+            "{what}"
+        );
     }
-    assert_eq!(stat(&stats(&sb), "fragment") - stat(&before, "fragment"), 3);
-    // A classifier that needs no ports matches every fragment of a datagram alike.
-    for frag in [0x2000u16, 0x0010] {
-        let frame = eth(0x0800, &ipv4(17, UDP_DST, &[], frag, &l4(5000, 6000, 8)));
-        let (verdict, out) = run_on(&mut sb, &frame, 0);
-        assert_eq!(verdict, TC_ACT_REDIRECT, "udp fragment {frag:#x}");
-        assert_eq!(out[0..6], peer_mac("sfc-in"));
+    assert_eq!(stat_delta(&before, &sb, "fragments_tracked"), 1);
+    // Every byte went by: the datagram is forgotten, so a straggler is of unknown ports,
+    // dropped here where a classifier matches on them, like one whose first fragment never
+    // came.
+    let unknown = fragment4(6, DST, 8, 0x0010, &[0u8; 24]);
+    for (what, frame) in [("after the last", &middle), ("unknown", &unknown)] {
+        let (verdict, out) = run_on(&mut sb, frame, 0);
+        assert_eq!((verdict, &out), (TC_ACT_SHOT, frame), "{what}");
+    }
+    assert_eq!(stat_delta(&before, &sb, "fragment_unknown"), 2);
+
+    // IPv6: the fragment header's datagram id ties the pieces together the same way.
+    let first6 = ipv6(&[fragment_header6(0, true, 9)], 6, &l4(40000, 80, 24));
+    let last6 = ipv6(&[fragment_header6(24, false, 9)], 6, &[0u8; 16]);
+    let (verdict, out) = run_on(&mut sb, &first6, 0);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "IPv6 first fragment");
+    let (verdict, out6) = run_on(&mut sb, &last6, 0);
+    assert_eq!(
+        (verdict, &out6[0..6]),
+        (TC_ACT_REDIRECT, &out[0..6]),
+        "IPv6 last"
+    );
+
+    // A first fragment too short for its TCP header: its ports cannot be trusted.
+    let tiny = fragment4(6, DST, 10, 0x2000, &l4(40000, 80, 8));
+    assert_eq!(
+        run_on(&mut sb, &tiny, 0).0,
+        TC_ACT_SHOT,
+        "tiny first fragment"
+    );
+}
+
+/// A classifier without ports chooses members without them: the whole datagrams and the
+/// fragments of one flow reach the same member, even fragments whose first one was not seen.
+#[test]
+fn a_portless_classifier_keeps_a_flow_on_one_member_fragmented_or_not() {
+    // The UDP chain through the two-member group, and no classifier on ports at the port.
+    let yaml = chain_yaml()
+        .replace("portPairGroups: [GC]", "portPairGroups: [G]")
+        .replace("flowClassifiers: [web, web6]", "flowClassifiers: []");
+    assert_eq!(yaml.matches("flowClassifiers: []").count(), 1);
+    let mut sb = sandbox(&yaml);
+    for sport in 5000..5016u16 {
+        let whole = eth(0x0800, &ipv4(17, UDP_DST, &[], 0, &l4(sport, 6000, 8)));
+        let (verdict, out) = run_on(&mut sb, &whole, 0);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let member = out[0..6].to_vec();
+        let later = fragment4(17, UDP_DST, sport, 0x0010, &[0u8; 16]);
+        let (verdict, out) = run_on(&mut sb, &later, 0);
+        assert_eq!(
+            (verdict, &out[0..6]),
+            (TC_ACT_REDIRECT, &member[..]),
+            "{sport}"
+        );
     }
 }
 
 #[test]
-fn truncated_and_malformed_headers_are_passed_untouched() {
-    let mut sb = sandbox(&chain_yaml());
+fn unparsable_headers_are_dropped_where_a_classifier_applies() {
     let full = tcp4(40000, 80);
     let mut short_total = full.clone();
     short_total[16..18].copy_from_slice(&200u16.to_be_bytes()); // total length beyond the frame
@@ -494,40 +684,85 @@ fn truncated_and_malformed_headers_are_passed_untouched() {
     let mut bad_version = full.clone();
     bad_version[14] = 0x65;
     let tcp_cut = eth(0x0800, &ipv4(6, DST, &[], 0, &l4(40000, 80, 4)));
-    let too_many_ext: Vec<(u8, Vec<u8>)> = (0..9).map(|_| (60, opts8())).collect();
+    let ext = |n: usize| -> Vec<(u8, Vec<u8>)> { (0..n).map(|_| (60, opts8())).collect() };
+    let three_tags = eth(
+        0x88a8,
+        &frames::vlan(
+            1,
+            0x8100,
+            &frames::vlan(2, 0x8100, &frames::vlan(3, 0x0800, &full[14..])),
+        ),
+    );
     let cases = [
         // Inside a VLAN tag: the kernel's test runner itself refuses an untagged IPv4/IPv6
         // frame shorter than its IP header, but such frames do reach us tagged.
-        ("IPv4 header cut", vlan(0x8100, 0x0800, &full[14..14 + 10])),
-        ("IPv4 total length beyond the frame", short_total),
-        ("IPv4 IHL < 5", bad_ihl),
-        ("version 6 in an IPv4 frame", bad_version),
-        ("TCP header cut", tcp_cut),
-        ("VLAN tag cut", eth(0x8100, &[0x00])),
+        (
+            "IPv4 header cut",
+            vlan(0x8100, 0x0800, &full[14..14 + 10]),
+            "malformed",
+        ),
+        (
+            "IPv4 total length beyond the frame",
+            short_total,
+            "malformed",
+        ),
+        ("IPv4 IHL < 5", bad_ihl, "malformed"),
+        ("version 6 in an IPv4 frame", bad_version, "malformed"),
+        ("TCP header cut", tcp_cut, "malformed"),
+        ("VLAN tag cut", eth(0x8100, &[0x00]), "malformed"),
         (
             "IPv6 header cut",
             vlan(0x8100, 0x86dd, &[0x60, 0, 0, 0, 0, 8]),
+            "malformed",
         ),
         (
             "IPv6 extension header cut",
             ipv6(&[(0, vec![0, 4])], 6, &[]),
+            "malformed",
         ),
         (
             "more IPv6 extension headers than walked",
-            ipv6(&too_many_ext, 6, &l4(40000, 80, 20)),
+            ipv6(&ext(9), 6, &l4(40000, 80, 20)),
+            "unparsable_ipv6_ext",
         ),
+        ("three VLAN tags", three_tags, "unparsable_vlan"),
     ];
-    let before = stats(&sb);
-    for (what, frame) in &cases {
+    // Dropped by default: passing them on would let the node route them around the SFs.
+    let mut sb = sandbox(&chain_yaml());
+    for (what, frame, reason) in &cases {
+        let before = stats(&sb);
         let (verdict, out) = run_on(&mut sb, frame, 0);
-        assert_eq!((verdict, &out), (TC_ACT_OK, frame), "{what}");
+        assert_eq!((verdict, &out), (TC_ACT_SHOT, frame), "{what}");
+        assert_eq!(stat_delta(&before, &sb, reason), 1, "{what}");
     }
-    let after = stats(&sb);
+    // As many extension headers as are walked is fine.
+    let (verdict, _) = run_on(&mut sb, &ipv6(&ext(8), 6, &l4(40000, 80, 20)), 0);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "8 extension headers");
+
+    // `unparsable: pass` on every classifier at the port: untouched, as networking-sfc does.
+    let passing = chain_yaml().replace(
+        "{logicalSourcePort: lo,",
+        "{logicalSourcePort: lo, unparsable: pass,",
+    );
+    let mut sb = sandbox(&passing);
+    let before = stats(&sb);
+    for (what, frame, _) in &cases {
+        let (verdict, out) = run_on(&mut sb, frame, 0);
+        assert_eq!(
+            (verdict, &out),
+            (TC_ACT_NEXT, frame),
+            "{what} with unparsable: pass"
+        );
+    }
     assert_eq!(
-        stat(&after, "malformed") - stat(&before, "malformed"),
+        stat_delta(&before, &sb, "unparsable_passed"),
         cases.len() as u64
     );
-    assert_eq!(stat(&after, "steered"), stat(&before, "steered"));
+    assert_eq!(stat_delta(&before, &sb, "steered"), 0);
+    // One classifier at the port that wants them dropped decides for the port.
+    let one_drops = passing.replacen("unparsable: pass,", "", 1);
+    let mut sb = sandbox(&one_drops);
+    assert_eq!(run_on(&mut sb, &cases[0].1, 0).0, TC_ACT_SHOT);
 }
 
 #[test]

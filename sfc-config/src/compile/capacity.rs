@@ -497,6 +497,7 @@ mod tests {
             destination_ip_prefix: Some(dst),
             logical_source_port: "src".into(),
             logical_destination_port: None,
+            unparsable: Default::default(),
         }
     }
 
@@ -612,6 +613,7 @@ mod tests {
                     peer_index: None,
                     peer_nsid: None,
                     up: true,
+                    running: true,
                 },
             );
         };
@@ -944,6 +946,7 @@ mod tests {
                     peer_index: None,
                     peer_nsid: None,
                     up: true,
+                    running: true,
                 },
             );
         }

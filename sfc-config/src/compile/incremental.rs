@@ -495,6 +495,7 @@ mod tests {
                         )),
                         logical_source_port: format!("src{}", c % 4),
                         logical_destination_port: Some(format!("dst{}", c % 4)),
+                        unparsable: Default::default(),
                     },
                 );
                 fcs.push(name);

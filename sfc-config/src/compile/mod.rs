@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sfc_common::{
     action, ClassKey, Member, PortValue, RingEntry, TupleMask, Verdict, COUNTERS_PER_GEN,
-    FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_REVERSE, MAX_TUPLES, PORT_ENTRY, RING_SIZE, SLOT_PEER,
+    FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES, PORT_ENTRY,
+    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOT_PEER,
 };
 
 pub mod capacity;
@@ -17,7 +18,7 @@ pub use incremental::Compiled;
 
 use crate::{
     document::{ConfigError, ConfigErrors},
-    model::{Kind, State},
+    model::{Kind, State, Unparsable},
     validate::{
         classifier::{specificity, Match},
         mac, validate, Origins,
@@ -36,6 +37,8 @@ pub struct Link {
     pub peer_nsid: Option<i32>,
     /// Administratively up (IFF_UP).
     pub up: bool,
+    /// With a carrier (IFF_LOWER_UP): for a veth, its peer is up too.
+    pub running: bool,
 }
 
 /// The interfaces of the node namespace, as the compiler needs them.
@@ -233,8 +236,13 @@ struct Entry {
     classifier: String,
 }
 
-/// The match shapes (masks) of each domain, most specific first: the order they are probed in.
-type Shapes = BTreeMap<u32, Vec<TupleMask>>;
+/// The match shapes (masks) of each domain, most specific first: the order they are probed in;
+/// and the domains where every classifier lets unparsable traffic pass.
+#[derive(Clone, Debug, Default)]
+struct Shapes {
+    masks: BTreeMap<u32, Vec<TupleMask>>,
+    pass_unparsable: BTreeSet<u32>,
+}
 
 /// The interfaces where classified traffic arrives, each with its domain.
 type Roots = Vec<(String, u32)>;
@@ -735,8 +743,12 @@ impl<'s> Compiler<'s> {
             );
         }
         let mut entries = Vec::new();
-        for (m, domain, verdict) in targets {
-            for (mask, key) in m.expand() {
+        for (m, domain, mut verdict) in targets {
+            let expanded = m.expand();
+            if expanded.iter().all(|(mask, _)| mask.uses_ports == 0) {
+                verdict.flags |= FLAG_PORTLESS;
+            }
+            for (mask, key) in expanded {
                 entries.push(Entry {
                     domain,
                     mask,
@@ -834,14 +846,25 @@ impl<'s> Compiler<'s> {
     /// (the narrowest classifier of a chain wins), and the datapath probes at most
     /// `MAX_TUPLES`: a domain with more is an error naming its place.
     fn match_shapes(&mut self, entries: &[Entry], domains: &Domains) -> Shapes {
-        let mut shapes = Shapes::new();
+        let mut shapes = Shapes::default();
+        let mut drop_unparsable = BTreeSet::new();
         for e in entries {
-            let list = shapes.entry(e.domain).or_default();
+            let list = shapes.masks.entry(e.domain).or_default();
             if !list.contains(&e.mask) {
                 list.push(e.mask);
             }
+            // Unparsable traffic cannot be told apart by classifier: one that wants it dropped
+            // decides for its whole port.
+            if self.state.flow_classifiers[&e.classifier].unparsable == Unparsable::Pass {
+                shapes.pass_unparsable.insert(e.domain);
+            } else {
+                drop_unparsable.insert(e.domain);
+            }
         }
-        for (domain, list) in shapes.iter_mut() {
+        shapes
+            .pass_unparsable
+            .retain(|d| !drop_unparsable.contains(d));
+        for (domain, list) in shapes.masks.iter_mut() {
             list.sort_by_key(|m| std::cmp::Reverse(specificity(m)));
             if list.len() > MAX_TUPLES {
                 self.too_many_shapes(*domain, list, entries, domains);
@@ -900,7 +923,7 @@ impl<'s> Compiler<'s> {
         let mut owner: BTreeMap<ClassKey, String> = BTreeMap::new();
         let mut overflow_at: Option<String> = None;
         for e in entries {
-            let list = &shapes[&e.domain];
+            let list = &shapes.masks[&e.domain];
             let Some(index) = list.iter().position(|m| *m == e.mask) else {
                 continue;
             };
@@ -990,18 +1013,26 @@ impl<'s> Compiler<'s> {
     }
 }
 
-/// The `ports` value of an interface whose traffic is classified in `domain`: its shapes, and
-/// whether chains start there (`PORT_ENTRY`). `None` when no entry uses the domain.
+/// The `ports` value of an interface whose traffic is classified in `domain`: its shapes,
+/// whether chains start there (`PORT_ENTRY`), whether unparsable traffic may pass
+/// (`PORT_PASS_UNPARSABLE`) and whether a fragment of unknown ports is unparsable there
+/// (`PORT_NEEDS_PORTS`). `None` when no entry uses the domain.
 fn port_value(shapes: &Shapes, domain: u32) -> Option<PortValue> {
-    let list = shapes.get(&domain)?;
+    let list = shapes.masks.get(&domain)?;
+    let mut flags = 0;
+    if domain < GROUP_DOMAIN_BASE {
+        flags |= PORT_ENTRY;
+    }
+    if shapes.pass_unparsable.contains(&domain) {
+        flags |= PORT_PASS_UNPARSABLE;
+    }
+    if list.iter().any(|m| m.uses_ports != 0) {
+        flags |= PORT_NEEDS_PORTS;
+    }
     let mut value = PortValue {
         domain,
         n_tuples: list.len().min(MAX_TUPLES) as u16,
-        flags: if domain < GROUP_DOMAIN_BASE {
-            PORT_ENTRY
-        } else {
-            0
-        },
+        flags,
         slot: 0,
         _pad: 0,
         tuples: [TupleMask::default(); MAX_TUPLES],
@@ -1036,6 +1067,7 @@ mod tests {
                 peer_index: Some(index + 1000),
                 peer_nsid: Some(1),
                 up: true,
+                running: true,
             },
         );
         interfaces
@@ -1055,6 +1087,7 @@ mod tests {
                 peer_index: None,
                 peer_nsid: None,
                 up: true,
+                running: true,
             },
         );
     }
@@ -1437,7 +1470,7 @@ mod tests {
                     v.slot,
                     v.group,
                     v.counter,
-                    v.flags,
+                    v.flags & !FLAG_PORTLESS,
                     v.tap_ifindex,
                     v.deliver_ifindex,
                 )
@@ -1578,9 +1611,9 @@ mod tests {
         let mask = |name: &str| matches[name].expand()[0].0;
         let expected = vec![mask("p32"), mask("p24tcp"), mask("p16"), mask("udp")];
         let (src, g) = (1, GROUP_DOMAIN_BASE);
-        assert_eq!(shapes.keys().copied().collect::<Vec<_>>(), [src, g]);
-        assert_eq!(shapes[&src], expected);
-        assert_eq!(shapes[&g], expected);
+        assert_eq!(shapes.masks.keys().copied().collect::<Vec<_>>(), [src, g]);
+        assert_eq!(shapes.masks[&src], expected);
+        assert_eq!(shapes.masks[&g], expected);
         assert!(c.errors.is_empty());
 
         // Each key names its shape by its index in its domain's list.
@@ -1631,7 +1664,7 @@ mod tests {
                 line("leaving group g in reverse"),
             ]
         );
-        assert!(shapes.values().all(|list| list.len() == 17));
+        assert!(shapes.masks.values().all(|list| list.len() == 17));
         // Entries of shapes past the limit are left out of the map.
         c.classify(entries, &shapes);
         assert_eq!(c.image.classify.len(), 4 * 16);
@@ -1663,6 +1696,72 @@ mod tests {
         let counters: Vec<u32> = c.image.classify.values().map(|v| v.counter).collect();
         // a's entry (its own counter 2), and after the hop (the chain's counter 1).
         assert_eq!(counters, [2, 1]);
+    }
+
+    /// Unparsable traffic may pass a port only if every classifier there says so; a port with
+    /// a classifier on L4 ports cannot steer a fragment of unknown ports; a portless
+    /// classifier's verdicts choose members without ports.
+    #[test]
+    fn port_flags_follow_the_classifiers_entering_there() {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "p1", "in1", "out1");
+        group(&mut s, "g1", &["p1"]);
+        pair(&mut s, "p2", "in2", "out2");
+        group(&mut s, "g2", &["p2"]);
+        for (name, fields) in [
+            (
+                "pass_a",
+                "protocol: udp, unparsable: pass, logicalSourcePort: lp1",
+            ),
+            (
+                "pass_b",
+                "protocol: tcp, unparsable: pass, logicalSourcePort: lp1",
+            ),
+            (
+                "ports",
+                "protocol: tcp, destinationPortRange: 80, logicalSourcePort: lp2",
+            ),
+            (
+                "drop",
+                "protocol: udp, logicalSourcePort: lp2, unparsable: drop",
+            ),
+        ] {
+            classifier(&mut s, name, &format!("{{{fields}}}"));
+        }
+        chain(&mut s, "c1", &["g1"], &["pass_a", "pass_b"], false);
+        chain(&mut s, "c2", &["g2"], &["ports", "drop"], false);
+        for (name, index) in [("lp1", 1), ("lp2", 2), ("in1", 3), ("out1", 4)] {
+            veth(&mut i, name, index);
+        }
+        for (name, index) in [("in2", 5), ("out2", 6)] {
+            veth(&mut i, name, index);
+        }
+        let image = plan_image(&s, &i);
+        let flags = |ifindex: u32| image.ports[&ifindex].flags;
+        assert_eq!(flags(1), PORT_ENTRY | PORT_PASS_UNPARSABLE);
+        assert_eq!(flags(4), PORT_PASS_UNPARSABLE);
+        assert_eq!(flags(2), PORT_ENTRY | PORT_NEEDS_PORTS);
+        assert_eq!(flags(6), PORT_NEEDS_PORTS);
+        let portless: BTreeSet<bool> = image
+            .classify
+            .iter()
+            .filter(|(k, _)| k.domain == image.ports[&2].domain)
+            .map(|(k, v)| (k.dport != 0, v.flags & FLAG_PORTLESS != 0))
+            .map(|(on_port, portless)| on_port != portless)
+            .collect();
+        assert_eq!(
+            portless,
+            BTreeSet::from([true]),
+            "only the portless classifier is"
+        );
+    }
+
+    fn plan_image(state: &State, interfaces: &Interfaces) -> Image {
+        let origins = Origins::new();
+        compile_cached(state, interfaces, &origins)
+            .map(|c| c.image().clone())
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]

@@ -141,6 +141,9 @@ impl Agent {
     /// Reads every counter once, updates rates and health, publishes the snapshot.
     fn sample(&mut self) {
         self.last_sample = Some(Instant::now());
+        if let Err(e) = self.dataplane.sweep_fragments() {
+            self.warn_once(format!("forgetting stale fragments: {e}"));
+        }
         let read = || -> Result<Snapshot, crate::dataplane::DataplaneError> {
             let live = self.dataplane.live_counters()?;
             Ok(Snapshot {
@@ -198,6 +201,9 @@ impl Agent {
         let relevant = !self.synced || touches_state(&self.state, &self.interfaces, &now);
         self.interfaces = now;
         if !relevant {
+            if let Err(e) = self.dataplane.sync_live(&self.interfaces) {
+                self.not_ready(format!("updating the dataplane: {e}"));
+            }
             return;
         }
         let origins = Origins::new();
@@ -564,7 +570,7 @@ pub fn get(state: &State, kind: Kind, name: Option<String>) -> Response {
 
 /// Whether the interfaces changed in a way the state cares about: an interface it names
 /// appeared, vanished, or changed (index, MAC, kind, peer, the MAC behind it); up or down
-/// alone is not such a change. Changes to
+/// alone is not such a change (the dataplane's liveness map follows it without a compile). Changes to
 /// other interfaces cost nothing more than the read.
 fn touches_state(state: &State, before: &Interfaces, after: &Interfaces) -> bool {
     let named = state
@@ -578,6 +584,7 @@ fn touches_state(state: &State, before: &Interfaces, after: &Interfaces) -> bool
     let steered = |i: &Interfaces, name: &String| {
         i.links.get(name).map(|l| Link {
             up: true,
+            running: true,
             ..l.clone()
         })
     };

@@ -8,22 +8,27 @@
 //! entirely by one generation.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        xdp::XdpMapError, Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
+        PerCpuValues,
+    },
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use sfc_common::{
-    stat, ClassKey, Counter, Member, MemberCounter, PinKey, PortKey, PortValue, RingEntry, Verdict,
-    CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG,
-    MAP_COUNTERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PINS, MAP_PORTS, MAP_RING, MAP_STATS,
-    MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
+    stat, ClassKey, Counter, FragmentKey, FragmentState, Member, MemberCounter, MemberKey, PortKey,
+    PortValue, RingEntry, Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN,
+    FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS,
+    MAP_FRAGMENTS, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PORTS,
+    MAP_RING, MAP_STATS, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE,
+    SLOTS_PER_GEN, SLOT_PEER,
 };
 use thiserror::Error;
 use tracing::info;
@@ -54,6 +59,8 @@ pub enum DataplaneError {
     Program(#[from] ProgramError),
     #[error("more than {limit} SF-facing interfaces need counters; remove port pairs or taps")]
     MemberSlots { limit: u32 },
+    #[error("map {MAP_LIVE}: {0}")]
+    Live(XdpMapError),
     #[error("counting the possible CPUs: {0}")]
     Cpus(io::Error),
     #[error("pinned link {path}: {source}")]
@@ -143,7 +150,11 @@ pub struct Dataplane {
     ports: HashMap<MapData, PortKey, PortValue>,
     classify: HashMap<MapData, ClassKey, Verdict>,
     ring: Array<MapData, RingEntry>,
-    pins: HashMap<MapData, PinKey, RingEntry>,
+    members: HashMap<MapData, MemberKey, RingEntry>,
+    live: DevMapHash<MapData>,
+    /// The interfaces in `live` (a copy).
+    live_set: BTreeSet<u32>,
+    fragments: HashMap<MapData, FragmentKey, FragmentState>,
     stats: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, Counter>,
     /// Per-chain counts of retired generations.
@@ -195,7 +206,10 @@ impl Dataplane {
             ports: take(&mut bpf, MAP_PORTS)?,
             classify: take(&mut bpf, MAP_CLASSIFY)?,
             ring: take(&mut bpf, MAP_RING)?,
-            pins: take(&mut bpf, MAP_PINS)?,
+            members: take(&mut bpf, MAP_MEMBERS)?,
+            live: take(&mut bpf, MAP_LIVE)?,
+            live_set: BTreeSet::new(),
+            fragments: take(&mut bpf, MAP_FRAGMENTS)?,
             stats: take(&mut bpf, MAP_STATS)?,
             counters: take(&mut bpf, MAP_COUNTERS)?,
             chain_counters: ChainCounters::default(),
@@ -216,6 +230,7 @@ impl Dataplane {
             .filter_map(Result::ok)
             .map(|(ifindex, slot)| (ifindex, slot as u16))
             .collect();
+        dp.live_set = dp.live.keys().filter_map(Result::ok).collect();
         // Maps never flipped are fresh: both generations are known to be empty.
         if dp.epoch()? == 0
             && dp
@@ -276,7 +291,7 @@ impl Dataplane {
             self.clear(target)?;
             self.assign_member_slots(image, active)?;
             self.write(target, image)?;
-            self.purge_pins(image)?;
+            self.sync_live(interfaces)?;
             self.config
                 .set(CONFIG_FLIP_NS, monotonic_ns(), 0)
                 .map_err(map_err(MAP_CONFIG))?;
@@ -284,8 +299,6 @@ impl Dataplane {
             self.config
                 .set(CONFIG_EPOCH, epoch + 1, 0)
                 .map_err(map_err(MAP_CONFIG))?;
-            // Pins taken from the old tables in the meantime.
-            self.purge_pins(image)?;
             self.forget_what_is_gone();
             info!(
                 epoch = epoch + 1,
@@ -511,36 +524,60 @@ impl Dataplane {
         }
     }
 
-    /// Drops the flow pins that point at anything but a live member of their group.
-    fn purge_pins(&mut self, image: &Image) -> Result<(), DataplaneError> {
-        // Pins carry counter slots, the image does not: compare interfaces and MACs.
-        let same = |a: &RingEntry, b: &RingEntry| {
-            (
-                a.ingress.ifindex,
-                a.ingress.mac,
-                a.egress.ifindex,
-                a.egress.mac,
-            ) == (
-                b.ingress.ifindex,
-                b.ingress.mac,
-                b.egress.ifindex,
-                b.egress.mac,
-            )
-        };
-        let stale: Vec<PinKey> = self
-            .pins
+    /// Makes the liveness map hold exactly the interfaces either generation redirects into
+    /// that are up with a carrier. The kernel takes a deleted interface out by itself; this
+    /// adds the new ones (before a flip) and follows links going up and down.
+    pub fn sync_live(&mut self, interfaces: &Interfaces) -> Result<(), DataplaneError> {
+        let running: BTreeSet<u32> = interfaces
+            .links
+            .values()
+            .filter(|l| l.up && l.running)
+            .map(|l| l.index)
+            .collect();
+        let want: BTreeSet<u32> = self
+            .written
+            .iter()
+            .flatten()
+            .flat_map(redirect_targets)
+            .filter(|i| running.contains(i))
+            .collect();
+        // The kernel may have dropped some already: read what is there.
+        let have: BTreeSet<u32> = self.live.keys().filter_map(Result::ok).collect();
+        for &ifindex in have.difference(&want) {
+            remove_ok(self.live.remove(ifindex)).map_err(map_err(MAP_LIVE))?;
+        }
+        for &ifindex in want.difference(&have) {
+            match self.live.insert(ifindex, ifindex, None, 0) {
+                Ok(()) => {}
+                // Gone between the read and now: the next netlink event tells.
+                Err(XdpMapError::MapError(MapError::SyscallError(e)))
+                    if e.io_error.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(XdpMapError::MapError(source)) => {
+                    return Err(DataplaneError::Map {
+                        name: MAP_LIVE,
+                        source,
+                    })
+                }
+                Err(e) => return Err(DataplaneError::Live(e)),
+            }
+        }
+        self.live_set = want;
+        Ok(())
+    }
+
+    /// Forgets datagrams whose fragments stopped coming (the datapath already ignores them;
+    /// this frees their room in the table).
+    pub fn sweep_fragments(&mut self) -> Result<(), DataplaneError> {
+        let now = monotonic_ns();
+        let stale: Vec<FragmentKey> = self
+            .fragments
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, entry)| {
-                !image
-                    .members
-                    .get(&key.group)
-                    .is_some_and(|members| members.iter().any(|m| same(m, entry)))
-            })
+            .filter(|(_, state)| now.saturating_sub(state.first_ns) > FRAGMENT_TIMEOUT_NS)
             .map(|(key, _)| key)
             .collect();
         for key in stale {
-            remove_ok(self.pins.remove(&key)).map_err(map_err(MAP_PINS))?;
+            remove_ok(self.fragments.remove(&key)).map_err(map_err(MAP_FRAGMENTS))?;
         }
         Ok(())
     }
@@ -555,6 +592,17 @@ impl Dataplane {
                     egress: self.slot_of(entry.egress),
                 };
                 self.ring.set(index, entry, 0).map_err(map_err(MAP_RING))?;
+            }
+            // Pins are honoured only for members listed here: written with the tables,
+            // before any classifier entry points at them.
+            for (key, entry) in members_of(gen, slot, ring) {
+                let entry = RingEntry {
+                    ingress: self.slot_of(entry.ingress),
+                    egress: self.slot_of(entry.egress),
+                };
+                self.members
+                    .insert(key, entry, 0)
+                    .map_err(map_err(MAP_MEMBERS))?;
             }
         }
         for (key, verdict) in &image.classify {
@@ -597,8 +645,25 @@ impl Dataplane {
     /// Empties one (inactive) generation: from memory when we wrote it, by walking the maps
     /// when an earlier daemon did.
     fn clear(&mut self, gen: usize) -> Result<(), DataplaneError> {
-        let (class_keys, port_keys): (Vec<ClassKey>, Vec<PortKey>) = match self.written[gen].take()
-        {
+        let written = self.written[gen].take();
+        let member_keys: Vec<MemberKey> = match &written {
+            Some(image) => image
+                .rings
+                .iter()
+                .enumerate()
+                .flat_map(|(slot, ring)| members_of(gen, slot, ring).map(|(key, _)| key))
+                .collect(),
+            None => self
+                .members
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| (k.slot / SLOTS_PER_GEN) as usize == gen)
+                .collect(),
+        };
+        for key in member_keys {
+            remove_ok(self.members.remove(&key)).map_err(map_err(MAP_MEMBERS))?;
+        }
+        let (class_keys, port_keys): (Vec<ClassKey>, Vec<PortKey>) = match written {
             Some(image) => (
                 image
                     .classify
@@ -650,6 +715,37 @@ impl Dataplane {
             })
             .collect()
     }
+}
+
+/// The `sfc_v3_members` entries of group table `slot` (relative) of generation `gen`.
+fn members_of(
+    gen: usize,
+    slot: usize,
+    ring: &[RingEntry],
+) -> impl Iterator<Item = (MemberKey, RingEntry)> + '_ {
+    let slot = gen as u32 * SLOTS_PER_GEN + slot as u32;
+    let unique: BTreeMap<u32, RingEntry> = ring
+        .iter()
+        .filter(|e| e.ingress.ifindex != 0)
+        .map(|e| (e.ingress.ifindex, *e))
+        .collect();
+    unique
+        .into_iter()
+        .map(move |(ifindex, entry)| (MemberKey { slot, ifindex }, entry))
+}
+
+/// Every interface `image` redirects into: member sides, taps, logical destination ports.
+fn redirect_targets(image: &Image) -> impl Iterator<Item = u32> + '_ {
+    let members = image
+        .rings
+        .iter()
+        .flatten()
+        .flat_map(|e| [e.ingress.ifindex, e.egress.ifindex]);
+    let verdicts = image
+        .classify
+        .values()
+        .flat_map(|v| [v.deliver_ifindex, v.tap_ifindex]);
+    members.chain(verdicts).filter(|&i| i != 0)
 }
 
 fn add_member(total: &mut MemberCounter, c: &MemberCounter) {

@@ -76,6 +76,7 @@ fn parse_link(msg: LinkMessage) -> Option<Link> {
         peer_index,
         peer_nsid: nsid.filter(|_| peer_index.is_some()),
         up: msg.header.flags.contains(LinkFlags::Up),
+        running: msg.header.flags.contains(LinkFlags::LowerUp),
     })
 }
 

@@ -60,8 +60,16 @@ const APPLY_BUCKETS: [f64; 14] = [
 ];
 
 /// Drop and pass-through reasons among the datapath outcomes.
-const DROPS: [&str; 3] = ["no_member", "redirect_failed", "tap_failed"];
-const PASSES: [&str; 4] = ["no_match", "not_ip", "malformed", "fragment"];
+const DROPS: [&str; 4] = ["no_member", "target_down", "redirect_failed", "tap_failed"];
+const PASSES: [&str; 2] = ["no_match", "not_ip"];
+/// Why a packet could not be parsed: dropped, or passed where the classifiers ask for it
+/// (`unparsable_passed`); both sums appear under reason "unparsable".
+const UNPARSABLE: [&str; 4] = [
+    "malformed",
+    "unparsable_vlan",
+    "unparsable_ipv6_ext",
+    "fragment_unknown",
+];
 
 /// What a client can make the endpoint hold.
 #[derive(Clone, Copy, Debug)]
@@ -244,6 +252,8 @@ impl Collector for Observed {
                 .find(|(k, _)| k == n)
                 .map_or(0, |(_, v)| *v)
         };
+        let unparsable: u64 = UNPARSABLE.iter().map(|r| outcome(r)).sum();
+        let unparsable_passed = outcome("unparsable_passed");
         family(
             enc,
             "sfc_datapath_packets_total",
@@ -258,14 +268,26 @@ impl Collector for Observed {
             "sfc_dropped_packets_total",
             "Packets the datapath dropped (or failed to copy), by reason.",
             Counter,
-            DROPS.map(|r| ([("reason", r)], ConstCounter::new(outcome(r)))),
+            DROPS
+                .map(|r| ([("reason", r)], ConstCounter::new(outcome(r))))
+                .into_iter()
+                .chain([(
+                    [("reason", "unparsable")],
+                    ConstCounter::new(unparsable.saturating_sub(unparsable_passed)),
+                )]),
         )?;
         family(
             enc,
             "sfc_passed_packets_total",
             "Packets passed on untouched without steering, by reason.",
             Counter,
-            PASSES.map(|r| ([("reason", r)], ConstCounter::new(outcome(r)))),
+            PASSES
+                .map(|r| ([("reason", r)], ConstCounter::new(outcome(r))))
+                .into_iter()
+                .chain([(
+                    [("reason", "unparsable")],
+                    ConstCounter::new(unparsable_passed),
+                )]),
         )?;
 
         // Per chain: entering and leaving, summed over classifiers and generations.
