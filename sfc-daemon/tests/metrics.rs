@@ -72,6 +72,11 @@ fn sample() -> Snapshot {
             ("no_member".into(), 2),
             ("no_match".into(), 5),
             ("not_ip".into(), 1),
+            // 4 unparsable packets, 1 of them passed by `unparsable: pass`.
+            ("malformed".into(), 3),
+            ("fragment_unknown".into(), 1),
+            ("unparsable_passed".into(), 1),
+            ("target_down".into(), 6),
         ],
         chains: vec![
             // Two classifiers enter the chain; 8 of 15 packets make it through both hops.
@@ -116,12 +121,13 @@ fn render_has_every_metric_with_todays_names_and_labels() {
     for line in [
         r#"sfc_datapath_packets_total{outcome="steered"} 100"#.to_string(),
         r#"sfc_dropped_packets_total{reason="no_member"} 2"#.into(),
+        r#"sfc_dropped_packets_total{reason="target_down"} 6"#.into(),
         r#"sfc_dropped_packets_total{reason="redirect_failed"} 0"#.into(),
         r#"sfc_dropped_packets_total{reason="tap_failed"} 0"#.into(),
+        r#"sfc_dropped_packets_total{reason="unparsable"} 3"#.into(),
         r#"sfc_passed_packets_total{reason="no_match"} 5"#.into(),
         r#"sfc_passed_packets_total{reason="not_ip"} 1"#.into(),
-        r#"sfc_passed_packets_total{reason="malformed"} 0"#.into(),
-        r#"sfc_passed_packets_total{reason="fragment"} 0"#.into(),
+        r#"sfc_passed_packets_total{reason="unparsable"} 1"#.into(),
         format!("sfc_chain_entered_packets_total{{{c}}} 15"),
         format!("sfc_chain_entered_bytes_total{{{c}}} 1500"),
         format!("sfc_chain_left_packets_total{{{c}}} 8"),
