@@ -152,8 +152,6 @@ pub struct Dataplane {
     ring: Array<MapData, RingEntry>,
     members: HashMap<MapData, MemberKey, RingEntry>,
     live: DevMapHash<MapData>,
-    /// The interfaces in `live` (a copy).
-    live_set: BTreeSet<u32>,
     fragments: HashMap<MapData, FragmentKey, FragmentState>,
     stats: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, Counter>,
@@ -208,7 +206,6 @@ impl Dataplane {
             ring: take(&mut bpf, MAP_RING)?,
             members: take(&mut bpf, MAP_MEMBERS)?,
             live: take(&mut bpf, MAP_LIVE)?,
-            live_set: BTreeSet::new(),
             fragments: take(&mut bpf, MAP_FRAGMENTS)?,
             stats: take(&mut bpf, MAP_STATS)?,
             counters: take(&mut bpf, MAP_COUNTERS)?,
@@ -230,7 +227,6 @@ impl Dataplane {
             .filter_map(Result::ok)
             .map(|(ifindex, slot)| (ifindex, slot as u16))
             .collect();
-        dp.live_set = dp.live.keys().filter_map(Result::ok).collect();
         // Maps never flipped are fresh: both generations are known to be empty.
         if dp.epoch()? == 0
             && dp
@@ -308,6 +304,8 @@ impl Dataplane {
                 "dataplane updated"
             );
         }
+        // Links that went up or down meanwhile, when the image itself did not change.
+        self.sync_live(interfaces)?;
         self.tc.detach_stale(&image.attach);
         self.xdp.detach_stale(&xdp_want);
         Ok(())
@@ -561,7 +559,6 @@ impl Dataplane {
                 Err(e) => return Err(DataplaneError::Live(e)),
             }
         }
-        self.live_set = want;
         Ok(())
     }
 
