@@ -1,16 +1,18 @@
 //! Packet cases through BPF_PROG_TEST_RUN: the real program, with maps filled by the real
 //! agent code, in a network namespace private to the test's thread.
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
     process::Command,
     time::Duration,
 };
 
 use aya::programs::{TestRun, TestRunOptions};
+use common::{apply, ifindex, peer_mac, run_on, run_xdp_on, stat, stats, Sandbox};
 use sfc_config::{model::State, plan::plan};
-use sfc_daemon::dataplane::{netlink::read_interfaces, Dataplane, Mode};
+use sfc_daemon::dataplane::{netlink::read_interfaces, Mode};
 use sfc_lab::{
     frames::{self, l4, opts8},
     lab::run,
@@ -31,23 +33,6 @@ const SRC6: [u8; 16] = [0xfd, 0, 0x05, 0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x
 const DST6: [u8; 16] = [0xfd, 0, 0x05, 0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 const ORIGINAL_DST_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 1];
 const SRC_MAC: [u8; 6] = [0x02, 0x55, 0, 0, 0, 1];
-
-/// A private network namespace (for this thread) and bpffs mount; both undone on drop.
-struct Sandbox {
-    // Dropped in this order: the maps and programs, then the mount.
-    dataplane: Dataplane,
-    bpffs: Bpffs,
-}
-
-/// A bpffs mount, undone on drop (also when setting up the sandbox panics half-way).
-struct Bpffs(PathBuf);
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn chain_yaml() -> String {
     let pp = |name: &str, port: &str| {
@@ -90,65 +75,17 @@ fn chain_yaml() -> String {
     .concat()
 }
 
+/// The SF interfaces of [`chain_yaml`]: each a veth whose peer (`NAME-p`) stands for the SF.
+const SF_VETHS: [&str; 8] = [
+    "sfa-in", "sfa-out", "sfb-in", "sfb-out", "sfz-in", "sfz-out", "sfc-in", "sfc-out",
+];
+
 fn sandbox(yaml: &str) -> Sandbox {
     sandbox_in(yaml, Mode::Tc)
 }
 
 fn sandbox_in(yaml: &str, mode: Mode) -> Sandbox {
-    assert_eq!(
-        unsafe { libc::unshare(libc::CLONE_NEWNET) },
-        0,
-        "unshare(CLONE_NEWNET)"
-    );
-    run(Command::new("ip").args(["link", "set", "lo", "up"])).unwrap();
-    for sf in ["sfa", "sfb", "sfz", "sfc"] {
-        for side in ["in", "out"] {
-            let name = format!("{sf}-{side}");
-            run(Command::new("ip").args([
-                "link",
-                "add",
-                &name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("{name}-p"),
-            ]))
-            .unwrap();
-            // Both ends up: a veth whose peer is down has no carrier and takes no redirect.
-            for end in [name.clone(), format!("{name}-p")] {
-                run(Command::new("ip").args(["link", "set", &end, "up"])).unwrap();
-            }
-        }
-    }
-    let bpffs = std::env::temp_dir().join(
-        format!(
-            "sfc-dp-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        )
-        .replace(['(', ')'], ""),
-    );
-    std::fs::create_dir_all(&bpffs).unwrap();
-    run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs)).unwrap();
-    let bpffs = Bpffs(bpffs);
-    let mut sb = Sandbox {
-        dataplane: Dataplane::open(&bpffs.0, mode).unwrap(),
-        bpffs,
-    };
-    apply(&mut sb, yaml);
-    sb
-}
-
-fn apply(sb: &mut Sandbox, yaml: &str) {
-    let interfaces = read_interfaces().unwrap();
-    let (_, _, image) = plan(
-        &State::default(),
-        &[("chain.yaml".into(), yaml.into())],
-        &interfaces,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    sb.dataplane.apply(&image, &interfaces).unwrap();
+    common::sandbox(yaml, mode, &SF_VETHS)
 }
 
 /// A named namespace holding the SF ends of the sandbox's veths, as SFs in namespaces of
@@ -177,21 +114,6 @@ impl Drop for PeerNamespace {
     }
 }
 
-fn peer_mac(iface: &str) -> [u8; 6] {
-    // Not /sys: it shows the namespace sysfs was mounted in, not this thread's.
-    let text =
-        run(Command::new("ip").args(["-br", "link", "show", &format!("{iface}-p")])).unwrap();
-    let mac = text
-        .split_whitespace()
-        .find(|w| w.len() == 17 && w.matches(':').count() == 5)
-        .unwrap();
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
 /// The PG member (of A and B) a steered frame went to, by its new destination MAC.
 fn member_of(steered: &[u8]) -> &'static str {
     if steered[0..6] == peer_mac("sfa-in") {
@@ -206,11 +128,6 @@ fn as_sent_back_by_the_sf(frame: &[u8]) -> Vec<u8> {
     let mut from_sf = frame.to_vec();
     from_sf[0..6].copy_from_slice(&[0x02, 0x77, 0, 0, 0, 7]);
     from_sf
-}
-
-fn ifindex(iface: &str) -> u32 {
-    let out = run(Command::new("ip").args(["-o", "link", "show", iface])).unwrap();
-    out.split(':').next().unwrap().trim().parse().unwrap()
 }
 
 // ---- frames (sfc_lab::frames, from SRC_MAC to ORIGINAL_DST_MAC, SRC to DST) ----
@@ -235,58 +152,6 @@ fn tcp4(sport: u16, dport: u16) -> Vec<u8> {
 /// An IPv6 frame from SRC6 to DST6 (see [`frames::ipv6`]).
 fn ipv6(exts: &[(u8, Vec<u8>)], proto: u8, payload: &[u8]) -> Vec<u8> {
     eth(0x86dd, &frames::ipv6(SRC6, DST6, exts, proto, payload))
-}
-
-// ---- running ----
-
-/// Runs the program on `frame` as if it arrived on `ifindex` (0: loopback). Returns the
-/// verdict and the frame as the program left it.
-fn run_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    let ctx = frames::skb_ctx(ifindex);
-    run_program(
-        sb.dataplane.program().unwrap(),
-        frame,
-        (ifindex > 1).then_some(&ctx),
-    )
-}
-
-/// The same through the XDP program.
-fn run_xdp_on(sb: &mut Sandbox, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    let ctx = frames::xdp_ctx(frame.len(), ifindex);
-    run_program(
-        sb.dataplane.xdp_program().unwrap(),
-        frame,
-        (ifindex > 1).then_some(&ctx),
-    )
-}
-
-fn run_program<P>(program: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
-{
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: ctx,
-            ..TestRunOptions::new()
-        })
-        .unwrap();
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
-}
-
-fn stats(sb: &Sandbox) -> Vec<u64> {
-    sb.dataplane.stats().unwrap()
-}
-
-fn stat(values: &[u64], name: &str) -> u64 {
-    let i = sfc_common::stat::NAMES
-        .iter()
-        .position(|n| *n == name)
-        .unwrap();
-    values[i]
 }
 
 #[test]
