@@ -158,8 +158,8 @@ pub fn parse<C: Frame>(ctx: &C, pkt: &mut Packet) -> Result<(), ParseError> {
     let eth: [u8; ETH_HLEN] = ctx.load(0).map_err(|_| ParseError::NotIp)?;
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut offset = ETH_HLEN;
-    // The outermost tag: already in the skb's metadata at TC ingress, else the first in the
-    // frame.
+    // The outermost non-zero VLAN id: already in the skb's metadata at TC ingress, else in the
+    // frame (id 0 is a priority tag, not a VLAN).
     let mut vlan = ctx.vlan();
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
