@@ -97,6 +97,15 @@ impl PeerNamespace {
         let name = format!("sfc-dp-peers-{}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name])).unwrap();
         let ns = PeerNamespace(name);
+        // No IPv6 there: the SF ends' neighbour discovery would reach the program and move
+        // the counters the tests compare.
+        run(Command::new("ip")
+            .args(["netns", "exec", &ns.0, "sysctl", "-qw"])
+            .args([
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ]))
+        .unwrap();
         for sf in ["sfa", "sfb", "sfz", "sfc"] {
             for side in ["in", "out"] {
                 let peer = format!("{sf}-{side}-p");
