@@ -14,3 +14,10 @@ pub mod observe;
 
 /// The compiled eBPF object (built by build.rs with aya-build).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sfc"));
+
+/// A test-only program (sfc-ebpf/src/test_probe.rs, built beside the steering program): a TC
+/// classifier that counts the packets it sees per ifindex and hands them on (`TCX_NEXT`). Not
+/// used by the daemon.
+#[doc(hidden)]
+pub static TEST_PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sfc-test-probe"));
