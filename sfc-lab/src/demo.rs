@@ -84,6 +84,44 @@ pub fn symmetric_chain() -> String {
         )
 }
 
+/// SF `sf`'s two veths (`sfN-in`/`eth-in`, `sfN-out`/`eth-out`), their host sides on the
+/// node's bridge, all up: as the demo builds them, or again after they were deleted.
+pub fn add_sf_links(lab: &Lab, sf: &str) -> Result<()> {
+    for (host, inside) in [("in", "eth-in"), ("out", "eth-out")] {
+        let host = format!("{sf}-{host}");
+        lab.veth("node", &host, sf, inside)?;
+        lab.sh("node", &format!("ip link set {host} master br0"))?;
+    }
+    Ok(())
+}
+
+/// SF `sf` (one of [`SFS`]) set up to route, on the veths [`add_sf_links`] made: addresses,
+/// forwarding, a route to the destination through its egress NIC and one back to the source
+/// through its ingress NIC.
+pub fn configure_sf(lab: &Lab, sf: &str) -> Result<()> {
+    let Some(n) = SFS.iter().position(|s| *s == sf).map(|i| i + 1) else {
+        bail!("no SF {sf} in the demo");
+    };
+    lab.sh(
+        sf,
+        &format!(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+               net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+               net.ipv4.conf.eth-in.rp_filter=0 net.ipv4.conf.eth-out.rp_filter=0 \
+               net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.send_redirects=0 && \
+             ip addr add 198.18.0.{n}1/24 dev eth-in && \
+             ip addr add 198.18.0.{n}2/32 dev eth-out && \
+             ip -6 addr add fd00:5fc::{n}1/64 dev eth-in nodad && \
+             ip -6 addr add fd00:5fc::{n}2/128 dev eth-out nodad && \
+             ip route add {DST_V4}/32 dev eth-out && \
+             ip -6 route add {DST_V6}/128 dev eth-out && \
+             ip route add {SRC_V4}/32 dev eth-in && \
+             ip -6 route add {SRC_V6}/128 dev eth-in"
+        ),
+    )?;
+    Ok(())
+}
+
 impl Demo {
     /// `sfcctl apply -f -` of `yaml`; panics with the daemon's log when it is refused.
     pub fn apply(&self, yaml: &str) {
@@ -107,14 +145,13 @@ impl Demo {
         lab.sh("node", "ip link add br0 type bridge && ip link set br0 up")?;
         lab.veth("node", "vm-src", "src", "eth0")?;
         lab.veth("node", "vm-dst", "dst", "eth0")?;
-        for sf in SFS {
-            lab.veth("node", &format!("{sf}-in"), sf, "eth-in")?;
-            lab.veth("node", &format!("{sf}-out"), sf, "eth-out")?;
-        }
         lab.sh(
             "node",
-            "for i in vm-src vm-dst sf1-in sf1-out sf2-in sf2-out sf3-in sf3-out; do ip link set $i master br0; done",
+            "ip link set vm-src master br0 && ip link set vm-dst master br0",
         )?;
+        for sf in SFS {
+            add_sf_links(&lab, sf)?;
+        }
         lab.sh(
             "src",
             &format!(
@@ -127,25 +164,8 @@ impl Demo {
                 "ip addr add {DST_V4}/24 dev eth0 && ip -6 addr add {DST_V6}/64 dev eth0 nodad"
             ),
         )?;
-        for (i, sf) in SFS.iter().enumerate() {
-            let n = i + 1;
-            lab.sh(
-                sf,
-                &format!(
-                    "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
-                       net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
-                       net.ipv4.conf.eth-in.rp_filter=0 net.ipv4.conf.eth-out.rp_filter=0 \
-                       net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.send_redirects=0 && \
-                     ip addr add 198.18.0.{n}1/24 dev eth-in && \
-                     ip addr add 198.18.0.{n}2/32 dev eth-out && \
-                     ip -6 addr add fd00:5fc::{n}1/64 dev eth-in nodad && \
-                     ip -6 addr add fd00:5fc::{n}2/128 dev eth-out nodad && \
-                     ip route add {DST_V4}/32 dev eth-out && \
-                     ip -6 route add {DST_V6}/128 dev eth-out && \
-                     ip route add {SRC_V4}/32 dev eth-in && \
-                     ip -6 route add {SRC_V6}/128 dev eth-in"
-                ),
-            )?;
+        for sf in SFS {
+            configure_sf(&lab, sf)?;
         }
         lab.spawn("dst", "python3 -m http.server 80 --bind ::")?;
         let demo = Demo { lab };

@@ -5,7 +5,9 @@
 //! is created in, or sent through, the root namespace: all addresses live inside the lab.
 
 use std::{
+    collections::BTreeMap,
     fs,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -13,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -275,6 +277,144 @@ impl Lab {
         Ok(path.to_string_lossy().into_owned())
     }
 
+    /// Runs `f` on a thread that has entered namespace `short` (setns moves only the calling
+    /// thread), so that the sockets, ifindexes and BPF attachments it makes belong there.
+    pub fn run_in<T: Send>(&self, short: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let path = format!("/run/netns/{}", self.ns(short));
+        thread::scope(|s| {
+            s.spawn(|| {
+                let ns = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns into {path}: {}", std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow!("a thread in namespace {short} panicked"))?
+        })
+    }
+
+    /// The ifindex of `iface` in namespace `short`.
+    pub fn ifindex(&self, short: &str, iface: &str) -> Result<u32> {
+        self.run_in(short, || ifindex_here(iface))
+    }
+
+    /// The MAC address of `iface` in namespace `short`.
+    pub fn mac(&self, short: &str, iface: &str) -> Result<[u8; 6]> {
+        let text = self.sh(short, &format!("cat /sys/class/net/{iface}/address"))?;
+        let bytes = text
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<std::result::Result<Vec<u8>, _>>()
+            .with_context(|| format!("MAC address of {iface}: {text:?}"))?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow!("MAC address of {iface}: {text:?}"))
+    }
+
+    /// One interface counter (`rx_packets`, `tx_packets`, ...) of each of `ifaces` in namespace
+    /// `short`, read at once.
+    pub fn link_counters(&self, short: &str, ifaces: &[&str], counter: &str) -> Result<Vec<u64>> {
+        let paths: Vec<String> = ifaces
+            .iter()
+            .map(|i| format!("/sys/class/net/{i}/statistics/{counter}"))
+            .collect();
+        let text = self.sh(short, &format!("cat {}", paths.join(" ")))?;
+        let values = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>())
+            .collect::<std::result::Result<Vec<u64>, _>>()?;
+        if values.len() != ifaces.len() {
+            bail!("{counter} of {ifaces:?} in {short}: {text:?}");
+        }
+        Ok(values)
+    }
+
+    /// Sends `frames` (whole Ethernet frames, headers included) out of `iface` of namespace
+    /// `short` through an AF_PACKET socket, at most `per_second` a second. The kernel adds
+    /// nothing but what the interface itself does (a VLAN interface adds its tag).
+    pub fn send_frames(
+        &self,
+        short: &str,
+        iface: &str,
+        frames: &[Vec<u8>],
+        per_second: u32,
+    ) -> Result<()> {
+        self.run_in(short, || {
+            let ifindex = ifindex_here(iface)?;
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: a descriptor just returned by socket(2), owned here alone.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let start = Instant::now();
+            for (i, frame) in frames.iter().enumerate() {
+                if frame.len() < 14 {
+                    bail!("frame {i} is shorter than an Ethernet header");
+                }
+                let due = start + Duration::from_secs_f64(i as f64 / per_second.max(1) as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                addr.sll_family = libc::AF_PACKET as u16;
+                // Network byte order, as the frame carries it.
+                addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
+                addr.sll_ifindex = ifindex as i32;
+                addr.sll_halen = 6;
+                addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+                // SAFETY: the buffer and the address are valid for the lengths given.
+                let sent = unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if sent != frame.len() as isize {
+                    bail!(
+                        "sending frame {i} out of {iface}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `sfcctl stats -o json`, as numbers: the datapath outcome counters and the packets sent
+    /// into each port pair and come back out of it.
+    pub fn stats(&self) -> Result<Stats> {
+        let text = self
+            .sfcctl(&["stats", "-o", "json"])
+            .map_err(|e| anyhow!(e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let counters = v["counters"]
+            .as_object()
+            .with_context(|| format!("no counters in {text}"))?
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+            .collect();
+        let pairs = v["pairs"]
+            .as_array()
+            .with_context(|| format!("no pairs in {text}"))?
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p["pair"].as_str()?.to_string(),
+                    (p["into_packets"].as_u64()?, p["from_packets"].as_u64()?),
+                ))
+            })
+            .collect();
+        Ok(Stats { counters, pairs })
+    }
+
     /// Network counters of namespace `short`: (IPv4 forwarded, IPv6 forwarded) datagrams.
     pub fn forwarded(&self, short: &str) -> Result<(u64, u64)> {
         let snmp = self.sh(short, "cat /proc/net/snmp")?;
@@ -295,6 +435,36 @@ impl Lab {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         Ok((v4, v6))
+    }
+}
+
+/// What `sfcctl stats` counted, as [`Lab::stats`] reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datapath outcomes by name (`steered`, `no_match`, ...).
+    pub counters: BTreeMap<String, u64>,
+    /// Per port pair: packets sent into the SF, packets that came back out.
+    pub pairs: BTreeMap<String, (u64, u64)>,
+}
+
+impl Stats {
+    /// An outcome counter; 0 for one this daemon does not have.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Packets sent into port pair `pair` (0 for one `stats` does not show).
+    pub fn into_pair(&self, pair: &str) -> u64 {
+        self.pairs.get(pair).map(|p| p.0).unwrap_or(0)
+    }
+}
+
+/// The ifindex of `iface` in the calling thread's namespace.
+pub fn ifindex_here(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => bail!("no interface {iface}"),
+        index => Ok(index),
     }
 }
 
