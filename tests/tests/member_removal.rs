@@ -1,0 +1,387 @@
+//! A removed member loses its flows (issue 11, items 4 and 5), tried as an operator would: a
+//! chain of one group of two SFs, two UDP flows of 1000 datagrams a second, flow A on member PP1
+//! and flow B on member PP2. PP1 leaves while both run: (a) removed from its group by `sfcctl
+//! apply`, (b) its interfaces deleted for 3 s and then re-created. Flow A must move to PP2 at
+//! once (few datagrams lost), flow B must stay on PP2 untouched, and what could not be
+//! delivered into a gone interface must be counted `target_down`, never `steered`.
+
+use std::{
+    fs,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sfc_lab::{
+    demo::{add_sf_links, configure_sf, Demo, DST_V4, SRC_V4},
+    frames,
+    lab::{script, wait_for, Stats},
+    yaml::doc,
+};
+
+const RATE: u64 = 1000;
+/// Datagrams per flow: 8 s at RATE.
+const COUNT: u64 = 8000;
+/// When PP1 leaves, after the flows started.
+const LEAVES_AFTER: Duration = Duration::from_millis(1500);
+/// How long PP1's interfaces stay deleted.
+const OUTAGE: Duration = Duration::from_secs(3);
+/// Datagrams of flow A that may be lost while it moves. At 1000 datagrams a second over a 3 s
+/// outage: 400 is 0.4 s of the flow (all of it was lost before the fix).
+const MAX_LOST_A: u64 = 400;
+/// Datagrams of flow B (on the member that stays) that may be lost: none expected.
+const MAX_LOST_B: u64 = 5;
+const PORT_A: u16 = 9000;
+const PORT_B: u16 = 9001;
+
+/// A chain of one group, PG1 = `pairs`, for UDP from the source to the destination's ports
+/// 9000 and 9001.
+fn chain(pairs: &str) -> String {
+    [
+        doc("PortPair", "PP1", "{ingress: sf1-in, egress: sf1-out}"),
+        doc("PortPair", "PP2", "{ingress: sf2-in, egress: sf2-out}"),
+        doc("PortPairGroup", "PG1", &format!("{{portPairs: [{pairs}]}}")),
+        doc(
+            "FlowClassifier",
+            "FC1",
+            &format!(
+                "{{logicalSourcePort: vm-src, protocol: udp, sourceIpPrefix: {SRC_V4}/32, \
+                 destinationIpPrefix: {DST_V4}/32, destinationPortRange: '9000:9001'}}"
+            ),
+        ),
+        doc(
+            "PortChain",
+            "PC1",
+            "{portPairGroups: [PG1], flowClassifiers: [FC1]}",
+        ),
+    ]
+    .concat()
+}
+
+/// Sends `count` datagrams from `sport` to `dport`, waiting until they are sent.
+fn send(demo: &Demo, dport: u16, sport: u16, count: u64) {
+    demo.lab
+        .sh(
+            "src",
+            &format!(
+                "python3 {} send {DST_V4} {dport} {count} 1000 {sport}",
+                script("udp_stream.py")
+            ),
+        )
+        .unwrap();
+}
+
+/// A source port whose flow to `dport` the group puts on `member`: a few datagrams from each
+/// candidate, and the member counters say where they went (the flow is pinned there now).
+fn flow_on(demo: &Demo, dport: u16, member: &str, first_sport: u16) -> u16 {
+    for sport in first_sport..first_sport + 16 {
+        let before = demo.lab.stats().unwrap();
+        send(demo, dport, sport, 5);
+        let into = wait_for(Duration::from_secs(2), || {
+            let now = demo.lab.stats().ok()?;
+            let d = |p: &str| now.into_pair(p) - before.into_pair(p);
+            (d("PP1") + d("PP2") == 5).then(|| (d("PP1"), d("PP2")))
+        })
+        .unwrap_or_else(|| panic!("5 datagrams from port {sport} did not all go into PG1"));
+        match into {
+            (5, 0) if member == "PP1" => return sport,
+            (0, 5) if member == "PP2" => return sport,
+            (5, 0) | (0, 5) => {}
+            split => panic!("one flow split over both members: {split:?}"),
+        }
+    }
+    panic!("none of 16 flows to port {dport} landed on {member}");
+}
+
+/// Datagrams of flow A that SF1 drops in test (a), on purpose.
+const DROPPED_BY_SF1: u64 = 5;
+
+/// Sends `DROPPED_BY_SF1` datagrams of flow A (from `sport` to port 9000) with a TTL of 1:
+/// steered into SF1 as the rest of the flow, where SF1, a router, drops them (time exceeded),
+/// as SFs drop packets. Such packets never leave the chain, so the datapath counts them in
+/// flight for good, and at an update the flow stays on the old generation for its lease.
+fn dropped_by_sf1(demo: &Demo, sport: u16) {
+    let lab = &demo.lab;
+    let ip = |t: &str| t.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let mut packet = frames::ipv4(
+        17,
+        ip(SRC_V4),
+        ip(DST_V4),
+        &[],
+        0,
+        &frames::udp(sport, PORT_A, &[0xff; 32]),
+    );
+    packet[8] = 1; // TTL
+    frames::ipv4_checksum(&mut packet);
+    let frame = frames::eth(
+        lab.mac("dst", "eth0").unwrap(),
+        lab.mac("src", "eth0").unwrap(),
+        0x0800,
+        &packet,
+    );
+    let before = lab.sh("sf1", "cat /proc/net/snmp").unwrap();
+    lab.send_frames("src", "eth0", &vec![frame; DROPPED_BY_SF1 as usize], 1000)
+        .unwrap();
+    // SF1 counts them as InHdrErrors (TTL exceeded): wait until it has seen all of them.
+    let errors = |snmp: &str| -> u64 {
+        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "InHdrErrors")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap()
+    };
+    let before = errors(&before);
+    wait_for(Duration::from_secs(2), || {
+        let now = errors(&lab.sh("sf1", "cat /proc/net/snmp").ok()?);
+        (now - before >= DROPPED_BY_SF1).then_some(())
+    })
+    .expect("SF1 did not drop the datagrams sent with a TTL of 1");
+}
+
+/// A flow that runs for the test: its sender, and its receiver's count file.
+struct Flow {
+    sender: Child,
+    count_file: std::path::PathBuf,
+}
+
+impl Flow {
+    fn start(demo: &mut Demo, dport: u16, sport: u16) -> Self {
+        let count_file = demo.lab.dir.join(format!("received-{dport}"));
+        // The receiver stops 4 s after the last datagram it got (longer than the outage).
+        demo.lab
+            .spawn(
+                "dst",
+                &format!(
+                    "python3 {} receive {dport} {} 4",
+                    script("udp_stream.py"),
+                    count_file.display()
+                ),
+            )
+            .unwrap();
+        thread::sleep(Duration::from_millis(300)); // the receiver binds its socket
+        let sender = demo
+            .lab
+            .cmd("src", "python3")
+            .args([
+                &script("udp_stream.py"),
+                "send",
+                DST_V4,
+                &dport.to_string(),
+                &COUNT.to_string(),
+                &RATE.to_string(),
+                &sport.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { sender, count_file }
+    }
+
+    /// Waits for the sender to finish and the receiver to count; the datagrams received.
+    fn received(mut self) -> u64 {
+        let limit = Instant::now() + Duration::from_secs(20);
+        while self.sender.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < limit, "the sender did not finish in 20 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+        wait_for(Duration::from_secs(10), || {
+            fs::read_to_string(&self.count_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("the receiver wrote no count within 10 s")
+    }
+}
+
+/// Runs a `sfcctl trace` of flow B (destination port 9001) while the test runs; its records.
+fn trace_flow_b(demo: &Demo, seconds: u64) -> std::thread::JoinHandle<Vec<Value>> {
+    let socket = demo.lab.socket();
+    let sfcctl = demo.lab.bin_dir.join("sfcctl");
+    let handle = thread::spawn(move || {
+        let out = std::process::Command::new(sfcctl)
+            .arg("--socket")
+            .arg(socket)
+            .args(["trace", "--dport", "9001", "-o", "json", "--duration"])
+            .arg(seconds.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    });
+    // The trace is installed once the daemon answered.
+    thread::sleep(Duration::from_millis(700));
+    handle
+}
+
+/// What one run measured.
+struct Outcome {
+    lost_a: u64,
+    lost_b: u64,
+    received: u64,
+    before: Stats,
+    after: Stats,
+    /// Datagrams SF1 forwarded from 500 ms after `leave` returned to the end.
+    sf1_late: u64,
+    trace_b: Vec<Value>,
+}
+
+impl Outcome {
+    fn counter(&self, name: &str) -> u64 {
+        self.after.counter(name) - self.before.counter(name)
+    }
+}
+
+/// Builds the lab, puts flow A on PP1 and flow B on PP2, runs both, and calls `leave` (PP1
+/// leaving; it gets flow A's source port) `LEAVES_AFTER` into them.
+fn run(tag: &str, leave: impl FnOnce(&Demo, u16)) -> Outcome {
+    let mut demo = Demo::build(tag).unwrap();
+    demo.apply(&chain("PP1, PP2"));
+    let sport_a = flow_on(&demo, PORT_A, "PP1", 41000);
+    let sport_b = flow_on(&demo, PORT_B, "PP2", 42000);
+    println!("flow A: {SRC_V4}:{sport_a} > {DST_V4}:{PORT_A} on PP1");
+    println!("flow B: {SRC_V4}:{sport_b} > {DST_V4}:{PORT_B} on PP2");
+    let trace = trace_flow_b(&demo, 12);
+    let before = demo.lab.stats().unwrap();
+    let a = Flow::start(&mut demo, PORT_A, sport_a);
+    let b = Flow::start(&mut demo, PORT_B, sport_b);
+    thread::sleep(LEAVES_AFTER);
+    leave(&demo, sport_a);
+    thread::sleep(Duration::from_millis(500));
+    let sf1_then = demo.lab.forwarded("sf1").unwrap().0;
+    let (received_a, received_b) = (a.received(), b.received());
+    let sf1_late = demo.lab.forwarded("sf1").unwrap().0 - sf1_then;
+    let after = demo.lab.stats().unwrap();
+    let trace_b = trace.join().unwrap();
+    let outcome = Outcome {
+        lost_a: COUNT - received_a,
+        lost_b: COUNT - received_b,
+        received: received_a + received_b,
+        before,
+        after,
+        sf1_late,
+        trace_b,
+    };
+    println!(
+        "lost: flow A {} of {COUNT}, flow B {} of {COUNT}; SF1 forwarded {} datagrams from \
+         500 ms after it left; counted: steered {}, target_down {}, redirect_failed {}, \
+         no_member {}; received {}",
+        outcome.lost_a,
+        outcome.lost_b,
+        outcome.sf1_late,
+        outcome.counter("steered"),
+        outcome.counter("target_down"),
+        outcome.counter("redirect_failed"),
+        outcome.counter("no_member"),
+        outcome.received
+    );
+    println!("{}", demo.lab.sfcctl(&["stats"]).unwrap());
+    outcome
+}
+
+/// Flow B stayed on PP2 and lost (almost) nothing; flow A moved with few losses.
+fn assert_only_flow_a_moved(o: &Outcome) {
+    assert!(
+        o.lost_a <= MAX_LOST_A,
+        "flow A lost {} of {COUNT} datagrams when its member left (at most {MAX_LOST_A}: it \
+         must move to the member that stays at once)",
+        o.lost_a
+    );
+    assert!(
+        o.lost_b <= MAX_LOST_B,
+        "flow B, on the member that stays, lost {} datagrams",
+        o.lost_b
+    );
+    let at_entry: Vec<&Value> = o
+        .trace_b
+        .iter()
+        .filter(|r| r["interface"] == "vm-src")
+        .collect();
+    assert!(
+        at_entry.len() as u64 >= COUNT * 9 / 10,
+        "the trace of flow B shows only {} of its {COUNT} datagrams",
+        at_entry.len()
+    );
+    for r in &at_entry {
+        assert!(
+            r["verdict"] == "steered" && r["target"] == "PP2",
+            "flow B left PP2: {r}"
+        );
+    }
+}
+
+#[test]
+fn a_member_removed_by_apply_loses_its_flows_at_once_and_the_other_keeps_its_own() {
+    let o = run("rmapply", |demo, sport_a| {
+        // SF1 has dropped a few of flow A's datagrams just before: the flow is held on the
+        // old generation for its lease after the update, which must not give it back its
+        // removed member.
+        dropped_by_sf1(demo, sport_a);
+        demo.apply(&chain("PP2"));
+    });
+    // PP1 is no longer in PG1: nothing of the chain may go through it, pinned or not.
+    assert!(
+        o.sf1_late <= 2,
+        "SF1 forwarded {} datagrams from 500 ms after it was removed from PG1 to the end: \
+         flow A kept its removed member",
+        o.sf1_late
+    );
+    assert_only_flow_a_moved(&o);
+    // Nothing was sent into a gone interface here: all that was steered arrived (but the
+    // datagrams SF1 dropped).
+    assert!(
+        o.counter("steered") <= o.received + DROPPED_BY_SF1 + 2,
+        "steered {} but received {}",
+        o.counter("steered"),
+        o.received
+    );
+}
+
+#[test]
+fn a_member_whose_interfaces_vanish_loses_its_flows_at_once_and_drops_are_target_down() {
+    let o = run("rmlink", |demo, _| {
+        // Both at once, as when the SF's VM or pod goes away.
+        demo.lab
+            .sh(
+                "node",
+                "printf 'link del sf1-in\\nlink del sf1-out\\n' | ip -batch -",
+            )
+            .unwrap();
+        thread::sleep(OUTAGE);
+        // Back, set up as before.
+        add_sf_links(&demo.lab, "sf1").unwrap();
+        configure_sf(&demo.lab, "sf1").unwrap();
+    });
+    assert_only_flow_a_moved(&o);
+    // A member that comes back takes no flow from the member that stayed.
+    assert!(
+        o.sf1_late <= 2,
+        "SF1 forwarded {} datagrams from 500 ms after it came back to the end: a flow left \
+         the member that stayed",
+        o.sf1_late
+    );
+    // The datagrams that could not go into SF1 were dropped and counted as such, not as sent
+    // into an SF: all that was counted `steered` arrived (but for the few inside SF1 when its
+    // interfaces went).
+    let lost = o.lost_a + o.lost_b;
+    assert!(
+        o.counter("steered") <= o.received + 20,
+        "counted steered {} but only {} arrived: datagrams into a gone interface were counted \
+         as sent into an SF",
+        o.counter("steered"),
+        o.received
+    );
+    assert!(
+        o.counter("target_down") <= lost && o.counter("target_down") + 20 >= lost,
+        "{lost} datagrams lost, {} counted target_down",
+        o.counter("target_down")
+    );
+}
