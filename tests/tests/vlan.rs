@@ -19,9 +19,10 @@ use sfc_lab::{
 
 const SPORT: u16 = 40000;
 const DPORT: u16 = 9000;
-/// The VLANs the one 5-tuple is sent on. If the VLAN hashed like an independent draw between
-/// the two members, all 16 on one member would have a probability of 2^-15 (3e-5); the
-/// inputs are fixed, so the outcome is the same on every run.
+/// The VLANs the one 5-tuple is sent on. The inputs are fixed, so the outcome is the same on
+/// every run: by the datapath's hash and the group's Maglev table, 5 of them go to PP1 and 11
+/// to PP2 (were the VLAN an independent draw between the two members, all 16 on one would have
+/// a probability of 2^-15, 3e-5).
 const VLANS: std::ops::RangeInclusive<u16> = 101..=116;
 /// Frames sent per VLAN.
 const FRAMES: u64 = 20;
@@ -54,13 +55,15 @@ fn ipv4(text: &str) -> [u8; 4] {
     text.parse::<std::net::Ipv4Addr>().unwrap().octets()
 }
 
-/// The member PG1's table gives the untagged flow (the same hash as the datapath's, over the
-/// default symmetric 5-tuple, and the same Maglev table as the agent's).
-fn member_of_untagged_flow() -> &'static str {
+/// The member PG1's table gives the test's 5-tuple on VLAN `vlan` (0: untagged): the hash the
+/// datapath computes, over the default symmetric 5-tuple and the VLAN, into the Maglev table
+/// the agent builds.
+fn expected_member(vlan: u16) -> &'static str {
     let word = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
     let hash = flow_hash(
         &HashInput {
             proto: PROTO_UDP,
+            vlan,
             sport: SPORT,
             dport: DPORT,
             src: word(ipv4(SRC_V4)),
@@ -126,7 +129,7 @@ fn one_five_tuple_on_several_vlans_is_several_flows_spread_over_the_members() {
     frames::ipv4_checksum(&mut packet);
     // First the flow untagged, where the member is known: the harness measures what it should.
     let untagged = member_for(&demo, &frames::eth(dst_mac, src_mac, 0x0800, &packet));
-    assert_eq!(untagged, member_of_untagged_flow(), "the untagged flow");
+    assert_eq!(untagged, expected_member(0), "the untagged flow");
     // Then the very same packet on each VLAN.
     let mut by_vlan: BTreeMap<u16, &str> = BTreeMap::new();
     for vid in VLANS {
@@ -146,4 +149,7 @@ fn one_five_tuple_on_several_vlans_is_several_flows_spread_over_the_members() {
         "all {n} VLANs went to one member ({on_pp1} on PP1): the VLAN is not part of the \
          flow key and member hash; by VLAN: {by_vlan:?}"
     );
+    // Each VLAN's flow went where the hash with its VLAN says: its own flow key, its own pin.
+    let expected: BTreeMap<u16, &str> = VLANS.map(|v| (v, expected_member(v))).collect();
+    assert_eq!(by_vlan, expected, "members by VLAN");
 }
