@@ -1,9 +1,11 @@
 //! A removed member loses its flows (issue 11, items 4 and 5), tried as an operator would: a
 //! chain of one group of two SFs, two UDP flows of 1000 datagrams a second, flow A on member PP1
 //! and flow B on member PP2. PP1 leaves while both run: (a) removed from its group by `sfcctl
-//! apply`, (b) its interfaces deleted for 3 s and then re-created. Flow A must move to PP2 at
-//! once (few datagrams lost), flow B must stay on PP2 untouched, and what could not be
-//! delivered into a gone interface must be counted `target_down`, never `steered`.
+//! apply`, just after SF1 dropped a few of flow A's datagrams (so that the update finds the flow
+//! with packets in flight, held on the old generation for its lease); (b) its interfaces
+//! deleted for 3 s and then re-created. Flow A must move to PP2 at once (few datagrams lost),
+//! flow B must stay on PP2 untouched, and what could not be delivered into a gone interface
+//! must be counted `target_down`, never `steered`.
 
 use std::{
     fs,
@@ -27,9 +29,11 @@ const COUNT: u64 = 8000;
 const LEAVES_AFTER: Duration = Duration::from_millis(1500);
 /// How long PP1's interfaces stay deleted.
 const OUTAGE: Duration = Duration::from_secs(3);
-/// Datagrams of flow A that may be lost while it moves. At 1000 datagrams a second over a 3 s
-/// outage: 400 is 0.4 s of the flow (all of it was lost before the fix).
-const MAX_LOST_A: u64 = 400;
+/// Datagrams of flow A that may be lost while it moves: 100 ms of the flow. Measured: none when
+/// PP1 is removed by apply, 5 to 8 when its interfaces vanish (the agent's reaction; 5 runs,
+/// with the machine's two cores busy); before the fix, 206 (until a second update 200 ms
+/// later dropped the pin the old generation had re-created) to all of the outage.
+const MAX_LOST_A: u64 = 100;
 /// Datagrams of flow B (on the member that stays) that may be lost: none expected.
 const MAX_LOST_B: u64 = 5;
 const PORT_A: u16 = 9000;
