@@ -684,6 +684,8 @@ enum Mutation {
     Value(f64, &'static str),
     /// `depth` open brackets (or block levels) at a point.
     Nest(f64, usize, bool),
+    /// A run of `count` copies of a character at a point: a value far past any limit.
+    Flood(f64, char, usize),
 }
 
 const PIECES: &[&str] = &[
@@ -750,6 +752,8 @@ const VALUES: &[&str] = &[
     "'it''s'",
     "\"\\ud800\"",
     "- a\n- b",
+    // Aliases that expand a billion times.
+    "[&a [x, x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d], &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e], [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]]",
 ];
 
 fn mutation() -> BoxedStrategy<Mutation> {
@@ -762,7 +766,9 @@ fn mutation() -> BoxedStrategy<Mutation> {
         2 => at.clone().prop_map(Mutation::DuplicateLine),
         1 => (at.clone(), at.clone()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
         4 => (at.clone(), select(VALUES)).prop_map(|(a, v)| Mutation::Value(a, v)),
-        1 => (at, 1..200usize, any::<bool>()).prop_map(|(a, d, flow)| Mutation::Nest(a, d, flow)),
+        1 => (at.clone(), 1..200usize, any::<bool>()).prop_map(|(a, d, flow)| Mutation::Nest(a, d, flow)),
+        1 => (at, select(vec!['a', '9', ' ', '[', '-', 'é']), 1..100_000usize)
+            .prop_map(|(a, c, n)| Mutation::Flood(a, c, n)),
     ]
     .boxed()
 }
@@ -833,6 +839,11 @@ fn apply(text: &str, mutation: &Mutation) -> String {
                     .collect()
             };
             format!("{}{nest}{}", &text[..at], &text[at..])
+        }
+        Mutation::Flood(f, c, count) => {
+            let at = boundary(text, *f);
+            let flood: String = std::iter::repeat_n(*c, *count).collect();
+            format!("{}{flood}{}", &text[..at], &text[at..])
         }
     }
 }
@@ -907,6 +918,16 @@ fn check_errors(errors: &ConfigErrors, files: &[&str]) -> Result<(), TestCaseErr
         prop_assert!(!e.message.trim().is_empty(), "no message: {line}");
         prop_assert!(line.len() <= LONGEST_ERROR, "{} bytes: {line}", line.len());
         prop_assert!(!line.contains("panicked"), "{line}");
+        // Words of the libraries underneath, not of the user's file.
+        for jargon in [
+            "untagged enum",
+            "Value::Tagged",
+            "expected struct",
+            " as u128",
+            " as i128",
+        ] {
+            prop_assert!(!line.contains(jargon), "{jargon:?} in: {line}");
+        }
         if e.file == APPLIED || !e.kind.is_empty() {
             prop_assert!(
                 !e.kind.is_empty() && !e.name.is_empty(),
