@@ -121,8 +121,26 @@ fn tamed(message: &str) -> String {
         rest = close.map_or("", |c| &rest[c + 1..]);
     }
     out.push_str(rest);
+    // A value may hold the quote itself (`a`b`): then the part after it reads as unquoted and
+    // escapes the cut above. Past what cut values and the library's own words take, the middle
+    // goes, keeping how the message starts and ends (what was wrong, and what is expected).
+    let chars = out.chars().count();
+    if chars > TAMED_CHARS {
+        let at = |n: usize| out.char_indices().nth(n).map_or(out.len(), |(i, _)| i);
+        let (head, tail) = (at(TAMED_CHARS / 2), at(chars - TAMED_CHARS / 3));
+        out = format!(
+            "{}… ({} bytes cut) …{}",
+            &out[..head],
+            tail - head,
+            &out[tail..]
+        );
+    }
     out
 }
+
+/// The longest a library's message is kept (see [`tamed`]): a few cut values and the list of
+/// what was expected fit.
+const TAMED_CHARS: usize = 8 * SHOWN_CHARS;
 
 /// The YAML parser's words for two problems of the input, in the user's terms: a number too
 /// large for any field (which it reports as a type it cannot hold, "integer `N` as u128,
@@ -530,6 +548,26 @@ mod tests {
             panic!("{object:?}");
         };
         assert_eq!(fc.ethertype, crate::model::Ethertype::IPv6);
+    }
+
+    #[test]
+    fn a_value_holding_the_quote_is_cut_all_the_same() {
+        // Found by the fuzzer: serde quotes a value between backticks, and a backtick inside it
+        // left the rest of a 9 KB value in the message uncut.
+        let value = format!("tcp_dst{}`{}", "-".repeat(7014), "-".repeat(1751));
+        let err = error_of(
+            "PortPairGroup",
+            &format!("{{portPairs: [a], lbFields: [{value}]}}"),
+        );
+        assert!(err.len() < 1024, "{} bytes: {err}", err.len());
+        assert!(
+            err.starts_with(
+                "f.yaml: PortPairGroup \"x\": spec.lbFields[0]: unknown variant `tcp_dst---"
+            ),
+            "{err}"
+        );
+        assert!(err.contains(" bytes cut) …"), "{err}");
+        assert!(err.ends_with("expected one of `eth_src`, `eth_dst`, `ip_src`, `ip_dst`, `tcp_src`, `tcp_dst`, `udp_src`, `udp_dst`"), "{err}");
     }
 
     #[test]
