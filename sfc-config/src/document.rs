@@ -121,7 +121,51 @@ fn tamed(message: &str) -> String {
         rest = close.map_or("", |c| &rest[c + 1..]);
     }
     out.push_str(rest);
+    // A value may hold the quote itself (`a`b`): then the part after it reads as unquoted and
+    // escapes the cut above. Past what cut values and the library's own words take, the middle
+    // goes, keeping how the message starts and ends (what was wrong, and what is expected).
+    let chars = out.chars().count();
+    if chars > TAMED_CHARS {
+        let at = |n: usize| out.char_indices().nth(n).map_or(out.len(), |(i, _)| i);
+        let (head, tail) = (at(TAMED_CHARS / 2), at(chars - TAMED_CHARS / 3));
+        out = format!(
+            "{}… ({} bytes cut) …{}",
+            &out[..head],
+            tail - head,
+            &out[tail..]
+        );
+    }
     out
+}
+
+/// The longest a library's message is kept (see [`tamed`]): a few cut values and the list of
+/// what was expected fit.
+const TAMED_CHARS: usize = 8 * SHOWN_CHARS;
+
+/// The YAML parser's words for two problems of the input, in the user's terms: a number too
+/// large for any field (which it reports as a type it cannot hold, "integer `N` as u128,
+/// expected any YAML value"), and aliases that expand too far ("repetition limit exceeded").
+fn plainer(message: &str) -> String {
+    const OPEN: &str = "invalid type: integer `";
+    let mut out = message.to_string();
+    if let Some(start) = out.find(OPEN) {
+        let digits = start + OPEN.len();
+        for width in ["u128", "i128"] {
+            let close = format!("` as {width}, expected any YAML value");
+            if let Some(end) = out[digits..].find(&close) {
+                let number = out[digits..digits + end].to_string();
+                out.replace_range(
+                    start..digits + end + close.len(),
+                    &format!("{number} is too large a number; no field takes more than 64 bits"),
+                );
+                break;
+            }
+        }
+    }
+    out.replace(
+        "repetition limit exceeded",
+        "aliases expand too far (repetition limit exceeded); write the values out",
+    )
 }
 
 /// A field path that may hold a user's key: cut like [`shown`] (unquoted: it names a place).
@@ -177,7 +221,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Sourced>, ConfigErrors> 
                     file,
                     index,
                     "",
-                    format!("invalid YAML: {}", tamed(&e.to_string())),
+                    format!("invalid YAML: {}", tamed(&plainer(&e.to_string()))),
                 ));
                 // The YAML stream cannot be resynchronised after a syntax error.
                 break;
@@ -466,6 +510,81 @@ mod tests {
                 "invalid type: string \"{}…\" (100 bytes), expected `x`",
                 "y".repeat(64)
             )
+        );
+    }
+
+    /// The error of a one-document file of `kind` with `spec`, as printed.
+    fn error_of(kind: &str, spec: &str) -> String {
+        let text = format!(
+            "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: x}}\nspec: {spec}\n"
+        );
+        parse_file("f.yaml", &text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_reported_in_the_users_terms() {
+        // Found by the fuzzer (tests/fuzz_yaml.rs): these named Rust types, serde_yaml_ng's
+        // `Value::Tagged` or a u128 instead of what to write.
+        let fc = "FlowClassifier";
+        let cases = [
+            (fc, "{protocol: 1.5, logicalSourcePort: p}", "f.yaml: FlowClassifier \"x\": spec.protocol: is not a protocol; use tcp, udp, icmp, icmpv6 or a number 0..255"),
+            (fc, "{protocol: tcp, destinationPortRange: [], logicalSourcePort: p}", "f.yaml: FlowClassifier \"x\": spec.destinationPortRange: is not a port range; use \"N\" or \"MIN:MAX\" with ports 1..65535"),
+            (fc, "{ethertype: 4, logicalSourcePort: p}", "f.yaml: FlowClassifier \"x\": spec.ethertype: invalid type: integer `4`, expected `IPv4` or `IPv6`"),
+            (fc, "{ethertype: IPX, logicalSourcePort: p}", "f.yaml: FlowClassifier \"x\": spec.ethertype: unknown variant `IPX`, expected `IPv4` or `IPv6`"),
+            (fc, "[1, 2]", "f.yaml: FlowClassifier \"x\": spec: invalid type: sequence, expected a mapping of FlowClassifier fields"),
+            (fc, "{unparsable: 1, logicalSourcePort: p}", "f.yaml: FlowClassifier \"x\": spec.unparsable: invalid type: integer `1`, expected `drop` or `pass`"),
+            ("PortPairGroup", "{portPairs: [a], lbFields: [1]}", "f.yaml: PortPairGroup \"x\": spec.lbFields[0]: invalid type: integer `1`, expected one of `eth_src`, `eth_dst`, `ip_src`, `ip_dst`, `tcp_src`, `tcp_dst`, `udp_src`, `udp_dst`"),
+            ("PortChain", "{portPairGroups: [g], chainParameters: {correlation: []}}", "f.yaml: PortChain \"x\": spec.chainParameters.correlation: invalid type: sequence, expected one of `none`, `mpls`, `nsh`"),
+            ("PortChain", "{portPairGroups: [g], chainParameters: true}", "f.yaml: PortChain \"x\": spec.chainParameters: invalid type: boolean `true`, expected a mapping of symmetric and correlation"),
+            ("PortPair", "{ingress: a, egress: b, weight: 99999999999999999999999}", "f.yaml: document 1: invalid YAML: spec.weight: 99999999999999999999999 is too large a number; no field takes more than 64 bits at line 4 column 39"),
+            ("PortPair", "{ingress: a, egress: b, weight: -99999999999999999999999}", "f.yaml: document 1: invalid YAML: spec.weight: -99999999999999999999999 is too large a number; no field takes more than 64 bits at line 4 column 39"),
+        ];
+        for (kind, spec, expected) in cases {
+            assert_eq!(error_of(kind, spec), expected);
+        }
+        // The names still read back as written.
+        let text = "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {name: x}\nspec: {ethertype: IPv6, protocol: 6, sourcePortRange: 80, logicalSourcePort: p}\n";
+        let object = &parse_file("f.yaml", text).unwrap()[0].object;
+        let Spec::FlowClassifier(fc) = &object.spec else {
+            panic!("{object:?}");
+        };
+        assert_eq!(fc.ethertype, crate::model::Ethertype::IPv6);
+    }
+
+    #[test]
+    fn a_value_holding_the_quote_is_cut_all_the_same() {
+        // Found by the fuzzer: serde quotes a value between backticks, and a backtick inside it
+        // left the rest of a 9 KB value in the message uncut.
+        let value = format!("tcp_dst{}`{}", "-".repeat(7014), "-".repeat(1751));
+        let err = error_of(
+            "PortPairGroup",
+            &format!("{{portPairs: [a], lbFields: [{value}]}}"),
+        );
+        assert!(err.len() < 1024, "{} bytes: {err}", err.len());
+        assert!(
+            err.starts_with(
+                "f.yaml: PortPairGroup \"x\": spec.lbFields[0]: unknown variant `tcp_dst---"
+            ),
+            "{err}"
+        );
+        assert!(err.contains(" bytes cut) …"), "{err}");
+        assert!(err.ends_with("expected one of `eth_src`, `eth_dst`, `ip_src`, `ip_dst`, `tcp_src`, `tcp_dst`, `udp_src`, `udp_dst`"), "{err}");
+    }
+
+    #[test]
+    fn aliases_that_expand_too_far_are_refused_in_the_users_terms() {
+        let mut value = "&a0 [x, x, x, x, x, x, x, x, x, x]".to_string();
+        for level in 1..7 {
+            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+            value = format!("[{value}, &a{level} [{refs}]]");
+        }
+        let err = error_of(
+            "PortPair",
+            &format!("{{ingress: a, egress: b, weight: {value}}}"),
+        );
+        assert_eq!(
+            err,
+            "f.yaml: document 1: invalid YAML: aliases expand too far (repetition limit exceeded); write the values out"
         );
     }
 

@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
-use serde::{Deserialize, Serialize};
+use serde::{
+    de::{self, Visitor},
+    Deserialize, Deserializer, Serialize,
+};
 
 pub const API_VERSION: &str = "sfc.dataplane.dev/v1alpha1";
 
@@ -70,7 +73,11 @@ fn is_false(b: &bool) -> bool {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of PortPair fields"
+)]
 pub struct PortPairSpec {
     pub ingress: String,
     pub egress: String,
@@ -84,7 +91,7 @@ pub struct PortPairSpec {
     pub weight: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbField {
     EthSrc,
@@ -95,6 +102,17 @@ pub enum LbField {
     TcpDst,
     UdpSrc,
     UdpDst,
+}
+
+impl<'de> Deserialize<'de> for LbField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use LbField::*;
+        const ALL: [LbField; 8] = [EthSrc, EthDst, IpSrc, IpDst, TcpSrc, TcpDst, UdpSrc, UdpDst];
+        const NAMES: [&str; 8] = [
+            "eth_src", "eth_dst", "ip_src", "ip_dst", "tcp_src", "tcp_dst", "udp_src", "udp_dst",
+        ];
+        by_name(d, &NAMES).map(|i| ALL[i])
+    }
 }
 
 impl LbField {
@@ -114,7 +132,11 @@ impl LbField {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of PortPairGroup fields"
+)]
 pub struct PortPairGroupSpec {
     pub port_pairs: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -123,16 +145,27 @@ pub struct PortPairGroupSpec {
     pub tap_enabled: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum Ethertype {
     #[default]
     IPv4,
     IPv6,
 }
 
-/// `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
+impl<'de> Deserialize<'de> for Ethertype {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const ALL: [Ethertype; 2] = [Ethertype::IPv4, Ethertype::IPv6];
+        by_name(d, &["IPv4", "IPv6"]).map(|i| ALL[i])
+    }
+}
+
+/// `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number. (`expecting` is the whole message
+/// when the value is neither: serde's own names the Rust type.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "is not a protocol; use tcp, udp, icmp, icmpv6 or a number 0..255"
+)]
 pub enum Protocol {
     Number(i64),
     Name(String),
@@ -140,14 +173,21 @@ pub enum Protocol {
 
 /// `"N"` or `"MIN:MAX"`; a bare integer is accepted too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "is not a port range; use \"N\" or \"MIN:MAX\" with ports 1..65535"
+)]
 pub enum PortRange {
     Number(i64),
     Text(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of FlowClassifier fields"
+)]
 pub struct FlowClassifierSpec {
     #[serde(default)]
     pub ethertype: Ethertype,
@@ -171,7 +211,7 @@ pub struct FlowClassifierSpec {
 }
 
 /// `FlowClassifier.spec.unparsable`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unparsable {
     /// Dropped and counted: whether it would have matched cannot be known, and passing it on
@@ -189,7 +229,14 @@ impl Unparsable {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+impl<'de> Deserialize<'de> for Unparsable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const ALL: [Unparsable; 2] = [Unparsable::Drop, Unparsable::Pass];
+        by_name(d, &["drop", "pass"]).map(|i| ALL[i])
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Correlation {
     #[default]
@@ -198,8 +245,52 @@ pub enum Correlation {
     Nsh,
 }
 
+impl<'de> Deserialize<'de> for Correlation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const ALL: [Correlation; 3] = [Correlation::None, Correlation::Mpls, Correlation::Nsh];
+        by_name(d, &["none", "mpls", "nsh"]).map(|i| ALL[i])
+    }
+}
+
+/// Reads a name-only enum written as one of `names` (their serialized names, in the order of
+/// the variants): the index of the one given. The derived deserializer reaches the YAML
+/// through `serde_yaml_ng::Value`, which reports a value of another type (a number, a list)
+/// as "expected a Value::Tagged enum"; asking for a string instead reports it against the
+/// names, as an unknown name is.
+fn by_name<'de, D: Deserializer<'de>>(
+    d: D,
+    names: &'static [&'static str],
+) -> Result<usize, D::Error> {
+    struct Names(&'static [&'static str]);
+
+    impl Visitor<'_> for Names {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            let quoted: Vec<String> = self.0.iter().map(|n| format!("`{n}`")).collect();
+            match quoted.as_slice() {
+                [a, b] => write!(f, "{a} or {b}"),
+                _ => write!(f, "one of {}", quoted.join(", ")),
+            }
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+            self.0
+                .iter()
+                .position(|n| *n == v)
+                .ok_or_else(|| E::unknown_variant(v, self.0))
+        }
+    }
+
+    d.deserialize_str(Names(names))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of symmetric and correlation"
+)]
 pub struct ChainParameters {
     #[serde(default)]
     pub symmetric: bool,
@@ -208,7 +299,11 @@ pub struct ChainParameters {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of PortChain fields"
+)]
 pub struct PortChainSpec {
     pub port_pair_groups: Vec<String>,
     #[serde(default)]
@@ -336,6 +431,33 @@ impl State {
             Kind::PortPairGroup => wrap(&self.port_pair_groups, Spec::PortPairGroup),
             Kind::FlowClassifier => wrap(&self.flow_classifiers, Spec::FlowClassifier),
             Kind::PortChain => wrap(&self.port_chains, Spec::PortChain),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names the hand-written deserializers read are those the derived serializers write.
+    #[test]
+    fn name_only_enums_read_back_what_they_write() {
+        use LbField::*;
+        for f in [EthSrc, EthDst, IpSrc, IpDst, TcpSrc, TcpDst, UdpSrc, UdpDst] {
+            let text = serde_json::to_string(&f).unwrap();
+            assert_eq!(serde_json::from_str::<LbField>(&text).unwrap(), f);
+        }
+        for e in [Ethertype::IPv4, Ethertype::IPv6] {
+            let text = serde_json::to_string(&e).unwrap();
+            assert_eq!(serde_json::from_str::<Ethertype>(&text).unwrap(), e);
+        }
+        for c in [Correlation::None, Correlation::Mpls, Correlation::Nsh] {
+            let text = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<Correlation>(&text).unwrap(), c);
+        }
+        for u in [Unparsable::Drop, Unparsable::Pass] {
+            let text = serde_json::to_string(&u).unwrap();
+            assert_eq!(serde_json::from_str::<Unparsable>(&text).unwrap(), u);
         }
     }
 }

@@ -84,8 +84,8 @@ pub fn group_tables(state: &State, origins: &Origins) -> Option<ConfigError> {
 /// Classification domains of logical ports are numbered below the groups' domains: at most
 /// `limit - 1` logical ports. Names the classifier (or chain) that brings in the first one too
 /// many.
-pub fn entry_ports(
-    ports: &BTreeMap<&String, u32>,
+pub fn entry_ports<P: AsRef<str>>(
+    ports: &BTreeMap<P, u32>,
     limit: u32,
     state: &State,
     origins: &Origins,
@@ -93,7 +93,7 @@ pub fn entry_ports(
     if ports.len() < limit as usize {
         return None;
     }
-    let ports: BTreeSet<&str> = ports.keys().map(|p| p.as_str()).collect();
+    let ports: BTreeSet<&str> = ports.keys().map(|p| p.as_ref()).collect();
     let uses: Vec<Use> = logical_port_uses(state, origins)
         .into_iter()
         .filter(|u| ports.contains(u.item))
@@ -914,7 +914,7 @@ mod tests {
             doc("PortPairGroup", "lonely", "{portPairs: [p8]}"),
             doc("PortPairGroup", "nowhere", "{portPairs: [unused]}"),
             doc("FlowClassifier", "f1", "{protocol: tcp, logicalSourcePort: vm1}"),
-            doc("FlowClassifier", "f2", "{protocol: udp, destinationPortRange: '53', logicalSourcePort: vm2, logicalDestinationPort: vm3}"),
+            doc("FlowClassifier", "f2", "{protocol: udp, destinationPortRange: '53', sourceIpPrefix: 10.1.0.0/16, destinationIpPrefix: 10.53.0.0/16, logicalSourcePort: vm2, logicalDestinationPort: vm3}"),
             doc("FlowClassifier", "f3", "{protocol: icmp, logicalSourcePort: vm4, logicalDestinationPort: vm5}"),
             doc("PortChain", "forward", "{portPairGroups: [plain, tap, shared], flowClassifiers: [f1, f3]}"),
             doc("PortChain", "both", "{portPairGroups: [sym, shared], flowClassifiers: [f2], chainParameters: {symmetric: true}}"),

@@ -13,14 +13,16 @@ use sfc_common::{
 pub mod capacity;
 mod incremental;
 pub mod maglev;
+pub mod place;
 
 pub use incremental::Compiled;
+use place::{reverse_place, stops, Place};
 
 use crate::{
     document::{ConfigError, ConfigErrors},
     model::{Kind, State, Unparsable},
     validate::{
-        classifier::{specificity, Match},
+        classifier::{probe_order, Match},
         mac, validate, Origins,
     },
 };
@@ -160,7 +162,7 @@ fn build(
     let domains = compiler.classifier_domains(&groups)?;
     let entries = compiler.entries(matches, &groups, &domains);
     let shapes = compiler.match_shapes(&entries, &domains);
-    compiler.classify(entries, &shapes);
+    compiler.classify(entries, &shapes, &domains);
     let roots = compiler.roots(&groups, &domains);
     compiler.attach(&roots, &shapes);
     let image = compiler.finish()?;
@@ -192,17 +194,49 @@ struct Groups<'s> {
 struct Domains<'s> {
     /// Logical ports where chains start (forward, or reverse for symmetric chains): from 1, in
     /// name order.
-    port: BTreeMap<&'s String, u32>,
+    port: BTreeMap<&'s str, u32>,
     /// Per group in `Groups::slot`, in the same order: the domain of what leaves its members'
     /// egress, and of what leaves their ingress in reverse.
-    group: BTreeMap<&'s String, GroupDomains>,
+    group: BTreeMap<&'s str, GroupDomains>,
+}
+
+impl Domains<'_> {
+    /// Where the packets of `domain` come from, as messages say it.
+    fn name(&self, domain: u32) -> String {
+        self.port
+            .iter()
+            .find(|(_, d)| **d == domain)
+            .map(|(p, _)| format!("entering at port {p}"))
+            .or_else(|| {
+                self.group.iter().find_map(|(g, d)| {
+                    if d.egress == domain {
+                        Some(format!("leaving group {g}"))
+                    } else if d.reverse == domain {
+                        Some(format!("leaving group {g} in reverse"))
+                    } else {
+                        None
+                    }
+                })
+            })
+            .unwrap_or_else(|| "at one port".into())
+    }
+
+    /// The domain of a place (see [`place::stops`]); every place of a valid state has one.
+    fn of(&self, place: Place) -> u32 {
+        match place {
+            Place::Port(p) => self.port[p],
+            Place::Egress(g) => self.group[g].egress,
+            Place::Ingress(g) => self.group[g].reverse,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
 struct GroupDomains {
     egress: u32,
     /// The egress domain itself where any member of the group uses one interface for both
-    /// sides: what comes out of that interface cannot be told apart by where it arrives.
+    /// sides ([`place::reverse_place`]): what comes out of that interface cannot be told apart
+    /// by where it arrives.
     reverse: u32,
 }
 
@@ -488,23 +522,20 @@ impl<'s> Compiler<'s> {
     /// reach the groups' domains.
     fn classifier_domains(&self, groups: &Groups<'s>) -> Result<Domains<'s>, ConfigErrors> {
         let state = self.state;
-        let logical_ports: BTreeSet<&String> = state
-            .port_chains
-            .values()
-            .flat_map(|c| {
-                c.flow_classifiers
-                    .iter()
-                    .filter_map(|fc| state.flow_classifiers.get(fc))
-                    .flat_map(|fc| {
-                        std::iter::once(&fc.logical_source_port).chain(
-                            fc.logical_destination_port
-                                .as_ref()
-                                .filter(|_| c.chain_parameters.symmetric),
-                        )
-                    })
-            })
-            .collect();
-        let port: BTreeMap<&String, u32> = logical_ports
+        let mut logical_ports: BTreeSet<&str> = BTreeSet::new();
+        for chain in state.port_chains.values() {
+            for fc in &chain.flow_classifiers {
+                let Some(spec) = state.flow_classifiers.get(fc) else {
+                    continue;
+                };
+                for stop in stops(state, chain, spec) {
+                    if let Place::Port(p) = stop.place {
+                        logical_ports.insert(p);
+                    }
+                }
+            }
+        }
+        let port: BTreeMap<&str, u32> = logical_ports
             .into_iter()
             .enumerate()
             .map(|(i, p)| (p, i as u32 + 1))
@@ -517,12 +548,11 @@ impl<'s> Compiler<'s> {
             .iter()
             .map(|(&g, &slot)| {
                 let egress = GROUP_DOMAIN_BASE + 2 * slot;
-                let shared = state.port_pair_groups[g]
-                    .port_pairs
-                    .iter()
-                    .any(|pp| state.port_pairs[pp].ingress == state.port_pairs[pp].egress);
-                let reverse = if shared { egress } else { egress + 1 };
-                (g, GroupDomains { egress, reverse })
+                let reverse = match reverse_place(state, g) {
+                    Place::Egress(_) => egress,
+                    _ => egress + 1,
+                };
+                (g.as_str(), GroupDomains { egress, reverse })
             })
             .collect();
         Ok(Domains { port, group })
@@ -681,40 +711,11 @@ impl<'s> Compiler<'s> {
         self.image.counters.len() as u32
     }
 
-    /// One direction of a classifier: where it enters (with `m`, entering at `entered_at`) and
-    /// after each of its hops, each with the verdict of that position; it ends at `end_port`.
-    fn direction_targets(
-        &mut self,
-        (chain, groups, domains, fc_name): (&ChainPlan<'s>, &Groups<'s>, &Domains<'s>, &String),
-        direction: Direction,
-        (m, entered_at, end_port): (&Match, u32, Option<&String>),
-        targets: &mut Vec<(Match, u32, Verdict)>,
-    ) {
-        let (hops, counters) = match direction {
-            Direction::Forward => (&chain.forward, &chain.forward_counters),
-            Direction::Reverse => (&chain.reverse, &chain.reverse_counters),
-        };
-        let entry_counter = if chain.per_classifier {
-            self.counter(chain, direction, 0, Some(fc_name))
-        } else {
-            counters[0]
-        };
-        let entry = self.verdict(chain, groups, direction, 0, end_port, entry_counter);
-        targets.push((m.clone(), entered_at, entry));
-        for (k, (g, _)) in hops.steps.iter().enumerate() {
-            let after = &domains.group[g];
-            let domain = match direction {
-                Direction::Forward => after.egress,
-                Direction::Reverse => after.reverse,
-            };
-            let verdict = self.verdict(chain, groups, direction, k + 1, end_port, counters[k + 1]);
-            targets.push((m.clone(), domain, verdict));
-        }
-    }
-
-    /// One classifier's entries. Forward: enter at the source port, then from each group's
-    /// egress to the next. Reverse (symmetric chains): enter at the destination port, cross
-    /// the same groups backwards through their egress, end at the source port.
+    /// One classifier's entries, at each of its [`stops`]: forward, entering at the source
+    /// port, then leaving each group's egress for the next; reverse (symmetric chains),
+    /// entering at the destination port, crossing the same groups backwards, ending at the
+    /// source port. Each with the verdict of its position, and the counter of it: the
+    /// classifier's own at the entry when counted per classifier.
     fn classifier_entries(
         &mut self,
         chain: &ChainPlan<'s>,
@@ -723,27 +724,38 @@ impl<'s> Compiler<'s> {
         groups: &Groups<'s>,
         domains: &Domains<'s>,
     ) -> Vec<Entry> {
-        let fc = &self.state.flow_classifiers[fc_name];
-        let ldp = fc.logical_destination_port.as_ref();
-        let mut targets = Vec::new();
-        let entered_at = domains.port[&fc.logical_source_port];
-        self.direction_targets(
-            (chain, groups, domains, fc_name),
-            Direction::Forward,
-            (forward, entered_at, ldp),
-            &mut targets,
-        );
-        if let (true, Some(ldp)) = (chain.symmetric, ldp) {
-            let lsp = Some(&fc.logical_source_port);
-            self.direction_targets(
-                (chain, groups, domains, fc_name),
-                Direction::Reverse,
-                (&forward.reversed(), domains.port[ldp], lsp),
-                &mut targets,
-            );
-        }
+        let state = self.state;
+        let fc = &state.flow_classifiers[fc_name];
+        let reversed = forward.reversed();
         let mut entries = Vec::new();
-        for (m, domain, mut verdict) in targets {
+        for stop in stops(state, &state.port_chains[chain.name], fc) {
+            let (m, end_port, counters) = match stop.direction {
+                Direction::Forward => (
+                    forward,
+                    fc.logical_destination_port.as_ref(),
+                    &chain.forward_counters,
+                ),
+                Direction::Reverse => (
+                    &reversed,
+                    Some(&fc.logical_source_port),
+                    &chain.reverse_counters,
+                ),
+            };
+            let counter = if stop.position == 0 && chain.per_classifier {
+                self.counter(chain, stop.direction, 0, Some(fc_name))
+            } else {
+                counters[stop.position]
+            };
+            let verdict = self.verdict(
+                chain,
+                groups,
+                stop.direction,
+                stop.position,
+                end_port,
+                counter,
+            );
+            let mut verdict = verdict;
+            let domain = domains.of(stop.place);
             let expanded = m.expand();
             if expanded.iter().all(|(mask, _)| mask.uses_ports == 0) {
                 verdict.flags |= FLAG_PORTLESS;
@@ -842,8 +854,9 @@ impl<'s> Compiler<'s> {
 
     // Stage 4: match shapes and the classify map.
 
-    /// Tuple space search probes each shape of a packet's domain in turn, most specific first
-    /// (the narrowest classifier of a chain wins), and the datapath probes at most
+    /// Tuple space search probes each shape of a packet's domain in turn and the first hit
+    /// wins: the shapes are sorted by [`probe_order`] (most specific first), which is the
+    /// precedence between overlapping classifiers of one chain. The datapath probes at most
     /// `MAX_TUPLES`: a domain with more is an error naming its place.
     fn match_shapes(&mut self, entries: &[Entry], domains: &Domains) -> Shapes {
         let mut shapes = Shapes::default();
@@ -865,7 +878,7 @@ impl<'s> Compiler<'s> {
             .pass_unparsable
             .retain(|d| !drop_unparsable.contains(d));
         for (domain, list) in shapes.masks.iter_mut() {
-            list.sort_by_key(|m| std::cmp::Reverse(specificity(m)));
+            list.sort_by_key(probe_order);
             if list.len() > MAX_TUPLES {
                 self.too_many_shapes(*domain, list, entries, domains);
             }
@@ -888,23 +901,7 @@ impl<'s> Compiler<'s> {
             .find(|e| e.domain == domain && !list[..MAX_TUPLES].contains(&e.mask))
             .map(|e| e.classifier.clone())
             .unwrap_or_default();
-        let place = domains
-            .port
-            .iter()
-            .find(|(_, d)| **d == domain)
-            .map(|(p, _)| format!("entering at port {p}"))
-            .or_else(|| {
-                domains.group.iter().find_map(|(g, d)| {
-                    if d.egress == domain {
-                        Some(format!("leaving group {g}"))
-                    } else if d.reverse == domain {
-                        Some(format!("leaving group {g} in reverse"))
-                    } else {
-                        None
-                    }
-                })
-            })
-            .unwrap_or_else(|| "at one port".into());
+        let place = domains.name(domain);
         self.error(
             Kind::FlowClassifier,
             &culprit,
@@ -917,11 +914,31 @@ impl<'s> Compiler<'s> {
     }
 
     /// The classify map: each entry keyed by its domain and the index of its shape there.
-    /// Identical entries merge; the same key leading two ways is an error, as is passing the
-    /// map's capacity (named at the classifier where it is passed).
-    fn classify(&mut self, entries: Vec<Entry>, shapes: &Shapes) {
+    /// Identical entries merge. Two classifiers of one chain going the same way can give the
+    /// same key (the same shape, and the same bits under it: their matches overlap there)
+    /// with different verdicts: each counts its own hits at the entry, and after the last hop
+    /// each ends at its own port. Then the one listed first in the chain keeps the key, in
+    /// every place alike (the entries come in that order): the tie-break of [`probe_order`].
+    /// Validation has made sure that this sends no packet elsewhere than where it entered
+    /// for (classifiers entering at different ports and ending at different ones must not
+    /// overlap). Keys of different chains, or of the two directions of one, are refused by
+    /// validation (the overlap stage, over the same places); should one get here all the same,
+    /// it is an error, never a key silently overwritten. So is passing the map's capacity
+    /// (named at the classifier where it is passed).
+    fn classify(&mut self, entries: Vec<Entry>, shapes: &Shapes, domains: &Domains) {
         let mut owner: BTreeMap<ClassKey, String> = BTreeMap::new();
         let mut overflow_at: Option<String> = None;
+        let mut clashes: BTreeSet<(String, String, u32)> = BTreeSet::new();
+        let chain_of: BTreeMap<&str, &str> = self
+            .state
+            .port_chains
+            .iter()
+            .flat_map(|(c, pc)| {
+                pc.flow_classifiers
+                    .iter()
+                    .map(move |f| (f.as_str(), c.as_str()))
+            })
+            .collect();
         for e in entries {
             let list = &shapes.masks[&e.domain];
             let Some(index) = list.iter().position(|m| *m == e.mask) else {
@@ -936,16 +953,23 @@ impl<'s> Compiler<'s> {
                 ..e.key
             };
             match self.image.classify.get(&key) {
-                Some(existing) if *existing != e.verdict => {
+                Some(existing) if *existing == e.verdict => {}
+                Some(existing) => {
                     let other = owner.get(&key).cloned().unwrap_or_default();
-                    self.error(
-                        Kind::FlowClassifier,
-                        &e.classifier,
-                        "spec",
-                        format!("matches exactly the same packets as FlowClassifier {other:?} but leads elsewhere; remove one of them"),
-                    );
+                    let same_way = chain_of.get(other.as_str())
+                        == chain_of.get(e.classifier.as_str())
+                        && (existing.flags ^ e.verdict.flags) & FLAG_REVERSE == 0;
+                    if same_way {
+                        // The first listed keeps it (see above).
+                        continue;
+                    }
+                    if !clashes.insert((e.classifier.clone(), other.clone(), e.domain)) {
+                        continue;
+                    }
+                    let place = domains.name(e.domain);
+                    let message = format!("matches packets that FlowClassifier {other:?} matches too, {place}, and the two send them different ways; the datapath cannot tell there which way a packet goes: make them disjoint");
+                    self.error(Kind::FlowClassifier, &e.classifier, "spec", message);
                 }
-                Some(_) => {}
                 None => {
                     self.image.classify.insert(key, e.verdict);
                     if self.image.classify.len() == capacity::CLASSIFY_PER_GEN + 1 {
@@ -974,14 +998,14 @@ impl<'s> Compiler<'s> {
         let mut roots: Roots = domains
             .port
             .iter()
-            .map(|(p, d)| ((*p).clone(), *d))
+            .map(|(p, d)| (p.to_string(), *d))
             .collect();
         for g in groups.slot.keys() {
             for pp in &state.port_pair_groups[*g].port_pairs {
                 let pp = &state.port_pairs[pp];
-                roots.push((pp.egress.clone(), domains.group[g].egress));
+                roots.push((pp.egress.clone(), domains.of(Place::Egress(g))));
                 if groups.reverse.contains(g) {
-                    roots.push((pp.ingress.clone(), domains.group[g].reverse));
+                    roots.push((pp.ingress.clone(), domains.of(reverse_place(state, g))));
                 }
             }
         }
@@ -1048,6 +1072,7 @@ mod tests {
     use super::*;
     use crate::model::FlowClassifierSpec;
     use crate::testing::{chain, group, pair, tap};
+    use crate::validate::classifier::normalize;
 
     /// A classifier written as a YAML flow mapping, e.g. `{protocol: tcp, logicalSourcePort: p}`.
     pub(super) fn classifier(state: &mut State, name: &str, yaml: &str) {
@@ -1291,7 +1316,7 @@ mod tests {
         classifier(
             &mut s,
             "s1",
-            "{logicalSourcePort: lp-b, logicalDestinationPort: lp-c}",
+            "{sourceIpPrefix: 10.1.0.0/16, destinationIpPrefix: 10.2.0.0/16, logicalSourcePort: lp-b, logicalDestinationPort: lp-c}",
         );
         classifier(
             &mut s,
@@ -1311,14 +1336,14 @@ mod tests {
         let domains = c.classifier_domains(&groups).expect("ports fit");
 
         // Logical ports from 1 in name order; a one-way chain's destination is none.
-        let ports: Vec<(&str, u32)> = domains.port.iter().map(|(p, d)| (p.as_str(), *d)).collect();
+        let ports: Vec<(&str, u32)> = domains.port.iter().map(|(p, d)| (*p, *d)).collect();
         assert_eq!(ports, [("lp-a", 1), ("lp-b", 2), ("lp-c", 3)]);
         // Two domains per table slot; one for both sides of a group where a member uses one
         // interface for both.
         let group: Vec<(&str, u32, u32)> = domains
             .group
             .iter()
-            .map(|(g, d)| (g.as_str(), d.egress, d.reverse))
+            .map(|(g, d)| (*g, d.egress, d.reverse))
             .collect();
         assert_eq!(
             group,
@@ -1575,14 +1600,14 @@ mod tests {
         s: &'s State,
         i: &'s Interfaces,
         origins: &'s Origins,
-    ) -> (Compiler<'s>, Vec<Entry>, Shapes) {
+    ) -> (Compiler<'s>, Vec<Entry>, Shapes, Domains<'s>) {
         let matches = matches(s);
         let mut c = Compiler::new(s, i, origins);
         let groups = c.group_tables().unwrap();
         let domains = c.classifier_domains(&groups).unwrap();
         let entries = c.entries(&matches, &groups, &domains);
         let shapes = c.match_shapes(&entries, &domains);
-        (c, entries, shapes)
+        (c, entries, shapes, domains)
     }
 
     #[test]
@@ -1606,7 +1631,7 @@ mod tests {
         chain(&mut s, "c", &["g"], &fcs.map(|(n, _)| n), false);
         let interfaces = Interfaces::default();
         let origins = Origins::new();
-        let (mut c, entries, shapes) = through_shapes(&s, &interfaces, &origins);
+        let (mut c, entries, shapes, domains) = through_shapes(&s, &interfaces, &origins);
         let matches = matches(&s);
         let mask = |name: &str| matches[name].expand()[0].0;
         let expected = vec![mask("p32"), mask("p24tcp"), mask("p16"), mask("udp")];
@@ -1617,7 +1642,7 @@ mod tests {
         assert!(c.errors.is_empty());
 
         // Each key names its shape by its index in its domain's list.
-        c.classify(entries, &shapes);
+        c.classify(entries, &shapes, &domains);
         assert_eq!(c.image.classify.len(), 8);
         for (tuple, name) in ["p32", "p24tcp", "p16", "udp"].iter().enumerate() {
             for domain in [src, g] {
@@ -1650,7 +1675,7 @@ mod tests {
         chain(&mut s, "c", &["g"], &refs, true);
         let interfaces = Interfaces::default();
         let origins = Origins::new();
-        let (mut c, entries, shapes) = through_shapes(&s, &interfaces, &origins);
+        let (mut c, entries, shapes, domains) = through_shapes(&s, &interfaces, &origins);
         // The /16 is the least specific: past the limit, so its classifier is named.
         let line = |place: &str| {
             format!("(applied state): FlowClassifier \"fc16\": spec: the classifiers {place} need 17 distinct match shapes (prefix lengths and port-range blocks); at most 16 are supported: use fewer distinct prefix lengths or port ranges that are powers of two")
@@ -1666,7 +1691,7 @@ mod tests {
         );
         assert!(shapes.masks.values().all(|list| list.len() == 17));
         // Entries of shapes past the limit are left out of the map.
-        c.classify(entries, &shapes);
+        c.classify(entries, &shapes, &domains);
         assert_eq!(c.image.classify.len(), 4 * 16);
         assert!(c
             .image
@@ -1676,26 +1701,161 @@ mod tests {
     }
 
     #[test]
-    fn the_same_key_leading_two_ways_is_refused() {
-        // Identical classifiers of one chain: each counts its own hits at the entry, so their
-        // entry verdicts differ; past the entry they are the same and merge.
+    fn identical_classifiers_of_one_chain_leave_their_packets_to_the_first_listed() {
+        // Each counts its own hits at the entry, so their entry verdicts differ in the counter
+        // alone: the first listed keeps the key. Past the entry they are the same and merge.
         let mut s = State::default();
         pair(&mut s, "pp", "in", "out");
         group(&mut s, "g", &["pp"]);
         classifier(&mut s, "a", "{protocol: tcp, logicalSourcePort: src}");
         classifier(&mut s, "b", "{protocol: tcp, logicalSourcePort: src}");
-        chain(&mut s, "c", &["g"], &["a", "b"], false);
+        chain(&mut s, "c", &["g"], &["b", "a"], false);
         let interfaces = Interfaces::default();
         let origins = Origins::new();
-        let (mut c, entries, shapes) = through_shapes(&s, &interfaces, &origins);
-        c.classify(entries, &shapes);
+        let (mut c, entries, shapes, domains) = through_shapes(&s, &interfaces, &origins);
+        c.classify(entries, &shapes, &domains);
+        assert!(c.errors.is_empty(), "{:?}", messages(&c.errors));
+        let counters: Vec<u32> = c.image.classify.values().map(|v| v.counter).collect();
+        // b's entry (listed first: its own counter 2), and after the hop (the chain's 1).
+        assert_eq!(counters, [2, 1]);
+        assert_eq!(c.image.counters[1].classifier.as_deref(), Some("b"));
+    }
+
+    /// What the datapath finds for an IPv4 packet arriving at interface `ifindex` (as its
+    /// `classify` does): the interface's shapes probed in order, the first hit wins.
+    fn probe(
+        image: &Image,
+        ifindex: u32,
+        (proto, src, dst, sport, dport): (u8, [u8; 4], [u8; 4], u16, u16),
+    ) -> Option<Verdict> {
+        let port = &image.ports[&ifindex];
+        let word = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
+        let (src, dst) = (word(src), word(dst));
+        let and = |a: [u32; 4], m: [u32; 4]| [a[0] & m[0], a[1] & m[1], a[2] & m[2], a[3] & m[3]];
+        port.tuples[..port.n_tuples as usize]
+            .iter()
+            .enumerate()
+            .filter(|(_, mask)| mask.family == sfc_common::FAMILY_V4)
+            .find_map(|(i, mask)| {
+                let key = ClassKey {
+                    gen: 0,
+                    tuple: i as u8,
+                    family: sfc_common::FAMILY_V4,
+                    proto: proto & mask.proto,
+                    domain: port.domain,
+                    sport: sport & mask.sport,
+                    dport: dport & mask.dport,
+                    src: and(src, mask.src),
+                    dst: and(dst, mask.dst),
+                };
+                image.classify.get(&key).copied()
+            })
+    }
+
+    #[test]
+    fn where_classifiers_of_one_chain_overlap_the_most_specific_takes_the_packet_everywhere() {
+        // One chain entering at src; each classifier ends at its own port, so that what the
+        // datapath decides after the hop (leaving out) names the winner too.
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "pp", "in", "out");
+        group(&mut s, "g", &["pp"]);
+        let fcs = [
+            ("wide", "destinationIpPrefix: 10.0.0.0/8", 11),
+            (
+                "narrow",
+                "protocol: tcp, destinationIpPrefix: 10.1.0.0/16",
+                12,
+            ),
+            (
+                "range",
+                "protocol: tcp, destinationPortRange: '1000:1999'",
+                13,
+            ),
+            // Listed first, yet equally specific: destination bits count before source bits.
+            ("src24", "sourceIpPrefix: 192.168.1.0/24", 14),
+            ("dst24", "destinationIpPrefix: 10.3.0.0/24", 15),
+            // The same shape and key for ports 2 and 3: the one listed first keeps them.
+            ("first", "protocol: udp, destinationPortRange: '2:3'", 16),
+            ("second", "protocol: udp, destinationPortRange: '2:4'", 17),
+        ];
+        for (name, fields, end) in fcs {
+            let d = format!("d{end}");
+            classifier(
+                &mut s,
+                name,
+                &format!("{{{fields}, logicalSourcePort: src, logicalDestinationPort: {d}}}"),
+            );
+            veth(&mut i, &d, end);
+        }
+        chain(&mut s, "c", &["g"], &fcs.map(|(n, _, _)| n), false);
+        for (name, index) in [("src", 1), ("in", 2), ("out", 3)] {
+            veth(&mut i, name, index);
+        }
+        let image = compile(&s, &i, &Origins::new()).unwrap();
+        let winner = |packet| {
+            let entry = probe(&image, 1, packet).expect("a hit at the entry");
+            let label = &image.counters[entry.counter as usize - 1];
+            let after = probe(&image, 3, packet).expect("a hit after the hop");
+            let end = fcs
+                .iter()
+                .find(|f| f.2 == after.deliver_ifindex)
+                .map(|f| f.0);
+            // Counted and delivered as the same classifier.
+            assert_eq!(label.classifier.as_deref(), end, "{packet:?}");
+            end.unwrap()
+        };
+        let tcp = |src: [u8; 4], dst: [u8; 4], dport| (PROTO_TCP_NUM, src, dst, 40000, dport);
+        let udp = |dport| (17, [1, 1, 1, 1], [2, 2, 2, 2], 40000, dport);
+        // /16 and tcp (24 bits) over /8 (8 bits) over 1000:1999 at 1500 (tcp and the 7 bits of
+        // the block 1024:1535: 15 bits)...
+        assert_eq!(winner(tcp([1, 1, 1, 1], [10, 1, 2, 3], 1500)), "narrow");
+        assert_eq!(winner(tcp([1, 1, 1, 1], [10, 2, 2, 3], 1500)), "range");
+        assert_eq!(winner(tcp([1, 1, 1, 1], [10, 2, 2, 3], 80)), "wide");
+        // ... but at 1000 the block is 1000:1007 (13 bits), so tcp and it (21) beat the /8.
+        assert_eq!(winner(tcp([1, 1, 1, 1], [10, 2, 2, 3], 1000)), "range");
+        assert_eq!(winner(tcp([192, 168, 1, 9], [10, 3, 0, 9], 80)), "dst24");
+        assert_eq!(winner(tcp([192, 168, 1, 9], [9, 9, 9, 9], 80)), "src24");
+        assert_eq!(winner(udp(2)), "first");
+        assert_eq!(winner(udp(3)), "first");
+        assert_eq!(winner(udp(4)), "second");
+    }
+
+    const PROTO_TCP_NUM: u8 = 6;
+
+    #[test]
+    fn one_key_leading_two_ways_is_refused_even_past_validation() {
+        // Validation refuses this state (a symmetric chain through a member with one interface
+        // for both sides, whose classifier matches its own reverse: tcp reversed is tcp); the
+        // map must still never hold one key for two verdicts, so the stages are run on it
+        // directly.
+        let mut s = State::default();
+        pair(&mut s, "pp", "sh", "sh");
+        group(&mut s, "g", &["pp"]);
+        classifier(
+            &mut s,
+            "a",
+            "{protocol: tcp, logicalSourcePort: s1, logicalDestinationPort: d1}",
+        );
+        chain(&mut s, "c", &["g"], &["a"], true);
+        assert!(validate(&s, &Origins::new()).is_err());
+        let matches: BTreeMap<String, Match> = s
+            .flow_classifiers
+            .iter()
+            .map(|(name, fc)| (name.clone(), normalize(fc).unwrap()))
+            .collect();
+        let interfaces = Interfaces::default();
+        let origins = Origins::new();
+        let mut c = Compiler::new(&s, &interfaces, &origins);
+        let groups = c.group_tables().unwrap();
+        let domains = c.classifier_domains(&groups).unwrap();
+        let entries = c.entries(&matches, &groups, &domains);
+        let shapes = c.match_shapes(&entries, &domains);
+        c.classify(entries, &shapes, &domains);
         assert_eq!(
             messages(&c.errors),
-            ["(applied state): FlowClassifier \"b\": spec: matches exactly the same packets as FlowClassifier \"a\" but leads elsewhere; remove one of them"]
+            ["(applied state): FlowClassifier \"a\": spec: matches packets that FlowClassifier \"a\" matches too, leaving group g, and the two send them different ways; the datapath cannot tell there which way a packet goes: make them disjoint"]
         );
-        let counters: Vec<u32> = c.image.classify.values().map(|v| v.counter).collect();
-        // a's entry (its own counter 2), and after the hop (the chain's counter 1).
-        assert_eq!(counters, [2, 1]);
     }
 
     /// Unparsable traffic may pass a port only if every classifier there says so; a port with
@@ -1811,7 +1971,7 @@ mod tests {
         let domains = c.classifier_domains(&groups).unwrap();
         let entries = c.entries(&matches, &groups, &domains);
         let shapes = c.match_shapes(&entries, &domains);
-        c.classify(entries, &shapes);
+        c.classify(entries, &shapes, &domains);
         let notes_before = c.image.notes.len();
         let roots = c.roots(&groups, &domains);
         c.attach(&roots, &shapes);

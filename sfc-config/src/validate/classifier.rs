@@ -350,15 +350,31 @@ fn blocks(range: Option<(u16, u16)>) -> Vec<(u16, u16)> {
     out
 }
 
-/// How specific a mask is: probed most specific first, so the narrowest classifier of a chain
-/// wins where classifiers of one chain overlap.
-pub fn specificity(mask: &TupleMask) -> u32 {
+/// The order in which the datapath probes a domain's shapes (masks): the first hit wins, so
+/// this is the precedence between classifiers of one chain that match the same packet in one
+/// place (those of different chains never do: validation refuses it). Most specific first: the
+/// shape that fixes more bits of the packet (prefix lengths, the bits of the port-range block,
+/// 8 for a protocol); on equal counts, more destination prefix bits first, then source prefix,
+/// destination port and source port bits. The key depends on the shape alone, never on the
+/// other shapes of the domain, so a packet matching two classifiers of a chain is taken by the
+/// same one wherever it is classified (at its entry and after each hop). Distinct shapes of
+/// one family never have equal keys; the same shape and key from two classifiers is one map
+/// entry, which the classifier listed first in the chain keeps (see the compiler's
+/// `classify`).
+pub fn probe_order(mask: &TupleMask) -> impl Ord {
+    use std::cmp::Reverse;
     let bits = |w: &[u32; 4]| w.iter().map(|x| x.count_ones()).sum::<u32>();
-    bits(&mask.src)
-        + bits(&mask.dst)
-        + mask.sport.count_ones()
-        + mask.dport.count_ones()
-        + u32::from(mask.proto != 0)
+    let (dst, src) = (bits(&mask.dst), bits(&mask.src));
+    let (dport, sport) = (mask.dport.count_ones(), mask.sport.count_ones());
+    let proto = mask.proto.count_ones();
+    (
+        Reverse(dst + src + dport + sport + proto),
+        Reverse(dst),
+        Reverse(src),
+        Reverse(dport),
+        Reverse(sport),
+        mask.family,
+    )
 }
 
 #[cfg(test)]

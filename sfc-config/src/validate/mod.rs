@@ -14,6 +14,10 @@ pub mod nesting;
 pub mod overlap;
 
 use crate::{
+    compile::{
+        place::{stops, Place},
+        Direction,
+    },
     document::{shown, ConfigError, ConfigErrors},
     model::{Correlation, Kind, PortChainSpec, State},
 };
@@ -612,157 +616,321 @@ fn taps(r: &mut Report, name: &str, pc: &PortChainSpec) {
     }
 }
 
-/// Stage 5, overlaps between chains: classifiers of different chains must not match the same
-/// packets where they meet, at the same entry (networking-sfc's rule) or, for chains that
-/// share a group, anywhere (a packet leaving the shared SF must belong to one chain). Each
-/// conflict is reported on the side (classifier and chain) applied last: on its classifier,
-/// or on its chain when only the chain is being applied (it brought an applied classifier in).
+/// Stage 5, overlaps: the datapath keeps no per-packet chain state, it classifies a packet
+/// again in each place it arrives (the places of [`stops`], one classification domain each,
+/// as the compiler lays them out), so classifiers that match the same packet in one place
+/// must agree on what to do with it there. Between chains ([`between_chains`]): never. Within
+/// one chain ([`within_a_chain`]): the most specific takes the packet (the compiler's
+/// precedence, the same in every place), which is only wrong where they send it different
+/// ways.
 fn overlaps(r: &mut Report, matches: &BTreeMap<String, Match>, fc_chain: &BTreeMap<&str, &str>) {
-    for conflict in conflicts(r.state, matches, fc_chain) {
-        let Conflict { a, ca, b, cb, .. } = conflict;
-        let side = |fc: &str, chain: &str| {
-            r.rank(Kind::FlowClassifier, fc)
-                .max(r.rank(Kind::PortChain, chain))
+    let (between, within) = conflicts(r.state, matches, fc_chain);
+    for conflict in between {
+        between_chains(r, conflict);
+    }
+    for conflict in within {
+        within_a_chain(r, conflict);
+    }
+}
+
+/// Classifiers of different chains must not match the same packets where they meet: where
+/// they enter (at the same `logicalSourcePort`, networking-sfc's rule, whatever their
+/// `logicalDestinationPort`; a symmetric chain's reverse traffic enters at its classifiers'
+/// `logicalDestinationPort`) and, for chains that share a group, as they leave it (a packet
+/// leaving the shared SF must belong to one chain). Reported on the side (classifier and
+/// chain) applied last: on its classifier, or on its chain when only the chain is being
+/// applied (it brought an applied classifier in).
+fn between_chains(r: &mut Report, conflict: Conflict) {
+    let Conflict { a, ca, b, cb, at } = conflict;
+    let side = |fc: &str, chain: &str| {
+        r.rank(Kind::FlowClassifier, fc)
+            .max(r.rank(Kind::PortChain, chain))
+    };
+    // (x, cx, dx) is blamed, (y, cy, dy) named; b's side unless a's came last.
+    let ((x, cx, dx), (y, cy, dy)) = if side(a, ca) > side(b, cb) {
+        ((a, ca, at.da), (b, cb, at.db))
+    } else {
+        ((b, cb, at.db), (a, ca, at.da))
+    };
+    let by_chain =
+        r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, cx).is_some();
+    let about = if by_chain {
+        (Kind::PortChain, cx)
+    } else {
+        (Kind::FlowClassifier, x)
+    };
+    let other = r.other((Kind::FlowClassifier, y), about);
+    let what = format!(
+        "{}overlaps {}{other} of PortChain {}",
+        reversed(dx),
+        the_reverse_of(dy),
+        shown(cy)
+    );
+    let message = match at.place {
+        Place::Port(port) => {
+            let reverse = if dx == Direction::Reverse || dy == Direction::Reverse {
+                ", and a symmetric chain's reverse traffic enters at its classifiers' logicalDestinationPort"
+            } else {
+                ""
+            };
+            let this = if by_chain {
+                String::new()
+            } else {
+                format!(" (this one is in {})", shown(cx))
+            };
+            format!(
+                "{what}{this}, both entering at {}; classifiers of different chains that enter at the same port must not match the same packets, whatever their logicalDestinationPort{reverse}: narrow a prefix, port range or protocol",
+                shown(port)
+            )
+        }
+        Place::Egress(g) | Place::Ingress(g) => format!(
+            "{what}, and both chains use PortPairGroup {}: a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups",
+            shown(g)
+        ),
+    };
+    report_overlap(r, (x, cx), by_chain, message);
+}
+
+/// Classifiers of one chain may overlap: where they meet, the most specific takes the packet.
+/// That is wrong only where they would send it different ways: one going forward and the
+/// other in reverse in the same place (a symmetric chain classifies both directions in one
+/// place at a port that is a classifier's source and another's destination, or leaving a
+/// group whose member uses one interface for both sides), or, going the same way, entering
+/// at different ports and ending at different ones: after the first hop the datapath no longer
+/// knows which classifier a packet entered by. Reported on the classifier applied last, or on
+/// the chain when only the chain is being applied.
+fn within_a_chain(r: &mut Report, twin: Twin) {
+    let Twin { chain, a, b, at } = twin;
+    let (x, dx, y, dy) = if r.rank(Kind::FlowClassifier, a) > r.rank(Kind::FlowClassifier, b) {
+        (a, at.da, b, at.db)
+    } else {
+        (b, at.db, a, at.da)
+    };
+    let by_chain =
+        r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, chain).is_some();
+    let place = match at.place {
+        Place::Port(p) => format!("entering at {}", shown(p)),
+        Place::Egress(g) => format!("leaving PortPairGroup {}", shown(g)),
+        Place::Ingress(g) => format!("leaving PortPairGroup {} in reverse", shown(g)),
+    };
+    let message = if dx != dy {
+        let hint = match at.place {
+            Place::Port(_) => "",
+            _ => ", or give the group's members separate ingress and egress interfaces",
         };
-        // (x, cx) is blamed, (y, cy) named; b's side unless a's came last.
-        let (x, cx, y, cy) = if side(a, ca) > side(b, cb) {
-            (a, ca, b, cb)
+        let what = if x == y {
+            "its traffic and its reverse traffic (source and destination swapped) match some of the same packets".to_string()
         } else {
-            (b, cb, a, ca)
+            let about = if by_chain {
+                (Kind::PortChain, chain)
+            } else {
+                (Kind::FlowClassifier, x)
+            };
+            let other = r.other((Kind::FlowClassifier, y), about);
+            format!(
+                "{}overlaps {}{other} of the same chain",
+                reversed(dx),
+                the_reverse_of(dy)
+            )
         };
-        let by_chain =
-            r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, cx).is_some();
+        format!("{what} {place}, where PortChain {} classifies both directions; the datapath could not tell which way such a packet goes: make them disjoint (source and destination prefixes or ports){hint}", shown(chain))
+    } else {
         let about = if by_chain {
-            (Kind::PortChain, cx)
+            (Kind::PortChain, chain)
         } else {
             (Kind::FlowClassifier, x)
         };
         let other = r.other((Kind::FlowClassifier, y), about);
-        let cy = shown(cy);
-        let (what, sep, rule) = match conflict.shared_group {
-            None => (
-                format!("overlaps {other} of PortChain {cy}"),
-                "; ",
-                "classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol",
-            ),
-            Some(g) => (
-                format!("overlaps {other} of PortChain {cy}, and both chains use PortPairGroup {}", shown(g)),
-                ": ",
-                "a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups",
-            ),
+        let ways = match dx {
+            Direction::Forward => "logicalSourcePort and logicalDestinationPort",
+            Direction::Reverse => {
+                "logicalDestinationPort and logicalSourcePort (where its reverse traffic enters and ends)"
+            }
         };
-        if by_chain {
-            let i = r.state.port_chains[cx]
-                .flow_classifiers
-                .iter()
-                .position(|f| f == x)
-                .unwrap_or_default();
-            r.push(
-                Kind::PortChain,
-                cx,
-                &format!("spec.flowClassifiers[{i}]"),
-                format!("its FlowClassifier {} {what}{sep}{rule}", shown(x)),
-            );
-        } else {
-            let this = match conflict.shared_group {
-                None => format!(" (this one is in {})", shown(cx)),
-                Some(_) => String::new(),
-            };
-            r.push(
-                Kind::FlowClassifier,
-                x,
-                "spec",
-                format!("{what}{this}{sep}{rule}"),
-            );
-        }
+        format!("{}overlaps {other} of the same PortChain {}, with another {ways}: {place}, the datapath cannot tell which of them a packet entered by, so not where it ends; make them disjoint, or give them the same logicalSourcePort or the same logicalDestinationPort", reversed(dx), shown(chain))
+    };
+    report_overlap(r, (x, chain), by_chain, message);
+}
+
+/// `"reversed (…), "` for a classifier's reverse traffic, `""` for its own.
+fn reversed(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Forward => "",
+        Direction::Reverse => "reversed (source and destination swapped), ",
     }
 }
 
-/// Two classifiers of different chains that match some packet alike where it matters: `b` (of
-/// chain `cb`) is reported against `a` (of `ca`), with `ca < cb`.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+fn the_reverse_of(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Forward => "",
+        Direction::Reverse => "the reverse of ",
+    }
+}
+
+/// Reports an overlap on classifier `x`, or on the entry of its chain that lists it.
+fn report_overlap(r: &mut Report, (x, chain): (&str, &str), by_chain: bool, message: String) {
+    if by_chain {
+        let i = r.state.port_chains[chain]
+            .flow_classifiers
+            .iter()
+            .position(|f| f == x)
+            .unwrap_or_default();
+        r.push(
+            Kind::PortChain,
+            chain,
+            &format!("spec.flowClassifiers[{i}]"),
+            format!("its FlowClassifier {} {message}", shown(x)),
+        );
+    } else {
+        r.push(Kind::FlowClassifier, x, "spec", message);
+    }
+}
+
+/// Two classifiers of different chains that match some packet alike where the dataplane
+/// classifies both: `b` (of chain `cb`) against `a` (of `ca`), with `ca < cb`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Conflict<'s> {
     ca: &'s str,
     a: &'s str,
     cb: &'s str,
     b: &'s str,
-    /// `None` when they enter at the same logical ports; otherwise the first group both
-    /// chains use.
-    shared_group: Option<&'s str>,
+    /// Where they meet (the first such place, in the order of [`Meeting`]).
+    at: Meeting<'s>,
 }
 
-/// Where classifiers of different chains meet: the logical ports they enter at, or a group
-/// their chains share.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-enum Meeting<'s> {
-    Entry(&'s str, Option<&'s str>),
-    Group(&'s str),
+/// Two classifiers of one chain (or one classifier, both ways) that send some packet
+/// different ways where they meet (see [`within_a_chain`]); `(a, at.da) < (b, at.db)`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Twin<'s> {
+    chain: &'s str,
+    a: &'s str,
+    b: &'s str,
+    at: Meeting<'s>,
 }
 
-/// Only classifiers that meet somewhere can conflict: those entering at the same logical
-/// ports, and those of chains through one group. Each such set is searched with the overlap
-/// index, never pair by pair, so the cost follows the classifiers, not their square.
+/// A place where two classifiers meet, and which way each crosses it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Meeting<'s> {
+    place: Place<'s>,
+    da: Direction,
+    db: Direction,
+}
+
+/// Whether two classifiers of `chain` crossing `place` the same way `direction` send a packet
+/// both match different ways there: when they enter at different ports and end at different
+/// ones (in reverse the destination port is the entry and the source port the end). Where
+/// they enter, they enter at the same port; after a hop the precedence picks the same one as
+/// at the entry, unless they came from different ports.
+fn ends_apart(state: &State, (a, b): (&str, &str), direction: Direction, place: Place) -> bool {
+    if matches!(place, Place::Port(_)) {
+        return false;
+    }
+    let ends = |fc: &str| {
+        let fc = &state.flow_classifiers[fc];
+        let (source, destination) = (
+            Some(fc.logical_source_port.as_str()),
+            fc.logical_destination_port.as_deref(),
+        );
+        match direction {
+            Direction::Forward => (source, destination),
+            Direction::Reverse => (destination, source),
+        }
+    };
+    let ((entry_a, end_a), (entry_b, end_b)) = (ends(a), ends(b));
+    entry_a != entry_b && end_a != end_b
+}
+
+/// The conflicts between chains, and within chains, of classifiers that meet somewhere: those
+/// the dataplane classifies in the same place, as the compiler lays them out ([`stops`]; one
+/// domain per place). Each place is searched with the overlap index, never pair by pair, so
+/// the cost follows the classifiers, not their square. One conflict per pair of classifiers:
+/// where they enter comes first.
 fn conflicts<'s>(
     state: &'s State,
     matches: &'s BTreeMap<String, Match>,
     fc_chain: &BTreeMap<&'s str, &'s str>,
-) -> BTreeSet<Conflict<'s>> {
-    let mut sets: BTreeMap<Meeting, Vec<&str>> = BTreeMap::new();
+) -> (Vec<Conflict<'s>>, Vec<Twin<'s>>) {
+    let mut places: BTreeMap<Place, BTreeSet<(&str, Direction)>> = BTreeMap::new();
+    let mut reversed: BTreeMap<&str, Match> = BTreeMap::new();
     for name in matches.keys() {
         let Some(chain) = fc_chain.get(name.as_str()) else {
             continue;
         };
-        let fc = &state.flow_classifiers[name];
-        let entry = Meeting::Entry(
-            &fc.logical_source_port,
-            fc.logical_destination_port.as_deref(),
-        );
-        sets.entry(entry).or_default().push(name);
-        for group in &state.port_chains[*chain].port_pair_groups {
-            sets.entry(Meeting::Group(group)).or_default().push(name);
+        let (Some(pc), Some(fc)) = (
+            state.port_chains.get(*chain),
+            state.flow_classifiers.get(name),
+        ) else {
+            continue;
+        };
+        for stop in stops(state, pc, fc) {
+            if stop.direction == Direction::Reverse {
+                reversed
+                    .entry(name)
+                    .or_insert_with(|| matches[name].reversed());
+            }
+            places
+                .entry(stop.place)
+                .or_default()
+                .insert((name, stop.direction));
         }
     }
-    let mut found = BTreeSet::new();
-    for members in sets.values() {
-        let items: Vec<(&str, &Match)> = members
+    let mut between: BTreeMap<(&str, &str, &str, &str), Meeting> = BTreeMap::new();
+    let mut within: BTreeMap<(&str, &str, &str), Meeting> = BTreeMap::new();
+    for (place, members) in &places {
+        let members: Vec<(&str, Direction)> = members.iter().copied().collect();
+        let items: Vec<((&str, Direction), &Match)> = members
             .iter()
-            .map(|fc| (fc_chain[fc], &matches[*fc]))
+            .map(|&(fc, direction)| {
+                let m = match direction {
+                    Direction::Forward => &matches[fc],
+                    Direction::Reverse => &reversed[fc],
+                };
+                ((fc, direction), m)
+            })
             .collect();
         for (i, j) in overlap::overlapping_pairs(&items) {
-            let (mut a, mut b) = (members[i], members[j]);
-            if fc_chain[b] < fc_chain[a] {
-                std::mem::swap(&mut a, &mut b);
-            }
+            let ((mut a, mut da), (mut b, mut db)) = (members[i], members[j]);
             let (ca, cb) = (fc_chain[a], fc_chain[b]);
-            let (fa, fb) = (&state.flow_classifiers[a], &state.flow_classifiers[b]);
-            let same_entry = fa.logical_source_port == fb.logical_source_port
-                && fa.logical_destination_port == fb.logical_destination_port;
-            let shared_group = if same_entry {
-                None
-            } else {
-                let groups_b: BTreeSet<&String> =
-                    state.port_chains[cb].port_pair_groups.iter().collect();
-                let shared = state.port_chains[ca]
-                    .port_pair_groups
-                    .iter()
-                    .filter(|g| groups_b.contains(g))
-                    .min();
-                match shared {
-                    Some(g) => Some(g.as_str()),
-                    // Met in the set of another group of theirs; reported from there.
-                    None => continue,
+            if ca == cb {
+                if da == db && !ends_apart(state, (a, b), da, *place) {
+                    continue;
                 }
+                let at = Meeting {
+                    place: *place,
+                    da,
+                    db,
+                };
+                within
+                    .entry((ca, a, b))
+                    .and_modify(|m| *m = (*m).min(at))
+                    .or_insert(at);
+                continue;
+            }
+            if cb < ca {
+                std::mem::swap(&mut a, &mut b);
+                std::mem::swap(&mut da, &mut db);
+            }
+            let at = Meeting {
+                place: *place,
+                da,
+                db,
             };
-            found.insert(Conflict {
-                ca,
-                a,
-                cb,
-                b,
-                shared_group,
-            });
+            between
+                .entry((fc_chain[a], a, fc_chain[b], b))
+                .and_modify(|m| *m = (*m).min(at))
+                .or_insert(at);
         }
     }
-    found
+    (
+        between
+            .into_iter()
+            .map(|((ca, a, cb, b), at)| Conflict { ca, a, cb, b, at })
+            .collect(),
+        within
+            .into_iter()
+            .map(|((chain, a, b), at)| Twin { chain, a, b, at })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -1122,6 +1290,173 @@ mod tests {
         .unwrap();
     }
 
+    /// A third pair and group (`pp3`, `g3`) that no chain of the base file uses: chains through
+    /// it share no group with `c1`, so only where they enter can make them meet.
+    fn apart() -> String {
+        doc("PortPair", "pp3", "{ingress: c-in, egress: c-out}")
+            + &doc("PortPairGroup", "g3", "{portPairs: [pp3]}")
+    }
+
+    #[test]
+    fn classifiers_of_different_chains_entering_at_one_port_overlap_whatever_their_destination() {
+        // fc1 (tcp to port 80, entering at src, no destination port) against a tcp classifier
+        // entering at src too, with a destination port: the dataplane classifies both in the
+        // domain of src, so they meet there.
+        let chain = doc(
+            "PortChain",
+            "c2",
+            "{portPairGroups: [g3], flowClassifiers: [fc3]}",
+        );
+        let fc3 = |fields: &str| {
+            apart() + &doc("FlowClassifier", "fc3", &format!("{{{fields}}}")) + &chain
+        };
+        rejects(
+            &fc3("protocol: tcp, logicalSourcePort: src, logicalDestinationPort: dst"),
+            "FlowClassifier \"fc3\"",
+            "spec",
+            "overlaps FlowClassifier \"fc1\" of PortChain \"c1\" (this one is in \"c2\"), both entering at \"src\"",
+        );
+        // Port ranges are compared as ranges, not per block: 1:80 is seven blocks, none of
+        // them the block of 80 alone.
+        rejects(
+            &fc3("protocol: tcp, destinationPortRange: '1:80', logicalSourcePort: src, logicalDestinationPort: dst"),
+            "FlowClassifier \"fc3\"",
+            "spec",
+            "overlaps FlowClassifier \"fc1\"",
+        );
+        // The same packets entering at another port, or other packets at src: no conflict.
+        for fields in [
+            "protocol: tcp, logicalSourcePort: other, logicalDestinationPort: dst",
+            "protocol: tcp, destinationPortRange: '81:65535', logicalSourcePort: src, logicalDestinationPort: dst",
+            "protocol: udp, logicalSourcePort: src, logicalDestinationPort: dst",
+        ] {
+            plan(
+                &State::default(),
+                &[("f.yaml".into(), base() + &fc3(fields))],
+                &Interfaces::default(),
+            )
+            .unwrap_or_else(|e| panic!("{fields}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_reverse_of_a_symmetric_chain_enters_at_its_destination_port() {
+        // c2 is symmetric: its reverse traffic (from 10.0.0.0/8 port 80 to anything) enters at
+        // src, where fc1 (tcp to port 80) classifies the same packets.
+        let text = apart()
+            + &doc(
+                "FlowClassifier",
+                "fc3",
+                "{protocol: tcp, sourcePortRange: '80', destinationIpPrefix: 10.0.0.0/8, logicalSourcePort: x, logicalDestinationPort: src}",
+            )
+            + &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g3], flowClassifiers: [fc3], chainParameters: {symmetric: true}}",
+            );
+        rejects(
+            &text,
+            "FlowClassifier \"fc3\"",
+            "spec",
+            "overlaps FlowClassifier \"fc1\" of PortChain \"c1\"",
+        );
+        // One way, c2 never classifies at src.
+        let one_way = base() + &text.replace("symmetric: true", "symmetric: false");
+        plan(
+            &State::default(),
+            &[("f.yaml".into(), one_way)],
+            &Interfaces::default(),
+        )
+        .unwrap();
+    }
+
+    /// The errors of planning `text` alone, as printed (none when it is valid).
+    fn errors_of(text: &str) -> Vec<String> {
+        match plan(
+            &State::default(),
+            &[("f.yaml".into(), text.to_string())],
+            &Interfaces::default(),
+        ) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn classifiers_of_one_chain_may_overlap_unless_they_send_a_packet_two_ways() {
+        let group = doc("PortPair", "pp", "{ingress: in, egress: out}")
+            + &doc("PortPairGroup", "g", "{portPairs: [pp]}");
+        let two = |a: &str, b: &str, symmetric: bool| {
+            group.clone()
+                + &doc("FlowClassifier", "a", a)
+                + &doc("FlowClassifier", "b", b)
+                + &doc(
+                    "PortChain",
+                    "c",
+                    &format!("{{portPairGroups: [g], flowClassifiers: [a, b], chainParameters: {{symmetric: {symmetric}}}}}"),
+                )
+        };
+        // The same entry: the precedence picks the same one at the entry and after the hop.
+        let one_entry = two(
+            "{protocol: tcp, logicalSourcePort: s1, logicalDestinationPort: d1}",
+            "{protocol: tcp, destinationPortRange: '80', logicalSourcePort: s1, logicalDestinationPort: d2}",
+            false,
+        );
+        assert_eq!(errors_of(&one_entry), Vec::<String>::new());
+        // The same end: after the hop, both go the same way.
+        let one_end = two(
+            "{protocol: tcp, logicalSourcePort: s1, logicalDestinationPort: d1}",
+            "{protocol: tcp, destinationPortRange: '80', logicalSourcePort: s2, logicalDestinationPort: d1}",
+            false,
+        );
+        assert_eq!(errors_of(&one_end), Vec::<String>::new());
+        // Two entries and two ends: a packet to port 80 from s1 entered by a, but after the
+        // hop b (more specific) takes it, to d2. Refused, whether the matches are the same
+        // shape or not.
+        let apart = two(
+            "{protocol: tcp, logicalSourcePort: s1, logicalDestinationPort: d1}",
+            "{protocol: tcp, destinationPortRange: '80', logicalSourcePort: s2, logicalDestinationPort: d2}",
+            false,
+        );
+        assert_eq!(
+            errors_of(&apart),
+            ["f.yaml: FlowClassifier \"b\": spec: overlaps FlowClassifier \"a\" of the same PortChain \"c\", with another logicalSourcePort and logicalDestinationPort: leaving PortPairGroup \"g\", the datapath cannot tell which of them a packet entered by, so not where it ends; make them disjoint, or give them the same logicalSourcePort or the same logicalDestinationPort"]
+        );
+        // A symmetric chain: b's reverse traffic enters at s1, where a's enters, and overlaps it.
+        let crossed = two(
+            "{protocol: tcp, logicalSourcePort: s1, logicalDestinationPort: d1}",
+            "{protocol: tcp, logicalSourcePort: d1, logicalDestinationPort: s1}",
+            true,
+        );
+        assert_eq!(
+            errors_of(&crossed),
+            ["f.yaml: FlowClassifier \"b\": spec: overlaps the reverse of FlowClassifier \"a\" of the same chain entering at \"d1\", where PortChain \"c\" classifies both directions; the datapath could not tell which way such a packet goes: make them disjoint (source and destination prefixes or ports)"]
+        );
+        // One interface for both sides of the member: what comes back out of it is classified
+        // in one place both ways, and tcp reversed is tcp.
+        let shared = doc("PortPair", "pp", "{ingress: sh, egress: sh}")
+            + &doc("PortPairGroup", "g", "{portPairs: [pp]}")
+            + &doc(
+                "FlowClassifier",
+                "a",
+                "{protocol: tcp, logicalSourcePort: s1, logicalDestinationPort: d1}",
+            )
+            + &doc(
+                "PortChain",
+                "c",
+                "{portPairGroups: [g], flowClassifiers: [a], chainParameters: {symmetric: true}}",
+            );
+        assert_eq!(
+            errors_of(&shared),
+            ["f.yaml: FlowClassifier \"a\": spec: its traffic and its reverse traffic (source and destination swapped) match some of the same packets leaving PortPairGroup \"g\", where PortChain \"c\" classifies both directions; the datapath could not tell which way such a packet goes: make them disjoint (source and destination prefixes or ports), or give the group's members separate ingress and egress interfaces"]
+        );
+        let apart = shared.replace(
+            "protocol: tcp,",
+            "protocol: tcp, sourceIpPrefix: 10.1.0.0/16, destinationIpPrefix: 10.2.0.0/16,",
+        );
+        assert_eq!(errors_of(&apart), Vec::<String>::new());
+    }
+
     /// The state a chain file describes, without checking it.
     fn state_of(text: &str) -> State {
         let mut state = State::default();
@@ -1371,7 +1706,7 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "(applied state): FlowClassifier \"fc2\": spec: overlaps FlowClassifier \"fc1\" of PortChain \"c1\" (this one is in \"c2\"); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol",
+                "(applied state): FlowClassifier \"fc2\": spec: overlaps FlowClassifier \"fc1\" of PortChain \"c1\" (this one is in \"c2\"), both entering at \"src\"; classifiers of different chains that enter at the same port must not match the same packets, whatever their logicalDestinationPort: narrow a prefix, port range or protocol",
                 "(applied state): FlowClassifier \"fc3\": spec: overlaps FlowClassifier \"fc1\" of PortChain \"c1\", and both chains use PortPairGroup \"g1\": a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups",
                 "(applied state): FlowClassifier \"fc3\": spec: overlaps FlowClassifier \"fc2\" of PortChain \"c2\", and both chains use PortPairGroup \"g2\": a packet leaving it could belong to either chain; make the classifiers disjoint or use separate groups",
             ]
@@ -1523,7 +1858,7 @@ mod tests {
         );
         assert_eq!(
             errors_applying(&base(), &new_file(text)),
-            ["new.yaml: FlowClassifier \"fc0\": spec: overlaps FlowClassifier \"fc1\" (already applied) of PortChain \"c1\" (this one is in \"c0\"); classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"]
+            ["new.yaml: FlowClassifier \"fc0\": spec: overlaps FlowClassifier \"fc1\" (already applied) of PortChain \"c1\" (this one is in \"c0\"), both entering at \"src\"; classifiers of different chains that enter at the same port must not match the same packets, whatever their logicalDestinationPort: narrow a prefix, port range or protocol"]
         );
         // An applied classifier no chain used, brought in by a new chain: the chain is blamed.
         let current = base()
@@ -1539,7 +1874,7 @@ mod tests {
         );
         assert_eq!(
             errors_applying(&current, &new_file(chain)),
-            ["new.yaml: PortChain \"c0\": spec.flowClassifiers[0]: its FlowClassifier \"fc9\" overlaps FlowClassifier \"fc1\" (already applied) of PortChain \"c1\"; classifiers of different chains must not match the same packets: narrow a prefix, port range or protocol"]
+            ["new.yaml: PortChain \"c0\": spec.flowClassifiers[0]: its FlowClassifier \"fc9\" overlaps FlowClassifier \"fc1\" (already applied) of PortChain \"c1\", both entering at \"src\"; classifiers of different chains that enter at the same port must not match the same packets, whatever their logicalDestinationPort: narrow a prefix, port range or protocol"]
         );
     }
 
