@@ -18,9 +18,9 @@ pub fn json(r: &Response) -> serde_json::Value {
 pub fn table(r: &Response, with_outcomes: bool) -> String {
     let mut out = String::new();
     if with_outcomes {
-        let _ = writeln!(out, "{:<16} {:>12}", "OUTCOME", "PACKETS");
+        let _ = writeln!(out, "{:<20} {:>12}", "OUTCOME", "PACKETS");
         for (name, value) in &r.counters {
-            let _ = writeln!(out, "{name:<16} {value:>12}");
+            let _ = writeln!(out, "{name:<20} {value:>12}");
         }
         let _ = writeln!(out);
     }
