@@ -19,7 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{Array, Map, MapData};
 use serde_json::{json, Value};
+use sfc_common::{TraceFilter, MAP_TRACE_FILTER};
 use sfc_lab::{
     demo::{assert_through_one_pg1_member_then_sf3, example_chain, Demo, DST_V4},
     lab::{script, wait_for, Lab},
@@ -334,6 +336,58 @@ fn a_trace_nobody_ends_can_be_stopped_and_a_lease_ends_one() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "the lease of 1 s ended the trace after {took:?}"
     );
+}
+
+/// The pinned trace filter's `enabled` byte, as the datapath reads it.
+fn trace_filter_enabled(lab: &mut Lab) -> u8 {
+    let path = lab.bpffs().unwrap().join("maps").join(MAP_TRACE_FILTER);
+    let data = MapData::from_pin(path).unwrap();
+    let filters: Array<MapData, TraceFilter> = Array::try_from(Map::Array(data)).unwrap();
+    filters.get(&0, 0).unwrap().enabled
+}
+
+#[test]
+fn a_trace_filter_left_by_a_killed_daemon_is_cleared_at_start() {
+    let mut lab = Lab::new("tracekill").unwrap();
+    lab.add_ns("node").unwrap();
+    lab.start_daemon("node").unwrap();
+    assert_eq!(trace_filter_enabled(&mut lab), 0);
+    let mut client = UnixStream::connect(lab.socket()).unwrap();
+    client
+        .write_all(&request(json!({"op": "trace", "spec": {"dport": 80}})))
+        .unwrap();
+    let mut hello = String::new();
+    BufReader::new(client.try_clone().unwrap())
+        .read_line(&mut hello)
+        .unwrap();
+    assert!(hello.contains("\"ok\":true"), "{hello}");
+    assert_eq!(trace_filter_enabled(&mut lab), 1);
+    // Killed during the trace: nothing of the daemon runs to switch the filter off, and the
+    // datapath goes on matching packets and writing events nobody reads.
+    lab.kill_daemon().unwrap();
+    drop(client);
+    assert_eq!(
+        trace_filter_enabled(&mut lab),
+        1,
+        "the filter outlives the daemon"
+    );
+    let before = lab.daemon_log().len();
+    lab.start_daemon("node").unwrap();
+    assert_eq!(
+        trace_filter_enabled(&mut lab),
+        0,
+        "the next daemon clears it\n{}",
+        lab.daemon_log()
+    );
+    let log = lab.daemon_log();
+    assert!(
+        log[before..].contains("cleared the trace filter an earlier daemon left on"),
+        "{}",
+        &log[before..]
+    );
+    // And a new trace can start.
+    lab.sfcctl(&["trace", "--dport", "80", "--duration", "0.5"])
+        .unwrap();
 }
 
 /// A packet counter of a namespace, read every half millisecond by a thread that lives in it

@@ -24,14 +24,14 @@ use aya::{
 };
 use sfc_common::{
     stat, ClassKey, Counter, FragmentKey, FragmentState, Member, MemberCounter, MemberKey, PortKey,
-    PortValue, RingEntry, Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN,
+    PortValue, RingEntry, TraceFilter, Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN,
     FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS,
     MAP_FRAGMENTS, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PORTS,
-    MAP_RING, MAP_STATS, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE,
-    SLOTS_PER_GEN, SLOT_PEER,
+    MAP_RING, MAP_STATS, MAP_TRACE_FILTER, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC,
+    PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
 };
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 pub mod links;
 pub mod netlink;
@@ -186,6 +186,7 @@ impl Dataplane {
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(crate::EBPF_OBJECT)?;
+        clear_trace_filter(&mut bpf)?;
         links::tc_program(&mut bpf)?.load()?;
         links::xdp_program(&mut bpf)?.load()?;
         // Before a link gets these programs.
@@ -743,6 +744,28 @@ fn redirect_targets(image: &Image) -> impl Iterator<Item = u32> + '_ {
         .values()
         .flat_map(|v| [v.deliver_ifindex, v.tap_ifindex]);
     members.chain(verdicts).filter(|&i| i != 0)
+}
+
+/// A daemon killed during `sfcctl trace` leaves its filter on (the map is pinned), and the
+/// datapath would go on matching packets and writing events nobody reads: that trace ended
+/// with its daemon.
+fn clear_trace_filter(bpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    // Borrowed, not taken: the programs are not loaded yet, and need the map's descriptor.
+    let map = bpf
+        .map_mut(MAP_TRACE_FILTER)
+        .ok_or(DataplaneError::MissingMap(MAP_TRACE_FILTER))?;
+    let mut filters: Array<&mut MapData, TraceFilter> =
+        Array::try_from(map).map_err(map_err(MAP_TRACE_FILTER))?;
+    let left = filters.get(&0, 0).map_err(map_err(MAP_TRACE_FILTER))?;
+    if left.enabled != 0 {
+        filters
+            .set(0, TraceFilter::default(), 0)
+            .map_err(map_err(MAP_TRACE_FILTER))?;
+        warn!(
+            "cleared the trace filter an earlier daemon left on (it ended during `sfcctl trace`)"
+        );
+    }
+    Ok(())
 }
 
 fn add_member(total: &mut MemberCounter, c: &MemberCounter) {
