@@ -8,7 +8,8 @@ use sfc_daemon::{
     dataplane::{
         ensure_bpffs,
         netlink::{self, Netlink},
-        Mode,
+        tables::{parse_size, Tables},
+        Mode, Options,
     },
     observe::{
         metrics::{self, Metrics, Status},
@@ -47,6 +48,31 @@ struct Args {
     /// redirects into accepts XDP frames (GRO on, or an XDP program, at its far end).
     #[arg(long, requires = "mode")]
     xdp_on_veth: bool,
+    /// Entries of each flow table (flows in a chain, one table per IP family): their
+    /// generation, packets in flight and original destination MAC. LRU: when full, the least
+    /// recently used flow is evicted and its next packet starts over on the active generation.
+    /// 1024 to 16777216; a pinned table of another size is replaced by an empty one at start.
+    #[arg(long, value_name = "ENTRIES", value_parser = parse_size,
+        default_value_t = Tables::default().flows)]
+    flows_table_size: u32,
+    /// Entries of the flow-to-member pin table (group and flow hash). LRU: an evicted flow's
+    /// member is chosen again from its group's table, and may change if the group did.
+    #[arg(long, value_name = "ENTRIES", value_parser = parse_size,
+        default_value_t = Tables::default().pins)]
+    pins_table_size: u32,
+    /// Entries of each decision table (interface and flow, one table per IP family): what was
+    /// decided for a flow, so that its next packets skip classification. LRU: an evicted flow
+    /// is classified again.
+    #[arg(long, value_name = "ENTRIES", value_parser = parse_size,
+        default_value_t = Tables::default().decisions)]
+    decisions_table_size: u32,
+    /// Entries of the fragment table: IP datagrams whose first fragment was seen, so that the
+    /// rest take the same chain and member (each forgotten 2 s after its first fragment). Not
+    /// LRU: while it is full, new datagrams are not tracked (counted as fragment_table_full)
+    /// and their later fragments are unparsable where a classifier needs ports.
+    #[arg(long, value_name = "ENTRIES", value_parser = parse_size,
+        default_value_t = Tables::default().fragments)]
+    fragments_table_size: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,7 +99,16 @@ fn main() -> ExitCode {
             on_veth: args.xdp_on_veth,
         },
     };
-    match start(args, mode) {
+    let options = Options {
+        mode,
+        tables: Tables {
+            flows: args.flows_table_size,
+            pins: args.pins_table_size,
+            decisions: args.decisions_table_size,
+            fragments: args.fragments_table_size,
+        },
+    };
+    match start(args, options) {
         Ok(never) => match never {},
         Err(message) => {
             error!("{message}");
@@ -83,7 +118,7 @@ fn main() -> ExitCode {
 }
 
 /// Brings the agent up; returns only if it cannot start.
-fn start(args: Args, mode: Mode) -> Result<std::convert::Infallible, String> {
+fn start(args: Args, options: Options) -> Result<std::convert::Infallible, String> {
     // One agent per node, decided before anything is touched: the maps, the links and the
     // socket of a running agent are left alone.
     std::fs::create_dir_all(&args.state_dir)
@@ -117,7 +152,7 @@ fn start(args: Args, mode: Mode) -> Result<std::convert::Infallible, String> {
     let agent = Agent::start(
         &args.state_dir,
         &args.bpffs,
-        mode,
+        options,
         netlink,
         observed,
         metrics,

@@ -27,7 +27,7 @@ use sfc_config::{
 };
 
 use crate::{
-    dataplane::{netlink::Netlink, Dataplane, DataplaneError, Mode},
+    dataplane::{netlink::Netlink, Dataplane, DataplaneError, Mode, Options},
     observe::{
         health::Health,
         metrics::{Metrics, Status},
@@ -90,7 +90,7 @@ impl Agent {
     pub fn start(
         state_dir: &Path,
         bpffs: &Path,
-        mode: Mode,
+        options: Options,
         netlink: Netlink,
         observed: Shared,
         metrics: Arc<Metrics>,
@@ -98,7 +98,7 @@ impl Agent {
     ) -> Result<Self, AgentError> {
         let store = Store::new(state_dir)?;
         let state = store.load()?;
-        let dataplane = Dataplane::open(bpffs, mode)?;
+        let dataplane = Dataplane::open(bpffs, options.mode, options.tables)?;
         info!(
             chains = state.port_chains.len(),
             classifiers = state.flow_classifiers.len(),

@@ -35,12 +35,14 @@ use tracing::{info, warn};
 
 pub mod links;
 pub mod netlink;
+pub mod tables;
 
 use sfc_api::counters::{Generation, Row};
 use sfc_config::compile::{Image, Interfaces, Side};
 
 use crate::observe::counters::ChainCounters;
 use links::{Hook, Links};
+use tables::Tables;
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -139,6 +141,13 @@ pub enum Mode {
     Xdp { on_veth: bool },
 }
 
+/// How the daemon was asked to run its dataplane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub mode: Mode,
+    pub tables: Tables,
+}
+
 const VETH_REFUSED: &str = "a veth: XDP would hand on frames without the sender's checksum \
     offload state (start sfc-daemon with --xdp-on-veth if every sender into it computes \
     checksums, ethtool -K IFACE tx off)";
@@ -173,19 +182,24 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the programs and opens (or creates) the pinned maps under `bpffs`. Links pinned by
-    /// an earlier daemon are adopted, and moved atomically onto this daemon's programs (its
-    /// XDP links removed if this daemon is not in XDP mode).
-    pub fn open(bpffs: &Path, mode: Mode) -> Result<Self, DataplaneError> {
+    /// Loads the programs and opens (or creates) the pinned maps under `bpffs`, the tables of
+    /// `tables` with their sizes (a pinned one of another size is replaced by an empty one).
+    /// Links pinned by an earlier daemon are adopted, and moved atomically onto this daemon's
+    /// programs (its XDP links removed if this daemon is not in XDP mode).
+    pub fn open(bpffs: &Path, mode: Mode, tables: Tables) -> Result<Self, DataplaneError> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
         fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Bpffs {
             path: maps_dir.clone(),
             source,
         })?;
-        let mut bpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
-            .load(crate::EBPF_OBJECT)?;
+        tables::replace_resized(&maps_dir, &tables)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&maps_dir);
+        for table in tables.list() {
+            loader.map_max_entries(table.map, table.size);
+        }
+        let mut bpf = loader.load(crate::EBPF_OBJECT)?;
         clear_trace_filter(&mut bpf)?;
         links::tc_program(&mut bpf)?.load()?;
         links::xdp_program(&mut bpf)?.load()?;

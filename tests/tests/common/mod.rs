@@ -64,7 +64,7 @@ pub fn sandbox(yaml: &str, mode: Mode, veths: &[&str]) -> Sandbox {
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs)).unwrap();
     let bpffs = Bpffs(bpffs);
     let mut sb = Sandbox {
-        dataplane: Dataplane::open(&bpffs.0, mode).unwrap(),
+        dataplane: Dataplane::open(&bpffs.0, mode, Default::default()).unwrap(),
         bpffs,
     };
     apply(&mut sb, yaml);
