@@ -9,7 +9,7 @@ use sfc_config::{
 };
 
 use crate::{
-    counters::{Generation, Row},
+    counters::{Generation, Row, TableFills},
     health::{HopHealth, PairHealth},
 };
 
@@ -159,6 +159,11 @@ pub struct Response {
     /// Traffic into and out of each hop of each chain (stats, describe).
     #[serde(default)]
     pub hops: Vec<HopHealth>,
+    /// How full the flow, pin and decision tables are, as last counted (stats; none before the
+    /// daemon's first count). Optional on the wire, so that sfcctl and sfc-daemon of the
+    /// releases before and after it still understand each other: no new protocol version.
+    #[serde(default)]
+    pub tables: Option<TableFills>,
 }
 
 impl Response {

@@ -8,7 +8,7 @@ use std::{
 
 use common::{get, parse_openmetrics, request};
 use sfc_api::{
-    counters::Row,
+    counters::{Row, TableFill, TableFills},
     health::{HopHealth, PairHealth, State},
 };
 use sfc_config::compile::{CounterLabel, Direction};
@@ -96,6 +96,26 @@ fn sample() -> Snapshot {
             hop(ODD, 2, 15, 8, State::BlackHole),
         ],
         epoch: 7,
+        tables: Some(TableFills {
+            counted_at_ms: 1_700_000_000_250,
+            took_us: 41_500,
+            tables: vec![
+                fill("pins", 131_000, 131_072, true),
+                fill("flows4", 12, 65_536, false),
+            ],
+        }),
+    }
+}
+
+fn fill(table: &str, entries: u64, capacity: u64, full: bool) -> TableFill {
+    TableFill {
+        table: table.into(),
+        entries,
+        capacity,
+        full,
+        when_full: "flows are being evicted".into(),
+        flag: format!("--{table}-table-size"),
+        complete: true,
     }
 }
 
@@ -143,6 +163,14 @@ fn render_has_every_metric_with_todays_names_and_labels() {
         r#"sfc_sf_out_bytes_total{port_pair="PP2"} 800"#.into(),
         r#"sfc_sf_black_hole{port_pair="PP1"} 0"#.into(),
         r#"sfc_sf_black_hole{port_pair="PP2"} 1"#.into(),
+        r#"sfc_table_entries{table="pins"} 131000"#.into(),
+        r#"sfc_table_capacity{table="pins"} 131072"#.into(),
+        r#"sfc_table_full{table="pins"} 1"#.into(),
+        r#"sfc_table_entries{table="flows4"} 12"#.into(),
+        r#"sfc_table_capacity{table="flows4"} 65536"#.into(),
+        r#"sfc_table_full{table="flows4"} 0"#.into(),
+        "sfc_table_counted_timestamp_seconds 1700000000.25".into(),
+        "sfc_table_count_duration_seconds 0.0415".into(),
         "sfc_dataplane_epoch 7".into(),
         "sfc_ready 0".into(),
         "sfc_apply_last_duration_seconds 3.0".into(),
@@ -195,6 +223,11 @@ fn an_empty_snapshot_still_declares_every_family() {
         "sfc_sf_out_packets",
         "sfc_sf_out_bytes",
         "sfc_sf_black_hole",
+        "sfc_table_entries",
+        "sfc_table_capacity",
+        "sfc_table_full",
+        "sfc_table_counted_timestamp_seconds",
+        "sfc_table_count_duration_seconds",
         "sfc_dataplane_epoch",
         "sfc_apply_duration_seconds",
         "sfc_apply_last_duration_seconds",

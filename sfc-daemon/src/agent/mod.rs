@@ -42,6 +42,8 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error("starting the thread that counts the tables: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Why an apply or a delete that passed validation did not take effect.
@@ -124,6 +126,8 @@ impl Agent {
         };
         agent.reconcile();
         agent.sample();
+        let tables = agent.dataplane.table_maps()?;
+        crate::observe::fill::spawn(tables, agent.observed.clone()).map_err(AgentError::Thread)?;
         Ok(agent)
     }
 
@@ -177,7 +181,10 @@ impl Agent {
         };
         snapshot.pairs = self.health.pairs(&taps);
         snapshot.hops = self.health.hops();
-        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        // Counted on a thread of their own, less often.
+        snapshot.tables = observed.tables.take();
+        *observed = snapshot;
     }
 
     /// The last published snapshot.
@@ -392,6 +399,7 @@ impl Agent {
             generations,
             pairs: observed.pairs,
             hops: observed.hops,
+            tables: observed.tables,
             ..Default::default()
         })
     }

@@ -10,14 +10,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
-    os::unix::ffi::OsStrExt,
+    os::{fd::AsFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
 };
 
 use aya::{
     maps::{
-        xdp::XdpMapError, Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
-        PerCpuValues,
+        xdp::XdpMapError, Array, DevMapHash, HashMap, IterableMap, Map, MapData, MapError,
+        PerCpuArray, PerCpuValues,
     },
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
@@ -42,7 +42,7 @@ use sfc_config::compile::{Image, Interfaces, Side};
 
 use crate::observe::counters::ChainCounters;
 use links::{Hook, Links};
-use tables::Tables;
+use tables::{Table, Tables};
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -79,6 +79,13 @@ pub enum DataplaneError {
     Pin {
         iface: String,
         source: aya::pin::PinError,
+    },
+    #[error("map {name} is not a hash map")]
+    NotAHashMap { name: &'static str },
+    #[error("duplicating the descriptor of map {name}: {source}")]
+    Duplicate {
+        name: &'static str,
+        source: io::Error,
     },
 }
 
@@ -179,6 +186,7 @@ pub struct Dataplane {
     tc: Links,
     /// Empty unless in XDP mode.
     xdp: Links,
+    tables: Tables,
 }
 
 impl Dataplane {
@@ -235,6 +243,7 @@ impl Dataplane {
             written: [None, None],
             tc,
             xdp,
+            tables,
         };
         dp.member_slots = dp
             .member_slot_map
@@ -257,6 +266,32 @@ impl Dataplane {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The tables sized by flags, each with a descriptor of its own (for counting their
+    /// entries on another thread than the one that writes the maps).
+    pub fn table_maps(&self) -> Result<Vec<(Table, MapData)>, DataplaneError> {
+        self.tables
+            .list()
+            .into_iter()
+            .map(|table| {
+                let name = table.map;
+                let data = match self.bpf.map(name) {
+                    Some(Map::HashMap(data) | Map::LruHashMap(data)) => data,
+                    Some(_) => return Err(DataplaneError::NotAHashMap { name }),
+                    // Taken out of the loader to be used here.
+                    None if name == MAP_FRAGMENTS => self.fragments.map(),
+                    None => return Err(DataplaneError::MissingMap(name)),
+                };
+                let fd = data
+                    .fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| DataplaneError::Duplicate { name, source })?;
+                let data = MapData::from_fd(fd).map_err(map_err(name))?;
+                Ok((table, data))
+            })
+            .collect()
     }
 
     /// Interfaces with the TC program attached (every steered one): name -> ifindex.

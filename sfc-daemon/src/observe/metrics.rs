@@ -398,6 +398,46 @@ impl Collector for Observed {
             s.pairs.iter().map(|p| (pair(p), black_hole(p.state))),
         )?;
 
+        // Fill levels of the tables sized by flags, as last counted (none before the first).
+        let fills = s.tables.as_ref();
+        let tables = || fills.into_iter().flat_map(|f| &f.tables);
+        let table = |t: &sfc_api::counters::TableFill| [("table", t.table.clone())];
+        family(
+            enc,
+            "sfc_table_entries",
+            "Entries in a table (pins, flows, decisions, fragments), as last counted.",
+            Gauge,
+            tables().map(|t| (table(t), ConstGauge::new(t.entries as i64))),
+        )?;
+        family(
+            enc,
+            "sfc_table_capacity",
+            "Entries a table holds (its --*-table-size flag).",
+            Gauge,
+            tables().map(|t| (table(t), ConstGauge::new(t.capacity as i64))),
+        )?;
+        family(
+            enc,
+            "sfc_table_full",
+            "1 when a table is full: the kernel evicts entries (LRU) or refuses new ones.",
+            Gauge,
+            tables().map(|t| (table(t), ConstGauge::new(t.full as i64))),
+        )?;
+        family(
+            enc,
+            "sfc_table_counted_timestamp_seconds",
+            "When the tables were last counted (Unix time).",
+            Gauge,
+            fills.map(|f| (NO_LABELS, ConstGauge::new(f.counted_at_ms as f64 / 1e3))),
+        )?;
+        family(
+            enc,
+            "sfc_table_count_duration_seconds",
+            "How long the last count of every table's entries took.",
+            Gauge,
+            fills.map(|f| (NO_LABELS, ConstGauge::new(f.took_us as f64 / 1e6))),
+        )?;
+
         family(
             enc,
             "sfc_dataplane_epoch",

@@ -3,6 +3,7 @@
 
 pub mod counters;
 pub mod describe;
+pub mod fill;
 pub mod health;
 pub mod metrics;
 pub mod snapshot;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use sfc_api::{
-    counters::Row,
+    counters::{Row, TableFills},
     health::{HopHealth, PairHealth},
 };
 
@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub pairs: Vec<PairHealth>,
     pub hops: Vec<HopHealth>,
     pub epoch: u64,
+    /// How full the tables are, as last counted (`fill`, on a thread of its own).
+    pub tables: Option<TableFills>,
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
