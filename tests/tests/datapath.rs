@@ -12,7 +12,7 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions};
 use common::{apply, ifindex, peer_mac, run_on, run_xdp_on, stat, stats, Sandbox};
 use sfc_config::{model::State, plan::plan};
-use sfc_daemon::dataplane::{netlink::read_interfaces, Mode};
+use sfc_daemon::dataplane::{netlink::read_interfaces, tables::Tables, Mode};
 use sfc_lab::{
     frames::{self, l4, opts8},
     lab::run,
@@ -521,6 +521,50 @@ fn fragments_follow_their_first_fragment() {
         TC_ACT_SHOT,
         "tiny first fragment"
     );
+}
+
+/// The fragment table is bounded: past its size a datagram is not tracked (and counted), and
+/// a datagram whose fragments stopped coming is ignored, then swept away.
+#[test]
+fn the_fragment_table_is_bounded_and_forgets_stale_datagrams() {
+    let tables = Tables {
+        fragments: 1024,
+        ..Tables::default()
+    };
+    let mut sb = common::sandbox_with(&chain_yaml(), Mode::Tc, &SF_VETHS, tables);
+    let entries = |sb: &Sandbox| -> usize {
+        let path = sb.bpffs.0.join("maps").join(sfc_common::MAP_FRAGMENTS);
+        let map = aya::maps::MapData::from_pin(&path).unwrap();
+        let map: aya::maps::HashMap<_, sfc_common::FragmentKey, sfc_common::FragmentState> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
+        map.keys().count()
+    };
+    let first = |id: u16| fragment4(6, DST, id, 0x2000, &l4(40000, 80, 24));
+    let later = |id: u16| fragment4(6, DST, id, 0x0003, &[0u8; 8]);
+    let before = stats(&sb);
+    for id in 0..1025 {
+        assert_eq!(
+            run_on(&mut sb, &first(id), 0).0,
+            TC_ACT_REDIRECT,
+            "first {id}"
+        );
+    }
+    assert_eq!(stat_delta(&before, &sb, "fragments_tracked"), 1024);
+    assert_eq!(stat_delta(&before, &sb, "fragment_table_full"), 1);
+    assert_eq!(entries(&sb), 1024);
+    // The datagram that did not fit: its later fragments are of unknown ports.
+    assert_eq!(run_on(&mut sb, &later(1024), 0).0, TC_ACT_SHOT);
+    // Nothing more comes for the others: once too old they are ignored, then swept.
+    std::thread::sleep(Duration::from_nanos(
+        sfc_common::FRAGMENT_TIMEOUT_NS + 100_000_000,
+    ));
+    let before = stats(&sb);
+    assert_eq!(run_on(&mut sb, &later(0), 0).0, TC_ACT_SHOT, "stale");
+    assert_eq!(stat_delta(&before, &sb, "fragment_unknown"), 1);
+    sb.dataplane.sweep_fragments().unwrap();
+    assert_eq!(entries(&sb), 0);
+    assert_eq!(run_on(&mut sb, &first(1024), 0).0, TC_ACT_REDIRECT);
+    assert_eq!(run_on(&mut sb, &later(1024), 0).0, TC_ACT_REDIRECT);
 }
 
 /// A classifier without ports chooses members without them: the whole datagrams and the

@@ -169,6 +169,9 @@ pub struct Dataplane {
     members: HashMap<MapData, MemberKey, RingEntry>,
     live: DevMapHash<MapData>,
     fragments: HashMap<MapData, FragmentKey, FragmentState>,
+    /// At the last sweep of `fragments`: the count of tracked first fragments, and the
+    /// entries left.
+    fragments_swept: Option<(u64, usize)>,
     stats: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, Counter>,
     /// Per-chain counts of retired generations.
@@ -230,6 +233,7 @@ impl Dataplane {
             members: take(&mut bpf, MAP_MEMBERS)?,
             live: take(&mut bpf, MAP_LIVE)?,
             fragments: take(&mut bpf, MAP_FRAGMENTS)?,
+            fragments_swept: None,
             stats: take(&mut bpf, MAP_STATS)?,
             counters: take(&mut bpf, MAP_COUNTERS)?,
             chain_counters: ChainCounters::default(),
@@ -614,18 +618,27 @@ impl Dataplane {
 
     /// Forgets datagrams whose fragments stopped coming (the datapath already ignores them;
     /// this frees their room in the table).
+    /// The table is walked only if it may hold something: it held entries at the last sweep,
+    /// or a first fragment was tracked since (there is no fragment traffic most of the time).
     pub fn sweep_fragments(&mut self) -> Result<(), DataplaneError> {
+        let tracked = self.stat(stat::FRAGMENTS_TRACKED)?;
+        if self.fragments_swept == Some((tracked, 0)) {
+            return Ok(());
+        }
         let now = monotonic_ns();
-        let stale: Vec<FragmentKey> = self
-            .fragments
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, state)| now.saturating_sub(state.first_ns) > FRAGMENT_TIMEOUT_NS)
-            .map(|(key, _)| key)
-            .collect();
+        let mut stale = Vec::new();
+        let mut left = 0;
+        for (key, state) in self.fragments.iter().filter_map(Result::ok) {
+            if now.saturating_sub(state.first_ns) > FRAGMENT_TIMEOUT_NS {
+                stale.push(key);
+            } else {
+                left += 1;
+            }
+        }
         for key in stale {
             remove_ok(self.fragments.remove(&key)).map_err(map_err(MAP_FRAGMENTS))?;
         }
+        self.fragments_swept = Some((tracked, left));
         Ok(())
     }
 
@@ -753,14 +766,14 @@ impl Dataplane {
 
     /// Datapath counters, summed over CPUs, in `stat::NAMES` order.
     pub fn stats(&self) -> Result<Vec<u64>, DataplaneError> {
-        (0..stat::COUNT)
-            .map(|i| {
-                self.stats
-                    .get(&i, 0)
-                    .map(|per_cpu| per_cpu.iter().sum())
-                    .map_err(map_err(MAP_STATS))
-            })
-            .collect()
+        (0..stat::COUNT).map(|i| self.stat(i)).collect()
+    }
+
+    fn stat(&self, index: u32) -> Result<u64, DataplaneError> {
+        self.stats
+            .get(&index, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .map_err(map_err(MAP_STATS))
     }
 }
 

@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::Command};
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use sfc_config::{model::State, plan::plan};
-use sfc_daemon::dataplane::{netlink::read_interfaces, Dataplane, Mode};
+use sfc_daemon::dataplane::{netlink::read_interfaces, tables::Tables, Dataplane, Mode};
 use sfc_lab::{frames, lab::run};
 
 /// A private network namespace (for this thread) and bpffs mount; both undone on drop.
@@ -32,6 +32,11 @@ impl Drop for Bpffs {
 /// each of `veths` (both ends up), opens the dataplane in `mode` on a fresh bpffs and applies
 /// `yaml`.
 pub fn sandbox(yaml: &str, mode: Mode, veths: &[&str]) -> Sandbox {
+    sandbox_with(yaml, mode, veths, Tables::default())
+}
+
+/// The same with tables of the given sizes.
+pub fn sandbox_with(yaml: &str, mode: Mode, veths: &[&str], tables: Tables) -> Sandbox {
     assert_eq!(
         unsafe { libc::unshare(libc::CLONE_NEWNET) },
         0,
@@ -64,7 +69,7 @@ pub fn sandbox(yaml: &str, mode: Mode, veths: &[&str]) -> Sandbox {
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs)).unwrap();
     let bpffs = Bpffs(bpffs);
     let mut sb = Sandbox {
-        dataplane: Dataplane::open(&bpffs.0, mode, Default::default()).unwrap(),
+        dataplane: Dataplane::open(&bpffs.0, mode, tables).unwrap(),
         bpffs,
     };
     apply(&mut sb, yaml);
