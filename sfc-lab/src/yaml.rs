@@ -45,6 +45,31 @@ pub fn bulk_chain(n: usize, prefix: &str, source_port: &str, groups: &str) -> St
     docs
 }
 
+/// The demo's first group alone, PG1 = `pairs` (of PP1 on sf1, PP2 on sf2), for UDP from the
+/// demo's source to its destination's `ports` (`"N"` or `"MIN:MAX"`).
+pub fn one_group_udp_chain(pairs: &str, ports: &str) -> String {
+    use crate::demo::{DST_V4, SRC_V4};
+    [
+        doc("PortPair", "PP1", "{ingress: sf1-in, egress: sf1-out}"),
+        doc("PortPair", "PP2", "{ingress: sf2-in, egress: sf2-out}"),
+        doc("PortPairGroup", "PG1", &format!("{{portPairs: [{pairs}]}}")),
+        doc(
+            "FlowClassifier",
+            "FC1",
+            &format!(
+                "{{logicalSourcePort: vm-src, protocol: udp, sourceIpPrefix: {SRC_V4}/32, \
+                 destinationIpPrefix: {DST_V4}/32, destinationPortRange: '{ports}'}}"
+            ),
+        ),
+        doc(
+            "PortChain",
+            "PC1",
+            "{portPairGroups: [PG1], flowClassifiers: [FC1]}",
+        ),
+    ]
+    .concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

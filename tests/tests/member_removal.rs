@@ -19,7 +19,7 @@ use sfc_lab::{
     demo::{add_sf_links, configure_sf, Demo, DST_V4, SRC_V4},
     frames,
     lab::{script, wait_for, Stats},
-    yaml::doc,
+    yaml::one_group_udp_chain,
 };
 
 const RATE: u64 = 1000;
@@ -42,25 +42,7 @@ const PORT_B: u16 = 9001;
 /// A chain of one group, PG1 = `pairs`, for UDP from the source to the destination's ports
 /// 9000 and 9001.
 fn chain(pairs: &str) -> String {
-    [
-        doc("PortPair", "PP1", "{ingress: sf1-in, egress: sf1-out}"),
-        doc("PortPair", "PP2", "{ingress: sf2-in, egress: sf2-out}"),
-        doc("PortPairGroup", "PG1", &format!("{{portPairs: [{pairs}]}}")),
-        doc(
-            "FlowClassifier",
-            "FC1",
-            &format!(
-                "{{logicalSourcePort: vm-src, protocol: udp, sourceIpPrefix: {SRC_V4}/32, \
-                 destinationIpPrefix: {DST_V4}/32, destinationPortRange: '9000:9001'}}"
-            ),
-        ),
-        doc(
-            "PortChain",
-            "PC1",
-            "{portPairGroups: [PG1], flowClassifiers: [FC1]}",
-        ),
-    ]
-    .concat()
+    one_group_udp_chain(pairs, "9000:9001")
 }
 
 /// Sends `count` datagrams from `sport` to `dport`, waiting until they are sent.

@@ -14,7 +14,7 @@ use sfc_lab::{
     demo::{Demo, DST_V4, SRC_V4},
     frames,
     lab::wait_for,
-    yaml::doc,
+    yaml::one_group_udp_chain,
 };
 
 const SPORT: u16 = 40000;
@@ -30,25 +30,7 @@ const FRAMES: u64 = 20;
 /// PG1 = {PP1, PP2}, one hop, for UDP from the source to the destination's port 9000: a
 /// classifier with no VLAN in it, which tagged traffic matches by its addresses and ports.
 fn chain() -> String {
-    [
-        doc("PortPair", "PP1", "{ingress: sf1-in, egress: sf1-out}"),
-        doc("PortPair", "PP2", "{ingress: sf2-in, egress: sf2-out}"),
-        doc("PortPairGroup", "PG1", "{portPairs: [PP1, PP2]}"),
-        doc(
-            "FlowClassifier",
-            "FC1",
-            &format!(
-                "{{logicalSourcePort: vm-src, protocol: udp, sourceIpPrefix: {SRC_V4}/32, \
-                 destinationIpPrefix: {DST_V4}/32, destinationPortRange: '{DPORT}'}}"
-            ),
-        ),
-        doc(
-            "PortChain",
-            "PC1",
-            "{portPairGroups: [PG1], flowClassifiers: [FC1]}",
-        ),
-    ]
-    .concat()
+    one_group_udp_chain("PP1, PP2", &DPORT.to_string())
 }
 
 fn ipv4(text: &str) -> [u8; 4] {
