@@ -225,7 +225,14 @@ fn prefix(value: &str, family: u8) -> Result<Prefix, String> {
     })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
-        None => max,
+        // As networking-sfc: an address alone is not a prefix (was a /32 meant, or a /24?).
+        None => {
+            return Err(format!(
+                "{} has no prefix length; write it with one, e.g. {}/{max} for this address alone",
+                shown(value),
+                addr
+            ))
+        }
         Some(l) => match l.trim().parse::<u8>() {
             Ok(l) if l <= max => l,
             _ => return Err(format!("{}: prefix length must be 0..{max}", shown(value))),
@@ -443,5 +450,26 @@ mod tests {
         ))
         .unwrap_err();
         assert!(errs[0].1.contains("10.0.0.0/24"), "{errs:?}");
+    }
+
+    /// As networking-sfc: an address alone is refused (it used to be read as a /32), and the
+    /// error shows the fix.
+    #[test]
+    fn a_prefix_needs_its_length() {
+        for (text, fix) in [
+            (
+                "{sourceIpPrefix: 10.0.0.0, logicalSourcePort: p}",
+                "10.0.0.0/32",
+            ),
+            (
+                "{ethertype: IPv6, destinationIpPrefix: 'fd00::1', logicalSourcePort: p}",
+                "fd00::1/128",
+            ),
+        ] {
+            let errs = normalize(&spec(text)).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].1.contains("has no prefix length"), "{errs:?}");
+            assert!(errs[0].1.contains(fix), "{errs:?}");
+        }
     }
 }
