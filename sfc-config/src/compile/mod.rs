@@ -59,8 +59,6 @@ pub struct Image {
     /// Group tables by slot, relative to the generation's first slot (the writer adds the
     /// generation base to the tables and to the verdicts that point at them).
     pub rings: Vec<Vec<RingEntry>>,
-    /// The live members of each group, by group key: flow pins to anything else are stale.
-    pub members: BTreeMap<u32, Vec<RingEntry>>,
     /// What counter `i + 1` counts (relative to the generation's first counter).
     pub counters: Vec<CounterLabel>,
     /// The SF-facing interfaces (member sides, taps included) by ifindex. Their counter slots
@@ -384,9 +382,6 @@ impl<'s> Compiler<'s> {
         } else {
             table.iter().map(|&i| live[i].2).collect()
         });
-        self.image
-            .members
-            .insert(group_key(group), live.iter().map(|m| m.2).collect());
     }
 
     /// Both sides of one member, or `None` when it is skipped (an interface is absent, or one
@@ -1198,14 +1193,6 @@ mod tests {
             },
         };
         assert!(c.image.rings[2].iter().all(|e| *e == one));
-        let members: Vec<(u32, Vec<RingEntry>)> = c.image.members.clone().into_iter().collect();
-        let mut expected = vec![
-            (group_key("empty"), vec![]),
-            (group_key("ga"), vec![a1, a2]),
-            (group_key("gs"), vec![one]),
-        ];
-        expected.sort_by_key(|(k, _)| *k);
-        assert_eq!(members, expected);
         assert_eq!(
             groups.taps.into_iter().collect::<Vec<_>>(),
             [(&"tap".to_string(), veth_member(6))]
@@ -1289,7 +1276,6 @@ mod tests {
         c.group_tables().expect("tables fit");
         // Traffic sent in would leave the SF where nothing steers it on.
         assert!(c.image.rings[0].iter().all(|e| *e == RingEntry::default()));
-        assert_eq!(c.image.members[&group_key("g")], []);
         assert_eq!(
             c.image.notes,
             ["PortPair \"p\": interface \"p-out\" is not present; the member is skipped until it appears"]
@@ -1298,7 +1284,7 @@ mod tests {
         veth(&mut i, "p-out", 2);
         let mut c = Compiler::new(&s, &i, &origins);
         c.group_tables().expect("tables fit");
-        assert_eq!(c.image.members[&group_key("g")].len(), 1);
+        assert!(c.image.rings[0].iter().all(|e| e.ingress.ifindex == 1));
         assert!(c.image.notes.is_empty());
     }
 
