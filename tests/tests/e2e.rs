@@ -407,7 +407,9 @@ fn a_symmetric_chain_sends_replies_back_through_the_same_instances() {
         // the member's and SF3's counts match, the other member saw nothing.
         assert_eq!(c.forwarded[1 - member], 0, "{c:?}");
         assert_eq!(c.forwarded[member], c.forwarded[2], "{c:?}");
-        assert!(c.forwarded[2] >= 10, "replies did not cross the SFs: {c:?}");
+        // One HTTP exchange is about ten packets both ways, fewer when the stack merges some
+        // (a FIN with the response): at least a handshake and the request and reply.
+        assert!(c.forwarded[2] >= 6, "replies did not cross the SFs: {c:?}");
         // The replies left through the SFs' ingress NICs (reverse direction).
         for sf in [member, 2] {
             assert!(
