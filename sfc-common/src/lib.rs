@@ -2,17 +2,17 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v3_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! version (`sfc_v4_*`): a change of any layout here bumps it, so that a new daemon gets fresh
 //! maps instead of misreading pinned ones.
 #![no_std]
 
-/// The version of this ABI, in every map name (`sfc_v3_*`). A change of any layout here, of a
+/// The version of this ABI, in every map name (`sfc_v4_*`). A change of any layout here, of a
 /// map's type or of what a value means bumps it, so that a new daemon gets fresh maps instead of
 /// misreading pinned ones; `layout_fingerprint_matches_the_abi_version` fails until it is.
 #[macro_export]
 macro_rules! abi_version {
     () => {
-        3
+        4
     };
 }
 pub const ABI_VERSION: u32 = abi_version!();
@@ -28,6 +28,8 @@ pub const MAP_PREFIX: &str = map_name!("");
 pub const MAP_CONFIG: &str = map_name!("config");
 pub const MAP_PORTS: &str = map_name!("ports");
 pub const MAP_CLASSIFY: &str = map_name!("classify");
+/// Source-port ranges of the classify entries whose packets are told apart by source port.
+pub const MAP_SOURCE_PORTS: &str = map_name!("source_ports");
 pub const MAP_RING: &str = map_name!("ring");
 /// Members of every group table: a pin is honoured only while its member is still here.
 pub const MAP_MEMBERS: &str = map_name!("members");
@@ -61,10 +63,11 @@ pub const PROGRAM_XDP: &str = "sfc_xdp";
 pub const MAP_XDP_INTO_VETH: &str = map_name!("xdp_into_veth");
 
 /// Every map of the steering object, pinned or not.
-pub const MAP_NAMES: [&str; 20] = [
+pub const MAP_NAMES: [&str; 21] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_CLASSIFY,
+    MAP_SOURCE_PORTS,
     MAP_RING,
     MAP_MEMBERS,
     MAP_LIVE,
@@ -96,6 +99,10 @@ pub const RING_SIZE: u32 = 1021;
 pub const SLOTS_PER_GEN: u32 = 512;
 /// Classifier entries (both generations together). Hash map without preallocation.
 pub const CLASSIFY_CAPACITY: u32 = 1 << 20;
+/// Source-port ranges of classify entries per generation (`sfc_v4_source_ports`; generation
+/// `g` owns `g * SOURCE_PORTS_PER_GEN ..`). Only keys shared by classifiers that differ by
+/// source port need them.
+pub const SOURCE_PORTS_PER_GEN: u32 = 32768;
 /// Interfaces with a program, times two generations.
 pub const PORTS_CAPACITY: u32 = 8192;
 /// Default size of the flow tables (flows in a chain, per direction, IPv4 and IPv6 each: their
@@ -125,9 +132,9 @@ pub const MEMBER_SLOTS: u32 = 4096;
 /// Size of the trace event ring buffer (bytes, a power of two).
 pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
-/// `sfc_v3_config` index holding the epoch; the active generation is `epoch & 1`.
+/// `sfc_v4_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
-/// `sfc_v3_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
+/// `sfc_v4_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
 pub const CONFIG_FLIP_NS: u32 = 1;
 pub const CONFIG_ENTRIES: u32 = 2;
 
@@ -229,7 +236,9 @@ pub mod stat {
     ];
 }
 
-/// Key of `sfc_v3_classify`: a packet's fields, masked by one tuple of its interface.
+/// Key of `sfc_v4_classify`: a packet's addresses, protocol and destination port, masked by
+/// one tuple of its interface. The source port is not in the key: it is checked against the
+/// entry's ranges ([`ClassEntry`]), so that ranges on both ports need no product of shapes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClassKey {
@@ -241,30 +250,62 @@ pub struct ClassKey {
     pub proto: u8,
     /// Classification domain: a logical source port, or a group's egress side.
     pub domain: u32,
-    pub sport: u16,
     pub dport: u16,
+    pub _pad: u16,
     /// Addresses in network byte order, IPv4 in word 0.
     pub src: [u32; 4],
     pub dst: [u32; 4],
 }
 
 /// One match shape. A packet is probed against a tuple by AND-ing its fields with the mask.
+/// Destination ports are matched by blocks of 1, 16, 256 or 4096 aligned ports (masks
+/// `0xffff`, `0xfff0`, `0xff00`, `0xf000`) or not at all, so that a domain has at most five
+/// port shapes per address shape, whatever its ranges.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TupleMask {
     pub family: u8,
     /// 0xff when the protocol is part of the match, 0 for "any".
     pub proto: u8,
-    /// 1 when the mask needs L4 ports: such a tuple is never probed for IP fragments.
+    /// 1 when the shape's classifiers match on L4 ports (the destination port under `dport`,
+    /// or source-port ranges in their entries): never probed for a fragment whose ports are
+    /// unknown.
     pub uses_ports: u8,
     pub _pad: u8,
-    pub sport: u16,
     pub dport: u16,
+    pub _pad2: u16,
     pub src: [u32; 4],
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v3_ports`.
+/// A verdict for the source ports `lo..=hi`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourcePorts {
+    pub lo: u16,
+    pub hi: u16,
+    pub verdict: Verdict,
+}
+
+impl SourcePorts {
+    pub const ANY: (u16, u16) = (0, u16::MAX);
+}
+
+/// Value of `sfc_v4_classify`: what the key's packets get, by their source port. Most keys
+/// have one range (`only`; `0..=65535` when the classifier has none). Where classifiers share
+/// a key and differ by source port, `ranges` > 0 and the ranges are elements
+/// `first .. first + ranges` of `sfc_v4_source_ports`, sorted and disjoint: a binary search
+/// of at most 16 steps, however many there are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClassEntry {
+    pub only: SourcePorts,
+    /// Absolute (generation base included).
+    pub first: u32,
+    pub ranges: u32,
+}
+
+/// Key of `sfc_v4_ports`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -272,7 +313,7 @@ pub struct PortKey {
     pub gen: u32,
 }
 
-/// Value of `sfc_v3_ports`: the domain packets arriving on this interface are classified in and
+/// Value of `sfc_v4_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,7 +338,7 @@ pub const PORT_PASS_UNPARSABLE: u16 = 2;
 /// unknown is unparsable here.
 pub const PORT_NEEDS_PORTS: u16 = 4;
 
-/// Value of `sfc_v3_classify`.
+/// Value of `sfc_v4_classify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Verdict {
@@ -354,7 +395,7 @@ pub struct Member {
     pub slot: u16,
 }
 
-/// Entry of `sfc_v3_ring` and value of `sfc_v3_pins`: both sides of one member, so that the
+/// Entry of `sfc_v4_ring` and value of `sfc_v4_pins`: both sides of one member, so that the
 /// two directions of a symmetric flow meet the same instance.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -363,7 +404,7 @@ pub struct RingEntry {
     pub egress: Member,
 }
 
-/// Key of `sfc_v3_members`: a member (by its ingress interface) of one group table.
+/// Key of `sfc_v4_members`: a member (by its ingress interface) of one group table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
@@ -372,7 +413,7 @@ pub struct MemberKey {
     pub ifindex: u32,
 }
 
-/// Key of `sfc_v3_pins` (whose value is the member's ingress ifindex): a flow (as its
+/// Key of `sfc_v4_pins` (whose value is the member's ingress ifindex): a flow (as its
 /// member-choosing hash) in one group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -381,7 +422,7 @@ pub struct PinKey {
     pub hash: u32,
 }
 
-/// Value of `sfc_v3_flows`.
+/// Value of `sfc_v4_flows`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowState {
@@ -394,7 +435,7 @@ pub struct FlowState {
     pub inflight: u64,
 }
 
-/// Key of `sfc_v3_decisions`: a flow arriving on one interface.
+/// Key of `sfc_v4_decisions`: a flow arriving on one interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey {
@@ -402,7 +443,7 @@ pub struct DecisionKey {
     pub tuple: FlowTuple,
 }
 
-/// Value of `sfc_v3_decisions`: what the program decided for a flow on an interface, valid
+/// Value of `sfc_v4_decisions`: what the program decided for a flow on an interface, valid
 /// while the epoch is the same (any update makes every decision stale at once), so that the
 /// next packets of the flow skip classification and member choice.
 #[repr(C)]
@@ -420,7 +461,7 @@ pub struct Decision {
     pub _pad: u8,
 }
 
-/// Element of `sfc_v3_member_counters` (per CPU): traffic we sent into an SF through one of its
+/// Element of `sfc_v4_member_counters` (per CPU): traffic we sent into an SF through one of its
 /// interfaces, and traffic that came back out of it there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -431,7 +472,7 @@ pub struct MemberCounter {
     pub from_bytes: u64,
 }
 
-/// Element of `sfc_v3_counters` (per CPU).
+/// Element of `sfc_v4_counters` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Counter {
@@ -449,7 +490,7 @@ pub mod trace_field {
     pub const ID: u8 = 1 << 5;
 }
 
-/// The one entry of `sfc_v3_trace_filter`. A packet matches in either direction (source and
+/// The one entry of `sfc_v4_trace_filter`. A packet matches in either direction (source and
 /// destination swapped), so one filter follows both directions of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -468,7 +509,7 @@ pub struct TraceFilter {
     pub dst: [u32; 4],
 }
 
-/// One packet's step through this node, sent to `sfc_v3_trace_events` while tracing.
+/// One packet's step through this node, sent to `sfc_v4_trace_events` while tracing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TraceEvent {
@@ -512,7 +553,7 @@ pub fn tracking_id(input: &HashInput) -> u32 {
     }
 }
 
-/// Key of `sfc_v3_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
+/// Key of `sfc_v4_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
 /// IPv4 flows have their own tables because the key is hashed on every packet: a decided flow
 /// costs a third less with it.
 #[repr(C)]
@@ -528,7 +569,7 @@ pub struct FlowTuple4 {
     pub vlan: u16,
 }
 
-/// Key of `sfc_v3_decisions4`.
+/// Key of `sfc_v4_decisions4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey4 {
@@ -536,7 +577,7 @@ pub struct DecisionKey4 {
     pub tuple: FlowTuple4,
 }
 
-/// Key of `sfc_v3_flows` (directional 5-tuple; IPv6, and anything not IPv4).
+/// Key of `sfc_v4_flows` (directional 5-tuple; IPv6, and anything not IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowTuple {
@@ -550,7 +591,7 @@ pub struct FlowTuple {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v3_fragments`: one IP datagram arriving on one interface (each hop of a chain
+/// Key of `sfc_v4_fragments`: one IP datagram arriving on one interface (each hop of a chain
 /// sees the whole datagram again, in its own order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -565,7 +606,7 @@ pub struct FragmentKey {
     pub dst: [u32; 4],
 }
 
-/// Value of `sfc_v3_fragments`: what the first fragment told of its datagram.
+/// Value of `sfc_v4_fragments`: what the first fragment told of its datagram.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentState {
@@ -667,6 +708,8 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, and have no padding bytes.
     unsafe impl aya::Pod for ClassKey {}
     unsafe impl aya::Pod for TupleMask {}
+    unsafe impl aya::Pod for SourcePorts {}
+    unsafe impl aya::Pod for ClassEntry {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PortValue {}
     unsafe impl aya::Pod for Verdict {}
@@ -697,6 +740,8 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<ClassKey>(), 4 + 4 + 4 + 32);
         assert_eq!(size_of::<TupleMask>(), 8 + 32);
+        assert_eq!(size_of::<SourcePorts>(), 4 + 40);
+        assert_eq!(size_of::<ClassEntry>(), 44 + 8);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<PortValue>(), 12 + 40 * MAX_TUPLES);
         assert_eq!(size_of::<MemberCounter>(), 32);
@@ -726,9 +771,11 @@ mod tests {
                 [size_of::<$t>() as u64, $(offset_of!($t, $f) as u64),+]
             };
         }
-        let layouts: [&[u64]; 21] = [
-            &fields!(ClassKey: gen, tuple, family, proto, domain, sport, dport, src, dst),
-            &fields!(TupleMask: family, proto, uses_ports, sport, dport, src, dst),
+        let layouts: [&[u64]; 23] = [
+            &fields!(ClassKey: gen, tuple, family, proto, domain, dport, src, dst),
+            &fields!(TupleMask: family, proto, uses_ports, dport, src, dst),
+            &fields!(SourcePorts: lo, hi, verdict),
+            &fields!(ClassEntry: only, first, ranges),
             &fields!(PortKey: ifindex, gen),
             &fields!(PortValue: domain, n_tuples, flags, slot, tuples),
             &fields!(Verdict: chain_id, hop, action, slot, group, counter, deliver_ifindex,
@@ -757,6 +804,7 @@ mod tests {
             RING_SIZE as u64,
             SLOTS_PER_GEN as u64,
             COUNTERS_PER_GEN as u64,
+            SOURCE_PORTS_PER_GEN as u64,
             MEMBER_SLOTS as u64,
             stat::COUNT as u64,
         ]) {
@@ -772,7 +820,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (3, 6686191724392013799),
+            (4, 4040774056022759911),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

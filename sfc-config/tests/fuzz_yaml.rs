@@ -999,8 +999,19 @@ fn check_apply(
     for ring in &image.rings {
         prop_assert_eq!(ring.len(), RING_SIZE as usize);
     }
-    for (key, verdict) in &image.classify {
+    for (key, entry) in &image.classify {
         prop_assert!((key.tuple as usize) < MAX_TUPLES);
+        // Stored source-port ranges are inside the image, sorted and disjoint (the
+        // datapath's binary search relies on it), and never for one range alone.
+        if entry.ranges > 0 {
+            let end = (entry.first + entry.ranges) as usize;
+            prop_assert!(entry.ranges > 1 && end <= image.source_ports.len());
+            let list = &image.source_ports[entry.first as usize..end];
+            prop_assert!(list.iter().all(|r| r.lo <= r.hi));
+            prop_assert!(list.windows(2).all(|w| w[0].hi < w[1].lo));
+        }
+    }
+    for verdict in image.verdicts() {
         prop_assert!(verdict.counter as usize <= image.counters.len());
         if verdict.action == action::STEER {
             prop_assert!((verdict.slot as usize) < image.rings.len());

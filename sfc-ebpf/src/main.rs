@@ -34,15 +34,15 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sfc_common::{
-    action, lb, stat, trace_field, ClassKey, Counter, Decision, DecisionKey, DecisionKey4,
-    FlowState, FlowTuple, FlowTuple4, FragmentKey, FragmentState, HashInput, Member, MemberCounter,
-    MemberKey, PinKey, PortKey, PortValue, RingEntry, TraceEvent, TraceFilter, Verdict,
-    CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN,
-    DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE,
-    FLOWS_CAPACITY, FRAGMENTS_CAPACITY, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY,
-    MAX_TUPLES, MEMBERS_CAPACITY, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_ENTRY,
-    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER,
-    TRACE_EVENTS_BYTES,
+    action, lb, stat, trace_field, ClassEntry, ClassKey, Counter, Decision, DecisionKey,
+    DecisionKey4, FlowState, FlowTuple, FlowTuple4, FragmentKey, FragmentState, HashInput, Member,
+    MemberCounter, MemberKey, PinKey, PortKey, PortValue, RingEntry, SourcePorts, TraceEvent,
+    TraceFilter, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS,
+    COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS,
+    FLAG_REVERSE, FLOWS_CAPACITY, FRAGMENTS_CAPACITY, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS,
+    LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY,
+    PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK,
+    SLOT_PEER, SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES,
 };
 
 use crate::{
@@ -52,41 +52,45 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v3_config")]
+#[map(name = "sfc_v4_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v3_ports")]
+#[map(name = "sfc_v4_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_classify")]
-static CLASSIFY: HashMap<ClassKey, Verdict> = HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
+#[map(name = "sfc_v4_classify")]
+static CLASSIFY: HashMap<ClassKey, ClassEntry> =
+    HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v3_ring")]
+#[map(name = "sfc_v4_source_ports")]
+static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
+
+#[map(name = "sfc_v4_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v3_members")]
+#[map(name = "sfc_v4_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v3_live")]
+#[map(name = "sfc_v4_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v3_fragments")]
+#[map(name = "sfc_v4_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_flows")]
+#[map(name = "sfc_v4_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_flows4")]
+#[map(name = "sfc_v4_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_pins")]
+#[map(name = "sfc_v4_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_decisions")]
+#[map(name = "sfc_v4_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_decisions4")]
+#[map(name = "sfc_v4_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -147,29 +151,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v3_xdp_into_veth")]
+#[map(name = "sfc_v4_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v3_scratch")]
+#[map(name = "sfc_v4_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v3_stats")]
+#[map(name = "sfc_v4_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v3_counters")]
+#[map(name = "sfc_v4_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v3_member_counters")]
+#[map(name = "sfc_v4_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v3_member_slots")]
+#[map(name = "sfc_v4_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v3_trace_filter")]
+#[map(name = "sfc_v4_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v3_trace_events")]
+#[map(name = "sfc_v4_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -639,7 +643,8 @@ fn generation(flow: Option<*mut FlowState>, current: u32, entry_port: bool) -> u
 
 /// Probes the interface's tuples, most specific first; the first hit wins. Classifiers of
 /// different chains never overlap (the agent rejects it), so the order only matters between
-/// classifiers of one chain.
+/// classifiers of one chain. A hit whose source-port ranges leave the packet out is no hit:
+/// a less specific tuple may still take it.
 #[inline(always)]
 fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<&'static Verdict> {
     let n = port.n_tuples as usize;
@@ -658,8 +663,8 @@ fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<&'static Verdict>
             family: pkt.family,
             proto: pkt.proto & mask.proto,
             domain: port.domain,
-            sport: pkt.sport & mask.sport,
             dport: pkt.dport & mask.dport,
+            _pad: 0,
             src: [
                 pkt.src[0] & mask.src[0],
                 pkt.src[1] & mask.src[1],
@@ -673,11 +678,40 @@ fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<&'static Verdict>
                 pkt.dst[3] & mask.dst[3],
             ],
         };
-        if let Some(verdict) = unsafe { CLASSIFY.get(&key) } {
-            return Some(verdict);
+        if let Some(entry) = unsafe { CLASSIFY.get(&key) } {
+            if let Some(verdict) = by_source_port(entry, pkt.sport) {
+                return Some(verdict);
+            }
         }
     }
     None
+}
+
+/// The verdict of `entry` for source port `sport`, if one of its ranges holds it. Several
+/// ranges are sorted and disjoint: the last that starts at or below `sport` is the only
+/// candidate, found by halving (17 steps cover the 65 536 ports; the agent never writes more
+/// ranges for one key than there are ports).
+#[inline(always)]
+fn by_source_port(entry: &'static ClassEntry, sport: u16) -> Option<&'static Verdict> {
+    let candidate = if entry.ranges == 0 {
+        &entry.only
+    } else {
+        let mut base = entry.first;
+        let mut len = entry.ranges;
+        for _ in 0..17 {
+            if len <= 1 {
+                break;
+            }
+            let half = len / 2;
+            let middle = SOURCE_PORTS.get(base + half)?;
+            if middle.lo <= sport {
+                base += half;
+            }
+            len -= half;
+        }
+        SOURCE_PORTS.get(base)?
+    };
+    (candidate.lo <= sport && sport <= candidate.hi).then_some(&candidate.verdict)
 }
 
 #[inline(always)]

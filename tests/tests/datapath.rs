@@ -308,6 +308,57 @@ fn the_vlan_is_part_of_a_flow() {
 
 /// Traffic that matches nothing leaves no decision behind: a flood of such flows cannot evict
 /// the decisions of steered ones.
+/// networking-sfc's OVS driver classifier, ranges on both ports (refused before as 20 match
+/// shapes), beside a chain whose classifier differs from it by source port alone: both keep
+/// exactly their ports, the second through ranges stored for their shared keys.
+#[test]
+fn port_ranges_on_both_sides_steer_exactly_their_ports() {
+    let ranges = |name: &str, sport: &str| {
+        doc(
+            "FlowClassifier",
+            name,
+            &format!("{{logicalSourcePort: lo, protocol: tcp, sourcePortRange: '{sport}', destinationPortRange: '300:400'}}"),
+        )
+    };
+    let yaml = [
+        doc("PortPair", "A", "{ingress: sfa-in, egress: sfa-out}"),
+        doc("PortPair", "C", "{ingress: sfc-in, egress: sfc-out}"),
+        doc("PortPairGroup", "GA", "{portPairs: [A]}"),
+        doc("PortPairGroup", "GC", "{portPairs: [C]}"),
+        ranges("low", "100:200"),
+        ranges("high", "201:300"),
+        doc(
+            "PortChain",
+            "R1",
+            "{portPairGroups: [GA], flowClassifiers: [low]}",
+        ),
+        doc(
+            "PortChain",
+            "R2",
+            "{portPairGroups: [GC], flowClassifiers: [high]}",
+        ),
+    ]
+    .concat();
+    let mut sb = sandbox(&yaml);
+    for sport in [1, 99, 100, 101, 150, 199, 200, 201, 250, 300, 301, 65535] {
+        for dport in [80, 299, 300, 301, 319, 320, 350, 399, 400, 401, 65535] {
+            let (verdict, out) = run_on(&mut sb, &tcp4(sport, dport), 0);
+            let expected = match (sport, dport) {
+                (100..=200, 300..=400) => Some("sfa-in"),
+                (201..=300, 300..=400) => Some("sfc-in"),
+                _ => None,
+            };
+            match expected {
+                Some(sf) => {
+                    assert_eq!(verdict, TC_ACT_REDIRECT, "{sport} -> {dport}");
+                    assert_eq!(out[0..6], peer_mac(sf), "{sport} -> {dport}");
+                }
+                None => assert_eq!(verdict, TC_ACT_NEXT, "{sport} -> {dport}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn no_decision_is_remembered_for_traffic_that_matches_nothing() {
     let mut sb = sandbox(&chain_yaml());

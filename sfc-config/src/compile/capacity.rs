@@ -24,6 +24,8 @@ use crate::{
 /// Classifier entries one generation may hold: the map holds both generations, and the new
 /// one is written while the old one still steers.
 pub const CLASSIFY_PER_GEN: usize = (CLASSIFY_CAPACITY / 2) as usize;
+/// Source-port ranges of classify entries that have several, per generation.
+pub const SOURCE_PORTS_PER_GEN: usize = sfc_common::SOURCE_PORTS_PER_GEN as usize;
 /// Interfaces with the program, per generation (likewise).
 pub const PORTS_PER_GEN: usize = (PORTS_CAPACITY / 2) as usize;
 /// SF-facing interfaces with counters: slot 0 of the member counters means "none".
@@ -109,8 +111,8 @@ pub fn entry_ports<P: AsRef<str>>(
     ))
 }
 
-/// Classifier map entries, counted after port ranges are split into prefix blocks and after
-/// identical entries are merged. `at` is the classifier whose entries pass the limit.
+/// Classifier map entries, counted after destination-port ranges are split into blocks and
+/// after entries of one key are merged. `at` is the classifier whose entries pass the limit.
 pub fn classifier_entries(
     count: usize,
     at: Option<&str>,
@@ -125,7 +127,28 @@ pub fn classifier_entries(
         at.unwrap_or_default(),
         "spec",
         format!(
-            "the classifiers need {count} classifier map entries, and this node holds at most {CLASSIFY_PER_GEN} (the limit is passed at this classifier); a classifier takes one entry per block of its port ranges (source blocks times destination blocks) where it enters and again after each hop: use fewer classifiers or hops, or port ranges aligned to powers of two (\"1024:2047\" is one block, \"1:65534\" is 30)"
+            "the classifiers need {count} classifier map entries, and this node holds at most {CLASSIFY_PER_GEN} (the limit is passed at this classifier); a classifier takes one entry per block of its destination-port range (blocks of 1, 16, 256 or 4096 aligned ports: \"8192:12287\" is one block, \"2:65534\" is 103) where it enters and again after each hop: use fewer classifiers or hops, or destination-port ranges aligned to those blocks"
+        ),
+    ))
+}
+
+/// Source-port ranges stored for keys that several classifiers share (those differing by
+/// source port alone). `at` is the classifier whose ranges pass the limit.
+pub fn source_port_ranges(
+    count: usize,
+    at: Option<&str>,
+    origins: &Origins,
+) -> Option<ConfigError> {
+    if count <= SOURCE_PORTS_PER_GEN {
+        return None;
+    }
+    Some(error(
+        origins,
+        Kind::FlowClassifier,
+        at.unwrap_or_default(),
+        "spec.sourcePortRange",
+        format!(
+            "the classifiers need {count} stored source-port ranges, and this node holds at most {SOURCE_PORTS_PER_GEN} (the limit is passed at this classifier); ranges are stored where classifiers with the same addresses, protocol and destination port differ by source port alone: merge such classifiers into fewer, wider ranges"
         ),
     ))
 }
@@ -566,17 +589,17 @@ mod tests {
 
     #[test]
     fn classifier_entries_are_counted_after_port_ranges_are_split() {
-        // 32 hops: 33 domains. "1:30" is 8 blocks (1, 2-3, 4-7, 8-15, 16-23, 24-27, 28-29, 30)
-        // of 4 sizes, so source times destination range is 64 entries of 16 shapes per
-        // domain, 2112 per classifier; 249 of them pass 524 288, at the 249th.
+        // 32 hops: 33 domains. "2:65534" is 103 destination-port blocks (14, 15, 15 and 14
+        // ports, of 1, 16, 256 and 4096, then back down: 15, 15, 15); the source-port range
+        // adds none. 3399 entries per classifier; 155 of them pass 524 288, at the 155th.
         let hops = 32;
         let mut state = groups(hops);
         let mut fcs = Vec::new();
-        for n in 0..249u32 {
+        for n in 0..155u32 {
             let name = format!("fc{n:03}");
             state.flow_classifiers.insert(
                 name.clone(),
-                classifier(format!("10.0.{}.{}/32", n >> 8, n & 0xff), Some("1:30")),
+                classifier(format!("10.0.{}.{}/32", n >> 8, n & 0xff), Some("2:65534")),
             );
             fcs.push(name);
         }
@@ -584,11 +607,11 @@ mod tests {
         chain(&mut state, "c", &all, &fcs, false);
         let err = only_error(compile(&state, &Interfaces::default(), &Origins::new()));
         assert!(
-            err.starts_with("(applied state): FlowClassifier \"fc248\": spec: the classifiers need 525888 classifier map entries, and this node holds at most 524288"),
+            err.starts_with("(applied state): FlowClassifier \"fc154\": spec: the classifiers need 526845 classifier map entries, and this node holds at most 524288"),
             "{err}"
         );
         assert!(
-            err.contains("port ranges aligned to powers of two"),
+            err.contains("destination-port ranges aligned to those blocks"),
             "{err}"
         );
     }
@@ -691,7 +714,10 @@ mod tests {
             err.contains("need 17 distinct match shapes") && err.contains("at most 16"),
             "{err}"
         );
-        assert!(err.contains("use fewer distinct prefix lengths"), "{err}");
+        assert!(
+            err.contains("give these classifiers fewer distinct prefix lengths"),
+            "{err}"
+        );
         // Each line names its place: the entry port, then the group the packets leave.
         assert!(err.contains("the classifiers entering at port "), "{err}");
         assert!(

@@ -87,6 +87,7 @@ impl Compiled {
         compiler.counters_per_classifier();
         compiler.image.counters = self.image.counters.clone();
         compiler.image.classify = self.image.classify.clone();
+        compiler.image.source_ports = self.image.source_ports.clone();
         compiler.attach(&self.fixed.roots, &self.fixed.shapes);
         Ok(Compiled {
             image: compiler.finish()?,

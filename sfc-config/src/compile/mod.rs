@@ -2,12 +2,12 @@
 //! map contents of one generation. Pure (no kernel writes), so it can run for `--dry-run`
 //! and is compared with the last image to skip no-op updates.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sfc_common::{
-    action, ClassKey, Member, PortValue, RingEntry, TupleMask, Verdict, COUNTERS_PER_GEN,
-    FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES, PORT_ENTRY,
-    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOT_PEER,
+    action, ClassEntry, ClassKey, Member, PortValue, RingEntry, SourcePorts, TupleMask, Verdict,
+    COUNTERS_PER_GEN, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES,
+    PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOT_PEER,
 };
 
 pub mod capacity;
@@ -55,7 +55,10 @@ pub struct Interfaces {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Image {
     pub ports: BTreeMap<u32, PortValue>,
-    pub classify: BTreeMap<ClassKey, Verdict>,
+    pub classify: BTreeMap<ClassKey, ClassEntry>,
+    /// The source-port ranges of classify entries that have several (`ClassEntry::first` is
+    /// an index here; the writer adds the generation base).
+    pub source_ports: Vec<SourcePorts>,
     /// Group tables by slot, relative to the generation's first slot (the writer adds the
     /// generation base to the tables and to the verdicts that point at them).
     pub rings: Vec<Vec<RingEntry>>,
@@ -68,6 +71,16 @@ pub struct Image {
     pub attach: BTreeMap<String, u32>,
     /// Things that are fine for now but worth saying (an interface not present yet).
     pub notes: Vec<String>,
+}
+
+impl Image {
+    /// Every verdict of the classify map: those of keys with one source-port range, and
+    /// those of the stored ranges.
+    pub fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
+        let only = self.classify.values().filter(|e| e.ranges == 0);
+        only.map(|e| &e.only.verdict)
+            .chain(self.source_ports.iter().map(|r| &r.verdict))
+    }
 }
 
 /// Which way a packet crosses a chain.
@@ -264,6 +277,8 @@ struct Entry {
     domain: u32,
     mask: TupleMask,
     key: ClassKey,
+    /// The source ports it matches (`SourcePorts::ANY`: all).
+    sport: (u16, u16),
     verdict: Verdict,
     classifier: String,
 }
@@ -750,16 +765,17 @@ impl<'s> Compiler<'s> {
                 counter,
             );
             let mut verdict = verdict;
-            let domain = domains.of(stop.place);
-            let expanded = m.expand();
-            if expanded.iter().all(|(mask, _)| mask.uses_ports == 0) {
+            if m.sport.is_none() && m.dport.is_none() {
                 verdict.flags |= FLAG_PORTLESS;
             }
-            for (mask, key) in expanded {
+            let domain = domains.of(stop.place);
+            let sport = m.sport.unwrap_or(SourcePorts::ANY);
+            for (mask, key) in m.expand() {
                 entries.push(Entry {
                     domain,
                     mask,
                     key,
+                    sport,
                     verdict,
                     classifier: fc_name.clone(),
                 });
@@ -902,38 +918,27 @@ impl<'s> Compiler<'s> {
             &culprit,
             "spec",
             format!(
-                "the classifiers {place} need {} distinct match shapes (prefix lengths and port-range blocks); at most {MAX_TUPLES} are supported: use fewer distinct prefix lengths or port ranges that are powers of two",
+                "the classifiers {place} need {} distinct match shapes (each combination of source and destination prefix lengths, protocol or not, and destination-port block size: 1, 16, 256, 4096 ports or any); at most {MAX_TUPLES} are probed: give these classifiers fewer distinct prefix lengths (e.g. /24 and /32 rather than /22, /24, /28 and /32)",
                 list.len()
             ),
         );
     }
 
     /// The classify map: each entry keyed by its domain and the index of its shape there.
-    /// Identical entries merge. Two classifiers of one chain going the same way can give the
-    /// same key (the same shape, and the same bits under it: their matches overlap there)
-    /// with different verdicts: each counts its own hits at the entry, and after the last hop
-    /// each ends at its own port. Then the one listed first in the chain keeps the key, in
-    /// every place alike (the entries come in that order): the tie-break of [`probe_order`].
-    /// Validation has made sure that this sends no packet elsewhere than where it entered
-    /// for (classifiers entering at different ports and ending at different ones must not
-    /// overlap). Keys of different chains, or of the two directions of one, are refused by
-    /// validation (the overlap stage, over the same places); should one get here all the same,
-    /// it is an error, never a key silently overwritten. So is passing the map's capacity
-    /// (named at the classifier where it is passed).
+    /// Classifiers whose entries share a key are told apart by source port: each port goes to
+    /// the one with the narrowest range that holds it, and among equal ranges to the one
+    /// listed first in the chain (the entries come in that order), in every place alike.
+    /// Classifiers of one chain going the same way may overlap so: each counts its own hits at
+    /// the entry, and after the last hop each ends at its own port; validation has made sure
+    /// that this sends no packet elsewhere than where it entered for. Overlaps between
+    /// different chains, or the two directions of one, are refused by validation (the overlap
+    /// stage, over the same places); should one get here all the same, it is an error, never
+    /// a port silently given to one of them. So is passing a map's capacity.
     fn classify(&mut self, entries: Vec<Entry>, shapes: &Shapes, domains: &Domains) {
-        let mut owner: BTreeMap<ClassKey, String> = BTreeMap::new();
-        let mut overflow_at: Option<String> = None;
-        let mut clashes: BTreeSet<(String, String, u32)> = BTreeSet::new();
-        let chain_of: BTreeMap<&str, &str> = self
-            .state
-            .port_chains
-            .iter()
-            .flat_map(|(c, pc)| {
-                pc.flow_classifiers
-                    .iter()
-                    .map(move |f| (f.as_str(), c.as_str()))
-            })
-            .collect();
+        // Keys in the order their first entry came, so that a capacity error names the
+        // classifier that brought in the key past the limit.
+        let mut by_key: HashMap<ClassKey, Vec<Entry>> = HashMap::new();
+        let mut in_order: Vec<ClassKey> = Vec::new();
         for e in entries {
             let list = &shapes.masks[&e.domain];
             let Some(index) = list.iter().position(|m| *m == e.mask) else {
@@ -947,40 +952,98 @@ impl<'s> Compiler<'s> {
                 domain: e.domain,
                 ..e.key
             };
-            match self.image.classify.get(&key) {
-                Some(existing) if *existing == e.verdict => {}
-                Some(existing) => {
-                    let other = owner.get(&key).cloned().unwrap_or_default();
-                    let same_way = chain_of.get(other.as_str())
-                        == chain_of.get(e.classifier.as_str())
-                        && (existing.flags ^ e.verdict.flags) & FLAG_REVERSE == 0;
-                    if same_way {
-                        // The first listed keeps it (see above).
-                        continue;
-                    }
-                    if !clashes.insert((e.classifier.clone(), other.clone(), e.domain)) {
-                        continue;
-                    }
-                    let place = domains.name(e.domain);
-                    let message = format!("matches packets that FlowClassifier {other:?} matches too, {place}, and the two send them different ways; the datapath cannot tell there which way a packet goes: make them disjoint");
-                    self.error(Kind::FlowClassifier, &e.classifier, "spec", message);
+            let sharers = by_key.entry(key).or_insert_with(|| {
+                in_order.push(key);
+                Vec::new()
+            });
+            sharers.push(e);
+        }
+        let chain_of: BTreeMap<&str, &str> = self
+            .state
+            .port_chains
+            .iter()
+            .flat_map(|(c, pc)| {
+                pc.flow_classifiers
+                    .iter()
+                    .map(move |f| (f.as_str(), c.as_str()))
+            })
+            .collect();
+        let mut clashes: BTreeSet<(String, String, u32)> = BTreeSet::new();
+        let mut classify_overflow_at = None;
+        let mut ranges_overflow_at = None;
+        // Lists of ranges shared by several keys (a classifier's destination-port blocks)
+        // are stored once.
+        let mut stored: HashMap<Vec<SourcePorts>, u32> = HashMap::new();
+        for key in in_order {
+            let mut sharers = by_key.remove(&key).unwrap_or_default();
+            let ranges = by_source_port(&mut sharers, |winner, other| {
+                let same_way = chain_of.get(winner.classifier.as_str())
+                    == chain_of.get(other.classifier.as_str())
+                    && (winner.verdict.flags ^ other.verdict.flags) & FLAG_REVERSE == 0;
+                if same_way
+                    || !clashes.insert((
+                        other.classifier.clone(),
+                        winner.classifier.clone(),
+                        key.domain,
+                    ))
+                {
+                    return;
                 }
-                None => {
-                    self.image.classify.insert(key, e.verdict);
-                    if self.image.classify.len() == capacity::CLASSIFY_PER_GEN + 1 {
-                        overflow_at = Some(e.classifier.clone());
+                let place = domains.name(key.domain);
+                let message = format!("matches packets that FlowClassifier {:?} matches too, {place}, and the two send them different ways; the datapath cannot tell there which way a packet goes: make them disjoint", winner.classifier);
+                self.errors.push(capacity::error(
+                    self.origins,
+                    Kind::FlowClassifier,
+                    &other.classifier,
+                    "spec",
+                    message,
+                ));
+            });
+            let entry = match ranges.as_slice() {
+                [only] => ClassEntry {
+                    only: *only,
+                    ..Default::default()
+                },
+                _ => {
+                    let first = match stored.get(&ranges) {
+                        Some(&first) => first,
+                        None => {
+                            let first = self.image.source_ports.len() as u32;
+                            self.image.source_ports.extend_from_slice(&ranges);
+                            if ranges_overflow_at.is_none()
+                                && self.image.source_ports.len() > capacity::SOURCE_PORTS_PER_GEN
+                            {
+                                ranges_overflow_at = Some(sharers[0].classifier.clone());
+                            }
+                            stored.insert(ranges.clone(), first);
+                            first
+                        }
+                    };
+                    ClassEntry {
+                        first,
+                        ranges: ranges.len() as u32,
+                        ..Default::default()
                     }
-                    owner.insert(key, e.classifier);
                 }
+            };
+            self.image.classify.insert(key, entry);
+            if self.image.classify.len() == capacity::CLASSIFY_PER_GEN + 1 {
+                classify_overflow_at = Some(sharers[0].classifier.clone());
             }
         }
-        if let Some(e) = capacity::classifier_entries(
-            self.image.classify.len(),
-            overflow_at.as_deref(),
-            self.origins,
-        ) {
-            self.errors.push(e);
-        }
+        let errors = [
+            capacity::classifier_entries(
+                self.image.classify.len(),
+                classify_overflow_at.as_deref(),
+                self.origins,
+            ),
+            capacity::source_port_ranges(
+                self.image.source_ports.len(),
+                ranges_overflow_at.as_deref(),
+                self.origins,
+            ),
+        ];
+        self.errors.extend(errors.into_iter().flatten());
     }
 
     // Stage 5: per-interface roots.
@@ -1030,6 +1093,62 @@ impl<'s> Compiler<'s> {
             self.errors.push(e);
         }
     }
+}
+
+/// The source-port ranges of one classify key, sorted and disjoint, each with its verdict,
+/// from the entries that share the key: each port goes to the entry with the narrowest range
+/// that holds it, among equals to the first (the order `sharers` came in). `clash(winner,
+/// other)` is called where another entry holding a port would have sent it elsewhere.
+/// Adjacent ranges with the same verdict are merged; ports no entry holds are left out.
+fn by_source_port(
+    sharers: &mut [Entry],
+    mut clash: impl FnMut(&Entry, &Entry),
+) -> Vec<SourcePorts> {
+    sharers.sort_by_key(|e| e.sport.1 - e.sport.0);
+    // A sweep over the ports where some range starts or ends, with the entries holding the
+    // ports from there on, by precedence.
+    let mut events: Vec<(u32, bool, usize)> = Vec::with_capacity(2 * sharers.len());
+    for (i, e) in sharers.iter().enumerate() {
+        events.push((e.sport.0 as u32, true, i));
+        events.push((e.sport.1 as u32 + 1, false, i));
+    }
+    events.sort_unstable();
+    let mut holding: BTreeSet<usize> = BTreeSet::new();
+    let mut out: Vec<SourcePorts> = Vec::new();
+    let mut k = 0;
+    while k < events.len() {
+        let at = events[k].0;
+        while k < events.len() && events[k].0 == at {
+            let (_, starts, i) = events[k];
+            if starts {
+                holding.insert(i);
+            } else {
+                holding.remove(&i);
+            }
+            k += 1;
+        }
+        let Some(&winner) = holding.first() else {
+            continue;
+        };
+        let until = events.get(k).map_or(u16::MAX as u32, |e| e.0 - 1);
+        let verdict = sharers[winner].verdict;
+        for &other in holding.iter().skip(1) {
+            if sharers[other].verdict != verdict {
+                clash(&sharers[winner], &sharers[other]);
+            }
+        }
+        match out.last_mut() {
+            Some(last) if last.verdict == verdict && last.hi as u32 + 1 == at => {
+                last.hi = until as u16
+            }
+            _ => out.push(SourcePorts {
+                lo: at as u16,
+                hi: until as u16,
+                verdict,
+            }),
+        }
+    }
+    out
 }
 
 /// The `ports` value of an interface whose traffic is classified in `domain`: its shapes,
@@ -1664,7 +1783,7 @@ mod tests {
         let (mut c, entries, shapes, domains) = through_shapes(&s, &interfaces, &origins);
         // The /16 is the least specific: past the limit, so its classifier is named.
         let line = |place: &str| {
-            format!("(applied state): FlowClassifier \"fc16\": spec: the classifiers {place} need 17 distinct match shapes (prefix lengths and port-range blocks); at most 16 are supported: use fewer distinct prefix lengths or port ranges that are powers of two")
+            format!("(applied state): FlowClassifier \"fc16\": spec: the classifiers {place} need 17 distinct match shapes (each combination of source and destination prefix lengths, protocol or not, and destination-port block size: 1, 16, 256, 4096 ports or any); at most 16 are probed: give these classifiers fewer distinct prefix lengths (e.g. /24 and /32 rather than /22, /24, /28 and /32)")
         };
         assert_eq!(
             messages(&c.errors),
@@ -1701,7 +1820,7 @@ mod tests {
         let (mut c, entries, shapes, domains) = through_shapes(&s, &interfaces, &origins);
         c.classify(entries, &shapes, &domains);
         assert!(c.errors.is_empty(), "{:?}", messages(&c.errors));
-        let counters: Vec<u32> = c.image.classify.values().map(|v| v.counter).collect();
+        let counters: Vec<u32> = c.image.verdicts().map(|v| v.counter).collect();
         // b's entry (listed first: its own counter 2), and after the hop (the chain's 1).
         assert_eq!(counters, [2, 1]);
         assert_eq!(c.image.counters[1].classifier.as_deref(), Some("b"));
@@ -1729,13 +1848,29 @@ mod tests {
                     family: sfc_common::FAMILY_V4,
                     proto: proto & mask.proto,
                     domain: port.domain,
-                    sport: sport & mask.sport,
                     dport: dport & mask.dport,
+                    _pad: 0,
                     src: and(src, mask.src),
                     dst: and(dst, mask.dst),
                 };
-                image.classify.get(&key).copied()
+                image
+                    .classify
+                    .get(&key)
+                    .and_then(|entry| source_port(image, entry, sport))
             })
+    }
+
+    /// The verdict of a classify entry for a source port, as the datapath's `by_source_port`
+    /// finds it.
+    fn source_port(image: &Image, entry: &ClassEntry, sport: u16) -> Option<Verdict> {
+        let ranges = match entry.ranges {
+            0 => std::slice::from_ref(&entry.only),
+            n => &image.source_ports[entry.first as usize..(entry.first + n) as usize],
+        };
+        ranges
+            .iter()
+            .find(|r| r.lo <= sport && sport <= r.hi)
+            .map(|r| r.verdict)
     }
 
     #[test]
@@ -1793,12 +1928,12 @@ mod tests {
         };
         let tcp = |src: [u8; 4], dst: [u8; 4], dport| (PROTO_TCP_NUM, src, dst, 40000, dport);
         let udp = |dport| (17, [1, 1, 1, 1], [2, 2, 2, 2], 40000, dport);
-        // /16 and tcp (24 bits) over /8 (8 bits) over 1000:1999 at 1500 (tcp and the 7 bits of
-        // the block 1024:1535: 15 bits)...
+        // /16 and tcp (24 bits) over /8 (8 bits) over 1000:1999 at 1500 (tcp and the 8 bits of
+        // the block 1280:1535: 16 bits)...
         assert_eq!(winner(tcp([1, 1, 1, 1], [10, 1, 2, 3], 1500)), "narrow");
         assert_eq!(winner(tcp([1, 1, 1, 1], [10, 2, 2, 3], 1500)), "range");
         assert_eq!(winner(tcp([1, 1, 1, 1], [10, 2, 2, 3], 80)), "wide");
-        // ... but at 1000 the block is 1000:1007 (13 bits), so tcp and it (21) beat the /8.
+        // ... and at 1000 the block is 1000 alone (16 bits): tcp and it (24) beat the /8 too.
         assert_eq!(winner(tcp([1, 1, 1, 1], [10, 2, 2, 3], 1000)), "range");
         assert_eq!(winner(tcp([192, 168, 1, 9], [10, 3, 0, 9], 80)), "dst24");
         assert_eq!(winner(tcp([192, 168, 1, 9], [9, 9, 9, 9], 80)), "src24");
@@ -1808,6 +1943,163 @@ mod tests {
     }
 
     const PROTO_TCP_NUM: u8 = 6;
+
+    /// Chains `c0..` from port src (ifindex 1), chain n through group gn of one pair (ingress
+    /// ifindex 10 + 2n, egress 11 + 2n), each with one classifier of `fields`.
+    fn chains_from_src(fields: &[String]) -> Image {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        veth(&mut i, "src", 1);
+        for (n, f) in fields.iter().enumerate() {
+            pair(
+                &mut s,
+                &format!("pp{n}"),
+                &format!("in{n}"),
+                &format!("out{n}"),
+            );
+            group(&mut s, &format!("g{n}"), &[format!("pp{n}")]);
+            classifier(
+                &mut s,
+                &format!("f{n}"),
+                &format!("{{{f}, logicalSourcePort: src}}"),
+            );
+            chain(
+                &mut s,
+                &format!("c{n}"),
+                &[format!("g{n}")],
+                &[format!("f{n}")],
+                false,
+            );
+            veth(&mut i, &format!("in{n}"), 10 + 2 * n as u32);
+            veth(&mut i, &format!("out{n}"), 11 + 2 * n as u32);
+        }
+        compile(&s, &i, &Origins::new()).unwrap()
+    }
+
+    /// networking-sfc's OVS driver classifier: ranges on both ports, which used to need 20
+    /// shapes (the product of both ranges' prefix lengths). Now the destination range takes
+    /// two shapes and the source range is checked in the entry: every port in both ranges
+    /// matches, and none outside.
+    #[test]
+    fn ranges_on_both_ports_match_exactly_what_they_say() {
+        let image = chains_from_src(&[
+            "protocol: tcp, sourcePortRange: '100:200', destinationPortRange: '300:400'".into(),
+        ]);
+        assert_eq!(image.ports[&1].n_tuples, 2);
+        assert!(image.source_ports.is_empty(), "one range per key");
+        let hit = |sport: u16, dport: u16| {
+            probe(
+                &image,
+                1,
+                (PROTO_TCP_NUM, [1, 1, 1, 1], [2, 2, 2, 2], sport, dport),
+            )
+            .is_some()
+        };
+        for port in 0..=u16::MAX {
+            assert_eq!(hit(port, 300), (100..=200).contains(&port), "sport {port}");
+            assert_eq!(hit(150, port), (300..=400).contains(&port), "dport {port}");
+        }
+        assert!(
+            !hit(150, 350)
+                || probe(&image, 1, (17, [1, 1, 1, 1], [2, 2, 2, 2], 150, 350)).is_none()
+        );
+    }
+
+    /// Chains told apart by source port alone share their keys: the entry holds their ranges,
+    /// sorted, and each port finds its own chain (or none in the gaps), at the entry and after
+    /// the hop, whatever their destination ranges.
+    #[test]
+    fn chains_differing_by_source_port_share_a_key_and_keep_their_ports() {
+        let ranges = [
+            (1000, 1999, "80"),
+            (2000, 2999, "80:90"),
+            (5000, 5000, "1:65535"),
+            (7, 9, "80"),
+        ];
+        let fields: Vec<String> = ranges
+            .iter()
+            .map(|(lo, hi, d)| {
+                format!("protocol: udp, sourcePortRange: '{lo}:{hi}', destinationPortRange: '{d}'")
+            })
+            .collect();
+        let image = chains_from_src(&fields);
+        assert!(!image.source_ports.is_empty());
+        // At the entry, where their keys are shared; after the hop (chain 2's group), where
+        // only chain 2 is classified.
+        for (ifindex, chains_entry) in [(1, true), (15, false)] {
+            for sport in [
+                0, 6, 7, 8, 9, 10, 999, 1000, 1500, 1999, 2000, 2999, 3000, 4999, 5000, 5001, 65535,
+            ] {
+                for dport in [79, 80, 85, 90, 91] {
+                    let found = probe(
+                        &image,
+                        ifindex,
+                        (17, [1, 1, 1, 1], [2, 2, 2, 2], sport, dport),
+                    )
+                    .map(|v| v.chain_id);
+                    let expected = ranges
+                        .iter()
+                        .enumerate()
+                        .filter(|(n, _)| chains_entry || *n == 2)
+                        .find_map(|(n, (lo, hi, d))| {
+                            let (dlo, dhi) = match d.split_once(':') {
+                                Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                                None => (d.parse().unwrap(), d.parse().unwrap()),
+                            };
+                            ((*lo..=*hi).contains(&sport) && (dlo..=dhi).contains(&dport))
+                                .then_some(n as u16 + 1)
+                        });
+                    assert_eq!(
+                        found, expected,
+                        "at {ifindex} (entry: {chains_entry}), {sport} -> {dport}"
+                    );
+                }
+            }
+        }
+        // Sorted and disjoint wherever stored.
+        for e in image.classify.values().filter(|e| e.ranges > 0) {
+            let list = &image.source_ports[e.first as usize..(e.first + e.ranges) as usize];
+            assert!(list.windows(2).all(|w| w[0].hi < w[1].lo), "{list:?}");
+        }
+    }
+
+    /// Where classifiers of one chain share a key, the narrower source range takes its ports
+    /// and the wider one keeps the rest on both sides of it.
+    #[test]
+    fn within_one_chain_the_narrower_source_range_takes_its_ports() {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "pp", "in", "out");
+        group(&mut s, "g", &["pp"]);
+        for (name, range, end) in [("wide", "1000:2000", 11), ("narrow", "1500", 12)] {
+            classifier(
+                &mut s,
+                name,
+                &format!("{{protocol: tcp, sourcePortRange: '{range}', logicalSourcePort: src, logicalDestinationPort: d{end}}}"),
+            );
+            veth(&mut i, &format!("d{end}"), end);
+        }
+        chain(&mut s, "c", &["g"], &["wide", "narrow"], false);
+        for (name, index) in [("src", 1), ("in", 2), ("out", 3)] {
+            veth(&mut i, name, index);
+        }
+        let image = compile(&s, &i, &Origins::new()).unwrap();
+        let end = |sport| {
+            probe(
+                &image,
+                3,
+                (PROTO_TCP_NUM, [1, 1, 1, 1], [2, 2, 2, 2], sport, 80),
+            )
+            .map(|v| v.deliver_ifindex)
+        };
+        assert_eq!(end(999), None);
+        assert_eq!(end(1000), Some(11));
+        assert_eq!(end(1499), Some(11));
+        assert_eq!(end(1500), Some(12));
+        assert_eq!(end(1501), Some(11));
+        assert_eq!(end(2000), Some(11));
+        assert_eq!(end(2001), None);
+    }
 
     #[test]
     fn one_key_leading_two_ways_is_refused_even_past_validation() {
@@ -1893,7 +2185,7 @@ mod tests {
             .classify
             .iter()
             .filter(|(k, _)| k.domain == image.ports[&2].domain)
-            .map(|(k, v)| (k.dport != 0, v.flags & FLAG_PORTLESS != 0))
+            .map(|(k, v)| (k.dport != 0, v.only.verdict.flags & FLAG_PORTLESS != 0))
             .map(|(on_port, portless)| on_port != portless)
             .collect();
         assert_eq!(

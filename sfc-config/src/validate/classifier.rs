@@ -1,6 +1,7 @@
 //! FlowClassifier semantics: a normalised match, the overlap test of the validation rules, and
-//! the expansion into masked hash keys (tuple space search: port ranges become prefix blocks,
-//! so every key is an exact match under one of a few masks).
+//! the expansion into masked hash keys (tuple space search: a destination-port range becomes
+//! aligned blocks of 1, 16, 256 or 4096 ports, so every key is an exact match under one of a
+//! few masks; the source-port range is checked in the entry the key finds).
 
 use std::net::IpAddr;
 
@@ -299,41 +300,41 @@ impl Match {
         }
     }
 
-    /// The masked (mask, key) pairs that together match exactly this classifier. Keys carry no
-    /// generation, tuple or domain yet; the compiler fills those in.
+    /// The masked (mask, key) pairs that, with the source-port range (`sport`) checked in
+    /// the entry each key finds, match exactly this classifier. Keys carry no generation,
+    /// tuple or domain yet; the compiler fills those in.
     pub fn expand(&self) -> Vec<(TupleMask, ClassKey)> {
-        let sblocks = blocks(self.sport);
-        let dblocks = blocks(self.dport);
-        let mut out = Vec::with_capacity(sblocks.len() * dblocks.len());
-        for &(sport, smask) in &sblocks {
-            for &(dport, dmask) in &dblocks {
+        let uses_ports = u8::from(self.sport.is_some() || self.dport.is_some());
+        blocks(self.dport)
+            .into_iter()
+            .map(|(dport, dmask)| {
                 let mask = TupleMask {
                     family: self.family,
                     proto: if self.proto.is_some() { 0xff } else { 0 },
-                    uses_ports: u8::from(smask != 0 || dmask != 0),
-                    _pad: 0,
-                    sport: smask,
+                    uses_ports,
                     dport: dmask,
                     src: self.src.map(|p| p.mask_words()).unwrap_or_default(),
                     dst: self.dst.map(|p| p.mask_words()).unwrap_or_default(),
+                    ..Default::default()
                 };
                 let key = ClassKey {
                     family: self.family,
                     proto: self.proto.unwrap_or(0),
-                    sport,
                     dport,
                     src: self.src.map(|p| p.words()).unwrap_or_default(),
                     dst: self.dst.map(|p| p.words()).unwrap_or_default(),
                     ..Default::default()
                 };
-                out.push((mask, key));
-            }
-        }
-        out
+                (mask, key)
+            })
+            .collect()
     }
 }
 
-/// Splits an inclusive port range into aligned prefix blocks: (value, mask). At most 30.
+/// Splits an inclusive port range into aligned blocks of 1, 16, 256 or 4096 ports:
+/// (value, mask). Only four block sizes, so that however many ranges a place has, its
+/// classifiers need at most five port shapes (with "any"), at the price of more keys: at most
+/// 2 × 15 per size below the largest, 105 in all ("1:65535" needs none: it is "any").
 fn blocks(range: Option<(u16, u16)>) -> Vec<(u16, u16)> {
     let Some((lo, hi)) = range else {
         return vec![(0, 0)];
@@ -341,17 +342,12 @@ fn blocks(range: Option<(u16, u16)>) -> Vec<(u16, u16)> {
     let (mut lo, hi) = (lo as u32, hi as u32);
     let mut out = Vec::new();
     while lo <= hi {
-        // The largest aligned block starting at lo that stays within hi.
-        let mut size = if lo == 0 {
-            1 << 16
-        } else {
-            1u32 << lo.trailing_zeros()
-        };
-        while lo + size - 1 > hi {
-            size >>= 1;
+        // The largest block of an allowed size aligned at lo that stays within hi.
+        let mut size = 1u32 << 12;
+        while lo % size != 0 || lo + size - 1 > hi {
+            size >>= 4;
         }
-        let mask = !(size - 1) as u16;
-        out.push((lo as u16, mask));
+        out.push((lo as u16, !(size - 1) as u16));
         lo += size;
     }
     out
@@ -360,26 +356,26 @@ fn blocks(range: Option<(u16, u16)>) -> Vec<(u16, u16)> {
 /// The order in which the datapath probes a domain's shapes (masks): the first hit wins, so
 /// this is the precedence between classifiers of one chain that match the same packet in one
 /// place (those of different chains never do: validation refuses it). Most specific first: the
-/// shape that fixes more bits of the packet (prefix lengths, the bits of the port-range block,
-/// 8 for a protocol); on equal counts, more destination prefix bits first, then source prefix,
-/// destination port and source port bits. The key depends on the shape alone, never on the
-/// other shapes of the domain, so a packet matching two classifiers of a chain is taken by the
-/// same one wherever it is classified (at its entry and after each hop). Distinct shapes of
-/// one family never have equal keys; the same shape and key from two classifiers is one map
-/// entry, which the classifier listed first in the chain keeps (see the compiler's
-/// `classify`).
+/// shape that fixes more bits of the packet (prefix lengths, the bits of the destination-port
+/// block, 8 for a protocol); on equal counts, more destination prefix bits first, then source
+/// prefix and destination port bits, then the shape whose classifiers match on ports. The key
+/// depends on the shape alone, never on the other shapes of the domain, so a packet matching
+/// two classifiers of a chain is taken by the same one wherever it is classified (at its entry
+/// and after each hop). Distinct shapes of one family never have equal keys. Classifiers that
+/// share a key are told apart by source port in its entry, the narrower range first, then the
+/// one listed first in the chain (see the compiler's `classify`).
 pub fn probe_order(mask: &TupleMask) -> impl Ord {
     use std::cmp::Reverse;
     let bits = |w: &[u32; 4]| w.iter().map(|x| x.count_ones()).sum::<u32>();
     let (dst, src) = (bits(&mask.dst), bits(&mask.src));
-    let (dport, sport) = (mask.dport.count_ones(), mask.sport.count_ones());
+    let dport = mask.dport.count_ones();
     let proto = mask.proto.count_ones();
     (
-        Reverse(dst + src + dport + sport + proto),
+        Reverse(dst + src + dport + proto),
         Reverse(dst),
         Reverse(src),
         Reverse(dport),
-        Reverse(sport),
+        Reverse(mask.uses_ports),
         mask.family,
     )
 }
@@ -403,10 +399,11 @@ mod tests {
             (2, 65534),
         ] {
             let bl = blocks(Some((lo, hi)));
-            assert!(bl.len() <= 30);
+            assert!(bl.len() <= 105, "{lo}:{hi} took {} blocks", bl.len());
             let mut covered = 0u32;
             for &(v, m) in &bl {
                 let size = (!m as u32) + 1;
+                assert!([1, 16, 256, 4096].contains(&size), "block of {size} ports");
                 assert_eq!(v & !m, 0, "block {v} not aligned to {m:#x}");
                 covered += size;
             }

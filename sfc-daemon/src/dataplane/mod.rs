@@ -23,12 +23,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sfc_common::{
-    stat, ClassKey, Counter, FragmentKey, FragmentState, Member, MemberCounter, MemberKey, PortKey,
-    PortValue, RingEntry, TraceFilter, Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN,
-    FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS,
-    MAP_FRAGMENTS, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PORTS,
-    MAP_RING, MAP_STATS, MAP_TRACE_FILTER, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC,
-    PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
+    stat, ClassEntry, ClassKey, Counter, FragmentKey, FragmentState, Member, MemberCounter,
+    MemberKey, PortKey, PortValue, RingEntry, SourcePorts, TraceFilter, Verdict, CONFIG_EPOCH,
+    CONFIG_FLIP_NS, COUNTERS_PER_GEN, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY,
+    MAP_CONFIG, MAP_COUNTERS, MAP_FRAGMENTS, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS,
+    MAP_MEMBER_SLOTS, MAP_PORTS, MAP_RING, MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER,
+    MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
+    SOURCE_PORTS_PER_GEN,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -164,7 +165,8 @@ pub struct Dataplane {
     mode: Mode,
     config: Array<MapData, u64>,
     ports: HashMap<MapData, PortKey, PortValue>,
-    classify: HashMap<MapData, ClassKey, Verdict>,
+    classify: HashMap<MapData, ClassKey, ClassEntry>,
+    source_ports: Array<MapData, SourcePorts>,
     ring: Array<MapData, RingEntry>,
     members: HashMap<MapData, MemberKey, RingEntry>,
     live: DevMapHash<MapData>,
@@ -229,6 +231,7 @@ impl Dataplane {
             config: take(&mut bpf, MAP_CONFIG)?,
             ports: take(&mut bpf, MAP_PORTS)?,
             classify: take(&mut bpf, MAP_CLASSIFY)?,
+            source_ports: take(&mut bpf, MAP_SOURCE_PORTS)?,
             ring: take(&mut bpf, MAP_RING)?,
             members: take(&mut bpf, MAP_MEMBERS)?,
             live: take(&mut bpf, MAP_LIVE)?,
@@ -665,24 +668,38 @@ impl Dataplane {
                     .map_err(map_err(MAP_MEMBERS))?;
             }
         }
-        for (key, verdict) in &image.classify {
+        // Source-port ranges before the classify entries that point at them.
+        let ranges_base = gen as u32 * SOURCE_PORTS_PER_GEN;
+        for (i, range) in image.source_ports.iter().enumerate() {
+            let range = SourcePorts {
+                verdict: self.verdict_of(gen, &range.verdict),
+                ..*range
+            };
+            self.source_ports
+                .set(ranges_base + i as u32, range, 0)
+                .map_err(map_err(MAP_SOURCE_PORTS))?;
+        }
+        for (key, entry) in &image.classify {
             let key = ClassKey {
                 gen: gen as u8,
                 ..*key
             };
-            // Verdicts point at this generation's own group tables and counters.
-            let verdict = Verdict {
-                slot: gen as u32 * SLOTS_PER_GEN + verdict.slot,
-                counter: gen as u32 * COUNTERS_PER_GEN + verdict.counter,
-                tap_slot: self
-                    .member_slots
-                    .get(&verdict.tap_ifindex)
-                    .copied()
-                    .unwrap_or(0),
-                ..*verdict
+            let entry = if entry.ranges == 0 {
+                ClassEntry {
+                    only: SourcePorts {
+                        verdict: self.verdict_of(gen, &entry.only.verdict),
+                        ..entry.only
+                    },
+                    ..*entry
+                }
+            } else {
+                ClassEntry {
+                    first: ranges_base + entry.first,
+                    ..*entry
+                }
             };
             self.classify
-                .insert(key, verdict, 0)
+                .insert(key, entry, 0)
                 .map_err(map_err(MAP_CLASSIFY))?;
         }
         for (ifindex, value) in &image.ports {
@@ -700,6 +717,20 @@ impl Dataplane {
         }
         self.written[gen] = Some(image.clone());
         Ok(())
+    }
+
+    /// A verdict as generation `gen` holds it: pointing at its own group tables and counters.
+    fn verdict_of(&self, gen: usize, verdict: &Verdict) -> Verdict {
+        Verdict {
+            slot: gen as u32 * SLOTS_PER_GEN + verdict.slot,
+            counter: gen as u32 * COUNTERS_PER_GEN + verdict.counter,
+            tap_slot: self
+                .member_slots
+                .get(&verdict.tap_ifindex)
+                .copied()
+                .unwrap_or(0),
+            ..*verdict
+        }
     }
 
     /// Empties one (inactive) generation: from memory when we wrote it, by walking the maps
@@ -777,7 +808,7 @@ impl Dataplane {
     }
 }
 
-/// The `sfc_v3_members` entries of group table `slot` (relative) of generation `gen`.
+/// The `sfc_v4_members` entries of group table `slot` (relative) of generation `gen`.
 fn members_of(
     gen: usize,
     slot: usize,
@@ -802,8 +833,7 @@ fn redirect_targets(image: &Image) -> impl Iterator<Item = u32> + '_ {
         .flatten()
         .flat_map(|e| [e.ingress.ifindex, e.egress.ifindex]);
     let verdicts = image
-        .classify
-        .values()
+        .verdicts()
         .flat_map(|v| [v.deliver_ifindex, v.tap_ifindex]);
     members.chain(verdicts).filter(|&i| i != 0)
 }
