@@ -267,10 +267,6 @@ const CROSSED: &str = "pending: by the contract an interface may be the ingress 
 const SHARED_GROUP: &str = "disagreement: the contract lets classifiers at different source ports \
     match the same packets; the code refuses it when their chains share a group \
     (docs/resources.md: 'unless they meet elsewhere')";
-const HOST_BITS: &str = "disagreement: networking-sfc accepts a prefix with host bits set \
-    (neutron-lib's subnet validator: 'IPv4 with non-zero masked bits is ok') and the contract \
-    asks only for a CIDR with its length; the code refuses it ('has host bits set; write the \
-    network')";
 const ONE_CHAIN_TWO_WAYS: &str = "disagreement: the contract rules out nothing about classifiers \
     of one chain, and networking-sfc accepts these; the code refuses overlapping classifiers of \
     one chain that enter at different ports and end at different ones (docs/resources.md)";
@@ -1875,8 +1871,7 @@ fn cases() -> Vec<Case> {
                 FlowClassifier "FC2" "{destinationIpPrefix: 192.168.100.1/24, logicalSourcePort: tap-vm1}"
             ),
             Accept,
-        )
-        .known(HOST_BITS),
+        ),
         case(
             "ip_prefixes_api",
             fc_ext!("test_create_flow_classifier_source_ip_prefix"),

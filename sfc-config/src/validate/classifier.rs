@@ -248,20 +248,15 @@ fn prefix(value: &str, family: u8) -> Result<Prefix, String> {
             if expected_v4 { "IPv4" } else { "IPv6" },
         ));
     }
-    let p = Prefix { addr, len };
-    if p.bits() & !prefix_mask(len) != 0 {
-        let net = p.bits() & prefix_mask(len);
-        let network: IpAddr = if addr.is_ipv4() {
-            IpAddr::V4(((net >> 96) as u32).into())
-        } else {
-            IpAddr::V6(net.into())
-        };
-        return Err(format!(
-            "{} has host bits set; write the network, {network}/{len}",
-            shown(value)
-        ));
-    }
-    Ok(p)
+    // As networking-sfc (neutron's CIDR check): host bits may be set, and match nothing the
+    // network does not: 10.0.0.1/24 is 10.0.0.0/24.
+    let network = Prefix { addr, len }.bits() & prefix_mask(len);
+    let addr = if addr.is_ipv4() {
+        IpAddr::V4(((network >> 96) as u32).into())
+    } else {
+        IpAddr::V6(network.into())
+    };
+    Ok(Prefix { addr, len })
 }
 
 fn ranges_intersect(a: Option<(u16, u16)>, b: Option<(u16, u16)>) -> bool {
@@ -442,11 +437,33 @@ mod tests {
         let fields: Vec<_> = errs.iter().map(|e| e.0).collect();
         assert!(fields.contains(&"spec.destinationPortRange"));
         assert!(fields.contains(&"spec.sourceIpPrefix"));
-        let errs = normalize(&spec(
+    }
+
+    /// As networking-sfc: host bits may be set; the prefix is the network they are in.
+    #[test]
+    fn host_bits_of_a_prefix_are_ignored() {
+        let with = normalize(&spec(
+            "{destinationIpPrefix: 10.0.0.1/24, sourceIpPrefix: 'fd00::1/64', logicalSourcePort: p, ethertype: IPv4}",
+        ));
+        assert!(with.is_err(), "an IPv6 source in an IPv4 classifier");
+        let with = normalize(&spec(
             "{destinationIpPrefix: 10.0.0.1/24, logicalSourcePort: p}",
         ))
-        .unwrap_err();
-        assert!(errs[0].1.contains("10.0.0.0/24"), "{errs:?}");
+        .unwrap();
+        let without = normalize(&spec(
+            "{destinationIpPrefix: 10.0.0.0/24, logicalSourcePort: p}",
+        ))
+        .unwrap();
+        assert_eq!(with, without);
+        let with = normalize(&spec(
+            "{ethertype: IPv6, sourceIpPrefix: 'fd00::1/64', logicalSourcePort: p}",
+        ))
+        .unwrap();
+        let without = normalize(&spec(
+            "{ethertype: IPv6, sourceIpPrefix: 'fd00::/64', logicalSourcePort: p}",
+        ))
+        .unwrap();
+        assert_eq!(with, without);
     }
 
     /// As networking-sfc: an address alone is refused (it used to be read as a /32), and the

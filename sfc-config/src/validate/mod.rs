@@ -1093,16 +1093,6 @@ mod tests {
             &doc(
                 "FlowClassifier",
                 "fc3",
-                "{destinationIpPrefix: 10.0.0.1/8, logicalSourcePort: src}",
-            ),
-            "FlowClassifier \"fc3\"",
-            "spec.destinationIpPrefix",
-            "10.0.0.0/8",
-        );
-        rejects(
-            &doc(
-                "FlowClassifier",
-                "fc3",
                 "{protocol: ftp, logicalSourcePort: src}",
             ),
             "FlowClassifier \"fc3\"",
