@@ -172,6 +172,9 @@ pub mod action {
     /// Last hop done, no logical destination port: restore the original destination MAC and
     /// let the node forward the packet normally.
     pub const FORWARD: u8 = 3;
+    /// Dropped (`stat::PATH_UNKNOWN`): the packet left an SF where paths that would take it
+    /// different ways meet (`PORT_BY_PATH`), and its flow's path is not known.
+    pub const PATH_UNKNOWN: u8 = 4;
 }
 
 /// Indexes of the per-CPU stats counters (summed over CPUs when read).
@@ -214,7 +217,11 @@ pub mod stat {
     /// First fragments not tracked because the fragment table is full: the rest of their
     /// datagram is unparsable where ports matter.
     pub const FRAGMENT_TABLE_FULL: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// Dropped: leaving an SF where paths meet that would take the packet different ways, a
+    /// packet whose flow's path is not known (its flow record was lost: the flow table was
+    /// full), rather than sent down the wrong one.
+    pub const PATH_UNKNOWN: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const NAMES: [&str; COUNT as usize] = [
         "steered",
         "delivered",
@@ -233,6 +240,7 @@ pub mod stat {
         "tap_failed",
         "fragments_tracked",
         "fragment_table_full",
+        "path_unknown",
     ];
 }
 
@@ -250,6 +258,10 @@ pub struct ClassKey {
     pub proto: u8,
     /// Classification domain: a logical source port, or a group's egress side.
     pub domain: u32,
+    /// The path the packet's flow entered by, in a domain where paths meet that would take
+    /// its packets different ways (`PORT_BY_PATH`); 0 elsewhere, or when the flow's is not
+    /// known.
+    pub path: u32,
     pub dport: u16,
     pub _pad: u16,
     /// Addresses in network byte order, IPv4 in word 0.
@@ -337,6 +349,10 @@ pub const PORT_PASS_UNPARSABLE: u16 = 2;
 /// `PortValue::flags`: some classifier here matches L4 ports, so a fragment whose ports are
 /// unknown is unparsable here.
 pub const PORT_NEEDS_PORTS: u16 = 4;
+/// `PortValue::flags`: paths meet here that would take some packets different ways (chains
+/// sharing a group, classifiers of one chain entering and ending at different ports, both
+/// directions through one interface): keys carry the path of the packet's flow.
+pub const PORT_BY_PATH: u16 = 8;
 
 /// Value of `sfc_v4_classify`.
 #[repr(C)]
@@ -363,6 +379,10 @@ pub struct Verdict {
     pub tap_mac: [u8; 6],
     /// Member counter slot of the tap's interface, 0: none.
     pub tap_slot: u16,
+    /// Where a flow enters a chain (`FLAG_ENTRY`): its path, recorded with the flow, so that
+    /// where the paths of several chains (or of one chain's classifiers that end at
+    /// different ports, or of both directions) meet, its packets go its own way.
+    pub path: u32,
 }
 
 /// `Verdict::flags`: the packet enters a chain here (at a logical port): remember its
@@ -431,6 +451,9 @@ pub struct FlowState {
     /// Generation steering the flow (`epoch & 1` when it last switched).
     pub gen: u8,
     pub _pad: u8,
+    /// The path it entered by (`Verdict::path`), of that generation.
+    pub path: u32,
+    pub _pad2: u32,
     /// Packets entered and not yet out of the chain (atomic; may drift when an SF drops).
     pub inflight: u64,
 }
@@ -459,6 +482,7 @@ pub struct Decision {
     /// 1 when that interface is a logical port (chains start there).
     pub entry_port: u8,
     pub _pad: u8,
+    pub _pad2: u32,
 }
 
 /// Element of `sfc_v4_member_counters` (per CPU): traffic we sent into an SF through one of its
@@ -738,20 +762,20 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<ClassKey>(), 4 + 4 + 4 + 32);
+        assert_eq!(size_of::<ClassKey>(), 4 + 4 + 4 + 4 + 32);
         assert_eq!(size_of::<TupleMask>(), 8 + 32);
-        assert_eq!(size_of::<SourcePorts>(), 4 + 40);
-        assert_eq!(size_of::<ClassEntry>(), 44 + 8);
+        assert_eq!(size_of::<SourcePorts>(), 4 + 44);
+        assert_eq!(size_of::<ClassEntry>(), 48 + 8);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<PortValue>(), 12 + 40 * MAX_TUPLES);
         assert_eq!(size_of::<MemberCounter>(), 32);
         assert_eq!(size_of::<DecisionKey>(), 44);
-        assert_eq!(size_of::<Decision>(), 64);
-        assert_eq!(size_of::<Verdict>(), 40);
+        assert_eq!(size_of::<Decision>(), 72);
+        assert_eq!(size_of::<Verdict>(), 44);
         assert_eq!(size_of::<Member>(), 12);
         assert_eq!(size_of::<RingEntry>(), 24);
         assert_eq!(size_of::<PinKey>(), 8);
-        assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<FlowState>(), 24);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<TraceFilter>(), 12 + 32);
         assert_eq!(size_of::<TraceEvent>(), 40 + 32);
@@ -772,19 +796,19 @@ mod tests {
             };
         }
         let layouts: [&[u64]; 23] = [
-            &fields!(ClassKey: gen, tuple, family, proto, domain, dport, src, dst),
+            &fields!(ClassKey: gen, tuple, family, proto, domain, path, dport, src, dst),
             &fields!(TupleMask: family, proto, uses_ports, dport, src, dst),
             &fields!(SourcePorts: lo, hi, verdict),
             &fields!(ClassEntry: only, first, ranges),
             &fields!(PortKey: ifindex, gen),
             &fields!(PortValue: domain, n_tuples, flags, slot, tuples),
             &fields!(Verdict: chain_id, hop, action, slot, group, counter, deliver_ifindex,
-                deliver_mac, lb_fields, flags, tap_ifindex, tap_mac, tap_slot),
+                deliver_mac, lb_fields, flags, tap_ifindex, tap_mac, tap_slot, path),
             &fields!(Member: ifindex, mac, slot),
             &fields!(RingEntry: ingress, egress),
             &fields!(MemberKey: slot, ifindex),
             &fields!(PinKey: group, hash),
-            &fields!(FlowState: mac, gen, inflight),
+            &fields!(FlowState: mac, gen, path, inflight),
             &fields!(DecisionKey: ifindex, tuple),
             &fields!(DecisionKey4: ifindex, tuple),
             &fields!(Decision: epoch, verdict, member, arrival_slot, entry_port),
@@ -820,7 +844,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (4, 4040774056022759911),
+            (4, 2980438417077874664),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

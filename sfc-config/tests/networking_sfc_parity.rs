@@ -259,17 +259,9 @@ impl Case {
 
 /// Contract items being implemented elsewhere, and the code's disagreements with the contract
 /// found by this translation: the cases they explain fail until they are resolved.
-const BOTH_RANGES: &str = "pending: a classifier with port ranges on both sides is accepted by \
-    the contract; today the ranges' blocks need more than 16 match shapes (being implemented)";
 const CROSSED: &str = "pending: by the contract an interface may be the ingress of one pair and \
     the egress of another (crossed pairs); today an interface belongs to one pair (being \
     implemented)";
-const SHARED_GROUP: &str = "disagreement: the contract lets classifiers at different source ports \
-    match the same packets; the code refuses it when their chains share a group \
-    (docs/resources.md: 'unless they meet elsewhere')";
-const ONE_CHAIN_TWO_WAYS: &str = "disagreement: the contract rules out nothing about classifiers \
-    of one chain, and networking-sfc accepts these; the code refuses overlapping classifiers of \
-    one chain that enter at different ports and end at different ones (docs/resources.md)";
 
 fn case(name: &'static str, peer: &'static str, yaml: &'static str, expect: Outcome) -> Case {
     Case {
@@ -1276,8 +1268,7 @@ fn cases() -> Vec<Case> {
                 )
             ),
             Accept,
-        )
-        .known(SHARED_GROUP),
+        ),
         update(
             "classifier_in_two_chains",
             sfc_db!("test_create_multi_port_chain_with_same_flow_classifier"),
@@ -1494,8 +1485,7 @@ fn cases() -> Vec<Case> {
                 )
             ),
             Accept,
-        )
-        .known(BOTH_RANGES),
+        ),
         case(
             "symmetric_chain_with_port_pair",
             sfc_ovs!("test_create_port_chain_with_fcs_port_pairs_with_symmetric"),
@@ -1520,8 +1510,7 @@ fn cases() -> Vec<Case> {
                 PortChain "PC1" "{portPairGroups: [PG1], flowClassifiers: [FC1, FC2], chainParameters: {symmetric: true}}"
             ),
             Accept,
-        )
-        .known(ONE_CHAIN_TWO_WAYS),
+        ),
         // The same without symmetry: networking-sfc checks classifiers of one chain against
         // each other only when they are created, and at different source ports they do not
         // conflict (FlowClassifierDbPlugin._logical_port_conflict).
@@ -1537,8 +1526,7 @@ fn cases() -> Vec<Case> {
                 )
             ),
             Accept,
-        )
-        .known(ONE_CHAIN_TWO_WAYS),
+        ),
         // ---------------------------------------------------------------------------------
         // FlowClassifier: its own fields
         case(
@@ -1613,29 +1601,25 @@ fn cases() -> Vec<Case> {
             fc_db!("test_create_flow_classifier_with_all_fields"),
             chained_classifier!("ethertype: IPv4, protocol: tcp, sourcePortRange: '100:200', destinationPortRange: '101:201', sourceIpPrefix: 10.100.0.0/16, destinationIpPrefix: 10.200.0.0/16"),
             Accept,
-        )
-        .known(BOTH_RANGES),
+        ),
         case(
             "chained_classifier_both_port_ranges",
             sfc_ovs!("test_create_port_chain_with_flow_classifiers"),
             chained_classifier!("ethertype: IPv4, protocol: tcp, sourcePortRange: '100:200', destinationPortRange: '300:400', sourceIpPrefix: 10.100.0.0/16, destinationIpPrefix: 10.200.0.0/16"),
             Accept,
-        )
-        .known(BOTH_RANGES),
+        ),
         case(
             "chained_classifier_both_port_ranges_with_pair",
             sfc_ovs!("test_create_port_chain_with_flow_classifiers_port_pairs"),
             chained_classifier!("protocol: tcp, sourcePortRange: '100:200', destinationPortRange: '300:400', sourceIpPrefix: 10.100.0.0/16, destinationIpPrefix: 10.200.0.0/16"),
             Accept,
-        )
-        .known(BOTH_RANGES),
+        ),
         case(
             "chained_classifier_same_port_ranges_both_sides_udp",
             fc_db!("test_create_flow_classifier_with_all_supported_port_protocol"),
             chained_classifier!("protocol: udp, sourcePortRange: '100:200', destinationPortRange: '100:200'"),
             Accept,
-        )
-        .known(BOTH_RANGES),
+        ),
         case(
             "ethertypes",
             fc_db!("test_create_flow_classifier_with_all_supported_ethertype"),
@@ -2201,8 +2185,7 @@ fn cases() -> Vec<Case> {
                 "protocol: tcp, sourcePortRange: '100:200', destinationPortRange: '300:400'"
             ),
             Accept,
-        )
-        .known(BOTH_RANGES),
+        ),
         case(
             "no_conflict_source_ports_differ_same_prefix",
             fc_db!("test_create_flow_classifier_not_all_fields_conflict"),

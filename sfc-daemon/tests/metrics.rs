@@ -77,6 +77,7 @@ fn sample() -> Snapshot {
             ("fragment_unknown".into(), 1),
             ("unparsable_passed".into(), 1),
             ("target_down".into(), 6),
+            ("path_unknown".into(), 4),
         ],
         chains: vec![
             // Two classifiers enter the chain; 8 of 15 packets make it through both hops.
@@ -144,6 +145,7 @@ fn render_has_every_metric_with_todays_names_and_labels() {
         r#"sfc_dropped_packets_total{reason="target_down"} 6"#.into(),
         r#"sfc_dropped_packets_total{reason="redirect_failed"} 0"#.into(),
         r#"sfc_dropped_packets_total{reason="tap_failed"} 0"#.into(),
+        r#"sfc_dropped_packets_total{reason="path_unknown"} 4"#.into(),
         r#"sfc_dropped_packets_total{reason="unparsable"} 3"#.into(),
         r#"sfc_passed_packets_total{reason="no_match"} 5"#.into(),
         r#"sfc_passed_packets_total{reason="not_ip"} 1"#.into(),

@@ -41,8 +41,8 @@ use sfc_common::{
     COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS,
     FLAG_REVERSE, FLOWS_CAPACITY, FRAGMENTS_CAPACITY, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS,
     LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY,
-    PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK,
-    SLOT_PEER, SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES,
+    PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOTS_PER_GEN,
+    SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES,
 };
 
 use crate::{
@@ -393,7 +393,13 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     decision.member = Member::default();
     decision.arrival_slot = port.slot;
     decision.entry_port = entry_port as u8;
-    let Some(verdict) = classify(port, gen as u8, pkt) else {
+    // Where paths meet that would take this packet different ways, its flow's path decides
+    // (0 when unknown: then only a key no path disputes is found).
+    let path = match flow {
+        Some(flow) if port.flags & PORT_BY_PATH != 0 => unsafe { (*flow).path },
+        _ => 0,
+    };
+    let Some(verdict) = classify(port, gen as u8, path, pkt) else {
         // Not remembered: a flood of flows that match nothing must not evict decided ones.
         if !C::DEFERS {
             count(stat::NO_MATCH);
@@ -408,8 +414,10 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     // Only what the current generation decided, never "no member" (one may come back), and
     // not a choice that hashed MAC addresses (the key is the 5-tuple).
     let no_member = decision.verdict.action == action::STEER && decision.member.ifindex == 0;
+    // Nor a flow whose path was not known: its next packet may know it.
+    let path_unknown = decision.verdict.action == action::PATH_UNKNOWN;
     let by_mac = decision.verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) != 0;
-    if gen == current && !no_member && !by_mac {
+    if gen == current && !no_member && !path_unknown && !by_mac {
         scratch.remember_decision();
     }
     act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
@@ -499,7 +507,7 @@ fn act<C: Frame>(
                 return C::DROP;
             }
             if verdict.flags & FLAG_ENTRY != 0 {
-                enter(flow, pkt, gen as u8);
+                enter(flow, pkt, gen as u8, verdict.path);
             }
             if ctx.set_destination_mac(&member.mac).is_err() {
                 count(stat::MALFORMED);
@@ -513,6 +521,11 @@ fn act<C: Frame>(
                 member.slot & SLOT_PEER != 0,
                 stat::STEERED,
             )
+        }
+        action::PATH_UNKNOWN => {
+            count(stat::PATH_UNKNOWN);
+            emit(ctx, pkt, gen, Some(verdict), stat::PATH_UNKNOWN, None);
+            C::DROP
         }
         action::DELIVER => {
             leave(flow, verdict);
@@ -646,7 +659,7 @@ fn generation(flow: Option<*mut FlowState>, current: u32, entry_port: bool) -> u
 /// classifiers of one chain. A hit whose source-port ranges leave the packet out is no hit:
 /// a less specific tuple may still take it.
 #[inline(always)]
-fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<&'static Verdict> {
+fn classify(port: &PortValue, gen: u8, path: u32, pkt: &Packet) -> Option<&'static Verdict> {
     let n = port.n_tuples as usize;
     for i in 0..MAX_TUPLES {
         if i >= n {
@@ -663,6 +676,7 @@ fn classify(port: &PortValue, gen: u8, pkt: &Packet) -> Option<&'static Verdict>
             family: pkt.family,
             proto: pkt.proto & mask.proto,
             domain: port.domain,
+            path,
             dport: pkt.dport & mask.dport,
             _pad: 0,
             src: [
@@ -825,11 +839,14 @@ fn redirect<C: Frame>(ctx: &C, ifindex: u32, peer: bool, counter: u32) -> i32 {
 /// On entry to a chain: the flow's generation, one more packet in flight, and its destination
 /// MAC to put back after the last hop. Plain writes only when something changed.
 #[inline(always)]
-fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8) {
+fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8, path: u32) {
     match flow {
         Some(flow) => unsafe {
             if (*flow).gen != gen {
                 (*flow).gen = gen;
+            }
+            if (*flow).path != path {
+                (*flow).path = path;
             }
             if (*flow).mac != pkt.eth_dst {
                 (*flow).mac = pkt.eth_dst;
@@ -841,6 +858,8 @@ fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8) {
                 mac: pkt.eth_dst,
                 gen,
                 _pad: 0,
+                path,
+                _pad2: 0,
                 inflight: 1,
             };
             let _ = if pkt.family == FAMILY_V4 {

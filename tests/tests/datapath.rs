@@ -359,6 +359,78 @@ fn port_ranges_on_both_sides_steer_exactly_their_ports() {
     }
 }
 
+/// Chains X (from lo) and Y (from sfz-in) take all UDP and share group G: as networking-sfc
+/// allows, since their classifiers enter at different ports. Leaving G, a flow goes on along
+/// the chain it entered, as recorded with it; a packet of a flow never seen entering is
+/// dropped and counted there, never sent down either chain.
+#[test]
+fn chains_sharing_a_group_keep_each_flow_on_the_chain_it_entered() {
+    let yaml = [
+        doc("PortPair", "A", "{ingress: sfa-in, egress: sfa-out}"),
+        doc("PortPair", "B", "{ingress: sfb-in, egress: sfb-out}"),
+        doc("PortPair", "C", "{ingress: sfc-in, egress: sfc-out}"),
+        doc("PortPairGroup", "G", "{portPairs: [A]}"),
+        doc("PortPairGroup", "GB", "{portPairs: [B]}"),
+        doc("PortPairGroup", "GC", "{portPairs: [C]}"),
+        doc(
+            "FlowClassifier",
+            "fx",
+            "{protocol: udp, logicalSourcePort: lo}",
+        ),
+        doc(
+            "FlowClassifier",
+            "fy",
+            "{protocol: udp, logicalSourcePort: sfz-in}",
+        ),
+        doc(
+            "PortChain",
+            "X",
+            "{portPairGroups: [G, GC], flowClassifiers: [fx]}",
+        ),
+        doc(
+            "PortChain",
+            "Y",
+            "{portPairGroups: [G, GB], flowClassifiers: [fy]}",
+        ),
+    ]
+    .concat();
+    let mut sb = sandbox(&yaml);
+    let udp = |sport| eth(0x0800, &ipv4(17, UDP_DST, &[], 0, &l4(sport, 53, 8)));
+    for (sport, entry, next) in [(5000, 1, "sfc-in"), (5001, ifindex("sfz-in"), "sfb-in")] {
+        let (verdict, out) = run_on(&mut sb, &udp(sport), entry);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{sport} enters");
+        assert_eq!(out[0..6], peer_mac("sfa-in"), "{sport} into G");
+        for _ in 0..3 {
+            let (verdict, out) = run_on(
+                &mut sb,
+                &as_sent_back_by_the_sf(&udp(sport)),
+                ifindex("sfa-out"),
+            );
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{sport} leaves G");
+            assert_eq!(out[0..6], peer_mac(next), "{sport} goes on to {next}");
+        }
+    }
+    let before = stats(&sb);
+    let (verdict, _) = run_on(
+        &mut sb,
+        &as_sent_back_by_the_sf(&udp(5002)),
+        ifindex("sfa-out"),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT, "a flow that never entered, leaving G");
+    assert_eq!(stat_delta(&before, &sb, "path_unknown"), 1);
+    // Once it enters (at X's port), it has a path.
+    run_on(&mut sb, &udp(5002), 1);
+    let (verdict, out) = run_on(
+        &mut sb,
+        &as_sent_back_by_the_sf(&udp(5002)),
+        ifindex("sfa-out"),
+    );
+    assert_eq!(
+        (verdict, &out[0..6]),
+        (TC_ACT_REDIRECT, &peer_mac("sfc-in")[..])
+    );
+}
+
 #[test]
 fn no_decision_is_remembered_for_traffic_that_matches_nothing() {
     let mut sb = sandbox(&chain_yaml());

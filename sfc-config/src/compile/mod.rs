@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sfc_common::{
     action, ClassEntry, ClassKey, Member, PortValue, RingEntry, SourcePorts, TupleMask, Verdict,
     COUNTERS_PER_GEN, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES,
-    PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOT_PEER,
+    PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOT_PEER,
 };
 
 pub mod capacity;
@@ -172,8 +172,8 @@ fn build(
     let groups = compiler.group_tables()?;
     let domains = compiler.classifier_domains(&groups)?;
     let entries = compiler.entries(matches, &groups, &domains);
-    let shapes = compiler.match_shapes(&entries, &domains);
-    compiler.classify(entries, &shapes, &domains);
+    let mut shapes = compiler.match_shapes(&entries, &domains);
+    shapes.by_path = compiler.classify(entries, &shapes, &domains);
     let roots = compiler.roots(&groups, &domains);
     compiler.attach(&roots, &shapes);
     let image = compiler.finish()?;
@@ -275,6 +275,10 @@ struct ChainPlan<'s> {
 /// One classifier map entry before its tuple is known.
 struct Entry {
     domain: u32,
+    /// The path of the classifier's packets going this way ([`path_of`]), and the domain
+    /// where that path enters.
+    path: u32,
+    entered_at: u32,
     mask: TupleMask,
     key: ClassKey,
     /// The source ports it matches (`SourcePorts::ANY`: all).
@@ -289,6 +293,9 @@ struct Entry {
 struct Shapes {
     masks: BTreeMap<u32, Vec<TupleMask>>,
     pass_unparsable: BTreeSet<u32>,
+    /// Domains where paths meet that would take some packets different ways: their keys
+    /// carry the path (see [`Compiler::classify`]).
+    by_path: BTreeSet<u32>,
 }
 
 /// The interfaces where classified traffic arrives, each with its domain.
@@ -604,12 +611,21 @@ impl<'s> Compiler<'s> {
         domains: &Domains<'s>,
     ) -> Vec<Entry> {
         let per_classifier = self.counters_per_classifier();
+        let index: BTreeMap<&String, usize> = self
+            .state
+            .flow_classifiers
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name, i))
+            .collect();
         let mut entries = Vec::new();
         for (name, chain) in &self.state.port_chains {
             let plan = self.chain_plan(name, groups, per_classifier);
             for fc_name in &chain.flow_classifiers {
                 let forward = &matches[fc_name];
-                entries.extend(self.classifier_entries(&plan, fc_name, forward, groups, domains));
+                let i = index[fc_name];
+                entries
+                    .extend(self.classifier_entries(&plan, fc_name, i, forward, groups, domains));
             }
         }
         self.check_counters();
@@ -730,6 +746,7 @@ impl<'s> Compiler<'s> {
         &mut self,
         chain: &ChainPlan<'s>,
         fc_name: &String,
+        classifier_index: usize,
         forward: &Match,
         groups: &Groups<'s>,
         domains: &Domains<'s>,
@@ -768,11 +785,25 @@ impl<'s> Compiler<'s> {
             if m.sport.is_none() && m.dport.is_none() {
                 verdict.flags |= FLAG_PORTLESS;
             }
+            let path = path_of(classifier_index, stop.direction);
+            if stop.position == 0 {
+                // Recorded with the flow where it enters (see `classify`).
+                verdict.path = path;
+            }
             let domain = domains.of(stop.place);
+            let entered_at = match stop.direction {
+                Direction::Forward => domains.port[fc.logical_source_port.as_str()],
+                Direction::Reverse => fc
+                    .logical_destination_port
+                    .as_deref()
+                    .map_or(0, |p| domains.port[p]),
+            };
             let sport = m.sport.unwrap_or(SourcePorts::ANY);
             for (mask, key) in m.expand() {
                 entries.push(Entry {
                     domain,
+                    path,
+                    entered_at,
                     mask,
                     key,
                     sport,
@@ -928,36 +959,23 @@ impl<'s> Compiler<'s> {
     /// Classifiers whose entries share a key are told apart by source port: each port goes to
     /// the one with the narrowest range that holds it, and among equal ranges to the one
     /// listed first in the chain (the entries come in that order), in every place alike.
-    /// Classifiers of one chain going the same way may overlap so: each counts its own hits at
-    /// the entry, and after the last hop each ends at its own port; validation has made sure
-    /// that this sends no packet elsewhere than where it entered for. Overlaps between
-    /// different chains, or the two directions of one, are refused by validation (the overlap
-    /// stage, over the same places); should one get here all the same, it is an error, never
-    /// a port silently given to one of them. So is passing a map's capacity.
-    fn classify(&mut self, entries: Vec<Entry>, shapes: &Shapes, domains: &Domains) {
-        // Keys in the order their first entry came, so that a capacity error names the
-        // classifier that brought in the key past the limit.
-        let mut by_key: HashMap<ClassKey, Vec<Entry>> = HashMap::new();
-        let mut in_order: Vec<ClassKey> = Vec::new();
-        for e in entries {
-            let list = &shapes.masks[&e.domain];
-            let Some(index) = list.iter().position(|m| *m == e.mask) else {
-                continue;
-            };
-            if index >= MAX_TUPLES {
-                continue;
-            }
-            let key = ClassKey {
-                tuple: index as u8,
-                domain: e.domain,
-                ..e.key
-            };
-            let sharers = by_key.entry(key).or_insert_with(|| {
-                in_order.push(key);
-                Vec::new()
-            });
-            sharers.push(e);
-        }
+    ///
+    /// Where chains start (logical ports), classifiers of one chain going one way may overlap
+    /// so (each counts its own hits); overlaps between chains, or the two directions of one,
+    /// are refused by validation, and should one get here all the same it is an error, never
+    /// a port silently given to one of them. Past the entry, the path a flow entered by is
+    /// known (recorded with the flow): where paths that would take a packet different ways
+    /// meet (chains sharing a group, classifiers of one chain that entered at different
+    /// ports, the two directions through one interface), the domain's keys carry the path
+    /// (`PORT_BY_PATH`), each path keeping its own verdicts; its keys without a path (for a
+    /// flow whose record was lost) keep the verdict where all agree, and `PATH_UNKNOWN` (a
+    /// drop) where they do not. Returns those domains. Passing a map's capacity is an error.
+    fn classify(
+        &mut self,
+        entries: Vec<Entry>,
+        shapes: &Shapes,
+        domains: &Domains,
+    ) -> BTreeSet<u32> {
         let chain_of: BTreeMap<&str, &str> = self
             .state
             .port_chains
@@ -968,82 +986,91 @@ impl<'s> Compiler<'s> {
                     .map(move |f| (f.as_str(), c.as_str()))
             })
             .collect();
-        let mut clashes: BTreeSet<(String, String, u32)> = BTreeSet::new();
-        let mut classify_overflow_at = None;
-        let mut ranges_overflow_at = None;
-        // Lists of ranges shared by several keys (a classifier's destination-port blocks)
-        // are stored once.
-        let mut stored: HashMap<Vec<SourcePorts>, u32> = HashMap::new();
-        for key in in_order {
-            let mut sharers = by_key.remove(&key).unwrap_or_default();
-            let ranges = by_source_port(&mut sharers, |winner, other| {
-                let same_way = chain_of.get(winner.classifier.as_str())
-                    == chain_of.get(other.classifier.as_str())
-                    && (winner.verdict.flags ^ other.verdict.flags) & FLAG_REVERSE == 0;
-                if same_way
-                    || !clashes.insert((
-                        other.classifier.clone(),
-                        winner.classifier.clone(),
-                        key.domain,
-                    ))
-                {
-                    return;
-                }
-                let place = domains.name(key.domain);
-                let message = format!("matches packets that FlowClassifier {:?} matches too, {place}, and the two send them different ways; the datapath cannot tell there which way a packet goes: make them disjoint", winner.classifier);
-                self.errors.push(capacity::error(
-                    self.origins,
-                    Kind::FlowClassifier,
-                    &other.classifier,
-                    "spec",
-                    message,
-                ));
-            });
-            let entry = match ranges.as_slice() {
-                [only] => ClassEntry {
-                    only: *only,
-                    ..Default::default()
-                },
-                _ => {
-                    let first = match stored.get(&ranges) {
-                        Some(&first) => first,
-                        None => {
-                            let first = self.image.source_ports.len() as u32;
-                            self.image.source_ports.extend_from_slice(&ranges);
-                            if ranges_overflow_at.is_none()
-                                && self.image.source_ports.len() > capacity::SOURCE_PORTS_PER_GEN
-                            {
-                                ranges_overflow_at = Some(sharers[0].classifier.clone());
-                            }
-                            stored.insert(ranges.clone(), first);
-                            first
+        let same_way = |a: &Entry, b: &Entry| {
+            chain_of.get(a.classifier.as_str()) == chain_of.get(b.classifier.as_str())
+                && (a.verdict.flags ^ b.verdict.flags) & FLAG_REVERSE == 0
+        };
+        let mut by_path = BTreeSet::new();
+        let mut clashes: Vec<(String, String, u32)> = Vec::new();
+        let mut table = ClassifyTable::default();
+        let keyed = KeyedEntries::new(entries, shapes, false);
+        for key in &keyed.order {
+            let sharers = &keyed.by_key[key];
+            let entry_place = key.domain < GROUP_DOMAIN_BASE;
+            let ranges = by_source_port(sharers, |holders| {
+                let winner = holders[0];
+                let apart = holders[1..].iter().find(|other| {
+                    other.verdict != winner.verdict
+                        && !(same_way(winner, other)
+                            && (entry_place || winner.entered_at == other.entered_at))
+                });
+                match apart {
+                    None => winner.verdict,
+                    Some(other) if entry_place => {
+                        clashes.push((
+                            other.classifier.clone(),
+                            winner.classifier.clone(),
+                            key.domain,
+                        ));
+                        winner.verdict
+                    }
+                    Some(_) => {
+                        by_path.insert(key.domain);
+                        Verdict {
+                            action: action::PATH_UNKNOWN,
+                            ..Default::default()
                         }
-                    };
-                    ClassEntry {
-                        first,
-                        ranges: ranges.len() as u32,
-                        ..Default::default()
                     }
                 }
-            };
-            self.image.classify.insert(key, entry);
-            if self.image.classify.len() == capacity::CLASSIFY_PER_GEN + 1 {
-                classify_overflow_at = Some(sharers[0].classifier.clone());
-            }
+            });
+            table.insert(*key, ranges, &sharers[0].classifier);
         }
+        // Each path's own keys where paths meet.
+        let keyed = KeyedEntries::new(
+            keyed.into_entries().filter(|e| by_path.contains(&e.domain)),
+            shapes,
+            true,
+        );
+        for key in &keyed.order {
+            let sharers = &keyed.by_key[key];
+            let ranges = by_source_port(sharers, |holders| {
+                if let Some(other) = holders[1..]
+                    .iter()
+                    .find(|o| o.verdict != holders[0].verdict)
+                {
+                    clashes.push((
+                        other.classifier.clone(),
+                        holders[0].classifier.clone(),
+                        key.domain,
+                    ));
+                }
+                holders[0].verdict
+            });
+            table.insert(*key, ranges, &sharers[0].classifier);
+        }
+        clashes.sort();
+        clashes.dedup();
+        for (classifier, other, domain) in clashes {
+            let place = domains.name(domain);
+            let message = format!("matches packets that FlowClassifier {other:?} matches too, {place}, and the two send them different ways; the datapath cannot tell there which way a packet goes: make them disjoint");
+            self.error(Kind::FlowClassifier, &classifier, "spec", message);
+        }
+        self.image.classify = table.classify;
+        self.image.source_ports = table.source_ports;
         let errors = [
             capacity::classifier_entries(
                 self.image.classify.len(),
-                classify_overflow_at.as_deref(),
+                table.classify_overflow_at.as_deref(),
                 self.origins,
             ),
             capacity::source_port_ranges(
                 self.image.source_ports.len(),
-                ranges_overflow_at.as_deref(),
+                table.ranges_overflow_at.as_deref(),
                 self.origins,
             ),
         ];
         self.errors.extend(errors.into_iter().flatten());
+        by_path
     }
 
     // Stage 5: per-interface roots.
@@ -1095,20 +1122,124 @@ impl<'s> Compiler<'s> {
     }
 }
 
+/// The path of a classifier's packets going `direction`: never 0 (0 is "not known").
+fn path_of(classifier_index: usize, direction: Direction) -> u32 {
+    2 * classifier_index as u32 + u32::from(direction == Direction::Reverse) + 1
+}
+
+/// Entries grouped by their key (with its tuple and domain; with the entry's path when
+/// `with_path`), keys in the order their first entry came, so that a capacity error names
+/// the classifier that brought in the key past the limit.
+struct KeyedEntries {
+    by_key: HashMap<ClassKey, Vec<Entry>>,
+    order: Vec<ClassKey>,
+}
+
+impl KeyedEntries {
+    fn new(entries: impl IntoIterator<Item = Entry>, shapes: &Shapes, with_path: bool) -> Self {
+        let mut keyed = KeyedEntries {
+            by_key: HashMap::new(),
+            order: Vec::new(),
+        };
+        for e in entries {
+            let list = &shapes.masks[&e.domain];
+            let Some(index) = list.iter().position(|m| *m == e.mask) else {
+                continue;
+            };
+            if index >= MAX_TUPLES {
+                continue;
+            }
+            let key = ClassKey {
+                tuple: index as u8,
+                domain: e.domain,
+                path: if with_path { e.path } else { 0 },
+                ..e.key
+            };
+            keyed
+                .by_key
+                .entry(key)
+                .or_insert_with(|| {
+                    keyed.order.push(key);
+                    Vec::new()
+                })
+                .push(e);
+        }
+        keyed
+    }
+
+    /// The entries again, in the order they came in their keys' order.
+    fn into_entries(mut self) -> impl Iterator<Item = Entry> {
+        self.order
+            .into_iter()
+            .flat_map(move |k| self.by_key.remove(&k).unwrap_or_default())
+    }
+}
+
+/// The classify map and its stored source-port ranges as they fill, with where each passed
+/// its capacity.
+#[derive(Default)]
+struct ClassifyTable {
+    classify: BTreeMap<ClassKey, ClassEntry>,
+    source_ports: Vec<SourcePorts>,
+    /// Lists of ranges shared by several keys (a classifier's destination-port blocks) are
+    /// stored once.
+    stored: HashMap<Vec<SourcePorts>, u32>,
+    classify_overflow_at: Option<String>,
+    ranges_overflow_at: Option<String>,
+}
+
+impl ClassifyTable {
+    fn insert(&mut self, key: ClassKey, ranges: Vec<SourcePorts>, classifier: &str) {
+        let entry = match ranges.as_slice() {
+            [only] => ClassEntry {
+                only: *only,
+                ..Default::default()
+            },
+            _ => {
+                let n = ranges.len() as u32;
+                let first = match self.stored.get(&ranges) {
+                    Some(&first) => first,
+                    None => {
+                        let first = self.source_ports.len() as u32;
+                        self.source_ports.extend_from_slice(&ranges);
+                        if self.ranges_overflow_at.is_none()
+                            && self.source_ports.len() > capacity::SOURCE_PORTS_PER_GEN
+                        {
+                            self.ranges_overflow_at = Some(classifier.to_string());
+                        }
+                        self.stored.insert(ranges, first);
+                        first
+                    }
+                };
+                ClassEntry {
+                    first,
+                    ranges: n,
+                    ..Default::default()
+                }
+            }
+        };
+        self.classify.insert(key, entry);
+        if self.classify.len() == capacity::CLASSIFY_PER_GEN + 1 {
+            self.classify_overflow_at = Some(classifier.to_string());
+        }
+    }
+}
+
 /// The source-port ranges of one classify key, sorted and disjoint, each with its verdict,
-/// from the entries that share the key: each port goes to the entry with the narrowest range
-/// that holds it, among equals to the first (the order `sharers` came in). `clash(winner,
-/// other)` is called where another entry holding a port would have sent it elsewhere.
-/// Adjacent ranges with the same verdict are merged; ports no entry holds are left out.
+/// from the entries that share the key: `decide` gives the verdict of the ports a set of
+/// entries hold, given those entries by precedence (the narrowest range first, among equals
+/// the first in `sharers`' order). Adjacent ranges with the same verdict are merged; ports no
+/// entry holds are left out.
 fn by_source_port(
-    sharers: &mut [Entry],
-    mut clash: impl FnMut(&Entry, &Entry),
+    sharers: &[Entry],
+    mut decide: impl FnMut(&[&Entry]) -> Verdict,
 ) -> Vec<SourcePorts> {
-    sharers.sort_by_key(|e| e.sport.1 - e.sport.0);
+    let mut by_precedence: Vec<&Entry> = sharers.iter().collect();
+    by_precedence.sort_by_key(|e| e.sport.1 - e.sport.0);
     // A sweep over the ports where some range starts or ends, with the entries holding the
     // ports from there on, by precedence.
     let mut events: Vec<(u32, bool, usize)> = Vec::with_capacity(2 * sharers.len());
-    for (i, e) in sharers.iter().enumerate() {
+    for (i, e) in by_precedence.iter().enumerate() {
         events.push((e.sport.0 as u32, true, i));
         events.push((e.sport.1 as u32 + 1, false, i));
     }
@@ -1127,16 +1258,12 @@ fn by_source_port(
             }
             k += 1;
         }
-        let Some(&winner) = holding.first() else {
+        if holding.is_empty() {
             continue;
-        };
-        let until = events.get(k).map_or(u16::MAX as u32, |e| e.0 - 1);
-        let verdict = sharers[winner].verdict;
-        for &other in holding.iter().skip(1) {
-            if sharers[other].verdict != verdict {
-                clash(&sharers[winner], &sharers[other]);
-            }
         }
+        let until = events.get(k).map_or(u16::MAX as u32, |e| e.0 - 1);
+        let holders: Vec<&Entry> = holding.iter().map(|&i| by_precedence[i]).collect();
+        let verdict = decide(&holders);
         match out.last_mut() {
             Some(last) if last.verdict == verdict && last.hi as u32 + 1 == at => {
                 last.hi = until as u16
@@ -1166,6 +1293,9 @@ fn port_value(shapes: &Shapes, domain: u32) -> Option<PortValue> {
     }
     if list.iter().any(|m| m.uses_ports != 0) {
         flags |= PORT_NEEDS_PORTS;
+    }
+    if shapes.by_path.contains(&domain) {
+        flags |= PORT_BY_PATH;
     }
     let mut value = PortValue {
         domain,
@@ -1831,9 +1961,24 @@ mod tests {
     fn probe(
         image: &Image,
         ifindex: u32,
+        packet: (u8, [u8; 4], [u8; 4], u16, u16),
+    ) -> Option<Verdict> {
+        probe_on_path(image, ifindex, 0, packet)
+    }
+
+    /// [`probe`], for a packet of a flow that entered by `path`.
+    fn probe_on_path(
+        image: &Image,
+        ifindex: u32,
+        path: u32,
         (proto, src, dst, sport, dport): (u8, [u8; 4], [u8; 4], u16, u16),
     ) -> Option<Verdict> {
         let port = &image.ports[&ifindex];
+        let path = if port.flags & PORT_BY_PATH != 0 {
+            path
+        } else {
+            0
+        };
         let word = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
         let (src, dst) = (word(src), word(dst));
         let and = |a: [u32; 4], m: [u32; 4]| [a[0] & m[0], a[1] & m[1], a[2] & m[2], a[3] & m[3]];
@@ -1848,6 +1993,7 @@ mod tests {
                     family: sfc_common::FAMILY_V4,
                     proto: proto & mask.proto,
                     domain: port.domain,
+                    path,
                     dport: dport & mask.dport,
                     _pad: 0,
                     src: and(src, mask.src),
@@ -2102,20 +2248,19 @@ mod tests {
     }
 
     #[test]
-    fn one_key_leading_two_ways_is_refused_even_past_validation() {
-        // Validation refuses this state (a symmetric chain through a member with one interface
-        // for both sides, whose classifier matches its own reverse: tcp reversed is tcp); the
-        // map must still never hold one key for two verdicts, so the stages are run on it
-        // directly.
+    fn one_key_leading_two_ways_at_an_entry_is_refused_even_past_validation() {
+        // Validation refuses this state (two chains whose classifiers enter at one port and
+        // overlap); the map must still never hold one key for two verdicts where flows
+        // enter, so the stages are run on it directly.
         let mut s = State::default();
-        pair(&mut s, "pp", "sh", "sh");
-        group(&mut s, "g", &["pp"]);
-        classifier(
-            &mut s,
-            "a",
-            "{protocol: tcp, logicalSourcePort: s1, logicalDestinationPort: d1}",
-        );
-        chain(&mut s, "c", &["g"], &["a"], true);
+        pair(&mut s, "p1", "in1", "out1");
+        pair(&mut s, "p2", "in2", "out2");
+        group(&mut s, "g1", &["p1"]);
+        group(&mut s, "g2", &["p2"]);
+        classifier(&mut s, "a", "{protocol: tcp, logicalSourcePort: s1}");
+        classifier(&mut s, "b", "{protocol: tcp, logicalSourcePort: s1}");
+        chain(&mut s, "c1", &["g1"], &["a"], false);
+        chain(&mut s, "c2", &["g2"], &["b"], false);
         assert!(validate(&s, &Origins::new()).is_err());
         let matches: BTreeMap<String, Match> = s
             .flow_classifiers
@@ -2132,8 +2277,91 @@ mod tests {
         c.classify(entries, &shapes, &domains);
         assert_eq!(
             messages(&c.errors),
-            ["(applied state): FlowClassifier \"a\": spec: matches packets that FlowClassifier \"a\" matches too, leaving group g, and the two send them different ways; the datapath cannot tell there which way a packet goes: make them disjoint"]
+            ["(applied state): FlowClassifier \"b\": spec: matches packets that FlowClassifier \"a\" matches too, entering at port s1, and the two send them different ways; the datapath cannot tell there which way a packet goes: make them disjoint"]
         );
+    }
+
+    /// Past the entry, where paths that would take a packet different ways meet, the path a
+    /// flow entered by (recorded with it from the entry verdict) decides; a packet whose
+    /// flow's path is not known is dropped there rather than sent down either.
+    #[test]
+    fn where_paths_meet_past_the_entry_the_flows_path_decides() {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        // Chains x (g, gx) from s1 and y (g, gy) from s2 share g; both take all UDP.
+        for (name, index) in [("s1", 1), ("s2", 2), ("in", 3), ("out", 4)] {
+            veth(&mut i, name, index);
+        }
+        pair(&mut s, "p", "in", "out");
+        group(&mut s, "g", &["p"]);
+        for (n, (chain_name, port)) in [("x", "s1"), ("y", "s2")].into_iter().enumerate() {
+            let g = format!("g{chain_name}");
+            pair(
+                &mut s,
+                &format!("p{chain_name}"),
+                &format!("in{chain_name}"),
+                &format!("out{chain_name}"),
+            );
+            group(&mut s, &g, &[format!("p{chain_name}")]);
+            veth(&mut i, &format!("in{chain_name}"), 5 + 2 * n as u32);
+            veth(&mut i, &format!("out{chain_name}"), 6 + 2 * n as u32);
+            let fc = format!("f{chain_name}");
+            classifier(
+                &mut s,
+                &fc,
+                &format!("{{protocol: udp, logicalSourcePort: {port}}}"),
+            );
+            chain(&mut s, chain_name, &["g".to_string(), g], &[fc], false);
+        }
+        let image = compile(&s, &i, &Origins::new()).unwrap();
+        let udp = (17, [1, 1, 1, 1], [2, 2, 2, 2], 5000, 53);
+        let entered = |port| probe(&image, port, udp).unwrap().path;
+        let (px, py) = (entered(1), entered(2));
+        assert!(px != 0 && py != 0 && px != py);
+        assert_eq!(
+            image.ports[&1].flags & PORT_BY_PATH,
+            0,
+            "not where flows enter"
+        );
+        assert_ne!(image.ports[&4].flags & PORT_BY_PATH, 0);
+        // Group slots in name order: g 0, gx 1, gy 2.
+        let next = |path| probe_on_path(&image, 4, path, udp).map(|v| (v.action, v.slot));
+        assert_eq!(next(px), Some((action::STEER, 1)));
+        assert_eq!(next(py), Some((action::STEER, 2)));
+        assert_eq!(next(0), Some((action::PATH_UNKNOWN, 0)));
+        // Where only one path goes, keys carry none.
+        assert_eq!(image.ports[&6].flags & PORT_BY_PATH, 0);
+        // TCP is in neither: untouched, path or not.
+        let tcp = (PROTO_TCP_NUM, [1, 1, 1, 1], [2, 2, 2, 2], 5000, 53);
+        assert_eq!(probe_on_path(&image, 4, px, tcp), None);
+    }
+
+    /// Both directions of a symmetric chain through a member with one interface for both
+    /// sides: what comes back out of it goes on the way its flow entered.
+    #[test]
+    fn both_directions_through_one_interface_go_their_own_ways() {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "pp", "sh", "sh");
+        group(&mut s, "g", &["pp"]);
+        classifier(
+            &mut s,
+            "a",
+            "{protocol: tcp, logicalSourcePort: s1, logicalDestinationPort: d1}",
+        );
+        chain(&mut s, "c", &["g"], &["a"], true);
+        for (name, index) in [("s1", 1), ("d1", 2), ("sh", 3)] {
+            veth(&mut i, name, index);
+        }
+        let image = compile(&s, &i, &Origins::new()).unwrap();
+        let tcp = (PROTO_TCP_NUM, [1, 1, 1, 1], [2, 2, 2, 2], 40000, 80);
+        let forward = probe(&image, 1, tcp).unwrap().path;
+        let reverse = probe(&image, 2, tcp).unwrap().path;
+        assert!(forward != reverse);
+        let end = |path| probe_on_path(&image, 3, path, tcp).map(|v| (v.action, v.deliver_ifindex));
+        assert_eq!(end(forward), Some((action::DELIVER, 2)));
+        assert_eq!(end(reverse), Some((action::DELIVER, 1)));
+        assert_eq!(end(0), Some((action::PATH_UNKNOWN, 0)));
     }
 
     /// Unparsable traffic may pass a port only if every classifier there says so; a port with

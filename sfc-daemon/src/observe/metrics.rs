@@ -60,7 +60,13 @@ const APPLY_BUCKETS: [f64; 14] = [
 ];
 
 /// Drop and pass-through reasons among the datapath outcomes.
-const DROPS: [&str; 4] = ["no_member", "target_down", "redirect_failed", "tap_failed"];
+const DROPS: [&str; 5] = [
+    "no_member",
+    "target_down",
+    "redirect_failed",
+    "tap_failed",
+    "path_unknown",
+];
 const PASSES: [&str; 2] = ["no_match", "not_ip"];
 /// Why a packet could not be parsed: dropped, or passed where the classifiers ask for it
 /// (`unparsable_passed`); both sums appear under reason "unparsable".
