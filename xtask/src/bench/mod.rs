@@ -232,8 +232,8 @@ pub fn run(opts: Options, root: &Path, target_dir: &Path, bin_dir: &Path) -> Res
                     plan.repeat,
                     |r| {
                         println!(
-                            "    {:>6} classifiers  {:<4}  {:>6.1} ns/packet  (one hash lookup {:>5.1} ns)  apply {:.0} ms",
-                            r.rules, r.case, r.ns, r.baseline_ns, r.apply_ms
+                            "    {:>6} classifiers  {:<29}  {:<8}  {:>6.1} ns/packet  (one hash lookup {:>5.1} ns)  apply {:.0} ms",
+                            r.rules, r.mix, r.case, r.ns, r.baseline_ns, r.apply_ms
                         )
                     },
                 )?;
