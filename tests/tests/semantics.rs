@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fs, thread, time::Duration};
 
 use serde_json::Value;
 use sfc_lab::{
-    demo::{example_chain, Demo, DST_V4},
+    demo::{assert_through_one_pg1_member_then_sf3, example_chain, Demo, DST_V4},
     lab::{script, wait_for},
 };
 
@@ -48,6 +48,37 @@ fn chain(pairs: &str, groups: &str) -> String {
         );
     assert!(out.contains(groups) && out.contains(pairs));
     out
+}
+
+/// Ranges on both ports, as networking-sfc's OVS driver classifiers have: with the example
+/// chain's classifier given source ports 43001:43998 and destination ports 70:90 (27 match
+/// shapes once, refused), requests from those source ports cross the chain, and from the
+/// ports just outside they are routed straight to the destination.
+#[test]
+fn ranges_on_both_ports_steer_real_traffic_and_only_their_ports() {
+    let demo = Demo::build("ranges").unwrap();
+    let from = "  destinationPortRange: \"80\"\n  logicalSourcePort: vm-src";
+    let text = fs::read_to_string(example_chain()).unwrap();
+    assert!(text.contains(from));
+    let yaml = text.replace(
+        from,
+        "  sourcePortRange: \"43001:43998\"\n  destinationPortRange: \"70:90\"\n  logicalSourcePort: vm-src",
+    );
+    demo.apply(&yaml);
+    let inside: Vec<_> = [43001, 43500, 43998]
+        .into_iter()
+        .map(|port| demo.request_from(DST_V4, Some(port)).unwrap())
+        .collect();
+    assert_through_one_pg1_member_then_sf3(&inside, "source ports 43001:43998");
+    for port in [43000, 43999] {
+        let c = demo.request_from(DST_V4, Some(port)).unwrap();
+        assert_eq!(c.status, 200, "from {port}: {c:?}");
+        assert_eq!(
+            c.forwarded,
+            [0, 0, 0],
+            "from {port}, outside the range: {c:?}"
+        );
+    }
 }
 
 #[test]
