@@ -161,7 +161,7 @@ fn build(
     let entries = compiler.entries(matches, &groups, &domains);
     let shapes = compiler.match_shapes(&entries, &domains);
     compiler.classify(entries, &shapes, &domains);
-    let roots = compiler.roots(&groups, &domains);
+    let roots = compiler.roots(&domains);
     compiler.attach(&roots, &shapes);
     let image = compiler.finish()?;
     Ok(Compiled::new(image, state, interfaces, roots, shapes))
@@ -181,14 +181,12 @@ struct Groups<'s> {
     /// Each group some chain steers through (tap groups only get copies), with the slot of its
     /// table: in name order from 0.
     slot: BTreeMap<&'s String, u32>,
-    /// Groups of symmetric chains: reverse traffic is sent into their members' egress and
-    /// comes back out of their ingress.
-    reverse: BTreeSet<&'s String>,
     /// The member each tap group sends its copies to (tap groups whose interface is usable).
     taps: BTreeMap<&'s String, Member>,
 }
 
-/// Where packets are classified: a domain per logical port and per group side.
+/// Where packets are classified: a domain per logical port and per group side, merged where
+/// they share an interface ([`place::Domains`]).
 struct Domains<'s> {
     /// Logical ports where chains start (forward, or reverse for symmetric chains): from 1, in
     /// name order.
@@ -196,36 +194,65 @@ struct Domains<'s> {
     /// Per group in `Groups::slot`, in the same order: the domain of what leaves its members'
     /// egress, and of what leaves their ingress in reverse.
     group: BTreeMap<&'s str, GroupDomains>,
+    /// Places that share an interface are one domain: the number of its representative.
+    merged: place::Domains<'s>,
 }
 
-impl Domains<'_> {
-    /// Where the packets of `domain` come from, as messages say it.
+impl<'s> Domains<'s> {
+    /// Where the packets of `domain` come from, as messages say it: every place merged in it,
+    /// and the interfaces that merge them.
     fn name(&self, domain: u32) -> String {
-        self.port
-            .iter()
-            .find(|(_, d)| **d == domain)
-            .map(|(p, _)| format!("entering at port {p}"))
-            .or_else(|| {
-                self.group.iter().find_map(|(g, d)| {
-                    if d.egress == domain {
-                        Some(format!("leaving group {g}"))
-                    } else if d.reverse == domain {
-                        Some(format!("leaving group {g} in reverse"))
-                    } else {
-                        None
-                    }
-                })
-            })
-            .unwrap_or_else(|| "at one port".into())
+        let Some(representative) = self.representative(domain) else {
+            return "at one port".into();
+        };
+        let places = self.merged.places(representative);
+        let names: Vec<String> = places.iter().map(|p| place_name(*p)).collect();
+        match places.as_slice() {
+            [_] => names.join(""),
+            [first, .., last] => {
+                let shared = self.merged.shared(*first, *last).join("\", \"");
+                format!(
+                    "{} (classified together on \"{shared}\", which their members share)",
+                    names.join(" or ")
+                )
+            }
+            [] => "at one port".into(),
+        }
     }
 
-    /// The domain of a place (see [`place::stops`]); every place of a valid state has one.
+    /// The place whose number `domain` is, among those that number a domain.
+    fn representative(&self, domain: u32) -> Option<Place<'s>> {
+        let ports = self.port.iter().map(|(p, d)| (Place::Port(p), *d));
+        let groups = self.group.iter().flat_map(|(g, d)| {
+            let reverse = match d.reverse == d.egress {
+                true => Place::Egress(g),
+                false => Place::Ingress(g),
+            };
+            [(Place::Egress(g), d.egress), (reverse, d.reverse)]
+        });
+        ports
+            .chain(groups)
+            .find(|(p, d)| *d == domain && self.merged.of(*p) == *p)
+            .map(|(p, _)| p)
+    }
+
+    /// The domain of a place (see [`place::stops`]): that of the representative of the places
+    /// merged with it. Every place of a valid state has one.
     fn of(&self, place: Place) -> u32 {
-        match place {
+        match self.merged.of(place) {
             Place::Port(p) => self.port[p],
             Place::Egress(g) => self.group[g].egress,
             Place::Ingress(g) => self.group[g].reverse,
         }
+    }
+}
+
+/// A place as messages say it.
+fn place_name(place: Place) -> String {
+    match place {
+        Place::Port(p) => format!("entering at port {p}"),
+        Place::Egress(g) => format!("leaving group {g}"),
+        Place::Ingress(g) => format!("leaving group {g} in reverse"),
     }
 }
 
@@ -322,6 +349,7 @@ impl<'s> Compiler<'s> {
             .flat_map(|c| &c.port_pair_groups)
             .filter(|g| !self.is_tap(g))
             .collect();
+        // Groups of symmetric chains: reverse traffic is sent into their members' egress.
         let reverse: BTreeSet<&String> = state
             .port_chains
             .values()
@@ -341,11 +369,7 @@ impl<'s> Compiler<'s> {
             self.group_table(group, reverse.contains(group));
         }
         let taps = self.tap_members();
-        Ok(Groups {
-            slot,
-            reverse,
-            taps,
-        })
+        Ok(Groups { slot, taps })
     }
 
     /// Flow pins are keyed by a hash of the group's name (stable across generations and
@@ -513,8 +537,10 @@ impl<'s> Compiler<'s> {
     /// The same packet means different things depending on where it comes from, so each
     /// place is a domain of its own: one per logical port (where chains start, forward or
     /// reverse), and per group one for what leaves its members' egress and, for symmetric
-    /// chains, one for what leaves their ingress. Refused alone when the logical ports would
-    /// reach the groups' domains.
+    /// chains, one for what leaves their ingress; except that places whose packets arrive on
+    /// one interface (crossed pairs) are one domain, numbered as the smallest of them
+    /// ([`place::Domains`]; validation has made sure their classifiers do not meet). Refused
+    /// alone when the logical ports would reach the groups' domains.
     fn classifier_domains(&self, groups: &Groups<'s>) -> Result<Domains<'s>, ConfigErrors> {
         let state = self.state;
         let mut logical_ports: BTreeSet<&str> = BTreeSet::new();
@@ -550,7 +576,11 @@ impl<'s> Compiler<'s> {
                 (g.as_str(), GroupDomains { egress, reverse })
             })
             .collect();
-        Ok(Domains { port, group })
+        Ok(Domains {
+            port,
+            group,
+            merged: place::Domains::new(state),
+        })
     }
 
     /// Where a chain ends: redirected to a logical port (with the MAC of the NIC behind it,
@@ -986,25 +1016,17 @@ impl<'s> Compiler<'s> {
     // Stage 5: per-interface roots.
 
     /// Where classified traffic arrives, with the domain it is classified in: logical ports
-    /// first, then each group's members: egress, and ingress for symmetric chains. Depends on
-    /// the state alone (see [`Compiler::attach`] for the interfaces).
-    fn roots(&self, groups: &Groups<'s>, domains: &Domains<'s>) -> Roots {
-        let state = self.state;
-        let mut roots: Roots = domains
-            .port
-            .iter()
-            .map(|(p, d)| (p.to_string(), *d))
-            .collect();
-        for g in groups.slot.keys() {
-            for pp in &state.port_pair_groups[*g].port_pairs {
-                let pp = &state.port_pairs[pp];
-                roots.push((pp.egress.clone(), domains.of(Place::Egress(g))));
-                if groups.reverse.contains(g) {
-                    roots.push((pp.ingress.clone(), domains.of(reverse_place(state, g))));
-                }
-            }
-        }
-        roots
+    /// first, then each group's members: egress, and ingress for symmetric chains
+    /// ([`place::roots`], from which the domains were merged: an interface has one domain).
+    /// Depends on the state alone (see [`Compiler::attach`] for the interfaces).
+    fn roots(&self, domains: &Domains<'s>) -> Roots {
+        let mut seen = BTreeSet::new();
+        place::roots(self.state)
+            .into_iter()
+            .map(|(iface, place)| (iface, domains.of(place)))
+            .filter(|root| seen.insert(*root))
+            .map(|(iface, domain)| (iface.to_string(), domain))
+            .collect()
     }
 
     /// What the program needs on each root present: its domain and shapes (`ports`), and the
@@ -1959,7 +1981,7 @@ mod tests {
         let shapes = c.match_shapes(&entries, &domains);
         c.classify(entries, &shapes, &domains);
         let notes_before = c.image.notes.len();
-        let roots = c.roots(&groups, &domains);
+        let roots = c.roots(&domains);
         c.attach(&roots, &shapes);
 
         // Logical ports where chains start, SF egress sides, and for symmetric chains SF

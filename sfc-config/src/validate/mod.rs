@@ -15,7 +15,7 @@ pub mod overlap;
 
 use crate::{
     compile::{
-        place::{stops, Place},
+        place::{self, stops, Place},
         Direction,
     },
     document::{shown, ConfigError, ConfigErrors},
@@ -234,12 +234,37 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
     }
 }
 
-/// An SF's interface: the pair it belongs to, and the field of the pair that names it.
-type SfPorts<'s> = BTreeMap<&'s str, (&'s str, &'static str)>;
+/// The SF interfaces, each with the pair it is the ingress of and the pair it is the egress of
+/// (the same pair for both when its ingress and egress are one interface).
+type SfPorts<'s> = BTreeMap<&'s str, Owners<'s>>;
+
+/// Which pairs use one interface, and how: an interface is the ingress of at most one pair and
+/// the egress of at most one. Two pairs may cross (A→B and B→A), as networking-sfc allows:
+/// the dataplane tells their traffic apart by the direction it is classified in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owners<'s> {
+    pub ingress: Option<&'s str>,
+    pub egress: Option<&'s str>,
+}
+
+impl<'s> Owners<'s> {
+    /// Each owning pair once, with the field of it that names the interface.
+    fn pairs(&self) -> Vec<(&'s str, &'static str)> {
+        let mut out: Vec<(&str, &str)> = self
+            .ingress
+            .map(|p| (p, "spec.ingress"))
+            .into_iter()
+            .collect();
+        match self.egress {
+            Some(p) if self.ingress != Some(p) => out.push((p, "spec.egress")),
+            _ => {}
+        }
+        out
+    }
+}
 
 /// Stage 1, port pairs: each pair's fields (interface names, weight, MACs), and interface
-/// ownership: an interface belongs to one pair (as its ingress, its egress, or both). Returns
-/// the SF interfaces.
+/// ownership ([`claim_interfaces`]). Returns the SF interfaces.
 fn port_pairs<'s>(r: &mut Report<'s>) -> SfPorts<'s> {
     let mut owners = SfPorts::new();
     for (name, pp) in r
@@ -274,31 +299,85 @@ fn port_pairs<'s>(r: &mut Report<'s>) -> SfPorts<'s> {
                 }
             }
         }
-        let mut ifaces = vec![("spec.ingress", pp.ingress.as_str())];
-        if pp.egress != pp.ingress {
-            ifaces.push(("spec.egress", pp.egress.as_str()));
-        }
-        for (field, iface) in ifaces {
-            match owners.get(iface) {
-                None => {
-                    owners.insert(iface, (name.as_str(), field));
-                }
-                Some(&(other, _)) => {
-                    let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
-                    r.push(
-                        Kind::PortPair,
-                        name,
-                        field,
-                        format!(
-                            "interface {} already belongs to {other}; an interface belongs to one SF instance",
-                            shown(iface)
-                        ),
-                    );
-                }
-            }
-        }
+        claim_interfaces(r, name, (&pp.ingress, &pp.egress), &mut owners);
     }
     owners
+}
+
+/// Records the interfaces of pair `name`, refusing a second ingress or a second egress of one
+/// interface: what the dataplane receives from an interface must come from one pair's egress
+/// (forward) or one pair's ingress (reverse), and what it sends into it must go to one pair.
+/// A pair whose ingress and egress are one interface uses it both ways, so it shares it with
+/// no other pair. The error is on the pair visited last, naming the other.
+fn claim_interfaces<'s>(
+    r: &mut Report<'s>,
+    name: &'s str,
+    (ingress, egress): (&'s str, &'s str),
+    owners: &mut SfPorts<'s>,
+) {
+    if ingress == egress {
+        let owner = owners.entry(ingress).or_default();
+        let taken = *owner;
+        if taken == Owners::default() {
+            *owner = Owners {
+                ingress: Some(name),
+                egress: Some(name),
+            };
+            return;
+        }
+        let (other, role) = match taken {
+            Owners {
+                ingress: Some(i),
+                egress: Some(e),
+            } if i == e => (i, "both the ingress and the egress"),
+            Owners {
+                ingress: Some(i), ..
+            } => (i, "the ingress"),
+            Owners {
+                egress: Some(e), ..
+            } => (e, "the egress"),
+            _ => unreachable!("an owner was recorded"),
+        };
+        let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+        r.push(
+            Kind::PortPair,
+            name,
+            "spec.ingress",
+            format!(
+                "interface {} is already {role} of {other}; this pair uses it as both its ingress and its egress, so no other pair may use it: give this pair interfaces of its own",
+                shown(ingress)
+            ),
+        );
+        return;
+    }
+    for (iface, field, is_ingress) in [
+        (ingress, "spec.ingress", true),
+        (egress, "spec.egress", false),
+    ] {
+        let owner = owners.entry(iface).or_default();
+        let (mine, theirs) = if is_ingress {
+            (&mut owner.ingress, owner.egress)
+        } else {
+            (&mut owner.egress, owner.ingress)
+        };
+        let role = field.trim_start_matches("spec.");
+        let message = match (*mine, theirs) {
+            // One pair uses it both ways: no other may use it at all.
+            (Some(other), Some(same)) if other == same => {
+                let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+                format!("interface {} is both the ingress and the egress of {other}, which leaves it to no other pair; use another interface as this pair's {role}", shown(iface))
+            }
+            (Some(other), _) => {
+                let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+                format!("interface {} is already the {role} of {other}; an interface is the {role} of at most one PortPair (it may be the {} of another): use another interface", shown(iface), if is_ingress { "egress" } else { "ingress" })
+            }
+            (None, _) => {
+                *mine = Some(name);
+                continue;
+            }
+        };
+        r.push(Kind::PortPair, name, field, message);
+    }
 }
 
 /// Stage 2, groups: each lists at least one pair, every pair it lists exists and is in no
@@ -360,29 +439,11 @@ fn classifiers(r: &mut Report, sf_ports: &SfPorts) -> BTreeMap<String, Match> {
             let Some(port) = port else {
                 continue;
             };
-            let Some(&(pp, pp_field)) = sf_ports.get(port.as_str()) else {
+            let Some(owners) = sf_ports.get(port.as_str()) else {
                 continue;
             };
-            let port = shown(port);
-            let rule = "a logical port is where traffic enters or leaves the node, not an SF port";
-            if r.rank(Kind::PortPair, pp) > r.rank(Kind::FlowClassifier, name) {
-                // The pair came last: the conflict is its doing.
-                let fc = r.other((Kind::FlowClassifier, name), (Kind::PortPair, pp));
-                let role = field.trim_start_matches("spec.");
-                r.push(
-                    Kind::PortPair,
-                    pp,
-                    pp_field,
-                    format!("{port} is the {role} of {fc}; {rule}"),
-                );
-            } else {
-                let pair = r.other((Kind::PortPair, pp), (Kind::FlowClassifier, name));
-                r.push(
-                    Kind::FlowClassifier,
-                    name,
-                    field,
-                    format!("{port} is a port of {pair}; {rule}"),
-                );
+            for (pp, pp_field) in owners.pairs() {
+                logical_port_is_sf_port(r, (name, field, port), (pp, pp_field));
             }
         }
         match normalize(fc) {
@@ -397,6 +458,36 @@ fn classifiers(r: &mut Report, sf_ports: &SfPorts) -> BTreeMap<String, Match> {
         }
     }
     matches
+}
+
+/// A classifier's logical port (`field` of classifier `name`) that is also the `pp_field` of
+/// pair `pp`: reported on whichever came last.
+fn logical_port_is_sf_port(
+    r: &mut Report,
+    (name, field, port): (&str, &str, &str),
+    (pp, pp_field): (&str, &str),
+) {
+    let port = shown(port);
+    let rule = "a logical port is where traffic enters or leaves the node, not an SF port";
+    if r.rank(Kind::PortPair, pp) > r.rank(Kind::FlowClassifier, name) {
+        // The pair came last: the conflict is its doing.
+        let fc = r.other((Kind::FlowClassifier, name), (Kind::PortPair, pp));
+        let role = field.trim_start_matches("spec.");
+        r.push(
+            Kind::PortPair,
+            pp,
+            pp_field,
+            format!("{port} is the {role} of {fc}; {rule}"),
+        );
+    } else {
+        let pair = r.other((Kind::PortPair, pp), (Kind::FlowClassifier, name));
+        r.push(
+            Kind::FlowClassifier,
+            name,
+            field,
+            format!("{port} is a port of {pair}; {rule}"),
+        );
+    }
 }
 
 /// Stage 4, chains: for each, its hops ([`hops`]), no other chain with the same ordered
@@ -624,12 +715,13 @@ fn taps(r: &mut Report, name: &str, pc: &PortChainSpec) {
 /// precedence, the same in every place), which is only wrong where they send it different
 /// ways.
 fn overlaps(r: &mut Report, matches: &BTreeMap<String, Match>, fc_chain: &BTreeMap<&str, &str>) {
-    let (between, within) = conflicts(r.state, matches, fc_chain);
+    let domains = place::Domains::new(r.state);
+    let (between, within) = conflicts(r.state, &domains, matches, fc_chain);
     for conflict in between {
-        between_chains(r, conflict);
+        between_chains(r, &domains, conflict);
     }
     for conflict in within {
-        within_a_chain(r, conflict);
+        within_a_chain(r, &domains, conflict);
     }
 }
 
@@ -640,18 +732,20 @@ fn overlaps(r: &mut Report, matches: &BTreeMap<String, Match>, fc_chain: &BTreeM
 /// leaving the shared SF must belong to one chain). Reported on the side (classifier and
 /// chain) applied last: on its classifier, or on its chain when only the chain is being
 /// applied (it brought an applied classifier in).
-fn between_chains(r: &mut Report, conflict: Conflict) {
+fn between_chains(r: &mut Report, domains: &place::Domains, conflict: Conflict) {
     let Conflict { a, ca, b, cb, at } = conflict;
     let side = |fc: &str, chain: &str| {
         r.rank(Kind::FlowClassifier, fc)
             .max(r.rank(Kind::PortChain, chain))
     };
     // (x, cx, dx) is blamed, (y, cy, dy) named; b's side unless a's came last.
-    let ((x, cx, dx), (y, cy, dy)) = if side(a, ca) > side(b, cb) {
+    let a_last = side(a, ca) > side(b, cb);
+    let ((x, cx, dx), (y, cy, dy)) = if a_last {
         ((a, ca, at.da), (b, cb, at.db))
     } else {
         ((b, cb, at.db), (a, ca, at.da))
     };
+    let (px, py) = at.places(!a_last);
     let by_chain =
         r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, cx).is_some();
     let about = if by_chain {
@@ -667,6 +761,12 @@ fn between_chains(r: &mut Report, conflict: Conflict) {
         shown(cy)
     );
     let message = match at.place {
+        _ if px != py => format!(
+            "{what}: its packets {} and those {} are classified together, on {}; a packet arriving there could belong to either chain; make the classifiers disjoint or give these pairs interfaces of their own",
+            place_words(px, dx),
+            place_words(py, dy),
+            shared_words(r.state, domains, px, py)
+        ),
         Place::Port(port) => {
             let reverse = if dx == Direction::Reverse || dy == Direction::Reverse {
                 ", and a symmetric chain's reverse traffic enters at its classifiers' logicalDestinationPort"
@@ -699,13 +799,21 @@ fn between_chains(r: &mut Report, conflict: Conflict) {
 /// at different ports and ending at different ones: after the first hop the datapath no longer
 /// knows which classifier a packet entered by. Reported on the classifier applied last, or on
 /// the chain when only the chain is being applied.
-fn within_a_chain(r: &mut Report, twin: Twin) {
+fn within_a_chain(r: &mut Report, domains: &place::Domains, twin: Twin) {
     let Twin { chain, a, b, at } = twin;
-    let (x, dx, y, dy) = if r.rank(Kind::FlowClassifier, a) > r.rank(Kind::FlowClassifier, b) {
+    let a_last = r.rank(Kind::FlowClassifier, a) > r.rank(Kind::FlowClassifier, b);
+    let (x, dx, y, dy) = if a_last {
         (a, at.da, b, at.db)
     } else {
         (b, at.db, a, at.da)
     };
+    let (px, py) = at.places(!a_last);
+    if px != py {
+        let shared = shared_words(r.state, domains, px, py);
+        let message = crossed_within(r, chain, (x, dx, px), (y, dy, py), &shared);
+        report_overlap(r, (x, chain), by_chain_of(r, x, chain), message);
+        return;
+    }
     let by_chain =
         r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, chain).is_some();
     let place = match at.place {
@@ -750,6 +858,90 @@ fn within_a_chain(r: &mut Report, twin: Twin) {
         format!("{}overlaps {other} of the same PortChain {}, with another {ways}: {place}, the datapath cannot tell which of them a packet entered by, so not where it ends; make them disjoint, or give them the same logicalSourcePort or the same logicalDestinationPort", reversed(dx), shown(chain))
     };
     report_overlap(r, (x, chain), by_chain, message);
+}
+
+/// Whether an overlap of classifier `x` of `chain` is reported on the chain: when only the chain
+/// is being applied (it brought an applied classifier in).
+fn by_chain_of(r: &Report, x: &str, chain: &str) -> bool {
+    r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, chain).is_some()
+}
+
+/// The message of classifiers of one chain that meet in two places of one domain (crossed
+/// pairs): `x` (blamed) crossing `px` going `dx`, and `y` crossing `py` going `dy`. After a
+/// hop nothing tells the datapath which hop, or which way, such a packet is at.
+fn crossed_within(
+    r: &Report,
+    chain: &str,
+    (x, dx, px): (&str, Direction, Place),
+    (y, dy, py): (&str, Direction, Place),
+    shared: &str,
+) -> String {
+    let traffic = |d: Direction| match d {
+        Direction::Forward => "its traffic",
+        Direction::Reverse => "its reverse traffic (source and destination swapped)",
+    };
+    let other = if x == y {
+        traffic(dy).to_string()
+    } else {
+        let about = if by_chain_of(r, x, chain) {
+            (Kind::PortChain, chain)
+        } else {
+            (Kind::FlowClassifier, x)
+        };
+        format!(
+            "{}{} of the same chain",
+            the_reverse_of(dy),
+            r.other((Kind::FlowClassifier, y), about)
+        )
+    };
+    format!(
+        "{} {} and {other} {} match some of the same packets, and PortChain {} classifies both together, on {shared}; the datapath could not tell which hop or which way such a packet is at: make them disjoint (source and destination prefixes or ports), or give these pairs interfaces of their own",
+        traffic(dx),
+        place_words(px, dx),
+        place_words(py, dy),
+        shown(chain)
+    )
+}
+
+/// Where a classifier's packets are classified, as messages say it.
+fn place_words(place: Place, direction: Direction) -> String {
+    let way = match direction {
+        Direction::Forward => "",
+        Direction::Reverse => " in reverse",
+    };
+    match place {
+        Place::Port(p) => format!("entering at {}{way}", shown(p)),
+        Place::Egress(g) | Place::Ingress(g) => {
+            format!("leaving PortPairGroup {}{way}", shown(g))
+        }
+    }
+}
+
+/// The interfaces that make places `a` and `b` one domain, with the pairs that share each:
+/// `interface "A" (the ingress of PortPair "pp1", the egress of PortPair "pp2")`.
+fn shared_words(state: &State, domains: &place::Domains, a: Place, b: Place) -> String {
+    let shared = domains.shared(a, b);
+    let each: Vec<String> = shared
+        .iter()
+        .map(|iface| {
+            let mut uses = Vec::new();
+            for (name, pp) in &state.port_pairs {
+                if pp.ingress == *iface {
+                    uses.push(format!("the ingress of PortPair {}", shown(name)));
+                }
+                if pp.egress == *iface && pp.ingress != *iface {
+                    uses.push(format!("the egress of PortPair {}", shown(name)));
+                }
+            }
+            format!("{} ({})", shown(iface), uses.join(", "))
+        })
+        .collect();
+    let noun = if each.len() == 1 {
+        "interface"
+    } else {
+        "interfaces"
+    };
+    format!("{noun} {}", each.join(" and "))
 }
 
 /// `"reversed (…), "` for a classifier's reverse traffic, `""` for its own.
@@ -808,12 +1000,26 @@ struct Twin<'s> {
     at: Meeting<'s>,
 }
 
-/// A place where two classifiers meet, and which way each crosses it.
+/// Where two classifiers meet, and which way each crosses it: the place of `a` and that of
+/// `b`, the same place or two places the dataplane classifies in one domain (their members
+/// share an interface, see [`place::Domains`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Meeting<'s> {
     place: Place<'s>,
+    other: Place<'s>,
     da: Direction,
     db: Direction,
+}
+
+impl<'s> Meeting<'s> {
+    /// The places of the two sides, `a`'s first, or `b`'s first when `swap`.
+    fn places(&self, swap: bool) -> (Place<'s>, Place<'s>) {
+        if swap {
+            (self.other, self.place)
+        } else {
+            (self.place, self.other)
+        }
+    }
 }
 
 /// Whether two classifiers of `chain` crossing `place` the same way `direction` send a packet
@@ -847,10 +1053,12 @@ fn ends_apart(state: &State, (a, b): (&str, &str), direction: Direction, place: 
 /// where they enter comes first.
 fn conflicts<'s>(
     state: &'s State,
+    domains: &place::Domains<'s>,
     matches: &'s BTreeMap<String, Match>,
     fc_chain: &BTreeMap<&'s str, &'s str>,
 ) -> (Vec<Conflict<'s>>, Vec<Twin<'s>>) {
-    let mut places: BTreeMap<Place, BTreeSet<(&str, Direction)>> = BTreeMap::new();
+    // Per domain (its representative place): the classifiers there, which way, and where.
+    let mut places: BTreeMap<Place, BTreeSet<(&str, Direction, Place)>> = BTreeMap::new();
     let mut reversed: BTreeMap<&str, Match> = BTreeMap::new();
     for name in matches.keys() {
         let Some(chain) = fc_chain.get(name.as_str()) else {
@@ -868,35 +1076,39 @@ fn conflicts<'s>(
                     .entry(name)
                     .or_insert_with(|| matches[name].reversed());
             }
-            places
-                .entry(stop.place)
-                .or_default()
-                .insert((name, stop.direction));
+            places.entry(domains.of(stop.place)).or_default().insert((
+                name,
+                stop.direction,
+                stop.place,
+            ));
         }
     }
     let mut between: BTreeMap<(&str, &str, &str, &str), Meeting> = BTreeMap::new();
     let mut within: BTreeMap<(&str, &str, &str), Meeting> = BTreeMap::new();
-    for (place, members) in &places {
-        let members: Vec<(&str, Direction)> = members.iter().copied().collect();
-        let items: Vec<((&str, Direction), &Match)> = members
+    for members in places.values() {
+        let members: Vec<(&str, Direction, Place)> = members.iter().copied().collect();
+        let items: Vec<((&str, Direction, Place), &Match)> = members
             .iter()
-            .map(|&(fc, direction)| {
+            .map(|&(fc, direction, place)| {
                 let m = match direction {
                     Direction::Forward => &matches[fc],
                     Direction::Reverse => &reversed[fc],
                 };
-                ((fc, direction), m)
+                ((fc, direction, place), m)
             })
             .collect();
         for (i, j) in overlap::overlapping_pairs(&items) {
-            let ((mut a, mut da), (mut b, mut db)) = (members[i], members[j]);
+            let ((mut a, mut da, mut pa), (mut b, mut db, mut pb)) = (members[i], members[j]);
             let (ca, cb) = (fc_chain[a], fc_chain[b]);
             if ca == cb {
-                if da == db && !ends_apart(state, (a, b), da, *place) {
+                // Crossing a place the same way, the precedence sends a packet where it
+                // entered for; in two places of one domain, it cannot tell which hop it is at.
+                if da == db && pa == pb && !ends_apart(state, (a, b), da, pa) {
                     continue;
                 }
                 let at = Meeting {
-                    place: *place,
+                    place: pa,
+                    other: pb,
                     da,
                     db,
                 };
@@ -909,9 +1121,11 @@ fn conflicts<'s>(
             if cb < ca {
                 std::mem::swap(&mut a, &mut b);
                 std::mem::swap(&mut da, &mut db);
+                std::mem::swap(&mut pa, &mut pb);
             }
             let at = Meeting {
-                place: *place,
+                place: pa,
+                other: pb,
                 da,
                 db,
             };
@@ -1129,7 +1343,7 @@ mod tests {
             &doc("PortPair", "pp3", "{ingress: a-in, egress: c-out}"),
             "PortPair \"pp3\"",
             "spec.ingress",
-            "already belongs",
+            "is already the ingress of PortPair \"pp1\"",
         );
         rejects(
             &doc(
@@ -1483,12 +1697,19 @@ mod tests {
             &[
                 doc("PortPair", "pp1", "{ingress: a-in, egress: a-out}"),
                 doc("PortPair", "pp2", "{ingress: b, egress: b}"),
+                // a-out: pp1's egress and pp3's ingress, as networking-sfc allows.
                 doc(
                     "PortPair",
                     "pp3",
                     "{ingress: a-out, egress: c, weight: 0, ingressMac: 'ff:ff:ff:ff:ff:ff'}",
                 ),
                 doc("PortPair", "pp4", "{ingress: bad/name, egress: d}"),
+                doc("PortPair", "pp5", "{ingress: c5, egress: a-out}"),
+                doc("PortPair", "pp6", "{ingress: f, egress: b}"),
+                doc("PortPair", "pp7", "{ingress: c, egress: c}"),
+                // Crossed: x→y and y→x.
+                doc("PortPair", "pp8", "{ingress: x, egress: y}"),
+                doc("PortPair", "pp9", "{ingress: y, egress: x}"),
                 doc("PortPair", "pp0", "{ingress: a-in, egress: e}"),
             ]
             .concat(),
@@ -1497,20 +1718,30 @@ mod tests {
         let mut origins = Origins::new();
         origins.insert(Kind::PortPair, "pp0", "new.yaml");
         let (owners, errors) = stage(&state, &origins, port_pairs);
+        let applied = "(applied state): PortPair";
         assert_eq!(
             errors,
             [
-                "(applied state): PortPair \"pp3\": spec.weight: 0 is out of range; use 1..255",
-                "(applied state): PortPair \"pp3\": spec.ingressMac: \"ff:ff:ff:ff:ff:ff\" is not a unicast MAC; use the form 02:00:00:00:00:01",
-                "(applied state): PortPair \"pp3\": spec.ingress: interface \"a-out\" already belongs to PortPair \"pp1\"; an interface belongs to one SF instance",
-                "(applied state): PortPair \"pp4\": spec.ingress: \"bad/name\" is not an interface name; use 1 to 15 characters without '/', ':' or spaces",
-                "new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" already belongs to PortPair \"pp1\" (already applied); an interface belongs to one SF instance",
+                format!("{applied} \"pp3\": spec.weight: 0 is out of range; use 1..255"),
+                format!("{applied} \"pp3\": spec.ingressMac: \"ff:ff:ff:ff:ff:ff\" is not a unicast MAC; use the form 02:00:00:00:00:01"),
+                format!("{applied} \"pp4\": spec.ingress: \"bad/name\" is not an interface name; use 1 to 15 characters without '/', ':' or spaces"),
+                format!("{applied} \"pp5\": spec.egress: interface \"a-out\" is already the egress of PortPair \"pp1\"; an interface is the egress of at most one PortPair (it may be the ingress of another): use another interface"),
+                format!("{applied} \"pp6\": spec.egress: interface \"b\" is both the ingress and the egress of PortPair \"pp2\", which leaves it to no other pair; use another interface as this pair's egress"),
+                format!("{applied} \"pp7\": spec.ingress: interface \"c\" is already the egress of PortPair \"pp3\"; this pair uses it as both its ingress and its egress, so no other pair may use it: give this pair interfaces of its own"),
+                "new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" is already the ingress of PortPair \"pp1\" (already applied); an interface is the ingress of at most one PortPair (it may be the egress of another): use another interface".to_string(),
             ]
         );
-        assert_eq!(owners.len(), 7);
-        assert_eq!(owners["a-out"], ("pp1", "spec.egress"));
-        assert_eq!(owners["b"], ("pp2", "spec.ingress"));
-        assert_eq!(owners["e"], ("pp0", "spec.egress"));
+        let owner = |ingress, egress| Owners { ingress, egress };
+        assert_eq!(owners["a-out"], owner(Some("pp3"), Some("pp1")));
+        assert_eq!(owners["b"], owner(Some("pp2"), Some("pp2")));
+        assert_eq!(owners["e"], owner(None, Some("pp0")));
+        assert_eq!(owners["x"], owner(Some("pp8"), Some("pp9")));
+        assert_eq!(owners["y"], owner(Some("pp9"), Some("pp8")));
+        assert_eq!(
+            owners["a-out"].pairs(),
+            [("pp3", "spec.ingress"), ("pp1", "spec.egress")]
+        );
+        assert_eq!(owners["b"].pairs(), [("pp2", "spec.ingress")]);
     }
 
     #[test]
@@ -1743,7 +1974,7 @@ mod tests {
         let pair = doc("PortPair", "pp0", "{ingress: a-in, egress: z-out}");
         assert_eq!(
             errors_applying(&base(), &new_file(pair)),
-            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" already belongs to PortPair \"pp1\" (already applied); an interface belongs to one SF instance"]
+            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" is already the ingress of PortPair \"pp1\" (already applied); an interface is the ingress of at most one PortPair (it may be the egress of another): use another interface"]
         );
         let group = doc("PortPairGroup", "g0", "{portPairs: [pp1]}");
         assert_eq!(
@@ -1878,20 +2109,97 @@ mod tests {
         );
     }
 
+    /// One SF with two NICs crossed by two pairs: `pp-ab` goes in at "a" and out at "b",
+    /// `pp-ba` the other way; a chain through both (`g1` then `g2`) with classifier `fc`.
+    fn crossed(symmetric: bool, classifier: &str) -> String {
+        [
+            doc("PortPair", "pp-ab", "{ingress: a, egress: b}"),
+            doc("PortPair", "pp-ba", "{ingress: b, egress: a}"),
+            doc("PortPairGroup", "g1", "{portPairs: [pp-ab]}"),
+            doc("PortPairGroup", "g2", "{portPairs: [pp-ba]}"),
+            doc("FlowClassifier", "fc", classifier),
+            doc(
+                "PortChain",
+                "c",
+                &format!("{{portPairGroups: [g1, g2], flowClassifiers: [fc], chainParameters: {{symmetric: {symmetric}}}}}"),
+            ),
+        ]
+        .concat()
+    }
+
+    fn errors_planning(text: String) -> Vec<String> {
+        match plan(
+            &State::default(),
+            &[("f.yaml".into(), text)],
+            &Interfaces::default(),
+        ) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const DISJOINT_WAYS: &str = "{sourceIpPrefix: 10.1.0.0/16, destinationIpPrefix: 10.2.0.0/16, logicalSourcePort: src, logicalDestinationPort: dst}";
+
+    #[test]
+    fn crossed_pairs_are_accepted_where_their_traffic_can_be_told_apart() {
+        // Symmetric: "a" takes forward traffic leaving g2 and reverse traffic leaving g1, told
+        // apart by their addresses.
+        assert_eq!(
+            errors_planning(crossed(true, DISJOINT_WAYS)),
+            [] as [String; 0]
+        );
+        // One way: only forward traffic is classified on "a" and "b", whatever it matches.
+        let broad = "{protocol: tcp, logicalSourcePort: src}";
+        assert_eq!(errors_planning(crossed(false, broad)), [] as [String; 0]);
+        // Not crossed but chained: a→b, then c→a.
+        let text = crossed(true, DISJOINT_WAYS)
+            .replace("{ingress: b, egress: a}", "{ingress: c, egress: a}");
+        assert_eq!(errors_planning(text), [] as [String; 0]);
+    }
+
+    #[test]
+    fn crossed_pairs_whose_traffic_cannot_be_told_apart_are_refused() {
+        // Its reverse matches itself: on "b", forward traffic leaving g1 and reverse traffic
+        // leaving g2 look alike.
+        let both_ways = "{protocol: tcp, logicalSourcePort: src, logicalDestinationPort: dst}";
+        assert_eq!(
+            errors_planning(crossed(true, both_ways)),
+            ["f.yaml: FlowClassifier \"fc\": spec: its reverse traffic (source and destination swapped) leaving PortPairGroup \"g2\" in reverse and its traffic leaving PortPairGroup \"g1\" match some of the same packets, and PortChain \"c\" classifies both together, on interface \"b\" (the egress of PortPair \"pp-ab\", the ingress of PortPair \"pp-ba\"); the datapath could not tell which hop or which way such a packet is at: make them disjoint (source and destination prefixes or ports), or give these pairs interfaces of their own"]
+        );
+        // Two chains meeting on "a": c's reverse traffic leaving g1, and what c2 classifies
+        // leaving g2 (no group shared).
+        let text = crossed(true, DISJOINT_WAYS)
+            .replace("portPairGroups: [g1, g2]", "portPairGroups: [g1]")
+            + &doc(
+                "FlowClassifier",
+                "fc2",
+                "{destinationIpPrefix: 10.1.0.0/24, logicalSourcePort: src2}",
+            )
+            + &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], flowClassifiers: [fc2]}",
+            );
+        assert_eq!(
+            errors_planning(text),
+            ["f.yaml: FlowClassifier \"fc2\": spec: overlaps the reverse of FlowClassifier \"fc\" of PortChain \"c\": its packets leaving PortPairGroup \"g2\" and those leaving PortPairGroup \"g1\" in reverse are classified together, on interface \"a\" (the ingress of PortPair \"pp-ab\", the egress of PortPair \"pp-ba\"); a packet arriving there could belong to either chain; make the classifiers disjoint or give these pairs interfaces of their own"]
+        );
+    }
+
     #[test]
     fn between_files_the_later_object_is_blamed_and_the_other_file_named() {
         let first = doc("PortPair", "pp5", "{ingress: q-in, egress: q-out}");
-        let second = doc("PortPair", "pp0", "{ingress: q-out, egress: r}");
+        let second = doc("PortPair", "pp0", "{ingress: r, egress: q-out}");
         assert_eq!(
             errors_applying(&base(), &[("f1.yaml", first), ("f2.yaml", second)]),
-            ["f2.yaml: PortPair \"pp0\": spec.ingress: interface \"q-out\" already belongs to PortPair \"pp5\" (in f1.yaml); an interface belongs to one SF instance"]
+            ["f2.yaml: PortPair \"pp0\": spec.egress: interface \"q-out\" is already the egress of PortPair \"pp5\" (in f1.yaml); an interface is the egress of at most one PortPair (it may be the ingress of another): use another interface"]
         );
         // In one file, the later document (not the later name).
         let text = doc("PortPair", "pp9", "{ingress: x-in, egress: x-out}")
             + &doc("PortPair", "pp0", "{ingress: x-in, egress: y}");
         assert_eq!(
             errors_applying(&base(), &new_file(text)),
-            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"x-in\" already belongs to PortPair \"pp9\"; an interface belongs to one SF instance"]
+            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"x-in\" is already the ingress of PortPair \"pp9\"; an interface is the ingress of at most one PortPair (it may be the egress of another): use another interface"]
         );
         let again = doc("PortPair", "pp7", "{ingress: w-in, egress: w-out}");
         assert_eq!(
