@@ -2,17 +2,17 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v3_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! version (`sfc_v4_*`): a change of any layout here bumps it, so that a new daemon gets fresh
 //! maps instead of misreading pinned ones.
 #![no_std]
 
-/// The version of this ABI, in every map name (`sfc_v3_*`). A change of any layout here, of a
+/// The version of this ABI, in every map name (`sfc_v4_*`). A change of any layout here, of a
 /// map's type or of what a value means bumps it, so that a new daemon gets fresh maps instead of
 /// misreading pinned ones; `layout_fingerprint_matches_the_abi_version` fails until it is.
 #[macro_export]
 macro_rules! abi_version {
     () => {
-        3
+        4
     };
 }
 pub const ABI_VERSION: u32 = abi_version!();
@@ -45,9 +45,14 @@ pub const MAP_FRAGMENTS: &str = map_name!("fragments");
 pub const MAP_STATS: &str = map_name!("stats");
 pub const MAP_COUNTERS: &str = map_name!("counters");
 pub const MAP_MEMBER_COUNTERS: &str = map_name!("member_counters");
-/// Which counter slot each SF-facing interface has (written and read by the agent only; kept
-/// in bpffs so that a restarted agent finds the counters where it left them).
+/// Which counter slot each side of an SF-facing interface has (written and read by the agent
+/// only; kept in bpffs so that a restarted agent finds the counters where it left them). Keyed
+/// by ifindex for the side that is a pair's ingress (or both its ingress and egress), with
+/// `SIDE_EGRESS` for the side that is a pair's egress only: crossed pairs give one interface
+/// both, one per pair.
 pub const MAP_MEMBER_SLOTS: &str = map_name!("member_slots");
+/// See [`MAP_MEMBER_SLOTS`].
+pub const SIDE_EGRESS: u32 = 1 << 31;
 pub const MAP_TRACE_FILTER: &str = map_name!("trace_filter");
 pub const MAP_TRACE_EVENTS: &str = map_name!("trace_events");
 /// Per-CPU scratch memory of the programs (not pinned).
@@ -125,9 +130,9 @@ pub const MEMBER_SLOTS: u32 = 4096;
 /// Size of the trace event ring buffer (bytes, a power of two).
 pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
-/// `sfc_v3_config` index holding the epoch; the active generation is `epoch & 1`.
+/// `sfc_v4_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
-/// `sfc_v3_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
+/// `sfc_v4_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
 pub const CONFIG_FLIP_NS: u32 = 1;
 pub const CONFIG_ENTRIES: u32 = 2;
 
@@ -229,7 +234,7 @@ pub mod stat {
     ];
 }
 
-/// Key of `sfc_v3_classify`: a packet's fields, masked by one tuple of its interface.
+/// Key of `sfc_v4_classify`: a packet's fields, masked by one tuple of its interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClassKey {
@@ -264,7 +269,7 @@ pub struct TupleMask {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v3_ports`.
+/// Key of `sfc_v4_ports`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -272,7 +277,7 @@ pub struct PortKey {
     pub gen: u32,
 }
 
-/// Value of `sfc_v3_ports`: the domain packets arriving on this interface are classified in and
+/// Value of `sfc_v4_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,9 +286,12 @@ pub struct PortValue {
     pub n_tuples: u16,
     /// `PORT_*` bits.
     pub flags: u16,
-    /// Member counter slot of this interface (an SF's egress side), 0: none.
+    /// Member counter slot of this interface as a pair's egress: what arrives here going
+    /// forward left that pair. 0: none.
     pub slot: u16,
-    pub _pad: u16,
+    /// Member counter slot of this interface as a pair's ingress: what arrives here in reverse
+    /// (symmetric chains) left that pair. With crossed pairs that is another pair than `slot`'s.
+    pub reverse_slot: u16,
     pub tuples: [TupleMask; MAX_TUPLES],
 }
 
@@ -297,7 +305,7 @@ pub const PORT_PASS_UNPARSABLE: u16 = 2;
 /// unknown is unparsable here.
 pub const PORT_NEEDS_PORTS: u16 = 4;
 
-/// Value of `sfc_v3_classify`.
+/// Value of `sfc_v4_classify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Verdict {
@@ -354,7 +362,7 @@ pub struct Member {
     pub slot: u16,
 }
 
-/// Entry of `sfc_v3_ring` and value of `sfc_v3_pins`: both sides of one member, so that the
+/// Entry of `sfc_v4_ring` and value of `sfc_v4_pins`: both sides of one member, so that the
 /// two directions of a symmetric flow meet the same instance.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -363,7 +371,7 @@ pub struct RingEntry {
     pub egress: Member,
 }
 
-/// Key of `sfc_v3_members`: a member (by its ingress interface) of one group table.
+/// Key of `sfc_v4_members`: a member (by its ingress interface) of one group table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
@@ -372,7 +380,7 @@ pub struct MemberKey {
     pub ifindex: u32,
 }
 
-/// Key of `sfc_v3_pins` (whose value is the member's ingress ifindex): a flow (as its
+/// Key of `sfc_v4_pins` (whose value is the member's ingress ifindex): a flow (as its
 /// member-choosing hash) in one group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -381,7 +389,7 @@ pub struct PinKey {
     pub hash: u32,
 }
 
-/// Value of `sfc_v3_flows`.
+/// Value of `sfc_v4_flows`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowState {
@@ -394,7 +402,7 @@ pub struct FlowState {
     pub inflight: u64,
 }
 
-/// Key of `sfc_v3_decisions`: a flow arriving on one interface.
+/// Key of `sfc_v4_decisions`: a flow arriving on one interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey {
@@ -402,7 +410,7 @@ pub struct DecisionKey {
     pub tuple: FlowTuple,
 }
 
-/// Value of `sfc_v3_decisions`: what the program decided for a flow on an interface, valid
+/// Value of `sfc_v4_decisions`: what the program decided for a flow on an interface, valid
 /// while the epoch is the same (any update makes every decision stale at once), so that the
 /// next packets of the flow skip classification and member choice.
 #[repr(C)]
@@ -420,7 +428,7 @@ pub struct Decision {
     pub _pad: u8,
 }
 
-/// Element of `sfc_v3_member_counters` (per CPU): traffic we sent into an SF through one of its
+/// Element of `sfc_v4_member_counters` (per CPU): traffic we sent into an SF through one of its
 /// interfaces, and traffic that came back out of it there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -431,7 +439,7 @@ pub struct MemberCounter {
     pub from_bytes: u64,
 }
 
-/// Element of `sfc_v3_counters` (per CPU).
+/// Element of `sfc_v4_counters` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Counter {
@@ -449,7 +457,7 @@ pub mod trace_field {
     pub const ID: u8 = 1 << 5;
 }
 
-/// The one entry of `sfc_v3_trace_filter`. A packet matches in either direction (source and
+/// The one entry of `sfc_v4_trace_filter`. A packet matches in either direction (source and
 /// destination swapped), so one filter follows both directions of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -468,7 +476,7 @@ pub struct TraceFilter {
     pub dst: [u32; 4],
 }
 
-/// One packet's step through this node, sent to `sfc_v3_trace_events` while tracing.
+/// One packet's step through this node, sent to `sfc_v4_trace_events` while tracing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TraceEvent {
@@ -512,7 +520,7 @@ pub fn tracking_id(input: &HashInput) -> u32 {
     }
 }
 
-/// Key of `sfc_v3_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
+/// Key of `sfc_v4_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
 /// IPv4 flows have their own tables because the key is hashed on every packet: a decided flow
 /// costs a third less with it.
 #[repr(C)]
@@ -528,7 +536,7 @@ pub struct FlowTuple4 {
     pub vlan: u16,
 }
 
-/// Key of `sfc_v3_decisions4`.
+/// Key of `sfc_v4_decisions4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey4 {
@@ -536,7 +544,7 @@ pub struct DecisionKey4 {
     pub tuple: FlowTuple4,
 }
 
-/// Key of `sfc_v3_flows` (directional 5-tuple; IPv6, and anything not IPv4).
+/// Key of `sfc_v4_flows` (directional 5-tuple; IPv6, and anything not IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowTuple {
@@ -550,7 +558,7 @@ pub struct FlowTuple {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v3_fragments`: one IP datagram arriving on one interface (each hop of a chain
+/// Key of `sfc_v4_fragments`: one IP datagram arriving on one interface (each hop of a chain
 /// sees the whole datagram again, in its own order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -565,7 +573,7 @@ pub struct FragmentKey {
     pub dst: [u32; 4],
 }
 
-/// Value of `sfc_v3_fragments`: what the first fragment told of its datagram.
+/// Value of `sfc_v4_fragments`: what the first fragment told of its datagram.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentState {
@@ -730,7 +738,7 @@ mod tests {
             &fields!(ClassKey: gen, tuple, family, proto, domain, sport, dport, src, dst),
             &fields!(TupleMask: family, proto, uses_ports, sport, dport, src, dst),
             &fields!(PortKey: ifindex, gen),
-            &fields!(PortValue: domain, n_tuples, flags, slot, tuples),
+            &fields!(PortValue: domain, n_tuples, flags, slot, reverse_slot, tuples),
             &fields!(Verdict: chain_id, hop, action, slot, group, counter, deliver_ifindex,
                 deliver_mac, lb_fields, flags, tap_ifindex, tap_mac, tap_slot),
             &fields!(Member: ifindex, mac, slot),
@@ -772,7 +780,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (3, 6686191724392013799),
+            (4, 8455048263453752493),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

@@ -52,41 +52,41 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v3_config")]
+#[map(name = "sfc_v4_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v3_ports")]
+#[map(name = "sfc_v4_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_classify")]
+#[map(name = "sfc_v4_classify")]
 static CLASSIFY: HashMap<ClassKey, Verdict> = HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v3_ring")]
+#[map(name = "sfc_v4_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v3_members")]
+#[map(name = "sfc_v4_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v3_live")]
+#[map(name = "sfc_v4_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v3_fragments")]
+#[map(name = "sfc_v4_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_flows")]
+#[map(name = "sfc_v4_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_flows4")]
+#[map(name = "sfc_v4_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_pins")]
+#[map(name = "sfc_v4_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_decisions")]
+#[map(name = "sfc_v4_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v3_decisions4")]
+#[map(name = "sfc_v4_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -147,29 +147,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v3_xdp_into_veth")]
+#[map(name = "sfc_v4_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v3_scratch")]
+#[map(name = "sfc_v4_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v3_stats")]
+#[map(name = "sfc_v4_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v3_counters")]
+#[map(name = "sfc_v4_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v3_member_counters")]
+#[map(name = "sfc_v4_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v3_member_slots")]
+#[map(name = "sfc_v4_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v3_trace_filter")]
+#[map(name = "sfc_v4_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v3_trace_events")]
+#[map(name = "sfc_v4_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -387,7 +387,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     decision.epoch = epoch;
     decision.verdict = Verdict::default();
     decision.member = Member::default();
-    decision.arrival_slot = port.slot;
+    decision.arrival_slot = 0;
     decision.entry_port = entry_port as u8;
     let Some(verdict) = classify(port, gen as u8, pkt) else {
         // Not remembered: a flood of flows that match nothing must not evict decided ones.
@@ -398,6 +398,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
         return C::PASS;
     };
     decision.verdict = *verdict;
+    decision.arrival_slot = arrival_slot(port, verdict);
     if verdict.action == action::STEER {
         decision.member = choose_member(pkt, verdict, gen == current);
     }
@@ -409,6 +410,19 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
         scratch.remember_decision();
     }
     act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
+}
+
+/// The member counter slot a packet arriving on `port` counts as "back out of an SF" in: the
+/// side of the pair it left. Going forward it left a pair through that pair's egress (`slot`),
+/// in reverse through that pair's ingress (`reverse_slot`): with crossed pairs an interface is
+/// one pair's egress and another's ingress, and only the direction tells them apart.
+#[inline(always)]
+fn arrival_slot(port: &PortValue, verdict: &Verdict) -> u16 {
+    if verdict.flags & FLAG_REVERSE != 0 {
+        port.reverse_slot
+    } else {
+        port.slot
+    }
 }
 
 /// Whether the XDP program can finish this decision itself (see frame.rs): not a tap, not a

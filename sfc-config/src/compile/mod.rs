@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sfc_common::{
     action, ClassKey, Member, PortValue, RingEntry, TupleMask, Verdict, COUNTERS_PER_GEN,
     FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES, PORT_ENTRY,
-    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOT_PEER,
+    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SIDE_EGRESS, SLOT_PEER,
 };
 
 pub mod capacity;
@@ -20,7 +20,7 @@ use place::{reverse_place, stops, Place};
 
 use crate::{
     document::{ConfigError, ConfigErrors},
-    model::{Kind, State, Unparsable},
+    model::{Kind, PortPairSpec, State, Unparsable},
     validate::{
         classifier::{probe_order, Match},
         mac, validate, Origins,
@@ -61,8 +61,9 @@ pub struct Image {
     pub rings: Vec<Vec<RingEntry>>,
     /// What counter `i + 1` counts (relative to the generation's first counter).
     pub counters: Vec<CounterLabel>,
-    /// The SF-facing interfaces (member sides, taps included) by ifindex. Their counter slots
-    /// are the writer's to fill in (`slot` fields here are 0).
+    /// The SF-facing interfaces (member sides, taps included) by the key of their counter slot
+    /// ([`Side::key`]): an interface crossed by two pairs has two, one per pair. Their counter
+    /// slots are the writer's to fill in (`slot` fields here are 0).
     pub sides: BTreeMap<u32, Side>,
     /// Interfaces that need the program: name -> ifindex.
     pub attach: BTreeMap<String, u32>,
@@ -95,13 +96,50 @@ pub struct CounterLabel {
     pub classifier: Option<String>,
 }
 
-/// An interface through which we send into, or receive from, an SF.
+/// An interface through which we send into, or receive from, an SF: one pair's use of it.
 #[derive(
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub struct Side {
     pub pair: String,
     pub interface: String,
+    pub role: Role,
+}
+
+/// Which field of its pair names a [`Side`]'s interface.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Ingress,
+    Egress,
+    /// The pair's ingress and egress are this one interface.
+    Both,
+}
+
+impl Role {
+    fn of(pp: &PortPairSpec, ingress: bool) -> Role {
+        match (pp.ingress == pp.egress, ingress) {
+            (true, _) => Role::Both,
+            (false, true) => Role::Ingress,
+            (false, false) => Role::Egress,
+        }
+    }
+}
+
+impl Side {
+    /// The key of the counter slot of interface `ifindex` used as `role` (`MAP_MEMBER_SLOTS`):
+    /// an interface is the ingress of at most one pair and the egress of at most one, so the
+    /// key tells the two pairs of crossed pairs apart. A packet sent into an ingress or leaving
+    /// it in reverse counts in the ingress side's; sent into an egress in reverse or leaving it
+    /// forward, in the egress side's.
+    pub fn key(ifindex: u32, role: Role) -> u32 {
+        match role {
+            Role::Egress => ifindex | SIDE_EGRESS,
+            Role::Ingress | Role::Both => ifindex,
+        }
+    }
 }
 
 /// A veth whose other end is in another namespace: the datapath can hand packets straight to
@@ -483,11 +521,13 @@ impl<'s> Compiler<'s> {
             );
             return None;
         }
+        let role = Role::of(&self.state.port_pairs[pp_name], field == "spec.ingressMac");
         self.image.sides.insert(
-            link.index,
+            Side::key(link.index, role),
             Side {
                 pair: pp_name.to_string(),
                 interface: iface.clone(),
+                role,
             },
         );
         Some(Member {
@@ -1075,7 +1115,7 @@ fn port_value(shapes: &Shapes, domain: u32) -> Option<PortValue> {
         n_tuples: list.len().min(MAX_TUPLES) as u16,
         flags,
         slot: 0,
-        _pad: 0,
+        reverse_slot: 0,
         tuples: [TupleMask::default(); MAX_TUPLES],
     };
     for (slot, mask) in value.tuples.iter_mut().zip(list) {
@@ -1219,22 +1259,24 @@ mod tests {
             groups.taps.into_iter().collect::<Vec<_>>(),
             [(&"tap".to_string(), veth_member(6))]
         );
-        // Every side present and usable, taps' and those only received from included.
-        let sides: Vec<(u32, &str)> = c
+        // Every side present and usable, taps' and those only received from included, each
+        // keyed by its interface and, for an egress that is not also its pair's ingress, the
+        // egress bit.
+        let sides: Vec<(u32, &str, Role)> = c
             .image
             .sides
             .iter()
-            .map(|(index, side)| (*index, side.interface.as_str()))
+            .map(|(key, side)| (*key, side.interface.as_str(), side.role))
             .collect();
         assert_eq!(
             sides,
             [
-                (1, "a1-in"),
-                (2, "a1-out"),
-                (3, "a2-in"),
-                (4, "a2-out"),
-                (5, "one"),
-                (6, "t-in")
+                (1, "a1-in", Role::Ingress),
+                (3, "a2-in", Role::Ingress),
+                (5, "one", Role::Both),
+                (6, "t-in", Role::Ingress),
+                (2 | SIDE_EGRESS, "a1-out", Role::Egress),
+                (4 | SIDE_EGRESS, "a2-out", Role::Egress),
             ]
         );
         assert_eq!(
@@ -1923,6 +1965,86 @@ mod tests {
             BTreeSet::from([true]),
             "only the portless classifier is"
         );
+    }
+
+    /// One SF crossed by two pairs: pp-ab in at "a" (ifindex 3) and out at "b" (4), pp-ba the
+    /// other way, each its own group, in a symmetric chain from "src" (1) to "dst" (2).
+    fn crossed_chain() -> (State, Interfaces) {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "pp-ab", "a", "b");
+        pair(&mut s, "pp-ba", "b", "a");
+        group(&mut s, "g1", &["pp-ab"]);
+        group(&mut s, "g2", &["pp-ba"]);
+        classifier(
+            &mut s,
+            "fc",
+            "{protocol: udp, sourceIpPrefix: 10.1.0.0/16, destinationIpPrefix: 10.2.0.0/16, logicalSourcePort: src, logicalDestinationPort: dst}",
+        );
+        chain(&mut s, "c", &["g1", "g2"], &["fc"], true);
+        for (name, index) in [("src", 1), ("dst", 2), ("a", 3), ("b", 4)] {
+            veth(&mut i, name, index);
+        }
+        (s, i)
+    }
+
+    #[test]
+    fn crossed_pairs_classify_each_interface_in_one_merged_domain() {
+        let (s, i) = crossed_chain();
+        let image = plan_image(&s, &i);
+        // g1 has table slot 0 (domains BASE, BASE + 1), g2 slot 1 (BASE + 2, BASE + 3). "b"
+        // gets forward traffic leaving g1 and reverse traffic leaving g2: g1's egress domain
+        // for both; "a", forward leaving g2 and reverse leaving g1: g2's egress domain.
+        let base = GROUP_DOMAIN_BASE;
+        let domain = |ifindex: u32| image.ports[&ifindex].domain;
+        assert_eq!((domain(4), domain(3)), (base, base + 2));
+        // Each merged domain holds both ways: forward steering on and reverse steering on
+        // ("b"), forward and reverse ends of the chain ("a"); nothing is left in the
+        // domains merged away.
+        let verdicts = |d: u32| -> Vec<(u8, u8, bool)> {
+            let mut v: Vec<(u8, u8, bool)> = image
+                .classify
+                .iter()
+                .filter(|(k, _)| k.domain == d)
+                .map(|(_, v)| (v.action, v.hop, v.flags & FLAG_REVERSE != 0))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            verdicts(base),
+            [(action::STEER, 0, true), (action::STEER, 1, false)]
+        );
+        assert_eq!(
+            verdicts(base + 2),
+            [(action::DELIVER, 2, false), (action::DELIVER, 2, true)]
+        );
+        assert!(verdicts(base + 1).is_empty() && verdicts(base + 3).is_empty());
+        // Each side has its own counter slot: "a" is pp-ab's ingress and pp-ba's egress.
+        let sides: Vec<(u32, &str, &str, Role)> = image
+            .sides
+            .iter()
+            .map(|(k, s)| (*k, s.interface.as_str(), s.pair.as_str(), s.role))
+            .collect();
+        assert_eq!(
+            sides,
+            [
+                (3, "a", "pp-ab", Role::Ingress),
+                (4, "b", "pp-ba", Role::Ingress),
+                (3 | SIDE_EGRESS, "a", "pp-ba", Role::Egress),
+                (4 | SIDE_EGRESS, "b", "pp-ab", Role::Egress),
+            ]
+        );
+        // Messages name every place of a merged domain, and the interface that merges them.
+        let origins = Origins::new();
+        let mut c = Compiler::new(&s, &i, &origins);
+        let groups = c.group_tables().unwrap();
+        let domains = c.classifier_domains(&groups).unwrap();
+        assert_eq!(
+            domains.name(base + 2),
+            "leaving group g2 or leaving group g1 in reverse (classified together on \"a\", which their members share)"
+        );
+        assert_eq!(domains.name(1), "entering at port dst");
     }
 
     fn plan_image(state: &State, interfaces: &Interfaces) -> Image {

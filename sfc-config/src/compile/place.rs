@@ -111,45 +111,46 @@ pub fn stops<'s>(
     out
 }
 
-/// The interfaces where the packets of each place arrive, as the compiler gives them the
-/// program: each logical port where some chain's classifiers enter (either way), and for each
-/// group some chain steers through, its members' egress and, when a symmetric chain uses it,
-/// their ingress (in the group's reverse place). Without duplicates, logical ports first, then
-/// groups in name order. Names that do not exist are left out.
+/// The interfaces where the packets of each place some classifier reaches arrive, as the
+/// compiler gives them the program: the logical port itself; for what leaves a group going
+/// forward, its members' egress; in reverse, their ingress (in the group's reverse place, its
+/// egress place when a member uses one interface for both sides). Places no classifier reaches
+/// classify nothing and have none. Without duplicates, in the order of the places. Names that
+/// do not exist are left out.
 pub fn roots(state: &State) -> Vec<(&str, Place<'_>)> {
-    let mut ports: BTreeSet<&str> = BTreeSet::new();
-    let mut groups: BTreeSet<&str> = BTreeSet::new();
-    let mut reverse: BTreeSet<&str> = BTreeSet::new();
+    let mut reached: BTreeSet<(Place, Direction)> = BTreeSet::new();
     for chain in state.port_chains.values() {
-        for fc in chain
+        let classifiers = chain
             .flow_classifiers
             .iter()
-            .filter_map(|f| state.flow_classifiers.get(f))
-        {
-            for stop in stops(state, chain, fc) {
-                if let Place::Port(p) = stop.place {
-                    ports.insert(p);
-                }
-            }
-        }
-        for g in steering_groups(state, chain) {
-            groups.insert(g);
-            if chain.chain_parameters.symmetric {
-                reverse.insert(g);
-            }
+            .filter_map(|f| state.flow_classifiers.get(f));
+        for fc in classifiers {
+            reached.extend(
+                stops(state, chain, fc)
+                    .iter()
+                    .map(|s| (s.place, s.direction)),
+            );
         }
     }
-    let mut out: Vec<(&str, Place)> = ports.into_iter().map(|p| (p, Place::Port(p))).collect();
-    for g in groups {
-        let pairs = state.port_pair_groups[g]
+    let mut out: Vec<(&str, Place)> = Vec::new();
+    for (place, direction) in reached {
+        let group = match place {
+            Place::Port(p) => {
+                out.push((p, place));
+                continue;
+            }
+            Place::Egress(g) | Place::Ingress(g) => g,
+        };
+        let pairs = state.port_pair_groups[group]
             .port_pairs
             .iter()
             .filter_map(|pp| state.port_pairs.get(pp));
         for pp in pairs {
-            out.push((pp.egress.as_str(), Place::Egress(g)));
-            if reverse.contains(g) {
-                out.push((pp.ingress.as_str(), reverse_place(state, g)));
-            }
+            let iface = match direction {
+                Direction::Forward => &pp.egress,
+                Direction::Reverse => &pp.ingress,
+            };
+            out.push((iface.as_str(), place));
         }
     }
     let mut seen = BTreeSet::new();

@@ -30,7 +30,8 @@ pub struct Health {
     samples: VecDeque<Sample>,
 }
 
-/// Per pair: the sum over its interfaces.
+/// Per pair: the sum over its sides (with crossed pairs an interface has a side for each of
+/// two pairs, each counted for its own pair), and its interfaces, once each.
 fn by_pair(
     members: &BTreeMap<Side, MemberCounter>,
 ) -> BTreeMap<String, (MemberCounter, Vec<String>)> {
@@ -41,7 +42,9 @@ fn by_pair(
         total.into_bytes += c.into_bytes;
         total.from_packets += c.from_packets;
         total.from_bytes += c.from_bytes;
-        ifaces.push(side.interface.clone());
+        if !ifaces.contains(&side.interface) {
+            ifaces.push(side.interface.clone());
+        }
     }
     out
 }

@@ -52,8 +52,23 @@ pub enum TraceError {
 pub struct Names {
     pub chains: BTreeMap<u16, String>,
     pub interfaces: BTreeMap<u32, String>,
-    /// Interface -> the port pair (and side) behind it.
+    /// Interface -> the port pair whose ingress it is: where forward traffic goes in.
     pub pairs: BTreeMap<u32, String>,
+    /// Interface -> the port pair whose egress it is (and side), where reverse traffic goes in:
+    /// with crossed pairs, another pair than the one it is the ingress of.
+    pub reverse_pairs: BTreeMap<u32, String>,
+}
+
+impl Names {
+    /// The pair (and side) a packet going `reverse` or not was sent into through `ifindex`.
+    fn target(&self, ifindex: u32, reverse: bool) -> Option<&String> {
+        let (first, then) = if reverse {
+            (&self.reverse_pairs, &self.pairs)
+        } else {
+            (&self.pairs, &self.reverse_pairs)
+        };
+        first.get(&ifindex).or_else(|| then.get(&ifindex))
+    }
 }
 
 /// The node's one trace: who holds it, and how to end it.
@@ -391,8 +406,7 @@ fn record(e: &TraceEvent, names: &Names, clock: &Clock) -> TraceRecord {
             .to_string(),
         target: (e.target_ifindex != 0).then(|| {
             names
-                .pairs
-                .get(&e.target_ifindex)
+                .target(e.target_ifindex, e.flags & FLAG_REVERSE != 0)
                 .cloned()
                 .unwrap_or_else(|| iface(e.target_ifindex))
         }),
