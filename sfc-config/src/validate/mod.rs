@@ -880,6 +880,16 @@ fn crossed_within(
         Direction::Forward => "its traffic",
         Direction::Reverse => "its reverse traffic (source and destination swapped)",
     };
+    if x == y && dx == dy {
+        // One classifier at two hops: no narrowing can separate it from itself.
+        return format!(
+            "{} is classified both {} and {}, and PortChain {} classifies those together, on {shared}; the datapath could not tell which hop such a packet is at: give these pairs interfaces of their own",
+            traffic(dx),
+            place_words(px, dx),
+            place_words(py, dy),
+            shown(chain)
+        );
+    }
     let other = if x == y {
         traffic(dy).to_string()
     } else {
@@ -2183,6 +2193,32 @@ mod tests {
         assert_eq!(
             errors_planning(text),
             ["f.yaml: FlowClassifier \"fc2\": spec: overlaps the reverse of FlowClassifier \"fc\" of PortChain \"c\": its packets leaving PortPairGroup \"g2\" and those leaving PortPairGroup \"g1\" in reverse are classified together, on interface \"a\" (the ingress of PortPair \"pp-ab\", the egress of PortPair \"pp-ba\"); a packet arriving there could belong to either chain; make the classifiers disjoint or give these pairs interfaces of their own"]
+        );
+    }
+
+    #[test]
+    fn one_way_at_two_hops_of_one_domain_is_refused() {
+        // g2's member "ps" uses one interface for both sides, so what leaves g2 in reverse is
+        // classified in g2's egress domain, on "s" and on p3's ingress "c"; p3's egress "d" is
+        // p1's ingress, where reverse traffic leaves g1. So the chain's reverse traffic is
+        // classified at two hops in one domain, with nothing to tell them apart.
+        let text = [
+            doc("PortPair", "p1", "{ingress: d, egress: e}"),
+            doc("PortPair", "p3", "{ingress: c, egress: d}"),
+            doc("PortPair", "ps", "{ingress: s, egress: s}"),
+            doc("PortPairGroup", "g1", "{portPairs: [p1]}"),
+            doc("PortPairGroup", "g2", "{portPairs: [ps, p3]}"),
+            doc("FlowClassifier", "fc", DISJOINT_WAYS),
+            doc(
+                "PortChain",
+                "c",
+                "{portPairGroups: [g1, g2], flowClassifiers: [fc], chainParameters: {symmetric: true}}",
+            ),
+        ]
+        .concat();
+        assert_eq!(
+            errors_planning(text),
+            ["f.yaml: FlowClassifier \"fc\": spec: its reverse traffic (source and destination swapped) is classified both leaving PortPairGroup \"g1\" in reverse and leaving PortPairGroup \"g2\" in reverse, and PortChain \"c\" classifies those together, on interface \"d\" (the ingress of PortPair \"p1\", the egress of PortPair \"p3\"); the datapath could not tell which hop such a packet is at: give these pairs interfaces of their own"]
         );
     }
 
