@@ -169,3 +169,46 @@ impl Health {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sfc_config::compile::Role;
+
+    use super::*;
+
+    fn side(pair: &str, interface: &str, role: Role) -> Side {
+        Side {
+            pair: pair.into(),
+            interface: interface.into(),
+            role,
+        }
+    }
+
+    fn counter(into_packets: u64, from_packets: u64) -> MemberCounter {
+        MemberCounter {
+            into_packets,
+            from_packets,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_side_of_a_crossed_interface_counts_for_its_own_pair() {
+        // PP-AB: a → b, PP-BA: b → a. 10 packets forward (through both), 4 in reverse.
+        let members = BTreeMap::from([
+            (side("PP-AB", "a", Role::Ingress), counter(10, 4)),
+            (side("PP-AB", "b", Role::Egress), counter(4, 10)),
+            (side("PP-BA", "b", Role::Ingress), counter(10, 4)),
+            (side("PP-BA", "a", Role::Egress), counter(4, 10)),
+            (side("PP-S", "s", Role::Both), counter(3, 3)),
+        ]);
+        let pairs = by_pair(&members);
+        let summary = |p: &str| {
+            let (c, ifaces) = &pairs[p];
+            (c.into_packets, c.from_packets, ifaces.clone())
+        };
+        assert_eq!(summary("PP-AB"), (14, 14, vec!["a".into(), "b".into()]));
+        assert_eq!(summary("PP-BA"), (14, 14, vec!["a".into(), "b".into()]));
+        assert_eq!(summary("PP-S"), (3, 3, vec!["s".to_string()]));
+    }
+}

@@ -423,3 +423,29 @@ fn record(e: &TraceEvent, names: &Names, clock: &Clock) -> TraceRecord {
         flow,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_named_by_the_pair_the_packet_was_sent_into() {
+        // Crossed pairs: ifindex 3 is PP-AB's ingress and PP-BA's egress; 4 the other way
+        // round; 5 one pair's ingress and egress at once.
+        let names = Names {
+            pairs: BTreeMap::from([(3, "PP-AB".into()), (4, "PP-BA".into()), (5, "PP-S".into())]),
+            reverse_pairs: BTreeMap::from([
+                (3, "PP-BA (egress)".into()),
+                (4, "PP-AB (egress)".into()),
+            ]),
+            ..Default::default()
+        };
+        // Forward traffic goes into an ingress, reverse traffic into an egress.
+        assert_eq!(names.target(3, false).unwrap(), "PP-AB");
+        assert_eq!(names.target(3, true).unwrap(), "PP-BA (egress)");
+        assert_eq!(names.target(4, true).unwrap(), "PP-AB (egress)");
+        // One interface for both sides: its pair, either way.
+        assert_eq!(names.target(5, true).unwrap(), "PP-S");
+        assert_eq!(names.target(9, false), None);
+    }
+}
