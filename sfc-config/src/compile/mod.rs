@@ -1061,9 +1061,11 @@ impl<'s> Compiler<'s> {
     /// Depends on the state alone (see [`Compiler::attach`] for the interfaces).
     fn roots(&self, domains: &Domains<'s>) -> Roots {
         let mut seen = BTreeSet::new();
-        place::roots(self.state)
-            .into_iter()
-            .map(|(iface, place)| (iface, domains.of(place)))
+        domains
+            .merged
+            .roots()
+            .iter()
+            .map(|&(iface, place)| (iface, domains.of(place)))
             .filter(|root| seen.insert(*root))
             .map(|(iface, domain)| (iface.to_string(), domain))
             .collect()
