@@ -521,7 +521,8 @@ impl<'s> Compiler<'s> {
             );
             return None;
         }
-        let role = Role::of(&self.state.port_pairs[pp_name], field == "spec.ingressMac");
+        let pp = &self.state.port_pairs[pp_name];
+        let role = Role::of(pp, *iface == pp.ingress);
         self.image.sides.insert(
             Side::key(link.index, role),
             Side {

@@ -316,68 +316,83 @@ fn claim_interfaces<'s>(
     owners: &mut SfPorts<'s>,
 ) {
     if ingress == egress {
-        let owner = owners.entry(ingress).or_default();
-        let taken = *owner;
-        if taken == Owners::default() {
-            *owner = Owners {
-                ingress: Some(name),
-                egress: Some(name),
-            };
-            return;
-        }
-        let (other, role) = match taken {
-            Owners {
-                ingress: Some(i),
-                egress: Some(e),
-            } if i == e => (i, "both the ingress and the egress"),
-            Owners {
-                ingress: Some(i), ..
-            } => (i, "the ingress"),
-            Owners {
-                egress: Some(e), ..
-            } => (e, "the egress"),
-            _ => unreachable!("an owner was recorded"),
-        };
-        let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
-        r.push(
-            Kind::PortPair,
-            name,
-            "spec.ingress",
-            format!(
-                "interface {} is already {role} of {other}; this pair uses it as both its ingress and its egress, so no other pair may use it: give this pair interfaces of its own",
-                shown(ingress)
-            ),
-        );
+        claim_alone(r, name, ingress, owners);
         return;
     }
-    for (iface, field, is_ingress) in [
-        (ingress, "spec.ingress", true),
-        (egress, "spec.egress", false),
-    ] {
-        let owner = owners.entry(iface).or_default();
-        let (mine, theirs) = if is_ingress {
-            (&mut owner.ingress, owner.egress)
-        } else {
-            (&mut owner.egress, owner.ingress)
-        };
-        let role = field.trim_start_matches("spec.");
-        let message = match (*mine, theirs) {
-            // One pair uses it both ways: no other may use it at all.
-            (Some(other), Some(same)) if other == same => {
-                let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
-                format!("interface {} is both the ingress and the egress of {other}, which leaves it to no other pair; use another interface as this pair's {role}", shown(iface))
-            }
-            (Some(other), _) => {
-                let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
-                format!("interface {} is already the {role} of {other}; an interface is the {role} of at most one PortPair (it may be the {} of another): use another interface", shown(iface), if is_ingress { "egress" } else { "ingress" })
-            }
-            (None, _) => {
-                *mine = Some(name);
-                continue;
-            }
-        };
-        r.push(Kind::PortPair, name, field, message);
-    }
+    claim_side(r, name, (ingress, true), owners);
+    claim_side(r, name, (egress, false), owners);
+}
+
+/// Pair `name` uses `iface` as both its ingress and its egress: it must be no one's yet.
+fn claim_alone<'s>(r: &mut Report<'s>, name: &'s str, iface: &'s str, owners: &mut SfPorts<'s>) {
+    let owner = owners.entry(iface).or_default();
+    let (other, role) = match *owner {
+        Owners {
+            ingress: None,
+            egress: None,
+        } => {
+            owner.ingress = Some(name);
+            owner.egress = Some(name);
+            return;
+        }
+        Owners {
+            ingress: Some(i),
+            egress: Some(e),
+        } if i == e => (i, "both the ingress and the egress"),
+        Owners {
+            ingress: Some(i), ..
+        } => (i, "the ingress"),
+        Owners {
+            egress: Some(e), ..
+        } => (e, "the egress"),
+    };
+    let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+    r.push(
+        Kind::PortPair,
+        name,
+        "spec.ingress",
+        format!(
+            "interface {} is already {role} of {other}; this pair uses it as both its ingress and its egress, so no other pair may use it: give this pair interfaces of its own",
+            shown(iface)
+        ),
+    );
+}
+
+/// Pair `name` uses `iface` as its ingress (`is_ingress`) or its egress: no other pair may,
+/// nor one using it both ways.
+fn claim_side<'s>(
+    r: &mut Report<'s>,
+    name: &'s str,
+    (iface, is_ingress): (&'s str, bool),
+    owners: &mut SfPorts<'s>,
+) {
+    let owner = owners.entry(iface).or_default();
+    let (mine, theirs) = if is_ingress {
+        (&mut owner.ingress, owner.egress)
+    } else {
+        (&mut owner.egress, owner.ingress)
+    };
+    let (role, other_role) = if is_ingress {
+        ("ingress", "egress")
+    } else {
+        ("egress", "ingress")
+    };
+    let message = match (*mine, theirs) {
+        (None, _) => {
+            *mine = Some(name);
+            return;
+        }
+        // One pair uses it both ways: no other may use it at all.
+        (Some(other), Some(same)) if other == same => {
+            let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+            format!("interface {} is both the ingress and the egress of {other}, which leaves it to no other pair; use another interface as this pair's {role}", shown(iface))
+        }
+        (Some(other), _) => {
+            let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+            format!("interface {} is already the {role} of {other}; an interface is the {role} of at most one PortPair (it may be the {other_role} of another): use another interface", shown(iface))
+        }
+    };
+    r.push(Kind::PortPair, name, &format!("spec.{role}"), message);
 }
 
 /// Stage 2, groups: each lists at least one pair, every pair it lists exists and is in no
