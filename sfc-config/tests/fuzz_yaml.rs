@@ -570,6 +570,8 @@ const CORRUPTIONS: &[(&str, &str)] = &[
     ("ingress", "''"),
     ("ingress", "abcdefghijklmnop"),
     ("ingress", "s0"),
+    // Crossed with pp0 (its egress as this pair's ingress), or sharing pp0's ingress.
+    ("ingress", "o0"),
     ("egress", "i0"),
     ("egress", "'a/b'"),
     ("egress", "vm1"),

@@ -245,23 +245,7 @@ struct Case {
     before: &'static str,
     yaml: &'static str,
     expect: Outcome,
-    /// Why today's code does not give the contract's outcome, where that is known: shown when
-    /// the case fails (it still fails).
-    known: Option<&'static str>,
 }
-
-impl Case {
-    fn known(mut self, why: &'static str) -> Case {
-        self.known = Some(why);
-        self
-    }
-}
-
-/// Contract items being implemented elsewhere, and the code's disagreements with the contract
-/// found by this translation: the cases they explain fail until they are resolved.
-const CROSSED: &str = "pending: by the contract an interface may be the ingress of one pair and \
-    the egress of another (crossed pairs); today an interface belongs to one pair (being \
-    implemented)";
 
 fn case(name: &'static str, peer: &'static str, yaml: &'static str, expect: Outcome) -> Case {
     Case {
@@ -270,7 +254,6 @@ fn case(name: &'static str, peer: &'static str, yaml: &'static str, expect: Outc
         before: "",
         yaml,
         expect,
-        known: None,
     }
 }
 
@@ -287,7 +270,6 @@ fn update(
         before,
         yaml,
         expect,
-        known: None,
     }
 }
 
@@ -449,8 +431,7 @@ fn cases() -> Vec<Case> {
                 PortChain "PC1" "{portPairGroups: [PG1, PG2]}"
             ),
             Accept,
-        )
-        .known(CROSSED),
+        ),
         case(
             "crossed_port_pairs_in_a_group",
             sfc_db!("test_create_port_pair_group_with_port_pairs"),
@@ -460,8 +441,7 @@ fn cases() -> Vec<Case> {
                 PortPairGroup "PG1" "{portPairs: [PP1, PP2]}"
             ),
             Accept,
-        )
-        .known(CROSSED),
+        ),
         case(
             "crossed_port_pairs_listed",
             sfc_db!("test_list_port_pairs"),
@@ -470,8 +450,7 @@ fn cases() -> Vec<Case> {
                 PortPair "PP2" "{ingress: sf-b, egress: sf-a}"
             ),
             Accept,
-        )
-        .known(CROSSED),
+        ),
         // A ring: each port is the ingress of one pair and the egress of another.
         case(
             "ring_of_port_pairs_in_a_group",
@@ -485,8 +464,7 @@ fn cases() -> Vec<Case> {
                 PortPairGroup "PG2" "{portPairs: [PP3]}"
             ),
             Accept,
-        )
-        .known(CROSSED),
+        ),
         // The egress of one pair is the ingress of the next (not crossed).
         case(
             "egress_of_one_pair_is_ingress_of_another",
@@ -497,8 +475,7 @@ fn cases() -> Vec<Case> {
                 PortPairGroup "PG1" "{portPairs: [PP1, PP2]}"
             ),
             Accept,
-        )
-        .known(CROSSED),
+        ),
         // An interface is the ingress of at most one pair and the egress of at most one.
         // networking-sfc's sfc_db.create_port_pair refuses only a pair with the same ingress
         // and egress as another (PortPairIngressEgressInUse); the peer test's ring gives each
@@ -2261,15 +2238,9 @@ fn networking_sfc_cases_have_the_contracts_outcome() {
     for case in cases.iter().filter(|c| c.name.contains(filter.as_str())) {
         ran += 1;
         if let Err(actual) = run(case) {
-            let known = case
-                .known
-                .map_or(String::new(), |k| format!("\n  known: {k}"));
-            let label = case
-                .known
-                .map_or("unexplained", |k| k.split(':').next().unwrap_or(k));
-            summary.push(format!("  {} ({label})", case.name));
+            summary.push(format!("  {}", case.name));
             failed.push(format!(
-                "case {}\n  from {}\n  expected: {}\n  actual: {}{known}\n  file:\n{}",
+                "case {}\n  from {}\n  expected: {}\n  actual: {}\n  file:\n{}",
                 case.name,
                 case.peer,
                 case.expect,

@@ -391,7 +391,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     decision.epoch = epoch;
     decision.verdict = Verdict::default();
     decision.member = Member::default();
-    decision.arrival_slot = port.slot;
+    decision.arrival_slot = 0;
     decision.entry_port = entry_port as u8;
     // Where paths meet that would take this packet different ways, its flow's path decides
     // (0 when unknown: then only a key no path disputes is found).
@@ -408,6 +408,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
         return C::PASS;
     };
     decision.verdict = *verdict;
+    decision.arrival_slot = arrival_slot(port, verdict);
     if verdict.action == action::STEER {
         decision.member = choose_member(pkt, verdict, gen == current);
     }
@@ -421,6 +422,19 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
         scratch.remember_decision();
     }
     act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
+}
+
+/// The member counter slot a packet arriving on `port` counts as "back out of an SF" in: the
+/// side of the pair it left. Going forward it left a pair through that pair's egress (`slot`),
+/// in reverse through that pair's ingress (`reverse_slot`): with crossed pairs an interface is
+/// one pair's egress and another's ingress, and only the direction tells them apart.
+#[inline(always)]
+fn arrival_slot(port: &PortValue, verdict: &Verdict) -> u16 {
+    if verdict.flags & FLAG_REVERSE != 0 {
+        port.reverse_slot
+    } else {
+        port.slot
+    }
 }
 
 /// Whether the XDP program can finish this decision itself (see frame.rs): not a tap, not a

@@ -227,7 +227,8 @@ fn group_members(state: &State, origins: &Origins) -> Vec<ConfigError> {
 }
 
 /// SF-facing interfaces get a counter slot each: the ingress and egress of every member of a
-/// group some chain uses, and the ingress of every tap, present or not.
+/// group some chain uses, and the ingress of every tap, present or not; an interface crossed by
+/// two pairs (one's ingress, the other's egress) gets one per pair.
 fn counted_interfaces(state: &State, origins: &Origins) -> Option<ConfigError> {
     let uses = counter_uses(state, origins);
     let passed = past_limit(&uses, COUNTED_INTERFACES, origins)?;
@@ -261,6 +262,9 @@ fn steered_interfaces(state: &State, origins: &Origins) -> Option<ConfigError> {
 /// of them is applied.
 struct Use<'s> {
     item: &'s str,
+    /// For counter slots: the item is a pair's egress only. An interface crossed by two pairs
+    /// (one's ingress, the other's egress) has a slot for each ([`Side::key`](crate::compile::Side::key)).
+    egress_side: bool,
     by: Vec<(Kind, &'s str, String)>,
 }
 
@@ -305,10 +309,11 @@ fn past_limit<'u, 's>(
     origins: &Origins,
 ) -> Option<Passed<'u, 's>> {
     // Item -> (rank, use, object of the use), its earliest use.
-    let mut first: BTreeMap<&str, (Rank, usize, usize)> = BTreeMap::new();
+    let mut first: BTreeMap<(&str, bool), (Rank, usize, usize)> = BTreeMap::new();
     for (u, item_use) in uses.iter().enumerate() {
         let (rank, by) = item_use.latest(origins);
-        let earliest = first.entry(item_use.item).or_insert((rank, u, by));
+        let key = (item_use.item, item_use.egress_side);
+        let earliest = first.entry(key).or_insert((rank, u, by));
         if rank < earliest.0 {
             *earliest = (rank, u, by);
         }
@@ -316,7 +321,7 @@ fn past_limit<'u, 's>(
     if first.len() <= limit {
         return None;
     }
-    let mut order: Vec<(Rank, &str, usize, usize)> = first
+    let mut order: Vec<(Rank, (&str, bool), usize, usize)> = first
         .iter()
         .map(|(item, &(rank, u, by))| (rank, *item, u, by))
         .collect();
@@ -346,6 +351,7 @@ fn logical_port_uses<'s>(state: &'s State, origins: &Origins) -> Vec<Use<'s>> {
             );
             uses.push(Use {
                 item: &fc.logical_source_port,
+                egress_side: false,
                 by: vec![
                     (
                         Kind::FlowClassifier,
@@ -361,6 +367,7 @@ fn logical_port_uses<'s>(state: &'s State, origins: &Origins) -> Vec<Use<'s>> {
             ) {
                 uses.push(Use {
                     item: ldp,
+                    egress_side: false,
                     by: vec![
                         (
                             Kind::FlowClassifier,
@@ -389,11 +396,12 @@ fn note_first<'s>(first: &mut FirstChain<'s>, group: &'s str, chain: &'s str, ho
     });
 }
 
-/// The uses of each pair of `group` on one side (ingress or egress), brought in by `chains`.
+/// The uses of each pair of `group` on one side (ingress or egress), brought in by `chains`;
+/// `counting` counter slots (one per side of an interface) rather than interfaces.
 fn member_uses<'s>(
     state: &'s State,
     group: &'s str,
-    ingress: bool,
+    (ingress, counting): (bool, bool),
     chains: &[&(Kind, &'s str, String)],
     uses: &mut Vec<Use<'s>>,
 ) {
@@ -414,7 +422,13 @@ fn member_uses<'s>(
             (Kind::PortPairGroup, group, format!("spec.portPairs[{k}]")),
         ];
         by.extend(chains.iter().map(|c| (*c).clone()));
-        uses.push(Use { item, by });
+        // Only what counts slots tells the sides apart; an interface gets the program once.
+        let egress_side = counting && !ingress && pp.ingress != pp.egress;
+        uses.push(Use {
+            item,
+            egress_side,
+            by,
+        });
         if spec.tap_enabled {
             // A tap: its one pair's ingress only.
             return;
@@ -459,7 +473,7 @@ fn steering_uses<'s>(state: &'s State, origins: &Origins) -> Vec<Use<'s>> {
         }
     }
     for (group, chain) in &forward {
-        member_uses(state, group, false, &[chain], &mut uses);
+        member_uses(state, group, (false, false), &[chain], &mut uses);
     }
     for (group, sym_chain) in &symmetric {
         let shared = state.port_pair_groups[*group].port_pairs.iter().any(|pp| {
@@ -470,7 +484,7 @@ fn steering_uses<'s>(state: &'s State, origins: &Origins) -> Vec<Use<'s>> {
         });
         let entries = if shared { &forward } else { &reverse };
         if let Some(chain) = entries.get(group) {
-            member_uses(state, group, true, &[sym_chain, chain], &mut uses);
+            member_uses(state, group, (true, false), &[sym_chain, chain], &mut uses);
         }
     }
     uses
@@ -487,13 +501,13 @@ fn counter_uses<'s>(state: &'s State, origins: &Origins) -> Vec<Use<'s>> {
     }
     let mut uses = Vec::new();
     for (group, chain) in &first {
-        member_uses(state, group, true, &[chain], &mut uses);
+        member_uses(state, group, (true, true), &[chain], &mut uses);
         if !state
             .port_pair_groups
             .get(*group)
             .is_some_and(|g| g.tap_enabled)
         {
-            member_uses(state, group, false, &[chain], &mut uses);
+            member_uses(state, group, (false, true), &[chain], &mut uses);
         }
     }
     uses
@@ -931,6 +945,12 @@ mod tests {
             doc("PortPair", "p7", "{ingress: t-in, egress: t-out}"),
             doc("PortPair", "p8", "{ingress: h-in, egress: h-out}"),
             doc("PortPair", "unused", "{ingress: u-in, egress: u-out}"),
+            doc("PortPair", "x-pair", "{ingress: x, egress: y}"),
+            doc("PortPair", "y-pair", "{ingress: y, egress: x}"),
+            doc("PortPairGroup", "x-group", "{portPairs: [x-pair]}"),
+            doc("PortPairGroup", "y-group", "{portPairs: [y-pair]}"),
+            doc("FlowClassifier", "f4", "{sourceIpPrefix: 10.7.0.0/16, destinationIpPrefix: 10.8.0.0/16, logicalSourcePort: vm6, logicalDestinationPort: vm7}"),
+            doc("PortChain", "crossed", "{portPairGroups: [x-group, y-group], flowClassifiers: [f4], chainParameters: {symmetric: true}}"),
             doc("PortPairGroup", "plain", "{portPairs: [p1]}"),
             doc("PortPairGroup", "shared", "{portPairs: [p2, p3]}"),
             doc("PortPairGroup", "sym", "{portPairs: [p4]}"),
@@ -956,7 +976,7 @@ mod tests {
         )
         .unwrap();
         let mut interfaces = Interfaces::default();
-        let names = "a-in a-out b c-in c-out d-in d-out e-in e-out f-in f-out t-in t-out h-in h-out u-in u-out vm1 vm2 vm3 vm4 vm5";
+        let names = "a-in a-out b c-in c-out d-in d-out e-in e-out f-in f-out t-in t-out h-in h-out u-in u-out vm1 vm2 vm3 vm4 vm5 vm6 vm7 x y";
         for (i, name) in names.split(' ').enumerate() {
             let index = 10 + i as u32;
             interfaces
@@ -977,20 +997,27 @@ mod tests {
             );
         }
         let image = compile(&state, &interfaces, &Origins::new()).unwrap();
-        let items = |uses: Vec<Use>| -> BTreeSet<String> {
-            uses.iter().map(|u| u.item.to_string()).collect()
+        let items = |uses: Vec<Use>| -> BTreeSet<(String, bool)> {
+            uses.iter()
+                .map(|u| (u.item.to_string(), u.egress_side))
+                .collect()
         };
-        let attached: BTreeSet<String> = image.attach.keys().cloned().collect();
+        let attached: BTreeSet<(String, bool)> =
+            image.attach.keys().map(|i| (i.clone(), false)).collect();
         assert_eq!(items(steering_uses(&state, &Origins::new())), attached);
-        let counted: BTreeSet<String> = image.sides.values().map(|s| s.interface.clone()).collect();
+        let counted: BTreeSet<(String, bool)> = image
+            .sides
+            .values()
+            .map(|s| (s.interface.clone(), s.role == crate::compile::Role::Egress))
+            .collect();
         assert_eq!(items(counter_uses(&state, &Origins::new())), counted);
         // What the cases above are about: neither set is everything, nor the same.
-        assert!(
-            attached.contains("b") && !attached.contains("e-out") && !attached.contains("a-in")
-        );
-        assert!(
-            counted.contains("e-out") && counted.contains("t-in") && !counted.contains("t-out")
-        );
-        assert!(!counted.contains("u-in") && attached.contains("vm4") && !attached.contains("vm5"));
+        let attached = |i: &str| attached.contains(&(i.to_string(), false));
+        let counted = |i: &str, egress: bool| counted.contains(&(i.to_string(), egress));
+        assert!(attached("b") && !attached("e-out") && !attached("a-in"));
+        assert!(counted("e-out", true) && counted("t-in", false) && !counted("t-out", true));
+        assert!(!counted("u-in", false) && attached("vm4") && !attached("vm5"));
+        // Crossed pairs: "x" is x-pair's ingress and y-pair's egress, a slot for each.
+        assert!(counted("x", false) && counted("x", true) && attached("x"));
     }
 }

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sfc_common::{
     action, ClassEntry, ClassKey, Member, PortValue, RingEntry, SourcePorts, TupleMask, Verdict,
     COUNTERS_PER_GEN, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES,
-    PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOT_PEER,
+    PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SIDE_EGRESS,
+    SLOT_PEER,
 };
 
 pub mod capacity;
@@ -20,7 +21,7 @@ use place::{reverse_place, stops, Place};
 
 use crate::{
     document::{ConfigError, ConfigErrors},
-    model::{Kind, State, Unparsable},
+    model::{Kind, PortPairSpec, State, Unparsable},
     validate::{
         classifier::{probe_order, Match},
         mac, validate, Origins,
@@ -64,8 +65,9 @@ pub struct Image {
     pub rings: Vec<Vec<RingEntry>>,
     /// What counter `i + 1` counts (relative to the generation's first counter).
     pub counters: Vec<CounterLabel>,
-    /// The SF-facing interfaces (member sides, taps included) by ifindex. Their counter slots
-    /// are the writer's to fill in (`slot` fields here are 0).
+    /// The SF-facing interfaces (member sides, taps included) by the key of their counter slot
+    /// ([`Side::key`]): an interface crossed by two pairs has two, one per pair. Their counter
+    /// slots are the writer's to fill in (`slot` fields here are 0).
     pub sides: BTreeMap<u32, Side>,
     /// Interfaces that need the program: name -> ifindex.
     pub attach: BTreeMap<String, u32>,
@@ -108,13 +110,50 @@ pub struct CounterLabel {
     pub classifier: Option<String>,
 }
 
-/// An interface through which we send into, or receive from, an SF.
+/// An interface through which we send into, or receive from, an SF: one pair's use of it.
 #[derive(
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub struct Side {
     pub pair: String,
     pub interface: String,
+    pub role: Role,
+}
+
+/// Which field of its pair names a [`Side`]'s interface.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Ingress,
+    Egress,
+    /// The pair's ingress and egress are this one interface.
+    Both,
+}
+
+impl Role {
+    fn of(pp: &PortPairSpec, ingress: bool) -> Role {
+        match (pp.ingress == pp.egress, ingress) {
+            (true, _) => Role::Both,
+            (false, true) => Role::Ingress,
+            (false, false) => Role::Egress,
+        }
+    }
+}
+
+impl Side {
+    /// The key of the counter slot of interface `ifindex` used as `role` (`MAP_MEMBER_SLOTS`):
+    /// an interface is the ingress of at most one pair and the egress of at most one, so the
+    /// key tells the two pairs of crossed pairs apart. A packet sent into an ingress or leaving
+    /// it in reverse counts in the ingress side's; sent into an egress in reverse or leaving it
+    /// forward, in the egress side's.
+    pub fn key(ifindex: u32, role: Role) -> u32 {
+        match role {
+            Role::Egress => ifindex | SIDE_EGRESS,
+            Role::Ingress | Role::Both => ifindex,
+        }
+    }
 }
 
 /// A veth whose other end is in another namespace: the datapath can hand packets straight to
@@ -174,7 +213,7 @@ fn build(
     let entries = compiler.entries(matches, &groups, &domains);
     let mut shapes = compiler.match_shapes(&entries, &domains);
     shapes.by_path = compiler.classify(entries, &shapes, &domains);
-    let roots = compiler.roots(&groups, &domains);
+    let roots = compiler.roots(&domains);
     compiler.attach(&roots, &shapes);
     let image = compiler.finish()?;
     Ok(Compiled::new(image, state, interfaces, roots, shapes))
@@ -194,14 +233,12 @@ struct Groups<'s> {
     /// Each group some chain steers through (tap groups only get copies), with the slot of its
     /// table: in name order from 0.
     slot: BTreeMap<&'s String, u32>,
-    /// Groups of symmetric chains: reverse traffic is sent into their members' egress and
-    /// comes back out of their ingress.
-    reverse: BTreeSet<&'s String>,
     /// The member each tap group sends its copies to (tap groups whose interface is usable).
     taps: BTreeMap<&'s String, Member>,
 }
 
-/// Where packets are classified: a domain per logical port and per group side.
+/// Where packets are classified: a domain per logical port and per group side, merged where
+/// they share an interface ([`place::Domains`]).
 struct Domains<'s> {
     /// Logical ports where chains start (forward, or reverse for symmetric chains): from 1, in
     /// name order.
@@ -209,36 +246,65 @@ struct Domains<'s> {
     /// Per group in `Groups::slot`, in the same order: the domain of what leaves its members'
     /// egress, and of what leaves their ingress in reverse.
     group: BTreeMap<&'s str, GroupDomains>,
+    /// Places that share an interface are one domain: the number of its representative.
+    merged: place::Domains<'s>,
 }
 
-impl Domains<'_> {
-    /// Where the packets of `domain` come from, as messages say it.
+impl<'s> Domains<'s> {
+    /// Where the packets of `domain` come from, as messages say it: every place merged in it,
+    /// and the interfaces that merge them.
     fn name(&self, domain: u32) -> String {
-        self.port
-            .iter()
-            .find(|(_, d)| **d == domain)
-            .map(|(p, _)| format!("entering at port {p}"))
-            .or_else(|| {
-                self.group.iter().find_map(|(g, d)| {
-                    if d.egress == domain {
-                        Some(format!("leaving group {g}"))
-                    } else if d.reverse == domain {
-                        Some(format!("leaving group {g} in reverse"))
-                    } else {
-                        None
-                    }
-                })
-            })
-            .unwrap_or_else(|| "at one port".into())
+        let Some(representative) = self.representative(domain) else {
+            return "at one port".into();
+        };
+        let places = self.merged.places(representative);
+        let names: Vec<String> = places.iter().map(|p| place_name(*p)).collect();
+        match places.as_slice() {
+            [_] => names.join(""),
+            [first, .., last] => {
+                let shared = self.merged.shared(*first, *last).join("\", \"");
+                format!(
+                    "{} (classified together on \"{shared}\", which their members share)",
+                    names.join(" or ")
+                )
+            }
+            [] => "at one port".into(),
+        }
     }
 
-    /// The domain of a place (see [`place::stops`]); every place of a valid state has one.
+    /// The place whose number `domain` is, among those that number a domain.
+    fn representative(&self, domain: u32) -> Option<Place<'s>> {
+        let ports = self.port.iter().map(|(p, d)| (Place::Port(p), *d));
+        let groups = self.group.iter().flat_map(|(g, d)| {
+            let reverse = match d.reverse == d.egress {
+                true => Place::Egress(g),
+                false => Place::Ingress(g),
+            };
+            [(Place::Egress(g), d.egress), (reverse, d.reverse)]
+        });
+        ports
+            .chain(groups)
+            .find(|(p, d)| *d == domain && self.merged.of(*p) == *p)
+            .map(|(p, _)| p)
+    }
+
+    /// The domain of a place (see [`place::stops`]): that of the representative of the places
+    /// merged with it. Every place of a valid state has one.
     fn of(&self, place: Place) -> u32 {
-        match place {
+        match self.merged.of(place) {
             Place::Port(p) => self.port[p],
             Place::Egress(g) => self.group[g].egress,
             Place::Ingress(g) => self.group[g].reverse,
         }
+    }
+}
+
+/// A place as messages say it.
+fn place_name(place: Place) -> String {
+    match place {
+        Place::Port(p) => format!("entering at port {p}"),
+        Place::Egress(g) => format!("leaving group {g}"),
+        Place::Ingress(g) => format!("leaving group {g} in reverse"),
     }
 }
 
@@ -344,6 +410,7 @@ impl<'s> Compiler<'s> {
             .flat_map(|c| &c.port_pair_groups)
             .filter(|g| !self.is_tap(g))
             .collect();
+        // Groups of symmetric chains: reverse traffic is sent into their members' egress.
         let reverse: BTreeSet<&String> = state
             .port_chains
             .values()
@@ -363,11 +430,7 @@ impl<'s> Compiler<'s> {
             self.group_table(group, reverse.contains(group));
         }
         let taps = self.tap_members();
-        Ok(Groups {
-            slot,
-            reverse,
-            taps,
-        })
+        Ok(Groups { slot, taps })
     }
 
     /// Flow pins are keyed by a hash of the group's name (stable across generations and
@@ -481,11 +544,14 @@ impl<'s> Compiler<'s> {
             );
             return None;
         }
+        let pp = &self.state.port_pairs[pp_name];
+        let role = Role::of(pp, *iface == pp.ingress);
         self.image.sides.insert(
-            link.index,
+            Side::key(link.index, role),
             Side {
                 pair: pp_name.to_string(),
                 interface: iface.clone(),
+                role,
             },
         );
         Some(Member {
@@ -535,8 +601,10 @@ impl<'s> Compiler<'s> {
     /// The same packet means different things depending on where it comes from, so each
     /// place is a domain of its own: one per logical port (where chains start, forward or
     /// reverse), and per group one for what leaves its members' egress and, for symmetric
-    /// chains, one for what leaves their ingress. Refused alone when the logical ports would
-    /// reach the groups' domains.
+    /// chains, one for what leaves their ingress; except that places whose packets arrive on
+    /// one interface (crossed pairs) are one domain, numbered as the smallest of them
+    /// ([`place::Domains`]; validation has made sure their classifiers do not meet). Refused
+    /// alone when the logical ports would reach the groups' domains.
     fn classifier_domains(&self, groups: &Groups<'s>) -> Result<Domains<'s>, ConfigErrors> {
         let state = self.state;
         let mut logical_ports: BTreeSet<&str> = BTreeSet::new();
@@ -572,7 +640,11 @@ impl<'s> Compiler<'s> {
                 (g.as_str(), GroupDomains { egress, reverse })
             })
             .collect();
-        Ok(Domains { port, group })
+        Ok(Domains {
+            port,
+            group,
+            merged: place::Domains::new(state),
+        })
     }
 
     /// Where a chain ends: redirected to a logical port (with the MAC of the NIC behind it,
@@ -1076,25 +1148,19 @@ impl<'s> Compiler<'s> {
     // Stage 5: per-interface roots.
 
     /// Where classified traffic arrives, with the domain it is classified in: logical ports
-    /// first, then each group's members: egress, and ingress for symmetric chains. Depends on
-    /// the state alone (see [`Compiler::attach`] for the interfaces).
-    fn roots(&self, groups: &Groups<'s>, domains: &Domains<'s>) -> Roots {
-        let state = self.state;
-        let mut roots: Roots = domains
-            .port
+    /// first, then each group's members: egress, and ingress for symmetric chains
+    /// ([`place::roots`], from which the domains were merged: an interface has one domain).
+    /// Depends on the state alone (see [`Compiler::attach`] for the interfaces).
+    fn roots(&self, domains: &Domains<'s>) -> Roots {
+        let mut seen = BTreeSet::new();
+        domains
+            .merged
+            .roots()
             .iter()
-            .map(|(p, d)| (p.to_string(), *d))
-            .collect();
-        for g in groups.slot.keys() {
-            for pp in &state.port_pair_groups[*g].port_pairs {
-                let pp = &state.port_pairs[pp];
-                roots.push((pp.egress.clone(), domains.of(Place::Egress(g))));
-                if groups.reverse.contains(g) {
-                    roots.push((pp.ingress.clone(), domains.of(reverse_place(state, g))));
-                }
-            }
-        }
-        roots
+            .map(|&(iface, place)| (iface, domains.of(place)))
+            .filter(|root| seen.insert(*root))
+            .map(|(iface, domain)| (iface.to_string(), domain))
+            .collect()
     }
 
     /// What the program needs on each root present: its domain and shapes (`ports`), and the
@@ -1302,7 +1368,7 @@ fn port_value(shapes: &Shapes, domain: u32) -> Option<PortValue> {
         n_tuples: list.len().min(MAX_TUPLES) as u16,
         flags,
         slot: 0,
-        _pad: 0,
+        reverse_slot: 0,
         tuples: [TupleMask::default(); MAX_TUPLES],
     };
     for (slot, mask) in value.tuples.iter_mut().zip(list) {
@@ -1446,22 +1512,24 @@ mod tests {
             groups.taps.into_iter().collect::<Vec<_>>(),
             [(&"tap".to_string(), veth_member(6))]
         );
-        // Every side present and usable, taps' and those only received from included.
-        let sides: Vec<(u32, &str)> = c
+        // Every side present and usable, taps' and those only received from included, each
+        // keyed by its interface and, for an egress that is not also its pair's ingress, the
+        // egress bit.
+        let sides: Vec<(u32, &str, Role)> = c
             .image
             .sides
             .iter()
-            .map(|(index, side)| (*index, side.interface.as_str()))
+            .map(|(key, side)| (*key, side.interface.as_str(), side.role))
             .collect();
         assert_eq!(
             sides,
             [
-                (1, "a1-in"),
-                (2, "a1-out"),
-                (3, "a2-in"),
-                (4, "a2-out"),
-                (5, "one"),
-                (6, "t-in")
+                (1, "a1-in", Role::Ingress),
+                (3, "a2-in", Role::Ingress),
+                (5, "one", Role::Both),
+                (6, "t-in", Role::Ingress),
+                (2 | SIDE_EGRESS, "a1-out", Role::Egress),
+                (4 | SIDE_EGRESS, "a2-out", Role::Egress),
             ]
         );
         assert_eq!(
@@ -2423,6 +2491,87 @@ mod tests {
         );
     }
 
+    /// One SF crossed by two pairs: pp-ab in at "a" (ifindex 3) and out at "b" (4), pp-ba the
+    /// other way, each its own group, in a symmetric chain from "src" (1) to "dst" (2).
+    fn crossed_chain() -> (State, Interfaces) {
+        let mut s = State::default();
+        let mut i = Interfaces::default();
+        pair(&mut s, "pp-ab", "a", "b");
+        pair(&mut s, "pp-ba", "b", "a");
+        group(&mut s, "g1", &["pp-ab"]);
+        group(&mut s, "g2", &["pp-ba"]);
+        classifier(
+            &mut s,
+            "fc",
+            "{protocol: udp, sourceIpPrefix: 10.1.0.0/16, destinationIpPrefix: 10.2.0.0/16, logicalSourcePort: src, logicalDestinationPort: dst}",
+        );
+        chain(&mut s, "c", &["g1", "g2"], &["fc"], true);
+        for (name, index) in [("src", 1), ("dst", 2), ("a", 3), ("b", 4)] {
+            veth(&mut i, name, index);
+        }
+        (s, i)
+    }
+
+    #[test]
+    fn crossed_pairs_classify_each_interface_in_one_merged_domain() {
+        let (s, i) = crossed_chain();
+        let image = plan_image(&s, &i);
+        // g1 has table slot 0 (domains BASE, BASE + 1), g2 slot 1 (BASE + 2, BASE + 3). "b"
+        // gets forward traffic leaving g1 and reverse traffic leaving g2: g1's egress domain
+        // for both; "a", forward leaving g2 and reverse leaving g1: g2's egress domain.
+        let base = GROUP_DOMAIN_BASE;
+        let domain = |ifindex: u32| image.ports[&ifindex].domain;
+        assert_eq!((domain(4), domain(3)), (base, base + 2));
+        // Each merged domain holds both ways: forward steering on and reverse steering on
+        // ("b"), forward and reverse ends of the chain ("a"); nothing is left in the
+        // domains merged away.
+        let verdicts = |d: u32| -> Vec<(u8, u8, bool)> {
+            let mut v: Vec<(u8, u8, bool)> = image
+                .classify
+                .iter()
+                .filter(|(k, _)| k.domain == d)
+                .map(|(_, e)| &e.only.verdict)
+                .map(|v| (v.action, v.hop, v.flags & FLAG_REVERSE != 0))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            verdicts(base),
+            [(action::STEER, 0, true), (action::STEER, 1, false)]
+        );
+        assert_eq!(
+            verdicts(base + 2),
+            [(action::DELIVER, 2, false), (action::DELIVER, 2, true)]
+        );
+        assert!(verdicts(base + 1).is_empty() && verdicts(base + 3).is_empty());
+        // Each side has its own counter slot: "a" is pp-ab's ingress and pp-ba's egress.
+        let sides: Vec<(u32, &str, &str, Role)> = image
+            .sides
+            .iter()
+            .map(|(k, s)| (*k, s.interface.as_str(), s.pair.as_str(), s.role))
+            .collect();
+        assert_eq!(
+            sides,
+            [
+                (3, "a", "pp-ab", Role::Ingress),
+                (4, "b", "pp-ba", Role::Ingress),
+                (3 | SIDE_EGRESS, "a", "pp-ba", Role::Egress),
+                (4 | SIDE_EGRESS, "b", "pp-ab", Role::Egress),
+            ]
+        );
+        // Messages name every place of a merged domain, and the interface that merges them.
+        let origins = Origins::new();
+        let mut c = Compiler::new(&s, &i, &origins);
+        let groups = c.group_tables().unwrap();
+        let domains = c.classifier_domains(&groups).unwrap();
+        assert_eq!(
+            domains.name(base + 2),
+            "leaving group g2 or leaving group g1 in reverse (classified together on \"a\", which their members share)"
+        );
+        assert_eq!(domains.name(1), "entering at port dst");
+    }
+
     fn plan_image(state: &State, interfaces: &Interfaces) -> Image {
         let origins = Origins::new();
         compile_cached(state, interfaces, &origins)
@@ -2479,7 +2628,7 @@ mod tests {
         let shapes = c.match_shapes(&entries, &domains);
         c.classify(entries, &shapes, &domains);
         let notes_before = c.image.notes.len();
-        let roots = c.roots(&groups, &domains);
+        let roots = c.roots(&domains);
         c.attach(&roots, &shapes);
 
         // Logical ports where chains start, SF egress sides, and for symmetric chains SF

@@ -6,6 +6,14 @@
 //! place would leave the datapath a choice it cannot make, so the overlap check of validation
 //! compares exactly the classifiers that share a place, and the compiler gives each place its
 //! domain. Both read the places from [`stops`], so that they cannot drift apart.
+//!
+//! The datapath classifies what arrives on an interface in one domain, so places whose packets
+//! arrive on one interface are one domain ([`Domains`]): with crossed pairs (one pair's egress
+//! is another's ingress) in a symmetric chain, forward traffic leaving one group and reverse
+//! traffic leaving another arrive on the same interface. Validation compares the classifiers
+//! of every place merged into a domain, and the compiler gives them one number.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     compile::Direction,
@@ -103,6 +111,171 @@ pub fn stops<'s>(
     out
 }
 
+/// The interfaces where the packets of each place some classifier reaches arrive, as the
+/// compiler gives them the program: the logical port itself; for what leaves a group going
+/// forward, its members' egress; in reverse, their ingress (in the group's reverse place, its
+/// egress place when a member uses one interface for both sides). Places no classifier reaches
+/// classify nothing and have none. Without duplicates, in the order of the places. Names that
+/// do not exist are left out.
+pub fn roots(state: &State) -> Vec<(&str, Place<'_>)> {
+    let mut reached: BTreeSet<(Place, Direction)> = BTreeSet::new();
+    for chain in state.port_chains.values() {
+        // A classifier's stops depend on it only through its logical ports, which many
+        // classifiers share: each pair of ports once (100 000 classifiers cost 50 ms else).
+        let mut ports_seen: BTreeSet<(&str, Option<&str>)> = BTreeSet::new();
+        let classifiers = chain
+            .flow_classifiers
+            .iter()
+            .filter_map(|f| state.flow_classifiers.get(f))
+            .filter(|fc| {
+                ports_seen.insert((
+                    &fc.logical_source_port,
+                    fc.logical_destination_port.as_deref(),
+                ))
+            });
+        for fc in classifiers {
+            reached.extend(
+                stops(state, chain, fc)
+                    .iter()
+                    .map(|s| (s.place, s.direction)),
+            );
+        }
+    }
+    let mut out: Vec<(&str, Place)> = Vec::new();
+    for (place, direction) in reached {
+        let group = match place {
+            Place::Port(p) => {
+                out.push((p, place));
+                continue;
+            }
+            Place::Egress(g) | Place::Ingress(g) => g,
+        };
+        let pairs = state.port_pair_groups[group]
+            .port_pairs
+            .iter()
+            .filter_map(|pp| state.port_pairs.get(pp));
+        for pp in pairs {
+            let iface = match direction {
+                Direction::Forward => &pp.egress,
+                Direction::Reverse => &pp.ingress,
+            };
+            out.push((iface.as_str(), place));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    out.retain(|root| seen.insert(*root));
+    out
+}
+
+/// Places merged into classification domains. The datapath classifies what arrives on an
+/// interface in one domain; an interface that is the root of two places (crossed pairs: the
+/// egress of one pair and the ingress of another, in symmetric chains) makes those places one
+/// domain, and so, transitively, every place reachable that way. Both the compiler (which
+/// numbers the domains) and validation (which compares the classifiers of each domain) read
+/// the domains from here, so that they cannot drift apart.
+#[derive(Clone, Debug, Default)]
+pub struct Domains<'s> {
+    /// Each place with roots, and the smallest place of its domain (its representative).
+    of: BTreeMap<Place<'s>, Place<'s>>,
+    /// The roots of each place.
+    interfaces: BTreeMap<Place<'s>, BTreeSet<&'s str>>,
+    /// [`roots`], from which the domains were merged.
+    roots: Vec<(&'s str, Place<'s>)>,
+}
+
+impl<'s> Domains<'s> {
+    /// The domains of `state`, by union-find over [`roots`].
+    pub fn new(state: &'s State) -> Self {
+        let roots = roots(state);
+        let mut parent: BTreeMap<Place, Place> = BTreeMap::new();
+        let mut interfaces: BTreeMap<Place, BTreeSet<&str>> = BTreeMap::new();
+        let mut first_place: BTreeMap<&str, Place> = BTreeMap::new();
+        for &(iface, place) in &roots {
+            parent.entry(place).or_insert(place);
+            interfaces.entry(place).or_default().insert(iface);
+            let other = *first_place.entry(iface).or_insert(place);
+            union(&mut parent, place, other);
+        }
+        let places: Vec<Place> = parent.keys().copied().collect();
+        let of = places
+            .into_iter()
+            .map(|p| (p, find(&mut parent, p)))
+            .collect();
+        Domains {
+            of,
+            interfaces,
+            roots,
+        }
+    }
+
+    /// The roots the domains were merged from ([`roots`]).
+    pub fn roots(&self) -> &[(&'s str, Place<'s>)] {
+        &self.roots
+    }
+
+    /// The representative of the domain `place` is classified in: itself when it shares no
+    /// interface with another place (or has no roots).
+    pub fn of(&self, place: Place<'s>) -> Place<'s> {
+        self.of.get(&place).copied().unwrap_or(place)
+    }
+
+    /// The places of the domain whose representative is `representative`, in order.
+    pub fn places(&self, representative: Place<'s>) -> Vec<Place<'s>> {
+        let merged: Vec<Place> = self
+            .of
+            .iter()
+            .filter(|(_, r)| **r == representative)
+            .map(|(p, _)| *p)
+            .collect();
+        if merged.is_empty() {
+            vec![representative]
+        } else {
+            merged
+        }
+    }
+
+    /// The interfaces that put `a` and `b` in one domain: those that are roots of both, or,
+    /// when they are joined through other places, every interface that is a root of two
+    /// places of their domain.
+    pub fn shared(&self, a: Place<'s>, b: Place<'s>) -> Vec<&'s str> {
+        let roots = |p: Place<'s>| self.interfaces.get(&p).cloned().unwrap_or_default();
+        let both: Vec<&str> = roots(a).intersection(&roots(b)).copied().collect();
+        if !both.is_empty() {
+            return both;
+        }
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in self.places(self.of(a)) {
+            for iface in roots(p) {
+                *count.entry(iface).or_default() += 1;
+            }
+        }
+        count
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(iface, _)| iface)
+            .collect()
+    }
+}
+
+/// The representative of `place`'s set: the smallest place in it (paths halved on the way).
+fn find<'s>(parent: &mut BTreeMap<Place<'s>, Place<'s>>, mut place: Place<'s>) -> Place<'s> {
+    while parent[&place] != place {
+        let grandparent = parent[&parent[&place]];
+        parent.insert(place, grandparent);
+        place = grandparent;
+    }
+    place
+}
+
+/// Joins the sets of `a` and `b`; the smaller representative stays, so that a domain's
+/// representative (and so its number in the compiler) does not depend on the order of roots.
+fn union<'s>(parent: &mut BTreeMap<Place<'s>, Place<'s>>, a: Place<'s>, b: Place<'s>) {
+    let (ra, rb) = (find(parent, a), find(parent, b));
+    if ra != rb {
+        parent.insert(ra.max(rb), ra.min(rb));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +323,58 @@ mod tests {
             stops(&s, &one_way, &s.flow_classifiers["fc"]),
             both_ways[..3]
         );
+    }
+
+    #[test]
+    fn places_sharing_an_interface_are_one_domain() {
+        let mut s = State::default();
+        // One SF crossed by two pairs (a→b, b→a), and two pairs chained through one
+        // interface (c→d, d→e), in a symmetric chain.
+        pair(&mut s, "p1", "a", "b");
+        pair(&mut s, "p2", "b", "a");
+        pair(&mut s, "p3", "c", "d");
+        pair(&mut s, "p4", "d", "e");
+        group(&mut s, "g1", &["p1"]);
+        group(&mut s, "g2", &["p2"]);
+        group(&mut s, "g3", &["p3"]);
+        group(&mut s, "g4", &["p4"]);
+        classifier(
+            &mut s,
+            "fc",
+            "{sourceIpPrefix: 10.1.0.0/16, destinationIpPrefix: 10.2.0.0/16, logicalSourcePort: src, logicalDestinationPort: dst}",
+        );
+        chain(&mut s, "c", &["g1", "g2", "g3", "g4"], &["fc"], true);
+        let domains = Domains::new(&s);
+        use Place::{Egress, Ingress};
+        // "a": forward out of g2, reverse out of g1; "b": forward out of g1, reverse out of g2.
+        assert_eq!(
+            domains.places(domains.of(Egress("g1"))),
+            [Egress("g1"), Ingress("g2")]
+        );
+        assert_eq!(
+            domains.places(domains.of(Egress("g2"))),
+            [Egress("g2"), Ingress("g1")]
+        );
+        assert_eq!(domains.of(Ingress("g1")), Egress("g2"));
+        assert_eq!(domains.shared(Egress("g2"), Ingress("g1")), ["a"]);
+        // "d": forward out of g3, reverse out of g4; "c" and "e" are no one else's.
+        assert_eq!(domains.of(Ingress("g4")), Egress("g3"));
+        assert_eq!(domains.places(Ingress("g3")), [Ingress("g3")]);
+        assert_eq!(domains.places(Egress("g4")), [Egress("g4")]);
+        // Every root interface has one domain.
+        let mut domain_of: BTreeMap<&str, Place> = BTreeMap::new();
+        for (iface, place) in roots(&s) {
+            let d = domains.of(place);
+            assert_eq!(*domain_of.entry(iface).or_insert(d), d, "{iface}");
+        }
+        // One way: nothing is classified leaving an ingress, so nothing is merged.
+        s.port_chains
+            .get_mut("c")
+            .unwrap()
+            .chain_parameters
+            .symmetric = false;
+        let domains = Domains::new(&s);
+        assert_eq!(domains.places(domains.of(Egress("g1"))), [Egress("g1")]);
+        assert_eq!(domains.of(Egress("g2")), Egress("g2"));
     }
 }

@@ -15,7 +15,7 @@ pub mod overlap;
 
 use crate::{
     compile::{
-        place::{stops, Place},
+        place::{self, stops, Place},
         Direction,
     },
     document::{shown, ConfigError, ConfigErrors},
@@ -234,12 +234,37 @@ pub fn validate(state: &State, origins: &Origins) -> Result<BTreeMap<String, Mat
     }
 }
 
-/// An SF's interface: the pair it belongs to, and the field of the pair that names it.
-type SfPorts<'s> = BTreeMap<&'s str, (&'s str, &'static str)>;
+/// The SF interfaces, each with the pair it is the ingress of and the pair it is the egress of
+/// (the same pair for both when its ingress and egress are one interface).
+type SfPorts<'s> = BTreeMap<&'s str, Owners<'s>>;
+
+/// Which pairs use one interface, and how: an interface is the ingress of at most one pair and
+/// the egress of at most one. Two pairs may cross (A→B and B→A), as networking-sfc allows:
+/// the dataplane tells their traffic apart by the direction it is classified in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owners<'s> {
+    pub ingress: Option<&'s str>,
+    pub egress: Option<&'s str>,
+}
+
+impl<'s> Owners<'s> {
+    /// Each owning pair once, with the field of it that names the interface.
+    fn pairs(&self) -> Vec<(&'s str, &'static str)> {
+        let mut out: Vec<(&str, &str)> = self
+            .ingress
+            .map(|p| (p, "spec.ingress"))
+            .into_iter()
+            .collect();
+        match self.egress {
+            Some(p) if self.ingress != Some(p) => out.push((p, "spec.egress")),
+            _ => {}
+        }
+        out
+    }
+}
 
 /// Stage 1, port pairs: each pair's fields (interface names, weight, MACs), and interface
-/// ownership: an interface belongs to one pair (as its ingress, its egress, or both). Returns
-/// the SF interfaces.
+/// ownership ([`claim_interfaces`]). Returns the SF interfaces.
 fn port_pairs<'s>(r: &mut Report<'s>) -> SfPorts<'s> {
     let mut owners = SfPorts::new();
     for (name, pp) in r
@@ -274,31 +299,100 @@ fn port_pairs<'s>(r: &mut Report<'s>) -> SfPorts<'s> {
                 }
             }
         }
-        let mut ifaces = vec![("spec.ingress", pp.ingress.as_str())];
-        if pp.egress != pp.ingress {
-            ifaces.push(("spec.egress", pp.egress.as_str()));
-        }
-        for (field, iface) in ifaces {
-            match owners.get(iface) {
-                None => {
-                    owners.insert(iface, (name.as_str(), field));
-                }
-                Some(&(other, _)) => {
-                    let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
-                    r.push(
-                        Kind::PortPair,
-                        name,
-                        field,
-                        format!(
-                            "interface {} already belongs to {other}; an interface belongs to one SF instance",
-                            shown(iface)
-                        ),
-                    );
-                }
-            }
-        }
+        claim_interfaces(r, name, (&pp.ingress, &pp.egress), &mut owners);
     }
     owners
+}
+
+/// Records the interfaces of pair `name`, refusing a second ingress or a second egress of one
+/// interface: what the dataplane receives from an interface must come from one pair's egress
+/// (forward) or one pair's ingress (reverse), and what it sends into it must go to one pair.
+/// A pair whose ingress and egress are one interface uses it both ways, so it shares it with
+/// no other pair. The error is on the pair visited last, naming the other.
+fn claim_interfaces<'s>(
+    r: &mut Report<'s>,
+    name: &'s str,
+    (ingress, egress): (&'s str, &'s str),
+    owners: &mut SfPorts<'s>,
+) {
+    if ingress == egress {
+        claim_alone(r, name, ingress, owners);
+        return;
+    }
+    claim_side(r, name, (ingress, true), owners);
+    claim_side(r, name, (egress, false), owners);
+}
+
+/// Pair `name` uses `iface` as both its ingress and its egress: it must be no one's yet.
+fn claim_alone<'s>(r: &mut Report<'s>, name: &'s str, iface: &'s str, owners: &mut SfPorts<'s>) {
+    let owner = owners.entry(iface).or_default();
+    let (other, role) = match *owner {
+        Owners {
+            ingress: None,
+            egress: None,
+        } => {
+            owner.ingress = Some(name);
+            owner.egress = Some(name);
+            return;
+        }
+        Owners {
+            ingress: Some(i),
+            egress: Some(e),
+        } if i == e => (i, "both the ingress and the egress"),
+        Owners {
+            ingress: Some(i), ..
+        } => (i, "the ingress"),
+        Owners {
+            egress: Some(e), ..
+        } => (e, "the egress"),
+    };
+    let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+    r.push(
+        Kind::PortPair,
+        name,
+        "spec.ingress",
+        format!(
+            "interface {} is already {role} of {other}; this pair uses it as both its ingress and its egress, so no other pair may use it: give this pair interfaces of its own",
+            shown(iface)
+        ),
+    );
+}
+
+/// Pair `name` uses `iface` as its ingress (`is_ingress`) or its egress: no other pair may,
+/// nor one using it both ways.
+fn claim_side<'s>(
+    r: &mut Report<'s>,
+    name: &'s str,
+    (iface, is_ingress): (&'s str, bool),
+    owners: &mut SfPorts<'s>,
+) {
+    let owner = owners.entry(iface).or_default();
+    let (mine, theirs) = if is_ingress {
+        (&mut owner.ingress, owner.egress)
+    } else {
+        (&mut owner.egress, owner.ingress)
+    };
+    let (role, other_role) = if is_ingress {
+        ("ingress", "egress")
+    } else {
+        ("egress", "ingress")
+    };
+    let message = match (*mine, theirs) {
+        (None, _) => {
+            *mine = Some(name);
+            return;
+        }
+        // One pair uses it both ways: no other may use it at all.
+        (Some(other), Some(same)) if other == same => {
+            let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+            format!("interface {} is both the ingress and the egress of {other}, which leaves it to no other pair; use another interface as this pair's {role}", shown(iface))
+        }
+        (Some(other), _) => {
+            let other = r.other((Kind::PortPair, other), (Kind::PortPair, name));
+            format!("interface {} is already the {role} of {other}; an interface is the {role} of at most one PortPair (it may be the {other_role} of another): use another interface", shown(iface))
+        }
+    };
+    r.push(Kind::PortPair, name, &format!("spec.{role}"), message);
 }
 
 /// Stage 2, groups: each lists at least one pair, every pair it lists exists and is in no
@@ -360,29 +454,11 @@ fn classifiers(r: &mut Report, sf_ports: &SfPorts) -> BTreeMap<String, Match> {
             let Some(port) = port else {
                 continue;
             };
-            let Some(&(pp, pp_field)) = sf_ports.get(port.as_str()) else {
+            let Some(owners) = sf_ports.get(port.as_str()) else {
                 continue;
             };
-            let port = shown(port);
-            let rule = "a logical port is where traffic enters or leaves the node, not an SF port";
-            if r.rank(Kind::PortPair, pp) > r.rank(Kind::FlowClassifier, name) {
-                // The pair came last: the conflict is its doing.
-                let fc = r.other((Kind::FlowClassifier, name), (Kind::PortPair, pp));
-                let role = field.trim_start_matches("spec.");
-                r.push(
-                    Kind::PortPair,
-                    pp,
-                    pp_field,
-                    format!("{port} is the {role} of {fc}; {rule}"),
-                );
-            } else {
-                let pair = r.other((Kind::PortPair, pp), (Kind::FlowClassifier, name));
-                r.push(
-                    Kind::FlowClassifier,
-                    name,
-                    field,
-                    format!("{port} is a port of {pair}; {rule}"),
-                );
+            for (pp, pp_field) in owners.pairs() {
+                logical_port_is_sf_port(r, (name, field, port), (pp, pp_field));
             }
         }
         match normalize(fc) {
@@ -397,6 +473,36 @@ fn classifiers(r: &mut Report, sf_ports: &SfPorts) -> BTreeMap<String, Match> {
         }
     }
     matches
+}
+
+/// A classifier's logical port (`field` of classifier `name`) that is also the `pp_field` of
+/// pair `pp`: reported on whichever came last.
+fn logical_port_is_sf_port(
+    r: &mut Report,
+    (name, field, port): (&str, &str, &str),
+    (pp, pp_field): (&str, &str),
+) {
+    let port = shown(port);
+    let rule = "a logical port is where traffic enters or leaves the node, not an SF port";
+    if r.rank(Kind::PortPair, pp) > r.rank(Kind::FlowClassifier, name) {
+        // The pair came last: the conflict is its doing.
+        let fc = r.other((Kind::FlowClassifier, name), (Kind::PortPair, pp));
+        let role = field.trim_start_matches("spec.");
+        r.push(
+            Kind::PortPair,
+            pp,
+            pp_field,
+            format!("{port} is the {role} of {fc}; {rule}"),
+        );
+    } else {
+        let pair = r.other((Kind::PortPair, pp), (Kind::FlowClassifier, name));
+        r.push(
+            Kind::FlowClassifier,
+            name,
+            field,
+            format!("{port} is a port of {pair}; {rule}"),
+        );
+    }
 }
 
 /// Stage 4, chains: for each, its hops ([`hops`]), no other chain with the same ordered
@@ -622,7 +728,8 @@ fn taps(r: &mut Report, name: &str, pc: &PortChainSpec) {
 /// decides wherever paths meet later on. So classifiers that match the same packet where they
 /// enter must agree on it there. Between chains ([`between_chains`]): never. Within one chain
 /// ([`within_a_chain`]): going one way the most specific takes the packet (the compiler's
-/// precedence); both ways, never.
+/// precedence); both ways, never. And one path must not be classified at two hops in one
+/// domain ([`one_path_at_two_hops`]): its own record cannot tell them apart.
 fn overlaps(r: &mut Report, matches: &BTreeMap<String, Match>, fc_chain: &BTreeMap<&str, &str>) {
     let (between, within) = conflicts(r.state, matches, fc_chain);
     for conflict in between {
@@ -631,6 +738,7 @@ fn overlaps(r: &mut Report, matches: &BTreeMap<String, Match>, fc_chain: &BTreeM
     for conflict in within {
         within_a_chain(r, conflict);
     }
+    one_path_at_two_hops(r, fc_chain);
 }
 
 /// Classifiers of different chains must not match the same packets where they enter at the
@@ -650,8 +758,7 @@ fn between_chains(r: &mut Report, conflict: Conflict) {
     } else {
         ((b, cb, at.db), (a, ca, at.da))
     };
-    let by_chain =
-        r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, cx).is_some();
+    let by_chain = by_chain_of(r, x, cx);
     let about = if by_chain {
         (Kind::PortChain, cx)
     } else {
@@ -691,8 +798,7 @@ fn within_a_chain(r: &mut Report, twin: Twin) {
     } else {
         (b, at.db, a, at.da)
     };
-    let by_chain =
-        r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, chain).is_some();
+    let by_chain = by_chain_of(r, x, chain);
     let what = if x == y {
         "its traffic and its reverse traffic (source and destination swapped) match some of the same packets".to_string()
     } else {
@@ -710,6 +816,91 @@ fn within_a_chain(r: &mut Report, twin: Twin) {
     };
     let message = format!("{what} entering at {}, where PortChain {} classifies both directions; the datapath could not tell which way such a packet goes: make them disjoint (source and destination prefixes or ports)", shown(at.port), shown(chain));
     report_overlap(r, (x, chain), by_chain, message);
+}
+
+/// A classifier's packets going one way are classified at two hops whose places are one
+/// domain (their pairs share an interface, see [`place::Domains`]): the path recorded with
+/// the flow is the same at both, and no narrowing separates a classifier from itself. Found
+/// per classifier and direction from its own stops, never pair by pair.
+fn one_path_at_two_hops(r: &mut Report, fc_chain: &BTreeMap<&str, &str>) {
+    let state = r.state;
+    let domains = place::Domains::new(state);
+    for (fc_name, chain) in fc_chain {
+        let (Some(pc), Some(fc)) = (
+            state.port_chains.get(*chain),
+            state.flow_classifiers.get(*fc_name),
+        ) else {
+            continue;
+        };
+        let mut seen: BTreeMap<(Direction, Place), Place> = BTreeMap::new();
+        for stop in stops(state, pc, fc) {
+            let domain = domains.of(stop.place);
+            let first = *seen.entry((stop.direction, domain)).or_insert(stop.place);
+            if first == stop.place {
+                continue;
+            }
+            let traffic = match stop.direction {
+                Direction::Forward => "its traffic",
+                Direction::Reverse => "its reverse traffic (source and destination swapped)",
+            };
+            let message = format!(
+                "{traffic} is classified both {} and {}, and PortChain {} classifies those together, on {}; the datapath could not tell which hop such a packet is at: give these pairs interfaces of their own",
+                place_words(first, stop.direction),
+                place_words(stop.place, stop.direction),
+                shown(chain),
+                shared_words(state, &domains, first, stop.place),
+            );
+            report_overlap(r, (fc_name, chain), by_chain_of(r, fc_name, chain), message);
+            break;
+        }
+    }
+}
+
+/// Whether an overlap of classifier `x` of `chain` is reported on the chain: when only the
+/// chain is being applied (it brought an applied classifier in).
+fn by_chain_of(r: &Report, x: &str, chain: &str) -> bool {
+    r.rank(Kind::FlowClassifier, x).is_none() && r.rank(Kind::PortChain, chain).is_some()
+}
+
+/// Where a classifier's packets are classified, as messages say it.
+fn place_words(place: Place, direction: Direction) -> String {
+    let way = match direction {
+        Direction::Forward => "",
+        Direction::Reverse => " in reverse",
+    };
+    match place {
+        Place::Port(p) => format!("entering at {}{way}", shown(p)),
+        Place::Egress(g) | Place::Ingress(g) => {
+            format!("leaving PortPairGroup {}{way}", shown(g))
+        }
+    }
+}
+
+/// The interfaces that make places `a` and `b` one domain, with the pairs that share each:
+/// `interface "A" (the ingress of PortPair "pp1", the egress of PortPair "pp2")`.
+fn shared_words(state: &State, domains: &place::Domains, a: Place, b: Place) -> String {
+    let shared = domains.shared(a, b);
+    let each: Vec<String> = shared
+        .iter()
+        .map(|iface| {
+            let mut uses = Vec::new();
+            for (name, pp) in &state.port_pairs {
+                if pp.ingress == *iface {
+                    uses.push(format!("the ingress of PortPair {}", shown(name)));
+                }
+                if pp.egress == *iface && pp.ingress != *iface {
+                    uses.push(format!("the egress of PortPair {}", shown(name)));
+                }
+            }
+            format!("{} ({})", shown(iface), uses.join(", "))
+        })
+        .collect();
+    let noun = if each.len() == 1 {
+        "interface"
+    } else {
+        "interfaces"
+    };
+    format!("{noun} {}", each.join(" and "))
 }
 
 /// `"reversed (…), "` for a classifier's reverse traffic, `""` for its own.
@@ -1050,7 +1241,7 @@ mod tests {
             &doc("PortPair", "pp3", "{ingress: a-in, egress: c-out}"),
             "PortPair \"pp3\"",
             "spec.ingress",
-            "already belongs",
+            "is already the ingress of PortPair \"pp1\"",
         );
         rejects(
             &doc(
@@ -1397,12 +1588,19 @@ mod tests {
             &[
                 doc("PortPair", "pp1", "{ingress: a-in, egress: a-out}"),
                 doc("PortPair", "pp2", "{ingress: b, egress: b}"),
+                // a-out: pp1's egress and pp3's ingress, as networking-sfc allows.
                 doc(
                     "PortPair",
                     "pp3",
                     "{ingress: a-out, egress: c, weight: 0, ingressMac: 'ff:ff:ff:ff:ff:ff'}",
                 ),
                 doc("PortPair", "pp4", "{ingress: bad/name, egress: d}"),
+                doc("PortPair", "pp5", "{ingress: c5, egress: a-out}"),
+                doc("PortPair", "pp6", "{ingress: f, egress: b}"),
+                doc("PortPair", "pp7", "{ingress: c, egress: c}"),
+                // Crossed: x→y and y→x.
+                doc("PortPair", "pp8", "{ingress: x, egress: y}"),
+                doc("PortPair", "pp9", "{ingress: y, egress: x}"),
                 doc("PortPair", "pp0", "{ingress: a-in, egress: e}"),
             ]
             .concat(),
@@ -1411,20 +1609,30 @@ mod tests {
         let mut origins = Origins::new();
         origins.insert(Kind::PortPair, "pp0", "new.yaml");
         let (owners, errors) = stage(&state, &origins, port_pairs);
+        let applied = "(applied state): PortPair";
         assert_eq!(
             errors,
             [
-                "(applied state): PortPair \"pp3\": spec.weight: 0 is out of range; use 1..255",
-                "(applied state): PortPair \"pp3\": spec.ingressMac: \"ff:ff:ff:ff:ff:ff\" is not a unicast MAC; use the form 02:00:00:00:00:01",
-                "(applied state): PortPair \"pp3\": spec.ingress: interface \"a-out\" already belongs to PortPair \"pp1\"; an interface belongs to one SF instance",
-                "(applied state): PortPair \"pp4\": spec.ingress: \"bad/name\" is not an interface name; use 1 to 15 characters without '/', ':' or spaces",
-                "new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" already belongs to PortPair \"pp1\" (already applied); an interface belongs to one SF instance",
+                format!("{applied} \"pp3\": spec.weight: 0 is out of range; use 1..255"),
+                format!("{applied} \"pp3\": spec.ingressMac: \"ff:ff:ff:ff:ff:ff\" is not a unicast MAC; use the form 02:00:00:00:00:01"),
+                format!("{applied} \"pp4\": spec.ingress: \"bad/name\" is not an interface name; use 1 to 15 characters without '/', ':' or spaces"),
+                format!("{applied} \"pp5\": spec.egress: interface \"a-out\" is already the egress of PortPair \"pp1\"; an interface is the egress of at most one PortPair (it may be the ingress of another): use another interface"),
+                format!("{applied} \"pp6\": spec.egress: interface \"b\" is both the ingress and the egress of PortPair \"pp2\", which leaves it to no other pair; use another interface as this pair's egress"),
+                format!("{applied} \"pp7\": spec.ingress: interface \"c\" is already the egress of PortPair \"pp3\"; this pair uses it as both its ingress and its egress, so no other pair may use it: give this pair interfaces of its own"),
+                "new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" is already the ingress of PortPair \"pp1\" (already applied); an interface is the ingress of at most one PortPair (it may be the egress of another): use another interface".to_string(),
             ]
         );
-        assert_eq!(owners.len(), 7);
-        assert_eq!(owners["a-out"], ("pp1", "spec.egress"));
-        assert_eq!(owners["b"], ("pp2", "spec.ingress"));
-        assert_eq!(owners["e"], ("pp0", "spec.egress"));
+        let owner = |ingress, egress| Owners { ingress, egress };
+        assert_eq!(owners["a-out"], owner(Some("pp3"), Some("pp1")));
+        assert_eq!(owners["b"], owner(Some("pp2"), Some("pp2")));
+        assert_eq!(owners["e"], owner(None, Some("pp0")));
+        assert_eq!(owners["x"], owner(Some("pp8"), Some("pp9")));
+        assert_eq!(owners["y"], owner(Some("pp9"), Some("pp8")));
+        assert_eq!(
+            owners["a-out"].pairs(),
+            [("pp3", "spec.ingress"), ("pp1", "spec.egress")]
+        );
+        assert_eq!(owners["b"].pairs(), [("pp2", "spec.ingress")]);
     }
 
     #[test]
@@ -1655,7 +1863,7 @@ mod tests {
         let pair = doc("PortPair", "pp0", "{ingress: a-in, egress: z-out}");
         assert_eq!(
             errors_applying(&base(), &new_file(pair)),
-            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" already belongs to PortPair \"pp1\" (already applied); an interface belongs to one SF instance"]
+            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"a-in\" is already the ingress of PortPair \"pp1\" (already applied); an interface is the ingress of at most one PortPair (it may be the egress of another): use another interface"]
         );
         let group = doc("PortPairGroup", "g0", "{portPairs: [pp1]}");
         assert_eq!(
@@ -1790,20 +1998,119 @@ mod tests {
         );
     }
 
+    /// One SF with two NICs crossed by two pairs: `pp-ab` goes in at "a" and out at "b",
+    /// `pp-ba` the other way; a chain through both (`g1` then `g2`) with classifier `fc`.
+    fn crossed(symmetric: bool, classifier: &str) -> String {
+        [
+            doc("PortPair", "pp-ab", "{ingress: a, egress: b}"),
+            doc("PortPair", "pp-ba", "{ingress: b, egress: a}"),
+            doc("PortPairGroup", "g1", "{portPairs: [pp-ab]}"),
+            doc("PortPairGroup", "g2", "{portPairs: [pp-ba]}"),
+            doc("FlowClassifier", "fc", classifier),
+            doc(
+                "PortChain",
+                "c",
+                &format!("{{portPairGroups: [g1, g2], flowClassifiers: [fc], chainParameters: {{symmetric: {symmetric}}}}}"),
+            ),
+        ]
+        .concat()
+    }
+
+    fn errors_planning(text: String) -> Vec<String> {
+        match plan(
+            &State::default(),
+            &[("f.yaml".into(), text)],
+            &Interfaces::default(),
+        ) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const DISJOINT_WAYS: &str = "{sourceIpPrefix: 10.1.0.0/16, destinationIpPrefix: 10.2.0.0/16, logicalSourcePort: src, logicalDestinationPort: dst}";
+
+    #[test]
+    fn crossed_pairs_are_accepted_where_their_traffic_can_be_told_apart() {
+        // Symmetric: "a" takes forward traffic leaving g2 and reverse traffic leaving g1, told
+        // apart by their addresses.
+        assert_eq!(
+            errors_planning(crossed(true, DISJOINT_WAYS)),
+            [] as [String; 0]
+        );
+        // One way: only forward traffic is classified on "a" and "b", whatever it matches.
+        let broad = "{protocol: tcp, logicalSourcePort: src}";
+        assert_eq!(errors_planning(crossed(false, broad)), [] as [String; 0]);
+        // Not crossed but chained: a→b, then c→a.
+        let text = crossed(true, DISJOINT_WAYS)
+            .replace("{ingress: b, egress: a}", "{ingress: c, egress: a}");
+        assert_eq!(errors_planning(text), [] as [String; 0]);
+    }
+
+    /// Crossed pairs in a symmetric chain whose classifier matches its own reverse: on "b",
+    /// forward traffic leaving g1 and reverse traffic leaving g2 look alike, and each flow's
+    /// path tells them apart. So for two chains meeting on "a" (no group shared).
+    #[test]
+    fn crossed_pairs_whose_traffic_looks_alike_are_told_apart_by_path() {
+        let both_ways = "{protocol: tcp, logicalSourcePort: src, logicalDestinationPort: dst}";
+        assert_eq!(
+            errors_planning(crossed(true, both_ways)),
+            Vec::<String>::new()
+        );
+        let text = crossed(true, DISJOINT_WAYS)
+            .replace("portPairGroups: [g1, g2]", "portPairGroups: [g1]")
+            + &doc(
+                "FlowClassifier",
+                "fc2",
+                "{destinationIpPrefix: 10.1.0.0/24, logicalSourcePort: src2}",
+            )
+            + &doc(
+                "PortChain",
+                "c2",
+                "{portPairGroups: [g2], flowClassifiers: [fc2]}",
+            );
+        assert_eq!(errors_planning(text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn one_way_at_two_hops_of_one_domain_is_refused() {
+        // g2's member "ps" uses one interface for both sides, so what leaves g2 in reverse is
+        // classified in g2's egress domain, on "s" and on p3's ingress "c"; p3's egress "d" is
+        // p1's ingress, where reverse traffic leaves g1. So the chain's reverse traffic is
+        // classified at two hops in one domain, with nothing to tell them apart.
+        let text = [
+            doc("PortPair", "p1", "{ingress: d, egress: e}"),
+            doc("PortPair", "p3", "{ingress: c, egress: d}"),
+            doc("PortPair", "ps", "{ingress: s, egress: s}"),
+            doc("PortPairGroup", "g1", "{portPairs: [p1]}"),
+            doc("PortPairGroup", "g2", "{portPairs: [ps, p3]}"),
+            doc("FlowClassifier", "fc", DISJOINT_WAYS),
+            doc(
+                "PortChain",
+                "c",
+                "{portPairGroups: [g1, g2], flowClassifiers: [fc], chainParameters: {symmetric: true}}",
+            ),
+        ]
+        .concat();
+        assert_eq!(
+            errors_planning(text),
+            ["f.yaml: FlowClassifier \"fc\": spec: its reverse traffic (source and destination swapped) is classified both leaving PortPairGroup \"g2\" in reverse and leaving PortPairGroup \"g1\" in reverse, and PortChain \"c\" classifies those together, on interface \"d\" (the ingress of PortPair \"p1\", the egress of PortPair \"p3\"); the datapath could not tell which hop such a packet is at: give these pairs interfaces of their own"]
+        );
+    }
+
     #[test]
     fn between_files_the_later_object_is_blamed_and_the_other_file_named() {
         let first = doc("PortPair", "pp5", "{ingress: q-in, egress: q-out}");
-        let second = doc("PortPair", "pp0", "{ingress: q-out, egress: r}");
+        let second = doc("PortPair", "pp0", "{ingress: r, egress: q-out}");
         assert_eq!(
             errors_applying(&base(), &[("f1.yaml", first), ("f2.yaml", second)]),
-            ["f2.yaml: PortPair \"pp0\": spec.ingress: interface \"q-out\" already belongs to PortPair \"pp5\" (in f1.yaml); an interface belongs to one SF instance"]
+            ["f2.yaml: PortPair \"pp0\": spec.egress: interface \"q-out\" is already the egress of PortPair \"pp5\" (in f1.yaml); an interface is the egress of at most one PortPair (it may be the ingress of another): use another interface"]
         );
         // In one file, the later document (not the later name).
         let text = doc("PortPair", "pp9", "{ingress: x-in, egress: x-out}")
             + &doc("PortPair", "pp0", "{ingress: x-in, egress: y}");
         assert_eq!(
             errors_applying(&base(), &new_file(text)),
-            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"x-in\" already belongs to PortPair \"pp9\"; an interface belongs to one SF instance"]
+            ["new.yaml: PortPair \"pp0\": spec.ingress: interface \"x-in\" is already the ingress of PortPair \"pp9\"; an interface is the ingress of at most one PortPair (it may be the egress of another): use another interface"]
         );
         let again = doc("PortPair", "pp7", "{ingress: w-in, egress: w-out}");
         assert_eq!(

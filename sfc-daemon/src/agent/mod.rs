@@ -344,13 +344,16 @@ impl Agent {
                 .map(|l| (l.index, l.name.clone()))
                 .collect(),
             pairs: Default::default(),
+            reverse_pairs: Default::default(),
         };
+        // Forward traffic is sent into a pair's ingress, reverse traffic into its egress: with
+        // crossed pairs one interface is both, of two pairs.
         for (name, pp) in &self.state.port_pairs {
-            if let Some(i) = index(&pp.egress) {
-                names.pairs.insert(i, format!("{name} (egress)"));
-            }
             if let Some(i) = index(&pp.ingress) {
                 names.pairs.insert(i, name.clone());
+            }
+            if let Some(i) = index(&pp.egress).filter(|_| pp.egress != pp.ingress) {
+                names.reverse_pairs.insert(i, format!("{name} (egress)"));
             }
         }
         names

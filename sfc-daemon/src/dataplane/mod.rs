@@ -28,8 +28,8 @@ use sfc_common::{
     CONFIG_FLIP_NS, COUNTERS_PER_GEN, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY,
     MAP_CONFIG, MAP_COUNTERS, MAP_FRAGMENTS, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS,
     MAP_MEMBER_SLOTS, MAP_PORTS, MAP_RING, MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER,
-    MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SLOTS_PER_GEN, SLOT_PEER,
-    SOURCE_PORTS_PER_GEN,
+    MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SIDE_EGRESS,
+    SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -39,7 +39,7 @@ pub mod netlink;
 pub mod tables;
 
 use sfc_api::counters::{Generation, Row};
-use sfc_config::compile::{Image, Interfaces, Side};
+use sfc_config::compile::{Image, Interfaces, Role, Side};
 
 use crate::observe::counters::ChainCounters;
 use links::{Hook, Links};
@@ -180,9 +180,10 @@ pub struct Dataplane {
     pub chain_counters: ChainCounters,
     member_counters: PerCpuArray<MapData, MemberCounter>,
     member_slot_map: HashMap<MapData, u32, u32>,
-    /// Counter slot of each SF-facing interface (a copy of `member_slot_map`).
+    /// Counter slot of each side of an SF-facing interface, by [`Side::key`] (a copy of
+    /// `member_slot_map`).
     member_slots: BTreeMap<u32, u16>,
-    /// The last known name of each of those interfaces.
+    /// The last known pair and name of each of those sides.
     member_labels: BTreeMap<u32, Side>,
     /// Counts of interfaces whose slot was given up.
     member_totals: BTreeMap<Side, MemberCounter>,
@@ -491,27 +492,32 @@ impl Dataplane {
         });
     }
 
-    /// Gives every SF-facing interface of `image` a counter slot, keeping the ones they have;
-    /// interfaces that neither `image` nor the active generation uses give theirs up (their
-    /// counts move to the totals).
+    /// Gives every side of an SF-facing interface of `image` a counter slot, keeping the ones
+    /// they have; sides that neither `image` nor the active generation uses give theirs up
+    /// (their counts move to the totals).
     fn assign_member_slots(&mut self, image: &Image, active: usize) -> Result<(), DataplaneError> {
         let active_sides = self.written[active].as_ref().map(|i| &i.sides);
-        let keep = |ifindex: &u32| {
-            image.sides.contains_key(ifindex)
-                || active_sides.is_some_and(|sides| sides.contains_key(ifindex))
+        let keep = |key: &u32| {
+            image.sides.contains_key(key)
+                || active_sides.is_some_and(|sides| sides.contains_key(key))
         };
         let released: Vec<(u32, u16)> = self
             .member_slots
             .iter()
-            .filter(|(ifindex, _)| !keep(ifindex))
-            .map(|(i, s)| (*i, *s))
+            .filter(|(key, _)| !keep(key))
+            .map(|(k, s)| (*k, *s))
             .collect();
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
-        for (ifindex, slot) in released {
+        for (key, slot) in released {
             let counts = self.read_member_counter(slot)?;
-            let label = self.member_labels.remove(&ifindex).unwrap_or(Side {
+            let label = self.member_labels.remove(&key).unwrap_or(Side {
                 pair: String::new(),
-                interface: format!("ifindex {ifindex}"),
+                interface: format!("ifindex {}", key & !SIDE_EGRESS),
+                role: if key & SIDE_EGRESS != 0 {
+                    Role::Egress
+                } else {
+                    Role::Ingress
+                },
             });
             add_member(self.member_totals.entry(label).or_default(), &counts);
             let zero = PerCpuValues::try_from(vec![MemberCounter::default(); cpus])
@@ -519,12 +525,12 @@ impl Dataplane {
             self.member_counters
                 .set(slot as u32, zero, 0)
                 .map_err(map_err(MAP_MEMBER_COUNTERS))?;
-            remove_ok(self.member_slot_map.remove(&ifindex)).map_err(map_err(MAP_MEMBER_SLOTS))?;
-            self.member_slots.remove(&ifindex);
+            remove_ok(self.member_slot_map.remove(&key)).map_err(map_err(MAP_MEMBER_SLOTS))?;
+            self.member_slots.remove(&key);
         }
-        for (&ifindex, side) in &image.sides {
-            self.member_labels.insert(ifindex, side.clone());
-            if self.member_slots.contains_key(&ifindex) {
+        for (&key, side) in &image.sides {
+            self.member_labels.insert(key, side.clone());
+            if self.member_slots.contains_key(&key) {
                 continue;
             }
             let used: std::collections::BTreeSet<u16> =
@@ -535,9 +541,9 @@ impl Dataplane {
                 });
             };
             self.member_slot_map
-                .insert(ifindex, slot as u32, 0)
+                .insert(key, slot as u32, 0)
                 .map_err(map_err(MAP_MEMBER_SLOTS))?;
-            self.member_slots.insert(ifindex, slot);
+            self.member_slots.insert(key, slot);
         }
         Ok(())
     }
@@ -554,12 +560,12 @@ impl Dataplane {
         Ok(sum)
     }
 
-    /// Traffic into and out of each SF-facing interface, by pair and interface (live slots
-    /// plus what interfaces that went away had counted).
+    /// Traffic into and out of each side of an SF-facing interface, by pair and interface
+    /// (live slots plus what sides that went away had counted).
     pub fn member_counters(&self) -> Result<BTreeMap<Side, MemberCounter>, DataplaneError> {
         let mut out = self.member_totals.clone();
-        for (ifindex, slot) in &self.member_slots {
-            let Some(label) = self.member_labels.get(ifindex) else {
+        for (key, slot) in &self.member_slots {
+            let Some(label) = self.member_labels.get(key) else {
                 continue;
             };
             add_member(
@@ -570,13 +576,46 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// `member` with its counter slot (keeping the `SLOT_PEER` bit the compiler set).
-    fn slot_of(&self, member: Member) -> Member {
-        let slot = self.member_slots.get(&member.ifindex).copied().unwrap_or(0);
+    /// `member` with the counter slot of its side `key` (keeping the `SLOT_PEER` bit the
+    /// compiler set).
+    fn with_slot(&self, member: Member, key: u32) -> Member {
+        let slot = self.member_slots.get(&key).copied().unwrap_or(0);
         Member {
             slot: (member.slot & SLOT_PEER) | slot,
             ..member
         }
+    }
+
+    /// Both sides of a group member with their counter slots: its ingress side's, and its
+    /// egress side's (the ingress side's when the pair uses one interface for both).
+    fn with_slots(&self, entry: &RingEntry) -> RingEntry {
+        let (ingress, egress) = (entry.ingress, entry.egress);
+        let role = if egress.ifindex == ingress.ifindex {
+            Role::Both
+        } else {
+            Role::Egress
+        };
+        RingEntry {
+            ingress: self.with_slot(ingress, Side::key(ingress.ifindex, Role::Ingress)),
+            egress: self.with_slot(egress, Side::key(egress.ifindex, role)),
+        }
+    }
+
+    /// The counter slots of what arrives on `ifindex` from an SF (`PortValue::slot` and
+    /// `reverse_slot`): going forward it left the pair whose egress this is (the one pair of
+    /// a pair using one interface for both sides), in reverse the pair whose ingress this is.
+    fn arrival_slots(&self, image: &Image, ifindex: u32) -> (u16, u16) {
+        let slot = |key: u32| self.member_slots.get(&key).copied().unwrap_or(0);
+        let both = image
+            .sides
+            .get(&ifindex)
+            .is_some_and(|side| side.role == Role::Both);
+        let forward = if both {
+            slot(ifindex)
+        } else {
+            slot(Side::key(ifindex, Role::Egress))
+        };
+        (forward, slot(Side::key(ifindex, Role::Ingress)))
     }
 
     /// Makes the liveness map hold exactly the interfaces either generation redirects into
@@ -650,19 +689,13 @@ impl Dataplane {
         for (slot, ring) in image.rings.iter().enumerate() {
             for (i, entry) in ring.iter().enumerate() {
                 let index = base + slot as u32 * RING_SIZE + i as u32;
-                let entry = RingEntry {
-                    ingress: self.slot_of(entry.ingress),
-                    egress: self.slot_of(entry.egress),
-                };
+                let entry = self.with_slots(entry);
                 self.ring.set(index, entry, 0).map_err(map_err(MAP_RING))?;
             }
             // Pins are honoured only for members listed here: written with the tables,
             // before any classifier entry points at them.
             for (key, entry) in members_of(gen, slot, ring) {
-                let entry = RingEntry {
-                    ingress: self.slot_of(entry.ingress),
-                    egress: self.slot_of(entry.egress),
-                };
+                let entry = self.with_slots(&entry);
                 self.members
                     .insert(key, entry, 0)
                     .map_err(map_err(MAP_MEMBERS))?;
@@ -707,8 +740,10 @@ impl Dataplane {
                 ifindex: *ifindex,
                 gen: gen as u32,
             };
+            let (slot, reverse_slot) = self.arrival_slots(image, *ifindex);
             let value = PortValue {
-                slot: self.member_slots.get(ifindex).copied().unwrap_or(0),
+                slot,
+                reverse_slot,
                 ..*value
             };
             self.ports

@@ -30,7 +30,8 @@ pub struct Health {
     samples: VecDeque<Sample>,
 }
 
-/// Per pair: the sum over its interfaces.
+/// Per pair: the sum over its sides (with crossed pairs an interface has a side for each of
+/// two pairs, each counted for its own pair), and its interfaces, once each.
 fn by_pair(
     members: &BTreeMap<Side, MemberCounter>,
 ) -> BTreeMap<String, (MemberCounter, Vec<String>)> {
@@ -41,7 +42,9 @@ fn by_pair(
         total.into_bytes += c.into_bytes;
         total.from_packets += c.from_packets;
         total.from_bytes += c.from_bytes;
-        ifaces.push(side.interface.clone());
+        if !ifaces.contains(&side.interface) {
+            ifaces.push(side.interface.clone());
+        }
     }
     out
 }
@@ -164,5 +167,48 @@ impl Health {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sfc_config::compile::Role;
+
+    use super::*;
+
+    fn side(pair: &str, interface: &str, role: Role) -> Side {
+        Side {
+            pair: pair.into(),
+            interface: interface.into(),
+            role,
+        }
+    }
+
+    fn counter(into_packets: u64, from_packets: u64) -> MemberCounter {
+        MemberCounter {
+            into_packets,
+            from_packets,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_side_of_a_crossed_interface_counts_for_its_own_pair() {
+        // PP-AB: a → b, PP-BA: b → a. 10 packets forward (through both), 4 in reverse.
+        let members = BTreeMap::from([
+            (side("PP-AB", "a", Role::Ingress), counter(10, 4)),
+            (side("PP-AB", "b", Role::Egress), counter(4, 10)),
+            (side("PP-BA", "b", Role::Ingress), counter(10, 4)),
+            (side("PP-BA", "a", Role::Egress), counter(4, 10)),
+            (side("PP-S", "s", Role::Both), counter(3, 3)),
+        ]);
+        let pairs = by_pair(&members);
+        let summary = |p: &str| {
+            let (c, ifaces) = &pairs[p];
+            (c.into_packets, c.from_packets, ifaces.clone())
+        };
+        assert_eq!(summary("PP-AB"), (14, 14, vec!["a".into(), "b".into()]));
+        assert_eq!(summary("PP-BA"), (14, 14, vec!["a".into(), "b".into()]));
+        assert_eq!(summary("PP-S"), (3, 3, vec!["s".to_string()]));
     }
 }

@@ -52,8 +52,23 @@ pub enum TraceError {
 pub struct Names {
     pub chains: BTreeMap<u16, String>,
     pub interfaces: BTreeMap<u32, String>,
-    /// Interface -> the port pair (and side) behind it.
+    /// Interface -> the port pair whose ingress it is: where forward traffic goes in.
     pub pairs: BTreeMap<u32, String>,
+    /// Interface -> the port pair whose egress it is (and side), where reverse traffic goes in:
+    /// with crossed pairs, another pair than the one it is the ingress of.
+    pub reverse_pairs: BTreeMap<u32, String>,
+}
+
+impl Names {
+    /// The pair (and side) a packet going `reverse` or not was sent into through `ifindex`.
+    fn target(&self, ifindex: u32, reverse: bool) -> Option<&String> {
+        let (first, then) = if reverse {
+            (&self.reverse_pairs, &self.pairs)
+        } else {
+            (&self.pairs, &self.reverse_pairs)
+        };
+        first.get(&ifindex).or_else(|| then.get(&ifindex))
+    }
 }
 
 /// The node's one trace: who holds it, and how to end it.
@@ -391,8 +406,7 @@ fn record(e: &TraceEvent, names: &Names, clock: &Clock) -> TraceRecord {
             .to_string(),
         target: (e.target_ifindex != 0).then(|| {
             names
-                .pairs
-                .get(&e.target_ifindex)
+                .target(e.target_ifindex, e.flags & FLAG_REVERSE != 0)
                 .cloned()
                 .unwrap_or_else(|| iface(e.target_ifindex))
         }),
@@ -407,5 +421,31 @@ fn record(e: &TraceEvent, names: &Names, clock: &Clock) -> TraceRecord {
         tapped: e.tapped != 0,
         generation: e.gen,
         flow,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_named_by_the_pair_the_packet_was_sent_into() {
+        // Crossed pairs: ifindex 3 is PP-AB's ingress and PP-BA's egress; 4 the other way
+        // round; 5 one pair's ingress and egress at once.
+        let names = Names {
+            pairs: BTreeMap::from([(3, "PP-AB".into()), (4, "PP-BA".into()), (5, "PP-S".into())]),
+            reverse_pairs: BTreeMap::from([
+                (3, "PP-BA (egress)".into()),
+                (4, "PP-AB (egress)".into()),
+            ]),
+            ..Default::default()
+        };
+        // Forward traffic goes into an ingress, reverse traffic into an egress.
+        assert_eq!(names.target(3, false).unwrap(), "PP-AB");
+        assert_eq!(names.target(3, true).unwrap(), "PP-BA (egress)");
+        assert_eq!(names.target(4, true).unwrap(), "PP-AB (egress)");
+        // One interface for both sides: its pair, either way.
+        assert_eq!(names.target(5, true).unwrap(), "PP-S");
+        assert_eq!(names.target(9, false), None);
     }
 }
