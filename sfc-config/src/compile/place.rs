@@ -1,17 +1,19 @@
 //! Where the dataplane classifies a classifier's packets.
 //!
-//! The datapath keeps no per-packet chain state: a packet is classified again wherever it
-//! arrives, at a logical port and each time it leaves an SF, in the classification domain of
-//! that place. Two classifiers of different chains that match the same packet in the same
-//! place would leave the datapath a choice it cannot make, so the overlap check of validation
-//! compares exactly the classifiers that share a place, and the compiler gives each place its
-//! domain. Both read the places from [`stops`], so that they cannot drift apart.
+//! A packet is classified wherever it arrives, at a logical port and each time it leaves an
+//! SF, in the classification domain of that place; where it enters a chain, the path it takes
+//! (classifier, direction) is recorded with its flow, and decides past the entry wherever
+//! paths meet. So two classifiers of different chains that match the same packet where they
+//! enter would leave the datapath a choice it cannot make: validation compares the classifiers
+//! entering at each logical port, and the compiler gives each place its domain. Both read the
+//! places from [`stops`], so that they cannot drift apart.
 //!
 //! The datapath classifies what arrives on an interface in one domain, so places whose packets
 //! arrive on one interface are one domain ([`Domains`]): with crossed pairs (one pair's egress
 //! is another's ingress) in a symmetric chain, forward traffic leaving one group and reverse
-//! traffic leaving another arrive on the same interface. Validation compares the classifiers
-//! of every place merged into a domain, and the compiler gives them one number.
+//! traffic leaving another arrive on the same interface. The compiler gives them one number;
+//! validation refuses the one thing a flow's path cannot tell apart there: one classifier going
+//! one way classified at two places of one domain.
 
 use std::collections::{BTreeMap, BTreeSet};
 
