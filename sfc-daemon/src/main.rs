@@ -55,8 +55,10 @@ struct Args {
     #[arg(long, value_name = "ENTRIES", value_parser = parse_size,
         default_value_t = Tables::default().flows)]
     flows_table_size: u32,
-    /// Entries of the flow-to-member pin table (group and flow hash). LRU: an evicted flow's
-    /// member is chosen again from its group's table, and may change if the group did.
+    /// Entries of each flow-to-member pin table (group and flow hash): flows seen once, and
+    /// flows seen again (established: a flood of new flows never evicts those). LRU: an
+    /// evicted flow's member is chosen again from its group's table, and may change if the
+    /// group did.
     #[arg(long, value_name = "ENTRIES", value_parser = parse_size,
         default_value_t = Tables::default().pins)]
     pins_table_size: u32,

@@ -87,6 +87,9 @@ static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPA
 #[map(name = "sfc_v4_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
+#[map(name = "sfc_v4_new_pins")]
+static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
+
 #[map(name = "sfc_v4_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
@@ -122,13 +125,11 @@ impl Scratch {
     }
 
     #[inline(always)]
-    fn decided(&self) -> Option<&'static Decision> {
-        unsafe {
-            if self.v4() {
-                DECISIONS4.get(&self.key4)
-            } else {
-                DECISIONS.get(&self.key)
-            }
+    fn decided(&self) -> Option<*mut Decision> {
+        if self.v4() {
+            DECISIONS4.get_ptr_mut(&self.key4)
+        } else {
+            DECISIONS.get_ptr_mut(&self.key)
         }
     }
 
@@ -363,7 +364,11 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     // goes back to an older one, so its generation needs no look-up; its state is read only
     // where it changes (entering the chain, leaving it).
     if let Some(d) = scratch.decided() {
+        let d = unsafe { &mut *d };
         if d.epoch == epoch {
+            if d.verdict.action == action::STEER && d.pinned == 0 {
+                establish(d);
+            }
             let v = &d.verdict;
             let bookkeeping =
                 v.action != 0 && (v.flags & FLAG_ENTRY != 0 || v.action != action::STEER);
@@ -391,6 +396,9 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     decision.epoch = epoch;
     decision.verdict = Verdict::default();
     decision.member = Member::default();
+    decision.pinned = 0;
+    decision.pin_hash = 0;
+    decision.pin_member = 0;
     decision.arrival_slot = 0;
     decision.entry_port = entry_port as u8;
     // Where paths meet that would take this packet different ways, its flow's path decides
@@ -410,7 +418,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     decision.verdict = *verdict;
     decision.arrival_slot = arrival_slot(port, verdict);
     if verdict.action == action::STEER {
-        decision.member = choose_member(pkt, verdict, gen == current);
+        choose_member(pkt, verdict, gen == current, decision);
     }
     // Only what the current generation decided, never "no member" (one may come back), and
     // not a choice that hashed MAC addresses (the key is the 5-tuple).
@@ -784,13 +792,14 @@ fn tap<C: Frame>(ctx: &C, pkt: &Packet, verdict: &Verdict) {
     let _ = ctx.set_destination_mac(&pkt.eth_dst);
 }
 
-/// Picks the member: the flow's pin if it has one and its member is still in the group (so
-/// a surviving member never loses a flow when the group changes, and a removed one keeps
-/// none), otherwise the Maglev table; the choice is pinned, from the active generation only
-/// (an older one may still hold members that are gone). `ifindex` 0: the group has no live
-/// member.
+/// Picks the member into `decision`: the flow's pin if it has one and its member is still in
+/// the group (so a surviving member never loses a flow when the group changes, and a removed
+/// one keeps none), otherwise the Maglev table; the choice is pinned, from the active
+/// generation only (an older one may still hold members that are gone). A flow's first pin
+/// goes into the new ones; seen again, it joins the established ones (here, or by
+/// [`establish`] on the decided path). Member `ifindex` 0: the group has no live member.
 #[inline(always)]
-fn choose_member(pkt: &Packet, verdict: &Verdict, active: bool) -> Member {
+fn choose_member(pkt: &Packet, verdict: &Verdict, active: bool, decision: &mut Decision) {
     let mut input = hash_input(pkt);
     if verdict.flags & FLAG_PORTLESS != 0 && verdict.lb_fields == 0 {
         // The classifier ignores ports: so does the default choice, or fragments whose first
@@ -803,29 +812,52 @@ fn choose_member(pkt: &Packet, verdict: &Verdict, active: bool) -> Member {
         group: verdict.group,
         hash,
     };
-    let pinned = unsafe { PINS.get(&pin) }.and_then(|ifindex| unsafe {
+    // A pin counts only while its member is still in the group's table.
+    let member_of = |ifindex: &u32| unsafe {
         MEMBERS.get(&MemberKey {
             slot: verdict.slot,
             ifindex: *ifindex,
         })
-    });
-    let entry = match pinned {
-        Some(entry) => *entry,
-        None => match RING.get(verdict.slot * RING_SIZE + hash % RING_SIZE) {
+    };
+    let (entry, pinned) = if let Some(entry) = unsafe { PINS.get(&pin) }.and_then(member_of) {
+        (*entry, true)
+    } else if let Some(entry) = unsafe { NEW_PINS.get(&pin) }.and_then(member_of) {
+        // Seen before: established now.
+        if active {
+            let _ = PINS.insert(&pin, &entry.ingress.ifindex, 0);
+        }
+        (*entry, active)
+    } else {
+        match RING.get(verdict.slot * RING_SIZE + hash % RING_SIZE) {
             Some(entry) if entry.ingress.ifindex != 0 => {
                 if active {
-                    let _ = PINS.insert(&pin, &entry.ingress.ifindex, 0);
+                    let _ = NEW_PINS.insert(&pin, &entry.ingress.ifindex, 0);
                 }
-                *entry
+                (*entry, false)
             }
-            _ => return Member::default(),
-        },
+            _ => return,
+        }
     };
-    if verdict.flags & FLAG_REVERSE != 0 {
+    decision.member = if verdict.flags & FLAG_REVERSE != 0 {
         entry.egress
     } else {
         entry.ingress
-    }
+    };
+    decision.pinned = pinned as u8;
+    decision.pin_hash = hash;
+    decision.pin_member = entry.ingress.ifindex;
+}
+
+/// The second packet of a decided flow: its pin joins the established ones, where a flood of
+/// new flows (which never get there) cannot evict it.
+#[inline(always)]
+fn establish(decision: &mut Decision) {
+    let pin = PinKey {
+        group: decision.verdict.group,
+        hash: decision.pin_hash,
+    };
+    let _ = PINS.insert(&pin, &decision.pin_member, 0);
+    decision.pinned = 1;
 }
 
 /// The flow state of this packet's flow, if it has one.

@@ -254,6 +254,42 @@ fn a_member_removed_from_its_group_loses_its_flows_and_only_those() {
     assert_eq!(flows_by_member(&mut sb, 40000..40032), after);
 }
 
+/// A flood of new flows, four times what each pin table holds, must not evict the pins of
+/// established flows (seen twice): when their group then changes (A's weight goes from 1 to
+/// 4, which moves some of B's flows to A in the Maglev table), every one stays on its member.
+/// Flows seen once are pinned apart, in the table the flood churns.
+#[test]
+fn a_flood_of_new_flows_leaves_established_flows_on_their_members() {
+    let tables = Tables {
+        pins: 1024,
+        ..Tables::default()
+    };
+    let mut sb = common::sandbox_with(&chain_yaml(), Mode::Tc, &SF_VETHS, tables);
+    let established = 40000..40128;
+    let before = flows_by_member(&mut sb, established.clone());
+    assert_eq!(
+        flows_by_member(&mut sb, established.clone()),
+        before,
+        "seen twice"
+    );
+    assert_eq!(before.len(), 2, "128 flows should use both members");
+    for sport in 1000..1000 + 4 * 1024 {
+        assert_eq!(run_on(&mut sb, &tcp4(sport, 80), 0).0, TC_ACT_REDIRECT);
+    }
+    let heavier_a = chain_yaml().replace(
+        "{ingress: sfa-in, egress: sfa-out}",
+        "{ingress: sfa-in, egress: sfa-out, weight: 4}",
+    );
+    assert_ne!(heavier_a, chain_yaml());
+    apply(&mut sb, &heavier_a);
+    std::thread::sleep(Duration::from_nanos(2 * sfc_common::GENERATION_LEASE_NS));
+    assert_eq!(flows_by_member(&mut sb, established), before);
+    // The change is real: of flows never seen, A now takes about four in five.
+    let fresh = flows_by_member(&mut sb, 50000..50200);
+    let on_a = fresh.get("sfa").map_or(0, Vec::len);
+    assert!(on_a > 140, "{on_a} of 200 new flows on A");
+}
+
 /// A member whose interface vanishes (or goes down) is not sent packets that would be lost
 /// while the agent catches up: they are dropped and counted as such, never as steered.
 #[test]

@@ -257,7 +257,7 @@ fn a_full_pins_table_shows_in_stats_and_metrics_and_is_counted_in_milliseconds()
         .unwrap_or_else(|| panic!("{stats}"));
     assert!(
         line.contains(&format!(" {entries} "))
-            && line.ends_with("full: flows are being evicted, raise --pins-table-size"),
+            && line.ends_with("full: established flows are being evicted, raise --pins-table-size"),
         "{line}"
     );
     assert!(stats.contains("(counted "), "{stats}");
@@ -270,9 +270,9 @@ fn a_full_pins_table_shows_in_stats_and_metrics_and_is_counted_in_milliseconds()
         PINS_CAPACITY as f64
     );
     assert_eq!(metric(&lab, r#"sfc_table_full{table="pins"}"#), 1.0);
-    assert!(lab
-        .daemon_log()
-        .contains("the pins table is full: flows are being evicted; raise --pins-table-size"));
+    assert!(lab.daemon_log().contains(
+        "the pins table is full: established flows are being evicted; raise --pins-table-size"
+    ));
 
     // Emptied, the table is counted again within the period, and no longer full.
     let keys: Vec<PinKey> = map.keys().filter_map(Result::ok).collect();

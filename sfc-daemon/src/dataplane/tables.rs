@@ -13,7 +13,7 @@ use std::{fs, io, path::Path};
 
 use sfc_common::{
     DECISIONS_CAPACITY, FLOWS_CAPACITY, FRAGMENTS_CAPACITY, MAP_DECISIONS, MAP_DECISIONS4,
-    MAP_FLOWS, MAP_FLOWS4, MAP_FRAGMENTS, MAP_PINS, PINS_CAPACITY,
+    MAP_FLOWS, MAP_FLOWS4, MAP_FRAGMENTS, MAP_NEW_PINS, MAP_PINS, PINS_CAPACITY,
 };
 use thiserror::Error;
 use tracing::warn;
@@ -103,7 +103,7 @@ const DECISIONS_LOST: &str = "cached decisions: the next packet of each flow is 
 
 impl Tables {
     /// Every table, in the order `stats` shows them.
-    pub fn list(&self) -> [Table; 6] {
+    pub fn list(&self) -> [Table; 7] {
         let flows = |label, map| Table {
             label,
             map,
@@ -129,9 +129,19 @@ impl Tables {
                 flag: "--pins-table-size",
                 size: self.pins,
                 lru: true,
-                when_full: "flows are being evicted",
+                when_full: "established flows are being evicted",
                 lost: "flow pins: each flow's member is chosen again from its group's table \
                     (the same member unless the group changed since the flow started)",
+            },
+            Table {
+                label: "new_pins",
+                map: MAP_NEW_PINS,
+                flag: "--pins-table-size",
+                size: self.pins,
+                lru: true,
+                when_full: "flows seen once are being evicted (established ones keep theirs)",
+                lost: "pins of flows seen once: their member is chosen again from its group's \
+                    table",
             },
             flows("flows", MAP_FLOWS),
             flows("flows4", MAP_FLOWS4),
@@ -223,6 +233,7 @@ mod tests {
             flags,
             [
                 ("pins", "--pins-table-size", PINS_CAPACITY),
+                ("new_pins", "--pins-table-size", PINS_CAPACITY),
                 ("flows", "--flows-table-size", FLOWS_CAPACITY),
                 ("flows4", "--flows-table-size", FLOWS_CAPACITY),
                 ("decisions", "--decisions-table-size", DECISIONS_CAPACITY),
