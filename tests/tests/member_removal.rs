@@ -371,3 +371,62 @@ fn a_member_whose_interfaces_vanish_loses_its_flows_at_once_and_drops_are_target
         o.counter("target_down")
     );
 }
+
+/// Stickiness under churn: a flood of new flows, four times what the pin tables hold
+/// (`--pins-table-size 1024`), must not evict the pins of established flows, so that when
+/// their group then changes (PP1's weight goes from 1 to 4, which moves most of PP2's flows
+/// in the Maglev table) each stays on its member. Eight established flows on PP2: were their
+/// pins evicted, each would move with a chance of about three in five.
+#[test]
+fn established_flows_keep_their_member_through_a_flood_and_a_group_change() {
+    let demo = Demo::build_with("churn", &["--pins-table-size", "1024"]).unwrap();
+    demo.apply(&chain("PP1, PP2"));
+    // Five datagrams each: seen again, so established.
+    let mut flows = Vec::new();
+    let mut next = 30000;
+    for _ in 0..8 {
+        let sport = flow_on(&demo, PORT_A, "PP2", next);
+        flows.push(sport);
+        next = sport + 1;
+    }
+    // The flood: 4000 flows of one datagram each, a thousand source ports at a time (each
+    // port a socket of its own).
+    let before = demo.lab.stats().unwrap();
+    for k in 0..4 {
+        let first = 20000 + 1000 * k;
+        demo.lab
+            .sh(
+                "src",
+                &format!(
+                    "python3 {} send {DST_V4} {PORT_A} 1000 20000 {first}-{}",
+                    script("udp_stream.py"),
+                    first + 999
+                ),
+            )
+            .unwrap();
+    }
+    let flooded = wait_for(Duration::from_secs(5), || {
+        let now = demo.lab.stats().ok()?;
+        let d = |p: &str| now.into_pair(p) - before.into_pair(p);
+        (d("PP1") + d("PP2") >= 4000).then_some(())
+    });
+    assert!(flooded.is_some(), "the flood did not all go into PG1");
+    demo.apply(&chain("PP1, PP2").replace(
+        "{ingress: sf1-in, egress: sf1-out}",
+        "{ingress: sf1-in, egress: sf1-out, weight: 4}",
+    ));
+    for sport in flows {
+        let before = demo.lab.stats().unwrap();
+        send(&demo, PORT_A, sport, 5);
+        let into = wait_for(Duration::from_secs(2), || {
+            let now = demo.lab.stats().ok()?;
+            let d = |p: &str| now.into_pair(p) - before.into_pair(p);
+            (d("PP1") + d("PP2") == 5).then(|| (d("PP1"), d("PP2")))
+        });
+        assert_eq!(
+            into,
+            Some((0, 5)),
+            "flow from port {sport} after the flood and the change"
+        );
+    }
+}
