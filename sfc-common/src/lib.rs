@@ -412,6 +412,10 @@ pub const FLAG_DELIVER_PEER: u8 = 4;
 /// `Verdict::flags`: the classifier matches no L4 ports, so the member choice ignores them:
 /// every packet of a flow, fragment or not, reaches the same member.
 pub const FLAG_PORTLESS: u8 = 8;
+/// `Verdict::flags`: the hop's group has one member, so a flow's first packet there needs no
+/// pin: its choice cannot differ from the next packet's unless the group changes in between
+/// (a flow is pinned from its second packet, as every flow is established then).
+pub const FLAG_ONE_MEMBER: u8 = 16;
 
 /// `Member::slot` bit: the interface is a veth whose peer is in another namespace: the packet
 /// is redirected straight into the peer's ingress (`bpf_redirect_peer`: no second pass
@@ -465,7 +469,10 @@ pub struct FlowState {
     pub mac: [u8; 6],
     /// Generation steering the flow (`epoch & 1` when it last switched).
     pub gen: u8,
-    pub _pad: u8,
+    /// 1 once a second packet of the flow entered: from then on its decisions are remembered
+    /// past the entry too. (A pad byte before, always 0: an older datapath's entries read as
+    /// flows seen once, which costs them one slow packet per hop, hence no new ABI version.)
+    pub seen_twice: u8,
     /// The path it entered by (`Verdict::path`), of that generation.
     pub path: u32,
     pub _pad2: u32,

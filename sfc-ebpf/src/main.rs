@@ -38,11 +38,12 @@ use sfc_common::{
     DecisionKey4, FlowState, FlowTuple, FlowTuple4, FragmentKey, FragmentState, HashInput, Member,
     MemberCounter, MemberKey, PinKey, PortKey, PortValue, RingEntry, SourcePorts, TraceEvent,
     TraceFilter, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS,
-    COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS,
-    FLAG_REVERSE, FLOWS_CAPACITY, FRAGMENTS_CAPACITY, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS,
-    LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY,
-    PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SLOTS_PER_GEN,
-    SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES,
+    COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY,
+    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLOWS_CAPACITY, FRAGMENTS_CAPACITY,
+    FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY,
+    MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS,
+    PORT_PASS_UNPARSABLE, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN,
+    TRACE_EVENTS_BYTES,
 };
 
 use crate::{
@@ -417,8 +418,9 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     };
     decision.verdict = *verdict;
     decision.arrival_slot = arrival_slot(port, verdict);
+    let first = first_packet(verdict, flow);
     if verdict.action == action::STEER {
-        choose_member(pkt, verdict, gen == current, decision);
+        choose_member(pkt, verdict, gen == current, first, decision);
     }
     // Only what the current generation decided, never "no member" (one may come back), and
     // not a choice that hashed MAC addresses (the key is the 5-tuple).
@@ -426,10 +428,25 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     // Nor a flow whose path was not known: its next packet may know it.
     let path_unknown = decision.verdict.action == action::PATH_UNKNOWN;
     let by_mac = decision.verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) != 0;
-    if gen == current && !no_member && !path_unknown && !by_mac {
+    if gen == current && !no_member && !path_unknown && !by_mac && !first {
         scratch.remember_decision();
     }
     act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
+}
+
+/// Whether this is the first packet of a flow that enters a chain (then its flow state is
+/// made now, or was made by this very packet where it entered). Its decisions are not
+/// remembered: a flood of flows that send one packet each would otherwise write a decision at
+/// every hop and evict the decided flows; the flow's second packet remembers them. A flow
+/// without flow state past its entry (a chain of taps only, or state lost to eviction) is
+/// remembered at once, as it would otherwise never be.
+#[inline(always)]
+fn first_packet(verdict: &Verdict, flow: Option<*mut FlowState>) -> bool {
+    if verdict.flags & FLAG_ENTRY != 0 {
+        flow.is_none() && verdict.action == action::STEER
+    } else {
+        flow.is_some_and(|f| unsafe { (*f).seen_twice } == 0)
+    }
 }
 
 /// The member counter slot a packet arriving on `port` counts as "back out of an SF" in: the
@@ -797,9 +814,17 @@ fn tap<C: Frame>(ctx: &C, pkt: &Packet, verdict: &Verdict) {
 /// one keeps none), otherwise the Maglev table; the choice is pinned, from the active
 /// generation only (an older one may still hold members that are gone). A flow's first pin
 /// goes into the new ones; seen again, it joins the established ones (here, or by
-/// [`establish`] on the decided path). Member `ifindex` 0: the group has no live member.
+/// [`establish`] on the decided path). A group of one member pins no first packet, and a
+/// flow's later packets join the established ones at once. Member `ifindex` 0: the group has
+/// no live member.
 #[inline(always)]
-fn choose_member(pkt: &Packet, verdict: &Verdict, active: bool, decision: &mut Decision) {
+fn choose_member(
+    pkt: &Packet,
+    verdict: &Verdict,
+    active: bool,
+    first: bool,
+    decision: &mut Decision,
+) {
     let mut input = hash_input(pkt);
     if verdict.flags & FLAG_PORTLESS != 0 && verdict.lb_fields == 0 {
         // The classifier ignores ports: so does the default choice, or fragments whose first
@@ -819,7 +844,20 @@ fn choose_member(pkt: &Packet, verdict: &Verdict, active: bool, decision: &mut D
             ifindex: *ifindex,
         })
     };
-    let (entry, pinned) = if let Some(entry) = unsafe { PINS.get(&pin) }.and_then(member_of) {
+    let ring = || match RING.get(verdict.slot * RING_SIZE + hash % RING_SIZE) {
+        Some(entry) if entry.ingress.ifindex != 0 => Some(entry),
+        _ => None,
+    };
+    let (entry, pinned) = if verdict.flags & FLAG_ONE_MEMBER != 0 {
+        // A pin could only name the one member, or one that left: none is looked up. It is
+        // written for the day the group grows, from the flow's second packet.
+        let Some(entry) = ring() else { return };
+        let established = active && !first;
+        if established {
+            let _ = PINS.insert(&pin, &entry.ingress.ifindex, 0);
+        }
+        (*entry, established)
+    } else if let Some(entry) = unsafe { PINS.get(&pin) }.and_then(member_of) {
         (*entry, true)
     } else if let Some(entry) = unsafe { NEW_PINS.get(&pin) }.and_then(member_of) {
         // Seen before: established now.
@@ -828,15 +866,11 @@ fn choose_member(pkt: &Packet, verdict: &Verdict, active: bool, decision: &mut D
         }
         (*entry, active)
     } else {
-        match RING.get(verdict.slot * RING_SIZE + hash % RING_SIZE) {
-            Some(entry) if entry.ingress.ifindex != 0 => {
-                if active {
-                    let _ = NEW_PINS.insert(&pin, &entry.ingress.ifindex, 0);
-                }
-                (*entry, false)
-            }
-            _ => return,
+        let Some(entry) = ring() else { return };
+        if active {
+            let _ = NEW_PINS.insert(&pin, &entry.ingress.ifindex, 0);
         }
+        (*entry, false)
     };
     decision.member = if verdict.flags & FLAG_REVERSE != 0 {
         entry.egress
@@ -897,13 +931,16 @@ fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8, path: u32) {
             if (*flow).mac != pkt.eth_dst {
                 (*flow).mac = pkt.eth_dst;
             }
+            if (*flow).seen_twice == 0 {
+                (*flow).seen_twice = 1;
+            }
             add_inflight(flow, 1);
         },
         None => {
             let state = FlowState {
                 mac: pkt.eth_dst,
                 gen,
-                _pad: 0,
+                seen_twice: 0,
                 path,
                 _pad2: 0,
                 inflight: 1,

@@ -468,7 +468,7 @@ fn chains_sharing_a_group_keep_each_flow_on_the_chain_it_entered() {
 }
 
 #[test]
-fn no_decision_is_remembered_for_traffic_that_matches_nothing() {
+fn no_decision_is_remembered_for_traffic_that_matches_nothing_nor_for_a_first_packet() {
     let mut sb = sandbox(&chain_yaml());
     let path = sb.bpffs.0.join("maps").join(sfc_common::MAP_DECISIONS4);
     let decisions = || -> usize {
@@ -480,6 +480,10 @@ fn no_decision_is_remembered_for_traffic_that_matches_nothing() {
     for sport in 40000..40100 {
         assert_eq!(run_on(&mut sb, &tcp4(sport, 81), 0).0, TC_ACT_NEXT);
     }
+    assert_eq!(decisions(), 0);
+    // Nor for a flow's first packet (a flood of new flows would evict the decided ones); its
+    // second one is remembered.
+    assert_eq!(run_on(&mut sb, &tcp4(40000, 80), 0).0, TC_ACT_REDIRECT);
     assert_eq!(decisions(), 0);
     assert_eq!(run_on(&mut sb, &tcp4(40000, 80), 0).0, TC_ACT_REDIRECT);
     assert_eq!(decisions(), 1);

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sfc_common::{
     action, ClassEntry, ClassKey, Member, PortValue, RingEntry, SourcePorts, TupleMask, Verdict,
-    COUNTERS_PER_GEN, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES,
-    PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SIDE_EGRESS,
-    SLOT_PEER,
+    COUNTERS_PER_GEN, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE,
+    MAX_TUPLES, PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE,
+    SIDE_EGRESS, SLOT_PEER,
 };
 
 pub mod capacity;
@@ -918,6 +918,11 @@ impl<'s> Compiler<'s> {
                         .lb_fields
                         .iter()
                         .fold(0, |acc, f| acc | f.bit()),
+                    flags: if self.state.port_pair_groups[*g].port_pairs.len() == 1 {
+                        FLAG_ONE_MEMBER
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 },
                 *tap,

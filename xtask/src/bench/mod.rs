@@ -146,6 +146,8 @@ impl Plan {
             "hops": self.hops,
             "systems": self.systems.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "udp": format!("64-byte frames from {} sendmmsg sender threads, {:?} warm-up, {:?} counted at the destination", senders(), self.warmup, self.window),
+            "flow_mixes": format!("64-byte frames from {} packet-socket sender threads (sendmmsg): one flow per sender; 10 000 flows, each sender cycling through its share; a new flow every frame (source port stepping through 64 000 values, the destination port moving on each lap); {:?} warm-up, {:?} counted at the destination", senders(), self.warmup, self.window),
+            "tcp_connections": format!("{} clients, each in a loop: connect, an {}-byte request, a {}-byte answer, the server closes; {:?} warm-up, {:?} counted", senders(), traffic::REQUEST.len(), traffic::ANSWER.len(), self.warmup, self.window),
             "udp_xdp": format!("the same frames sent as XDP frames out of the source's NIC (BPF_PROG_TEST_RUN, live frames, XDP_TX) by {} threads as fast as they can, {:?} warm-up, {:?} counted at the destination", senders(), self.warmup, self.window),
             "tcp": match self.tcp_bytes { Some(b) => format!("iperf3 -n {b}"), None => format!("iperf3 -t {}", self.tcp_seconds) },
             "latency": format!("{} pings at 1 ms intervals", self.pings),

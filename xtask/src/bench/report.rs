@@ -8,11 +8,23 @@ use serde_json::{json, Value};
 
 use super::classifier;
 
-/// Metrics, in table order: (key, column title, scale from the sample's unit to the shown one).
-pub const METRICS: [(&str, &str, f64); 7] = [
-    ("udp64_pps", "64-byte UDP (Mpps)", 1e-6),
-    ("udp64_xdp_pps", "64-byte UDP, XDP frames (Mpps)", 1e-6),
+/// A table's metrics, in column order: (key, column title, scale from the sample's unit to the
+/// shown one).
+type Metrics = [(&'static str, &'static str, f64)];
+
+/// Packet rates: 64-byte UDP from sockets, from a packet socket in each flow mix, as XDP frames.
+const RATES: &Metrics = &[
+    ("udp64_pps", "UDP sockets, 1 flow/sender", 1e-6),
+    ("flows_one_pps", "1 flow/sender", 1e-6),
+    ("flows_10k_pps", "10 000 flows", 1e-6),
+    ("flows_new_pps", "a new flow every packet", 1e-6),
+    ("udp64_xdp_pps", "XDP frames, 1 flow", 1e-6),
+];
+
+/// Everything else.
+const OTHERS: &Metrics = &[
     ("tcp_gbps", "TCP (Gbit/s)", 1.0),
+    ("tcp_conn_per_s", "TCP connections/s", 1.0),
     ("rtt_p50_us", "RTT p50 (µs)", 1.0),
     ("rtt_p99_us", "RTT p99 (µs)", 1.0),
     ("apply_ms", "apply (ms)", 1.0),
@@ -112,37 +124,11 @@ impl Report {
             m["loadavg"].as_str().unwrap_or("?"),
             json["config"]["rounds"]
         );
-        md += "| system | hops |";
-        for (_, title, _) in METRICS {
-            md += &format!(" {title} |");
-        }
-        md += "\n|---|---:|";
-        md += &"---:|".repeat(METRICS.len());
-        md += "\n";
-        let mut cells: BTreeMap<(usize, &str, usize), BTreeMap<&str, Stat>> = BTreeMap::new();
-        for ((order, system, hops, metric), v) in &self.samples {
-            cells
-                .entry((*order, system, *hops))
-                .or_default()
-                .insert(metric, stat(v));
-        }
-        for ((_, system, hops), stats) in &cells {
-            md += &format!("| {system} | {hops} |");
-            for (key, _, scale) in METRICS {
-                match stats.get(key) {
-                    Some(s) => {
-                        md += &format!(
-                            " {} ({}–{}) |",
-                            fmt(s.median * scale),
-                            fmt(s.min * scale),
-                            fmt(s.max * scale)
-                        )
-                    }
-                    None => md += " – |",
-                }
-            }
-            md += "\n";
-        }
+        md += "64-byte UDP packets received per second at the destination (Mpps). The flow mixes are \
+               frames from a packet socket per sender, whose UDP ports say the flow:\n\n";
+        md += &self.table(RATES);
+        md += "\nTCP, latency and the time a chain takes to apply:\n\n";
+        md += &self.table(OTHERS);
         if !self.classifier.is_empty() {
             md += "\nClassifier cost per packet (BPF_PROG_TEST_RUN, median of 3 runs; a new flow: the mean over 2000 flows never seen), beside one hash lookup measured the same way:\n\n";
             md += "| classifiers | mix | case | sfc-tc (ns) | one hash lookup (ns) | apply (ms) |\n|---:|---|---|---:|---:|---:|\n";
@@ -169,6 +155,42 @@ impl Report {
             for e in &self.errors {
                 md += &format!("- {}\n", e.replace('\n', " "));
             }
+        }
+        md
+    }
+
+    /// One row per system and chain length, one column per metric: median (min–max).
+    fn table(&self, metrics: &Metrics) -> String {
+        let mut md = "| system | hops |".to_string();
+        for (_, title, _) in metrics {
+            md += &format!(" {title} |");
+        }
+        md += "\n|---|---:|";
+        md += &"---:|".repeat(metrics.len());
+        md += "\n";
+        let mut cells: BTreeMap<(usize, &str, usize), BTreeMap<&str, Stat>> = BTreeMap::new();
+        for ((order, system, hops, metric), v) in &self.samples {
+            cells
+                .entry((*order, system, *hops))
+                .or_default()
+                .insert(metric, stat(v));
+        }
+        for ((_, system, hops), stats) in &cells {
+            md += &format!("| {system} | {hops} |");
+            for (key, _, scale) in metrics {
+                match stats.get(key) {
+                    Some(s) => {
+                        md += &format!(
+                            " {} ({}–{}) |",
+                            fmt(s.median * scale),
+                            fmt(s.min * scale),
+                            fmt(s.max * scale)
+                        )
+                    }
+                    None => md += " – |",
+                }
+            }
+            md += "\n";
         }
         md
     }
@@ -231,9 +253,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 data = json.load(open(sys.argv[1]))
 m = data["machine"]
-panels = [("udp64_pps", "from sockets (sendmmsg)"), ("udp64_xdp_pps", "from XDP frames (live BPF_PROG_TEST_RUN)")]
-fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=100)
-for ax, (metric, source) in zip(axes, panels):
+panels = [("flows_one_pps", "one flow per sender"), ("flows_10k_pps", "10 000 recurring flows"),
+          ("flows_new_pps", "a new flow on every packet"), ("udp64_xdp_pps", "as XDP frames, one flow")]
+fig, axes = plt.subplots(2, 2, figsize=(13, 10), dpi=100)
+for ax, (metric, source) in zip(axes.flat, panels):
     rows = [r for r in data["rows"] if r["metric"] == metric]
     systems = []
     for r in rows:

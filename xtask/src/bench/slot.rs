@@ -64,6 +64,16 @@ fn measure(
     })?;
     report.add(order, name, hops, "udp64_pps", pps);
     check_interrupt()?;
+    line += &format!("{:.3} Mpps", pps / 1e6);
+    for mix in traffic::MIXES {
+        let pps = along_the_chain(topo, hops, || {
+            traffic::packet_rate_mix(&src, &dst, mix, senders(), plan.warmup, plan.window)
+        })
+        .with_context(|| format!("flow mix {mix:?}"))?;
+        report.add(order, name, hops, mix.metric(), pps);
+        line += &format!(" / {:.3}", pps / 1e6);
+        check_interrupt()?;
+    }
     // The same frames arriving as XDP frames: the source's veth end hands them over to NAPI on
     // the node's end, which takes them only with GRO on (or an XDP program attached).
     let object = runner.object()?;
@@ -78,6 +88,12 @@ fn measure(
     let gbps = traffic::tcp_throughput(topo, plan.tcp_seconds, plan.tcp_bytes)?;
     report.add(order, name, hops, "tcp_gbps", gbps);
     check_interrupt()?;
+    let conns = along_the_chain(topo, hops, || {
+        traffic::connection_rate(&src, &dst, senders(), plan.warmup, plan.window)
+    })
+    .context("connection rate")?;
+    report.add(order, name, hops, "tcp_conn_per_s", conns);
+    check_interrupt()?;
     let mut rtts = traffic::ping_rtts(topo, plan.pings)?;
     rtts.sort_by(f64::total_cmp);
     let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
@@ -85,8 +101,7 @@ fn measure(
     report.add(order, name, hops, "rtt_p50_us", p50);
     report.add(order, name, hops, "rtt_p99_us", p99);
     line += &format!(
-        "{:.3} Mpps ({:.3} from XDP frames)  {gbps:.2} Gbit/s  rtt p50 {p50:.0} µs p99 {p99:.0} µs",
-        pps / 1e6,
+        " ({:.3} from XDP frames)  {gbps:.2} Gbit/s  {conns:.0} conn/s  rtt p50 {p50:.0} µs p99 {p99:.0} µs",
         xdp_pps / 1e6
     );
     Ok(line)

@@ -36,6 +36,8 @@ pub const SRC_MAC: [u8; 6] = [0x02, 0x5f, 0xc0, 0, 0, 0x0a];
 pub const VM_DST_MAC: &str = "02:5f:c0:00:00:0d";
 pub const PPS_PORT: u16 = 9;
 pub const PROBE_PORT: u16 = 7777;
+/// The connection-rate server's port, on [`DST`].
+pub const CONN_PORT: u16 = 8080;
 
 /// The bytes of one of the addresses above.
 pub fn octets(addr: &str) -> [u8; 4] {

@@ -3,14 +3,17 @@
 //!
 //! - packet rate: 64-byte UDP frames from one sendmmsg sender per core, counted as received
 //!   packets at the destination's interface (the kernel has no pktgen here and xdp-trafficgen
-//!   does not run on this kernel);
+//!   does not run on this kernel); from UDP sockets, from a packet socket in three flow mixes
+//!   ([`FlowMix`]), and as XDP frames;
 //! - TCP throughput: iperf3;
+//! - connection rate: short TCP connections (connect, a small request and answer, close);
 //! - latency: ping at 1 ms intervals, each reply's time.
 
 use std::{
-    net::{SocketAddrV4, UdpSocket},
-    os::fd::AsRawFd,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -98,28 +101,45 @@ fn while_sending(
     senders: usize,
     warmup: Duration,
     window: Duration,
-    send: impl Fn(&Sending, Instant) -> Result<u64> + Sync,
+    send: impl Fn(usize, &Sending, Instant) -> Result<u64> + Sync,
+) -> Result<(f64, u64)> {
+    while_running(senders, warmup + window, send, || {
+        received_rate(dst_ns, warmup, window)
+    })
+}
+
+/// Runs `workers` copies of `work` (given their index; see [`while_sending`]) and, once they
+/// all started, `measure`; then stops them. Returns what `measure` returned and the sum of what
+/// the workers returned.
+fn while_running(
+    workers: usize,
+    measuring: Duration,
+    work: impl Fn(usize, &Sending, Instant) -> Result<u64> + Sync,
+    measure: impl FnOnce() -> Result<f64>,
 ) -> Result<(f64, u64)> {
     let sending = Sending::default();
     let set_up_by = Instant::now() + Duration::from_secs(5);
-    let deadline = set_up_by + warmup + window + Duration::from_secs(5);
+    let deadline = set_up_by + measuring + Duration::from_secs(5);
     thread::scope(|s| {
-        let handles: Vec<_> = (0..senders)
-            .map(|_| s.spawn(|| send(&sending, deadline)))
+        let (sending, work) = (&sending, &work);
+        let handles: Vec<_> = (0..workers)
+            .map(|i| s.spawn(move || work(i, sending, deadline)))
             .collect();
-        // Bounded: a sender that fails before it starts ends the wait at `set_up_by`, and
+        // Bounded: a worker that fails before it starts ends the wait at `set_up_by`, and
         // its error is reported below.
-        while sending.started.load(Ordering::Relaxed) < senders && Instant::now() < set_up_by {
+        while sending.started.load(Ordering::Relaxed) < workers && Instant::now() < set_up_by {
             thread::sleep(Duration::from_millis(1));
         }
-        let measured = received_rate(dst_ns, warmup, window);
+        let measured = measure();
         sending.stop.store(true, Ordering::Relaxed);
         let mut sent = 0;
         for h in handles {
-            sent += h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+            sent += h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
         }
         if sent == 0 {
-            bail!("the senders sent nothing");
+            bail!("the workers did nothing");
         }
         Ok((measured?, sent))
     })
@@ -133,7 +153,7 @@ pub fn packet_rate(
     warmup: Duration,
     window: Duration,
 ) -> Result<f64> {
-    while_sending(dst_ns, senders, warmup, window, |sending, deadline| {
+    while_sending(dst_ns, senders, warmup, window, |_, sending, deadline| {
         flood(src_ns, sending, deadline)
     })
     .map(|(rate, _)| rate)
@@ -142,7 +162,11 @@ pub fn packet_rate(
 /// The 64-byte frame (60 without the FCS) the XDP frame source sends: UDP from the source to
 /// the sink, IPv4 header checksum filled in, no UDP checksum.
 fn udp64_frame() -> Vec<u8> {
-    let udp = frames::udp(topo::PPS_PORT, topo::PPS_PORT, &[0u8; PAYLOAD]);
+    udp64_frame_with_ports(topo::PPS_PORT, topo::PPS_PORT)
+}
+
+fn udp64_frame_with_ports(sport: u16, dport: u16) -> Vec<u8> {
+    let udp = frames::udp(sport, dport, &[0u8; PAYLOAD]);
     let mut ip = frames::ipv4(
         17,
         topo::octets(topo::SRC),
@@ -167,7 +191,7 @@ pub fn packet_rate_xdp_frames(
     window: Duration,
 ) -> Result<f64> {
     let frame = udp64_frame();
-    while_sending(dst_ns, senders, warmup, window, |sending, deadline| {
+    while_sending(dst_ns, senders, warmup, window, |_, sending, deadline| {
         netns::enter(src_ns)?;
         let ebpf = bpf::load_tx(object)?;
         let ifindex = netns::ifindex_here("eth0")?;
@@ -182,6 +206,263 @@ pub fn packet_rate_xdp_frames(
         Ok(sent)
     })
     .map(|(rate, _)| rate)
+}
+
+/// Which flows the frames of a packet-rate measurement belong to. Flows differ by UDP ports
+/// only, so every system steers them all (the chains match addresses) and the IPv4 header,
+/// its checksum included, stays the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowMix {
+    /// One flow per sender.
+    One,
+    /// This many flows in all, each sender cycling through its share of them.
+    Recurring(u32),
+    /// A flow never seen before on every frame: the source port steps through 64 000 values,
+    /// and the destination port moves on after each lap.
+    NewEveryFrame,
+}
+
+/// The mixes every system is measured in, at every chain length.
+pub const MIXES: [FlowMix; 3] = [
+    FlowMix::One,
+    FlowMix::Recurring(10_000),
+    FlowMix::NewEveryFrame,
+];
+
+/// Source ports of the mixes: 64 000 of them, from 1024.
+const FIRST_SPORT: u16 = 1024;
+const SPORTS: u64 = 64_000;
+
+impl FlowMix {
+    pub fn metric(self) -> &'static str {
+        match self {
+            FlowMix::One => "flows_one_pps",
+            FlowMix::Recurring(_) => "flows_10k_pps",
+            FlowMix::NewEveryFrame => "flows_new_pps",
+        }
+    }
+
+    /// The ports of sender `sender`'s (of `senders`) `n`-th frame.
+    fn ports(self, sender: usize, senders: usize, n: u64) -> (u16, u16) {
+        let sender = sender as u64;
+        match self {
+            FlowMix::One => (FIRST_SPORT + sender as u16, topo::PPS_PORT),
+            FlowMix::Recurring(flows) => {
+                let share = (flows as u64 / senders as u64).max(1);
+                let flow = sender * share + n % share;
+                (
+                    FIRST_SPORT + (flow % SPORTS) as u16,
+                    topo::PPS_PORT + (flow / SPORTS) as u16,
+                )
+            }
+            // Each sender has destination ports of its own: 20 000 laps of 64 000 frames
+            // before a flow comes back, far more than any window here sends.
+            FlowMix::NewEveryFrame => (
+                FIRST_SPORT + (n % SPORTS) as u16,
+                10_000 + (sender * 20_000 + (n / SPORTS) % 20_000) as u16,
+            ),
+        }
+    }
+}
+
+/// Sends 64-byte frames of `mix` out of the source's NIC through a packet socket (built here:
+/// a UDP socket cannot change its source port per datagram) until `stop`; returns the number
+/// sent. From the node's side they arrive exactly like the UDP sockets' frames.
+fn flood_frames(
+    src_ns: &str,
+    mix: FlowMix,
+    sender: usize,
+    senders: usize,
+    sending: &Sending,
+    deadline: Instant,
+) -> Result<u64> {
+    netns::enter(src_ns)?;
+    let ifindex = netns::ifindex_here("eth0")?;
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        bail!("packet socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened and owned by nobody else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&topo::SHARED_MAC);
+    let mut frames: Vec<Vec<u8>> = (0..BATCH).map(|_| udp64_frame()).collect();
+    // UDP header right after Ethernet (14) and IPv4 (20): source port, then destination port.
+    const PORTS: usize = 34;
+    let mut iovs: Vec<libc::iovec> = frames
+        .iter_mut()
+        .map(|f| libc::iovec {
+            iov_base: f.as_mut_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = &mut to as *mut libc::sockaddr_ll as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let (mut sent, mut failed) = (0u64, None);
+    sending.started();
+    while !sending.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        for (k, frame) in frames.iter_mut().enumerate() {
+            let (sport, dport) = mix.ports(sender, senders, sent + k as u64);
+            frame[PORTS..PORTS + 2].copy_from_slice(&sport.to_be_bytes());
+            frame[PORTS + 2..PORTS + 4].copy_from_slice(&dport.to_be_bytes());
+        }
+        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+        // ENOBUFS and the like: the path is saturated, which is the point; keep going. The
+        // frames of a short batch are sent again, so no flow of the mix is skipped.
+        if n > 0 {
+            sent += n as u64;
+        } else {
+            failed = Some(std::io::Error::last_os_error());
+        }
+    }
+    match (sent, failed) {
+        (0, Some(e)) => {
+            bail!("every sendmmsg on a packet socket in {src_ns} failed, the last with: {e}")
+        }
+        _ => Ok(sent),
+    }
+}
+
+/// Received packets per second at the destination, over `window` after `warmup`, of frames in
+/// flow mix `mix` sent from a packet socket per sender.
+pub fn packet_rate_mix(
+    src_ns: &str,
+    dst_ns: &str,
+    mix: FlowMix,
+    senders: usize,
+    warmup: Duration,
+    window: Duration,
+) -> Result<f64> {
+    while_sending(dst_ns, senders, warmup, window, |k, sending, deadline| {
+        flood_frames(src_ns, mix, k, senders, sending, deadline)
+    })
+    .map(|(rate, _)| rate)
+}
+
+/// The request and the answer of one short connection.
+pub const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+pub const ANSWER: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+/// Short TCP connections per second from the source to the destination, each: connect, send a
+/// small request, read the small answer to its end (the server closes first, so waiting
+/// connections pile up at the server, never as used source ports at the clients), close.
+/// Counted over `window` after `warmup`, from `clients` clients and as many server threads.
+pub fn connection_rate(
+    src_ns: &str,
+    dst_ns: &str,
+    clients: usize,
+    warmup: Duration,
+    window: Duration,
+) -> Result<f64> {
+    let listener = netns::run_in(dst_ns, || {
+        let l = TcpListener::bind(addr(topo::DST, topo::CONN_PORT))?;
+        // accept() wakes up every 20 ms to see whether to stop.
+        set_timeout(l.as_raw_fd(), libc::SO_RCVTIMEO, Duration::from_millis(20))?;
+        Ok(l)
+    })
+    .context("the connection-rate server")?;
+    let done = AtomicU64::new(0);
+    let (listener, done) = (&listener, &done);
+    let stop_servers = AtomicBool::new(false);
+    let stop_servers = &stop_servers;
+    thread::scope(|s| {
+        let servers: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut buf = [0u8; 256];
+                    let give_up = Instant::now() + warmup + window + Duration::from_secs(20);
+                    while !stop_servers.load(Ordering::Relaxed) && Instant::now() < give_up {
+                        let Ok((mut c, _)) = listener.accept() else {
+                            continue;
+                        };
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                        if matches!(c.read(&mut buf), Ok(n) if n > 0) {
+                            let _ = c.write_all(ANSWER);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let result = while_running(
+            clients,
+            warmup + window,
+            |_, sending, deadline| {
+                netns::enter(src_ns)?;
+                let to = std::net::SocketAddr::V4(addr(topo::DST, topo::CONN_PORT));
+                let mut answer = Vec::with_capacity(ANSWER.len());
+                let (mut ok, mut failed) = (0u64, None);
+                sending.started();
+                while !sending.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    answer.clear();
+                    let outcome = TcpStream::connect_timeout(&to, Duration::from_secs(1)).and_then(
+                        |mut c| {
+                            c.set_read_timeout(Some(Duration::from_secs(1)))?;
+                            c.write_all(REQUEST)?;
+                            c.read_to_end(&mut answer)
+                        },
+                    );
+                    match outcome {
+                        Ok(_) if answer == ANSWER => {
+                            ok += 1;
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => failed = Some("a truncated answer".to_string()),
+                        Err(e) => failed = Some(e.to_string()),
+                    }
+                }
+                match (ok, failed) {
+                    (0, Some(e)) => bail!("no connection completed; the last failed with: {e}"),
+                    _ => Ok(ok),
+                }
+            },
+            || {
+                thread::sleep(warmup);
+                let (c0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+                thread::sleep(window);
+                let c1 = done.load(Ordering::Relaxed);
+                Ok((c1 - c0) as f64 / t0.elapsed().as_secs_f64())
+            },
+        );
+        stop_servers.store(true, Ordering::Relaxed);
+        for h in servers {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a connection-rate server thread panicked"))?;
+        }
+        result.map(|(rate, _)| rate)
+    })
+}
+
+fn set_timeout(fd: i32, option: libc::c_int, timeout: Duration) -> Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    if r != 0 {
+        bail!("setsockopt: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// TCP throughput in Gbit/s: iperf3 for `seconds`, or for `bytes` when given (smoke).
