@@ -9,7 +9,10 @@
 
 use std::{
     fs,
+    io::{Read, Write},
+    net::TcpStream,
     process::{Child, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -19,7 +22,7 @@ use sfc_lab::{
     demo::{add_sf_links, configure_sf, Demo, DST_V4, SRC_V4},
     frames,
     lab::{script, wait_for, Stats},
-    yaml::one_group_udp_chain,
+    yaml::{doc, one_group_udp_chain},
 };
 
 const RATE: u64 = 1000;
@@ -375,12 +378,30 @@ fn a_member_whose_interfaces_vanish_loses_its_flows_at_once_and_drops_are_target
 /// Stickiness under churn: a flood of new flows, four times what the pin tables hold
 /// (`--pins-table-size 1024`), must not evict the pins of established flows, so that when
 /// their group then changes (PP1's weight goes from 1 to 4, which moves most of PP2's flows
-/// in the Maglev table) each stays on its member. Eight established flows on PP2: were their
+/// in the Maglev table) each stays on its member. On PP2: eight established UDP flows, and
+/// three long TCP connections that keep talking through the flood and the change. Were their
 /// pins evicted, each would move with a chance of about three in five.
 #[test]
 fn established_flows_keep_their_member_through_a_flood_and_a_group_change() {
-    let demo = Demo::build_with("churn", &["--pins-table-size", "1024"]).unwrap();
-    demo.apply(&chain("PP1, PP2"));
+    let mut demo = Demo::build_with("churn", &["--pins-table-size", "1024"]).unwrap();
+    demo.lab
+        .spawn(
+            "dst",
+            &format!("python3 {} serve {ECHO_PORT}", script("tcp_echo.py")),
+        )
+        .unwrap();
+    let server_up = wait_for(Duration::from_secs(10), || {
+        demo.lab
+            .sh(
+                "dst",
+                &format!("ss -ltn | grep -q ':{ECHO_PORT} ' && echo up"),
+            )
+            .ok()
+            .filter(|s| s.contains("up"))
+    });
+    assert!(server_up.is_some(), "echo server did not start");
+    demo.apply(&chain_with_tcp("PP1, PP2"));
+    let connections = connections_on_pp2(&demo, 3);
     // Five datagrams each: seen again, so established.
     let mut flows = Vec::new();
     let mut next = 30000;
@@ -389,32 +410,67 @@ fn established_flows_keep_their_member_through_a_flood_and_a_group_change() {
         flows.push(sport);
         next = sport + 1;
     }
-    // The flood: 4000 flows of one datagram each, a thousand source ports at a time (each
-    // port a socket of its own).
-    let before = demo.lab.stats().unwrap();
-    for k in 0..4 {
-        let first = 20000 + 1000 * k;
-        demo.lab
-            .sh(
-                "src",
-                &format!(
-                    "python3 {} send {DST_V4} {PORT_A} 1000 20000 {first}-{}",
-                    script("udp_stream.py"),
-                    first + 999
-                ),
-            )
-            .unwrap();
-    }
-    let flooded = wait_for(Duration::from_secs(5), || {
-        let now = demo.lab.stats().ok()?;
-        let d = |p: &str| now.into_pair(p) - before.into_pair(p);
-        (d("PP1") + d("PP2") >= 4000).then_some(())
+    // The connections talk every 20 ms from here until after the change.
+    let stop = AtomicBool::new(false);
+    let (connections, talked) = thread::scope(|s| {
+        let talking = s.spawn(|| {
+            let mut connections = connections;
+            let mut talked = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for c in &mut connections {
+                    round_trip(c).expect("a connection broke during the flood or the change");
+                }
+                talked += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            (connections, talked)
+        });
+        // The flood: 4000 flows of one datagram each, a thousand source ports at a time
+        // (each port a socket of its own).
+        let before = demo.lab.stats().unwrap();
+        for k in 0..4 {
+            let first = 20000 + 1000 * k;
+            demo.lab
+                .sh(
+                    "src",
+                    &format!(
+                        "python3 {} send {DST_V4} {PORT_A} 1000 20000 {first}-{}",
+                        script("udp_stream.py"),
+                        first + 999
+                    ),
+                )
+                .unwrap();
+        }
+        let flooded = wait_for(Duration::from_secs(5), || {
+            let now = demo.lab.stats().ok()?;
+            let d = |p: &str| now.into_pair(p) - before.into_pair(p);
+            (d("PP1") + d("PP2") >= 4000).then_some(())
+        });
+        assert!(flooded.is_some(), "the flood did not all go into PG1");
+        demo.apply(&chain_with_tcp("PP1, PP2").replace(
+            "{ingress: sf1-in, egress: sf1-out}",
+            "{ingress: sf1-in, egress: sf1-out, weight: 4}",
+        ));
+        thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        talking.join().expect("the talking thread panicked")
     });
-    assert!(flooded.is_some(), "the flood did not all go into PG1");
-    demo.apply(&chain("PP1, PP2").replace(
-        "{ingress: sf1-in, egress: sf1-out}",
-        "{ingress: sf1-in, egress: sf1-out, weight: 4}",
-    ));
+    assert!(talked > 10, "the connections talked only {talked} times");
+    let mut connections = connections;
+    let into = into_pg1(&demo, || {
+        for c in &mut connections {
+            for _ in 0..5 {
+                round_trip(c).unwrap();
+            }
+        }
+    });
+    assert!(
+        into.0 == 0 && into.1 > 0,
+        "the long connections after the flood and the change went (into PP1, into PP2) = {into:?}"
+    );
+    drop(connections);
+    thread::sleep(Duration::from_millis(200));
     for sport in flows {
         let before = demo.lab.stats().unwrap();
         send(&demo, PORT_A, sport, 5);
@@ -429,4 +485,71 @@ fn established_flows_keep_their_member_through_a_flood_and_a_group_change() {
             "flow from port {sport} after the flood and the change"
         );
     }
+}
+
+/// The echo server's port (tcp_echo.py), steered by [`chain_with_tcp`].
+const ECHO_PORT: u16 = 7000;
+
+/// [`chain`] with a second classifier: TCP to the echo server.
+fn chain_with_tcp(pairs: &str) -> String {
+    chain(pairs).replace("flowClassifiers: [FC1]", "flowClassifiers: [FC1, FC2]")
+        + &doc(
+            "FlowClassifier",
+            "FC2",
+            &format!(
+                "{{logicalSourcePort: vm-src, protocol: tcp, sourceIpPrefix: {SRC_V4}/32, \
+                 destinationIpPrefix: {DST_V4}/32, destinationPortRange: '{ECHO_PORT}'}}"
+            ),
+        )
+}
+
+/// One line to the echo server and its echo back.
+fn round_trip(c: &mut TcpStream) -> std::io::Result<()> {
+    c.write_all(b"ping\n")?;
+    let mut echo = [0u8; 5];
+    c.read_exact(&mut echo)
+}
+
+/// What went into PG1's members, (PP1, PP2), while `f` ran (and 200 ms after, for the last
+/// packets to be counted).
+fn into_pg1(demo: &Demo, f: impl FnOnce()) -> (u64, u64) {
+    let before = demo.lab.stats().unwrap();
+    f();
+    thread::sleep(Duration::from_millis(200));
+    let now = demo.lab.stats().unwrap();
+    let d = |p: &str| now.into_pair(p) - before.into_pair(p);
+    (d("PP1"), d("PP2"))
+}
+
+/// `n` TCP connections to the echo server that PG1 put on PP2 (each has talked, so it is
+/// established): connections are opened one at a time, and those that went elsewhere closed.
+fn connections_on_pp2(demo: &Demo, n: usize) -> Vec<TcpStream> {
+    let mut kept = Vec::new();
+    for _ in 0..32 {
+        let mut c = demo
+            .lab
+            .run_in("src", || {
+                let to = format!("{DST_V4}:{ECHO_PORT}").parse().unwrap();
+                let c = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+                c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                Ok(c)
+            })
+            .unwrap();
+        let into = into_pg1(demo, || {
+            for _ in 0..3 {
+                round_trip(&mut c).unwrap();
+            }
+        });
+        if into.0 == 0 && into.1 > 0 {
+            kept.push(c);
+            if kept.len() == n {
+                return kept;
+            }
+        } else {
+            // Its closing packets must not count in the next one's figures.
+            drop(c);
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    panic!("fewer than {n} of 32 connections went to PP2");
 }
