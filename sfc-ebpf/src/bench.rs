@@ -5,6 +5,8 @@
 //!   one array read keyed by the ingress ifindex, a destination-MAC rewrite straight in packet
 //!   memory and the redirect the steering program uses into an SF's veth (straight into the
 //!   peer's ingress).
+//! - `sfc_bench_redirect_xdp`: the "upper-bound-xdp" system, the same in native XDP (as
+//!   `sfc-xdp` redirects: `bpf_redirect` into the SF's veth, whose peer takes XDP frames).
 //! - `sfc_bench_lookup`: the baseline for the classifier's cost, one hash lookup keyed by the
 //!   IPv4 destination address, whatever its result.
 //! - `sfc_bench_tx`: the frame source of the XDP-frame packet rate: run through
@@ -14,8 +16,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{xdp_action::XDP_TX, TC_ACT_OK},
-    helpers::{bpf_redirect_peer, bpf_skb_change_type},
+    bindings::{
+        xdp_action::{XDP_PASS, XDP_TX},
+        TC_ACT_OK,
+    },
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_type},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap},
     programs::{TcContext, XdpContext},
@@ -40,32 +45,46 @@ static HASH: HashMap<u32, u32> = HashMap::with_max_entries(1 << 17, 0);
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_HLEN: usize = 14;
 
-#[classifier]
-pub fn sfc_bench_redirect(ctx: TcContext) -> i32 {
-    // Packet memory read and written directly, as the steering program does (not through
-    // the load/store helpers): an upper bound must not pay what the measured program avoids.
-    let (start, end) = (ctx.data(), ctx.data_end());
+/// Where an IPv4 frame at `start..end` that arrived on `ifindex` goes, its destination MAC
+/// already rewritten; None for anything else (ARP among it), which is left to the stack.
+/// Packet memory is read and written directly, as the steering program does (not through
+/// the load/store helpers): an upper bound must not pay what the measured program avoids.
+#[inline(always)]
+fn next_hop(start: usize, end: usize, ifindex: u32) -> Option<u32> {
     if start + ETH_HLEN > end {
-        return TC_ACT_OK;
+        return None;
     }
-    // Leave ARP and everything else that is not IPv4 to the stack.
     // SAFETY: the bound above covers the Ethernet header.
     let ethertype = unsafe { *((start + 12) as *const [u8; 2]) };
     if u16::from_be_bytes(ethertype) != ETH_P_IPV4 {
-        return TC_ACT_OK;
+        return None;
     }
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let next = match NEXT.get(ifindex) {
-        Some(next) if next.ifindex != 0 => *next,
-        _ => return TC_ACT_OK,
-    };
+    let next = NEXT.get(ifindex).filter(|n| n.ifindex != 0)?;
     // SAFETY: as above.
     unsafe { *(start as *mut [u8; 6]) = next.mac };
+    Some(next.ifindex)
+}
+
+#[classifier]
+pub fn sfc_bench_redirect(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(next) = next_hop(ctx.data(), ctx.data_end(), ifindex) else {
+        return TC_ACT_OK;
+    };
     // As the steering program does: the peer's ingress skips eth_type_trans, so mark the
     // frame as addressed to that host (PACKET_HOST) first.
     unsafe {
         bpf_skb_change_type(ctx.skb.skb, 0);
-        bpf_redirect_peer(next.ifindex, 0) as i32
+        bpf_redirect_peer(next, 0) as i32
+    }
+}
+
+#[xdp]
+pub fn sfc_bench_redirect_xdp(ctx: XdpContext) -> u32 {
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match next_hop(ctx.data(), ctx.data_end(), ifindex) {
+        Some(next) => unsafe { bpf_redirect(next, 0) as u32 },
+        None => XDP_PASS,
     }
 }
 

@@ -1814,13 +1814,24 @@ mod tests {
             [
                 // Forward: enter at src to g1, leave g1 to g2 (copied to the tap first),
                 // leave g2 to dst.
-                (src, 0, steer, 0, k1, 5, FLAG_ENTRY, 0, 0),
-                (g1, 1, steer, 1, k2, 1, 0, 5, 0),
+                // (Both groups have one member.)
+                (src, 0, steer, 0, k1, 5, FLAG_ENTRY | FLAG_ONE_MEMBER, 0, 0),
+                (g1, 1, steer, 1, k2, 1, FLAG_ONE_MEMBER, 5, 0),
                 (g2, 2, deliver, 0, 0, 2, FLAG_DELIVER_PEER, 0, 7),
                 // Reverse: enter at dst to g2 (hop 1, as going forward), leave g2 through its
                 // ingress to the tap and g1 (hop 0), leave g1 to src.
-                (dst, 1, steer, 1, k2, 6, FLAG_ENTRY | FLAG_REVERSE, 0, 0),
-                (g2 + 1, 0, steer, 0, k1, 3, FLAG_REVERSE, 5, 0),
+                (
+                    dst,
+                    1,
+                    steer,
+                    1,
+                    k2,
+                    6,
+                    FLAG_ENTRY | FLAG_REVERSE | FLAG_ONE_MEMBER,
+                    0,
+                    0
+                ),
+                (g2 + 1, 0, steer, 0, k1, 3, FLAG_REVERSE | FLAG_ONE_MEMBER, 5, 0),
                 (
                     g1 + 1,
                     2,

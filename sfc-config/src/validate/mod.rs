@@ -1008,6 +1008,9 @@ fn conflicts<'s>(
     let mut within: BTreeMap<(&str, &str, &str), Meeting> = BTreeMap::new();
     for (port, members) in &ports {
         let members: Vec<(&str, Direction)> = members.iter().copied().collect();
+        // Keyed by chain and direction: classifiers of one chain going one way may overlap
+        // (the most specific wins), so those pairs are never even listed; with nested
+        // prefixes in one chain they are most pairs.
         let items: Vec<((&str, Direction), &Match)> = members
             .iter()
             .map(|&(fc, direction)| {
@@ -1015,16 +1018,13 @@ fn conflicts<'s>(
                     Direction::Forward => &matches[fc],
                     Direction::Reverse => &reversed[fc],
                 };
-                ((fc, direction), m)
+                ((fc_chain[fc], direction), m)
             })
             .collect();
         for (i, j) in overlap::overlapping_pairs(&items) {
             let ((mut a, mut da), (mut b, mut db)) = (members[i], members[j]);
             let (ca, cb) = (fc_chain[a], fc_chain[b]);
             if ca == cb {
-                if da == db {
-                    continue;
-                }
                 let at = Meeting { port, da, db };
                 within
                     .entry((ca, a, b))

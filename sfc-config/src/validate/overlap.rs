@@ -73,6 +73,11 @@ impl PrefixIndex {
 /// Pairs `(i, j)` with `i < j`, of items of different groups (`key`), whose matches overlap.
 /// Sorted, without duplicates.
 pub fn overlapping_pairs<K: PartialEq>(items: &[(K, &Match)]) -> Vec<(usize, usize)> {
+    // One group (one chain going one way, at most ports): nothing to compare. Nested prefixes
+    // would otherwise make every classifier a candidate of its ancestors.
+    if items.iter().all(|(k, _)| *k == items[0].0) {
+        return Vec::new();
+    }
     let mut dst = PrefixIndex::default();
     let mut src = PrefixIndex::default();
     for (i, (_, m)) in items.iter().enumerate() {

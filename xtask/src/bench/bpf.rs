@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, HashMap},
     programs::{
         tc::TcAttachType, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, TestRunResult,
-        Xdp,
+        Xdp, XdpMode,
     },
     Ebpf,
 };
@@ -83,16 +83,30 @@ pub struct Hop {
     pub mac: [u8; 6],
 }
 
-/// Loads (and verifies) `sfc_bench_redirect`, not yet attached.
-pub fn load_redirect(object: &Path) -> Result<Ebpf> {
+/// The hard-wired redirect program of each hook.
+const REDIRECT_TC: &str = "sfc_bench_redirect";
+const REDIRECT_XDP: &str = "sfc_bench_redirect_xdp";
+
+/// Loads (and verifies) the hard-wired redirect program, TC or (`xdp`) XDP, not yet attached.
+pub fn load_redirect(object: &Path, xdp: bool) -> Result<Ebpf> {
     let mut ebpf = load(object)?;
-    classifier(&mut ebpf, "sfc_bench_redirect")?;
+    if xdp {
+        let program: &mut Xdp = ebpf
+            .program_mut(REDIRECT_XDP)
+            .with_context(|| format!("no program {REDIRECT_XDP} in the bench object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("loading {REDIRECT_XDP}"))?;
+    } else {
+        classifier(&mut ebpf, REDIRECT_TC)?;
+    }
     Ok(ebpf)
 }
 
-/// Fills the program's table and attaches it (TCX ingress) to every `from` interface in
-/// namespace `ns`. Detached when `ebpf` is dropped.
-pub fn attach_redirect(ebpf: &mut Ebpf, ns: &str, hops: &[Hop]) -> Result<()> {
+/// Fills the program's table and attaches it (TCX ingress, or `xdp`: native XDP) to every
+/// `from` interface in namespace `ns`. Detached when `ebpf` is dropped.
+pub fn attach_redirect(ebpf: &mut Ebpf, ns: &str, hops: &[Hop], xdp: bool) -> Result<()> {
     netns::run_in(ns, || {
         // The table first, so that the first frame the program sees is steered.
         let mut next: Array<_, Next> = Array::try_from(
@@ -111,14 +125,26 @@ pub fn attach_redirect(ebpf: &mut Ebpf, ns: &str, hops: &[Hop]) -> Result<()> {
                 0,
             )?;
         }
-        let program: &mut SchedClassifier = ebpf
-            .program_mut("sfc_bench_redirect")
-            .context("no program sfc_bench_redirect")?
-            .try_into()?;
-        for hop in hops {
-            program
-                .attach(&hop.from, TcAttachType::Ingress)
-                .with_context(|| format!("attaching sfc_bench_redirect to {}", hop.from))?;
+        if xdp {
+            let program: &mut Xdp = ebpf
+                .program_mut(REDIRECT_XDP)
+                .with_context(|| format!("no program {REDIRECT_XDP}"))?
+                .try_into()?;
+            for hop in hops {
+                program
+                    .attach(&hop.from, XdpMode::Driver)
+                    .with_context(|| format!("attaching {REDIRECT_XDP} to {}", hop.from))?;
+            }
+        } else {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(REDIRECT_TC)
+                .with_context(|| format!("no program {REDIRECT_TC}"))?
+                .try_into()?;
+            for hop in hops {
+                program
+                    .attach(&hop.from, TcAttachType::Ingress)
+                    .with_context(|| format!("attaching {REDIRECT_TC} to {}", hop.from))?;
+            }
         }
         Ok(())
     })

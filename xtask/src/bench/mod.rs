@@ -54,7 +54,7 @@ pub struct Options {
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Systems to run, comma-separated (default: all): plain, sfc-tc, sfc-xdp, tc-mirred,
-    /// policy-routing, ovs-netdev, upper-bound.
+    /// policy-routing, ovs-netdev, upper-bound, upper-bound-xdp.
     #[arg(long, value_delimiter = ',')]
     pub systems: Option<Vec<String>>,
     /// Chain lengths, comma-separated (default 1,2,4,8; 1 with --smoke).

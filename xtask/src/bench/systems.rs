@@ -7,6 +7,7 @@
 //! - `policy-routing`: the node routes each hop: `ip rule` (iif, from, to) selects a table per hop.
 //! - `ovs-netdev`: Open vSwitch's userspace datapath with networking-sfc-style flows.
 //! - `upper-bound`: a hard-wired redirect program (one array read, MAC rewrite, redirect).
+//! - `upper-bound-xdp`: the same in native XDP, set up as `sfc-xdp` is.
 //!
 //! Only `sfc-tc`, `ovs-netdev` and `upper-bound` rewrite the destination MAC; the others rely
 //! on the topology's shared MAC (see topology.rs).
@@ -40,9 +41,10 @@ pub enum System {
     PolicyRouting,
     OvsNetdev,
     UpperBound,
+    UpperBoundXdp,
 }
 
-pub const ALL: [System; 7] = [
+pub const ALL: [System; 8] = [
     System::Plain,
     System::SfcTc,
     System::SfcXdp,
@@ -50,6 +52,7 @@ pub const ALL: [System; 7] = [
     System::PolicyRouting,
     System::OvsNetdev,
     System::UpperBound,
+    System::UpperBoundXdp,
 ];
 
 impl System {
@@ -62,6 +65,7 @@ impl System {
             System::PolicyRouting => "policy-routing",
             System::OvsNetdev => "ovs-netdev",
             System::UpperBound => "upper-bound",
+            System::UpperBoundXdp => "upper-bound-xdp",
         }
     }
 
@@ -217,7 +221,7 @@ impl Runner {
             System::SfcXdp if self.xdp.is_none() => Some(
                 "this sfc-daemon has no XDP mode for veths (its --help lacks --xdp-on-veth)".into(),
             ),
-            System::UpperBound => self.object.as_ref().err().cloned(),
+            System::UpperBound | System::UpperBoundXdp => self.object.as_ref().err().cloned(),
             System::OvsNetdev => {
                 if self.ovs.is_none() {
                     println!(
@@ -256,9 +260,13 @@ impl Runner {
                 self.daemon = Some(start_daemon(topo, &args)?)
             }
             System::OvsNetdev => self.ovs()?.prepare(topo, hops)?,
-            System::UpperBound => {
+            System::UpperBound | System::UpperBoundXdp => {
+                let xdp = system == System::UpperBoundXdp;
+                if xdp {
+                    topo.prepare_xdp_on_veth(true)?;
+                }
                 let object = self.object.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-                self.upper = Some(bpf::load_redirect(object)?);
+                self.upper = Some(bpf::load_redirect(object, xdp)?);
             }
             System::Plain | System::TcMirred | System::PolicyRouting => {}
         }
@@ -305,7 +313,7 @@ impl Runner {
                 Ok(())
             }
             System::OvsNetdev => self.ovs()?.apply(topo, hops),
-            System::UpperBound => {
+            System::UpperBound | System::UpperBoundXdp => {
                 let mut hop_list = Vec::new();
                 for k in 0..=hops {
                     hop_list.push(bpf::Hop {
@@ -314,8 +322,18 @@ impl Runner {
                         mac: topo::SHARED_MAC,
                     });
                 }
+                if system == System::UpperBoundXdp {
+                    for k in 0..=hops {
+                        hop_list.push(bpf::Hop {
+                            from: Topology::departure(k, hops),
+                            to_ifindex: 0,
+                            mac: topo::SHARED_MAC,
+                        });
+                    }
+                }
                 let ebpf = self.upper.as_mut().context("upper-bound is not prepared")?;
-                bpf::attach_redirect(ebpf, &topo.ns("node"), &hop_list)
+                let xdp = system == System::UpperBoundXdp;
+                bpf::attach_redirect(ebpf, &topo.ns("node"), &hop_list, xdp)
             }
         }
     }
@@ -351,6 +369,10 @@ impl Runner {
             }
             System::OvsNetdev => self.ovs()?.teardown(topo, hops)?,
             System::UpperBound => self.upper = None,
+            System::UpperBoundXdp => {
+                self.upper = None;
+                topo.prepare_xdp_on_veth(false)?;
+            }
         }
         Ok(())
     }
