@@ -1831,7 +1831,17 @@ mod tests {
                     0,
                     0
                 ),
-                (g2 + 1, 0, steer, 0, k1, 3, FLAG_REVERSE | FLAG_ONE_MEMBER, 5, 0),
+                (
+                    g2 + 1,
+                    0,
+                    steer,
+                    0,
+                    k1,
+                    3,
+                    FLAG_REVERSE | FLAG_ONE_MEMBER,
+                    5,
+                    0
+                ),
                 (
                     g1 + 1,
                     2,

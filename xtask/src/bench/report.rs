@@ -29,6 +29,8 @@ const OTHERS: &Metrics = &[
     ("rtt_p99_us", "RTT p99 (µs)", 1.0),
     ("apply_ms", "apply (ms)", 1.0),
     ("first_packet_ms", "first packet (ms)", 1.0),
+    ("update_ms", "update (ms)", 1.0),
+    ("update_first_packet_ms", "update, first packet (ms)", 1.0),
 ];
 
 #[derive(Default)]

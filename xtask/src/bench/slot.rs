@@ -9,8 +9,8 @@ use super::{
     check_interrupt, netns,
     report::Report,
     senders,
-    systems::{Runner, System},
-    topology::Topology,
+    systems::{self, Runner, System},
+    topology::{self as topo, Topology},
     traffic, Plan,
 };
 
@@ -58,6 +58,28 @@ fn measure(
         report.add(order, name, hops, "apply_ms", apply_ms);
         report.add(order, name, hops, "first_packet_ms", first);
         line += &format!("apply {apply_ms:.1} ms, first packet {first:.1} ms  ");
+    }
+    if matches!(system, System::SfcTc | System::SfcXdp) {
+        // An update where the program already runs: the chain narrowed to leave the probes
+        // out, then the whole chain again, timed until the first probe follows it.
+        let narrowed = systems::chain_yaml(hops).replace(topo::NET, topo::NET_WITHOUT_PROBE);
+        systems::sfcctl_apply(topo, &topo.lab.file("narrowed.yaml", &narrowed)?)?;
+        // An update rewrites the generation an earlier one retired, which packets may still
+        // use for two leases after it (make-before-break); updates that come that fast wait
+        // that long, and this one is timed as an update that came later.
+        std::thread::sleep(
+            Duration::from_nanos(2 * sfc_common::GENERATION_LEASE_NS) + Duration::from_millis(50),
+        );
+        let topo_ref: &Topology = topo;
+        let (update_ms, first) =
+            traffic::apply_and_probe(&src, &dst, Duration::from_secs(5), || {
+                runner.apply(topo_ref, system, hops)
+            })
+            .context("the update")?;
+        let first = first.context("no probe reached the destination within 5 s of the update")?;
+        report.add(order, name, hops, "update_ms", update_ms);
+        report.add(order, name, hops, "update_first_packet_ms", first);
+        line += &format!("update {update_ms:.1} ms, first packet {first:.1} ms  ");
     }
     let pps = along_the_chain(topo, hops, || {
         traffic::packet_rate(&src, &dst, senders(), plan.warmup, plan.window)

@@ -30,6 +30,9 @@ pub const SINK: &str = "198.18.1.2";
 pub const PROBE: &str = "198.18.1.3";
 /// What every chain steers: from the source to this prefix, any protocol.
 pub const NET: &str = "198.18.1.0/24";
+/// [`NET`] without [`PROBE`] (and the sink): what a chain is narrowed to before an update is
+/// timed by the probes.
+pub const NET_WITHOUT_PROBE: &str = "198.18.1.0/31";
 pub const SHARED_MAC: [u8; 6] = [0x02, 0x5f, 0xc0, 0, 0, 0x01];
 /// The source's NIC.
 pub const SRC_MAC: [u8; 6] = [0x02, 0x5f, 0xc0, 0, 0, 0x0a];
