@@ -322,15 +322,7 @@ impl Runner {
                         mac: topo::SHARED_MAC,
                     });
                 }
-                if system == System::UpperBoundXdp {
-                    for k in 0..=hops {
-                        hop_list.push(bpf::Hop {
-                            from: Topology::departure(k, hops),
-                            to_ifindex: 0,
-                            mac: topo::SHARED_MAC,
-                        });
-                    }
-                }
+
                 let ebpf = self.upper.as_mut().context("upper-bound is not prepared")?;
                 let xdp = system == System::UpperBoundXdp;
                 bpf::attach_redirect(ebpf, &topo.ns("node"), &hop_list, xdp)
