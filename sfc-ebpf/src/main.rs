@@ -848,9 +848,13 @@ fn choose_member(
         Some(entry) if entry.ingress.ifindex != 0 => Some(entry),
         _ => None,
     };
-    let (entry, pinned) = if verdict.flags & FLAG_ONE_MEMBER != 0 {
-        // A pin could only name the one member, or one that left: none is looked up. It is
-        // written for the day the group grows, from the flow's second packet.
+    // A pin could only name the one member, or one that left: none is looked up. It is
+    // written for the day the group grows, from the flow's second packet, which is then
+    // remembered (not so a choice that hashed MAC addresses: such flows take this path at
+    // every packet, and are pinned as in any group).
+    let one_member = verdict.flags & FLAG_ONE_MEMBER != 0
+        && verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) == 0;
+    let (entry, pinned) = if one_member {
         let Some(entry) = ring() else { return };
         let established = active && !first;
         if established {
