@@ -49,11 +49,33 @@ fn flood(src_ns: &str, sending: &Sending, deadline: Instant) -> Result<u64> {
             m
         })
         .collect();
+    let what = format!("from {src_ns}");
+    send_batches(
+        socket.as_raw_fd(),
+        &mut msgs,
+        sending,
+        deadline,
+        &what,
+        |_| {},
+    )
+}
+
+/// Sends `msgs` with sendmmsg on `fd` until `stop` or `deadline`, calling `refill` with the
+/// number sent so far before each batch; returns the number sent. ENOBUFS and the like only
+/// mean that the path is saturated, which is the point: the batch is sent again.
+fn send_batches(
+    fd: i32,
+    msgs: &mut [libc::mmsghdr],
+    sending: &Sending,
+    deadline: Instant,
+    what: &str,
+    mut refill: impl FnMut(u64),
+) -> Result<u64> {
     let (mut sent, mut failed) = (0u64, None);
     sending.started();
     while !sending.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
-        // ENOBUFS and the like: the path is saturated, which is the point; keep going.
+        refill(sent);
+        let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0) };
         if n > 0 {
             sent += n as u64;
         } else {
@@ -61,7 +83,7 @@ fn flood(src_ns: &str, sending: &Sending, deadline: Instant) -> Result<u64> {
         }
     }
     match (sent, failed) {
-        (0, Some(e)) => bail!("every sendmmsg from {src_ns} failed, the last with: {e}"),
+        (0, Some(e)) => bail!("every sendmmsg {what} failed, the last with: {e}"),
         _ => Ok(sent),
     }
 }
@@ -311,29 +333,16 @@ fn flood_frames(
             m
         })
         .collect();
-    let (mut sent, mut failed) = (0u64, None);
-    sending.started();
-    while !sending.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+    let what = format!("on a packet socket in {src_ns}");
+    let fd = socket.as_raw_fd();
+    // The frames of a short batch are sent again, so no flow of the mix is skipped.
+    send_batches(fd, &mut msgs, sending, deadline, &what, |sent| {
         for (k, frame) in frames.iter_mut().enumerate() {
             let (sport, dport) = mix.ports(sender, senders, sent + k as u64);
             frame[PORTS..PORTS + 2].copy_from_slice(&sport.to_be_bytes());
             frame[PORTS + 2..PORTS + 4].copy_from_slice(&dport.to_be_bytes());
         }
-        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
-        // ENOBUFS and the like: the path is saturated, which is the point; keep going. The
-        // frames of a short batch are sent again, so no flow of the mix is skipped.
-        if n > 0 {
-            sent += n as u64;
-        } else {
-            failed = Some(std::io::Error::last_os_error());
-        }
-    }
-    match (sent, failed) {
-        (0, Some(e)) => {
-            bail!("every sendmmsg on a packet socket in {src_ns} failed, the last with: {e}")
-        }
-        _ => Ok(sent),
-    }
+    })
 }
 
 /// Received packets per second at the destination, over `window` after `warmup`, of frames in
