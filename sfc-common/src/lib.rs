@@ -412,9 +412,9 @@ pub const FLAG_DELIVER_PEER: u8 = 4;
 /// `Verdict::flags`: the classifier matches no L4 ports, so the member choice ignores them:
 /// every packet of a flow, fragment or not, reaches the same member.
 pub const FLAG_PORTLESS: u8 = 8;
-/// `Verdict::flags`: the hop's group has one member, so a flow's first packet there needs no
-/// pin: its choice cannot differ from the next packet's unless the group changes in between
-/// (a flow is pinned from its second packet, as every flow is established then).
+/// `Verdict::flags`: the hop's group has one member, so no pin needs to be looked up there: a
+/// pin could only name that member or one that left. (Pins are still written, for the day
+/// the group grows.)
 pub const FLAG_ONE_MEMBER: u8 = 16;
 
 /// `Member::slot` bit: the interface is a veth whose peer is in another namespace: the packet

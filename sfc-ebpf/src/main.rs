@@ -814,9 +814,8 @@ fn tap<C: Frame>(ctx: &C, pkt: &Packet, verdict: &Verdict) {
 /// one keeps none), otherwise the Maglev table; the choice is pinned, from the active
 /// generation only (an older one may still hold members that are gone). A flow's first pin
 /// goes into the new ones; seen again, it joins the established ones (here, or by
-/// [`establish`] on the decided path). A group of one member pins no first packet, and a
-/// flow's later packets join the established ones at once. Member `ifindex` 0: the group has
-/// no live member.
+/// [`establish`] on the decided path). A group of one member looks no pin up. Member
+/// `ifindex` 0: the group has no live member.
 #[inline(always)]
 fn choose_member(
     pkt: &Packet,
@@ -848,19 +847,18 @@ fn choose_member(
         Some(entry) if entry.ingress.ifindex != 0 => Some(entry),
         _ => None,
     };
-    // A pin could only name the one member, or one that left: none is looked up. It is
-    // written for the day the group grows, from the flow's second packet, which is then
-    // remembered (not so a choice that hashed MAC addresses: such flows take this path at
-    // every packet, and are pinned as in any group).
+    // A pin could only name the one member, or one that left: none is looked up. Pins are
+    // still written, as in any group, for the day the group grows (not so for a choice that
+    // hashes MAC addresses: such flows take this path at every packet, and look pins up).
     let one_member = verdict.flags & FLAG_ONE_MEMBER != 0
         && verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) == 0;
     let (entry, pinned) = if one_member {
         let Some(entry) = ring() else { return };
-        let established = active && !first;
-        if established {
-            let _ = PINS.insert(&pin, &entry.ingress.ifindex, 0);
+        if active {
+            let pins = if first { &NEW_PINS } else { &PINS };
+            let _ = pins.insert(&pin, &entry.ingress.ifindex, 0);
         }
-        (*entry, established)
+        (*entry, active && !first)
     } else if let Some(entry) = unsafe { PINS.get(&pin) }.and_then(member_of) {
         (*entry, true)
     } else if let Some(entry) = unsafe { NEW_PINS.get(&pin) }.and_then(member_of) {
