@@ -131,6 +131,8 @@ pub enum Request {
     },
     /// Ends the trace running on this node, whoever started it.
     TraceStop,
+    /// The cluster's nodes (a daemon without `--etcd` says it is not in a cluster).
+    GetNodes,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -164,6 +166,34 @@ pub struct Response {
     /// releases before and after it still understand each other: no new protocol version.
     #[serde(default)]
     pub tables: Option<TableFills>,
+    /// The cluster's nodes, sorted by name (get nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<Node>,
+    /// In a cluster: the revision of the cluster's state this node steers (apply, delete,
+    /// describe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+}
+
+/// One row of `sfcctl get nodes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub name: String,
+    pub tunnel_address: String,
+    /// `ready` while its agent holds its lease, `lost` once the lease expired.
+    pub state: String,
+    pub interfaces: Vec<NodeInterface>,
+    /// The revision of the cluster's state it has applied (0: none yet).
+    pub applied_revision: i64,
+    /// Why its last apply did not fully take effect; empty when fine.
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInterface {
+    pub name: String,
+    pub mac: String,
 }
 
 impl Response {

@@ -7,6 +7,7 @@ pub mod changes;
 pub mod compile;
 pub mod document;
 pub mod model;
+pub mod nodes;
 pub mod plan;
 pub mod validate;
 

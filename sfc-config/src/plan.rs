@@ -31,6 +31,18 @@ pub fn plan_compiled(
     files: &[(String, String)],
     interfaces: &Interfaces,
 ) -> Result<(State, Vec<String>, Compiled), ConfigErrors> {
+    let objects = parse_files(files)?;
+    plan_objects(
+        current,
+        objects,
+        interfaces,
+        Origins::new(),
+        &BTreeSet::new(),
+    )
+}
+
+/// Every object of the files, in order; the errors of all files at once.
+pub fn parse_files(files: &[(String, String)]) -> Result<Vec<Sourced>, ConfigErrors> {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (file, content) in files {
@@ -39,10 +51,25 @@ pub fn plan_compiled(
             Err(e) => errors.extend(e.0),
         }
     }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+    if errors.is_empty() {
+        Ok(objects)
+    } else {
+        Err(ConfigErrors(errors))
     }
-    let origins = origins_of(&objects, &mut errors);
+}
+
+/// [`plan_compiled`] from parsed objects. `origins` is empty but for how interfaces may be
+/// named ([`Origins::in_cluster`]); new chains get no id in `reserved` (ids a node of a
+/// cluster may still be steering for a deleted chain).
+pub fn plan_objects(
+    current: &State,
+    objects: Vec<Sourced>,
+    interfaces: &Interfaces,
+    origins: Origins,
+    reserved: &BTreeSet<u32>,
+) -> Result<(State, Vec<String>, Compiled), ConfigErrors> {
+    let mut errors = Vec::new();
+    let origins = origins_of(&objects, origins, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -52,7 +79,7 @@ pub fn plan_compiled(
         names.push((s.object.spec.kind(), s.object.name.clone()));
         next.upsert(s.object);
     }
-    keep_and_assign_chain_ids(&mut next, current, &origins)?;
+    keep_and_assign_chain_ids(&mut next, current, &origins, reserved)?;
     let compiled = compile_cached(&next, interfaces, &origins)?;
     let errors = capacity::limits_of_state(&next, &origins);
     if !errors.is_empty() {
@@ -64,8 +91,7 @@ pub fn plan_compiled(
 
 /// Where each object comes from, in apply order; an object named twice is an error on the
 /// second one.
-fn origins_of(objects: &[Sourced], errors: &mut Vec<ConfigError>) -> Origins {
-    let mut origins = Origins::new();
+fn origins_of(objects: &[Sourced], mut origins: Origins, errors: &mut Vec<ConfigError>) -> Origins {
     for s in objects {
         let kind = s.object.spec.kind();
         if let Some(first) = origins.insert(kind, &s.object.name, &s.file) {
@@ -87,11 +113,13 @@ fn origins_of(objects: &[Sourced], errors: &mut Vec<ConfigError>) -> Origins {
 }
 
 /// A chain applied without `chainId` keeps the id it was given before; new ones get the lowest
-/// free id. Ids are stored with the chain, so they are stable across restarts.
+/// id neither used nor reserved. Ids are stored with the chain, so they are stable across
+/// restarts.
 fn keep_and_assign_chain_ids(
     next: &mut State,
     current: &State,
     origins: &Origins,
+    reserved: &BTreeSet<u32>,
 ) -> Result<(), ConfigErrors> {
     for (name, chain) in next.port_chains.iter_mut() {
         if chain.chain_id.is_none() {
@@ -102,6 +130,7 @@ fn keep_and_assign_chain_ids(
         .port_chains
         .values()
         .filter_map(|c| c.chain_id)
+        .chain(reserved.iter().copied())
         .collect();
     let mut candidate = 1;
     let mut errors = Vec::new();

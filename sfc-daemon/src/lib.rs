@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cluster;
 pub mod dataplane;
 pub mod observe;
 

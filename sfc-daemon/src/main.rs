@@ -1,9 +1,25 @@
 //! The node agent: loads and pins the steering program, keeps the desired state, serves sfcctl.
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use clap::Parser;
+use sfc_config::nodes::valid_node_name;
 use sfc_daemon::{
-    agent::{lock, run, Agent},
+    agent::{cluster::ClusterLink, store::Store as AgentStore},
+    cluster::{
+        self,
+        membership::Membership,
+        records::{Alive, NodeInfo, NodeStatus},
+        ClusterError,
+    },
+};
+use sfc_daemon::{
+    agent::{lock, run, Agent, Paths},
     api::server,
     dataplane::{
         ensure_bpffs,
@@ -16,7 +32,8 @@ use sfc_daemon::{
         snapshot::Shared,
     },
 };
-use tracing::{error, info};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +92,31 @@ struct Args {
     #[arg(long, value_name = "ENTRIES", value_parser = parse_size,
         default_value_t = Tables::default().fragments)]
     fragments_table_size: u32,
+    /// Run as one node of a cluster whose desired state lives in etcd at these endpoints
+    /// (v3 API). Without it this daemon is a single node, its state in --state-dir.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// This node's name in the cluster ([a-z0-9.-], 1 to 63 characters). Default: the host
+    /// name.
+    #[arg(long, requires = "etcd")]
+    node: Option<String>,
+    /// Where other nodes send this node's cross-node traffic. Default: the source address of
+    /// the route towards the first etcd endpoint.
+    #[arg(long, value_name = "IP", requires = "etcd")]
+    tunnel_address: Option<IpAddr>,
+    /// Seconds the node stays registered after its agent stops renewing (2 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(2..=3600))]
+    node_ttl: u64,
+    /// CA certificate (PEM) that signed etcd's certificate: etcd is reached over TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd", "etcd_cert", "etcd_key"])]
+    etcd_ca: Option<PathBuf>,
+    /// This node's client certificate (PEM) for etcd.
+    #[arg(long, value_name = "FILE", requires = "etcd_ca")]
+    etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_ca")]
+    etcd_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,16 +193,39 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     netlink::watch_links(move || events.interfaces_changed())
         .map_err(|e| format!("cannot follow interface changes: {e}"))?;
     let netlink = Netlink::connect().map_err(|e| format!("cannot read interfaces: {e}"))?;
+    let cluster = if args.etcd.is_empty() {
+        None
+    } else {
+        Some(join_cluster(&args, &runtime, handle.clone())?)
+    };
+    let (link, membership) = match cluster {
+        Some((link, membership)) => (Some(link), Some(membership)),
+        None => (None, None),
+    };
+    let follow = link.as_ref().map(|l| (l.store.clone(), l.snapshot.clone()));
+    let paths = Paths {
+        state_dir: &args.state_dir,
+        bpffs: &args.bpffs,
+    };
     let agent = Agent::start(
-        &args.state_dir,
-        &args.bpffs,
+        paths,
         options,
         netlink,
         observed,
         metrics,
         status.clone(),
+        link,
     )
     .map_err(|e| format!("cannot start: {e}"))?;
+    if let Some(start) = membership {
+        runtime.spawn(start);
+    }
+    if let Some((store, known)) = follow {
+        let events = handle.clone();
+        runtime.spawn(cluster::follow::follow(store, known, move |s| {
+            events.cluster_state(s)
+        }));
+    }
     // Last: clients find the socket only once there is an agent to answer them.
     let listener = server::bind(&args.socket).map_err(|e| e.to_string())?;
     let context = server::Context {
@@ -173,4 +238,82 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     info!(socket = %args.socket.display(), "ready");
     runtime.block_on(server::serve(listener, context));
     Err("the socket server stopped".into())
+}
+
+/// Connects to etcd, takes the node's name (refused if another live agent holds it; put off
+/// if etcd cannot be reached now) and prepares what the agent needs in a cluster: its link,
+/// and the membership task to spawn once the agent runs.
+fn join_cluster(
+    args: &Args,
+    runtime: &tokio::runtime::Runtime,
+    _events: sfc_daemon::agent::run::AgentHandle,
+) -> Result<(ClusterLink, impl std::future::Future<Output = ()>), String> {
+    let node = match &args.node {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .map_err(|e| format!("cannot read the host name: {e}; give --node"))?,
+    };
+    if !valid_node_name(&node) {
+        return Err(format!(
+            "--node {node:?} is not a node name; use 1 to 63 characters a-z, 0-9, '.' and '-'"
+        ));
+    }
+    let tls = args.etcd_ca.as_ref().map(|ca| cluster::Tls {
+        ca: ca.clone(),
+        cert: args.etcd_cert.clone().expect("clap requires it"),
+        key: args.etcd_key.clone().expect("clap requires it"),
+    });
+    let options = cluster::Options {
+        endpoints: args.etcd.clone(),
+        node: node.clone(),
+        tunnel_address: args.tunnel_address,
+        ttl: Duration::from_secs(args.node_ttl),
+        tls,
+    };
+    let store = runtime
+        .block_on(cluster::connect(&options))
+        .map_err(|e| e.to_string())?;
+    let tunnel_address = match options.tunnel_address {
+        Some(a) => a,
+        None => cluster::default_tunnel_address(&options.endpoints).map_err(|e| e.to_string())?,
+    };
+    let membership = Membership {
+        store: store.clone(),
+        node: node.clone(),
+        ttl: options.ttl,
+        alive: Alive {
+            instance: cluster::instance(&args.state_dir),
+            pid: std::process::id(),
+        },
+    };
+    let lease = match runtime.block_on(membership.register()) {
+        Ok(lease) => Some(lease),
+        Err(e @ ClusterError::NodeTaken { .. }) => return Err(e.to_string()),
+        Err(e) => {
+            warn!("{e}; this node steers what it last had and registers once etcd answers");
+            None
+        }
+    };
+    let known = AgentStore::new(&args.state_dir)
+        .and_then(|s| s.load_cluster())
+        .map_err(|e| e.to_string())?;
+    let (status, status_rx) = watch::channel(NodeStatus {
+        revision: known.revision,
+        error: String::new(),
+    });
+    let (info, info_rx) = watch::channel(NodeInfo {
+        tunnel_address: tunnel_address.to_string(),
+        interfaces: Vec::new(),
+    });
+    info!(node, %tunnel_address, endpoints = %options.endpoints.join(","), "cluster mode");
+    let link = ClusterLink {
+        node,
+        store,
+        runtime: runtime.handle().clone(),
+        snapshot: Arc::new(known),
+        status,
+        info,
+    };
+    Ok((link, membership.keep(lease, info_rx, status_rx)))
 }

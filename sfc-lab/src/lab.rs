@@ -79,6 +79,96 @@ pub fn script(name: &str) -> String {
         .into_owned()
 }
 
+/// Starts `bin_dir`/sfc-daemon inside network namespace `netns` (its full name) with its socket
+/// (`dir`/sfc.sock, a stale one removed first), state directory (`dir`/state), `bpffs` and
+/// metrics port (127.0.0.1:9464 of that namespace), then `args`, with `RUST_LOG=log_level`
+/// and its output appended to `dir`/daemon.log, and waits until it serves its socket. The
+/// caller owns the process; one that exits or does not come up in 20 s is killed, and the error
+/// carries its log.
+pub fn spawn_daemon_at(
+    netns: &str,
+    bin_dir: &Path,
+    dir: &Path,
+    bpffs: &Path,
+    args: &[String],
+    log_level: &str,
+) -> Result<Child> {
+    let socket = dir.join("sfc.sock");
+    let log_path = dir.join("daemon.log");
+    let _ = fs::remove_file(&socket);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(bin_dir.join("sfc-daemon"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--bpffs")
+        .arg(bpffs)
+        .args(["--metrics", "127.0.0.1:9464"])
+        .args(args)
+        .env("RUST_LOG", log_level)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting sfc-daemon")?;
+    let up = wait_for(Duration::from_secs(20), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(Err(status));
+        }
+        socket.exists().then_some(Ok(()))
+    });
+    let log_text = || fs::read_to_string(&log_path).unwrap_or_default();
+    let failure = match up {
+        Some(Ok(())) => return Ok(child),
+        Some(Err(status)) => format!("sfc-daemon exited ({status}):\n{}", log_text()),
+        None => format!("sfc-daemon did not come up in 20 s:\n{}", log_text()),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!(failure)
+}
+
+/// Runs `bin_dir`/sfcctl against the daemon serving `socket`, `stdin` (if any) as its input;
+/// Ok(stdout) on success, Err(stderr) otherwise. A unix socket is reached by its path, so
+/// sfcctl runs here, whatever namespace the daemon is in.
+pub fn sfcctl_at(
+    bin_dir: &Path,
+    socket: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::result::Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(bin_dir.join("sfcctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running sfcctl: {e}"))?;
+    let mut input = child.stdin.take().expect("piped");
+    if let Some(text) = stdin {
+        input
+            .write_all(text.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    drop(input);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 impl Lab {
     /// A new, empty lab; `tag` (a few letters) makes its namespace names recognisable.
     pub fn new(tag: &str) -> Result<Self> {
@@ -183,43 +273,14 @@ impl Lab {
     /// did not come up is killed); [`Self::start_daemon`] gives it to the lab.
     pub fn spawn_daemon(&mut self, short: &str, args: &[String], log_level: &str) -> Result<Child> {
         let bpffs = self.bpffs()?;
-        let socket = self.socket();
-        let _ = fs::remove_file(&socket);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(short)])
-            .arg(self.bin_dir.join("sfc-daemon"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--bpffs")
-            .arg(&bpffs)
-            .args(["--metrics", "127.0.0.1:9464"])
-            .args(args)
-            .env("RUST_LOG", log_level)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting sfc-daemon")?;
-        let up = wait_for(Duration::from_secs(20), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(Err(status));
-            }
-            socket.exists().then_some(Ok(()))
-        });
-        let failure = match up {
-            Some(Ok(())) => return Ok(child),
-            Some(Err(status)) => format!("sfc-daemon exited ({status}):\n{}", self.daemon_log()),
-            None => format!("sfc-daemon did not come up in 20 s:\n{}", self.daemon_log()),
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!(failure)
+        spawn_daemon_at(
+            &self.ns(short),
+            &self.bin_dir,
+            &self.dir,
+            &bpffs,
+            args,
+            log_level,
+        )
     }
 
     pub fn daemon_log(&self) -> String {
@@ -245,29 +306,7 @@ impl Lab {
         args: &[&str],
         stdin: Option<&str>,
     ) -> std::result::Result<String, String> {
-        use std::io::Write;
-        let mut child = Command::new(self.bin_dir.join("sfcctl"))
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("running sfcctl: {e}"))?;
-        let mut input = child.stdin.take().expect("piped");
-        if let Some(text) = stdin {
-            input
-                .write_all(text.as_bytes())
-                .map_err(|e| e.to_string())?;
-        }
-        drop(input);
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        sfcctl_at(&self.bin_dir, &self.socket(), args, stdin)
     }
 
     /// Writes `text` to a file in the lab directory and returns its path.

@@ -8,7 +8,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sfc_api::{
-    protocol::{Request, Response},
+    protocol::{Node, Request, Response},
     trace::TraceSpec,
 };
 use sfc_config::{
@@ -54,7 +54,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List objects of one kind (portpairs, portpairgroups, flowclassifiers, portchains).
+    /// List objects of one kind (portpairs, portpairgroups, flowclassifiers, portchains), or
+    /// the nodes of the cluster (nodes).
     Get {
         kind: String,
         name: Option<String>,
@@ -175,6 +176,23 @@ fn run(args: Args) -> Result<(), String> {
             name,
             output,
         } => {
+            if matches!(k.to_ascii_lowercase().as_str(), "nodes" | "node") {
+                let response = call(Request::GetNodes)?;
+                if !response.ok {
+                    return Err(response.message);
+                }
+                let mut nodes = response.nodes;
+                if let Some(name) = name {
+                    nodes.retain(|n| n.name == name);
+                    if nodes.is_empty() {
+                        return Err(format!(
+                            "node {name:?} not found; `sfcctl get nodes` lists them"
+                        ));
+                    }
+                }
+                print!("{}", render_nodes(&nodes, output));
+                return Ok(());
+            }
             let kind = kind(&k)?;
             let response = call(Request::Get { kind, name })?;
             if !response.ok {
@@ -361,7 +379,42 @@ fn table(kind: Kind, objects: &[Object]) -> String {
             ],
         });
     }
-    let widths: Vec<usize> = (0..header.len())
+    columns(rows)
+}
+
+/// `sfcctl get nodes`, sorted by name (as the daemon sends them).
+fn render_nodes(nodes: &[Node], output: Output) -> String {
+    match output {
+        Output::Yaml => serde_yaml_ng::to_string(nodes).expect("nodes serialise"),
+        Output::Json => serde_json::to_string_pretty(nodes).expect("nodes serialise") + "\n",
+        Output::Table => {
+            let header = [
+                "NAME",
+                "TUNNEL ADDRESS",
+                "STATE",
+                "INTERFACES",
+                "APPLIED REVISION",
+                "ERROR",
+            ];
+            let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+            for n in nodes {
+                rows.push(vec![
+                    n.name.clone(),
+                    n.tunnel_address.clone(),
+                    n.state.clone(),
+                    n.interfaces.len().to_string(),
+                    n.applied_revision.to_string(),
+                    n.error.clone(),
+                ]);
+            }
+            columns(rows)
+        }
+    }
+}
+
+/// Rows as left-aligned columns, the first row being the header.
+fn columns(rows: Vec<Vec<String>>) -> String {
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

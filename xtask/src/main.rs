@@ -60,6 +60,16 @@ const APT_PACKAGES: &[&str] = &[
     // `cargo xtask bench`: the OVS userspace datapath peer, and the packet-rate plot.
     "openvswitch-switch",
     "python3-matplotlib",
+    // The cluster tests start their own etcd members inside a lab's namespaces (the package
+    // registers a service too, which nothing starts without systemd) and make their TLS
+    // certificates with the openssl command.
+    "etcd-server",
+    "etcd-client",
+    "openssl",
+    // The etcd client crate compiles etcd's gRPC definitions when sfc-daemon is built: protoc,
+    // and the well-known types they import (google/protobuf/*.proto).
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

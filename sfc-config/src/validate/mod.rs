@@ -37,11 +37,25 @@ pub type Rank = Option<usize>;
 pub struct Origins {
     objects: BTreeMap<Kind, BTreeMap<String, (usize, String)>>,
     count: usize,
+    /// Interfaces may be written `NODE/IFNAME` (a cluster's state).
+    qualified: bool,
 }
 
 impl Origins {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same, for a cluster's state: interface references may name their node.
+    pub fn in_cluster() -> Self {
+        Self {
+            qualified: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn qualified(&self) -> bool {
+        self.qualified
     }
 
     /// Records the next object of the apply. When the same kind and name appeared before,
@@ -133,6 +147,17 @@ impl<'s> Report<'s> {
     }
 
     fn interface(&mut self, kind: Kind, name: &str, field: &str, value: &str) {
+        if self.origins.qualified {
+            if let Some((node, ifname)) = crate::nodes::split(value) {
+                if !crate::nodes::valid_node_name(node) || !valid_interface(ifname) {
+                    self.push(kind, name, field, format!(
+                        "{} is not an interface reference; use IFNAME or NODE/IFNAME (a node name of 1 to 63 characters a-z, 0-9, '.', '-'; an interface name of 1 to 15 characters without '/', ':' or spaces)",
+                        shown(value)
+                    ));
+                }
+                return;
+            }
+        }
         if !valid_interface(value) {
             self.push(
                 kind,

@@ -12,6 +12,7 @@ use std::{
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub mod cluster;
 pub mod lock;
 pub mod run;
 pub mod store;
@@ -22,6 +23,7 @@ use sfc_config::{
     compile::{compile, compile_cached, Compiled, Image, Interfaces, Link},
     document::{parse_file, ConfigErrors},
     model::{Kind, Object, State},
+    plan::parse_files,
     plan::plan_compiled,
     validate::Origins,
 };
@@ -83,24 +85,48 @@ pub struct Agent {
     status: Arc<Status>,
     /// Published for the metrics endpoint.
     observed: Shared,
+    /// In a cluster (`--etcd`): where the desired state comes from and goes to.
+    cluster: Option<cluster::ClusterLink>,
+    /// The active generation last recorded in the state directory.
+    remembered: Option<(u64, u64)>,
 }
 
 /// How old a sample `stats` and `describe` may show (newer ones are taken on request).
 const FRESH_ENOUGH: Duration = Duration::from_millis(100);
 
+/// Where the agent keeps what outlives it: the desired state (or, in a cluster, its cache)
+/// and the pinned maps and links.
+pub struct Paths<'a> {
+    pub state_dir: &'a Path,
+    pub bpffs: &'a Path,
+}
+
 impl Agent {
     pub fn start(
-        state_dir: &Path,
-        bpffs: &Path,
+        Paths { state_dir, bpffs }: Paths,
         options: Options,
         netlink: Netlink,
         observed: Shared,
         metrics: Arc<Metrics>,
         status: Arc<Status>,
+        cluster: Option<cluster::ClusterLink>,
     ) -> Result<Self, AgentError> {
         let store = Store::new(state_dir)?;
-        let state = store.load()?;
-        let dataplane = Dataplane::open(bpffs, options.mode, options.tables)?;
+        // In a cluster, the last revision this node steered, until etcd says more.
+        let (state, published) = match &cluster {
+            Some(link) => (
+                link.snapshot.local_state(&link.node),
+                link.snapshot.applied_state(),
+            ),
+            None => {
+                let state = store.load()?;
+                (state.clone(), state)
+            }
+        };
+        let mut dataplane = Dataplane::open(bpffs, options.mode, options.tables)?;
+        if let Some((epoch, fingerprint)) = store.load_generation() {
+            dataplane.adopt(epoch, fingerprint)?;
+        }
         info!(
             chains = state.port_chains.len(),
             classifiers = state.flow_classifiers.len(),
@@ -108,7 +134,7 @@ impl Agent {
             "state loaded"
         );
         let mut agent = Self {
-            published: Arc::new(Mutex::new(Arc::new(state.clone()))),
+            published: Arc::new(Mutex::new(Arc::new(published))),
             netlink,
             state,
             store,
@@ -123,8 +149,14 @@ impl Agent {
             metrics,
             status,
             observed,
+            cluster,
+            remembered: None,
         };
         agent.reconcile();
+        if let Some(link) = &agent.cluster {
+            let revision = link.snapshot.revision;
+            link.status.send_modify(|s| s.revision = revision);
+        }
         agent.sample();
         let tables = agent.dataplane.table_maps()?;
         crate::observe::fill::spawn(tables, agent.observed.clone()).map_err(AgentError::Thread)?;
@@ -207,17 +239,28 @@ impl Agent {
         };
         let relevant = !self.synced || touches_state(&self.state, &self.interfaces, &now);
         self.interfaces = now;
+        self.publish_interfaces();
         if !relevant {
             if let Err(e) = self.dataplane.sync_live(&self.interfaces) {
                 self.not_ready(format!("updating the dataplane: {e}"));
             }
             return;
         }
-        let origins = Origins::new();
+        let origins = self.origins();
         let compiled = match &self.compiled {
             Some(c) => c.with_interfaces(&self.state, &self.interfaces, &origins),
             None => compile_cached(&self.state, &self.interfaces, &origins),
         };
+        self.program(
+            compiled,
+            "the applied state cannot be steered on the interfaces present",
+        );
+    }
+
+    /// Makes what was compiled for `self.state` on `self.interfaces` the active generation.
+    /// When it could not be compiled, nothing better can be done until the state or the
+    /// interfaces change: the previous generation keeps steering, and `unsteerable` says why.
+    fn program(&mut self, compiled: Result<Compiled, ConfigErrors>, unsteerable: &str) {
         match compiled {
             Ok(compiled) => match self.dataplane.apply(compiled.image(), &self.interfaces) {
                 Ok(()) => {
@@ -231,14 +274,19 @@ impl Agent {
                     self.not_ready(format!("updating the dataplane: {e}"));
                 }
             },
-            // Nothing better to do until the state or the interfaces change: the previous
-            // generation keeps steering.
             Err(e) => {
                 self.synced = true;
-                self.not_ready(format!(
-                    "the applied state cannot be steered on the interfaces present: {e}"
-                ));
+                self.not_ready(format!("{unsteerable}: {e}"));
             }
+        }
+    }
+
+    /// How interfaces may be named: `NODE/IFNAME` in a cluster.
+    fn origins(&self) -> Origins {
+        if self.cluster.is_some() {
+            Origins::in_cluster()
+        } else {
+            Origins::new()
         }
     }
 
@@ -251,8 +299,23 @@ impl Agent {
 
     /// The dataplane steers the applied state.
     fn ready(&mut self) {
+        self.remember_generation();
         self.last_error = None;
         self.status.set_ready(None);
+        self.publish_error();
+    }
+
+    /// Records what the active generation holds, for a restarted daemon to adopt it.
+    fn remember_generation(&mut self) {
+        let Ok(Some(active)) = self.dataplane.active_fingerprint() else {
+            return;
+        };
+        if self.remembered != Some(active) {
+            match self.store.save_generation(active) {
+                Ok(()) => self.remembered = Some(active),
+                Err(e) => self.warn_once(format!("recording the active generation: {e}")),
+            }
+        }
     }
 
     /// It does not, and why: logged once, shown by /readyz, `sfc_ready` and `describe`.
@@ -261,10 +324,47 @@ impl Agent {
             warn!("{message}");
             self.status.set_ready(Some(message.clone()));
             self.last_error = Some(message);
+            self.publish_error();
         }
     }
 
     pub fn handle(&mut self, request: Request) -> Response {
+        if self.cluster.is_some() {
+            match request {
+                Request::Apply {
+                    file,
+                    content,
+                    dry_run,
+                } => {
+                    return match parse_files(&[(file, content)]) {
+                        Ok(objects) => self.cluster_apply(objects, dry_run),
+                        Err(e) => errors_response(e),
+                    }
+                }
+                Request::DeleteFile {
+                    file,
+                    content,
+                    dry_run,
+                } => {
+                    return match parse_file(&file, &content) {
+                        Ok(objects) => self.cluster_delete(targets_of(objects), dry_run),
+                        Err(e) => errors_response(e),
+                    }
+                }
+                Request::Delete {
+                    kind,
+                    name,
+                    dry_run,
+                } => return self.cluster_delete(vec![(kind, name)], dry_run),
+                Request::GetNodes => return self.cluster_nodes(),
+                request => return self.handle_here(request),
+            }
+        }
+        self.handle_here(request)
+    }
+
+    /// Requests answered the same way with or without a cluster (and, without one, all).
+    fn handle_here(&mut self, request: Request) -> Response {
         match request {
             Request::Apply {
                 file,
@@ -276,13 +376,7 @@ impl Agent {
                 content,
                 dry_run,
             } => match parse_file(&file, &content) {
-                Ok(objects) => {
-                    let targets = objects
-                        .into_iter()
-                        .map(|s| (s.object.spec.kind(), s.object.name))
-                        .collect();
-                    self.delete(targets, dry_run)
-                }
+                Ok(objects) => self.delete(targets_of(objects), dry_run),
                 Err(e) => errors_response(e),
             },
             Request::Delete {
@@ -290,7 +384,10 @@ impl Agent {
                 name,
                 dry_run,
             } => self.delete(vec![(kind, name)], dry_run),
-            Request::Get { kind, name } => get(&self.state, kind, name),
+            Request::Get { kind, name } => get(&self.published.lock().unwrap_or_else(|e| e.into_inner()).clone(), kind, name),
+            Request::GetNodes => Response::failure(
+                "this node is not in a cluster (sfc-daemon runs without --etcd); `sfcctl get` lists what it steers",
+            ),
             // The server answers these itself.
             Request::Trace { .. } | Request::TraceStop => {
                 Response::failure("traces are served by the socket server, not the agent")
@@ -315,11 +412,16 @@ impl Agent {
                     not_ready: self.last_error.clone(),
                 };
                 match context.describe(kind, &name) {
-                    Ok(text) => Response {
-                        ok: true,
-                        message: text,
-                        ..Default::default()
-                    },
+                    Ok(mut text) => {
+                        if self.cluster.is_some() {
+                            text.push_str(&self.cluster_describe(kind, &name));
+                        }
+                        Response {
+                            ok: true,
+                            message: text,
+                            ..Default::default()
+                        }
+                    }
                     Err(e) => Response::failure(e),
                 }
             }
@@ -538,6 +640,14 @@ struct Timing {
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// The kind and name of each object of a file, for deleting them.
+fn targets_of(objects: Vec<sfc_config::document::Sourced>) -> Vec<(Kind, String)> {
+    objects
+        .into_iter()
+        .map(|s| (s.object.spec.kind(), s.object.name))
+        .collect()
 }
 
 fn errors_response(e: ConfigErrors) -> Response {

@@ -14,7 +14,7 @@ use std::{
 use sfc_api::protocol::{Request, Response};
 use tokio::sync::oneshot;
 
-use super::Agent;
+use super::{cluster::Snapshot, Agent};
 use crate::observe::{metrics::Status, trace::Names};
 
 /// How often counters are sampled for rates, health and metrics (also the loop's longest
@@ -36,6 +36,8 @@ pub enum Event {
     InterfacesChanged,
     /// Names for a trace's numbers.
     TraceNames(oneshot::Sender<Names>),
+    /// A new revision of the cluster's desired state.
+    ClusterState(Arc<Snapshot>),
 }
 
 /// How the rest of the daemon talks to the agent.
@@ -65,6 +67,11 @@ impl AgentHandle {
     /// Never blocks: called from netlink's task.
     pub fn interfaces_changed(&self) {
         let _ = self.events.send(Event::InterfacesChanged);
+    }
+
+    /// Never blocks: called from the task that follows the cluster's state.
+    pub fn cluster_state(&self, snapshot: Arc<Snapshot>) {
+        let _ = self.events.send(Event::ClusterState(snapshot));
     }
 }
 
@@ -122,5 +129,9 @@ fn handle(agent: &mut Agent, event: Event) -> bool {
             false
         }
         Event::InterfacesChanged => true,
+        Event::ClusterState(snapshot) => {
+            agent.steer_cluster(snapshot);
+            false
+        }
     }
 }

@@ -13,6 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::cluster::snapshot::Snapshot;
 use sfc_config::{
     document::ConfigErrors,
     model::State,
@@ -20,6 +21,12 @@ use sfc_config::{
 };
 
 const FILE: &str = "state.json";
+/// In a cluster: the last revision of the cluster's state this node steered, so that a
+/// restart while etcd is away steers it again instead of nothing.
+const CLUSTER_FILE: &str = "cluster.json";
+/// The active generation's epoch and image fingerprint, so that a restarted daemon adopts
+/// the generation instead of writing the same image again.
+const GENERATION_FILE: &str = "generation.json";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, Error)]
@@ -104,26 +111,61 @@ impl Store {
     }
 
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let path = self.path();
-        let tmp = self.dir.join(format!(".{FILE}.tmp"));
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { path, source }
-        };
         let body = serde_json::to_vec_pretty(&OnDisk {
             format: FORMAT,
             state: state.clone(),
         })
         .expect("state serialises");
-        let mut file = File::options()
+        self.replace(FILE, &body)
+    }
+
+    /// The cached revision of the cluster's state (an empty one when none was cached).
+    pub fn load_cluster(&self) -> Result<Snapshot, StoreError> {
+        let path = self.dir.join(CLUSTER_FILE);
+        match fs::read(&path) {
+            Ok(text) => {
+                serde_json::from_slice(&text).map_err(|source| StoreError::Parse { path, source })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Snapshot::default()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    pub fn save_cluster(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.replace(
+            CLUSTER_FILE,
+            &serde_json::to_vec(snapshot).expect("serialises"),
+        )
+    }
+
+    pub fn load_generation(&self) -> Option<(u64, u64)> {
+        serde_json::from_slice(&fs::read(self.dir.join(GENERATION_FILE)).ok()?).ok()
+    }
+
+    pub fn save_generation(&self, generation: (u64, u64)) -> Result<(), StoreError> {
+        self.replace(
+            GENERATION_FILE,
+            &serde_json::to_vec(&generation).expect("serialises"),
+        )
+    }
+
+    /// Replaces `file` with `body`: write, fsync, rename, fsync the directory.
+    fn replace(&self, file: &str, body: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(file);
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        let mut f = File::options()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
-        file.write_all(&body).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
+        f.write_all(body).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())

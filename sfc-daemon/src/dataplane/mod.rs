@@ -189,6 +189,11 @@ pub struct Dataplane {
     member_totals: BTreeMap<Side, MemberCounter>,
     /// What each generation holds, when known (unknown after a restart).
     written: [Option<Image>; 2],
+    /// The fingerprint of each generation's image, when written by this daemon.
+    fingerprints: [Option<u64>; 2],
+    /// After a restart: the fingerprint an earlier daemon recorded for the active generation.
+    /// The same image is then adopted instead of written again.
+    adopted: Option<u64>,
     tc: Links,
     /// Empty unless in XDP mode.
     xdp: Links,
@@ -249,6 +254,8 @@ impl Dataplane {
             bpf,
             mode,
             written: [None, None],
+            fingerprints: [None, None],
+            adopted: None,
             tc,
             xdp,
             tables,
@@ -321,6 +328,22 @@ impl Dataplane {
         links::xdp_program(&mut self.bpf)
     }
 
+    /// The active generation's epoch and the fingerprint of its image, when this daemon knows
+    /// it: kept by the agent, so that a restarted daemon can adopt the generation.
+    pub fn active_fingerprint(&self) -> Result<Option<(u64, u64)>, DataplaneError> {
+        let epoch = self.epoch()?;
+        Ok(self.fingerprints[(epoch & 1) as usize].map(|f| (epoch, f)))
+    }
+
+    /// After a restart: the active generation, if it is still at `epoch`, holds an image of
+    /// `fingerprint` (as recorded by [`Self::active_fingerprint`] before).
+    pub fn adopt(&mut self, epoch: u64, fingerprint: u64) -> Result<(), DataplaneError> {
+        if self.epoch()? == epoch {
+            self.adopted = Some(fingerprint);
+        }
+        Ok(())
+    }
+
     pub fn epoch(&self) -> Result<u64, DataplaneError> {
         self.config
             .get(&CONFIG_EPOCH, 0)
@@ -338,8 +361,18 @@ impl Dataplane {
         self.xdp.attach_missing(&xdp_want, &mut self.bpf)?;
         let epoch = self.epoch()?;
         let active = (epoch & 1) as usize;
+        if self.written[active].is_none() && self.adopted.is_some() {
+            let fingerprint = fingerprint(image);
+            if self.adopted.take() == Some(fingerprint) {
+                // What an earlier daemon made active is what we would write: leave it be.
+                self.written[active] = Some(image.clone());
+                self.fingerprints[active] = Some(fingerprint);
+                info!(epoch, "adopted the active generation");
+            }
+        }
         if self.written[active].as_ref() != Some(image) {
             let target = 1 - active;
+            self.fingerprints[target] = Some(fingerprint(image));
             self.wait_until_retired(target)?;
             self.retire_counters(target, epoch.wrapping_sub(1))?;
             self.clear(target)?;
@@ -914,4 +947,23 @@ fn remove_ok(r: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::KeyNotFound) => Ok(()),
         other => other,
     }
+}
+
+/// A fingerprint of an image's whole contents (its maps are ordered, so equal images hash
+/// alike), fed to the hasher without building the text.
+fn fingerprint(image: &Image) -> u64 {
+    use std::{
+        fmt::Write,
+        hash::{DefaultHasher, Hasher},
+    };
+    struct Feed(DefaultHasher);
+    impl Write for Feed {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut feed = Feed(DefaultHasher::new());
+    write!(feed, "{image:?}").expect("hashing never fails");
+    feed.0.finish()
 }

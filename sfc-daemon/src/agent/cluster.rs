@@ -1,0 +1,428 @@
+//! The agent in a cluster: it steers its own part of the cluster's desired state, and turns
+//! `apply` and `delete` into commits of the whole cluster's state. Runs on the agent's thread;
+//! the calls to etcd are made on the async runtime and waited for (each bounded in time).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use sfc_api::protocol::{Node, Response};
+use sfc_config::{
+    changes,
+    compile::{compile_cached, Interfaces},
+    document::{ConfigErrors, Sourced},
+    model::{Kind, Object, Spec, State},
+    nodes::{self, NodeInterfaces},
+    plan::plan_objects,
+    validate::Origins,
+};
+use tokio::sync::watch;
+
+use super::{errors_response, ok_response, Agent};
+pub use crate::cluster::snapshot::Snapshot;
+use crate::cluster::{
+    records::{Head, NodeInfo, NodeStatus, Record},
+    store::{NodeView, Store},
+    ClusterError,
+};
+
+/// Commits tried when other applies keep committing first: each retry validates again
+/// against the newer state.
+const ATTEMPTS: usize = 5;
+/// How long an apply rides through etcd being briefly unavailable (a leader election takes
+/// 1 to 2 s) before it is refused.
+const RIDE_THROUGH: Duration = Duration::from_secs(4);
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+pub struct ClusterLink {
+    pub node: String,
+    pub store: Store,
+    pub runtime: tokio::runtime::Handle,
+    /// The revision the dataplane was last given (steered, or refused with an error).
+    pub snapshot: Arc<Snapshot>,
+    pub status: watch::Sender<NodeStatus>,
+    pub info: watch::Sender<NodeInfo>,
+}
+
+impl ClusterLink {
+    /// Runs `f` on the runtime and waits for it; again while etcd is unavailable, for up to
+    /// [`RIDE_THROUGH`] (every call is safe to repeat: a commit whose answer was lost fails
+    /// its guard the second time, and the apply then finds its objects already there).
+    fn wait<T, F: Future<Output = Result<T, ClusterError>>>(
+        &self,
+        f: impl Fn() -> F,
+    ) -> Result<T, ClusterError> {
+        let started = Instant::now();
+        loop {
+            match self.runtime.block_on(f()) {
+                Err(ClusterError::Unreachable { .. }) if started.elapsed() < RIDE_THROUGH => {
+                    std::thread::sleep(RETRY_AFTER)
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+/// What an apply or a delete changes, once validated against one revision.
+struct Planned {
+    upserts: Vec<Record>,
+    removals: Vec<(Kind, String)>,
+    lines: Vec<String>,
+    /// The state after it, every interface qualified.
+    next: State,
+}
+
+impl Agent {
+    fn link(&self) -> &ClusterLink {
+        self.cluster.as_ref().expect("cluster mode")
+    }
+
+    /// A revision of the cluster's state arrived (or was just committed here): steer this
+    /// node's part of it, cache it for a restart without etcd, and say what came of it.
+    pub fn steer_cluster(&mut self, snapshot: Arc<Snapshot>) {
+        let Some(link) = &self.cluster else { return };
+        if snapshot.revision <= link.snapshot.revision && self.compiled.is_some() {
+            return;
+        }
+        self.state = snapshot.local_state(&link.node);
+        self.interfaces = self.current_interfaces();
+        let compiled = compile_cached(&self.state, &self.interfaces, &Origins::in_cluster());
+        self.program(
+            compiled,
+            &format!(
+                "revision {} cannot be steered on this node's interfaces",
+                snapshot.revision
+            ),
+        );
+        if let Err(e) = self.store.save_cluster(&snapshot) {
+            self.warn_once(format!("caching the cluster's state: {e}"));
+        }
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(snapshot.applied_state());
+        let link = self.cluster.as_mut().expect("cluster mode");
+        link.snapshot = snapshot;
+        let revision = link.snapshot.revision;
+        link.status.send_modify(|s| s.revision = revision);
+    }
+
+    pub(super) fn cluster_apply(&mut self, objects: Vec<Sourced>, dry_run: bool) -> Response {
+        self.cluster_change(dry_run, |base, nodes, reserved| {
+            let placements = nodes::resolve(&objects, nodes)?;
+            let qualified: Vec<Sourced> = objects
+                .iter()
+                .zip(&placements)
+                .map(|(s, placement)| Sourced {
+                    file: s.file.clone(),
+                    object: Object {
+                        name: s.object.name.clone(),
+                        spec: nodes::qualify(&s.object.spec, placement),
+                    },
+                })
+                .collect();
+            let (next, lines, _) = plan_objects(
+                &base.qualified_state(),
+                qualified,
+                &Interfaces::default(),
+                Origins::in_cluster(),
+                reserved,
+            )?;
+            let upserts = objects
+                .iter()
+                .zip(placements)
+                .map(|(s, placement)| {
+                    let mut object = s.object.clone();
+                    if let Spec::PortChain(chain) = &mut object.spec {
+                        chain.chain_id =
+                            next.port_chains.get(&object.name).and_then(|c| c.chain_id);
+                    }
+                    Record {
+                        object,
+                        placement,
+                        since: base.revision + 1,
+                    }
+                })
+                .collect();
+            Ok(Planned {
+                upserts,
+                removals: Vec::new(),
+                lines,
+                next,
+            })
+        })
+    }
+
+    pub(super) fn cluster_delete(
+        &mut self,
+        targets: Vec<(Kind, String)>,
+        dry_run: bool,
+    ) -> Response {
+        self.cluster_change(dry_run, |base, _, _| {
+            let mut next = base.qualified_state();
+            let mut items = Vec::new();
+            let mut removals = Vec::new();
+            for (kind, name) in &targets {
+                let verb = if next.remove(*kind, name) {
+                    removals.push((*kind, name.clone()));
+                    "deleted"
+                } else {
+                    "not found (nothing to delete)"
+                };
+                items.push((*kind, name.clone(), verb.to_string()));
+            }
+            if let Err(e) = compile_cached(&next, &Interfaces::default(), &Origins::in_cluster()) {
+                let mut r = errors_response(e);
+                r.message = "nothing was deleted: the rest of the cluster's state would be invalid; delete the objects that use these first, or in the same file".into();
+                return Err(r.into());
+            }
+            Ok(Planned {
+                upserts: Vec::new(),
+                removals,
+                lines: changes::render(items),
+                next,
+            })
+        })
+    }
+
+    /// Validates `plan` against the cluster's latest state and commits it, guarded by the
+    /// revision it was validated against; when another apply committed first, validates again
+    /// against the newer state.
+    fn cluster_change(
+        &mut self,
+        dry_run: bool,
+        plan: impl Fn(&Snapshot, &NodeInterfaces, &BTreeSet<u32>) -> Result<Planned, PlanError>,
+    ) -> Response {
+        let mut base = self.link().snapshot.clone();
+        for _ in 0..ATTEMPTS {
+            let link = self.link();
+            let read = link.wait(|| async {
+                let latest = link.store.refresh(&base).await?;
+                Ok((latest, link.store.nodes().await?))
+            });
+            let (latest, nodes) = match read {
+                Ok(r) => r,
+                Err(e) => return refused(e),
+            };
+            base = Arc::new(latest);
+            let interfaces: NodeInterfaces = nodes
+                .iter()
+                .map(|n| {
+                    let names = n.info.interfaces.iter().map(|i| i.name.clone()).collect();
+                    (n.name.clone(), names)
+                })
+                .collect();
+            let (reserved, retired) = chain_ids_held(&base, &nodes);
+            let planned = match plan(&base, &interfaces, &reserved) {
+                Ok(p) => p,
+                Err(PlanError::Invalid(e)) => return errors_response(e),
+                Err(PlanError::Refused(r)) => return *r,
+            };
+            if dry_run {
+                let mut response = ok_response(planned.lines, &[]);
+                response.message.push_str("\ndry run: nothing was changed");
+                return response;
+            }
+            let changed = base.changed_shards(planned.upserts, &planned.removals);
+            if changed.is_empty() {
+                let mut response = ok_response(planned.lines, &[]);
+                response.revision = Some(base.revision);
+                return response;
+            }
+            let head = Head {
+                shards: base.head.shards.clone(),
+                retired: retire(&base, &planned.next, retired),
+            };
+            let version = format!(
+                "{}.{}",
+                link.node,
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            );
+            let committed = link.wait(|| {
+                link.store
+                    .commit(&base, changed.clone(), head.clone(), &version)
+            });
+            match committed {
+                Ok(next) => {
+                    let revision = next.revision;
+                    self.steer_cluster(Arc::new(next));
+                    let mut lines = planned.lines;
+                    lines.push(format!(
+                        "committed as revision {revision} of the cluster's state"
+                    ));
+                    if let Some(problem) = &self.last_error {
+                        lines.push(format!(
+                            "note: this node does not steer it fully: {problem}"
+                        ));
+                    }
+                    let mut response = ok_response(lines, &[]);
+                    response.revision = Some(revision);
+                    return response;
+                }
+                Err(ClusterError::Conflict) => continue,
+                Err(e) => return refused(e),
+            }
+        }
+        Response::failure(format!(
+            "the cluster's state changed {ATTEMPTS} times while this request was validated against it; nothing was changed, try again"
+        ))
+    }
+
+    pub(super) fn cluster_nodes(&self) -> Response {
+        let link = self.link();
+        match link.wait(|| link.store.nodes()) {
+            Ok(nodes) => Response {
+                ok: true,
+                nodes: nodes.into_iter().map(node_row).collect(),
+                ..Default::default()
+            },
+            Err(e) => Response::failure(e.to_string()),
+        }
+    }
+
+    /// For `describe`: each node's applied revision, beside the revision that brought this
+    /// version of the object.
+    pub(super) fn cluster_describe(&self, kind: Kind, name: &str) -> String {
+        let link = self.link();
+        let since = link.snapshot.record(kind, name).map_or(0, |r| r.since);
+        let mut out = format!(
+            "\nNodes (this node steers revision {}; this version of the object came after revision {}):\n",
+            link.snapshot.revision,
+            since - 1
+        );
+        match link.wait(|| link.store.nodes()) {
+            Ok(nodes) => {
+                for n in nodes.into_iter().map(node_row) {
+                    let has = if n.applied_revision >= since {
+                        "has it"
+                    } else {
+                        "behind"
+                    };
+                    out.push_str(&format!(
+                        "  {}\t{}\tapplied revision {}\t{has}{}\n",
+                        n.name,
+                        n.state,
+                        n.applied_revision,
+                        if n.error.is_empty() {
+                            String::new()
+                        } else {
+                            format!("\terror: {}", n.error)
+                        }
+                    ));
+                }
+            }
+            Err(e) => out.push_str(&format!("  unknown: {e}\n")),
+        }
+        out
+    }
+
+    /// The interfaces this node has, for the other nodes' name resolution.
+    pub(super) fn publish_interfaces(&self) {
+        let Some(link) = &self.cluster else { return };
+        let interfaces = self
+            .interfaces
+            .links
+            .values()
+            .filter(|l| l.name != "lo")
+            .map(|l| sfc_api::protocol::NodeInterface {
+                name: l.name.clone(),
+                mac: l.mac.map(format_mac).unwrap_or_default(),
+            })
+            .collect();
+        link.info.send_if_modified(|info| {
+            let changed = info.interfaces != interfaces;
+            info.interfaces = interfaces;
+            changed
+        });
+    }
+
+    /// Says why this node does not steer its part fully (empty: it does).
+    pub(super) fn publish_error(&self) {
+        if let Some(link) = &self.cluster {
+            let error = self.last_error.clone().unwrap_or_default();
+            link.status.send_if_modified(|s| {
+                let changed = s.error != error;
+                s.error = error;
+                changed
+            });
+        }
+    }
+}
+
+enum PlanError {
+    Invalid(ConfigErrors),
+    Refused(Box<Response>),
+}
+
+impl From<ConfigErrors> for PlanError {
+    fn from(e: ConfigErrors) -> Self {
+        PlanError::Invalid(e)
+    }
+}
+
+impl From<Response> for PlanError {
+    fn from(r: Response) -> Self {
+        PlanError::Refused(Box::new(r))
+    }
+}
+
+fn refused(e: ClusterError) -> Response {
+    let mut message = format!("{e}; nothing was changed");
+    if matches!(e, ClusterError::Unreachable { .. }) {
+        message.push_str(", and every node keeps steering what it has");
+    }
+    Response::failure(message)
+}
+
+/// Chain ids a new chain may not take: those of deleted chains while a node has applied a
+/// revision that still had them (a node lost meanwhile counts: its dataplane may still run).
+/// Also the retired ids still worth keeping.
+fn chain_ids_held(base: &Snapshot, nodes: &[NodeView]) -> (BTreeSet<u32>, BTreeMap<u32, i64>) {
+    let oldest = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref().map(|s| s.revision))
+        .min()
+        .unwrap_or(i64::MAX);
+    let retired: BTreeMap<u32, i64> = base
+        .head
+        .retired
+        .iter()
+        .filter(|(_, since)| **since > oldest)
+        .map(|(id, since)| (*id, *since))
+        .collect();
+    (retired.keys().copied().collect(), retired)
+}
+
+/// `retired` plus the ids of the chains `next` no longer has.
+fn retire(base: &Snapshot, next: &State, mut retired: BTreeMap<u32, i64>) -> BTreeMap<u32, i64> {
+    let ids = |s: &State| -> BTreeSet<u32> {
+        s.port_chains.values().filter_map(|c| c.chain_id).collect()
+    };
+    let kept = ids(next);
+    for id in ids(&base.applied_state()).difference(&kept) {
+        retired.insert(*id, base.revision + 1);
+    }
+    retired
+}
+
+fn node_row(n: NodeView) -> Node {
+    Node {
+        state: if n.alive { "ready" } else { "lost" }.into(),
+        tunnel_address: n.info.tunnel_address,
+        interfaces: n.info.interfaces,
+        applied_revision: n.status.as_ref().map_or(0, |s| s.revision),
+        error: n.status.map(|s| s.error).unwrap_or_default(),
+        name: n.name,
+    }
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
