@@ -133,6 +133,10 @@ pub enum Request {
     TraceStop,
     /// The cluster's nodes (a daemon without `--etcd` says it is not in a cluster).
     GetNodes,
+    /// Forgets a node that is gone for good (lost, and no object on it).
+    DeleteNode {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -10,17 +10,14 @@ use std::{
 use clap::Parser;
 use sfc_config::nodes::valid_node_name;
 use sfc_daemon::{
-    agent::{cluster::ClusterLink, store::Store as AgentStore},
+    agent::{cluster::ClusterLink, lock, run, store::Store as AgentStore, Agent, Paths},
+    api::server,
     cluster::{
         self,
         membership::Membership,
         records::{Alive, NodeInfo, NodeStatus},
         ClusterError,
     },
-};
-use sfc_daemon::{
-    agent::{lock, run, Agent, Paths},
-    api::server,
     dataplane::{
         ensure_bpffs,
         netlink::{self, Netlink},
@@ -193,14 +190,11 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     netlink::watch_links(move || events.interfaces_changed())
         .map_err(|e| format!("cannot follow interface changes: {e}"))?;
     let netlink = Netlink::connect().map_err(|e| format!("cannot read interfaces: {e}"))?;
-    let cluster = if args.etcd.is_empty() {
-        None
+    let (link, membership) = if args.etcd.is_empty() {
+        (None, None)
     } else {
-        Some(join_cluster(&args, &runtime, handle.clone())?)
-    };
-    let (link, membership) = match cluster {
-        Some((link, membership)) => (Some(link), Some(membership)),
-        None => (None, None),
+        let (link, membership) = join_cluster(&args, &runtime)?;
+        (Some(link), Some(membership))
     };
     let follow = link.as_ref().map(|l| (l.store.clone(), l.snapshot.clone()));
     let paths = Paths {
@@ -246,7 +240,6 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
 fn join_cluster(
     args: &Args,
     runtime: &tokio::runtime::Runtime,
-    _events: sfc_daemon::agent::run::AgentHandle,
 ) -> Result<(ClusterLink, impl std::future::Future<Output = ()>), String> {
     let node = match &args.node {
         Some(n) => n.clone(),

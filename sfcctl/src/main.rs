@@ -44,7 +44,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Delete the objects named in FILE, or one object by KIND and NAME.
+    /// Delete the objects named in FILE, or one object by KIND and NAME; in a cluster,
+    /// `delete node NAME` forgets a node that is gone for good (lost, and no object on it).
     Delete {
         #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
         file: Option<String>,
@@ -161,6 +162,11 @@ fn run(args: Args) -> Result<(), String> {
                         content,
                         dry_run,
                     }
+                }
+                (None, Some(k), Some(name))
+                    if matches!(k.to_ascii_lowercase().as_str(), "node" | "nodes") =>
+                {
+                    Request::DeleteNode { name }
                 }
                 (None, Some(k), Some(name)) => Request::Delete {
                     kind: kind(&k)?,

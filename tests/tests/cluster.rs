@@ -220,13 +220,14 @@ fn steering_maps(all: Maps) -> Maps {
 
 #[test]
 fn an_apply_on_one_node_is_applied_by_every_node_and_interfaces_resolve_across_nodes() {
-    let (lab, etcd, _) = cluster("ca", 3, 1, false);
+    // n4 has no interface of the chain's.
+    let (mut lab, etcd, _) = cluster("ca", 4, 1, false);
     let out = apply(&lab, 1, &chain(1)).unwrap();
     let revision = committed(&out);
-    wait_applied(&lab, &[1, 2, 3], revision);
+    wait_applied(&lab, &[1, 2, 3, 4], revision);
     let rows = nodes(&lab, 3);
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["n1", "n2", "n3"]);
+    assert_eq!(names, ["n1", "n2", "n3", "n4"]);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["state"], "ready", "{row}");
         assert_eq!(row["tunnelAddress"], format!("10.99.0.1{}", i + 1), "{row}");
@@ -263,7 +264,7 @@ fn an_apply_on_one_node_is_applied_by_every_node_and_interfaces_resolve_across_n
     );
     let err = apply(&lab, 2, &pair("x", "nowhere", "n9/a")).unwrap_err();
     assert!(
-        err.contains("no node has an interface named \"nowhere\" (registered nodes: n1, n2, n3)"),
+        err.contains("no node has an interface named \"nowhere\" (registered nodes: n1, n2, n3, n4)"),
         "{err}"
     );
     assert!(err.contains("node \"n9\" is not registered"), "{err}");
@@ -273,12 +274,28 @@ fn an_apply_on_one_node_is_applied_by_every_node_and_interfaces_resolve_across_n
         "{err}"
     );
     let out = apply(&lab, 2, &pair("x", "n2/dup", "spare")).unwrap();
-    wait_applied(&lab, &[1, 2, 3], committed(&out));
+    wait_applied(&lab, &[1, 2, 3, 4], committed(&out));
     let yaml = lab.sfcctl(1, &["get", "pp", "x", "-o", "yaml"]).unwrap();
     assert!(
         yaml.contains("ingress: n2/dup") && yaml.contains("egress: spare"),
         "{yaml}"
     );
+
+    // A node gone for good is forgotten, once lost and only then.
+    let err = lab.sfcctl(1, &["delete", "node", "n4"]).unwrap_err();
+    assert!(err.contains("node \"n4\" is alive"), "{err}");
+    lab.kill_agent(4).unwrap();
+    let forgotten = wait_for(Duration::from_secs(TTL + 5), || {
+        lab.sfcctl(1, &["delete", "node", "n4"]).ok()
+    });
+    assert_eq!(forgotten.as_deref(), Some("node/n4 forgotten\n"));
+    let names: Vec<String> = nodes(&lab, 2)
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+    let err = lab.sfcctl(1, &["delete", "node", "n4"]).unwrap_err();
+    assert!(err.contains("node \"n4\" not found"), "{err}");
 
     // A second agent may not take the name of a node that is alive (started by hand in n2,
     // with directories of its own).
@@ -450,6 +467,12 @@ fn a_killed_agent_restarts_without_touching_its_maps_and_a_lost_node_shows_withi
     })
     .expect("n2 never shown lost");
     assert!(lost <= Duration::from_secs(TTL + 2), "lost after {lost:?}");
+    // A lost node whose interfaces objects use is not forgotten.
+    let err = lab.sfcctl(1, &["delete", "node", "n2"]).unwrap_err();
+    assert!(
+        err.contains("node \"n2\" still has PortPair \"pp2\""),
+        "{err}"
+    );
     println!("n2 lost {lost:?} after its agent was killed (TTL {TTL} s)");
     // Still steering with the agent gone.
     let now = steering_maps(maps(&lab, 2));

@@ -229,32 +229,58 @@ fn group_members(state: &State, origins: &Origins) -> Vec<ConfigError> {
 /// SF-facing interfaces get a counter slot each: the ingress and egress of every member of a
 /// group some chain uses, and the ingress of every tap, present or not; an interface crossed by
 /// two pairs (one's ingress, the other's egress) gets one per pair.
-fn counted_interfaces(state: &State, origins: &Origins) -> Option<ConfigError> {
-    let uses = counter_uses(state, origins);
-    let passed = past_limit(&uses, COUNTED_INTERFACES, origins)?;
-    Some(passed.error(
-        origins,
-        format!(
-            "{} SF-facing interfaces would have counters (the ingress and egress of every member of a group in use, and the ingress of every tap, present or not), and this node has {COUNTED_INTERFACES} counter slots ({} is past the limit); use fewer SF instances on this node, or one interface for an instance's ingress and egress",
-            passed.count,
-            shown(passed.item())
-        ),
-    ))
+fn counted_interfaces(state: &State, origins: &Origins) -> Vec<ConfigError> {
+    per_node(counter_uses(state, origins), |node, uses| {
+        let passed = past_limit(uses, COUNTED_INTERFACES, origins)?;
+        Some(passed.error(
+            origins,
+            format!(
+                "{} SF-facing interfaces would have counters (the ingress and egress of every member of a group in use, and the ingress of every tap, present or not), and {node} has {COUNTED_INTERFACES} counter slots ({} is past the limit); use fewer SF instances on {node}, or one interface for an instance's ingress and egress",
+                passed.count,
+                shown(passed.item())
+            ),
+        ))
+    })
 }
 
 /// Interfaces that get the program once present (see [`managed_interfaces`] for those
 /// present now).
-fn steered_interfaces(state: &State, origins: &Origins) -> Option<ConfigError> {
-    let uses = steering_uses(state, origins);
-    let passed = past_limit(&uses, PORTS_PER_GEN, origins)?;
-    Some(passed.error(
-        origins,
-        format!(
-            "{} interfaces would need the steering program (logical ports and SF interfaces, present or not), and this node manages at most {PORTS_PER_GEN} ({} is past the limit); use fewer logical ports or SF instances on this node",
-            passed.count,
-            shown(passed.item())
-        ),
-    ))
+fn steered_interfaces(state: &State, origins: &Origins) -> Vec<ConfigError> {
+    per_node(steering_uses(state, origins), |node, uses| {
+        let passed = past_limit(uses, PORTS_PER_GEN, origins)?;
+        Some(passed.error(
+            origins,
+            format!(
+                "{} interfaces would need the steering program (logical ports and SF interfaces, present or not), and {node} manages at most {PORTS_PER_GEN} ({} is past the limit); use fewer logical ports or SF instances on {node}",
+                passed.count,
+                shown(passed.item())
+            ),
+        ))
+    })
+}
+
+/// Checks each node's uses apart: in a cluster's state interfaces are written `NODE/IFNAME`,
+/// and every node has limits of its own; unqualified ones are this node's.
+fn per_node<'s>(
+    uses: Vec<Use<'s>>,
+    check: impl Fn(&str, &[Use<'s>]) -> Option<ConfigError>,
+) -> Vec<ConfigError> {
+    let mut nodes: BTreeMap<&str, Vec<Use<'s>>> = BTreeMap::new();
+    for u in uses {
+        let node = crate::nodes::split(u.item).map_or("", |(node, _)| node);
+        nodes.entry(node).or_default().push(u);
+    }
+    nodes
+        .into_iter()
+        .filter_map(|(node, uses)| {
+            let node = if node.is_empty() {
+                "this node".to_string()
+            } else {
+                format!("node {node}")
+            };
+            check(&node, &uses)
+        })
+        .collect()
 }
 
 /// One unit of a capacity (`item`, counted once however many uses it has), and the objects
@@ -902,6 +928,33 @@ mod tests {
             Err(vec![format!(
                 "new.yaml: PortChain \"c\": spec.flowClassifiers[4095]: 4097 interfaces would need the steering program (logical ports and SF interfaces, present or not), and this node manages at most 4096 (\"s4095\" is past the limit); use fewer logical ports or SF instances on this node"
             )])
+        );
+    }
+
+    #[test]
+    fn in_a_cluster_each_node_has_limits_of_its_own() {
+        // 4097 logical ports: past one node's limit, within two nodes' once split.
+        let on = |node_of: &dyn Fn(usize) -> &'static str| {
+            let mut state = groups(1);
+            let fcs: Vec<String> = (0..=PORTS_PER_GEN).map(|n| format!("fc{n:04}")).collect();
+            for (n, name) in fcs.iter().enumerate() {
+                let mut fc = classifier(format!("10.{}.{}.0/24", n >> 8, n & 0xff), None);
+                fc.logical_source_port = format!("{}/s{n:04}", node_of(n));
+                state.flow_classifiers.insert(name.clone(), fc);
+            }
+            chain(&mut state, "c", &["g0000".into()], &fcs, false);
+            limits_of_state(&state, &Origins::in_cluster())
+        };
+        assert_eq!(on(&|n| if n % 2 == 0 { "n1" } else { "n2" }), vec![]);
+        let errors = on(&|_| "n1");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("and node n1 manages at most 4096")
+                && errors[0].message.contains("SF instances on node n1"),
+            "{}",
+            errors[0].message
         );
     }
 

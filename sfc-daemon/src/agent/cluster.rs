@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use sfc_api::protocol::{Node, Response};
@@ -235,16 +235,9 @@ impl Agent {
                 shards: base.head.shards.clone(),
                 retired: retire(&base, &planned.next, retired),
             };
-            let version = format!(
-                "{}.{}",
-                link.node,
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos())
-            );
             let committed = link.wait(|| {
                 link.store
-                    .commit(&base, changed.clone(), head.clone(), &version)
+                    .commit(&base, changed.clone(), head.clone(), &link.node)
             });
             match committed {
                 Ok(next) => {
@@ -282,6 +275,55 @@ impl Agent {
             },
             Err(e) => Response::failure(e.to_string()),
         }
+    }
+
+    /// `sfcctl delete node NAME`: forgets a node that is gone for good, so that its
+    /// interfaces no longer count when names are resolved and its applied revision no longer
+    /// holds back chain ids. Refused while it is alive or while objects are on it.
+    pub(super) fn forget_node(&mut self, name: &str) -> Response {
+        let link = self.link();
+        let mut base = link.snapshot.clone();
+        for _ in 0..ATTEMPTS {
+            base = match link.wait(|| link.store.refresh(&base)) {
+                Ok(latest) => Arc::new(latest),
+                Err(e) => return refused(e),
+            };
+            let on_node: Vec<String> = base
+                .records()
+                .filter(|r| r.placement.values().any(|n| n == name))
+                .map(|r| format!("{} {:?}", r.object.spec.kind(), r.object.name))
+                .collect();
+            if !on_node.is_empty() {
+                let shown = on_node
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let more = on_node.len().saturating_sub(5);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                return Response::failure(format!(
+                    "node {name:?} still has {shown}{more}; delete them first (or apply them on other nodes); nothing was changed"
+                ));
+            }
+            match link.wait(|| link.store.forget_node(&base, name)) {
+                Ok(true) => return ok_response(vec![format!("node/{name} forgotten")], &[]),
+                Ok(false) => {
+                    return Response::failure(format!(
+                        "node {name:?} not found; `sfcctl get nodes` lists them"
+                    ))
+                }
+                Err(ClusterError::Conflict) => continue,
+                Err(e) => return refused(e),
+            }
+        }
+        Response::failure(format!(
+            "the cluster's state changed {ATTEMPTS} times while node {name:?} was checked; nothing was changed, try again"
+        ))
     }
 
     /// For `describe`: each node's applied revision, beside the revision that brought this

@@ -357,6 +357,7 @@ impl Agent {
                     dry_run,
                 } => return self.cluster_delete(vec![(kind, name)], dry_run),
                 Request::GetNodes => return self.cluster_nodes(),
+                Request::DeleteNode { name } => return self.forget_node(&name),
                 request => return self.handle_here(request),
             }
         }
@@ -385,7 +386,7 @@ impl Agent {
                 dry_run,
             } => self.delete(vec![(kind, name)], dry_run),
             Request::Get { kind, name } => get(&self.published.lock().unwrap_or_else(|e| e.into_inner()).clone(), kind, name),
-            Request::GetNodes => Response::failure(
+            Request::GetNodes | Request::DeleteNode { .. } => Response::failure(
                 "this node is not in a cluster (sfc-daemon runs without --etcd); `sfcctl get` lists what it steers",
             ),
             // The server answers these itself.

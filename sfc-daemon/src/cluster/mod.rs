@@ -30,6 +30,8 @@ pub enum ClusterError {
     NodeTaken { node: String, holder: String },
     #[error("the cluster's state changed while this request was being validated")]
     Conflict,
+    #[error("node {node:?} is alive (its agent holds its lease); stop its agent, or wait until `sfcctl get nodes` shows it lost")]
+    NodeAlive { node: String },
     #[error(
         "{what} is {size} bytes once serialised, more than etcd takes in one request (1.5 MiB)"
     )]

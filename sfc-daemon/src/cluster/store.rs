@@ -5,17 +5,17 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::{
     records::{
-        head_key, parse_shard_key, shard_key, shards_prefix, Head, NodeInfo, NodeStatus, Record,
-        PREFIX,
+        alive_key, head_key, node_key, parse_shard_key, shard_key, shards_prefix, status_key, Head,
+        NodeInfo, NodeStatus, Record, PREFIX,
     },
     snapshot::Snapshot,
     ClusterError,
@@ -132,17 +132,22 @@ impl Store {
         })
     }
 
-    /// Writes `changed` (each shard's whole new contents) under a new `version`, then makes
-    /// `head` (which must name them) current in one transaction guarded by `base.revision`.
-    /// Err([`ClusterError::Conflict`]) when another apply committed since `base` was read:
-    /// nothing of this one is then visible.
+    /// Writes `changed` (each shard's whole new contents) under a version of `node`'s never
+    /// used before, then makes `head` name them in one transaction guarded by
+    /// `base.revision`. Err([`ClusterError::Conflict`]) when another apply committed since
+    /// `base` was read: nothing of this one is then visible. Safe to call again after an
+    /// error: each call writes keys of its own, and removes only those.
     pub async fn commit(
         &self,
         base: &Snapshot,
         changed: BTreeMap<u16, Vec<Record>>,
         mut head: Head,
-        version: &str,
+        node: &str,
     ) -> Result<Snapshot, ClusterError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let version = format!("{node}.{nanos}");
         let mut puts = Vec::new();
         for (shard, records) in &changed {
             if records.is_empty() {
@@ -156,8 +161,8 @@ impl Store {
                     size: body.len(),
                 });
             }
-            head.shards.insert(*shard, version.to_string());
-            puts.push((shard_key(*shard, version), body));
+            head.shards.insert(*shard, version.clone());
+            puts.push((shard_key(*shard, &version), body));
         }
         let written: Vec<String> = puts.iter().map(|(k, _)| k.clone()).collect();
         // The shards first: no head names them yet, so no reader sees them.
@@ -254,6 +259,41 @@ impl Store {
             .map(str::to_string)
             .collect();
         self.delete_keys(&stale).await;
+    }
+
+    /// Forgets `node` (its row and status), guarded by its lease being gone and by the state
+    /// still being at `base` (which the caller found no object of the node in). Ok(false)
+    /// when there was no such node.
+    pub async fn forget_node(&self, base: &Snapshot, node: &str) -> Result<bool, ClusterError> {
+        let state_unchanged = if base.revision == 0 {
+            Compare::version(head_key(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(head_key(), CompareOp::Equal, base.revision)
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::version(alive_key(node), CompareOp::Equal, 0),
+                state_unchanged,
+            ])
+            .and_then([
+                TxnOp::delete(node_key(node), None),
+                TxnOp::delete(status_key(node), None),
+            ])
+            .or_else([TxnOp::get(alive_key(node), None)]);
+        let mut client = self.client();
+        let response = self.call(client.txn(txn)).await?;
+        let responses = response.op_responses();
+        if !response.succeeded() {
+            let alive = responses
+                .iter()
+                .any(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
+            return Err(if alive {
+                ClusterError::NodeAlive { node: node.into() }
+            } else {
+                ClusterError::Conflict
+            });
+        }
+        Ok(matches!(responses.first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0))
     }
 
     /// Every node that ever registered, with whether its lease holds and its status.
