@@ -264,7 +264,9 @@ fn an_apply_on_one_node_is_applied_by_every_node_and_interfaces_resolve_across_n
     );
     let err = apply(&lab, 2, &pair("x", "nowhere", "n9/a")).unwrap_err();
     assert!(
-        err.contains("no node has an interface named \"nowhere\" (registered nodes: n1, n2, n3, n4)"),
+        err.contains(
+            "no node has an interface named \"nowhere\" (registered nodes: n1, n2, n3, n4)"
+        ),
         "{err}"
     );
     assert!(err.contains("node \"n9\" is not registered"), "{err}");
