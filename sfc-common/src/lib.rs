@@ -340,7 +340,7 @@ pub struct PortKey {
 /// Value of `sfc_v4_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortValue {
     pub domain: u32,
     pub n_tuples: u16,

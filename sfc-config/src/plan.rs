@@ -8,8 +8,8 @@ use crate::{
     changes,
     compile::{capacity, compile_cached, Compiled, Image, Interfaces},
     document::{parse_file, ConfigError, ConfigErrors, Sourced},
-    model::State,
-    validate::Origins,
+    model::{Kind, State},
+    validate::{validate, Origins},
 };
 
 /// Everything `apply --dry-run` and `validate` need, without a kernel: parse, merge, check,
@@ -68,6 +68,36 @@ pub fn plan_objects(
     origins: Origins,
     reserved: &BTreeSet<u32>,
 ) -> Result<(State, Vec<String>, Compiled), ConfigErrors> {
+    let (next, origins, names) = merge(current, objects, origins, reserved)?;
+    let compiled = compile_cached(&next, interfaces, &origins)?;
+    limits(&next, &origins)?;
+    let lines = changes::applied(current, &next, &names);
+    Ok((next, lines, compiled))
+}
+
+/// [`plan_objects`] without compiling: the checks of the state alone. For a cluster's state,
+/// which each node compiles (for its own interfaces) once it is committed.
+pub fn validate_objects(
+    current: &State,
+    objects: Vec<Sourced>,
+    origins: Origins,
+    reserved: &BTreeSet<u32>,
+) -> Result<(State, Vec<String>), ConfigErrors> {
+    let (next, origins, names) = merge(current, objects, origins, reserved)?;
+    validate(&next, &origins)?;
+    limits(&next, &origins)?;
+    let lines = changes::applied(current, &next, &names);
+    Ok((next, lines))
+}
+
+/// `current` with `objects` applied on it, new chains given ids; with where each object
+/// comes from, and the kind and name of each, in order.
+fn merge(
+    current: &State,
+    objects: Vec<Sourced>,
+    origins: Origins,
+    reserved: &BTreeSet<u32>,
+) -> Result<Merged, ConfigErrors> {
     let mut errors = Vec::new();
     let origins = origins_of(&objects, origins, &mut errors);
     if !errors.is_empty() {
@@ -80,13 +110,19 @@ pub fn plan_objects(
         next.upsert(s.object);
     }
     keep_and_assign_chain_ids(&mut next, current, &origins, reserved)?;
-    let compiled = compile_cached(&next, interfaces, &origins)?;
-    let errors = capacity::limits_of_state(&next, &origins);
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+    Ok((next, origins, names))
+}
+
+/// What [`merge`] gives: the next state, the origins of its objects, and the objects applied.
+type Merged = (State, Origins, Vec<(Kind, String)>);
+
+fn limits(state: &State, origins: &Origins) -> Result<(), ConfigErrors> {
+    let errors = capacity::limits_of_state(state, origins);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
     }
-    let lines = changes::applied(current, &next, &names);
-    Ok((next, lines, compiled))
 }
 
 /// Where each object comes from, in apply order; an object named twice is an error on the

@@ -591,3 +591,54 @@ fn real_traffic_keeps_crossing_the_chain_while_etcd_is_down_and_across_an_agent_
         );
     }
 }
+
+/// A measurement, not run by default: `cargo test --release -p sfc-tests --test cluster --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run with --release -- --ignored --nocapture"]
+fn a_hundred_thousand_classifiers_in_one_apply() {
+    let (lab, _etcd, _) = cluster("ch", 3, 1, false);
+    let mut yaml = chain(1);
+    let mut names = Vec::new();
+    for i in 0..100_000u32 {
+        names.push(format!("m{i}"));
+        yaml.push_str(&format!(
+            "---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {{name: m{i}}}\nspec: {{ethertype: IPv4, protocol: tcp, destinationIpPrefix: 10.{}.{}.{}/32, logicalSourcePort: vm-src}}\n",
+            i >> 16,
+            (i >> 8) & 0xff,
+            i & 0xff
+        ));
+    }
+    yaml.push_str(&format!(
+        "---\napiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortChain\nmetadata: {{name: c2}}\nspec: {{portPairGroups: [g1], flowClassifiers: [{}]}}\n",
+        names.join(", ")
+    ));
+    let started = Instant::now();
+    let out = apply(&lab, 2, &yaml).unwrap();
+    let applied = started.elapsed();
+    let revision = committed(&out);
+    wait_applied(&lab, &[1, 2, 3], revision);
+    let everywhere = started.elapsed();
+    let started = Instant::now();
+    let one = "apiVersion: sfc.dataplane.dev/v1alpha1\nkind: FlowClassifier\nmetadata: {name: m7}\nspec: {ethertype: IPv4, protocol: icmp, destinationIpPrefix: 10.0.0.7/32, logicalSourcePort: vm-src}\n";
+    let revision = committed(&apply(&lab, 3, one).unwrap());
+    let one_applied = started.elapsed();
+    wait_applied(&lab, &[1, 2, 3], revision);
+    let one_everywhere = started.elapsed();
+    println!(
+        "100 000 classifiers: committed and steered on the applying node in {:.2} s, on all three in {:.2} s; one classifier changed then: {:.0} ms, on all three {:.0} ms",
+        applied.as_secs_f64(),
+        everywhere.as_secs_f64(),
+        one_applied.as_secs_f64() * 1e3,
+        one_everywhere.as_secs_f64() * 1e3
+    );
+    for node in [2, 3] {
+        for line in lab
+            .agent_log(node)
+            .lines()
+            .filter(|l| l.contains("committed"))
+        {
+            println!("n{node}: {line}");
+        }
+    }
+}

@@ -53,7 +53,7 @@ pub struct Interfaces {
 }
 
 /// The map contents of one generation (generation fields left at 0).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Image {
     pub ports: BTreeMap<u32, PortValue>,
     pub classify: BTreeMap<ClassKey, ClassEntry>,

@@ -12,16 +12,17 @@ use std::{
 use sfc_api::protocol::{Node, Response};
 use sfc_config::{
     changes,
-    compile::{compile_cached, Interfaces},
+    compile::compile_cached,
     document::{ConfigErrors, Sourced},
     model::{Kind, Object, Spec, State},
     nodes::{self, NodeInterfaces},
-    plan::plan_objects,
-    validate::Origins,
+    plan::validate_objects,
+    validate::{validate, Origins},
 };
 use tokio::sync::watch;
+use tracing::info;
 
-use super::{errors_response, ok_response, Agent};
+use super::{errors_response, ms, ok_response, Agent};
 pub use crate::cluster::snapshot::Snapshot;
 use crate::cluster::{
     records::{Head, NodeInfo, NodeStatus, Record},
@@ -123,10 +124,9 @@ impl Agent {
                     },
                 })
                 .collect();
-            let (next, lines, _) = plan_objects(
+            let (next, lines) = validate_objects(
                 &base.qualified_state(),
                 qualified,
-                &Interfaces::default(),
                 Origins::in_cluster(),
                 reserved,
             )?;
@@ -173,7 +173,7 @@ impl Agent {
                 };
                 items.push((*kind, name.clone(), verb.to_string()));
             }
-            if let Err(e) = compile_cached(&next, &Interfaces::default(), &Origins::in_cluster()) {
+            if let Err(e) = validate(&next, &Origins::in_cluster()) {
                 let mut r = errors_response(e);
                 r.message = "nothing was deleted: the rest of the cluster's state would be invalid; delete the objects that use these first, or in the same file".into();
                 return Err(r.into());
@@ -215,6 +215,7 @@ impl Agent {
                 })
                 .collect();
             let (reserved, retired) = chain_ids_held(&base, &nodes);
+            let started = Instant::now();
             let planned = match plan(&base, &interfaces, &reserved) {
                 Ok(p) => p,
                 Err(PlanError::Invalid(e)) => return errors_response(e),
@@ -235,6 +236,7 @@ impl Agent {
                 shards: base.head.shards.clone(),
                 retired: retire(&base, &planned.next, retired),
             };
+            let planned_at = started.elapsed();
             let committed = link.wait(|| {
                 link.store
                     .commit(&base, changed.clone(), head.clone(), &link.node)
@@ -242,7 +244,15 @@ impl Agent {
             match committed {
                 Ok(next) => {
                     let revision = next.revision;
+                    let committed_at = started.elapsed();
                     self.steer_cluster(Arc::new(next));
+                    info!(
+                        revision,
+                        plan_ms = ms(planned_at),
+                        commit_ms = ms(committed_at - planned_at),
+                        steer_ms = ms(started.elapsed() - committed_at),
+                        "committed"
+                    );
                     let mut lines = planned.lines;
                     lines.push(format!(
                         "committed as revision {revision} of the cluster's state"

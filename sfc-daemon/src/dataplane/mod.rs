@@ -950,20 +950,10 @@ fn remove_ok(r: Result<(), MapError>) -> Result<(), MapError> {
 }
 
 /// A fingerprint of an image's whole contents (its maps are ordered, so equal images hash
-/// alike), fed to the hasher without building the text.
+/// alike).
 fn fingerprint(image: &Image) -> u64 {
-    use std::{
-        fmt::Write,
-        hash::{DefaultHasher, Hasher},
-    };
-    struct Feed(DefaultHasher);
-    impl Write for Feed {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            self.0.write(s.as_bytes());
-            Ok(())
-        }
-    }
-    let mut feed = Feed(DefaultHasher::new());
-    write!(feed, "{image:?}").expect("hashing never fails");
-    feed.0.finish()
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    image.hash(&mut hasher);
+    hasher.finish()
 }
