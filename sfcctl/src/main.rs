@@ -15,7 +15,8 @@ use sfc_config::{
     compile::Interfaces,
     document::{to_json, to_yaml},
     model::{Kind, Object, PortRange, Spec, State},
-    plan::plan,
+    plan::{parse_files, plan, validate_objects},
+    validate::Origins,
 };
 use trace::Format;
 
@@ -67,6 +68,10 @@ enum Command {
     Validate {
         #[arg(short = 'f', long = "filename")]
         file: String,
+        /// Check it as for a cluster: interfaces may be written NODE/IFNAME (which node has
+        /// which interface is not known offline; `apply --dry-run` on a node checks that).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Follow packets through this node live: every step of each packet matching the filter
     /// (any subset; a flow matches in both directions). Stops after --count records or
@@ -207,14 +212,24 @@ fn run(args: Args) -> Result<(), String> {
             print!("{}", render(kind, &response.objects, output));
             Ok(())
         }
-        Command::Validate { file } => {
+        Command::Validate { file, cluster } => {
             let (file, content) = read_file(&file)?;
-            match plan(
-                &State::default(),
-                &[(file.clone(), content)],
-                &Interfaces::default(),
-            ) {
-                Ok((_, lines, _)) => {
+            let files = [(file.clone(), content)];
+            let checked = if cluster {
+                parse_files(&files).and_then(|objects| {
+                    validate_objects(
+                        &State::default(),
+                        objects,
+                        Origins::in_cluster(),
+                        &Default::default(),
+                    )
+                })
+            } else {
+                plan(&State::default(), &files, &Interfaces::default())
+                    .map(|(next, lines, _)| (next, lines))
+            };
+            match checked {
+                Ok((_, lines)) => {
                     println!("{file}: valid ({} objects)", lines.len());
                     Ok(())
                 }

@@ -283,6 +283,18 @@ fn an_apply_on_one_node_is_applied_by_every_node_and_interfaces_resolve_across_n
         "{yaml}"
     );
 
+    // Offline, a file with NODE/IFNAME checks as for a cluster.
+    let file = lab
+        .lab
+        .file("qualified.yaml", &pair("q", "n2/a", "n2/b"))
+        .unwrap();
+    let err = lab.sfcctl(1, &["validate", "-f", &file]).unwrap_err();
+    assert!(err.contains("\"n2/a\" is not an interface name"), "{err}");
+    let out = lab
+        .sfcctl(1, &["validate", "--cluster", "-f", &file])
+        .unwrap();
+    assert!(out.contains("valid (1 objects)"), "{out}");
+
     // A node gone for good is forgotten, once lost and only then.
     let err = lab.sfcctl(1, &["delete", "node", "n4"]).unwrap_err();
     assert!(err.contains("node \"n4\" is alive"), "{err}");
