@@ -259,7 +259,6 @@ fn join_cluster(
     });
     let options = cluster::Options {
         endpoints: args.etcd.clone(),
-        node: node.clone(),
         tunnel_address: args.tunnel_address,
         ttl: Duration::from_secs(args.node_ttl),
         tls,

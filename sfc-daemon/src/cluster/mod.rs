@@ -49,7 +49,6 @@ pub struct Tls {
 
 pub struct Options {
     pub endpoints: Vec<String>,
-    pub node: String,
     pub tunnel_address: Option<IpAddr>,
     pub ttl: Duration,
     pub tls: Option<Tls>,
