@@ -192,6 +192,10 @@ pub struct Node {
     pub applied_revision: i64,
     /// Why its last apply did not fully take effect; empty when fine.
     pub error: String,
+    /// The largest IP packet its chains carry to other nodes: its underlay's MTU less the
+    /// encapsulation (0: not known).
+    #[serde(default)]
+    pub usable_mtu: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

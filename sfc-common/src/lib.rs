@@ -2,17 +2,17 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v4_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! version (`sfc_v5_*`): a change of any layout here bumps it, so that a new daemon gets fresh
 //! maps instead of misreading pinned ones.
 #![no_std]
 
-/// The version of this ABI, in every map name (`sfc_v4_*`). A change of any layout here, of a
+/// The version of this ABI, in every map name (`sfc_v5_*`). A change of any layout here, of a
 /// map's type or of what a value means bumps it, so that a new daemon gets fresh maps instead of
 /// misreading pinned ones; `layout_fingerprint_matches_the_abi_version` fails until it is.
 #[macro_export]
 macro_rules! abi_version {
     () => {
-        4
+        5
     };
 }
 pub const ABI_VERSION: u32 = abi_version!();
@@ -71,9 +71,18 @@ pub const PROGRAM_XDP: &str = "sfc_xdp";
 /// veth takes XDP frames only if its peer has GRO on or an XDP program, which only the user
 /// can vouch for (`--xdp-on-veth`); otherwise the XDP program leaves those packets to TC.
 pub const MAP_XDP_INTO_VETH: &str = map_name!("xdp_into_veth");
+/// Members and chain ends on other nodes (by [`RemoteKey`]): the tunnel address of their node.
+pub const MAP_REMOTES: &str = map_name!("remotes");
+/// Members and chain ends on this node that other nodes send to (by [`RemoteKey`]): where a
+/// packet that arrives in the tunnel for them goes.
+pub const MAP_LANDING: &str = map_name!("landing");
+/// Tunnel addresses of the other registered nodes: the only sources tunnel packets are taken
+/// from.
+pub const MAP_TUNNEL_PEERS: &str = map_name!("tunnel_peers");
+pub const PROGRAM_TUNNEL: &str = "sfc_tunnel";
 
 /// Every map of the steering object, pinned or not.
-pub const MAP_NAMES: [&str; 22] = [
+pub const MAP_NAMES: [&str; 25] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_CLASSIFY,
@@ -96,6 +105,9 @@ pub const MAP_NAMES: [&str; 22] = [
     MAP_TRACE_EVENTS,
     MAP_SCRATCH,
     MAP_XDP_INTO_VETH,
+    MAP_REMOTES,
+    MAP_LANDING,
+    MAP_TUNNEL_PEERS,
 ];
 
 /// Distinct match shapes (prefix lengths, port-prefix lengths, protocol) probed per interface.
@@ -110,7 +122,7 @@ pub const RING_SIZE: u32 = 1021;
 pub const SLOTS_PER_GEN: u32 = 512;
 /// Classifier entries (both generations together). Hash map without preallocation.
 pub const CLASSIFY_CAPACITY: u32 = 1 << 20;
-/// Source-port ranges of classify entries per generation (`sfc_v4_source_ports`; generation
+/// Source-port ranges of classify entries per generation (`sfc_v5_source_ports`; generation
 /// `g` owns `g * SOURCE_PORTS_PER_GEN ..`). Only keys shared by classifiers that differ by
 /// source port need them.
 pub const SOURCE_PORTS_PER_GEN: u32 = 32768;
@@ -144,11 +156,53 @@ pub const MEMBER_SLOTS: u32 = 4096;
 /// Size of the trace event ring buffer (bytes, a power of two).
 pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
-/// `sfc_v4_config` index holding the epoch; the active generation is `epoch & 1`.
+/// `sfc_v5_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
-/// `sfc_v4_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
+/// `sfc_v5_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
 pub const CONFIG_FLIP_NS: u32 = 1;
-pub const CONFIG_ENTRIES: u32 = 2;
+/// `sfc_v5_config` indexes `CONFIG_REVISION + gen`: the revision of the cluster's state each
+/// generation steers (its low 32 bits; 0 outside a cluster). Packets between nodes carry it,
+/// so that a packet is steered on every node by the revision it started with.
+pub const CONFIG_REVISION: u32 = 2;
+/// `sfc_v5_config` index holding the ifindex of this node's underlay interface, where
+/// packets to other nodes leave and theirs arrive (0: none, outside a cluster).
+pub const CONFIG_TUNNEL_IFINDEX: u32 = 4;
+/// `sfc_v5_config` index holding this node's tunnel address (IPv4, network byte order).
+pub const CONFIG_TUNNEL_ADDRESS: u32 = 5;
+/// `sfc_v5_config` index holding the MTU of this node's underlay interface.
+pub const CONFIG_TUNNEL_MTU: u32 = 6;
+pub const CONFIG_ENTRIES: u32 = 7;
+
+/// `Member::ifindex` and `Verdict::deliver_ifindex` bit: not an interface of this node but a
+/// member side or chain end on another one, named by the rest (see [`remote_id`]); sent there
+/// in the tunnel.
+pub const REMOTE: u32 = 1 << 31;
+/// Entries of `sfc_v5_remotes` and of `sfc_v5_landing` (both generations together).
+pub const REMOTES_CAPACITY: u32 = 16384;
+/// Nodes a node takes tunnel packets from.
+pub const TUNNEL_PEERS_CAPACITY: u32 = 4096;
+/// UDP port of Geneve (RFC 8926).
+pub const GENEVE_PORT: u16 = 6081;
+/// Option class of the Geneve option that carries the service path (IANA's experimental range).
+pub const GENEVE_OPT_CLASS: u16 = 0xfff5;
+/// Its type: critical (high bit), so that a receiver that does not know it drops the packet.
+pub const GENEVE_OPT_TYPE: u8 = 0x81;
+/// Bytes a packet gains when it is sent to another node: outer IPv4 (20), UDP (8), Geneve
+/// (8), its option ([`TunnelOption`], 28) and the inner Ethernet header (14).
+pub const TUNNEL_OVERHEAD: u32 = 20 + 8 + 8 + 28 + 14;
+/// The service index of a packet sent to the first hop (RFC 8300: 255, one less per hop).
+pub const SERVICE_INDEX_START: u8 = 255;
+
+/// The id of an interface of a cluster, `NODE/IFNAME` (FNV-1a, with [`REMOTE`] set): how
+/// nodes name each other's member sides and chain ends in the tunnel, the same on every node
+/// and in every generation.
+pub fn remote_id(qualified: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in qualified.bytes() {
+        hash = (hash ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    REMOTE | (hash & !REMOTE)
+}
 
 /// After a flip, a flow with packets still inside its chain keeps the old generation until
 /// they are out, but never longer than this; the agent leaves a retired generation intact for
@@ -233,7 +287,28 @@ pub mod stat {
     /// packet whose flow's path is not known (its flow record was lost: the flow table was
     /// full), rather than sent down the wrong one.
     pub const PATH_UNKNOWN: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// Packets sent to another node in the tunnel (to a member there, or to a chain end).
+    pub const TUNNEL_SENT: u32 = 18;
+    /// Tunnel packets from another node sent on into a member or chain end here.
+    pub const TUNNEL_RECEIVED: u32 = 19;
+    /// Dropped: a tunnel packet from an address that is no registered node's.
+    pub const TUNNEL_REJECTED_SOURCE: u32 = 20;
+    /// Dropped: a tunnel packet without our option, or with one that does not parse, or
+    /// whose inner packet is not IP.
+    pub const TUNNEL_REJECTED_MALFORMED: u32 = 21;
+    /// Dropped: a tunnel packet whose service index ran out (it went round more hops than a
+    /// chain has).
+    pub const TUNNEL_REJECTED_INDEX: u32 = 22;
+    /// Dropped: a tunnel packet of a revision of the state this node does not hold (rather
+    /// than steered on the rest of its way by another one).
+    pub const TUNNEL_REJECTED_REVISION: u32 = 23;
+    /// Dropped: a tunnel packet for a member or chain end this node does not have in that
+    /// revision.
+    pub const TUNNEL_REJECTED_TARGET: u32 = 24;
+    /// Dropped: a packet for another node that would not fit the underlay's MTU once
+    /// encapsulated (segmentation offload packets are cut to fit instead).
+    pub const TUNNEL_TOO_BIG: u32 = 25;
+    pub const COUNT: u32 = 26;
     pub const NAMES: [&str; COUNT as usize] = [
         "steered",
         "delivered",
@@ -253,10 +328,18 @@ pub mod stat {
         "fragments_tracked",
         "fragment_table_full",
         "path_unknown",
+        "tunnel_sent",
+        "tunnel_received",
+        "tunnel_rejected_source",
+        "tunnel_rejected_malformed",
+        "tunnel_rejected_index",
+        "tunnel_rejected_revision",
+        "tunnel_rejected_target",
+        "tunnel_too_big",
     ];
 }
 
-/// Key of `sfc_v4_classify`: a packet's addresses, protocol and destination port, masked by
+/// Key of `sfc_v5_classify`: a packet's addresses, protocol and destination port, masked by
 /// one tuple of its interface. The source port is not in the key: it is checked against the
 /// entry's ranges ([`ClassEntry`]), so that ranges on both ports need no product of shapes.
 #[repr(C)]
@@ -315,10 +398,10 @@ impl SourcePorts {
     pub const ANY: (u16, u16) = (0, u16::MAX);
 }
 
-/// Value of `sfc_v4_classify`: what the key's packets get, by their source port. Most keys
+/// Value of `sfc_v5_classify`: what the key's packets get, by their source port. Most keys
 /// have one range (`only`; `0..=65535` when the classifier has none). Where classifiers share
 /// a key and differ by source port, `ranges` > 0 and the ranges are elements
-/// `first .. first + ranges` of `sfc_v4_source_ports`, sorted and disjoint: a binary search
+/// `first .. first + ranges` of `sfc_v5_source_ports`, sorted and disjoint: a binary search
 /// of at most 16 steps, however many there are.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -329,7 +412,7 @@ pub struct ClassEntry {
     pub ranges: u32,
 }
 
-/// Key of `sfc_v4_ports`.
+/// Key of `sfc_v5_ports`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -337,7 +420,7 @@ pub struct PortKey {
     pub gen: u32,
 }
 
-/// Value of `sfc_v4_ports`: the domain packets arriving on this interface are classified in and
+/// Value of `sfc_v5_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -369,7 +452,7 @@ pub const PORT_NEEDS_PORTS: u16 = 4;
 /// directions through one interface): keys carry the path of the packet's flow.
 pub const PORT_BY_PATH: u16 = 8;
 
-/// Value of `sfc_v4_classify`.
+/// Value of `sfc_v5_classify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Verdict {
@@ -434,7 +517,7 @@ pub struct Member {
     pub slot: u16,
 }
 
-/// Entry of `sfc_v4_ring` and value of `sfc_v4_pins`: both sides of one member, so that the
+/// Entry of `sfc_v5_ring` and value of `sfc_v5_pins`: both sides of one member, so that the
 /// two directions of a symmetric flow meet the same instance.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -443,7 +526,7 @@ pub struct RingEntry {
     pub egress: Member,
 }
 
-/// Key of `sfc_v4_members`: a member (by its ingress interface) of one group table.
+/// Key of `sfc_v5_members`: a member (by its ingress interface) of one group table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
@@ -452,7 +535,7 @@ pub struct MemberKey {
     pub ifindex: u32,
 }
 
-/// Key of `sfc_v4_pins` (whose value is the member's ingress ifindex): a flow (as its
+/// Key of `sfc_v5_pins` (whose value is the member's ingress ifindex): a flow (as its
 /// member-choosing hash) in one group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -461,7 +544,7 @@ pub struct PinKey {
     pub hash: u32,
 }
 
-/// Value of `sfc_v4_flows`.
+/// Value of `sfc_v5_flows`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowState {
@@ -480,7 +563,7 @@ pub struct FlowState {
     pub inflight: u64,
 }
 
-/// Key of `sfc_v4_decisions`: a flow arriving on one interface.
+/// Key of `sfc_v5_decisions`: a flow arriving on one interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey {
@@ -488,7 +571,7 @@ pub struct DecisionKey {
     pub tuple: FlowTuple,
 }
 
-/// Value of `sfc_v4_decisions`: what the program decided for a flow on an interface, valid
+/// Value of `sfc_v5_decisions`: what the program decided for a flow on an interface, valid
 /// while the epoch is the same (any update makes every decision stale at once), so that the
 /// next packets of the flow skip classification and member choice.
 #[repr(C)]
@@ -512,7 +595,7 @@ pub struct Decision {
     pub _pad: u32,
 }
 
-/// Element of `sfc_v4_member_counters` (per CPU): traffic we sent into an SF through one of its
+/// Element of `sfc_v5_member_counters` (per CPU): traffic we sent into an SF through one of its
 /// interfaces, and traffic that came back out of it there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -523,7 +606,7 @@ pub struct MemberCounter {
     pub from_bytes: u64,
 }
 
-/// Element of `sfc_v4_counters` (per CPU).
+/// Element of `sfc_v5_counters` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Counter {
@@ -541,7 +624,7 @@ pub mod trace_field {
     pub const ID: u8 = 1 << 5;
 }
 
-/// The one entry of `sfc_v4_trace_filter`. A packet matches in either direction (source and
+/// The one entry of `sfc_v5_trace_filter`. A packet matches in either direction (source and
 /// destination swapped), so one filter follows both directions of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -560,7 +643,7 @@ pub struct TraceFilter {
     pub dst: [u32; 4],
 }
 
-/// One packet's step through this node, sent to `sfc_v4_trace_events` while tracing.
+/// One packet's step through this node, sent to `sfc_v5_trace_events` while tracing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TraceEvent {
@@ -604,7 +687,7 @@ pub fn tracking_id(input: &HashInput) -> u32 {
     }
 }
 
-/// Key of `sfc_v4_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
+/// Key of `sfc_v5_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
 /// IPv4 flows have their own tables because the key is hashed on every packet: a decided flow
 /// costs a third less with it.
 #[repr(C)]
@@ -620,7 +703,7 @@ pub struct FlowTuple4 {
     pub vlan: u16,
 }
 
-/// Key of `sfc_v4_decisions4`.
+/// Key of `sfc_v5_decisions4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey4 {
@@ -628,7 +711,7 @@ pub struct DecisionKey4 {
     pub tuple: FlowTuple4,
 }
 
-/// Key of `sfc_v4_flows` (directional 5-tuple; IPv6, and anything not IPv4).
+/// Key of `sfc_v5_flows` (directional 5-tuple; IPv6, and anything not IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowTuple {
@@ -642,7 +725,7 @@ pub struct FlowTuple {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v4_fragments`: one IP datagram arriving on one interface (each hop of a chain
+/// Key of `sfc_v5_fragments`: one IP datagram arriving on one interface (each hop of a chain
 /// sees the whole datagram again, in its own order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -657,7 +740,7 @@ pub struct FragmentKey {
     pub dst: [u32; 4],
 }
 
-/// Value of `sfc_v4_fragments`: what the first fragment told of its datagram.
+/// Value of `sfc_v5_fragments`: what the first fragment told of its datagram.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentState {
@@ -669,6 +752,65 @@ pub struct FragmentState {
     pub seen: u64,
     /// CLOCK_MONOTONIC of the first fragment.
     pub first_ns: u64,
+}
+
+/// Key of `sfc_v5_remotes` and `sfc_v5_landing`: a member side or chain end of a cluster
+/// ([`remote_id`]) in one generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RemoteKey {
+    pub gen: u32,
+    pub id: u32,
+}
+
+/// Value of `sfc_v5_remotes` and key of `sfc_v5_tunnel_peers`: a node's tunnel address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TunnelPeer {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Network byte order, IPv4 in word 0.
+    pub addr: [u32; 4],
+}
+
+/// `TunnelOption::flags`: the packet goes to a chain end (delivered there), not into a member.
+pub const TUNNEL_DELIVER: u8 = 1;
+/// `TunnelOption::flags`: the reverse direction of a symmetric chain.
+pub const TUNNEL_REVERSE: u8 = 2;
+
+/// The one Geneve option of a packet between nodes: what the receiving node needs to go on
+/// with the chain without classifying it again. Every multi-byte field is in network byte
+/// order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TunnelOption {
+    /// [`GENEVE_OPT_CLASS`].
+    pub class: u16,
+    /// [`GENEVE_OPT_TYPE`].
+    pub kind: u8,
+    /// Length of the rest, in 4-byte words (5 bits).
+    pub length: u8,
+    /// RFC 8300's service path header: the service path identifier (`chain id << 1 |
+    /// reverse`) in the high 24 bits, the service index in the low 8 ([`SERVICE_INDEX_START`]
+    /// minus the hop the packet goes to).
+    pub service: u32,
+    /// The revision of the state the packet is steered by (`CONFIG_REVISION`).
+    pub revision: u32,
+    /// The member side or chain end it goes to ([`remote_id`]).
+    pub target: u32,
+    /// The path its flow entered by (`Verdict::path`).
+    pub path: u32,
+    /// The destination MAC the flow had where it entered the chain (put back if the chain
+    /// ends in normal forwarding).
+    pub mac: [u8; 6],
+    /// `TUNNEL_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+impl TunnelOption {
+    /// [`TunnelOption::length`]: the words after the option's own 4-byte header.
+    pub const WORDS: u8 = ((core::mem::size_of::<TunnelOption>() - 4) / 4) as u8;
 }
 
 /// The parts of a packet the member choice may hash.
@@ -780,6 +922,8 @@ mod pod {
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for FragmentKey {}
     unsafe impl aya::Pod for FragmentState {}
+    unsafe impl aya::Pod for RemoteKey {}
+    unsafe impl aya::Pod for TunnelPeer {}
 }
 
 #[cfg(test)]
@@ -812,6 +956,9 @@ mod tests {
         assert_eq!(size_of::<MemberKey>(), 8);
         assert_eq!(size_of::<FragmentKey>(), 12 + 32);
         assert_eq!(size_of::<FragmentState>(), 24);
+        assert_eq!(size_of::<RemoteKey>(), 8);
+        assert_eq!(size_of::<TunnelPeer>(), 20);
+        assert_eq!(size_of::<TunnelOption>(), 28);
     }
 
     /// Every field's offset and size of every map key and value, folded into one number.
@@ -822,7 +969,7 @@ mod tests {
                 [size_of::<$t>() as u64, $(offset_of!($t, $f) as u64),+]
             };
         }
-        let layouts: [&[u64]; 23] = [
+        let layouts: [&[u64]; 26] = [
             &fields!(ClassKey: gen, tuple, family, proto, domain, path, dport, src, dst),
             &fields!(TupleMask: family, proto, uses_ports, dport, src, dst),
             &fields!(SourcePorts: lo, hi, verdict),
@@ -849,6 +996,10 @@ mod tests {
             &fields!(FlowTuple4: src, dst, sport, dport, proto, vlan),
             &fields!(FragmentKey: family, proto, vlan, id, ifindex, src, dst),
             &fields!(FragmentState: sport, dport, total, seen, first_ns),
+            &fields!(RemoteKey: gen, id),
+            &fields!(TunnelPeer: family, addr),
+            &fields!(TunnelOption: class, kind, length, service, revision, target, path, mac,
+                flags),
         ];
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for word in layouts.iter().flat_map(|l| l.iter()).chain(&[
@@ -859,6 +1010,7 @@ mod tests {
             SOURCE_PORTS_PER_GEN as u64,
             MEMBER_SLOTS as u64,
             stat::COUNT as u64,
+            CONFIG_ENTRIES as u64,
         ]) {
             h = (h ^ word).wrapping_mul(0x100_0000_01b3);
         }
@@ -872,7 +1024,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (4, 7848101099353615159),
+            (5, 4253278635602141181),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

@@ -894,6 +894,7 @@ fn interfaces() -> BoxedStrategy<Interfaces> {
                     peer_nsid: (kind == 0).then_some(1),
                     up: true,
                     running: true,
+                    mtu: 1500,
                 };
                 match kind {
                     0 | 1 => {

@@ -175,7 +175,15 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     server::refuse_if_served(&args.socket).map_err(|e| e.to_string())?;
     let status = Arc::new(Status::new());
     let observed = Shared::default();
-    let metrics = Arc::new(Metrics::new(observed.clone(), status.clone()));
+    // In a cluster: this node's name, which labels its metrics.
+    let node = (!args.etcd.is_empty())
+        .then(|| node_name(&args))
+        .transpose()?;
+    let metrics = Arc::new(Metrics::new(
+        observed.clone(),
+        status.clone(),
+        node.as_deref(),
+    ));
     let endpoint = runtime
         .block_on(tokio::net::TcpListener::bind(args.metrics))
         .map_err(|e| {
@@ -190,11 +198,12 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     netlink::watch_links(move || events.interfaces_changed())
         .map_err(|e| format!("cannot follow interface changes: {e}"))?;
     let netlink = Netlink::connect().map_err(|e| format!("cannot read interfaces: {e}"))?;
-    let (link, membership) = if args.etcd.is_empty() {
-        (None, None)
-    } else {
-        let (link, membership) = join_cluster(&args, &runtime)?;
-        (Some(link), Some(membership))
+    let (link, membership) = match node {
+        None => (None, None),
+        Some(node) => {
+            let (link, membership) = join_cluster(&args, node, &runtime)?;
+            (Some(link), Some(membership))
+        }
     };
     let follow = link.as_ref().map(|l| (l.store.clone(), l.snapshot.clone()));
     let paths = Paths {
@@ -216,8 +225,12 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     }
     if let Some((store, known)) = follow {
         let events = handle.clone();
-        runtime.spawn(cluster::follow::follow(store, known, move |s| {
+        runtime.spawn(cluster::follow::follow(store.clone(), known, move |s| {
             events.cluster_state(s)
+        }));
+        let events = handle.clone();
+        runtime.spawn(cluster::follow::follow_nodes(store, move |nodes| {
+            events.cluster_nodes(nodes)
         }));
     }
     // Last: clients find the socket only once there is an agent to answer them.
@@ -234,13 +247,8 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     Err("the socket server stopped".into())
 }
 
-/// Connects to etcd, takes the node's name (refused if another live agent holds it; put off
-/// if etcd cannot be reached now) and prepares what the agent needs in a cluster: its link,
-/// and the membership task to spawn once the agent runs.
-fn join_cluster(
-    args: &Args,
-    runtime: &tokio::runtime::Runtime,
-) -> Result<(ClusterLink, impl std::future::Future<Output = ()>), String> {
+/// This node's name in a cluster: `--node`, or the host name.
+fn node_name(args: &Args) -> Result<String, String> {
     let node = match &args.node {
         Some(n) => n.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -252,6 +260,17 @@ fn join_cluster(
             "--node {node:?} is not a node name; use 1 to 63 characters a-z, 0-9, '.' and '-'"
         ));
     }
+    Ok(node)
+}
+
+/// Connects to etcd, takes the node's name (refused if another live agent holds it; put off
+/// if etcd cannot be reached now) and prepares what the agent needs in a cluster: its link,
+/// and the membership task to spawn once the agent runs.
+fn join_cluster(
+    args: &Args,
+    node: String,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(ClusterLink, impl std::future::Future<Output = ()>), String> {
     let tls = args.etcd_ca.as_ref().map(|ca| cluster::Tls {
         ca: ca.clone(),
         cert: args.etcd_cert.clone().expect("clap requires it"),
@@ -297,13 +316,19 @@ fn join_cluster(
     let (info, info_rx) = watch::channel(NodeInfo {
         tunnel_address: tunnel_address.to_string(),
         interfaces: Vec::new(),
+        usable_mtu: 0,
     });
     info!(node, %tunnel_address, endpoints = %options.endpoints.join(","), "cluster mode");
+    let nodes = AgentStore::new(&args.state_dir)
+        .and_then(|s| s.load_nodes())
+        .map_err(|e| e.to_string())?;
     let link = ClusterLink {
         node,
         store,
         runtime: runtime.handle().clone(),
         snapshot: Arc::new(known),
+        nodes,
+        tunnel_address,
         status,
         info,
     };

@@ -132,7 +132,11 @@ async fn start(metrics: Arc<Metrics>, limits: Option<Limits>) -> SocketAddr {
 
 #[test]
 fn render_has_every_metric_with_todays_names_and_labels() {
-    let metrics = Metrics::new(Arc::new(Mutex::new(sample())), Arc::new(Status::new()));
+    let metrics = Metrics::new(
+        Arc::new(Mutex::new(sample())),
+        Arc::new(Status::new()),
+        None,
+    );
     metrics.observe_apply(0.2);
     metrics.observe_apply(3.0);
     let text = metrics.render();
@@ -205,8 +209,31 @@ fn render_has_every_metric_with_todays_names_and_labels() {
 }
 
 #[test]
+fn in_a_cluster_every_sample_carries_its_node() {
+    let metrics = Metrics::new(
+        Arc::new(Mutex::new(sample())),
+        Arc::new(Status::new()),
+        Some("n7"),
+    );
+    metrics.observe_apply(0.2);
+    let text = metrics.render();
+    let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(samples.len() > 20, "{text}");
+    for line in samples {
+        assert!(line.contains(r#"node="n7""#), "no node label: {line}");
+    }
+    for line in [
+        r#"sfc_datapath_packets_total{node="n7",outcome="steered"} 100"#,
+        r#"sfc_tunnel_packets_total{node="n7",direction="sent"} 0"#,
+        r#"sfc_tunnel_rejected_packets_total{node="n7",reason="source"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
+    }
+}
+
+#[test]
 fn an_empty_snapshot_still_declares_every_family() {
-    let metrics = Metrics::new(Default::default(), Arc::new(Status::new()));
+    let metrics = Metrics::new(Default::default(), Arc::new(Status::new()), None);
     let text = metrics.render();
     parse_openmetrics(&text);
     for family in [
@@ -244,7 +271,11 @@ fn an_empty_snapshot_still_declares_every_family() {
 #[tokio::test]
 async fn routes_answer_and_unknown_paths_get_a_hint() {
     let status = Arc::new(Status::new());
-    let addr = start(Arc::new(Metrics::new(Default::default(), status)), None).await;
+    let addr = start(
+        Arc::new(Metrics::new(Default::default(), status, None)),
+        None,
+    )
+    .await;
 
     let m = get(addr, "/metrics", SEC).await;
     assert_eq!(m.status, 200);
@@ -262,7 +293,7 @@ async fn routes_answer_and_unknown_paths_get_a_hint() {
 #[tokio::test]
 async fn healthz_follows_the_agent_heartbeat_and_readyz_says_why() {
     let status = Arc::new(Status::with_liveness_limit(Duration::from_millis(300)));
-    let metrics = Arc::new(Metrics::new(Default::default(), status.clone()));
+    let metrics = Arc::new(Metrics::new(Default::default(), status.clone(), None));
     let addr = start(metrics.clone(), None).await;
 
     let ok = get(addr, "/healthz", SEC).await;
@@ -301,7 +332,7 @@ async fn at_the_connection_cap_a_scrape_waits_for_an_idle_one_to_time_out() {
     };
     let status = Arc::new(Status::new());
     let addr = start(
-        Arc::new(Metrics::new(Default::default(), status)),
+        Arc::new(Metrics::new(Default::default(), status, None)),
         Some(limits),
     )
     .await;

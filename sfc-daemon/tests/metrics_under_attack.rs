@@ -28,7 +28,7 @@ async fn scrapes_stay_fast_and_memory_bounded_under_idle_garbage_slow_and_huge_c
     };
     let status = Arc::new(Status::new());
     status.set_ready(None);
-    let metrics = Arc::new(Metrics::new(Arc::new(Mutex::new(snapshot)), status));
+    let metrics = Arc::new(Metrics::new(Arc::new(Mutex::new(snapshot)), status, None));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, metrics));

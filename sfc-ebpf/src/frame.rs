@@ -16,6 +16,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
+use crate::tunnel::Encapsulation;
+
 const PACKET_HOST: u32 = 0;
 
 pub trait Frame {
@@ -42,6 +44,13 @@ pub trait Frame {
     /// Into `ifindex`, or with `peer` straight into the ingress of its veth peer where the
     /// hook can (TC); returns the program's verdict.
     fn redirect(&self, ifindex: u32, peer: bool) -> i32;
+    /// Pushes the outer headers of a packet for another node in front of its IP header
+    /// (IPv4 or, not `inner_v4`, IPv6); whether that worked.
+    fn encapsulate(&self, headers: &Encapsulation, inner_v4: bool) -> bool;
+    /// Whether the packet fits an underlay of `mtu` once encapsulated.
+    fn fits(&self, mtu: u32) -> bool;
+    /// Out of `ifindex` to the next hop of its (outer) destination address.
+    fn redirect_neigh(&self, ifindex: u32) -> i32;
 }
 
 impl Frame for TcContext {
@@ -119,6 +128,21 @@ impl Frame for TcContext {
             unsafe { bpf_redirect(ifindex, 0) }
         }) as i32
     }
+
+    #[inline(always)]
+    fn encapsulate(&self, headers: &Encapsulation, inner_v4: bool) -> bool {
+        crate::tunnel::encapsulate(self, headers, inner_v4)
+    }
+
+    #[inline(always)]
+    fn fits(&self, mtu: u32) -> bool {
+        crate::tunnel::fits(self, mtu)
+    }
+
+    #[inline(always)]
+    fn redirect_neigh(&self, ifindex: u32) -> i32 {
+        crate::tunnel::redirect_neigh(ifindex)
+    }
 }
 
 impl Frame for XdpContext {
@@ -194,5 +218,21 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn redirect(&self, ifindex: u32, _peer: bool) -> i32 {
         unsafe { bpf_redirect(ifindex, 0) as i32 }
+    }
+
+    /// Never asked for: packets for other nodes are left to TC.
+    #[inline(always)]
+    fn encapsulate(&self, _headers: &Encapsulation, _inner_v4: bool) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn fits(&self, _mtu: u32) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn redirect_neigh(&self, _ifindex: u32) -> i32 {
+        Self::DROP
     }
 }

@@ -21,6 +21,7 @@
 
 mod frame;
 mod parse;
+mod tunnel;
 
 use core::{
     intrinsics::{atomic_xadd, AtomicOrdering},
@@ -36,14 +37,14 @@ use aya_ebpf::{
 use sfc_common::{
     action, lb, stat, trace_field, ClassEntry, ClassKey, Counter, Decision, DecisionKey,
     DecisionKey4, FlowState, FlowTuple, FlowTuple4, FragmentKey, FragmentState, HashInput, Member,
-    MemberCounter, MemberKey, PinKey, PortKey, PortValue, RingEntry, SourcePorts, TraceEvent,
-    TraceFilter, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH, CONFIG_FLIP_NS,
-    COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY,
+    MemberCounter, MemberKey, PinKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts,
+    TraceEvent, TraceFilter, TunnelPeer, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH,
+    CONFIG_FLIP_NS, COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY,
     FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLOWS_CAPACITY, FRAGMENTS_CAPACITY,
     FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY,
     MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS,
-    PORT_PASS_UNPARSABLE, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN,
-    TRACE_EVENTS_BYTES,
+    PORT_PASS_UNPARSABLE, REMOTE, REMOTES_CAPACITY, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER,
+    SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES, TUNNEL_PEERS_CAPACITY,
 };
 
 use crate::{
@@ -53,48 +54,58 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v4_config")]
+#[map(name = "sfc_v5_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v4_ports")]
+#[map(name = "sfc_v5_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v4_classify")]
+#[map(name = "sfc_v5_classify")]
 static CLASSIFY: HashMap<ClassKey, ClassEntry> =
     HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v4_source_ports")]
+#[map(name = "sfc_v5_source_ports")]
 static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
 
-#[map(name = "sfc_v4_ring")]
+#[map(name = "sfc_v5_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v4_members")]
+#[map(name = "sfc_v5_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v4_live")]
+#[map(name = "sfc_v5_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v4_fragments")]
+#[map(name = "sfc_v5_remotes")]
+static REMOTES: HashMap<RemoteKey, TunnelPeer> =
+    HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "sfc_v5_landing")]
+static LANDING: HashMap<RemoteKey, Member> = HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "sfc_v5_tunnel_peers")]
+static TUNNEL_PEERS: HashMap<TunnelPeer, u32> = HashMap::pinned(TUNNEL_PEERS_CAPACITY, 0);
+
+#[map(name = "sfc_v5_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v4_flows")]
+#[map(name = "sfc_v5_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v4_flows4")]
+#[map(name = "sfc_v5_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v4_pins")]
+#[map(name = "sfc_v5_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v4_new_pins")]
+#[map(name = "sfc_v5_new_pins")]
 static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v4_decisions")]
+#[map(name = "sfc_v5_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v4_decisions4")]
+#[map(name = "sfc_v5_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -106,6 +117,10 @@ struct Scratch {
     decision: Decision,
     pkt: Packet,
     fragment: FragmentKey,
+    /// The outer headers of a packet sent to another node.
+    encap: tunnel::Encapsulation,
+    /// What a trace's tracking id is hashed from.
+    trace_hash: HashInput,
 }
 
 impl Scratch {
@@ -153,29 +168,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v4_xdp_into_veth")]
+#[map(name = "sfc_v5_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v4_scratch")]
+#[map(name = "sfc_v5_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v4_stats")]
+#[map(name = "sfc_v5_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v4_counters")]
+#[map(name = "sfc_v5_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v4_member_counters")]
+#[map(name = "sfc_v5_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v4_member_slots")]
+#[map(name = "sfc_v5_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v4_trace_filter")]
+#[map(name = "sfc_v5_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v4_trace_events")]
+#[map(name = "sfc_v5_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -186,6 +201,12 @@ pub fn sfc_tc(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn sfc_xdp(ctx: XdpContext) -> u32 {
     steer(&ctx) as u32
+}
+
+/// On this node's Geneve device: packets other nodes send on along their chains.
+#[classifier]
+pub fn sfc_tunnel(ctx: TcContext) -> i32 {
+    tunnel::land(&ctx)
 }
 
 /// The active trace filter, if a trace is running: one array read when none is.
@@ -244,34 +265,40 @@ fn emit<C: Frame>(
     let Some(filter) = trace_filter() else {
         return;
     };
-    let id = sfc_common::tracking_id(&hash_input(pkt));
+    // The hash input and the event are built in map memory, not on the stack: they are
+    // inlined where the stack has no room left for them.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let input = unsafe { &mut (*scratch).trace_hash };
+    *input = hash_input(pkt);
+    let id = sfc_common::tracking_id(input);
     if !trace_matches(filter, pkt, id) {
         return;
     }
     let Some(mut slot) = TRACE_EVENTS.reserve::<TraceEvent>(0) else {
         return;
     };
-    let event = TraceEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        id,
-        ifindex: ctx.ifindex(),
-        target_ifindex: target.map(|m| m.ifindex).unwrap_or(0),
-        chain_id: verdict.map(|v| v.chain_id).unwrap_or(0),
-        hop: verdict.map(|v| v.hop).unwrap_or(0),
-        outcome: outcome as u8,
-        flags: verdict.map(|v| v.flags).unwrap_or(0),
-        gen: gen as u8,
-        family: pkt.family,
-        proto: pkt.proto,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        mac: target.map(|m| m.mac).unwrap_or([0; 6]),
-        tapped: verdict.map(|v| (v.tap_ifindex != 0) as u8).unwrap_or(0),
-        _pad: 0,
-        src: pkt.src,
-        dst: pkt.dst,
-    };
-    slot.write(event);
+    // SAFETY: every field is written before the event is submitted.
+    let e = unsafe { &mut *slot.as_mut_ptr() };
+    e.ts_ns = unsafe { bpf_ktime_get_ns() };
+    e.id = id;
+    e.ifindex = ctx.ifindex();
+    e.target_ifindex = target.map(|m| m.ifindex).unwrap_or(0);
+    e.chain_id = verdict.map(|v| v.chain_id).unwrap_or(0);
+    e.hop = verdict.map(|v| v.hop).unwrap_or(0);
+    e.outcome = outcome as u8;
+    e.flags = verdict.map(|v| v.flags).unwrap_or(0);
+    e.gen = gen as u8;
+    e.family = pkt.family;
+    e.proto = pkt.proto;
+    e.sport = pkt.sport;
+    e.dport = pkt.dport;
+    e.mac = target.map(|m| m.mac).unwrap_or([0; 6]);
+    e.tapped = verdict.map(|v| (v.tap_ifindex != 0) as u8).unwrap_or(0);
+    e._pad = 0;
+    e.src = pkt.src;
+    e.dst = pkt.dst;
     slot.submit(0);
 }
 
@@ -378,7 +405,8 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
             } else {
                 null_mut()
             };
-            return act(ctx, pkt, flow, current, d);
+            let verdict = act(ctx, pkt, flow, current, d);
+            return to_node(ctx, verdict, d, flow, current);
         }
     }
     let flow = scratch.flow_state();
@@ -431,8 +459,30 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     if gen == current && !no_member && !path_unknown && !by_mac && !first {
         scratch.remember_decision();
     }
-    act(ctx, pkt, flow.unwrap_or(null_mut()), gen, &scratch.decision)
+    let flow = flow.unwrap_or(null_mut());
+    let verdict = act(ctx, pkt, flow, gen, &scratch.decision);
+    to_node(ctx, verdict, &scratch.decision, flow, gen)
 }
+
+/// What [`act`] decided, unless that is [`TO_NODE`]: then the packet is sent to another node,
+/// outside `act`, whose frame leaves no stack for it.
+#[inline(always)]
+fn to_node<C: Frame>(
+    ctx: &C,
+    verdict: i32,
+    decision: *const Decision,
+    flow: *mut FlowState,
+    gen: u32,
+) -> i32 {
+    if !C::DEFERS && verdict == TO_NODE {
+        tunnel::send(ctx, decision, flow, gen)
+    } else {
+        verdict
+    }
+}
+
+/// [`act`]'s answer for a packet to be sent to another node, its bookkeeping done.
+const TO_NODE: i32 = i32::MIN;
 
 /// Whether this is the first packet of a flow that enters a chain (then its flow state is
 /// made now, or was made by this very packet where it entered). Its decisions are not
@@ -473,7 +523,9 @@ fn finishes_in_xdp(decision: &Decision, target_live: bool) -> bool {
         action::DELIVER => v.flags & FLAG_DELIVER_PEER != 0,
         _ => return false,
     };
+    let to_node = (decision.member.ifindex | v.deliver_ifindex) & REMOTE != 0;
     target_live
+        && !to_node
         && v.tap_ifindex == 0
         && (!into_veth_peer || XDP_INTO_VETH.get(0).is_some_and(|on| *on != 0))
 }
@@ -496,12 +548,19 @@ fn act<C: Frame>(
 ) -> i32 {
     let verdict = &decision.verdict;
     let member = &decision.member;
-    // Where the packet goes next; "no member" is not a dead target but a drop of its own.
-    let target_live = match verdict.action {
-        action::STEER => member.ifindex == 0 || live(member.ifindex),
-        action::DELIVER => live(verdict.deliver_ifindex),
-        _ => true,
+    // Where the packet goes next; "no member" is not a dead target but a drop of its own. A
+    // target on another node is live while its node is.
+    let target = match verdict.action {
+        action::STEER => member.ifindex,
+        action::DELIVER => verdict.deliver_ifindex,
+        _ => 0,
     };
+    let node = if target & REMOTE != 0 {
+        tunnel::node_of(gen, target)
+    } else {
+        None
+    };
+    let target_live = target == 0 || node.is_some() || (target & REMOTE == 0 && live(target));
     if C::DEFERS && !finishes_in_xdp(decision, target_live) {
         return C::PASS;
     }
@@ -512,7 +571,7 @@ fn act<C: Frame>(
     count_chain(verdict.counter, ctx.len());
     if !target_live {
         count(stat::TARGET_DOWN);
-        let target = match verdict.action {
+        let shown = match verdict.action {
             action::STEER => *member,
             _ => Member {
                 ifindex: verdict.deliver_ifindex,
@@ -526,7 +585,7 @@ fn act<C: Frame>(
             gen,
             Some(verdict),
             stat::TARGET_DOWN,
-            Some(&target),
+            Some(&shown),
         );
         // Its packets in flight are lost with the interface: nothing holds the flow on an
         // older generation any more, so its next packet takes the newest one.
@@ -548,6 +607,9 @@ fn act<C: Frame>(
             if verdict.flags & FLAG_ENTRY != 0 {
                 enter(flow, pkt, gen as u8, verdict.path);
             }
+            if node.is_some() {
+                return TO_NODE;
+            }
             if ctx.set_destination_mac(&member.mac).is_err() {
                 count(stat::MALFORMED);
                 return C::DROP;
@@ -568,6 +630,9 @@ fn act<C: Frame>(
         }
         action::DELIVER => {
             leave(flow, verdict);
+            if node.is_some() {
+                return TO_NODE;
+            }
             if verdict.deliver_mac != [0; 6]
                 && ctx.set_destination_mac(&verdict.deliver_mac).is_err()
             {

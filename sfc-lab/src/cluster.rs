@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::lab::{run, sfcctl_at, spawn_daemon_at, wait_for, Lab};
+use crate::lab::{run, sfcctl_at, spawn_daemon_at, wait_for, Lab, Stats};
 
 /// The underlay address of namespace `u`, on its bridge: where [`ClusterLab::start_etcd`]
 /// listens.
@@ -724,6 +724,65 @@ impl ClusterLab {
         let agent = self.try_agent(i).map_err(|e| e.to_string())?;
         sfcctl_at(&self.lab.bin_dir, &agent.socket(), args, stdin)
     }
+
+    /// `sfcctl apply -f -` of `yaml` on node `i`; the revision it committed.
+    pub fn apply(&self, i: usize, yaml: &str) -> Result<i64> {
+        let out = self
+            .sfcctl_stdin(i, &["apply", "-f", "-"], Some(yaml))
+            .map_err(|e| anyhow!("apply on n{i}: {e}"))?;
+        committed(&out).ok_or_else(|| anyhow!("no revision in the apply's answer: {out}"))
+    }
+
+    /// `sfcctl stats` of node `i`.
+    pub fn stats(&self, i: usize) -> Result<Stats> {
+        let text = self
+            .sfcctl(i, &["stats", "-o", "json"])
+            .map_err(|e| anyhow!("stats on n{i}: {e}"))?;
+        Stats::parse(&text)
+    }
+
+    /// `sfcctl get nodes -o json` on node `i`, row by row.
+    pub fn node_rows(&self, i: usize) -> Result<Vec<serde_json::Value>> {
+        let out = self
+            .sfcctl(i, &["get", "nodes", "-o", "json"])
+            .map_err(|e| anyhow!("get nodes on n{i}: {e}"))?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Waits (at most 20 s) until every node in `which` reports `revision` applied without
+    /// error.
+    pub fn wait_applied(&self, which: &[usize], revision: i64) -> Result<()> {
+        let done = wait_for(Duration::from_secs(20), || {
+            let rows = self.node_rows(1).ok()?;
+            which
+                .iter()
+                .all(|n| {
+                    rows.iter().any(|r| {
+                        r["name"] == format!("n{n}")
+                            && r["appliedRevision"] == revision
+                            && r["error"] == ""
+                    })
+                })
+                .then_some(())
+        });
+        match done {
+            Some(()) => Ok(()),
+            None => bail!(
+                "not every node of {which:?} applied revision {revision}: {:#?}",
+                self.node_rows(1)
+            ),
+        }
+    }
+}
+
+/// The revision an apply's answer says it committed.
+pub fn committed(out: &str) -> Option<i64> {
+    out.split("committed as revision ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Drop for ClusterLab {

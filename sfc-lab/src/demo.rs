@@ -87,10 +87,15 @@ pub fn symmetric_chain() -> String {
 /// SF `sf`'s two veths (`sfN-in`/`eth-in`, `sfN-out`/`eth-out`), their host sides on the
 /// node's bridge, all up: as the demo builds them, or again after they were deleted.
 pub fn add_sf_links(lab: &Lab, sf: &str) -> Result<()> {
+    add_sf_links_on(lab, "node", sf)
+}
+
+/// The same on node namespace `node`.
+pub fn add_sf_links_on(lab: &Lab, node: &str, sf: &str) -> Result<()> {
     for (host, inside) in [("in", "eth-in"), ("out", "eth-out")] {
         let host = format!("{sf}-{host}");
-        lab.veth("node", &host, sf, inside)?;
-        lab.sh("node", &format!("ip link set {host} master br0"))?;
+        lab.veth(node, &host, sf, inside)?;
+        lab.sh(node, &format!("ip link set {host} master br0"))?;
     }
     Ok(())
 }
@@ -118,6 +123,19 @@ pub fn configure_sf(lab: &Lab, sf: &str) -> Result<()> {
              ip route add {SRC_V4}/32 dev eth-in && \
              ip -6 route add {SRC_V6}/128 dev eth-in"
         ),
+    )?;
+    Ok(())
+}
+
+/// The source and destination VMs' addresses (namespaces `src` and `dst`, NIC `eth0`).
+pub fn address_vms(lab: &Lab) -> Result<()> {
+    lab.sh(
+        "src",
+        &format!("ip addr add {SRC_V4}/24 dev eth0 && ip -6 addr add {SRC_V6}/64 dev eth0 nodad"),
+    )?;
+    lab.sh(
+        "dst",
+        &format!("ip addr add {DST_V4}/24 dev eth0 && ip -6 addr add {DST_V6}/64 dev eth0 nodad"),
     )?;
     Ok(())
 }
@@ -152,18 +170,7 @@ impl Demo {
         for sf in SFS {
             add_sf_links(&lab, sf)?;
         }
-        lab.sh(
-            "src",
-            &format!(
-                "ip addr add {SRC_V4}/24 dev eth0 && ip -6 addr add {SRC_V6}/64 dev eth0 nodad"
-            ),
-        )?;
-        lab.sh(
-            "dst",
-            &format!(
-                "ip addr add {DST_V4}/24 dev eth0 && ip -6 addr add {DST_V6}/64 dev eth0 nodad"
-            ),
-        )?;
+        address_vms(&lab)?;
         for sf in SFS {
             configure_sf(&lab, sf)?;
         }
@@ -188,21 +195,7 @@ impl Demo {
 
     /// Same, from a chosen source port, so that a test's flows (and so their hashes) are fixed.
     pub fn curl_from(&self, dst: &str, local_port: Option<u16>) -> Result<u16> {
-        let host = if dst.contains(':') {
-            format!("[{dst}]")
-        } else {
-            dst.to_string()
-        };
-        let port = local_port
-            .map(|p| format!("--local-port {p}"))
-            .unwrap_or_default();
-        let out = self.lab.sh(
-            "src",
-            &format!(
-                "curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 {port} http://{host}/ || true"
-            ),
-        )?;
-        Ok(out.trim().parse().unwrap_or(0))
+        curl_from(&self.lab, dst, local_port)
     }
 
     /// Packets each SF sent out of its ingress NIC: the reverse direction of a chain.
@@ -218,12 +211,7 @@ impl Demo {
     }
 
     pub fn forwarded(&self, v6: bool) -> Result<[u64; 3]> {
-        let mut out = [0; 3];
-        for (i, sf) in SFS.iter().enumerate() {
-            let (a, b) = self.lab.forwarded(sf)?;
-            out[i] = if v6 { b } else { a };
-        }
-        Ok(out)
+        forwarded(&self.lab, v6)
     }
 
     /// One request, and the packets each SF forwarded for it.
@@ -232,13 +220,48 @@ impl Demo {
     }
 
     pub fn request_from(&self, dst: &str, local_port: Option<u16>) -> Result<Crossing> {
-        let v6 = dst.contains(':');
-        let before = self.forwarded(v6)?;
-        let status = self.curl_from(dst, local_port)?;
-        // The last ACK of the connection leaves just after curl exits.
-        thread::sleep(Duration::from_millis(150));
-        let after = self.forwarded(v6)?;
-        let forwarded = [0, 1, 2].map(|i| after[i] - before[i]);
-        Ok(Crossing { status, forwarded })
+        request_from(&self.lab, dst, local_port)
     }
+}
+
+/// One HTTP GET from the source VM of `lab` (namespace `src`), from `local_port` if given; the
+/// status code (0 when no answer).
+pub fn curl_from(lab: &Lab, dst: &str, local_port: Option<u16>) -> Result<u16> {
+    let host = if dst.contains(':') {
+        format!("[{dst}]")
+    } else {
+        dst.to_string()
+    };
+    let port = local_port
+        .map(|p| format!("--local-port {p}"))
+        .unwrap_or_default();
+    let out = lab.sh(
+        "src",
+        &format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 3 {port} http://{host}/ || true"
+        ),
+    )?;
+    Ok(out.trim().parse().unwrap_or(0))
+}
+
+/// Packets each SF of `lab` (namespaces `sf1`..`sf3`) has forwarded.
+pub fn forwarded(lab: &Lab, v6: bool) -> Result<[u64; 3]> {
+    let mut out = [0; 3];
+    for (i, sf) in SFS.iter().enumerate() {
+        let (a, b) = lab.forwarded(sf)?;
+        out[i] = if v6 { b } else { a };
+    }
+    Ok(out)
+}
+
+/// One request from the source VM of `lab`, and the packets each SF forwarded for it.
+pub fn request_from(lab: &Lab, dst: &str, local_port: Option<u16>) -> Result<Crossing> {
+    let v6 = dst.contains(':');
+    let before = forwarded(lab, v6)?;
+    let status = curl_from(lab, dst, local_port)?;
+    // The last ACK of the connection leaves just after curl exits.
+    thread::sleep(Duration::from_millis(150));
+    let after = forwarded(lab, v6)?;
+    let forwarded = [0, 1, 2].map(|i| after[i] - before[i]);
+    Ok(Crossing { status, forwarded })
 }

@@ -433,25 +433,7 @@ impl Lab {
         let text = self
             .sfcctl(&["stats", "-o", "json"])
             .map_err(|e| anyhow!(e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        let counters = v["counters"]
-            .as_object()
-            .with_context(|| format!("no counters in {text}"))?
-            .iter()
-            .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-            .collect();
-        let pairs = v["pairs"]
-            .as_array()
-            .with_context(|| format!("no pairs in {text}"))?
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p["pair"].as_str()?.to_string(),
-                    (p["into_packets"].as_u64()?, p["from_packets"].as_u64()?),
-                ))
-            })
-            .collect();
-        Ok(Stats { counters, pairs })
+        Stats::parse(&text)
     }
 
     /// Network counters of namespace `short`: (IPv4 forwarded, IPv6 forwarded) datagrams.
@@ -487,6 +469,29 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// What `sfcctl stats -o json` printed.
+    pub fn parse(text: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        let counters = v["counters"]
+            .as_object()
+            .with_context(|| format!("no counters in {text}"))?
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+            .collect();
+        let pairs = v["pairs"]
+            .as_array()
+            .with_context(|| format!("no pairs in {text}"))?
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p["pair"].as_str()?.to_string(),
+                    (p["into_packets"].as_u64()?, p["from_packets"].as_u64()?),
+                ))
+            })
+            .collect();
+        Ok(Stats { counters, pairs })
+    }
+
     /// An outcome counter; 0 for one this daemon does not have.
     pub fn counter(&self, name: &str) -> u64 {
         self.counters.get(name).copied().unwrap_or(0)

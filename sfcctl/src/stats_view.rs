@@ -23,9 +23,17 @@ pub fn json(r: &Response) -> serde_json::Value {
 pub fn table(r: &Response, with_outcomes: bool) -> String {
     let mut out = String::new();
     if with_outcomes {
-        let _ = writeln!(out, "{:<20} {:>12}", "OUTCOME", "PACKETS");
+        // As wide as the longest outcome name, so that every count lines up.
+        let width = r
+            .counters
+            .iter()
+            .map(|(n, _)| n.len())
+            .max()
+            .unwrap_or(0)
+            .max(20);
+        let _ = writeln!(out, "{:<width$} {:>12}", "OUTCOME", "PACKETS");
         for (name, value) in &r.counters {
-            let _ = writeln!(out, "{name:<20} {value:>12}");
+            let _ = writeln!(out, "{name:<width$} {value:>12}");
         }
         let _ = writeln!(out);
         if let Some(fills) = &r.tables {

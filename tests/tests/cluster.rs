@@ -119,38 +119,16 @@ fn apply(lab: &ClusterLab, node: usize, yaml: &str) -> Result<String, String> {
 
 /// The revision an apply's output says it committed.
 fn committed(out: &str) -> i64 {
-    out.split("committed as revision ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| panic!("no revision in {out}"))
+    sfc_lab::cluster::committed(out).unwrap_or_else(|| panic!("no revision in {out}"))
 }
 
 fn nodes(lab: &ClusterLab, from: usize) -> Vec<Value> {
-    let out = lab.sfcctl(from, &["get", "nodes", "-o", "json"]).unwrap();
-    serde_json::from_str::<Vec<Value>>(&out).unwrap()
+    lab.node_rows(from).unwrap()
 }
 
 /// Waits until every node in `which` reports `revision` applied without error.
 fn wait_applied(lab: &ClusterLab, which: &[usize], revision: i64) {
-    let done = wait_for(Duration::from_secs(20), || {
-        let rows = nodes(lab, 1);
-        which
-            .iter()
-            .all(|n| {
-                rows.iter().any(|r| {
-                    r["name"] == format!("n{n}")
-                        && r["appliedRevision"] == revision
-                        && r["error"] == ""
-                })
-            })
-            .then_some(())
-    });
-    assert!(
-        done.is_some(),
-        "not every node of {which:?} applied revision {revision}: {:#?}",
-        nodes(lab, 1)
-    );
+    lab.wait_applied(which, revision).unwrap()
 }
 
 /// Pinned maps by name, each with its contents as bpftool dumps them.

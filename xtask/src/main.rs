@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use sfc_lab::demo::{self, Demo, DST_V4, DST_V6};
 
 mod bench;
+mod spread_demo;
 
 #[derive(Parser)]
 struct Args {
@@ -33,6 +34,10 @@ enum Task {
         /// Requests to send over IPv4 (IPv6 gets half as many).
         #[arg(long, default_value_t = 8)]
         requests: usize,
+        /// 3: the same with the VMs and SFs spread over three nodes of a cluster (etcd
+        /// started by the demo), packets crossing between nodes in Geneve.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+        nodes: u8,
     },
     /// Set up, build, check formatting and lints, and run every test (and the bench's smoke mode).
     Test,
@@ -343,7 +348,18 @@ fn main() -> Result<()> {
     match Args::parse().task {
         Task::Setup => setup(),
         Task::Build => build(),
-        Task::Demo { keep, requests } => run_demo(keep, requests),
+        Task::Demo {
+            keep,
+            requests,
+            nodes,
+        } => match nodes {
+            1 => run_demo(keep, requests),
+            3 => {
+                build()?;
+                spread_demo::run(keep, requests)
+            }
+            _ => bail!("--nodes {nodes}: the demo runs on 1 node or on 3"),
+        },
         Task::Test => test(),
         Task::Bench { options } => {
             build()?;

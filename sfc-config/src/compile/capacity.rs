@@ -677,6 +677,7 @@ mod tests {
                     peer_nsid: None,
                     up: true,
                     running: true,
+                    mtu: 1500,
                 },
             );
         };
@@ -1046,6 +1047,7 @@ mod tests {
                     peer_nsid: None,
                     up: true,
                     running: true,
+                    mtu: 1500,
                 },
             );
         }

@@ -89,6 +89,7 @@ impl Compiled {
         compiler.image.classify = self.image.classify.clone();
         compiler.image.source_ports = self.image.source_ports.clone();
         compiler.attach(&self.fixed.roots, &self.fixed.shapes);
+        compiler.tunnels();
         Ok(Compiled {
             image: compiler.finish()?,
             interfaces: interfaces.clone(),
@@ -99,9 +100,13 @@ impl Compiled {
     /// Whether an interface that verdicts hold differs on `interfaces`.
     fn verdicts_change(&self, interfaces: &Interfaces) -> bool {
         let (before, after) = (&self.interfaces, interfaces);
+        let remote = |i: &Interfaces, name: &String| {
+            i.cluster.as_ref().and_then(|c| c.remote.get(name).copied())
+        };
         self.fixed.in_verdicts.iter().any(|name| {
             before.links.get(name) != after.links.get(name)
                 || before.peer_macs.get(name) != after.peer_macs.get(name)
+                || remote(before, name) != remote(after, name)
         })
     }
 }

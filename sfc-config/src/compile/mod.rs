@@ -2,19 +2,23 @@
 //! map contents of one generation. Pure (no kernel writes), so it can run for `--dry-run`
 //! and is compared with the last image to skip no-op updates.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use sfc_common::{
-    action, ClassEntry, ClassKey, Member, PortValue, RingEntry, SourcePorts, TupleMask, Verdict,
-    COUNTERS_PER_GEN, FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE,
-    MAX_TUPLES, PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE,
-    SIDE_EGRESS, SLOT_PEER,
+    action, remote_id, ClassEntry, ClassKey, Member, PortValue, RingEntry, SourcePorts, TunnelPeer,
+    TupleMask, Verdict, COUNTERS_PER_GEN, FAMILY_V4, FAMILY_V6, FLAG_DELIVER_PEER, FLAG_ENTRY,
+    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES, PORT_BY_PATH, PORT_ENTRY,
+    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SIDE_EGRESS, SLOT_PEER,
 };
 
 pub mod capacity;
 mod incremental;
 pub mod maglev;
 pub mod place;
+mod tunnels;
 
 pub use incremental::Compiled;
 use place::{reverse_place, stops, Place};
@@ -42,6 +46,8 @@ pub struct Link {
     pub up: bool,
     /// With a carrier (IFF_LOWER_UP): for a veth, its peer is up too.
     pub running: bool,
+    /// Its MTU (0: not known).
+    pub mtu: u32,
 }
 
 /// The interfaces of the node namespace, as the compiler needs them.
@@ -50,6 +56,49 @@ pub struct Interfaces {
     pub links: BTreeMap<String, Link>,
     /// MAC of the NIC behind each veth (its peer), where the kernel could tell.
     pub peer_macs: BTreeMap<String, [u8; 6]>,
+    /// In a cluster: this node's place in it.
+    pub cluster: Option<Cluster>,
+}
+
+/// What steering across the nodes of a cluster needs to know besides this node's links.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    /// This node's name: to the others, its interfaces are `NODE/IFNAME`.
+    pub node: String,
+    /// The revision of the cluster's state being compiled (its low 32 bits travel with the
+    /// packets between nodes).
+    pub revision: u32,
+    /// The interfaces of the other nodes that are alive, as `NODE/IFNAME`, each with its
+    /// node's tunnel address.
+    pub remote: BTreeMap<String, IpAddr>,
+    /// The tunnel addresses of the other registered nodes, alive or not.
+    pub peers: BTreeSet<IpAddr>,
+}
+
+impl Cluster {
+    fn remote(&self, iface: &str) -> Option<IpAddr> {
+        self.remote.get(iface).copied()
+    }
+}
+
+/// A node's tunnel address as the datapath holds it.
+pub fn tunnel_peer(addr: IpAddr) -> TunnelPeer {
+    match addr {
+        IpAddr::V4(a) => TunnelPeer {
+            family: FAMILY_V4,
+            addr: [u32::from_ne_bytes(a.octets()), 0, 0, 0],
+            ..TunnelPeer::default()
+        },
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            TunnelPeer {
+                family: FAMILY_V6,
+                addr: [word(0), word(4), word(8), word(12)],
+                ..TunnelPeer::default()
+            }
+        }
+    }
 }
 
 /// The map contents of one generation (generation fields left at 0).
@@ -73,6 +122,16 @@ pub struct Image {
     pub attach: BTreeMap<String, u32>,
     /// Things that are fine for now but worth saying (an interface not present yet).
     pub notes: Vec<String>,
+    /// In a cluster: the revision of its state this image steers (the low 32 bits).
+    pub revision: u32,
+    /// Member sides and chain ends on other nodes (by [`remote_id`]): their node's address.
+    pub remotes: BTreeMap<u32, TunnelPeer>,
+    /// Member sides and chain ends on this node that other nodes send packets to (by
+    /// [`remote_id`]), each with the key of its counter slot ([`Side::key`]; 0 for a chain
+    /// end). The writer fills in the slot.
+    pub landing: BTreeMap<u32, (Member, u32)>,
+    /// The nodes tunnel packets are taken from.
+    pub tunnel_peers: BTreeSet<TunnelPeer>,
 }
 
 impl Image {
@@ -215,6 +274,7 @@ fn build(
     shapes.by_path = compiler.classify(entries, &shapes, &domains);
     let roots = compiler.roots(&domains);
     compiler.attach(&roots, &shapes);
+    compiler.tunnels();
     let image = compiler.finish()?;
     Ok(Compiled::new(image, state, interfaces, roots, shapes))
 }
@@ -383,6 +443,11 @@ impl<'s> Compiler<'s> {
             .push(capacity::error(self.origins, kind, name, field, message));
     }
 
+    /// The tunnel address of the node `iface` is on, when that is another node that is alive.
+    fn remote(&self, iface: &str) -> Option<IpAddr> {
+        self.interfaces.cluster.as_ref()?.remote(iface)
+    }
+
     fn is_tap(&self, group: &String) -> bool {
         self.state.port_pair_groups[group].tap_enabled
     }
@@ -520,6 +585,13 @@ impl<'s> Compiler<'s> {
         field: &str,
         send_into: bool,
     ) -> Option<Member> {
+        if self.remote(iface).is_some() {
+            // On another node, which counts its traffic and knows its MAC.
+            return Some(Member {
+                ifindex: remote_id(iface),
+                ..Member::default()
+            });
+        }
         let Some(link) = self.interfaces.links.get(iface) else {
             if send_into {
                 self.image.notes.push(format!(
@@ -581,6 +653,13 @@ impl<'s> Compiler<'s> {
                 }
                 if let Some(pp_name) = state.port_pair_groups[g].port_pairs.first() {
                     let pp = &state.port_pairs[pp_name];
+                    if self.remote(&pp.ingress).is_some() {
+                        self.image.notes.push(format!(
+                            "PortPair {pp_name:?}: the tap SF behind {:?} is on another node, where copies are not sent yet; it gets none",
+                            pp.ingress
+                        ));
+                        continue;
+                    }
                     if let Some(m) = self.side(
                         pp_name,
                         &pp.ingress,
@@ -652,6 +731,13 @@ impl<'s> Compiler<'s> {
     /// the original destination MAC.
     fn end_of_chain(&self, port: Option<&String>) -> Verdict {
         let interfaces = self.interfaces;
+        if let Some(p) = port.filter(|p| self.remote(p).is_some()) {
+            return Verdict {
+                action: action::DELIVER,
+                deliver_ifindex: remote_id(p),
+                ..Default::default()
+            };
+        }
         match port.and_then(|p| interfaces.links.get(p).map(|l| (p, l))) {
             Some((name, link)) => Verdict {
                 action: action::DELIVER,
@@ -1181,6 +1267,8 @@ impl<'s> Compiler<'s> {
                     self.image.ports.insert(link.index, value);
                     self.image.attach.insert(iface.clone(), link.index);
                 }
+                // Another node's, steered there.
+                None if self.remote(iface).is_some() => {}
                 None => self.image.notes.push(format!(
                     "interface {iface:?} is not present; steering from it starts when it appears"
                 )),
@@ -1408,6 +1496,7 @@ mod tests {
                 peer_nsid: Some(1),
                 up: true,
                 running: true,
+                mtu: 1500,
             },
         );
         interfaces
@@ -1428,6 +1517,7 @@ mod tests {
                 peer_nsid: None,
                 up: true,
                 running: true,
+                mtu: 1500,
             },
         );
     }

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -12,7 +13,7 @@ use std::{
 use sfc_api::protocol::{Node, Response};
 use sfc_config::{
     changes,
-    compile::compile_cached,
+    compile::{compile_cached, Cluster},
     document::{ConfigErrors, Sourced},
     model::{Kind, Object, Spec, State},
     nodes::{self, NodeInterfaces},
@@ -44,6 +45,10 @@ pub struct ClusterLink {
     pub runtime: tokio::runtime::Handle,
     /// The revision the dataplane was last given (steered, or refused with an error).
     pub snapshot: Arc<Snapshot>,
+    /// The registered nodes as last seen (without their statuses).
+    pub nodes: Vec<NodeView>,
+    /// Where other nodes send this node's part of their chains.
+    pub tunnel_address: IpAddr,
     pub status: watch::Sender<NodeStatus>,
     pub info: watch::Sender<NodeInfo>,
 }
@@ -91,6 +96,7 @@ impl Agent {
         }
         self.state = snapshot.local_state(&link.node);
         self.interfaces = self.current_interfaces();
+        self.interfaces.cluster = self.cluster_view(snapshot.revision);
         let compiled = compile_cached(&self.state, &self.interfaces, &Origins::in_cluster());
         self.program(
             compiled,
@@ -108,6 +114,56 @@ impl Agent {
         link.snapshot = snapshot;
         let revision = link.snapshot.revision;
         link.status.send_modify(|s| s.revision = revision);
+    }
+
+    /// The other nodes changed: steer across them as they are now.
+    pub fn nodes_changed(&mut self, nodes: Vec<NodeView>) {
+        let Some(link) = &mut self.cluster else {
+            return;
+        };
+        link.nodes = nodes;
+        if let Err(e) = self.store.save_nodes(&self.link().nodes) {
+            self.warn_once(format!("caching the cluster's nodes: {e}"));
+        }
+    }
+
+    /// What compiling revision `revision` of `self.state` here needs to know of the other
+    /// nodes: those of their interfaces the state names, on the nodes alive (steered to
+    /// through the tunnel), and the tunnel addresses of all (taken packets from). Only named
+    /// interfaces, so that the churn of other interfaces on other nodes recompiles nothing
+    /// here. `None` outside a cluster.
+    pub(super) fn cluster_view(&self, revision: i64) -> Option<Cluster> {
+        let link = self.cluster.as_ref()?;
+        let named: BTreeSet<&String> = self
+            .state
+            .port_pairs
+            .values()
+            .flat_map(|pp| [&pp.ingress, &pp.egress])
+            .chain(self.state.flow_classifiers.values().flat_map(|fc| {
+                std::iter::once(&fc.logical_source_port).chain(fc.logical_destination_port.as_ref())
+            }))
+            .collect();
+        let mut view = Cluster {
+            node: link.node.clone(),
+            // The low 32 bits travel with packets: equal revisions are all they compare.
+            revision: revision as u32,
+            ..Cluster::default()
+        };
+        for node in link.nodes.iter().filter(|n| n.name != link.node) {
+            let Ok(addr) = node.info.tunnel_address.parse::<IpAddr>() else {
+                continue;
+            };
+            view.peers.insert(addr);
+            if node.alive {
+                for iface in &node.info.interfaces {
+                    let qualified = format!("{}/{}", node.name, iface.name);
+                    if named.contains(&qualified) {
+                        view.remote.insert(qualified, addr);
+                    }
+                }
+            }
+        }
+        Some(view)
     }
 
     pub(super) fn cluster_apply(&mut self, objects: Vec<Sourced>, dry_run: bool) -> Response {
@@ -468,6 +524,7 @@ fn node_row(n: NodeView) -> Node {
         interfaces: n.info.interfaces,
         applied_revision: n.status.as_ref().map_or(0, |s| s.revision),
         error: n.status.map(|s| s.error).unwrap_or_default(),
+        usable_mtu: n.info.usable_mtu,
         name: n.name,
     }
 }

@@ -4,6 +4,7 @@
 //! answered elsewhere ([`crate::api::server`]), so no apply waits on another client's I/O.
 
 use std::{
+    net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -29,7 +30,10 @@ use sfc_config::{
 };
 
 use crate::{
-    dataplane::{netlink::Netlink, Dataplane, DataplaneError, Mode, Options},
+    dataplane::{
+        netlink::{Netlink, NetlinkError},
+        Dataplane, DataplaneError, Mode, Options, Underlay,
+    },
     observe::{
         health::Health,
         metrics::{Metrics, Status},
@@ -46,6 +50,10 @@ pub enum AgentError {
     Dataplane(#[from] DataplaneError),
     #[error("starting the thread that counts the tables: {0}")]
     Thread(std::io::Error),
+    #[error("finding this node's tunnel address: {0}")]
+    Netlink(#[from] NetlinkError),
+    #[error("{0}")]
+    Tunnel(String),
 }
 
 /// Why an apply or a delete that passed validation did not take effect.
@@ -89,6 +97,8 @@ pub struct Agent {
     cluster: Option<cluster::ClusterLink>,
     /// The active generation last recorded in the state directory.
     remembered: Option<(u64, u64)>,
+    /// In a cluster: where packets to and from other nodes go.
+    underlay: Option<Underlay>,
 }
 
 /// How old a sample `stats` and `describe` may show (newer ones are taken on request).
@@ -127,6 +137,17 @@ impl Agent {
         if let Some((epoch, fingerprint)) = store.load_generation() {
             dataplane.adopt(epoch, fingerprint)?;
         }
+        // Before anything steers to another node (outside a cluster: a tunnel an earlier
+        // daemon left is let go).
+        let underlay = match &cluster {
+            Some(link) => Some(underlay(&netlink, link.tunnel_address)?),
+            None => None,
+        };
+        dataplane.set_tunnel(underlay.as_ref())?;
+        if let (Some(link), Some(u)) = (&cluster, &underlay) {
+            let mtu = u.usable_mtu();
+            link.info.send_modify(|info| info.usable_mtu = mtu);
+        }
         info!(
             chains = state.port_chains.len(),
             classifiers = state.flow_classifiers.len(),
@@ -151,6 +172,7 @@ impl Agent {
             observed,
             cluster,
             remembered: None,
+            underlay,
         };
         agent.reconcile();
         if let Some(link) = &agent.cluster {
@@ -237,8 +259,14 @@ impl Agent {
                 return;
             }
         };
-        let relevant = !self.synced || touches_state(&self.state, &self.interfaces, &now);
+        let revision = self.cluster.as_ref().map_or(0, |l| l.snapshot.revision);
+        let mut now = now;
+        now.cluster = self.cluster_view(revision);
+        let relevant = !self.synced
+            || touches_state(&self.state, &self.interfaces, &now)
+            || now.cluster != self.interfaces.cluster;
         self.interfaces = now;
+        self.follow_underlay_mtu();
         self.publish_interfaces();
         if !relevant {
             if let Err(e) = self.dataplane.sync_live(&self.interfaces) {
@@ -432,7 +460,22 @@ impl Agent {
     /// Names for a trace's numbers: chains by id, interfaces by index, and the port pair
     /// behind each SF-facing interface.
     pub fn trace_names(&self) -> crate::observe::trace::Names {
-        let index = |iface: &str| self.interfaces.links.get(iface).map(|l| l.index);
+        // An interface here by its ifindex; one on another node (`NODE/IFNAME`) by the id
+        // packets sent there carry.
+        let remote = |iface: &str| {
+            self.interfaces
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.remote.contains_key(iface))
+                .then(|| sfc_common::remote_id(iface))
+        };
+        let index = |iface: &str| {
+            self.interfaces
+                .links
+                .get(iface)
+                .map(|l| l.index)
+                .or_else(|| remote(iface))
+        };
         let mut names = crate::observe::trace::Names {
             chains: self
                 .state
@@ -445,6 +488,11 @@ impl Agent {
                 .links
                 .values()
                 .map(|l| (l.index, l.name.clone()))
+                .chain(self.interfaces.cluster.iter().flat_map(|c| {
+                    c.remote
+                        .keys()
+                        .map(|name| (sfc_common::remote_id(name), name.clone()))
+                }))
                 .collect(),
             pairs: Default::default(),
             reverse_pairs: Default::default(),
@@ -694,6 +742,52 @@ pub fn get(state: &State, kind: Kind, name: Option<String>) -> Response {
 /// appeared, vanished, or changed (index, MAC, kind, peer, the MAC behind it); up or down
 /// alone is not such a change (the dataplane's liveness map follows it without a compile). Changes to
 /// other interfaces cost nothing more than the read.
+impl Agent {
+    /// The underlay's MTU changed: the datapath and the other nodes learn the new one.
+    fn follow_underlay_mtu(&mut self) {
+        let Some(underlay) = &mut self.underlay else {
+            return;
+        };
+        let Some(mtu) = self
+            .interfaces
+            .links
+            .get(&underlay.name)
+            .map(|l| l.mtu)
+            .filter(|&m| m != underlay.mtu)
+        else {
+            return;
+        };
+        underlay.mtu = mtu;
+        let (underlay, usable) = (underlay.clone(), underlay.usable_mtu());
+        if let Err(e) = self.dataplane.set_tunnel(Some(&underlay)) {
+            self.warn_once(format!("following the underlay's MTU: {e}"));
+        }
+        if let Some(link) = &self.cluster {
+            link.info.send_modify(|info| info.usable_mtu = usable);
+        }
+    }
+}
+
+/// The interface with this node's tunnel address, where packets to and from other nodes go.
+fn underlay(netlink: &Netlink, address: IpAddr) -> Result<Underlay, AgentError> {
+    let IpAddr::V4(v4) = address else {
+        return Err(AgentError::Tunnel(format!(
+            "tunnel address {address}: an IPv6 underlay is not carried yet; give --tunnel-address an IPv4 address of this node"
+        )));
+    };
+    match netlink.interface_with_address(address)? {
+        Some(link) => Ok(Underlay {
+            name: link.name,
+            index: link.index,
+            address: v4,
+            mtu: link.mtu,
+        }),
+        None => Err(AgentError::Tunnel(format!(
+            "no interface of this node has tunnel address {address}; give --tunnel-address one of its addresses"
+        ))),
+    }
+}
+
 fn touches_state(state: &State, before: &Interfaces, after: &Interfaces) -> bool {
     let named = state
         .port_pairs

@@ -15,6 +15,7 @@ use sfc_api::protocol::{Request, Response};
 use tokio::sync::oneshot;
 
 use super::{cluster::Snapshot, Agent};
+use crate::cluster::store::NodeView;
 use crate::observe::{metrics::Status, trace::Names};
 
 /// How often counters are sampled for rates, health and metrics (also the loop's longest
@@ -38,6 +39,8 @@ pub enum Event {
     TraceNames(oneshot::Sender<Names>),
     /// A new revision of the cluster's desired state.
     ClusterState(Arc<Snapshot>),
+    /// The cluster's nodes changed (one joined or was lost, or its interfaces changed).
+    ClusterNodes(Vec<NodeView>),
 }
 
 /// How the rest of the daemon talks to the agent.
@@ -72,6 +75,11 @@ impl AgentHandle {
     /// Never blocks: called from the task that follows the cluster's state.
     pub fn cluster_state(&self, snapshot: Arc<Snapshot>) {
         let _ = self.events.send(Event::ClusterState(snapshot));
+    }
+
+    /// Never blocks: called from the task that follows the cluster's nodes.
+    pub fn cluster_nodes(&self, nodes: Vec<NodeView>) {
+        let _ = self.events.send(Event::ClusterNodes(nodes));
     }
 }
 
@@ -132,6 +140,10 @@ fn handle(agent: &mut Agent, event: Event) -> bool {
         Event::ClusterState(snapshot) => {
             agent.steer_cluster(snapshot);
             false
+        }
+        Event::ClusterNodes(nodes) => {
+            agent.nodes_changed(nodes);
+            true
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::cluster::snapshot::Snapshot;
+use crate::cluster::{snapshot::Snapshot, store::NodeView};
 use sfc_config::{
     document::ConfigErrors,
     model::State,
@@ -27,6 +27,9 @@ const CLUSTER_FILE: &str = "cluster.json";
 /// The active generation's epoch and image fingerprint, so that a restarted daemon adopts
 /// the generation instead of writing the same image again.
 const GENERATION_FILE: &str = "generation.json";
+/// In a cluster: the other nodes as last seen (where their interfaces are), so that a
+/// restarted agent steers across nodes before etcd answers.
+const NODES_FILE: &str = "nodes.json";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, Error)]
@@ -121,12 +124,20 @@ impl Store {
 
     /// The cached revision of the cluster's state (an empty one when none was cached).
     pub fn load_cluster(&self) -> Result<Snapshot, StoreError> {
-        let path = self.dir.join(CLUSTER_FILE);
+        self.load_cache(CLUSTER_FILE)
+    }
+
+    /// What `file` caches; the empty value when it was never written.
+    fn load_cache<T: Default + serde::de::DeserializeOwned>(
+        &self,
+        file: &str,
+    ) -> Result<T, StoreError> {
+        let path = self.dir.join(file);
         match fs::read(&path) {
             Ok(text) => {
                 serde_json::from_slice(&text).map_err(|source| StoreError::Parse { path, source })
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Snapshot::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
             Err(source) => Err(StoreError::Io { path, source }),
         }
     }
@@ -136,6 +147,15 @@ impl Store {
             CLUSTER_FILE,
             &serde_json::to_vec(snapshot).expect("serialises"),
         )
+    }
+
+    /// The other nodes as last seen (none when never cached).
+    pub fn load_nodes(&self) -> Result<Vec<NodeView>, StoreError> {
+        self.load_cache(NODES_FILE)
+    }
+
+    pub fn save_nodes(&self, nodes: &[NodeView]) -> Result<(), StoreError> {
+        self.replace(NODES_FILE, &serde_json::to_vec(nodes).expect("serialises"))
     }
 
     pub fn load_generation(&self) -> Option<(u64, u64)> {

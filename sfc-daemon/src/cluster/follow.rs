@@ -9,7 +9,11 @@ use std::{sync::Arc, time::Duration};
 use etcd_client::WatchOptions;
 use tracing::{info, warn};
 
-use super::{records::head_key, snapshot::Snapshot, store::Store};
+use super::{
+    records::{head_key, PREFIX},
+    snapshot::Snapshot,
+    store::{NodeView, Store},
+};
 
 const RELIST_EVERY: Duration = Duration::from_secs(10);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -39,6 +43,44 @@ pub async fn follow(store: Store, mut known: Arc<Snapshot>, deliver: impl Fn(Arc
             }
         }
         wait_for_change(&store, known.revision).await;
+    }
+}
+
+/// Follows the registered nodes (tunnel addresses, interfaces) and which of them are alive;
+/// `deliver` gets them whenever that changes (not their applied revisions, which change at
+/// every apply). Never returns.
+pub async fn follow_nodes(store: Store, deliver: impl Fn(Vec<NodeView>)) {
+    let mut known = None;
+    loop {
+        // Watching before listing: whatever changes after the list is an event.
+        let mut client = store.client();
+        // `alive/` up to `nodes/` and its keys (nothing else is kept between them).
+        let options = WatchOptions::new().with_range(format!("{PREFIX}nodes0"));
+        let watch = store
+            .call(client.watch(format!("{PREFIX}alive/"), Some(options)))
+            .await;
+        if let Ok(mut nodes) = store.nodes().await {
+            for node in &mut nodes {
+                node.status = None;
+            }
+            if known.as_ref() != Some(&nodes) {
+                known = Some(nodes.clone());
+                deliver(nodes);
+            }
+        }
+        let Ok(mut stream) = watch else {
+            tokio::time::sleep(RETRY_AFTER).await;
+            continue;
+        };
+        let changed = async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(r)) if r.events().is_empty() && !r.canceled() => continue,
+                    _ => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(RELIST_EVERY, changed).await;
     }
 }
 

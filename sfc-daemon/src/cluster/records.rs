@@ -92,6 +92,10 @@ pub struct Record {
 pub struct NodeInfo {
     pub tunnel_address: String,
     pub interfaces: Vec<NodeInterface>,
+    /// The largest IP packet its chains carry to other nodes (its underlay's MTU less the
+    /// encapsulation); 0: not known.
+    #[serde(default)]
+    pub usable_mtu: u32,
 }
 
 /// The revision of the desired state a node has applied, and why it is not fully steered.

@@ -38,6 +38,7 @@ pub struct Store {
 }
 
 /// A node as the cluster sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeView {
     pub name: String,
     pub info: NodeInfo,

@@ -16,7 +16,7 @@ use aya::{
     },
     Ebpf,
 };
-use sfc_common::{PROGRAM_TC, PROGRAM_XDP};
+use sfc_common::{PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_XDP};
 use tracing::{info, warn};
 
 use crate::dataplane::DataplaneError;
@@ -28,6 +28,8 @@ pub enum Hook {
     Tc,
     /// XDP in the driver, in front of TC: what it can finish there (see sfc-ebpf's frame.rs).
     Xdp,
+    /// TC ingress of the tunnel device: packets other nodes send on along their chains.
+    Tunnel,
 }
 
 impl Hook {
@@ -35,6 +37,15 @@ impl Hook {
         match self {
             Hook::Tc => "tc",
             Hook::Xdp => "xdp",
+            Hook::Tunnel => "tunnel",
+        }
+    }
+
+    /// The TC program of a TC hook.
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Tunnel => PROGRAM_TUNNEL,
+            Hook::Tc | Hook::Xdp => PROGRAM_TC,
         }
     }
 }
@@ -50,8 +61,15 @@ pub struct Links {
 }
 
 pub(crate) fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    classifier(bpf, PROGRAM_TC)
+}
+
+pub(crate) fn classifier<'a>(
+    bpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
     Ok(bpf
-        .program_mut(PROGRAM_TC)
+        .program_mut(name)
         .ok_or(ProgramError::UnexpectedProgramType)?
         .try_into()?)
 }
@@ -130,9 +148,9 @@ impl Links {
         };
         let fd = FdLink::from(PinnedLink::from_pin(pin).map_err(pinned_link)?);
         match self.hook {
-            Hook::Tc => {
+            Hook::Tc | Hook::Tunnel => {
                 let link = SchedClassifierLink::try_from(fd).map_err(pinned_link)?;
-                let program = tc_program(bpf)?;
+                let program = classifier(bpf, self.hook.program())?;
                 let id = program.attach_to_link(link)?;
                 // The pin keeps the link alive; our handle can go.
                 drop(program.take_link(id)?);
@@ -165,7 +183,7 @@ impl Links {
                 continue;
             }
             match self.hook {
-                Hook::Tc => self.attach_tc(iface, index, bpf)?,
+                Hook::Tc | Hook::Tunnel => self.attach_tc(iface, index, bpf)?,
                 Hook::Xdp => self.attach_xdp(iface, index, bpf)?,
             }
         }
@@ -204,7 +222,8 @@ impl Links {
         bpf: &mut Ebpf,
     ) -> Result<(), DataplaneError> {
         let pin = self.pin_path(iface, ifindex);
-        let program = tc_program(bpf)?;
+        let name = self.hook.program();
+        let program = classifier(bpf, name)?;
         // TCX (a bpf_link, pinnable) where the kernel has it; classic clsact otherwise.
         match program.attach_with_options(
             iface,
@@ -232,7 +251,7 @@ impl Links {
                         warn!(iface, error = %e, "adding clsact");
                     }
                 }
-                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM_TC);
+                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, name);
                 let id = program.attach_with_options(
                     iface,
                     TcAttachType::Ingress,
@@ -277,8 +296,8 @@ impl Links {
         let pin = self.pin_path(iface, ifindex);
         match fs::remove_file(&pin) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.hook == Hook::Tc => {
-                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM_TC);
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.hook != Hook::Xdp => {
+                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, self.hook.program());
             }
             Err(e) => warn!(iface, error = %e, "removing link pin"),
         }

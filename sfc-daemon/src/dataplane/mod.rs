@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
+    net::Ipv4Addr,
     os::{fd::AsFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
 };
@@ -24,12 +25,14 @@ use aya::{
 };
 use sfc_common::{
     stat, ClassEntry, ClassKey, Counter, FragmentKey, FragmentState, Member, MemberCounter,
-    MemberKey, PortKey, PortValue, RingEntry, SourcePorts, TraceFilter, Verdict, CONFIG_EPOCH,
-    CONFIG_FLIP_NS, COUNTERS_PER_GEN, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY,
-    MAP_CONFIG, MAP_COUNTERS, MAP_FRAGMENTS, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS,
-    MAP_MEMBER_SLOTS, MAP_PORTS, MAP_RING, MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER,
-    MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_XDP, RING_SIZE, SIDE_EGRESS,
-    SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN,
+    MemberKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts, TraceFilter, TunnelPeer,
+    Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, CONFIG_REVISION, CONFIG_TUNNEL_ADDRESS,
+    CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_MTU, COUNTERS_PER_GEN, FRAGMENT_TIMEOUT_NS,
+    GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS, MAP_FRAGMENTS, MAP_LANDING,
+    MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PORTS, MAP_REMOTES, MAP_RING,
+    MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER, MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH,
+    MEMBER_SLOTS, PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_XDP, REMOTE, RING_SIZE, SIDE_EGRESS,
+    SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -160,6 +163,24 @@ const VETH_REFUSED: &str = "a veth: XDP would hand on frames without the sender'
     offload state (start sfc-daemon with --xdp-on-veth if every sender into it computes \
     checksums, ethtool -K IFACE tx off)";
 
+/// Where this node's packets to and from other nodes go: its tunnel address and the
+/// interface that has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    pub address: Ipv4Addr,
+    pub mtu: u32,
+}
+
+impl Underlay {
+    /// The largest IP packet a chain can carry to another node: the underlay's MTU less the
+    /// encapsulation.
+    pub fn usable_mtu(&self) -> u32 {
+        self.mtu.saturating_sub(TUNNEL_OVERHEAD)
+    }
+}
+
 pub struct Dataplane {
     bpf: Ebpf,
     mode: Mode,
@@ -170,6 +191,9 @@ pub struct Dataplane {
     ring: Array<MapData, RingEntry>,
     members: HashMap<MapData, MemberKey, RingEntry>,
     live: DevMapHash<MapData>,
+    remotes: HashMap<MapData, RemoteKey, TunnelPeer>,
+    landing: HashMap<MapData, RemoteKey, Member>,
+    tunnel_peers: HashMap<MapData, TunnelPeer, u32>,
     fragments: HashMap<MapData, FragmentKey, FragmentState>,
     /// At the last sweep of `fragments`: the count of tracked first fragments, and the
     /// entries left.
@@ -197,6 +221,8 @@ pub struct Dataplane {
     tc: Links,
     /// Empty unless in XDP mode.
     xdp: Links,
+    /// The tunnel device, in a cluster.
+    tunnel: Links,
     tables: Tables,
 }
 
@@ -222,6 +248,7 @@ impl Dataplane {
         clear_trace_filter(&mut bpf)?;
         links::tc_program(&mut bpf)?.load()?;
         links::xdp_program(&mut bpf)?.load()?;
+        links::classifier(&mut bpf, PROGRAM_TUNNEL)?.load()?;
         // Before a link gets these programs.
         let mut into_veth: Array<MapData, u32> = take(&mut bpf, MAP_XDP_INTO_VETH)?;
         let on_veth = matches!(mode, Mode::Xdp { on_veth: true });
@@ -233,6 +260,7 @@ impl Dataplane {
         if mode == Mode::Tc {
             xdp.detach_all();
         }
+        let tunnel = Links::adopt(Hook::Tunnel, bpffs.join("links-tunnel"), &mut bpf)?;
         let mut dp = Self {
             config: take(&mut bpf, MAP_CONFIG)?,
             ports: take(&mut bpf, MAP_PORTS)?,
@@ -241,6 +269,9 @@ impl Dataplane {
             ring: take(&mut bpf, MAP_RING)?,
             members: take(&mut bpf, MAP_MEMBERS)?,
             live: take(&mut bpf, MAP_LIVE)?,
+            remotes: take(&mut bpf, MAP_REMOTES)?,
+            landing: take(&mut bpf, MAP_LANDING)?,
+            tunnel_peers: take(&mut bpf, MAP_TUNNEL_PEERS)?,
             fragments: take(&mut bpf, MAP_FRAGMENTS)?,
             fragments_swept: None,
             stats: take(&mut bpf, MAP_STATS)?,
@@ -258,6 +289,7 @@ impl Dataplane {
             adopted: None,
             tc,
             xdp,
+            tunnel,
             tables,
         };
         dp.member_slots = dp
@@ -397,6 +429,7 @@ impl Dataplane {
         }
         // Links that went up or down meanwhile, when the image itself did not change.
         self.sync_live(interfaces)?;
+        self.sync_tunnel_peers(image)?;
         self.tc.detach_stale(&image.attach);
         self.xdp.detach_stale(&xdp_want);
         Ok(())
@@ -768,6 +801,29 @@ impl Dataplane {
                 .insert(key, entry, 0)
                 .map_err(map_err(MAP_CLASSIFY))?;
         }
+        // Before the classifier entries that send there.
+        for (&id, peer) in &image.remotes {
+            let key = RemoteKey {
+                gen: gen as u32,
+                id,
+            };
+            self.remotes
+                .insert(key, peer, 0)
+                .map_err(map_err(MAP_REMOTES))?;
+        }
+        for (&id, &(member, side)) in &image.landing {
+            let key = RemoteKey {
+                gen: gen as u32,
+                id,
+            };
+            let member = self.with_slot(member, side);
+            self.landing
+                .insert(key, member, 0)
+                .map_err(map_err(MAP_LANDING))?;
+        }
+        self.config
+            .set(CONFIG_REVISION + gen as u32, u64::from(image.revision), 0)
+            .map_err(map_err(MAP_CONFIG))?;
         for (ifindex, value) in &image.ports {
             let key = PortKey {
                 ifindex: *ifindex,
@@ -860,7 +916,53 @@ impl Dataplane {
         for key in class_keys {
             remove_ok(self.classify.remove(&key)).map_err(map_err(MAP_CLASSIFY))?;
         }
+        let of_gen = |key: &RemoteKey| key.gen as usize == gen;
+        let remote_keys: Vec<RemoteKey> = self.remotes.keys().filter_map(Result::ok).collect();
+        for key in remote_keys.into_iter().filter(of_gen) {
+            remove_ok(self.remotes.remove(&key)).map_err(map_err(MAP_REMOTES))?;
+        }
+        let landing_keys: Vec<RemoteKey> = self.landing.keys().filter_map(Result::ok).collect();
+        for key in landing_keys.into_iter().filter(of_gen) {
+            remove_ok(self.landing.remove(&key)).map_err(map_err(MAP_LANDING))?;
+        }
         Ok(())
+    }
+
+    /// Makes the tunnel sources exactly the nodes `image` takes tunnel packets from.
+    fn sync_tunnel_peers(&mut self, image: &Image) -> Result<(), DataplaneError> {
+        let have: BTreeSet<TunnelPeer> = self.tunnel_peers.keys().filter_map(Result::ok).collect();
+        for peer in have.difference(&image.tunnel_peers) {
+            remove_ok(self.tunnel_peers.remove(peer)).map_err(map_err(MAP_TUNNEL_PEERS))?;
+        }
+        for peer in image.tunnel_peers.difference(&have) {
+            self.tunnel_peers
+                .insert(peer, 1, 0)
+                .map_err(map_err(MAP_TUNNEL_PEERS))?;
+        }
+        Ok(())
+    }
+
+    /// Sends packets to other nodes out of `underlay` and takes theirs from it, from and to
+    /// this node's tunnel address; `None`: no tunnel (outside a cluster).
+    pub fn set_tunnel(&mut self, underlay: Option<&Underlay>) -> Result<(), DataplaneError> {
+        let want: BTreeMap<String, u32> = underlay
+            .map(|u| (u.name.clone(), u.index))
+            .into_iter()
+            .collect();
+        self.tunnel.attach_missing(&want, &mut self.bpf)?;
+        self.tunnel.detach_stale(&want);
+        let (index, address, mtu) = underlay.map_or((0, 0, 0), |u| {
+            (u.index, u32::from_ne_bytes(u.address.octets()), u.mtu)
+        });
+        self.config
+            .set(CONFIG_TUNNEL_ADDRESS, u64::from(address), 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        self.config
+            .set(CONFIG_TUNNEL_MTU, u64::from(mtu), 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        self.config
+            .set(CONFIG_TUNNEL_IFINDEX, u64::from(index), 0)
+            .map_err(map_err(MAP_CONFIG))
     }
 
     /// Datapath counters, summed over CPUs, in `stat::NAMES` order.
@@ -876,7 +978,7 @@ impl Dataplane {
     }
 }
 
-/// The `sfc_v4_members` entries of group table `slot` (relative) of generation `gen`.
+/// The `sfc_v5_members` entries of group table `slot` (relative) of generation `gen`.
 fn members_of(
     gen: usize,
     slot: usize,
@@ -893,7 +995,8 @@ fn members_of(
         .map(move |(ifindex, entry)| (MemberKey { slot, ifindex }, entry))
 }
 
-/// Every interface `image` redirects into: member sides, taps, logical destination ports.
+/// Every interface of this node `image` redirects into: member sides, taps, logical
+/// destination ports, and those other nodes send to.
 fn redirect_targets(image: &Image) -> impl Iterator<Item = u32> + '_ {
     let members = image
         .rings
@@ -903,7 +1006,11 @@ fn redirect_targets(image: &Image) -> impl Iterator<Item = u32> + '_ {
     let verdicts = image
         .verdicts()
         .flat_map(|v| [v.deliver_ifindex, v.tap_ifindex]);
-    members.chain(verdicts).filter(|&i| i != 0)
+    let landing = image.landing.values().map(|(m, _)| m.ifindex);
+    members
+        .chain(verdicts)
+        .chain(landing)
+        .filter(|&i| i != 0 && i & REMOTE == 0)
 }
 
 /// A daemon killed during `sfcctl trace` leaves its filter on (the map is pinned), and the

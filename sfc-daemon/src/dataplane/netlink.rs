@@ -9,6 +9,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io,
+    net::IpAddr,
     os::fd::AsRawFd,
     pin::pin,
     sync::atomic::{AtomicU64, Ordering},
@@ -19,6 +20,7 @@ use futures::{channel::mpsc::UnboundedReceiver, Stream, StreamExt};
 use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST},
     packet_route::{
+        address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage},
         RouteNetlinkMessage,
     },
@@ -48,6 +50,7 @@ const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
 fn parse_link(msg: LinkMessage) -> Option<Link> {
     let index = msg.header.index;
     let (mut name, mut mac, mut kind, mut iflink, mut nsid) = (None, None, None, None, None);
+    let mut mtu = 0;
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n),
@@ -60,6 +63,7 @@ fn parse_link(msg: LinkMessage) -> Option<Link> {
             }
             LinkAttribute::Link(i) => iflink = Some(i),
             LinkAttribute::LinkNetNsId(id) => nsid = Some(id),
+            LinkAttribute::Mtu(m) => mtu = m,
             _ => {}
         }
     }
@@ -77,6 +81,7 @@ fn parse_link(msg: LinkMessage) -> Option<Link> {
         peer_nsid: nsid.filter(|_| peer_index.is_some()),
         up: msg.header.flags.contains(LinkFlags::Up),
         running: msg.header.flags.contains(LinkFlags::LowerUp),
+        mtu,
     })
 }
 
@@ -267,7 +272,44 @@ impl Netlink {
                     Err(e) => return Err(e),
                 }
             }
-            Ok(Interfaces { links, peer_macs })
+            Ok(Interfaces {
+                links,
+                peer_macs,
+                cluster: None,
+            })
+        })
+    }
+
+    /// The interface that has address `addr`, if one has.
+    pub fn interface_with_address(&self, addr: IpAddr) -> Result<Option<Link>, NetlinkError> {
+        let what = "address dump";
+        self.runtime.block_on(async {
+            let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetAddress(
+                AddressMessage::default(),
+            ));
+            req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            let mut replies = pin!(self.request(req, what)?);
+            let mut index = None;
+            while let Some(reply) = replies.next().await {
+                match reply.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(msg)) => {
+                        let has = msg.attributes.iter().any(|a| {
+                            matches!(a, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == addr)
+                        });
+                        if has {
+                            index = Some(msg.header.index);
+                        }
+                    }
+                    NetlinkPayload::Done(done) if done.code != 0 => {
+                        return Err(kernel_error(what, done.code));
+                    }
+                    NetlinkPayload::Done(_) => break,
+                    NetlinkPayload::Error(err) => return Err(kernel_error(what, err.raw_code())),
+                    _ => {}
+                }
+            }
+            let Some(index) = index else { return Ok(None) };
+            Ok(self.links().await?.into_values().find(|l| l.index == index))
         })
     }
 }

@@ -9,6 +9,7 @@
 //! time (`header_read_timeout`, `connection_lifetime`) and in number (`max_connections`).
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     convert::Infallible,
     fmt,
@@ -60,14 +61,17 @@ const APPLY_BUCKETS: [f64; 14] = [
 ];
 
 /// Drop and pass-through reasons among the datapath outcomes.
-const DROPS: [&str; 5] = [
+const DROPS: [&str; 6] = [
     "no_member",
     "target_down",
     "redirect_failed",
     "tap_failed",
     "path_unknown",
+    "tunnel_too_big",
 ];
 const PASSES: [&str; 2] = ["no_match", "not_ip"];
+/// Why a tunnel packet from another node was not taken (`tunnel_rejected_*`).
+const TUNNEL_REJECTED: [&str; 5] = ["source", "malformed", "index", "revision", "target"];
 /// Why a packet could not be parsed: dropped, or passed where the classifiers ask for it
 /// (`unparsable_passed`); both sums appear under reason "unparsable".
 const UNPARSABLE: [&str; 4] = [
@@ -193,10 +197,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(observed: Shared, status: Arc<Status>) -> Self {
+    /// In a cluster, every metric is labelled with this node's name (`node`).
+    pub fn new(observed: Shared, status: Arc<Status>, node: Option<&str>) -> Self {
         let apply_duration = Histogram::new(APPLY_BUCKETS);
         let apply_last = Gauge::<f64, AtomicU64>::default();
-        let mut registry = Registry::default();
+        let labels = node.map(|n| (Cow::Borrowed("node"), Cow::Owned(n.to_string())));
+        let mut registry = Registry::with_labels(labels.into_iter());
         // The registry appends a full stop to these help texts.
         registry.register(
             "sfc_apply_duration_seconds",
@@ -294,6 +300,25 @@ impl Collector for Observed {
                     [("reason", "unparsable")],
                     ConstCounter::new(unparsable_passed),
                 )]),
+        )?;
+
+        family(
+            enc,
+            "sfc_tunnel_packets_total",
+            "Packets sent to other nodes in the tunnel, and taken from them.",
+            Counter,
+            [("sent", "tunnel_sent"), ("received", "tunnel_received")]
+                .map(|(d, n)| ([("direction", d)], ConstCounter::new(outcome(n)))),
+        )?;
+        family(
+            enc,
+            "sfc_tunnel_rejected_packets_total",
+            "Tunnel packets dropped on arrival, by reason.",
+            Counter,
+            TUNNEL_REJECTED.map(|r| {
+                let n = format!("tunnel_rejected_{r}");
+                ([("reason", r)], ConstCounter::new(outcome(&n)))
+            }),
         )?;
 
         // Per chain: entering and leaving, summed over classifiers and generations.

@@ -1,0 +1,487 @@
+//! Hops between nodes, in Geneve (RFC 8926) over IPv4 and UDP 6081. A packet whose next member
+//! (or chain end) is on another node gets the outer headers pushed in front of it here
+//! (`bpf_skb_adjust_room`, marked as a UDP tunnel so that segmentation offload still works),
+//! with one option ([`TunnelOption`]) saying where it goes and by which revision it is
+//! steered, and is sent out of this node's underlay interface, the kernel filling in the
+//! next hop's MAC (`bpf_redirect_neigh`). No tunnel device is needed: every kernel with TC
+//! BPF can do this, and a packet takes no extra device hop.
+//!
+//! On the receiving node, `sfc_tunnel` on the underlay interface's ingress takes Geneve
+//! addressed to this node from a registered node only, strips the outer headers and sends the
+//! packet on into that member or chain end without classifying it again; past the member, the
+//! node steers it as any other, by the revision it carried. Everything else on the underlay
+//! passes untouched.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+    },
+    helpers::{bpf_redirect_neigh, bpf_skb_change_proto},
+    programs::TcContext,
+};
+use sfc_common::{
+    action, stat, Decision, FlowState, Member, RemoteKey, TunnelOption, TunnelPeer, Verdict,
+    CONFIG_EPOCH, CONFIG_REVISION, CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_MTU,
+    FAMILY_V4, FLAG_ENTRY, FLAG_REVERSE, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE, GENEVE_PORT, MAX_HOPS,
+    PROTO_UDP, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER, TUNNEL_OVERHEAD, TUNNEL_REVERSE,
+};
+
+use crate::{
+    count, count_member, emit, flow_of,
+    frame::Frame,
+    live,
+    parse::{parse, Packet, LATER_FRAGMENT},
+    redirect, CONFIG, FLOWS, FLOWS4, LANDING, REMOTES, SCRATCH, TUNNEL_PEERS,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ETH_P_IP_U16: u16 = 0x0800;
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+/// Geneve's protocol type for an Ethernet frame inside.
+const ETH_P_TEB: u16 = 0x6558;
+const TUNNEL_TTL: u8 = 64;
+/// IPv4's "don't fragment": what does not fit is dropped, never sent in fragments that the
+/// receiving node's TC would see one by one.
+const IP_DF: u16 = 0x4000;
+
+/// Everything pushed between a packet's Ethernet header (which becomes the outer one) and its
+/// IP header, in wire order: outer IPv4, UDP, Geneve, our option, and the packet's own
+/// Ethernet header again (the inner one). `ENCAP_LEN` bytes of it are on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Encapsulation {
+    ip_version_ihl: u8,
+    ip_tos: u8,
+    ip_len: u16,
+    ip_id: u16,
+    ip_frag: u16,
+    ip_ttl: u8,
+    ip_proto: u8,
+    ip_check: u16,
+    ip_src: u32,
+    ip_dst: u32,
+    udp_sport: u16,
+    udp_dport: u16,
+    udp_len: u16,
+    udp_check: u16,
+    /// Version (2 bits, 0) and options length in 4-byte words.
+    geneve_version_options: u8,
+    /// O and C bits: C, as our option is critical.
+    geneve_flags: u8,
+    geneve_protocol: u16,
+    /// VNI in the high 24 bits.
+    geneve_vni: u32,
+    option: TunnelOption,
+    inner_eth: [u8; ETH_HLEN],
+    _pad: [u8; 2],
+}
+
+pub const ENCAP_LEN: usize = TUNNEL_OVERHEAD as usize;
+const _: () = assert!(ENCAP_LEN == 20 + 8 + 8 + size_of::<TunnelOption>() + ETH_HLEN);
+const GENEVE_CRITICAL: u8 = 0x40;
+
+/// The revision of the state generation `gen` steers.
+#[inline(always)]
+fn revision(gen: u32) -> u32 {
+    CONFIG
+        .get(CONFIG_REVISION + gen)
+        .map(|r| *r as u32)
+        .unwrap_or(0)
+}
+
+/// The node a remote member side or chain end (`id`, with `REMOTE`) of generation `gen` is
+/// on, while that node is alive.
+#[inline(always)]
+pub fn node_of(gen: u32, id: u32) -> Option<&'static TunnelPeer> {
+    unsafe { REMOTES.get(&RemoteKey { gen, id }) }
+}
+
+/// The service index of a packet sent on `verdict` (RFC 8300: one less at every hop). Going
+/// forward it is 255 minus the hops crossed; in reverse, hops are numbered as going forward
+/// (counting down), so the index counts down from 255 minus `MAX_HOPS` less one.
+#[inline(always)]
+fn service_index(verdict: &Verdict) -> u8 {
+    let crossed = if verdict.flags & FLAG_REVERSE == 0 {
+        verdict.hop as u32
+    } else if verdict.action == action::STEER {
+        MAX_HOPS as u32 - 1 - verdict.hop as u32
+    } else {
+        MAX_HOPS as u32
+    };
+    SERVICE_INDEX_START - crossed.min(MAX_HOPS as u32) as u8
+}
+
+/// The outer UDP source port: entropy for the underlay's ECMP (RFC 8926), the same for every
+/// packet of a flow, among the dynamic ports. (Folded from the 5-tuple in place: the stack
+/// has no room for the member choice's hash input here.)
+#[inline(always)]
+fn entropy(pkt: &Packet) -> u16 {
+    let mut h = pkt.src[0] ^ pkt.src[1] ^ pkt.src[2] ^ pkt.src[3];
+    h = h.wrapping_mul(0x9e37_79b1) ^ pkt.dst[0] ^ pkt.dst[1] ^ pkt.dst[2] ^ pkt.dst[3];
+    h = h.wrapping_mul(0x85eb_ca6b) ^ (((pkt.sport as u32) << 16) | pkt.dport as u32);
+    h = h.wrapping_mul(0xc2b2_ae35) ^ pkt.proto as u32;
+    h ^= h >> 16;
+    0xc000 | (h as u16 & 0x3fff)
+}
+
+/// The IPv4 header checksum of `e`'s outer header.
+#[inline(always)]
+fn ip_checksum(e: &Encapsulation) -> u16 {
+    // SAFETY: the first 20 bytes of a repr(C) struct of integers.
+    let words = unsafe { &*(e as *const Encapsulation as *const [u16; 10]) };
+    let mut sum: u32 = 0;
+    for w in words {
+        sum += *w as u32;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Sends the packet (the one parsed into the scratch space) to the node of its member side or
+/// chain end, as `decision` (of generation `gen`) says. `flow` is the flow's state here, or
+/// null (the entry's destination MAC and path travel with the packet). A function of its own:
+/// the stack of `act`, where this is decided, has no room left for it.
+#[inline(never)]
+pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, gen: u32) -> i32 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return C::DROP;
+    };
+    let pkt = unsafe { &(*scratch).pkt };
+    let decision = unsafe { &*decision };
+    let verdict = &decision.verdict;
+    let deliver = verdict.action != action::STEER;
+    let target = if deliver {
+        verdict.deliver_ifindex
+    } else {
+        decision.member.ifindex
+    };
+    let Some(peer) = node_of(gen, target) else {
+        count(stat::TARGET_DOWN);
+        return C::DROP;
+    };
+    let flow = (!flow.is_null()).then_some(flow);
+    let outcome = if deliver {
+        stat::DELIVERED
+    } else {
+        stat::STEERED
+    };
+    let device = CONFIG.get(CONFIG_TUNNEL_IFINDEX).copied().unwrap_or(0) as u32;
+    let source = CONFIG.get(CONFIG_TUNNEL_ADDRESS).copied().unwrap_or(0) as u32;
+    // (An IPv6 underlay is not carried yet; the agent refuses to start on one.)
+    if device == 0 || source == 0 || peer.family != FAMILY_V4 {
+        count(stat::TARGET_DOWN);
+        return C::DROP;
+    }
+    let reverse = verdict.flags & FLAG_REVERSE != 0;
+    let spi = ((verdict.chain_id as u32) << 1) | reverse as u32;
+    // Where the flow entered, this packet says it all; further on, its flow's state does.
+    let entry = verdict.flags & FLAG_ENTRY != 0;
+    let flow = if entry {
+        None
+    } else {
+        flow.or_else(|| flow_of(pkt))
+    };
+    let (mac, path) = match flow {
+        Some(f) => unsafe { ((*f).mac, (*f).path) },
+        None if entry => (pkt.eth_dst, verdict.path),
+        None => (pkt.eth_dst, 0),
+    };
+    let inner_len = ctx.len() as usize - ETH_HLEN;
+    let ip_len = (ENCAP_LEN + inner_len) as u16;
+    let sport = entropy(pkt);
+    let inner_type = if pkt.family == FAMILY_V4 {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    };
+    // Built in the per-CPU scratch space: too big for the stack beside the caller's.
+    let e = unsafe { &mut (*scratch).encap };
+    e.ip_version_ihl = 0x45;
+    e.ip_tos = 0;
+    e.ip_len = ip_len.to_be();
+    e.ip_id = 0;
+    e.ip_frag = IP_DF.to_be();
+    e.ip_ttl = TUNNEL_TTL;
+    e.ip_proto = PROTO_UDP;
+    e.ip_check = 0;
+    e.ip_src = source;
+    e.ip_dst = peer.addr[0];
+    e.udp_sport = sport.to_be();
+    e.udp_dport = GENEVE_PORT.to_be();
+    e.udp_len = (ip_len - 20).to_be();
+    // Optional over IPv4; the inner packet has its own.
+    e.udp_check = 0;
+    e.geneve_version_options = (size_of::<TunnelOption>() / 4) as u8;
+    e.geneve_flags = GENEVE_CRITICAL;
+    e.geneve_protocol = ETH_P_TEB.to_be();
+    e.geneve_vni = (spi << 8).to_be();
+    let o = &mut e.option;
+    o.class = GENEVE_OPT_CLASS.to_be();
+    o.kind = GENEVE_OPT_TYPE;
+    o.length = TunnelOption::WORDS;
+    o.service = ((spi << 8) | service_index(verdict) as u32).to_be();
+    o.revision = revision(gen).to_be();
+    o.target = target.to_be();
+    o.path = path.to_be();
+    o.mac = mac;
+    o.flags =
+        (if deliver { TUNNEL_DELIVER } else { 0 }) | (if reverse { TUNNEL_REVERSE } else { 0 });
+    o._pad = 0;
+    e.inner_eth[..6].copy_from_slice(&pkt.eth_dst);
+    e.inner_eth[6..12].copy_from_slice(&pkt.eth_src);
+    e.inner_eth[12..].copy_from_slice(&inner_type);
+    e.ip_check = ip_checksum(e);
+    let mtu = CONFIG.get(CONFIG_TUNNEL_MTU).copied().unwrap_or(0) as u32;
+    if !ctx.fits(mtu) {
+        count(stat::TUNNEL_TOO_BIG);
+        return C::DROP;
+    }
+    if !ctx.encapsulate(e, pkt.family == FAMILY_V4) {
+        count(stat::REDIRECT_FAILED);
+        return C::DROP;
+    }
+    let shown = Member {
+        ifindex: target,
+        ..Member::default()
+    };
+    emit(ctx, pkt, gen, Some(verdict), outcome, Some(&shown));
+    let verdict = ctx.redirect_neigh(device);
+    if verdict == C::REDIRECTED {
+        count(outcome);
+        count(stat::TUNNEL_SENT);
+    } else {
+        count(stat::REDIRECT_FAILED);
+    }
+    verdict
+}
+
+/// Pushes `e` in front of an skb's IP header, its Ethernet header becoming the outer one
+/// (IPv4 now), and marks the skb as a UDP tunnel packet, so that segmentation offload cuts it
+/// into packets that each carry the outer headers. The kernel does not nest tunnel marks: a
+/// packet that came out of a tunnel before (on this node's underlay, or an SF's veth) keeps
+/// its mark, and is pushed into unmarked, which is all it needs unless it is a segmentation
+/// offload packet (then it is refused). A frame with a VLAN tag in its metadata is refused:
+/// the tag would end up on the underlay.
+#[inline(always)]
+pub fn encapsulate(ctx: &TcContext, e: &Encapsulation, inner_v4: bool) -> bool {
+    // Read once, as values: the verifier allows context reads only at fixed offsets, not
+    // through a pointer kept across the helper calls below.
+    let skb = ctx.skb.skb;
+    let vlan_present = unsafe { core::ptr::read_volatile(&raw const (*skb).vlan_present) };
+    let gso = unsafe { core::ptr::read_volatile(&raw const (*skb).gso_size) } != 0;
+    if vlan_present != 0 {
+        return false;
+    }
+    let marked = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+        | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+        | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+        // The inner Ethernet header's length, in the top byte (BPF_F_ADJ_ROOM_ENCAP_L2).
+        | ((ETH_HLEN as u64) << 56);
+    let pushed = ctx
+        .adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, marked)
+        .is_ok()
+        || (!gso && push_unmarked(ctx, inner_v4));
+    if !pushed {
+        return false;
+    }
+    let bytes = unsafe { &*(e as *const Encapsulation as *const [u8; ENCAP_LEN]) };
+    ctx.store(ETH_HLEN, bytes, 0).is_ok() && ctx.store(12, &ETH_P_IP, 0).is_ok()
+}
+
+/// The room for the outer headers without the tunnel mark. The skb's protocol must become
+/// IPv4 all the same (the kernel routes and resolves the next hop by it); only the mark's
+/// flags change it, so an IPv6 packet gets 20 bytes more, which the 6-to-4 protocol change
+/// takes back.
+#[inline(always)]
+fn push_unmarked(ctx: &TcContext, inner_v4: bool) -> bool {
+    if inner_v4 {
+        return ctx
+            .adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, 0)
+            .is_ok();
+    }
+    const V6_TO_V4: i32 = 40 - 20;
+    ctx.adjust_room(ENCAP_LEN as i32 + V6_TO_V4, BPF_ADJ_ROOM_MAC, 0)
+        .is_ok()
+        && unsafe { bpf_skb_change_proto(ctx.skb.skb, (ETH_P_IP_U16).to_be(), 0) } == 0
+}
+
+/// Whether the packet still fits an underlay of `mtu` once encapsulated: a segmentation
+/// offload packet always does (its segments are cut smaller to make room); 0: not known.
+#[inline(always)]
+pub fn fits(ctx: &TcContext, mtu: u32) -> bool {
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    gso || mtu == 0 || TcContext::len(ctx) - ETH_HLEN as u32 + TUNNEL_OVERHEAD <= mtu
+}
+
+/// Out of `ifindex`, its next hop's MAC filled in by the kernel's neighbour table.
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32) -> i32 {
+    unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+#[inline(always)]
+fn reject(reason: u32) -> i32 {
+    count(reason);
+    TcContext::DROP
+}
+
+/// Whether this is Geneve addressed to this node: IPv4 without options, UDP to the Geneve
+/// port, to the tunnel address. Read straight from packet memory: everything else on the
+/// underlay costs this and nothing more.
+#[inline(always)]
+fn addressed_here(ctx: &TcContext, address: u32) -> bool {
+    const HEAD: usize = ETH_HLEN + 20 + 4;
+    let start = ctx.data();
+    if start + HEAD > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: the verifier-checked bound above covers these HEAD bytes.
+    let b = unsafe { &*(start as *const [u8; HEAD]) };
+    b[12..14] == ETH_P_IP
+        && b[14] == 0x45
+        && b[23] == PROTO_UDP
+        && u32::from_ne_bytes([b[30], b[31], b[32], b[33]]) == address
+        && u16::from_be_bytes([b[36], b[37]]) == GENEVE_PORT
+}
+
+/// A packet on the underlay: Geneve from another node is checked (a registered node's, whole,
+/// our option, an index that did not run out, a revision this node holds, a target it has),
+/// stripped of its outer headers and sent on into its member or chain end; anything else
+/// passes. A packet sent into a member leaves its flow's state here (revision, path, entry
+/// MAC), so that when it comes back out of the SF it is steered on by that revision and path.
+#[inline(always)]
+pub fn land(ctx: &TcContext) -> i32 {
+    let address = CONFIG.get(CONFIG_TUNNEL_ADDRESS).copied().unwrap_or(0) as u32;
+    if address == 0 || !addressed_here(ctx, address) {
+        return TcContext::PASS;
+    }
+    let Ok(e) = ctx.load::<Encapsulation>(ETH_HLEN) else {
+        return reject(stat::TUNNEL_REJECTED_MALFORMED);
+    };
+    let peer = TunnelPeer {
+        family: FAMILY_V4,
+        addr: [e.ip_src, 0, 0, 0],
+        ..TunnelPeer::default()
+    };
+    if unsafe { TUNNEL_PEERS.get(&peer) }.is_none() {
+        return reject(stat::TUNNEL_REJECTED_SOURCE);
+    }
+    let o = &e.option;
+    let inner_v4 = e.inner_eth[12..14] == ETH_P_IP;
+    let whole = u16::from_be(e.ip_frag) & 0x3fff == 0;
+    if !whole
+        || e.geneve_version_options != (size_of::<TunnelOption>() / 4) as u8
+        || u16::from_be(e.geneve_protocol) != ETH_P_TEB
+        || o.class != GENEVE_OPT_CLASS.to_be()
+        || o.kind != GENEVE_OPT_TYPE
+        || o.length & 0x1f != TunnelOption::WORDS
+        || !(inner_v4 || e.inner_eth[12..14] == ETH_P_IPV6)
+    {
+        return reject(stat::TUNNEL_REJECTED_MALFORMED);
+    }
+    let index = (u32::from_be(o.service) & 0xff) as u8;
+    if SERVICE_INDEX_START - index > MAX_HOPS as u8 {
+        return reject(stat::TUNNEL_REJECTED_INDEX);
+    }
+    let Some(epoch) = CONFIG.get(CONFIG_EPOCH) else {
+        return TcContext::DROP;
+    };
+    let current = (*epoch & 1) as u32;
+    let wanted = u32::from_be(o.revision);
+    let gen = if revision(current) == wanted {
+        current
+    } else if revision(1 - current) == wanted {
+        1 - current
+    } else {
+        return reject(stat::TUNNEL_REJECTED_REVISION);
+    };
+    let key = RemoteKey {
+        gen,
+        id: u32::from_be(o.target),
+    };
+    let Some(target) = (unsafe { LANDING.get(&key) }) else {
+        return reject(stat::TUNNEL_REJECTED_TARGET);
+    };
+    let decap = if inner_v4 {
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4
+    } else {
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6
+    } as u64;
+    let mut inner_eth = e.inner_eth;
+    if target.mac != [0; 6] {
+        inner_eth[..6].copy_from_slice(&target.mac);
+    }
+    if ctx
+        .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, decap)
+        .is_err()
+        || ctx.store(0, &inner_eth, 0).is_err()
+    {
+        return reject(stat::TUNNEL_REJECTED_MALFORMED);
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return TcContext::DROP;
+    };
+    let pkt = unsafe { &mut (*scratch).pkt };
+    if parse(ctx, pkt).is_err() {
+        return reject(stat::TUNNEL_REJECTED_MALFORMED);
+    }
+    if !live(target.ifindex) {
+        count(stat::TARGET_DOWN);
+        emit(ctx, pkt, gen, None, stat::TARGET_DOWN, Some(target));
+        return TcContext::DROP;
+    }
+    let deliver = o.flags & TUNNEL_DELIVER != 0;
+    // (A later fragment's ports are not known here: its flow is the first fragment's.)
+    if !deliver && pkt.fragment != LATER_FRAGMENT {
+        remember_flow(pkt, gen, u32::from_be(o.path), o.mac);
+    }
+    if !deliver {
+        count_member(target.slot, true, ctx.len());
+    }
+    emit(ctx, pkt, gen, None, stat::TUNNEL_RECEIVED, Some(target));
+    redirect(
+        ctx,
+        target.ifindex,
+        target.slot & SLOT_PEER != 0,
+        stat::TUNNEL_RECEIVED,
+    )
+}
+
+/// The flow's state on this node, as the packet that just arrived says it: written only when
+/// something changed (a flow's second packet marks it as seen twice).
+#[inline(always)]
+fn remember_flow(pkt: &Packet, gen: u32, path: u32, mac: [u8; 6]) {
+    if let Some(flow) = flow_of(pkt) {
+        unsafe {
+            if (*flow).gen as u32 == gen && (*flow).path == path && (*flow).mac == mac {
+                if (*flow).seen_twice == 0 {
+                    (*flow).seen_twice = 1;
+                }
+                return;
+            }
+            (*flow).gen = gen as u8;
+            (*flow).path = path;
+            (*flow).mac = mac;
+        }
+        return;
+    }
+    let state = FlowState {
+        mac,
+        gen: gen as u8,
+        seen_twice: 0,
+        path,
+        _pad2: 0,
+        inflight: 0,
+    };
+    let _ = if pkt.family == FAMILY_V4 {
+        FLOWS4.insert(&crate::flow_tuple4(pkt), &state, 0)
+    } else {
+        FLOWS.insert(&crate::flow_tuple(pkt), &state, 0)
+    };
+}
