@@ -35,7 +35,7 @@ use crate::{
     frame::Frame,
     live,
     parse::{parse, Packet, LATER_FRAGMENT},
-    redirect, CONFIG, FLOWS, FLOWS4, LANDING, REMOTES, SCRATCH, TUNNEL_PEERS,
+    redirect, trace_filter, CONFIG, FLOWS, FLOWS4, LANDING, REMOTES, SCRATCH, TUNNEL_PEERS,
 };
 
 const ETH_HLEN: usize = 14;
@@ -237,6 +237,12 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
     e.inner_eth[6..12].copy_from_slice(&pkt.eth_src);
     e.inner_eth[12..].copy_from_slice(&inner_type);
     e.ip_check = ip_checksum(e);
+    // A VLAN tag (in the frame or in the skb's metadata) would not travel inside: tagged
+    // tenant traffic does not cross nodes yet.
+    if pkt.vlan != 0 {
+        count(stat::REDIRECT_FAILED);
+        return C::DROP;
+    }
     let mtu = CONFIG.get(CONFIG_TUNNEL_MTU).copied().unwrap_or(0) as u32;
     if !ctx.fits(mtu) {
         count(stat::TUNNEL_TOO_BIG);
@@ -266,18 +272,13 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
 /// into packets that each carry the outer headers. The kernel does not nest tunnel marks: a
 /// packet that came out of a tunnel before (on this node's underlay, or an SF's veth) keeps
 /// its mark, and is pushed into unmarked, which is all it needs unless it is a segmentation
-/// offload packet (then it is refused). A frame with a VLAN tag in its metadata is refused:
-/// the tag would end up on the underlay.
+/// offload packet (then it is refused).
 #[inline(always)]
 pub fn encapsulate(ctx: &TcContext, e: &Encapsulation, inner_v4: bool) -> bool {
-    // Read once, as values: the verifier allows context reads only at fixed offsets, not
+    // Read once, as a value: the verifier allows context reads only at fixed offsets, not
     // through a pointer kept across the helper calls below.
     let skb = ctx.skb.skb;
-    let vlan_present = unsafe { core::ptr::read_volatile(&raw const (*skb).vlan_present) };
     let gso = unsafe { core::ptr::read_volatile(&raw const (*skb).gso_size) } != 0;
-    if vlan_present != 0 {
-        return false;
-    }
     let marked = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
@@ -444,13 +445,51 @@ pub fn land(ctx: &TcContext) -> i32 {
     if !deliver {
         count_member(target.slot, true, ctx.len());
     }
-    emit(ctx, pkt, gen, None, stat::TUNNEL_RECEIVED, Some(target));
+    if trace_filter().is_some() {
+        // What the sender decided, as far as the packet tells, for the trace (built in the
+        // scratch space: this program's stack is nearly full).
+        let verdict = unsafe { &mut (*scratch).decision.verdict };
+        *verdict = arrived(u32::from_be(o.service), o.flags);
+        emit(
+            ctx,
+            pkt,
+            gen,
+            Some(verdict),
+            stat::TUNNEL_RECEIVED,
+            Some(target),
+        );
+    }
     redirect(
         ctx,
         target.ifindex,
         target.slot & SLOT_PEER != 0,
         stat::TUNNEL_RECEIVED,
     )
+}
+
+/// The chain, hop and direction of a packet that arrived with service header `service` and
+/// option flags `flags` (see [`service_index`]).
+#[inline(always)]
+fn arrived(service: u32, flags: u8) -> Verdict {
+    let reverse = flags & TUNNEL_REVERSE != 0;
+    let deliver = flags & TUNNEL_DELIVER != 0;
+    let crossed = SERVICE_INDEX_START.wrapping_sub(service as u8);
+    let hop = match (reverse, deliver) {
+        (false, _) => crossed,
+        (true, false) => (MAX_HOPS as u8 - 1).wrapping_sub(crossed),
+        (true, true) => 0,
+    };
+    Verdict {
+        chain_id: (service >> 9) as u16,
+        hop,
+        action: if deliver {
+            action::DELIVER
+        } else {
+            action::STEER
+        },
+        flags: if reverse { FLAG_REVERSE } else { 0 },
+        ..Verdict::default()
+    }
 }
 
 /// The flow's state on this node, as the packet that just arrived says it: written only when

@@ -200,14 +200,7 @@ impl Demo {
 
     /// Packets each SF sent out of its ingress NIC: the reverse direction of a chain.
     pub fn sent_back(&self) -> Result<[u64; 3]> {
-        let mut out = [0; 3];
-        for (i, sf) in SFS.iter().enumerate() {
-            let text = self
-                .lab
-                .sh(sf, "cat /sys/class/net/eth-in/statistics/tx_packets")?;
-            out[i] = text.trim().parse()?;
-        }
-        Ok(out)
+        sent_back(&self.lab)
     }
 
     pub fn forwarded(&self, v6: bool) -> Result<[u64; 3]> {
@@ -242,6 +235,17 @@ pub fn curl_from(lab: &Lab, dst: &str, local_port: Option<u16>) -> Result<u16> {
         ),
     )?;
     Ok(out.trim().parse().unwrap_or(0))
+}
+
+/// Packets each SF of `lab` (namespaces `sf1`..`sf3`) sent out of its ingress NIC: the
+/// reverse direction of a chain.
+pub fn sent_back(lab: &Lab) -> Result<[u64; 3]> {
+    let mut out = [0; 3];
+    for (i, sf) in SFS.iter().enumerate() {
+        let text = lab.sh(sf, "cat /sys/class/net/eth-in/statistics/tx_packets")?;
+        out[i] = text.trim().parse()?;
+    }
+    Ok(out)
 }
 
 /// Packets each SF of `lab` (namespaces `sf1`..`sf3`) has forwarded.
