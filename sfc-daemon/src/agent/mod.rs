@@ -285,6 +285,30 @@ impl Agent {
         );
     }
 
+    /// The underlay's MTU changed: the datapath and the other nodes learn the new one.
+    fn follow_underlay_mtu(&mut self) {
+        let Some(underlay) = &mut self.underlay else {
+            return;
+        };
+        let Some(mtu) = self
+            .interfaces
+            .links
+            .get(&underlay.name)
+            .map(|l| l.mtu)
+            .filter(|&m| m != underlay.mtu)
+        else {
+            return;
+        };
+        underlay.mtu = mtu;
+        let (underlay, usable) = (underlay.clone(), underlay.usable_mtu());
+        if let Err(e) = self.dataplane.set_tunnel(Some(&underlay)) {
+            self.warn_once(format!("following the underlay's MTU: {e}"));
+        }
+        if let Some(link) = &self.cluster {
+            link.info.send_modify(|info| info.usable_mtu = usable);
+        }
+    }
+
     /// Makes what was compiled for `self.state` on `self.interfaces` the active generation.
     /// When it could not be compiled, nothing better can be done until the state or the
     /// interfaces change: the previous generation keeps steering, and `unsteerable` says why.
@@ -738,36 +762,6 @@ pub fn get(state: &State, kind: Kind, name: Option<String>) -> Response {
     }
 }
 
-/// Whether the interfaces changed in a way the state cares about: an interface it names
-/// appeared, vanished, or changed (index, MAC, kind, peer, the MAC behind it); up or down
-/// alone is not such a change (the dataplane's liveness map follows it without a compile). Changes to
-/// other interfaces cost nothing more than the read.
-impl Agent {
-    /// The underlay's MTU changed: the datapath and the other nodes learn the new one.
-    fn follow_underlay_mtu(&mut self) {
-        let Some(underlay) = &mut self.underlay else {
-            return;
-        };
-        let Some(mtu) = self
-            .interfaces
-            .links
-            .get(&underlay.name)
-            .map(|l| l.mtu)
-            .filter(|&m| m != underlay.mtu)
-        else {
-            return;
-        };
-        underlay.mtu = mtu;
-        let (underlay, usable) = (underlay.clone(), underlay.usable_mtu());
-        if let Err(e) = self.dataplane.set_tunnel(Some(&underlay)) {
-            self.warn_once(format!("following the underlay's MTU: {e}"));
-        }
-        if let Some(link) = &self.cluster {
-            link.info.send_modify(|info| info.usable_mtu = usable);
-        }
-    }
-}
-
 /// The interface with this node's tunnel address, where packets to and from other nodes go.
 fn underlay(netlink: &Netlink, address: IpAddr) -> Result<Underlay, AgentError> {
     let IpAddr::V4(v4) = address else {
@@ -788,6 +782,10 @@ fn underlay(netlink: &Netlink, address: IpAddr) -> Result<Underlay, AgentError> 
     }
 }
 
+/// Whether the interfaces changed in a way the state cares about: an interface it names
+/// appeared, vanished, or changed (index, MAC, kind, peer, the MAC behind it); up or down
+/// alone is not such a change (the dataplane's liveness map follows it without a compile). Changes to
+/// other interfaces cost nothing more than the read.
 fn touches_state(state: &State, before: &Interfaces, after: &Interfaces) -> bool {
     let named = state
         .port_pairs

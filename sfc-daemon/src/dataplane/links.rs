@@ -28,7 +28,8 @@ pub enum Hook {
     Tc,
     /// XDP in the driver, in front of TC: what it can finish there (see sfc-ebpf's frame.rs).
     Xdp,
-    /// TC ingress of the tunnel device: packets other nodes send on along their chains.
+    /// TC ingress of the underlay interface (the one with the tunnel address): packets other
+    /// nodes send on along their chains.
     Tunnel,
 }
 

@@ -221,7 +221,7 @@ pub struct Dataplane {
     tc: Links,
     /// Empty unless in XDP mode.
     xdp: Links,
-    /// The tunnel device, in a cluster.
+    /// The tunnel program's link on the underlay interface, in a cluster.
     tunnel: Links,
     tables: Tables,
 }
@@ -801,7 +801,6 @@ impl Dataplane {
                 .insert(key, entry, 0)
                 .map_err(map_err(MAP_CLASSIFY))?;
         }
-        // Before the classifier entries that send there.
         for (&id, peer) in &image.remotes {
             let key = RemoteKey {
                 gen: gen as u32,
@@ -821,9 +820,6 @@ impl Dataplane {
                 .insert(key, member, 0)
                 .map_err(map_err(MAP_LANDING))?;
         }
-        self.config
-            .set(CONFIG_REVISION + gen as u32, u64::from(image.revision), 0)
-            .map_err(map_err(MAP_CONFIG))?;
         for (ifindex, value) in &image.ports {
             let key = PortKey {
                 ifindex: *ifindex,
@@ -839,6 +835,10 @@ impl Dataplane {
                 .insert(key, value, 0)
                 .map_err(map_err(MAP_PORTS))?;
         }
+        // Last: from now on packets from other nodes of this revision land here.
+        self.config
+            .set(CONFIG_REVISION + gen as u32, u64::from(image.revision), 0)
+            .map_err(map_err(MAP_CONFIG))?;
         self.written[gen] = Some(image.clone());
         Ok(())
     }
@@ -858,8 +858,12 @@ impl Dataplane {
     }
 
     /// Empties one (inactive) generation: from memory when we wrote it, by walking the maps
-    /// when an earlier daemon did.
+    /// when an earlier daemon did. First it stops holding its revision, so that no packet
+    /// from another node lands on it while it is half rewritten.
     fn clear(&mut self, gen: usize) -> Result<(), DataplaneError> {
+        self.config
+            .set(CONFIG_REVISION + gen as u32, 0, 0)
+            .map_err(map_err(MAP_CONFIG))?;
         let written = self.written[gen].take();
         let member_keys: Vec<MemberKey> = match &written {
             Some(image) => image
