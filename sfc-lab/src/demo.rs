@@ -198,11 +198,6 @@ impl Demo {
         curl_from(&self.lab, dst, local_port)
     }
 
-    /// Packets each SF sent out of its ingress NIC: the reverse direction of a chain.
-    pub fn sent_back(&self) -> Result<[u64; 3]> {
-        sent_back(&self.lab)
-    }
-
     pub fn forwarded(&self, v6: bool) -> Result<[u64; 3]> {
         forwarded(&self.lab, v6)
     }
@@ -246,6 +241,32 @@ pub fn sent_back(lab: &Lab) -> Result<[u64; 3]> {
         out[i] = text.trim().parse()?;
     }
     Ok(out)
+}
+
+/// One request from `local_port` through the symmetric chain ([`symmetric_chain`]), checked:
+/// both directions of the connection cross one PG1 member and SF3 and nothing else, and the
+/// replies leave through those SFs' ingress NICs. The PG1 member it crossed (0 or 1).
+pub fn symmetric_request(lab: &Lab, local_port: u16) -> usize {
+    let back_before = sent_back(lab).unwrap();
+    let c = request_from(lab, DST_V4, Some(local_port)).unwrap();
+    let back = sent_back(lab).unwrap();
+    assert_eq!(c.status, 200, "{c:?}");
+    let member = if c.forwarded[0] > 0 { 0 } else { 1 };
+    // The member's and SF3's counts match, the other member saw nothing.
+    assert_eq!(c.forwarded[1 - member], 0, "{c:?}");
+    assert_eq!(c.forwarded[member], c.forwarded[2], "{c:?}");
+    // One HTTP exchange is about ten packets both ways, fewer when the stack merges some
+    // (a FIN with the response): at least a handshake and the request and reply.
+    assert!(c.forwarded[2] >= 6, "replies did not cross the SFs: {c:?}");
+    // The replies left through the SFs' ingress NICs (reverse direction).
+    for sf in [member, 2] {
+        assert!(
+            back[sf] - back_before[sf] >= 4,
+            "SF{} sent no replies back: {back_before:?} -> {back:?}",
+            sf + 1
+        );
+    }
+    member
 }
 
 /// Packets each SF of `lab` (namespaces `sf1`..`sf3`) has forwarded.
