@@ -196,6 +196,12 @@ pub struct Node {
     /// encapsulation (0: not known).
     #[serde(default)]
     pub usable_mtu: u32,
+    /// The revisions (low 32 bits) whose packets from other nodes its dataplane takes.
+    #[serde(default)]
+    pub holding: Vec<u32>,
+    /// The revisions its packets to other nodes may carry (the active one first).
+    #[serde(default)]
+    pub sending: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -311,7 +311,7 @@ fn join_cluster(
         .map_err(|e| e.to_string())?;
     let (status, status_rx) = watch::channel(NodeStatus {
         revision: known.revision,
-        error: String::new(),
+        ..NodeStatus::default()
     });
     let (info, info_rx) = watch::channel(NodeInfo {
         tunnel_address: tunnel_address.to_string(),

@@ -4,6 +4,7 @@
 //! - [`cluster`]: several node agents on one underlay, a real etcd and its certificates;
 //! - [`demo`]: the networking-sfc demo topology, built in a lab;
 //! - [`spread`]: the same topology spread over three nodes of a cluster;
+//! - [`stream`]: a numbered UDP stream through a chain, for make-before-break tests;
 //! - [`yaml`]: chain configuration documents, as `sfcctl apply -f` reads them;
 //! - [`frames`]: Ethernet frames byte by byte, for BPF_PROG_TEST_RUN.
 
@@ -12,4 +13,5 @@ pub mod demo;
 pub mod frames;
 pub mod lab;
 pub mod spread;
+pub mod stream;
 pub mod yaml;

@@ -4,7 +4,9 @@
 //! Geneve; a capture of the underlay shows the service path and index they carry.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -16,6 +18,7 @@ use sfc_lab::{
     },
     lab::{wait_for, Lab},
     spread::Spread,
+    stream::Stream,
 };
 
 /// Short, so that a lost node shows quickly.
@@ -31,24 +34,32 @@ struct Geneve {
     option: Option<(u16, u8, u32, u8, u32)>,
 }
 
-/// The Geneve packets (UDP 6081 over IPv4 on Ethernet) of a pcap file.
-fn geneve_packets(pcap: &[u8]) -> Vec<Geneve> {
+/// The UDP datagrams over IPv4 on Ethernet of a pcap file: (IP header, UDP header and payload).
+fn udp_datagrams(pcap: &[u8]) -> Vec<(&[u8], &[u8])> {
     let mut out = Vec::new();
     let mut at = 24; // global header
     while at + 16 <= pcap.len() {
         let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
         let frame = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
         at += 16 + caplen;
-        if frame.len() < 14 + 20 + 8 + 8 || frame[12..14] != [0x08, 0x00] {
+        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
             continue;
         }
         let ip = &frame[14..];
         let ihl = (ip[0] & 0x0f) as usize * 4;
-        if ip[9] != 17 || ip.len() < ihl + 16 {
+        if ip[9] != 17 || ip.len() < ihl + 8 {
             continue;
         }
-        let udp = &ip[ihl..];
-        if u16::from_be_bytes([udp[2], udp[3]]) != 6081 {
+        out.push((&ip[..ihl], &ip[ihl..]));
+    }
+    out
+}
+
+/// The Geneve packets (UDP 6081 over IPv4 on Ethernet) of a pcap file.
+fn geneve_packets(pcap: &[u8]) -> Vec<Geneve> {
+    let mut out = Vec::new();
+    for (ip, udp) in udp_datagrams(pcap) {
+        if u16::from_be_bytes([udp[2], udp[3]]) != 6081 || udp.len() < 16 {
             continue;
         }
         let g = &udp[8..];
@@ -73,6 +84,21 @@ fn geneve_packets(pcap: &[u8]) -> Vec<Geneve> {
         });
     }
     out
+}
+
+/// Starts tcpdump on `iface` in namespace `ns`, writing what `filter` takes to `file`.
+fn capture(lab: &Lab, ns: &str, iface: &str, filter: &[&str], file: &Path) -> Child {
+    let child = lab
+        .cmd(ns, "tcpdump")
+        .args(["-i", iface, "-U", "-n", "-s", "128", "-w"])
+        .arg(file)
+        .args(filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    child
 }
 
 /// The target id of the Geneve packets the capture saw going to `node`.
@@ -126,25 +152,7 @@ fn a_chain_crosses_three_nodes_in_geneve_and_foreign_tunnel_packets_are_dropped(
     let chain = std::fs::read_to_string(example_chain()).unwrap();
     spread.apply(1, &chain).unwrap();
     let pcap = lab.dir.join("underlay.pcap");
-    let mut capture = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("u"),
-            "tcpdump",
-            "-i",
-            "br0",
-            "-U",
-            "-n",
-            "-w",
-        ])
-        .arg(&pcap)
-        .args(["udp", "port", "6081"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    thread::sleep(Duration::from_millis(500));
+    let mut capture = capture(lab, "u", "br0", &["udp", "port", "6081"], &pcap);
 
     // Every request crosses one PG1 member (SF1 on n1, SF2 on n2) and then SF3 on n3; both
     // members take a share.
@@ -395,4 +403,166 @@ fn a_lost_node_s_members_are_left_out_within_its_ttl_and_other_flows_stay() {
             assert_eq!(a, *b, "port {port} moved from a surviving member");
         }
     }
+}
+
+/// Three one-member groups, one on each node (SF1 on n1, SF2 on n2, SF3 on n3), crossed in
+/// `order` (say `g1, g2, g3`) by UDP from the source VM to the destination's port 9000.
+fn three_hops(order: &str) -> String {
+    let mut docs = Vec::new();
+    for k in 1..=3 {
+        docs.push(format!(
+            "kind: PortPair\nmetadata: {{name: pp{k}}}\nspec: {{ingress: sf{k}-in, egress: sf{k}-out}}"
+        ));
+        docs.push(format!(
+            "kind: PortPairGroup\nmetadata: {{name: g{k}}}\nspec: {{portPairs: [pp{k}]}}"
+        ));
+    }
+    docs.push(
+        "kind: FlowClassifier\nmetadata: {name: udp}\nspec: {ethertype: IPv4, protocol: udp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: \"9000\", logicalSourcePort: vm-src}".into(),
+    );
+    docs.push(format!(
+        "kind: PortChain\nmetadata: {{name: c}}\nspec: {{portPairGroups: [{order}], flowClassifiers: [udp]}}"
+    ));
+    docs.iter()
+        .map(|d| format!("apiVersion: sfc.dataplane.dev/v1alpha1\n{d}\n"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Sequence number → TTL of each datagram of the UDP stream (port 9000) a capture saw.
+fn stream_ttls(pcap: &[u8]) -> BTreeMap<u32, Vec<u8>> {
+    let mut out: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    for (ip, udp) in udp_datagrams(pcap) {
+        if u16::from_be_bytes([udp[2], udp[3]]) == 9000 && udp.len() >= 12 {
+            let seq = u32::from_be_bytes(udp[8..12].try_into().unwrap());
+            out.entry(seq).or_default().push(ip[8]);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_chain_across_three_nodes_flips_twenty_times_under_udp_and_no_packet_is_lost_or_mixed() {
+    let spread = Spread::build("xf", TTL).unwrap();
+    let lab = spread.lab();
+    let forward = three_hops("g1, g2, g3");
+    let backward = three_hops("g3, g2, g1");
+    spread.apply(1, &forward).unwrap();
+    // Each SF routes, so the TTL a datagram has at an SF's ingress says which hop that SF was
+    // for it: the first hop sees the TTL the source sent, the last one two less.
+    let pcaps: Vec<_> = (1..=3)
+        .map(|k| lab.dir.join(format!("sf{k}.pcap")))
+        .collect();
+    let mut captures: Vec<Child> = (1..=3)
+        .map(|k| {
+            capture(
+                lab,
+                &format!("sf{k}"),
+                "eth-in",
+                &["udp", "dst", "port", "9000"],
+                &pcaps[k - 1],
+            )
+        })
+        .collect();
+    let stream = Stream {
+        count: 6000,
+        rate: 500,
+        burst: 5,
+        size: 64,
+        port: 9000,
+        // Many flows, each with a datagram every second: a flow between two datagrams has
+        // none inside the chain, so it takes the new revision as soon as its entry node
+        // flips, while the others may still be on the old one.
+        flows: 500,
+    };
+    // The flips are applied from every node in turn, each one waited for on all three.
+    let mut flips = 0;
+    let mut settle = Vec::new();
+    let received = stream
+        .run(lab, "flips", || {
+            for i in 0..20 {
+                thread::sleep(Duration::from_millis(150));
+                let yaml = if i % 2 == 0 { &backward } else { &forward };
+                let started = Instant::now();
+                spread.apply(1 + i % 3, yaml).unwrap();
+                settle.push(started.elapsed().as_millis());
+                flips += 1;
+            }
+        })
+        .unwrap();
+    settle.sort_unstable();
+    eprintln!(
+        "apply until all three nodes steer it: median {} ms, max {} ms",
+        settle[settle.len() / 2],
+        settle[settle.len() - 1]
+    );
+    let warned: Vec<usize> = (1..=3)
+        .filter(|&i| spread.cluster.agent_log(i).contains("gave up waiting"))
+        .collect();
+    assert!(
+        warned.is_empty(),
+        "nodes {warned:?} gave up waiting for others"
+    );
+    thread::sleep(Duration::from_millis(300));
+    for c in &mut captures {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let seen: Vec<BTreeMap<u32, Vec<u8>>> = pcaps
+        .iter()
+        .map(|p| stream_ttls(&std::fs::read(p).unwrap()))
+        .collect();
+    let rejected: Vec<u64> = (1..=3)
+        .map(|i| {
+            let stats = spread.cluster.stats(i).unwrap();
+            stats.counter("tunnel_rejected_revision") + stats.counter("tunnel_rejected_target")
+        })
+        .collect();
+    eprintln!(
+        "{flips} flips: {received} of {} datagrams arrived; rejected by revision or target per node: {rejected:?}",
+        stream.count
+    );
+    assert_eq!(
+        rejected,
+        [0, 0, 0],
+        "packets landed on a node without their revision"
+    );
+    assert_eq!(
+        received,
+        u64::from(stream.count),
+        "datagrams lost across the flips"
+    );
+
+    // Every datagram crossed each SF once, in one of the two orders: never a mix of both.
+    let mut orders = [0u32; 2];
+    let mut switches = 0;
+    let mut last = None;
+    for seq in 0..stream.count {
+        let ttls: Vec<u8> = seen
+            .iter()
+            .map(|s| match s.get(&seq).map(Vec::as_slice) {
+                Some([ttl]) => *ttl,
+                other => panic!("datagram {seq} crossed this SF as {other:?} (TTLs seen)"),
+            })
+            .collect();
+        let order = match (
+            ttls[0] as i16 - ttls[1] as i16,
+            ttls[1] as i16 - ttls[2] as i16,
+        ) {
+            (1, 1) => 0,
+            (-1, -1) => 1,
+            _ => panic!("datagram {seq} crossed the SFs in neither order: TTLs {ttls:?}"),
+        };
+        orders[order] += 1;
+        switches += usize::from(last.is_some_and(|l| l != order));
+        last = Some(order);
+    }
+    eprintln!(
+        "forward {}, backward {}, {switches} switches",
+        orders[0], orders[1]
+    );
+    assert!(
+        switches >= 10,
+        "the stream switched order only {switches} times across {flips} flips"
+    );
 }

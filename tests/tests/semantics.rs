@@ -8,6 +8,7 @@ use serde_json::Value;
 use sfc_lab::{
     demo::{assert_through_one_pg1_member_then_sf3, example_chain, Demo, DST_V4},
     lab::{script, wait_for},
+    stream::Stream,
 };
 
 /// `cat` of an interface counter inside an SF namespace.
@@ -210,61 +211,9 @@ fn flows_stay_on_their_member_while_members_are_added_and_removed() {
     );
 }
 
-/// A UDP stream from the source to the destination: `count` datagrams of `size` bytes at
-/// `rate`/s, `burst` back to back.
-#[derive(Clone, Copy)]
-struct Stream {
-    count: u32,
-    rate: u32,
-    burst: u32,
-    size: u32,
-}
-
-impl Stream {
-    /// Sends the stream while `during` runs; returns how many distinct datagrams arrived.
-    fn run(self, demo: &mut Demo, tag: &str, during: impl FnOnce(&Demo)) -> u64 {
-        let out = demo
-            .lab
-            .dir
-            .join(format!("{tag}.count"))
-            .to_string_lossy()
-            .into_owned();
-        demo.lab
-            .spawn(
-                "dst",
-                &format!("python3 {} receive 9000 {out} 1.5", script("udp_stream.py")),
-            )
-            .unwrap();
-        thread::sleep(Duration::from_millis(300));
-        let sender = demo
-            .lab
-            .cmd("src", "python3")
-            .args([
-                script("udp_stream.py"),
-                "send".into(),
-                DST_V4.into(),
-                "9000".into(),
-                self.count.to_string(),
-                self.rate.to_string(),
-                "40999".into(),
-                self.burst.to_string(),
-                self.size.to_string(),
-            ])
-            .spawn()
-            .unwrap();
-        during(demo);
-        let output = sender.wait_with_output().unwrap();
-        assert!(output.status.success(), "sender failed");
-        result_file(&out, Duration::from_secs(30))
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
 #[test]
 fn updates_are_make_before_break_and_never_mix_generations() {
-    let mut demo = Demo::build("flip").unwrap();
+    let demo = Demo::build("flip").unwrap();
     // Each SF sends at 4 Mbit/s: a burst spends ~10 ms inside the chain, so most updates
     // happen while packets are in flight between two hops.
     for sf in ["sf1", "sf2", "sf3"] {
@@ -291,18 +240,22 @@ fn updates_are_make_before_break_and_never_mix_generations() {
         rate: 600,
         burst: 12,
         size: 400,
+        port: 9000,
+        flows: 1,
     };
     // Control: the same stream, no update.
-    let control = stream.run(&mut demo, "control", |_| {});
+    let control = stream.run(&demo.lab, "control", || {}).unwrap();
     // The chain flips between two orders of its groups, many times, during the stream.
     let mut flips = 0;
-    let flipped = stream.run(&mut demo, "flips", |demo| {
-        for i in 0..16 {
-            thread::sleep(Duration::from_millis(37));
-            demo.apply(if i % 2 == 0 { &b } else { &a });
-            flips += 1;
-        }
-    });
+    let flipped = stream
+        .run(&demo.lab, "flips", || {
+            for i in 0..16 {
+                thread::sleep(Duration::from_millis(37));
+                demo.apply(if i % 2 == 0 { &b } else { &a });
+                flips += 1;
+            }
+        })
+        .unwrap();
     let lost_control = stream.count as u64 - control;
     let lost_flipping = stream.count as u64 - flipped;
     println!(
@@ -358,7 +311,7 @@ fn updates_are_make_before_break_and_never_mix_generations() {
 
 #[test]
 fn a_shared_group_serves_several_chains_and_each_packet_continues_on_its_own() {
-    let mut demo = Demo::build("shared").unwrap();
+    let demo = Demo::build("shared").unwrap();
     // Two chains from one source port share PG1: web traffic (two classifiers, IPv4 and
     // IPv6) goes on to SF3, the UDP stream ends after PG1.
     let yaml = fs::read_to_string(example_chain()).unwrap()
@@ -376,8 +329,10 @@ fn a_shared_group_serves_several_chains_and_each_packet_continues_on_its_own() {
         rate: 1000,
         burst: 1,
         size: 64,
+        port: 9000,
+        flows: 1,
     };
-    let received = stream.run(&mut demo, "udp", |_| {});
+    let received = stream.run(&demo.lab, "udp", || {}).unwrap();
     let after = demo.forwarded(false).unwrap();
     assert_eq!(received, 300);
     let through_pg1 = after[0] + after[1] - before[0] - before[1];

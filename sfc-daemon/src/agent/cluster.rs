@@ -30,6 +30,7 @@ use crate::cluster::{
     store::{NodeView, Store},
     ClusterError,
 };
+use crate::dataplane::handover::Steered;
 
 /// Commits tried when other applies keep committing first: each retry validates again
 /// against the newer state.
@@ -38,6 +39,9 @@ const ATTEMPTS: usize = 5;
 /// 1 to 2 s) before it is refused.
 const RIDE_THROUGH: Duration = Duration::from_secs(4);
 const RETRY_AFTER: Duration = Duration::from_millis(250);
+/// Newer revisions read in a row when each is overtaken in turn (another node always has a
+/// newer one): past that, the watch brings the next.
+const OVERTAKEN_READS: usize = 4;
 
 pub struct ClusterLink {
     pub node: String,
@@ -88,17 +92,34 @@ impl Agent {
     }
 
     /// A revision of the cluster's state arrived (or was just committed here): steer this
-    /// node's part of it, cache it for a restart without etcd, and say what came of it.
-    pub fn steer_cluster(&mut self, snapshot: Arc<Snapshot>) {
-        let Some(link) = &self.cluster else { return };
+    /// node's part of it. When another node already holds a newer one, that one is read and
+    /// steered at once rather than when the watch brings it.
+    pub fn steer_cluster(&mut self, mut snapshot: Arc<Snapshot>) {
+        for _ in 0..OVERTAKEN_READS {
+            if self.steer_revision(snapshot.clone()) == Steered::Active {
+                return;
+            }
+            let link = self.link();
+            match link.wait(|| link.store.refresh(&snapshot)) {
+                Ok(latest) if latest.revision > snapshot.revision => snapshot = Arc::new(latest),
+                _ => return,
+            }
+        }
+    }
+
+    /// Steers one revision, caches it for a restart without etcd, and says what came of it.
+    fn steer_revision(&mut self, snapshot: Arc<Snapshot>) -> Steered {
+        let Some(link) = &self.cluster else {
+            return Steered::Active;
+        };
         if snapshot.revision <= link.snapshot.revision && self.compiled.is_some() {
-            return;
+            return Steered::Active;
         }
         self.state = snapshot.local_state(&link.node);
         self.interfaces = self.current_interfaces();
         self.interfaces.cluster = self.cluster_view(snapshot.revision);
         let compiled = compile_cached(&self.state, &self.interfaces, &Origins::in_cluster());
-        self.program(
+        let steered = self.program(
             compiled,
             &format!(
                 "revision {} cannot be steered on this node's interfaces",
@@ -114,6 +135,7 @@ impl Agent {
         link.snapshot = snapshot;
         let revision = link.snapshot.revision;
         link.status.send_modify(|s| s.revision = revision);
+        steered
     }
 
     /// The other nodes changed: steer across them as they are now.
@@ -518,13 +540,16 @@ fn retire(base: &Snapshot, next: &State, mut retired: BTreeMap<u32, i64>) -> BTr
 }
 
 fn node_row(n: NodeView) -> Node {
+    let status = n.status.unwrap_or_default();
     Node {
         state: if n.alive { "ready" } else { "lost" }.into(),
         tunnel_address: n.info.tunnel_address,
         interfaces: n.info.interfaces,
-        applied_revision: n.status.as_ref().map_or(0, |s| s.revision),
-        error: n.status.map(|s| s.error).unwrap_or_default(),
+        applied_revision: status.revision,
+        error: status.error,
         usable_mtu: n.info.usable_mtu,
+        holding: status.holding,
+        sending: status.sending,
         name: n.name,
     }
 }

@@ -30,7 +30,9 @@ use sfc_config::{
 };
 
 use crate::{
+    cluster::handover::PeerHandover,
     dataplane::{
+        handover::Steered,
         netlink::{Netlink, NetlinkError},
         Dataplane, DataplaneError, Mode, Options, Underlay,
     },
@@ -144,6 +146,14 @@ impl Agent {
             None => None,
         };
         dataplane.set_tunnel(underlay.as_ref())?;
+        if let Some(link) = &cluster {
+            dataplane.set_handover(Box::new(PeerHandover::new(
+                link.node.clone(),
+                link.store.clone(),
+                link.runtime.clone(),
+                link.status.clone(),
+            )))?;
+        }
         if let (Some(link), Some(u)) = (&cluster, &underlay) {
             let mtu = u.usable_mtu();
             link.info.send_modify(|info| info.usable_mtu = mtu);
@@ -312,13 +322,15 @@ impl Agent {
     /// Makes what was compiled for `self.state` on `self.interfaces` the active generation.
     /// When it could not be compiled, nothing better can be done until the state or the
     /// interfaces change: the previous generation keeps steering, and `unsteerable` says why.
-    fn program(&mut self, compiled: Result<Compiled, ConfigErrors>, unsteerable: &str) {
+    /// In a cluster the image may be overtaken by a newer revision: written, not yet active.
+    fn program(&mut self, compiled: Result<Compiled, ConfigErrors>, unsteerable: &str) -> Steered {
         match compiled {
             Ok(compiled) => match self.dataplane.apply(compiled.image(), &self.interfaces) {
-                Ok(()) => {
+                Ok(steered) => {
                     self.synced = true;
                     self.compiled = Some(compiled);
                     self.ready();
+                    return steered;
                 }
                 Err(e) => {
                     // Tried again at the next interface change or resync.
@@ -331,6 +343,7 @@ impl Agent {
                 self.not_ready(format!("{unsteerable}: {e}"));
             }
         }
+        Steered::Active
     }
 
     /// How interfaces may be named: `NODE/IFNAME` in a cluster.

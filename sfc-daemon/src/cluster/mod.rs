@@ -13,6 +13,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use thiserror::Error;
 
 pub mod follow;
+pub mod handover;
 pub mod membership;
 pub mod records;
 pub mod snapshot;

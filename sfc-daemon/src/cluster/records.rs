@@ -98,13 +98,22 @@ pub struct NodeInfo {
     pub usable_mtu: u32,
 }
 
-/// The revision of the desired state a node has applied, and why it is not fully steered.
+/// The revision of the desired state a node has applied, why it is not fully steered, and
+/// which revisions its dataplane takes and sends (see `handover`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     pub revision: i64,
     #[serde(default)]
     pub error: String,
+    /// The revisions (low 32 bits) whose packets from other nodes its dataplane takes: those
+    /// of its two generations.
+    #[serde(default)]
+    pub holding: Vec<u32>,
+    /// The revisions its packets may carry to other nodes: the active one first, and for two
+    /// generation leases after a flip the one before.
+    #[serde(default)]
+    pub sending: Vec<u32>,
 }
 
 /// The key held under the node's lease while its agent runs: which agent holds the name.

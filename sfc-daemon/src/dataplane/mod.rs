@@ -37,6 +37,7 @@ use sfc_common::{
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub mod handover;
 pub mod links;
 pub mod netlink;
 pub mod tables;
@@ -45,6 +46,7 @@ use sfc_api::counters::{Generation, Row};
 use sfc_config::compile::{Image, Interfaces, Role, Side};
 
 use crate::observe::counters::ChainCounters;
+use handover::{Alone, Handover, Steered};
 use links::{Hook, Links};
 use tables::{Table, Tables};
 
@@ -224,6 +226,8 @@ pub struct Dataplane {
     /// The tunnel program's link on the underlay interface, in a cluster.
     tunnel: Links,
     tables: Tables,
+    /// Who else must agree before a flip (nobody on one node).
+    handover: Box<dyn Handover>,
 }
 
 impl Dataplane {
@@ -291,6 +295,7 @@ impl Dataplane {
             xdp,
             tunnel,
             tables,
+            handover: Box::new(Alone),
         };
         dp.member_slots = dp
             .member_slot_map
@@ -382,8 +387,22 @@ impl Dataplane {
             .map_err(map_err(MAP_CONFIG))
     }
 
+    /// In a cluster: how flips are agreed with the other nodes.
+    pub fn set_handover(&mut self, handover: Box<dyn Handover>) -> Result<(), DataplaneError> {
+        self.handover = handover;
+        // What an earlier daemon left in the maps steers on: the other nodes learn it now.
+        let held = self.held()?;
+        self.handover.holding(held);
+        self.handover.flipped(0, held[(self.epoch()? & 1) as usize]);
+        Ok(())
+    }
+
     /// Makes `image` the active generation. A no-op when it already is.
-    pub fn apply(&mut self, image: &Image, interfaces: &Interfaces) -> Result<(), DataplaneError> {
+    pub fn apply(
+        &mut self,
+        image: &Image,
+        interfaces: &Interfaces,
+    ) -> Result<Steered, DataplaneError> {
         // Make before break for interfaces too: those the new generation steers from get the
         // program before the flip (until then it finds no entry for them and passes their
         // packets), and those it no longer needs lose it only after. Attaching after the flip
@@ -391,8 +410,8 @@ impl Dataplane {
         self.tc.attach_missing(&image.attach, &mut self.bpf)?;
         let xdp_want = self.xdp_candidates(image, interfaces);
         self.xdp.attach_missing(&xdp_want, &mut self.bpf)?;
-        let epoch = self.epoch()?;
-        let active = (epoch & 1) as usize;
+        let mut epoch = self.epoch()?;
+        let mut active = (epoch & 1) as usize;
         if self.written[active].is_none() && self.adopted.is_some() {
             let fingerprint = fingerprint(image);
             if self.adopted.take() == Some(fingerprint) {
@@ -402,37 +421,80 @@ impl Dataplane {
                 info!(epoch, "adopted the active generation");
             }
         }
+        let mut steered = Steered::Active;
         if self.written[active].as_ref() != Some(image) {
+            let held = self.held()?;
             let target = 1 - active;
+            // The inactive generation holds a newer revision that this node was overtaken on
+            // and another node already sends: this node must go on taking its packets, and
+            // can only overwrite the older one. It flips to it first.
+            if held[target] > held[active] && self.handover.sent_elsewhere(held[target]) {
+                self.flip(epoch)?;
+                self.handover.flipped(held[active], held[target]);
+                epoch += 1;
+                active = target;
+            }
+            let target = 1 - active;
+            if held[target] != 0 && held[target] != held[active] {
+                self.handover.until_unsent(held[target]);
+            }
             self.fingerprints[target] = Some(fingerprint(image));
             self.wait_until_retired(target)?;
             self.retire_counters(target, epoch.wrapping_sub(1))?;
             self.clear(target)?;
+            self.handover.holding(self.held()?);
             self.assign_member_slots(image, active)?;
             self.write(target, image)?;
+            self.handover.holding(self.held()?);
             self.sync_live(interfaces)?;
-            self.config
-                .set(CONFIG_FLIP_NS, monotonic_ns(), 0)
-                .map_err(map_err(MAP_CONFIG))?;
-            // The flip: one 8-byte write, seen by the next packet on every CPU.
-            self.config
-                .set(CONFIG_EPOCH, epoch + 1, 0)
-                .map_err(map_err(MAP_CONFIG))?;
-            self.forget_what_is_gone();
-            info!(
-                epoch = epoch + 1,
-                ports = image.ports.len(),
-                classifier_entries = image.classify.len(),
-                groups = image.rings.len(),
-                "dataplane updated"
-            );
+            if self.handover.until_held(image.revision) {
+                self.flip(epoch)?;
+                self.handover.flipped(held[active], image.revision);
+                self.forget_what_is_gone();
+                info!(
+                    epoch = epoch + 1,
+                    ports = image.ports.len(),
+                    classifier_entries = image.classify.len(),
+                    groups = image.rings.len(),
+                    "dataplane updated"
+                );
+            } else {
+                info!(
+                    revision = image.revision,
+                    "written, not flipped to: another node has a newer revision"
+                );
+                steered = Steered::Overtaken;
+            }
         }
         // Links that went up or down meanwhile, when the image itself did not change.
         self.sync_live(interfaces)?;
         self.sync_tunnel_peers(image)?;
-        self.tc.detach_stale(&image.attach);
-        self.xdp.detach_stale(&xdp_want);
-        Ok(())
+        if steered == Steered::Active {
+            self.tc.detach_stale(&image.attach);
+            self.xdp.detach_stale(&xdp_want);
+        }
+        Ok(steered)
+    }
+
+    /// The flip: one 8-byte write, seen by the next packet on every CPU.
+    fn flip(&mut self, epoch: u64) -> Result<(), DataplaneError> {
+        self.config
+            .set(CONFIG_FLIP_NS, monotonic_ns(), 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        self.config
+            .set(CONFIG_EPOCH, epoch + 1, 0)
+            .map_err(map_err(MAP_CONFIG))
+    }
+
+    /// The revision each generation takes packets of from other nodes (0: none).
+    fn held(&self) -> Result<[u32; 2], DataplaneError> {
+        let revision = |gen: u32| {
+            self.config
+                .get(&(CONFIG_REVISION + gen), 0)
+                .map(|r| r as u32)
+                .map_err(map_err(MAP_CONFIG))
+        };
+        Ok([revision(0)?, revision(1)?])
     }
 
     /// The interfaces of `image` that get XDP in front of TC (none in TC mode); veths are

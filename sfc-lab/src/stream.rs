@@ -1,0 +1,99 @@
+//! A numbered UDP stream from the source VM (namespace `src`) to the destination VM
+//! (namespace `dst`), sent by `tests/scripts/udp_stream.py`: what the make-before-break tests
+//! run while they update chains.
+
+use std::{
+    fs,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    demo::DST_V4,
+    lab::{script, wait_for, Lab},
+};
+
+/// `count` datagrams of `size` bytes at `rate`/s, `burst` back to back, to the destination's
+/// port `port`: one flow from source port 40999, or with `flows` > 1 that many, from source
+/// ports 40000 on, in turn. Each datagram carries its sequence number in its first 4 bytes.
+#[derive(Clone, Copy)]
+pub struct Stream {
+    pub count: u32,
+    pub rate: u32,
+    pub burst: u32,
+    pub size: u32,
+    pub port: u16,
+    pub flows: u16,
+}
+
+impl Stream {
+    /// Sends the stream while `during` runs; returns how many distinct datagrams arrived.
+    pub fn run(self, lab: &Lab, tag: &str, during: impl FnOnce()) -> Result<u64> {
+        let out = lab
+            .dir
+            .join(format!("{tag}.count"))
+            .to_string_lossy()
+            .into_owned();
+        let udp = script("udp_stream.py");
+        let receiver = Reaped(
+            lab.cmd("dst", "python3")
+                .args([
+                    udp.clone(),
+                    "receive".into(),
+                    self.port.to_string(),
+                    out.clone(),
+                ])
+                .arg("1.5")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting the UDP receiver")?,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let sender = Reaped(
+            lab.cmd("src", "python3")
+                .args([
+                    udp,
+                    "send".into(),
+                    DST_V4.into(),
+                    self.port.to_string(),
+                    self.count.to_string(),
+                    self.rate.to_string(),
+                    if self.flows > 1 {
+                        format!("40000-{}", 40000 + self.flows - 1)
+                    } else {
+                        "40999".into()
+                    },
+                    self.burst.to_string(),
+                    self.size.to_string(),
+                ])
+                .spawn()
+                .context("starting the UDP sender")?,
+        );
+        during();
+        let mut sender = sender;
+        if !sender.0.wait()?.success() {
+            bail!("the UDP sender failed");
+        }
+        // The receiver writes its count 1.5 s after the last datagram.
+        let seconds = u64::from(self.count / self.rate.max(1)) + 30;
+        let Some(text) = wait_for(Duration::from_secs(seconds), || {
+            fs::read_to_string(&out).ok()
+        }) else {
+            bail!("the UDP receiver never wrote {out}");
+        };
+        drop(receiver);
+        Ok(text.trim().parse()?)
+    }
+}
+
+/// A process killed (if it still runs) and reaped when dropped, whatever the test does.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
