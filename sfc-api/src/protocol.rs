@@ -116,6 +116,9 @@ pub enum Request {
         /// Only this chain's hops, and the SFs of its groups.
         #[serde(default)]
         chain: Option<String>,
+        /// In a cluster: only this node (by default every node, each asked of its agent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     Describe {
         kind: Kind,
@@ -177,6 +180,21 @@ pub struct Response {
     /// describe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
+    /// In a cluster (stats): each node's own answer, sorted by node. The counters and chains
+    /// above are then their sums; hops, SFs, generations and tables are each node's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_node: Vec<NodeStats>,
+}
+
+/// One node's part of `sfcctl stats` in a cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub node: String,
+    /// Why there are no counters from it (lost, no answer); empty when it answered.
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub stats: Response,
 }
 
 /// One row of `sfcctl get nodes`.

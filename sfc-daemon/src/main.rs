@@ -206,6 +206,10 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
         }
     };
     let follow = link.as_ref().map(|l| (l.store.clone(), l.snapshot.clone()));
+    let asker = link.as_ref().map(|l| cluster::ask::Asker {
+        node: l.node.clone(),
+        store: l.store.clone(),
+    });
     let paths = Paths {
         state_dir: &args.state_dir,
         bpffs: &args.bpffs,
@@ -239,8 +243,16 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
         published: agent.published(),
         bpffs: args.bpffs.clone(),
         traces: Default::default(),
-        agent: handle,
+        cluster: asker.clone(),
+        agent: handle.clone(),
     };
+    if let Some(asker) = asker {
+        runtime.spawn(cluster::ask::answer_questions(
+            asker.store,
+            asker.node,
+            handle,
+        ));
+    }
     run::spawn(agent, queue, status).map_err(|e| format!("cannot start the agent thread: {e}"))?;
     info!(socket = %args.socket.display(), "ready");
     runtime.block_on(server::serve(listener, context));

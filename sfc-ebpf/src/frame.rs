@@ -51,6 +51,9 @@ pub trait Frame {
     fn fits(&self, mtu: u32) -> bool;
     /// Out of `ifindex` to the next hop of its (outer) destination address.
     fn redirect_neigh(&self, ifindex: u32) -> i32;
+    /// The packet does not fit the underlay on the way to another node: answered with ICMP
+    /// where it may be; returns the program's verdict.
+    fn too_big(&self) -> i32;
 }
 
 impl Frame for TcContext {
@@ -143,6 +146,11 @@ impl Frame for TcContext {
     fn redirect_neigh(&self, ifindex: u32) -> i32 {
         crate::tunnel::redirect_neigh(ifindex)
     }
+
+    #[inline(always)]
+    fn too_big(&self) -> i32 {
+        crate::too_big::answer(self)
+    }
 }
 
 impl Frame for XdpContext {
@@ -233,6 +241,11 @@ impl Frame for XdpContext {
 
     #[inline(always)]
     fn redirect_neigh(&self, _ifindex: u32) -> i32 {
+        Self::DROP
+    }
+
+    #[inline(always)]
+    fn too_big(&self) -> i32 {
         Self::DROP
     }
 }

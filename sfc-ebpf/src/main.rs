@@ -21,6 +21,7 @@
 
 mod frame;
 mod parse;
+mod too_big;
 mod tunnel;
 
 use core::{
@@ -54,58 +55,58 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v5_config")]
+#[map(name = "sfc_v6_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v5_ports")]
+#[map(name = "sfc_v6_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v5_classify")]
+#[map(name = "sfc_v6_classify")]
 static CLASSIFY: HashMap<ClassKey, ClassEntry> =
     HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v5_source_ports")]
+#[map(name = "sfc_v6_source_ports")]
 static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
 
-#[map(name = "sfc_v5_ring")]
+#[map(name = "sfc_v6_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v5_members")]
+#[map(name = "sfc_v6_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v5_live")]
+#[map(name = "sfc_v6_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v5_remotes")]
+#[map(name = "sfc_v6_remotes")]
 static REMOTES: HashMap<RemoteKey, TunnelPeer> =
     HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v5_landing")]
+#[map(name = "sfc_v6_landing")]
 static LANDING: HashMap<RemoteKey, Member> = HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v5_tunnel_peers")]
+#[map(name = "sfc_v6_tunnel_peers")]
 static TUNNEL_PEERS: HashMap<TunnelPeer, u32> = HashMap::pinned(TUNNEL_PEERS_CAPACITY, 0);
 
-#[map(name = "sfc_v5_fragments")]
+#[map(name = "sfc_v6_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v5_flows")]
+#[map(name = "sfc_v6_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v5_flows4")]
+#[map(name = "sfc_v6_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v5_pins")]
+#[map(name = "sfc_v6_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v5_new_pins")]
+#[map(name = "sfc_v6_new_pins")]
 static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v5_decisions")]
+#[map(name = "sfc_v6_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v5_decisions4")]
+#[map(name = "sfc_v6_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -121,6 +122,8 @@ struct Scratch {
     encap: tunnel::Encapsulation,
     /// What a trace's tracking id is hashed from.
     trace_hash: HashInput,
+    /// The ICMP answer to a packet too big for the underlay.
+    answer: too_big::Answer,
 }
 
 impl Scratch {
@@ -168,29 +171,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v5_xdp_into_veth")]
+#[map(name = "sfc_v6_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v5_scratch")]
+#[map(name = "sfc_v6_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v5_stats")]
+#[map(name = "sfc_v6_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v5_counters")]
+#[map(name = "sfc_v6_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v5_member_counters")]
+#[map(name = "sfc_v6_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v5_member_slots")]
+#[map(name = "sfc_v6_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v5_trace_filter")]
+#[map(name = "sfc_v6_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v5_trace_events")]
+#[map(name = "sfc_v6_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -474,10 +477,12 @@ fn to_node<C: Frame>(
     flow: *mut FlowState,
     gen: u32,
 ) -> i32 {
-    if !C::DEFERS && verdict == TO_NODE {
-        tunnel::send(ctx, decision, flow, gen)
-    } else {
-        verdict
+    if C::DEFERS || verdict != TO_NODE {
+        return verdict;
+    }
+    match tunnel::send(ctx, decision, flow, gen) {
+        tunnel::TOO_BIG => ctx.too_big(),
+        sent => sent,
     }
 }
 

@@ -143,6 +143,10 @@ fn ip_checksum(e: &Encapsulation) -> u16 {
     !(sum as u16)
 }
 
+/// [`send`]'s answer for a packet that does not fit the underlay once encapsulated (counted):
+/// the caller answers it (`Frame::too_big`), with a stack frame to spare.
+pub const TOO_BIG: i32 = i32::MIN + 1;
+
 /// Sends the packet (the one parsed into the scratch space) to the node of its member side or
 /// chain end, as `decision` (of generation `gen`) says. `flow` is the flow's state here, or
 /// null (the entry's destination MAC and path travel with the packet). A function of its own:
@@ -246,7 +250,7 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
     let mtu = CONFIG.get(CONFIG_TUNNEL_MTU).copied().unwrap_or(0) as u32;
     if !ctx.fits(mtu) {
         count(stat::TUNNEL_TOO_BIG);
-        return C::DROP;
+        return TOO_BIG;
     }
     if !ctx.encapsulate(e, pkt.family == FAMILY_V4) {
         count(stat::REDIRECT_FAILED);

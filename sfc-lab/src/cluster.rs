@@ -736,7 +736,7 @@ impl ClusterLab {
     /// `sfcctl stats` of node `i`.
     pub fn stats(&self, i: usize) -> Result<Stats> {
         let text = self
-            .sfcctl(i, &["stats", "-o", "json"])
+            .sfcctl(i, &["stats", "--node", &format!("n{i}"), "-o", "json"])
             .map_err(|e| anyhow!("stats on n{i}: {e}"))?;
         Stats::parse(&text)
     }

@@ -94,6 +94,9 @@ enum Command {
     Stats {
         /// Only this chain (its hops and the SFs of its groups).
         chain: Option<String>,
+        /// In a cluster: only this node (by default every node, side by side and summed).
+        #[arg(long)]
+        node: Option<String>,
         /// Print again every --interval seconds until interrupted.
         #[arg(long)]
         watch: bool,
@@ -253,12 +256,14 @@ fn run(args: Args) -> Result<(), String> {
         }
         Command::Stats {
             chain,
+            node,
             watch,
             interval,
             output,
         } => loop {
             let response = call(Request::Stats {
                 chain: chain.clone(),
+                node: node.clone(),
             })?;
             if !response.ok {
                 return Err(response.message);

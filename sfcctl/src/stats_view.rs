@@ -10,38 +10,77 @@ use std::{
 use sfc_api::{counters::TableFills, protocol::Response};
 
 pub fn json(r: &Response) -> serde_json::Value {
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "counters": r.counters.iter().cloned().collect::<BTreeMap<_, _>>(),
         "chains": r.chains,
         "hops": r.hops,
         "pairs": r.pairs,
         "generations": r.generations,
         "tables": r.tables,
-    })
+    });
+    // In a cluster: each node's own, beside the sums above.
+    if !r.per_node.is_empty() {
+        doc["nodes"] = r
+            .per_node
+            .iter()
+            .map(|n| {
+                let mut node = json(&n.stats);
+                node["node"] = n.node.clone().into();
+                node["error"] = n.error.clone().into();
+                node
+            })
+            .collect();
+    }
+    doc
+}
+
+/// One node's rows, or (in a cluster) every node's, each under its name.
+fn sources(r: &Response) -> Vec<(Option<&str>, &Response)> {
+    if r.per_node.is_empty() {
+        vec![(None, r)]
+    } else {
+        r.per_node
+            .iter()
+            .map(|n| (Some(n.node.as_str()), &n.stats))
+            .collect()
+    }
 }
 
 pub fn table(r: &Response, with_outcomes: bool) -> String {
     let mut out = String::new();
-    if with_outcomes {
-        // As wide as the longest outcome name, so that every count lines up.
-        let width = r
-            .counters
-            .iter()
-            .map(|(n, _)| n.len())
-            .max()
-            .unwrap_or(0)
-            .max(20);
-        let _ = writeln!(out, "{:<width$} {:>12}", "OUTCOME", "PACKETS");
-        for (name, value) in &r.counters {
-            let _ = writeln!(out, "{name:<width$} {value:>12}");
+    let nodes = sources(r);
+    let width = nodes
+        .iter()
+        .filter_map(|(n, _)| n.map(str::len))
+        .max()
+        .map(|w| w.max(4));
+    // The NODE column, in a cluster.
+    let node = |n: Option<&str>| match width {
+        Some(w) => format!("{:<w$} ", n.unwrap_or("NODE")),
+        None => String::new(),
+    };
+    for n in &r.per_node {
+        if !n.error.is_empty() {
+            let _ = writeln!(out, "{}: {}", n.node, n.error);
         }
+    }
+    if !r.per_node.is_empty() && r.per_node.iter().any(|n| !n.error.is_empty()) {
         let _ = writeln!(out);
-        if let Some(fills) = &r.tables {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            out.push_str(&tables(fills, now_ms));
-            let _ = writeln!(out);
+    }
+    if with_outcomes {
+        out.push_str(&outcomes(r));
+        let _ = writeln!(out);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for (name, stats) in &nodes {
+            if let Some(fills) = &stats.tables {
+                if let Some(name) = name {
+                    let _ = writeln!(out, "{name}:");
+                }
+                out.push_str(&tables(fills, now_ms));
+                let _ = writeln!(out);
+            }
         }
     }
     let _ = writeln!(
@@ -64,40 +103,98 @@ pub fn table(r: &Response, with_outcomes: bool) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<20} {:<8} {:>3} {:>12} {:>12} {:>9} {:>9}  STATE",
-        "CHAIN", "DIR", "HOP", "IN", "OUT", "IN/s", "OUT/s"
+        "{}{:<20} {:<8} {:>3} {:>12} {:>12} {:>9} {:>9}  STATE",
+        node(None),
+        "CHAIN",
+        "DIR",
+        "HOP",
+        "IN",
+        "OUT",
+        "IN/s",
+        "OUT/s"
     );
-    for h in &r.hops {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<8} {:>3} {:>12} {:>12} {:>9.1} {:>9.1}  {}",
-            h.chain,
-            format!("{:?}", h.direction).to_lowercase(),
-            h.hop,
-            h.into_packets,
-            h.from_packets,
-            h.into_pps,
-            h.from_pps,
-            h.state.as_str()
-        );
+    for (name, stats) in &nodes {
+        for h in &stats.hops {
+            let _ = writeln!(
+                out,
+                "{}{:<20} {:<8} {:>3} {:>12} {:>12} {:>9.1} {:>9.1}  {}",
+                node(*name),
+                h.chain,
+                format!("{:?}", h.direction).to_lowercase(),
+                h.hop,
+                h.into_packets,
+                h.from_packets,
+                h.into_pps,
+                h.from_pps,
+                h.state.as_str()
+            );
+        }
     }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<20} {:>12} {:>12} {:>9} {:>9}  STATE",
-        "PORT PAIR (SF)", "IN", "OUT", "IN/s", "OUT/s"
+        "{}{:<20} {:>12} {:>12} {:>9} {:>9}  STATE",
+        node(None),
+        "PORT PAIR (SF)",
+        "IN",
+        "OUT",
+        "IN/s",
+        "OUT/s"
     );
-    for p in &r.pairs {
-        let _ = writeln!(
-            out,
-            "{:<20} {:>12} {:>12} {:>9.1} {:>9.1}  {}",
-            p.pair,
-            p.into_packets,
-            p.from_packets,
-            p.into_pps,
-            p.from_pps,
-            p.state.as_str()
-        );
+    for (name, stats) in &nodes {
+        for p in &stats.pairs {
+            let _ = writeln!(
+                out,
+                "{}{:<20} {:>12} {:>12} {:>9.1} {:>9.1}  {}",
+                node(*name),
+                p.pair,
+                p.into_packets,
+                p.from_packets,
+                p.into_pps,
+                p.from_pps,
+                p.state.as_str()
+            );
+        }
+    }
+    out
+}
+
+/// The datapath outcomes: one column of counts, or in a cluster one per node and their total.
+fn outcomes(r: &Response) -> String {
+    let mut out = String::new();
+    // As wide as the longest outcome name, so that every count lines up.
+    let width = r
+        .counters
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(0)
+        .max(20);
+    if r.per_node.is_empty() {
+        let _ = writeln!(out, "{:<width$} {:>12}", "OUTCOME", "PACKETS");
+        for (name, value) in &r.counters {
+            let _ = writeln!(out, "{name:<width$} {value:>12}");
+        }
+        return out;
+    }
+    let _ = write!(out, "{:<width$}", "OUTCOME");
+    for n in &r.per_node {
+        let _ = write!(out, " {:>12}", n.node);
+    }
+    let _ = writeln!(out, " {:>12}", "TOTAL");
+    for (name, total) in &r.counters {
+        let _ = write!(out, "{name:<width$}");
+        for n in &r.per_node {
+            match n.stats.counters.iter().find(|(c, _)| c == name) {
+                Some((_, value)) => {
+                    let _ = write!(out, " {value:>12}");
+                }
+                None => {
+                    let _ = write!(out, " {:>12}", "-");
+                }
+            }
+        }
+        let _ = writeln!(out, " {total:>12}");
     }
     out
 }
@@ -180,6 +277,47 @@ mod tests {
                 "(counted 3 s ago, in 41.5 ms)",
             ]
         );
+    }
+
+    #[test]
+    fn in_a_cluster_outcomes_have_a_column_per_node_and_a_total() {
+        use sfc_api::protocol::NodeStats;
+        let node = |name: &str, steered: u64| NodeStats {
+            node: name.into(),
+            error: String::new(),
+            stats: Response {
+                ok: true,
+                counters: vec![("steered".into(), steered)],
+                ..Default::default()
+            },
+        };
+        let r = Response {
+            ok: true,
+            counters: vec![("steered".into(), 12)],
+            per_node: vec![
+                node("n1", 5),
+                node("n2", 7),
+                NodeStats {
+                    node: "n3".into(),
+                    error: "no answer within 3 s".into(),
+                    stats: Response::default(),
+                },
+            ],
+            ..Default::default()
+        };
+        let text = table(&r, true);
+        println!("{text}");
+        let words = |prefix: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.starts_with(prefix)).unwrap();
+            line.split_whitespace().map(str::to_string).collect()
+        };
+        assert_eq!(words("OUTCOME"), ["OUTCOME", "n1", "n2", "n3", "TOTAL"]);
+        assert_eq!(words("steered"), ["steered", "5", "7", "-", "12"]);
+        assert!(text.contains("n3: no answer within 3 s"), "{text}");
+        assert!(words("NODE").starts_with(&["NODE".to_string(), "CHAIN".to_string()]));
+        let json = json(&r);
+        assert_eq!(json["nodes"][1]["counters"]["steered"], 7);
+        assert_eq!(json["nodes"][2]["error"], "no answer within 3 s");
     }
 
     #[test]

@@ -1,7 +1,9 @@
-"""Long-lived TCP connections for the tests. `serve PORT` echoes lines back (one thread per
-connection). `talk DST PORT SPORTS SECONDS INTERVAL OUT` opens one connection per source port
+"""TCP connections for the tests. `serve PORT` echoes lines back (one thread per connection).
+`talk DST PORT SPORTS SECONDS INTERVAL OUT` opens one connection per source port
 (comma-separated), then on each sends a line and waits for its echo every INTERVAL seconds for
-SECONDS, and writes to OUT how many round trips succeeded and failed. Bounded everywhere."""
+SECONDS, and writes to OUT how many round trips succeeded and failed. `sink PORT` takes one
+connection, counts its bytes until the sender closes, and answers with the count; `upload DST
+PORT BYTES` sends BYTES to such a sink and prints its answer. Bounded everywhere."""
 import os
 import socket
 import sys
@@ -65,9 +67,44 @@ def talk(dst, port, sports, seconds, interval, out):
     os.rename(out + ".tmp", out)
 
 
+def sink(port):
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("::", port))
+    srv.listen(1)
+    srv.settimeout(60)
+    conn, _ = srv.accept()
+    conn.settimeout(30)
+    count = 0
+    with conn:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            count += len(data)
+        conn.sendall(str(count).encode())
+
+
+def upload(dst, port, size):
+    c = socket.create_connection((dst, port), timeout=30)
+    chunk = bytes(65536)
+    sent = 0
+    while sent < size:
+        n = min(len(chunk), size - sent)
+        c.sendall(chunk[:n])
+        sent += n
+    c.shutdown(socket.SHUT_WR)
+    print(c.recv(64).decode())
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(int(sys.argv[2]))
+    elif sys.argv[1] == "sink":
+        sink(int(sys.argv[2]))
+    elif sys.argv[1] == "upload":
+        upload(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
         talk(sys.argv[2], int(sys.argv[3]), [int(p) for p in sys.argv[4].split(",")],
              float(sys.argv[5]), float(sys.argv[6]), sys.argv[7])

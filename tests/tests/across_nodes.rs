@@ -16,7 +16,7 @@ use sfc_lab::{
         assert_through_one_pg1_member_then_sf3, example_chain, forwarded, request_from,
         symmetric_chain, symmetric_request, DST_V4, DST_V6,
     },
-    lab::{wait_for, Lab},
+    lab::{script, wait_for, Lab},
     spread::Spread,
     stream::Stream,
 };
@@ -210,6 +210,66 @@ fn a_chain_crosses_three_nodes_in_geneve_and_foreign_tunnel_packets_are_dropped(
         "received {received:?}"
     );
 
+    // One command on any node shows every node's counters, side by side and summed: each
+    // node's own, asked of its agent through etcd.
+    let all: serde_json::Value =
+        serde_json::from_str(&spread.cluster.sfcctl(3, &["stats", "-o", "json"]).unwrap()).unwrap();
+    let nodes = all["nodes"].as_array().expect("per-node counters");
+    let names: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n1", "n2", "n3"], "{all:#}");
+    let per_node: Vec<u64> = nodes
+        .iter()
+        .map(|n| {
+            assert_eq!(n["error"], "", "{n:#}");
+            n["counters"]["tunnel_sent"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(per_node, sent, "each node's own counters");
+    assert_eq!(
+        all["counters"]["tunnel_sent"].as_u64(),
+        Some(sent.iter().sum::<u64>()),
+        "the sums"
+    );
+    let table = spread.cluster.sfcctl(2, &["stats"]).unwrap();
+    let header = table.lines().find(|l| l.starts_with("OUTCOME")).unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["OUTCOME", "n1", "n2", "n3", "TOTAL"],
+        "{table}"
+    );
+    // Each SF's counters come from the node it is on, in a NODE column.
+    for (node, pair) in [("n1", "PP1"), ("n2", "PP2"), ("n3", "PP3")] {
+        assert!(
+            table.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[0] == node && f[1] == pair && f[2] != "0"
+            }),
+            "no {pair} row of {node} with traffic:\n{table}"
+        );
+    }
+    // `describe` on n1 shows SF2's counters as n2 counts them, and the chain's on each node.
+    let described = spread
+        .cluster
+        .sfcctl(1, &["describe", "portpair", "PP2"])
+        .unwrap();
+    let row = described
+        .lines()
+        .find(|l| l.trim_start().starts_with("n2\tPP2\tin "))
+        .unwrap_or_else(|| panic!("no counters of PP2 from n2:\n{described}"));
+    assert!(!row.contains("in 0 "), "{described}");
+    let chain = spread
+        .cluster
+        .sfcctl(3, &["describe", "portchain", "PC1"])
+        .unwrap();
+    for node in ["n1", "n2", "n3"] {
+        assert!(
+            chain
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{node}\thop "))),
+            "no hop counters of {node}:\n{chain}"
+        );
+    }
+
     // Geneve from an address that is no registered node's (the underlay's own, where etcd
     // runs) is dropped and counted, however well formed; so is a datagram to the Geneve port
     // from a registered node that is not our Geneve.
@@ -354,7 +414,7 @@ fn a_lost_node_s_members_are_left_out_within_its_ttl_and_other_flows_stay() {
 
     // Path MTU: 78 bytes of encapsulation on a 1500-byte underlay leave 1422 (shown by
     // `get nodes`); a datagram that fills it crosses to another node's member, one byte more
-    // is dropped and counted (ICMP is not answered yet).
+    // is dropped and counted (and answered with ICMP: see the path MTU test).
     let yaml = spread
         .cluster
         .sfcctl(1, &["get", "nodes", "-o", "yaml"])
@@ -394,6 +454,12 @@ fn a_lost_node_s_members_are_left_out_within_its_ttl_and_other_flows_stay() {
             .any(|r| r["name"] == "n2" && r["state"] == "lost"),
         "{rows:#?}"
     );
+    // `stats` shows the other nodes' counters, and says why n2 has none.
+    let table = spread.cluster.sfcctl(1, &["stats"]).unwrap();
+    assert!(
+        table.contains("n2: lost (its agent no longer renews its lease): no counters"),
+        "{table}"
+    );
     // Only the flows that were on SF2 moved.
     for (port, b) in ports.iter().zip(&before) {
         let a = member_of(spread.lab(), *port).unwrap_or_else(|| panic!("port {port}: no member"));
@@ -406,8 +472,9 @@ fn a_lost_node_s_members_are_left_out_within_its_ttl_and_other_flows_stay() {
 }
 
 /// Three one-member groups, one on each node (SF1 on n1, SF2 on n2, SF3 on n3), crossed in
-/// `order` (say `g1, g2, g3`) by UDP from the source VM to the destination's port 9000.
-fn three_hops(order: &str) -> String {
+/// `order` (say `g1, g2, g3`) by what `classifiers` (FlowClassifier specs, from the source VM)
+/// match.
+fn three_hops(order: &str, classifiers: &[&str]) -> String {
     let mut docs = Vec::new();
     for k in 1..=3 {
         docs.push(format!(
@@ -417,17 +484,24 @@ fn three_hops(order: &str) -> String {
             "kind: PortPairGroup\nmetadata: {{name: g{k}}}\nspec: {{portPairs: [pp{k}]}}"
         ));
     }
-    docs.push(
-        "kind: FlowClassifier\nmetadata: {name: udp}\nspec: {ethertype: IPv4, protocol: udp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: \"9000\", logicalSourcePort: vm-src}".into(),
-    );
+    let mut names = Vec::new();
+    for (i, spec) in classifiers.iter().enumerate() {
+        docs.push(format!(
+            "kind: FlowClassifier\nmetadata: {{name: fc{i}}}\nspec: {{{spec}, logicalSourcePort: vm-src}}"
+        ));
+        names.push(format!("fc{i}"));
+    }
     docs.push(format!(
-        "kind: PortChain\nmetadata: {{name: c}}\nspec: {{portPairGroups: [{order}], flowClassifiers: [udp]}}"
+        "kind: PortChain\nmetadata: {{name: c}}\nspec: {{portPairGroups: [{order}], flowClassifiers: [{}]}}",
+        names.join(", ")
     ));
     docs.iter()
         .map(|d| format!("apiVersion: sfc.dataplane.dev/v1alpha1\n{d}\n"))
         .collect::<Vec<_>>()
         .join("---\n")
 }
+
+const UDP_9000: &str = "ethertype: IPv4, protocol: udp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: \"9000\"";
 
 /// Sequence number → TTL of each datagram of the UDP stream (port 9000) a capture saw.
 fn stream_ttls(pcap: &[u8]) -> BTreeMap<u32, Vec<u8>> {
@@ -445,8 +519,8 @@ fn stream_ttls(pcap: &[u8]) -> BTreeMap<u32, Vec<u8>> {
 fn a_chain_across_three_nodes_flips_twenty_times_under_udp_and_no_packet_is_lost_or_mixed() {
     let spread = Spread::build("xf", TTL).unwrap();
     let lab = spread.lab();
-    let forward = three_hops("g1, g2, g3");
-    let backward = three_hops("g3, g2, g1");
+    let forward = three_hops("g1, g2, g3", &[UDP_9000]);
+    let backward = three_hops("g3, g2, g1", &[UDP_9000]);
     spread.apply(1, &forward).unwrap();
     // Each SF routes, so the TTL a datagram has at an SF's ingress says which hop that SF was
     // for it: the first hop sees the TTL the source sent, the last one two less.
@@ -565,4 +639,100 @@ fn a_chain_across_three_nodes_flips_twenty_times_under_udp_and_no_packet_is_lost
         switches >= 10,
         "the stream switched order only {switches} times across {flips} flips"
     );
+}
+
+/// `ping` from the source VM with don't-fragment: its output, and whether every echo came
+/// back.
+fn ping(lab: &Lab, args: &str) -> (String, bool) {
+    let out = lab
+        .cmd("src", "sh")
+        .args(["-c", &format!("ping -n -M do -c 2 -i 0.3 -W 2 {args} 2>&1")])
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn packets_too_big_for_the_underlay_are_answered_with_icmp_and_path_mtu_discovery_works() {
+    let mut spread = Spread::build("xm", TTL).unwrap();
+    spread
+        .cluster
+        .lab
+        .spawn(
+            "dst",
+            &format!("python3 {} sink 9100", script("tcp_echo.py")),
+        )
+        .unwrap();
+    let lab = spread.lab();
+    // TCP to port 9100, ICMP and ICMPv6 cross SF1 (n1), SF2 (n2) and SF3 (n3): the first hop
+    // to another node leaves from SF1's egress on n1, so an answer goes back into SF1, which
+    // routes it to the source like any reply.
+    let chain = three_hops(
+        "g1, g2, g3",
+        &[
+            "ethertype: IPv4, protocol: tcp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: \"9100\"",
+            "ethertype: IPv4, protocol: icmp, destinationIpPrefix: 198.18.0.100/32",
+            "ethertype: IPv6, protocol: icmpv6, destinationIpPrefix: fd00:5fc::100/128",
+        ],
+    );
+    spread.apply(1, &chain).unwrap();
+    let answered = || spread.cluster.stats(1).unwrap().counter("too_big_answered");
+
+    // TCP without segmentation offload sends 1500-byte packets: 78 bytes too many for the
+    // underlay. Answered with ICMP, it finds the path MTU and the transfer completes.
+    lab.sh("src", "ethtool -K eth0 tso off gso off").unwrap();
+    let before = (answered(), forwarded(lab, false).unwrap());
+    let size = 4 << 20;
+    let got = lab
+        .sh(
+            "src",
+            &format!(
+                "timeout 60 python3 {} upload {DST_V4} 9100 {size}",
+                script("tcp_echo.py")
+            ),
+        )
+        .unwrap();
+    assert_eq!(got.trim(), size.to_string(), "the sink's count");
+    let after = (answered(), forwarded(lab, false).unwrap());
+    eprintln!(
+        "4 MiB uploaded across three nodes; ICMP answers sent: {}",
+        after.0 - before.0
+    );
+    assert!(after.0 > before.0, "no ICMP answer was sent");
+    let least = (size / 1422) as u64;
+    for sf in 0..3 {
+        assert!(
+            after.1[sf] - before.1[sf] >= least,
+            "the transfer did not cross SF{}: {before:?} -> {after:?}",
+            sf + 1
+        );
+    }
+    let pmtu = lab.sh("src", &format!("ip route get {DST_V4}")).unwrap();
+    assert!(pmtu.contains("mtu 1422"), "the source's path MTU: {pmtu}");
+
+    // ping at the limit (1422 bytes of IP: 1394 of payload) and one byte over, the learnt
+    // path MTU forgotten first.
+    lab.sh("src", "ip route flush cache").unwrap();
+    let (out, ok) = ping(lab, &format!("-s 1394 {DST_V4}"));
+    assert!(ok, "ping at the limit: {out}");
+    let before = answered();
+    let (out, ok) = ping(lab, &format!("-s 1395 {DST_V4}"));
+    assert!(
+        !ok && out.contains("Frag needed and DF set (mtu = 1422)"),
+        "ping one byte over: {out}"
+    );
+    assert!(answered() > before);
+    // IPv6: 40 bytes of header and 8 of ICMPv6 leave 1374.
+    let (out, ok) = ping(lab, &format!("-6 -s 1374 {DST_V6}"));
+    assert!(ok, "ping -6 at the limit: {out}");
+    let before = answered();
+    let (out, ok) = ping(lab, &format!("-6 -s 1375 {DST_V6}"));
+    assert!(
+        !ok && out.contains("Packet too big: mtu=1422"),
+        "ping -6 one byte over: {out}"
+    );
+    assert!(answered() > before);
 }

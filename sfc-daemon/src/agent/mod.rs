@@ -458,7 +458,7 @@ impl Agent {
             Request::Trace { .. } | Request::TraceStop => {
                 Response::failure("traces are served by the socket server, not the agent")
             }
-            Request::Stats { chain } => {
+            Request::Stats { chain, .. } => {
                 // Per-SF and per-hop figures as fresh as the live per-chain ones beside them.
                 self.sample_if_older_than(FRESH_ENOUGH);
                 match self.stats(chain.as_deref()) {

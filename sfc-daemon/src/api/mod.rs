@@ -1,3 +1,4 @@
 //! The Unix socket sfcctl talks to.
 
+pub mod across;
 pub mod server;

@@ -23,8 +23,10 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
+use super::across;
 use crate::{
     agent::{get, run::AgentHandle, Published},
+    cluster::ask,
     observe::trace::{self, TraceSlot},
 };
 
@@ -89,6 +91,8 @@ pub struct Context {
     pub published: Published,
     pub bpffs: PathBuf,
     pub traces: Arc<TraceSlot>,
+    /// In a cluster: how the other nodes' counters are asked for.
+    pub cluster: Option<ask::Asker>,
 }
 
 pub async fn serve(listener: UnixListener, context: Context) {
@@ -147,6 +151,27 @@ async fn connection(stream: UnixStream, context: Context) {
             return session.run(read, write).await;
         }
         Request::TraceStop => context.traces.stop(),
+        Request::Stats { chain, node } => match (&context.cluster, node) {
+            (Some(asker), node) => across::stats(asker, &context.agent, chain, node).await,
+            (None, None) => {
+                context
+                    .agent
+                    .call(Request::Stats { chain, node: None })
+                    .await
+            }
+            (None, Some(_)) => Response::failure(
+                "this node is not in a cluster (sfc-daemon runs without --etcd); leave out --node",
+            ),
+        },
+        Request::Describe { kind, name } if context.cluster.is_some() => {
+            let state = context
+                .published
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let asker = context.cluster.as_ref().expect("in a cluster");
+            across::describe(asker, &context.agent, &state, kind, name).await
+        }
         Request::Get { kind, name } => {
             let state = context
                 .published

@@ -12,6 +12,7 @@ use std::{
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use thiserror::Error;
 
+pub mod ask;
 pub mod follow;
 pub mod handover;
 pub mod membership;

@@ -1044,7 +1044,7 @@ impl Dataplane {
     }
 }
 
-/// The `sfc_v5_members` entries of group table `slot` (relative) of generation `gen`.
+/// The `sfc_v6_members` entries of group table `slot` (relative) of generation `gen`.
 fn members_of(
     gen: usize,
     slot: usize,

@@ -312,6 +312,16 @@ impl Collector for Observed {
         )?;
         family(
             enc,
+            "sfc_too_big_answered_packets_total",
+            "Packets too big for the underlay once encapsulated, answered with ICMP fragmentation needed or ICMPv6 packet too big (all are also in sfc_dropped_packets_total{reason=\"tunnel_too_big\"}).",
+            Counter,
+            [(
+                [] as [(&str, &str); 0],
+                ConstCounter::new(outcome("too_big_answered")),
+            )],
+        )?;
+        family(
+            enc,
             "sfc_tunnel_rejected_packets_total",
             "Tunnel packets dropped on arrival, by reason.",
             Counter,
@@ -521,7 +531,7 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     Ok(())
 }
 
-fn direction(d: Direction) -> &'static str {
+pub(crate) fn direction(d: Direction) -> &'static str {
     match d {
         Direction::Forward => "forward",
         Direction::Reverse => "reverse",

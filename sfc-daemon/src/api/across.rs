@@ -1,0 +1,272 @@
+//! `sfcctl stats` and `describe` in a cluster: every node's counters, each asked of that
+//! node's agent (this node's directly, the others' through etcd: `cluster::ask`), side by side
+//! and summed. Served from the connection's own task, never from the agent's thread, so that
+//! two nodes asking each other at once never wait on each other.
+
+use std::{collections::BTreeMap, fmt::Write};
+
+use futures::future::join_all;
+use sfc_api::{
+    counters::Row,
+    protocol::{NodeStats, Request, Response},
+};
+use sfc_config::{
+    compile::CounterLabel,
+    model::{Kind, State},
+};
+
+use crate::{agent::run::AgentHandle, cluster::ask, observe::metrics::direction};
+
+/// Every alive node's stats (or only `only`'s), lost nodes named with why they have none.
+pub async fn stats(
+    asker: &ask::Asker,
+    agent: &AgentHandle,
+    chain: Option<String>,
+    only: Option<String>,
+) -> Response {
+    let nodes = match asker.store.nodes().await {
+        Ok(nodes) => nodes,
+        // Without etcd, this node's counters are all there is to show.
+        Err(e) => {
+            let mut local = agent.call(Request::Stats { chain, node: None }).await;
+            local.message = format!("{e}: only this node's counters");
+            return local;
+        }
+    };
+    if let Some(name) = &only {
+        if !nodes.iter().any(|n| &n.name == name) {
+            let known: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            return Response::failure(format!(
+                "node {name:?} is not registered (registered nodes: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    let request = Request::Stats { chain, node: None };
+    let asked = nodes
+        .iter()
+        .filter(|n| only.as_ref().is_none_or(|o| *o == n.name))
+        .map(|n| {
+            let request = request.clone();
+            async move {
+                let answer = if !n.alive {
+                    Err("lost (its agent no longer renews its lease): no counters".to_string())
+                } else if n.name == asker.node {
+                    Ok(agent.call(request).await)
+                } else {
+                    ask::ask(&asker.store, &asker.node, &n.name, &request).await
+                };
+                let (error, stats) = match answer {
+                    Ok(r) if r.ok => (String::new(), r),
+                    Ok(r) => (r.message, Response::default()),
+                    Err(e) => (e, Response::default()),
+                };
+                NodeStats {
+                    node: n.name.clone(),
+                    error,
+                    stats,
+                }
+            }
+        });
+    let mut per_node = join_all(asked).await;
+    per_node.sort_by(|a, b| a.node.cmp(&b.node));
+    summed(per_node)
+}
+
+/// `describe` in a cluster: this node's description, then the object's counters as each
+/// node counts them (an SF's on the node it is on).
+pub async fn describe(
+    asker: &ask::Asker,
+    agent: &AgentHandle,
+    state: &State,
+    kind: Kind,
+    name: String,
+) -> Response {
+    let mut response = agent
+        .call(Request::Describe {
+            kind,
+            name: name.clone(),
+        })
+        .await;
+    if response.ok {
+        let chain = (kind == Kind::PortChain).then(|| name.clone());
+        let all = stats(asker, agent, chain, None).await;
+        response
+            .message
+            .push_str(&counters_by_node(&all, state, kind, &name));
+    }
+    response
+}
+
+/// The rows of `all` (every node's stats) that are about object `name`.
+fn counters_by_node(all: &Response, state: &State, kind: Kind, name: &str) -> String {
+    let mut out = String::from("\nCounters on each node (asked just now):\n");
+    let pairs: Vec<&str> = match kind {
+        Kind::PortPair => vec![name],
+        Kind::PortPairGroup => state
+            .port_pair_groups
+            .get(name)
+            .map(|g| g.port_pairs.iter().map(String::as_str).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    for n in &all.per_node {
+        if !n.error.is_empty() {
+            let _ = writeln!(out, "  {}\t{}", n.node, n.error);
+            continue;
+        }
+        let s = &n.stats;
+        let entered = s.chains.iter().filter(|r| {
+            r.label.position == 0
+                && match kind {
+                    Kind::PortChain => r.label.chain == name,
+                    Kind::FlowClassifier => r.label.classifier.as_deref() == Some(name),
+                    _ => false,
+                }
+        });
+        for r in entered {
+            let _ = writeln!(
+                out,
+                "  {}\t{} entered {} by {}\t{} packets\t{} bytes",
+                n.node,
+                r.label.chain,
+                direction(r.label.direction),
+                r.label.classifier.as_deref().unwrap_or("-"),
+                r.packets,
+                r.bytes
+            );
+        }
+        if kind == Kind::PortChain {
+            for h in s.hops.iter().filter(|h| h.chain == name) {
+                let _ = writeln!(
+                    out,
+                    "  {}\thop {} {}\tin {} ({:.1}/s)\tout {} ({:.1}/s)\t{}",
+                    n.node,
+                    h.hop,
+                    direction(h.direction),
+                    h.into_packets,
+                    h.into_pps,
+                    h.from_packets,
+                    h.from_pps,
+                    h.state.as_str()
+                );
+            }
+        }
+        for p in s.pairs.iter().filter(|p| pairs.contains(&p.pair.as_str())) {
+            let _ = writeln!(
+                out,
+                "  {}\t{}\tin {} ({:.1}/s)\tout {} ({:.1}/s)\t{}",
+                n.node,
+                p.pair,
+                p.into_packets,
+                p.into_pps,
+                p.from_packets,
+                p.from_pps,
+                p.state.as_str()
+            );
+        }
+    }
+    out
+}
+
+/// The nodes' answers with their counters and per-chain rows summed. One node's answer is
+/// shown whole, as on a single node.
+fn summed(per_node: Vec<NodeStats>) -> Response {
+    let mut response = match per_node.as_slice() {
+        [one] if one.error.is_empty() => one.stats.clone(),
+        _ => Response {
+            ok: true,
+            ..Default::default()
+        },
+    };
+    if per_node.len() > 1 {
+        let mut counters: Vec<(String, u64)> = Vec::new();
+        // In the order first seen.
+        let mut chains: Vec<Row> = Vec::new();
+        let mut index: BTreeMap<&CounterLabel, usize> = BTreeMap::new();
+        for n in &per_node {
+            for (name, value) in &n.stats.counters {
+                match counters.iter_mut().find(|(c, _)| c == name) {
+                    Some((_, sum)) => *sum += value,
+                    None => counters.push((name.clone(), *value)),
+                }
+            }
+            for row in &n.stats.chains {
+                match index.get(&row.label) {
+                    Some(&i) => {
+                        chains[i].packets += row.packets;
+                        chains[i].bytes += row.bytes;
+                    }
+                    None => {
+                        index.insert(&row.label, chains.len());
+                        chains.push(row.clone());
+                    }
+                }
+            }
+        }
+        response.counters = counters;
+        response.chains = chains;
+    }
+    response.ok = true;
+    response.per_node = per_node;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use sfc_config::compile::Direction;
+
+    use super::*;
+
+    fn node(name: &str, steered: u64, entered: u64) -> NodeStats {
+        let label = CounterLabel {
+            chain: "PC1".into(),
+            direction: Direction::Forward,
+            position: 0,
+            hops: 2,
+            classifier: Some("FC1".into()),
+        };
+        NodeStats {
+            node: name.into(),
+            error: String::new(),
+            stats: Response {
+                ok: true,
+                counters: vec![("steered".into(), steered), ("no_match".into(), 1)],
+                chains: vec![Row {
+                    label,
+                    packets: entered,
+                    bytes: entered * 100,
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn counters_and_chain_rows_are_summed_over_the_nodes_that_answered() {
+        let lost = NodeStats {
+            node: "n3".into(),
+            error: "lost".into(),
+            stats: Response::default(),
+        };
+        let r = summed(vec![node("n1", 5, 2), node("n2", 7, 0), lost]);
+        assert!(r.ok);
+        assert_eq!(
+            r.counters,
+            [("steered".to_string(), 12), ("no_match".to_string(), 2)]
+        );
+        assert_eq!(r.chains.len(), 1);
+        assert_eq!((r.chains[0].packets, r.chains[0].bytes), (2, 200));
+        assert_eq!(r.per_node.len(), 3);
+    }
+
+    #[test]
+    fn one_node_is_shown_whole() {
+        let r = summed(vec![node("n2", 7, 3)]);
+        assert_eq!(
+            r.counters,
+            [("steered".to_string(), 7), ("no_match".to_string(), 1)]
+        );
+        assert_eq!(r.per_node[0].node, "n2");
+    }
+}
