@@ -68,6 +68,9 @@ pub struct TraceRecord {
     pub tapped: bool,
     pub generation: u8,
     pub flow: String,
+    /// In a cluster: the node the step was taken on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn address(field: &'static str, text: &str) -> Result<(u8, [u32; 4]), FilterError> {

@@ -27,6 +27,7 @@ use sfc_daemon::{
     observe::{
         metrics::{self, Metrics, Status},
         snapshot::Shared,
+        trace::TraceSlot,
     },
 };
 use tokio::sync::watch;
@@ -239,18 +240,24 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     }
     // Last: clients find the socket only once there is an agent to answer them.
     let listener = server::bind(&args.socket).map_err(|e| e.to_string())?;
+    let traces: Arc<TraceSlot> = Default::default();
     let context = server::Context {
         published: agent.published(),
         bpffs: args.bpffs.clone(),
-        traces: Default::default(),
+        traces: traces.clone(),
         cluster: asker.clone(),
         agent: handle.clone(),
     };
     if let Some(asker) = asker {
+        let host = cluster::ask::TraceHost {
+            bpffs: args.bpffs.clone(),
+            slot: traces,
+        };
         runtime.spawn(cluster::ask::answer_questions(
             asker.store,
             asker.node,
             handle,
+            host,
         ));
     }
     run::spawn(agent, queue, status).map_err(|e| format!("cannot start the agent thread: {e}"))?;

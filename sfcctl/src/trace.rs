@@ -35,15 +35,35 @@ pub fn follow(
     if !hello.ok {
         return Err(hello.message);
     }
+    // In a cluster: on which nodes it runs (and why not on others); records name their node.
+    let cluster = hello.message != "tracing";
+    if cluster {
+        eprintln!("{}", hello.message);
+    }
     let stream = reader.get_ref().try_clone().map_err(|e| e.to_string())?;
     // Records come when packets do: no timeout but the caller's.
     let _ = stream.set_read_timeout(None);
     let deadline = duration.map(|d| std::time::Instant::now() + d);
     let mut line = String::new();
+    let node = |name: Option<&str>| {
+        if cluster {
+            format!("{:<8} ", name.unwrap_or("-"))
+        } else {
+            String::new()
+        }
+    };
     if format == Format::Table {
         println!(
-            "{:<15} {:<10} {:<10} {:<10} {:>3} {:<7} {:<15} {:<16} FLOW",
-            "TIME (UTC)", "ID", "INTERFACE", "CHAIN", "HOP", "DIR", "VERDICT", "TARGET"
+            "{}{:<15} {:<10} {:<10} {:<10} {:>3} {:<7} {:<15} {:<16} FLOW",
+            if cluster { "NODE     " } else { "" },
+            "TIME (UTC)",
+            "ID",
+            "INTERFACE",
+            "CHAIN",
+            "HOP",
+            "DIR",
+            "VERDICT",
+            "TARGET"
         );
     }
     let mut printed = 0u64;
@@ -76,7 +96,8 @@ pub fn follow(
         match format {
             Format::Json => println!("{}", line.trim_end()),
             Format::Table => println!(
-                "{:<15} {:<10} {:<10} {:<10} {:>3} {:<7} {:<15} {:<16} {}",
+                "{}{:<15} {:<10} {:<10} {:<10} {:>3} {:<7} {:<15} {:<16} {}",
+                node(r.node.as_deref()),
                 clock_text(r.time_ns),
                 format!("{:08x}", r.id),
                 r.interface,

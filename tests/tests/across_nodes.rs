@@ -14,7 +14,7 @@ use std::{
 use sfc_lab::{
     demo::{
         assert_through_one_pg1_member_then_sf3, example_chain, forwarded, request_from,
-        symmetric_chain, symmetric_request, DST_V4, DST_V6,
+        symmetric_chain, symmetric_request, DST_V4, DST_V6, SRC_V4,
     },
     lab::{script, wait_for, Lab},
     spread::Spread,
@@ -247,6 +247,62 @@ fn a_chain_crosses_three_nodes_in_geneve_and_foreign_tunnel_packets_are_dropped(
             "no {pair} row of {node} with traffic:\n{table}"
         );
     }
+    // One trace, on n2, follows a request through every node it crosses: each step with its
+    // node, the same tracking id, in time order.
+    let (crossing, trace) = thread::scope(|s| {
+        let trace = s.spawn(|| {
+            spread.cluster.sfcctl(
+                2,
+                &[
+                    "trace",
+                    "--src",
+                    SRC_V4,
+                    "--dst",
+                    DST_V4,
+                    "--proto",
+                    "tcp",
+                    "--sport",
+                    "42300",
+                    "--duration",
+                    "4",
+                    "-o",
+                    "json",
+                ],
+            )
+        });
+        thread::sleep(Duration::from_millis(1500));
+        let crossing = request_from(lab, DST_V4, Some(42300)).unwrap();
+        (crossing, trace.join().unwrap().unwrap())
+    });
+    let steps: Vec<serde_json::Value> = trace
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let on: BTreeSet<&str> = steps.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    let member_node = if crossing.forwarded[1] > 0 {
+        "n2"
+    } else {
+        "n1"
+    };
+    let expected: BTreeSet<&str> = ["n1", member_node, "n3"].into();
+    assert_eq!(on, expected, "{trace}");
+    let ids: BTreeSet<u64> = steps.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one tracking id: {trace}");
+    let times: Vec<u64> = steps
+        .iter()
+        .map(|r| r["time_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "time order: {trace}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|r| r["node"] == "n3" && r["verdict"] == "tunnel_received"),
+        "{trace}"
+    );
+
     // `describe` on n1 shows SF2's counters as n2 counts them, and the chain's on each node.
     let described = spread
         .cluster

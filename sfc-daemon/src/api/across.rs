@@ -1,19 +1,23 @@
-//! `sfcctl stats` and `describe` in a cluster: every node's counters, each asked of that
-//! node's agent (this node's directly, the others' through etcd: `cluster::ask`), side by side
-//! and summed. Served from the connection's own task, never from the agent's thread, so that
+//! `sfcctl stats`, `describe` and `trace` in a cluster: every node's counters, each asked of
+//! that node's agent (this node's directly, the others' through etcd: `cluster::ask`), side by
+//! side and summed; every node's trace records, merged in time order. Served from the connection's own task, never from the agent's thread, so that
 //! two nodes asking each other at once never wait on each other.
 
-use std::{collections::BTreeMap, fmt::Write};
+use std::{collections::BTreeMap, fmt::Write, time::Duration};
+
+use etcd_client::{EventType, WatchOptions};
 
 use futures::future::join_all;
 use sfc_api::{
     counters::Row,
     protocol::{NodeStats, Request, Response},
+    trace::{TraceRecord, TraceSpec},
 };
 use sfc_config::{
     compile::CounterLabel,
     model::{Kind, State},
 };
+use tokio::sync::mpsc;
 
 use crate::{agent::run::AgentHandle, cluster::ask, observe::metrics::direction};
 
@@ -167,6 +171,164 @@ fn counters_by_node(all: &Response, state: &State, kind: Kind, name: &str) -> St
         }
     }
     out
+}
+
+/// How long records are held back before they are sent in time order: other nodes' come in
+/// batches, one per 200 ms, through etcd.
+pub const TRACE_WINDOW: Duration = Duration::from_millis(600);
+/// How long the other nodes have to start tracing before this one starts.
+const TRACE_STARTS_WITHIN: Duration = Duration::from_secs(2);
+
+/// The other nodes' part of a trace started here.
+pub struct RemoteTraces {
+    /// Their records, as they come.
+    pub records: mpsc::Receiver<Vec<TraceRecord>>,
+    /// Held while the trace runs: dropped, the other nodes' traces end.
+    pub guard: Option<ask::LeaseGuard>,
+    traced: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl RemoteTraces {
+    /// The first answer's message: where the trace runs, and why not elsewhere.
+    pub fn hello(&self, here: &str) -> String {
+        let mut nodes = self.traced.clone();
+        nodes.push(here.to_string());
+        nodes.sort();
+        let mut text = format!("tracing on {}", nodes.join(", "));
+        for note in &self.notes {
+            text.push_str("; ");
+            text.push_str(note);
+        }
+        text
+    }
+}
+
+/// Asks every other alive node to trace `spec` too, and to send its records here.
+pub async fn trace_others(
+    asker: &ask::Asker,
+    spec: &TraceSpec,
+    lease_seconds: Option<u64>,
+) -> RemoteTraces {
+    let (sender, records) = mpsc::channel(256);
+    let mut remote = RemoteTraces {
+        records,
+        guard: None,
+        traced: Vec::new(),
+        notes: Vec::new(),
+    };
+    let store = &asker.store;
+    let nodes = match store.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            remote.notes.push(format!("not on the other nodes: {e}"));
+            return remote;
+        }
+    };
+    let mut others = Vec::new();
+    for n in nodes.into_iter().filter(|n| n.name != asker.node) {
+        if n.alive {
+            others.push(n.name);
+        } else {
+            remote.notes.push(format!("{}: lost, not traced", n.name));
+        }
+    }
+    if others.is_empty() {
+        return remote;
+    }
+    let mut guard = match ask::LeaseGuard::new(store).await {
+        Ok(g) => g,
+        Err(e) => {
+            remote.notes.push(format!("not on the other nodes: {e}"));
+            return remote;
+        }
+    };
+    let base = ask::question_id(&asker.node);
+    let prefix = format!("{}.", ask::reply_key(&base));
+    // Watching before asking: no answer can come before the watch.
+    let mut client = store.client();
+    let watch = store
+        .call(client.watch(prefix.clone(), Some(WatchOptions::new().with_prefix())))
+        .await;
+    let mut stream = match watch {
+        Ok(s) => s,
+        Err(e) => {
+            remote.notes.push(format!("not on the other nodes: {e}"));
+            return remote;
+        }
+    };
+    let request = Request::Trace {
+        spec: spec.clone(),
+        lease_seconds,
+    };
+    for node in &others {
+        let id = format!("{base}.{node}");
+        if let Err(e) = ask::put_question(store, &asker.node, node, &id, guard.id(), &request).await
+        {
+            remote.notes.push(format!("{node}: not traced: {e}"));
+        }
+    }
+    // Each node's first answer (does it trace?) comes here; its records go to the session.
+    let (started, mut starts) = mpsc::channel::<(String, Response)>(others.len());
+    guard.hold(tokio::spawn(async move {
+        while let Ok(Some(message)) = stream.message().await {
+            for kv in message
+                .events()
+                .iter()
+                .filter(|e| e.event_type() == EventType::Put)
+                .filter_map(|e| e.kv())
+            {
+                let Some((node, batch)) = kv
+                    .key_str()
+                    .ok()
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(|k| k.split_once('/'))
+                else {
+                    continue;
+                };
+                if batch == "00000000" {
+                    if let Ok(r) = serde_json::from_slice::<Response>(kv.value()) {
+                        let _ = started.try_send((node.to_string(), r));
+                    }
+                    continue;
+                }
+                let batch: Vec<TraceRecord> = kv
+                    .value()
+                    .split(|b| *b == b'\n')
+                    .filter_map(|line| serde_json::from_slice(line).ok())
+                    .collect();
+                // A client that reads too slowly loses records rather than stall the watch.
+                if sender.try_send(batch).is_err() && sender.is_closed() {
+                    return;
+                }
+            }
+        }
+    }));
+    let mut waiting: BTreeMap<String, ()> = others.iter().map(|n| (n.clone(), ())).collect();
+    let _ = tokio::time::timeout(TRACE_STARTS_WITHIN, async {
+        while let Some((node, answer)) = starts.recv().await {
+            if waiting.remove(&node).is_none() {
+                continue;
+            }
+            if answer.ok {
+                remote.traced.push(node);
+            } else {
+                remote.notes.push(format!("{node}: {}", answer.message));
+            }
+            if waiting.is_empty() {
+                return;
+            }
+        }
+    })
+    .await;
+    for node in waiting.into_keys() {
+        remote.notes.push(format!(
+            "{node}: no answer within {} s, not traced",
+            TRACE_STARTS_WITHIN.as_secs()
+        ));
+    }
+    remote.guard = Some(guard);
+    remote
 }
 
 /// The nodes' answers with their counters and per-chain rows summed. One node's answer is

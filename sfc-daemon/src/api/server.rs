@@ -141,14 +141,30 @@ async fn connection(stream: UnixStream, context: Context) {
             let Some(names) = context.agent.trace_names().await else {
                 return answer(&mut write, &Response::failure("the agent has stopped")).await;
             };
-            let session = trace::Session {
+            let mut session = trace::Session {
                 bpffs: &context.bpffs,
                 spec,
                 lease_seconds,
                 names,
                 slot: &context.traces,
+                node: None,
+                remote: None,
+                hello: "tracing".into(),
             };
-            return session.run(read, write).await;
+            let Some(asker) = &context.cluster else {
+                let sink = trace::ClientSink::new(write, Duration::ZERO);
+                return session.run(sink, trace::hung_up(read)).await;
+            };
+            // In a cluster: every other node traces too, and sends its records here.
+            let others = across::trace_others(asker, &session.spec, lease_seconds).await;
+            session.node = Some(asker.node.clone());
+            session.hello = others.hello(&asker.node);
+            session.remote = Some(others.records);
+            let sink = trace::ClientSink::new(write, across::TRACE_WINDOW);
+            session.run(sink, trace::hung_up(read)).await;
+            // Ends the other nodes' traces: their questions' lease goes.
+            drop(others.guard);
+            return;
         }
         Request::TraceStop => context.traces.stop(),
         Request::Stats { chain, node } => match (&context.cluster, node) {

@@ -5,7 +5,9 @@
 //! reading, when its lease runs out, or on `sfcctl trace --stop` from anyone.
 
 use std::{
-    collections::BTreeMap,
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap},
+    future::Future,
     path::Path,
     sync::Mutex,
     time::{Duration, Instant},
@@ -24,7 +26,7 @@ use thiserror::Error;
 use tokio::{
     io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt},
     net::unix::{OwnedReadHalf, OwnedWriteHalf},
-    sync::watch,
+    sync::{mpsc, watch},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -161,14 +163,36 @@ fn open<T: TryFrom<Map, Error = MapError>>(
     T::try_from(wrap(data)).map_err(err)
 }
 
-/// One trace, served on its client's connection.
+/// One trace on this node.
 pub struct Session<'a> {
     pub bpffs: &'a Path,
     pub spec: TraceSpec,
     pub lease_seconds: Option<u64>,
     pub names: Names,
     pub slot: &'a TraceSlot,
+    /// In a cluster: this node's name, on every record.
+    pub node: Option<String>,
+    /// In a cluster: the records other nodes trace meanwhile, merged into this one's.
+    pub remote: Option<mpsc::Receiver<Vec<TraceRecord>>>,
+    /// The first answer's message ("tracing", and in a cluster on which nodes).
+    pub hello: String,
 }
+
+/// Where a trace's records go: a client's connection here, or etcd when another node asked
+/// (`cluster::ask`).
+pub trait Sink: Send {
+    /// The first answer: the trace runs, or why not. False when it could not be sent.
+    fn hello(&mut self, response: &Response) -> impl Future<Output = bool> + Send;
+    /// Records as they come. False when they can no longer be sent: the trace ends.
+    fn records(&mut self, records: Vec<TraceRecord>) -> impl Future<Output = bool> + Send;
+    /// Every [`TICK`]: sends what was held back. False as for `records`.
+    fn tick(&mut self) -> impl Future<Output = bool> + Send;
+    /// The trace ended: sends what is left, if it can.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// How often a sink is ticked.
+pub const TICK: Duration = Duration::from_millis(200);
 
 /// Why a trace ended (logged).
 #[derive(Debug)]
@@ -181,22 +205,23 @@ enum End {
 }
 
 impl Session<'_> {
-    /// Answers with one `Response` line, then one `TraceRecord` line per event until the
-    /// trace ends.
-    pub async fn run(self, mut read: OwnedReadHalf, mut write: OwnedWriteHalf) {
+    /// Answers with one `Response`, then records until the trace ends: when `gone` resolves
+    /// (the client hung up, the asking node let go), the sink refuses more, the trace is
+    /// stopped, or its lease runs out.
+    pub async fn run(mut self, mut sink: impl Sink, gone: impl Future<Output = ()>) {
         let filter = match self.spec.filter() {
             Ok(f) => f,
-            Err(e) => return refuse(&mut write, TraceError::from(e)).await,
+            Err(e) => return refuse(&mut sink, TraceError::from(e)).await,
         };
         let maps = open(self.bpffs, MAP_TRACE_FILTER, Map::Array)
             .and_then(|filters| Ok((filters, open(self.bpffs, MAP_TRACE_EVENTS, Map::RingBuf)?)));
         let (mut filters, events): (Array<MapData, TraceFilter>, RingBuf<MapData>) = match maps {
             Ok(m) => m,
-            Err(e) => return refuse(&mut write, e).await,
+            Err(e) => return refuse(&mut sink, e).await,
         };
         let mut stopped = match self.slot.claim(&self.spec) {
             Ok(s) => s,
-            Err(e) => return refuse(&mut write, e).await,
+            Err(e) => return refuse(&mut sink, e).await,
         };
         let lease = Duration::from_secs(
             self.lease_seconds
@@ -218,18 +243,20 @@ impl Session<'_> {
                         );
                         let hello = Response {
                             ok: true,
-                            message: "tracing".into(),
+                            message: self.hello.clone(),
                             ..Default::default()
                         };
-                        if send(&mut write, &protocol::encode(&hello)).await {
+                        if sink.hello(&hello).await {
                             let stream = Stream {
                                 events: &mut events,
                                 names: &self.names,
+                                node: self.node.as_deref(),
                                 clock: Clock::now(),
+                                remote: self.remote.as_mut(),
                             };
                             tokio::select! {
-                                end = stream.forward(&mut write) => end,
-                                _ = hung_up(&mut read) => End::HungUp,
+                                end = stream.forward(&mut sink) => end,
+                                _ = gone => End::HungUp,
                                 _ = stopped.wait_for(|s| *s) => End::Stopped,
                                 _ = tokio::time::sleep(lease) => End::LeaseOver,
                             }
@@ -252,6 +279,7 @@ impl Session<'_> {
             warn!(error = %e, "clearing the trace filter");
         }
         self.slot.release();
+        sink.finish().await;
         match end {
             End::Failed(error) => warn!(error, "trace failed"),
             end => info!(?end, "trace ended"),
@@ -259,8 +287,72 @@ impl Session<'_> {
     }
 }
 
-async fn refuse(write: &mut OwnedWriteHalf, e: TraceError) {
-    send(write, &protocol::encode(&Response::failure(e.to_string()))).await;
+async fn refuse(sink: &mut impl Sink, e: TraceError) {
+    sink.hello(&Response::failure(e.to_string())).await;
+}
+
+/// A client's connection: records as JSON lines, at once on one node; in a cluster held back
+/// for [`ClientSink::window`] and sent in time order, as other nodes' records come later.
+pub struct ClientSink {
+    write: OwnedWriteHalf,
+    window: Duration,
+    held: BinaryHeap<Reverse<(u64, u64, Vec<u8>)>>,
+    sequence: u64,
+}
+
+impl ClientSink {
+    pub fn new(write: OwnedWriteHalf, window: Duration) -> Self {
+        Self {
+            write,
+            window,
+            held: BinaryHeap::new(),
+            sequence: 0,
+        }
+    }
+
+    /// Sends the held records older than `before` (Unix ns), oldest first.
+    async fn flush(&mut self, before: u64) -> bool {
+        let mut lines = Vec::new();
+        while let Some(Reverse((time, _, _))) = self.held.peek() {
+            if *time > before {
+                break;
+            }
+            let Some(Reverse((_, _, line))) = self.held.pop() else {
+                break;
+            };
+            lines.extend_from_slice(&line);
+        }
+        lines.is_empty() || send(&mut self.write, &lines).await
+    }
+}
+
+impl Sink for ClientSink {
+    async fn hello(&mut self, response: &Response) -> bool {
+        send(&mut self.write, &protocol::encode(response)).await
+    }
+
+    async fn records(&mut self, records: Vec<TraceRecord>) -> bool {
+        for r in records {
+            let mut line = serde_json::to_vec(&r).expect("records serialise");
+            line.push(b'\n');
+            self.sequence += 1;
+            self.held.push(Reverse((r.time_ns, self.sequence, line)));
+        }
+        if self.window.is_zero() {
+            return self.flush(u64::MAX).await;
+        }
+        true
+    }
+
+    async fn tick(&mut self) -> bool {
+        let now = Clock::now().wall(monotonic_ns());
+        self.flush(now.saturating_sub(self.window.as_nanos() as u64))
+            .await
+    }
+
+    async fn finish(&mut self) {
+        self.flush(u64::MAX).await;
+    }
 }
 
 async fn send(write: &mut OwnedWriteHalf, line: &[u8]) -> bool {
@@ -272,7 +364,7 @@ async fn send(write: &mut OwnedWriteHalf, line: &[u8]) -> bool {
 
 /// Resolves when the client hangs up: it sends nothing after its request, so anything read
 /// (end of file, an error, or stray bytes) means it is done.
-async fn hung_up(read: &mut OwnedReadHalf) {
+pub async fn hung_up(mut read: OwnedReadHalf) {
     let mut byte = [0u8; 1];
     let _ = read.read(&mut byte).await;
 }
@@ -280,36 +372,63 @@ async fn hung_up(read: &mut OwnedReadHalf) {
 struct Stream<'a> {
     events: &'a mut AsyncFd<RingBuf<MapData>>,
     names: &'a Names,
+    node: Option<&'a str>,
     clock: Clock,
+    remote: Option<&'a mut mpsc::Receiver<Vec<TraceRecord>>>,
 }
 
 impl Stream<'_> {
-    /// Forwards events as they come, until a write fails or times out.
-    async fn forward(self, write: &mut OwnedWriteHalf) -> End {
+    /// Forwards events as they come (and other nodes' records), until the sink refuses.
+    async fn forward(mut self, sink: &mut impl Sink) -> End {
+        let mut ticker = tokio::time::interval(TICK);
         loop {
-            let mut ready = match self.events.readable_mut().await {
-                Ok(r) => r,
-                Err(e) => return End::Failed(TraceError::Ring(e).to_string()),
+            let remote = async {
+                match self.remote.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
             };
-            let mut lines = Vec::new();
-            while let Some(item) = ready.get_inner_mut().next() {
-                if item.len() < std::mem::size_of::<TraceEvent>() {
+            let records = tokio::select! {
+                ready = self.events.readable_mut() => {
+                    let mut ready = match ready {
+                        Ok(r) => r,
+                        Err(e) => return End::Failed(TraceError::Ring(e).to_string()),
+                    };
+                    let mut records = Vec::new();
+                    while let Some(item) = ready.get_inner_mut().next() {
+                        if item.len() < std::mem::size_of::<TraceEvent>() {
+                            continue;
+                        }
+                        let event: TraceEvent =
+                            unsafe { std::ptr::read_unaligned(item.as_ptr() as *const TraceEvent) };
+                        drop(item);
+                        let mut r = record(&event, self.names, &self.clock);
+                        r.node = self.node.map(str::to_string);
+                        records.push(r);
+                    }
+                    ready.clear_ready();
+                    records
+                }
+                Some(records) = remote => records,
+                _ = ticker.tick() => {
+                    if !sink.tick().await {
+                        return End::NotReading;
+                    }
                     continue;
                 }
-                let event: TraceEvent =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const TraceEvent) };
-                drop(item);
-                let mut line = serde_json::to_vec(&record(&event, self.names, &self.clock))
-                    .expect("records serialise");
-                line.push(b'\n');
-                lines.extend_from_slice(&line);
-            }
-            ready.clear_ready();
-            if !lines.is_empty() && !send(write, &lines).await {
+            };
+            if !records.is_empty() && !sink.records(records).await {
                 return End::NotReading;
             }
         }
     }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (the datapath's clock).
+fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Converts CLOCK_MONOTONIC (the datapath's clock) to wall-clock time.
@@ -421,6 +540,7 @@ fn record(e: &TraceEvent, names: &Names, clock: &Clock) -> TraceRecord {
         tapped: e.tapped != 0,
         generation: e.gen,
         flow,
+        node: None,
     }
 }
 
