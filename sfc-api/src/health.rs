@@ -17,6 +17,10 @@ pub enum State {
     BlackHole,
     /// A tap: copies go in, nothing is expected back.
     Tap,
+    /// In a cluster, a hop of a chain that spans nodes: its packets may go in on one node and
+    /// come out on another, so one node's counters cannot judge it; every node's together do
+    /// (`sfcctl stats` and `describe` in a cluster, the `all` rows).
+    AcrossNodes,
 }
 
 impl State {
@@ -37,6 +41,7 @@ impl State {
             State::Idle => "idle",
             State::BlackHole => "black-hole",
             State::Tap => "tap",
+            State::AcrossNodes => "across-nodes",
         }
     }
 }

@@ -113,7 +113,12 @@ pub fn table(r: &Response, with_outcomes: bool) -> String {
         "IN/s",
         "OUT/s"
     );
-    for (name, stats) in &nodes {
+    // In a cluster, last: each hop on every node's counters together, as judged from them.
+    let mut hop_sources = nodes.clone();
+    if r.per_node.len() > 1 {
+        hop_sources.push((Some("all"), r));
+    }
+    for (name, stats) in &hop_sources {
         for h in &stats.hops {
             let _ = writeln!(
                 out,

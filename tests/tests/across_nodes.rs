@@ -237,6 +237,24 @@ fn a_chain_crosses_three_nodes_in_geneve_and_foreign_tunnel_packets_are_dropped(
         ["OUTCOME", "n1", "n2", "n3", "TOTAL"],
         "{table}"
     );
+    // PC1's hops cross nodes: no node judges them alone (no false black hole where the packets
+    // leave on another node); the `all` rows judge them on every node's counters.
+    let hop_rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() == 9 && f[1] == "PC1")
+        .collect();
+    for f in &hop_rows {
+        match f[0] {
+            "all" => assert_ne!(f[8], "across-nodes", "{table}"),
+            _ => assert_eq!(f[8], "across-nodes", "{table}"),
+        }
+    }
+    assert_eq!(
+        hop_rows.iter().filter(|f| f[0] == "all").count(),
+        2,
+        "one `all` row per hop:\n{table}"
+    );
     // Each SF's counters come from the node it is on, in a NODE column.
     for (node, pair) in [("n1", "PP1"), ("n2", "PP2"), ("n3", "PP3")] {
         assert!(

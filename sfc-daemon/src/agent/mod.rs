@@ -244,7 +244,28 @@ impl Agent {
                 .any(|g| g.tap_enabled && g.port_pairs.iter().any(|p| p == pair))
         };
         snapshot.pairs = self.health.pairs(&taps);
-        snapshot.hops = self.health.hops();
+        // In a cluster, other nodes' interfaces are named NODE/IFNAME in this node's state.
+        let remote = |iface: &str| iface.contains('/');
+        let spans = |chain: &str| {
+            state.port_chains.get(chain).is_some_and(|c| {
+                let mut pairs = c
+                    .port_pair_groups
+                    .iter()
+                    .filter_map(|g| state.port_pair_groups.get(g))
+                    .flat_map(|g| &g.port_pairs)
+                    .filter_map(|p| state.port_pairs.get(p));
+                let mut classifiers = c
+                    .flow_classifiers
+                    .iter()
+                    .filter_map(|f| state.flow_classifiers.get(f));
+                pairs.any(|p| remote(&p.ingress) || remote(&p.egress))
+                    || classifiers.any(|f| {
+                        remote(&f.logical_source_port)
+                            || f.logical_destination_port.as_deref().is_some_and(remote)
+                    })
+            })
+        };
+        snapshot.hops = self.health.hops(&spans);
         let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
         // Counted on a thread of their own, less often.
         snapshot.tables = observed.tables.take();

@@ -10,16 +10,21 @@ use etcd_client::{EventType, WatchOptions};
 use futures::future::join_all;
 use sfc_api::{
     counters::Row,
+    health::{self, HopHealth},
     protocol::{NodeStats, Request, Response},
     trace::{TraceRecord, TraceSpec},
 };
 use sfc_config::{
-    compile::CounterLabel,
+    compile::{CounterLabel, Direction},
     model::{Kind, State},
 };
 use tokio::sync::mpsc;
 
-use crate::{agent::run::AgentHandle, cluster::ask, observe::metrics::direction};
+use crate::{
+    agent::run::AgentHandle,
+    cluster::ask,
+    observe::{health::WINDOW, metrics::direction},
+};
 
 /// Every alive node's stats (or only `only`'s), lost nodes named with why they have none.
 pub async fn stats(
@@ -105,6 +110,19 @@ pub async fn describe(
 /// The rows of `all` (every node's stats) that are about object `name`.
 fn counters_by_node(all: &Response, state: &State, kind: Kind, name: &str) -> String {
     let mut out = String::from("\nCounters on each node (asked just now):\n");
+    let hop_line = |out: &mut String, node: &str, h: &HopHealth| {
+        let _ = writeln!(
+            out,
+            "  {node}\thop {} {}\tin {} ({:.1}/s)\tout {} ({:.1}/s)\t{}",
+            h.hop,
+            direction(h.direction),
+            h.into_packets,
+            h.into_pps,
+            h.from_packets,
+            h.from_pps,
+            h.state.as_str()
+        );
+    };
     let pairs: Vec<&str> = match kind {
         Kind::PortPair => vec![name],
         Kind::PortPairGroup => state
@@ -142,18 +160,7 @@ fn counters_by_node(all: &Response, state: &State, kind: Kind, name: &str) -> St
         }
         if kind == Kind::PortChain {
             for h in s.hops.iter().filter(|h| h.chain == name) {
-                let _ = writeln!(
-                    out,
-                    "  {}\thop {} {}\tin {} ({:.1}/s)\tout {} ({:.1}/s)\t{}",
-                    n.node,
-                    h.hop,
-                    direction(h.direction),
-                    h.into_packets,
-                    h.into_pps,
-                    h.from_packets,
-                    h.from_pps,
-                    h.state.as_str()
-                );
+                hop_line(&mut out, &n.node, h);
             }
         }
         for p in s.pairs.iter().filter(|p| pairs.contains(&p.pair.as_str())) {
@@ -168,6 +175,12 @@ fn counters_by_node(all: &Response, state: &State, kind: Kind, name: &str) -> St
                 p.from_pps,
                 p.state.as_str()
             );
+        }
+    }
+    // The hops judged on every node's counters together.
+    if all.per_node.len() > 1 {
+        for h in all.hops.iter().filter(|h| h.chain == name) {
+            hop_line(&mut out, "all", h);
         }
     }
     out
@@ -368,10 +381,42 @@ fn summed(per_node: Vec<NodeStats>) -> Response {
         }
         response.counters = counters;
         response.chains = chains;
+        response.hops = hops_across(&per_node);
     }
     response.ok = true;
     response.per_node = per_node;
     response
+}
+
+/// Each hop's counters and rates summed over the nodes, judged together: a hop's packets may
+/// go in on one node and come out on another.
+fn hops_across(per_node: &[NodeStats]) -> Vec<HopHealth> {
+    let mut hops: Vec<HopHealth> = Vec::new();
+    let mut index: BTreeMap<(&str, Direction, u8), usize> = BTreeMap::new();
+    for h in per_node.iter().flat_map(|n| &n.stats.hops) {
+        match index.get(&(h.chain.as_str(), h.direction, h.hop)) {
+            Some(&i) => {
+                let sum = &mut hops[i];
+                sum.into_packets += h.into_packets;
+                sum.from_packets += h.from_packets;
+                sum.into_pps += h.into_pps;
+                sum.from_pps += h.from_pps;
+            }
+            None => {
+                index.insert((h.chain.as_str(), h.direction, h.hop), hops.len());
+                hops.push(h.clone());
+            }
+        }
+    }
+    // Each node's rates are over its own window of about this long.
+    let window = WINDOW.as_secs_f64();
+    for h in &mut hops {
+        h.state = health::State::judge(
+            (h.into_pps * window).round() as u64,
+            (h.from_pps * window).round() as u64,
+        );
+    }
+    hops
 }
 
 #[cfg(test)]
@@ -420,6 +465,45 @@ mod tests {
         assert_eq!(r.chains.len(), 1);
         assert_eq!((r.chains[0].packets, r.chains[0].bytes), (2, 200));
         assert_eq!(r.per_node.len(), 3);
+    }
+
+    fn hop(into_pps: f64, from_pps: f64) -> HopHealth {
+        HopHealth {
+            chain: "PC1".into(),
+            direction: Direction::Forward,
+            hop: 2,
+            into_packets: (into_pps * 5.0) as u64,
+            from_packets: (from_pps * 5.0) as u64,
+            into_pps,
+            from_pps,
+            state: health::State::AcrossNodes,
+        }
+    }
+
+    fn with_hop(name: &str, h: HopHealth) -> NodeStats {
+        let mut n = node(name, 0, 0);
+        n.stats.hops = vec![h];
+        n
+    }
+
+    #[test]
+    fn a_hop_entered_on_one_node_and_left_on_another_is_judged_on_both() {
+        // Sent in on n1, out of the SF on n3: neither node alone can tell.
+        let flowing = hops_across(&[
+            with_hop("n1", hop(20.0, 0.0)),
+            with_hop("n3", hop(0.0, 20.0)),
+        ]);
+        assert_eq!(flowing.len(), 1);
+        assert_eq!(flowing[0].state, health::State::Ok);
+        assert_eq!(
+            (flowing[0].into_packets, flowing[0].from_packets),
+            (100, 100)
+        );
+        let lost = hops_across(&[
+            with_hop("n1", hop(20.0, 0.0)),
+            with_hop("n3", hop(0.0, 0.5)),
+        ]);
+        assert_eq!(lost[0].state, health::State::BlackHole);
     }
 
     #[test]

@@ -138,7 +138,9 @@ impl Health {
             .collect()
     }
 
-    pub fn hops(&self) -> Vec<HopHealth> {
+    /// `spans`: chains whose hops may be entered on one node and left on another (in a
+    /// cluster), which this node's counters alone cannot judge.
+    pub fn hops(&self, spans: &dyn Fn(&str) -> bool) -> Vec<HopHealth> {
         let Some(newest) = self.samples.back() else {
             return Vec::new();
         };
@@ -163,7 +165,11 @@ impl Health {
                     from_packets: *from,
                     into_pps: d_into as f64 / seconds,
                     from_pps: d_from as f64 / seconds,
-                    state: State::judge(d_into, d_from),
+                    state: if spans(chain) {
+                        State::AcrossNodes
+                    } else {
+                        State::judge(d_into, d_from)
+                    },
                 }
             })
             .collect()
