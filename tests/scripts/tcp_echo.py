@@ -11,12 +11,18 @@ import threading
 import time
 
 
-def serve(port):
+def listen(port, backlog):
+    """A TCP socket on PORT, IPv4 and IPv6."""
     srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("::", port))
-    srv.listen(64)
+    srv.listen(backlog)
+    return srv
+
+
+def serve(port):
+    srv = listen(port, 64)
 
     def echo(conn):
         with conn:
@@ -68,11 +74,7 @@ def talk(dst, port, sports, seconds, interval, out):
 
 
 def sink(port):
-    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("::", port))
-    srv.listen(1)
+    srv = listen(port, 1)
     srv.settimeout(60)
     conn, _ = srv.accept()
     conn.settimeout(30)

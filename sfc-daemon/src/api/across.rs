@@ -1,7 +1,8 @@
 //! `sfcctl stats`, `describe` and `trace` in a cluster: every node's counters, each asked of
 //! that node's agent (this node's directly, the others' through etcd: `cluster::ask`), side by
-//! side and summed; every node's trace records, merged in time order. Served from the connection's own task, never from the agent's thread, so that
-//! two nodes asking each other at once never wait on each other.
+//! side and summed; every node's trace records, merged in time order. Served from the
+//! connection's own task, never from the agent's thread, so that two nodes asking each other
+//! at once never wait on each other.
 
 use std::{collections::BTreeMap, fmt::Write, time::Duration};
 
@@ -35,11 +36,23 @@ pub async fn stats(
 ) -> Response {
     let nodes = match asker.store.nodes().await {
         Ok(nodes) => nodes,
-        // Without etcd, this node's counters are all there is to show.
+        // Without etcd, this node's counters are all there is to show, and it says so.
         Err(e) => {
-            let mut local = agent.call(Request::Stats { chain, node: None }).await;
-            local.message = format!("{e}: only this node's counters");
-            return local;
+            let local = agent.call(Request::Stats { chain, node: None }).await;
+            if !local.ok {
+                return local;
+            }
+            let here = NodeStats {
+                node: asker.node.clone(),
+                error: String::new(),
+                stats: local,
+            };
+            let others = NodeStats {
+                node: "other nodes".into(),
+                error: e.to_string(),
+                stats: Response::default(),
+            };
+            return summed(vec![here, others]);
         }
     };
     if let Some(name) = &only {

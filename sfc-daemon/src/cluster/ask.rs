@@ -128,12 +128,8 @@ pub async fn ask(
     request: &Request,
 ) -> Result<Response, String> {
     let id = question_id(from);
+    let lease = grant(store).await?;
     let mut client = store.client();
-    let lease = store
-        .call(client.lease_grant(TTL, None))
-        .await
-        .map_err(|e| e.to_string())?
-        .id();
     let answer = async {
         // Watching before asking: the answer cannot come before the watch.
         let mut stream = store
@@ -174,6 +170,16 @@ pub async fn ask(
     answer
 }
 
+/// A lease of [`TTL`] for a question and its answer.
+async fn grant(store: &Store) -> Result<i64, String> {
+    let mut client = store.client();
+    store
+        .call(client.lease_grant(TTL, None))
+        .await
+        .map(|r| r.id())
+        .map_err(|e| e.to_string())
+}
+
 /// A lease kept alive while held, for questions that last (a trace). Dropped, it is revoked,
 /// which deletes every key under it, and the tasks given to it end.
 pub struct LeaseGuard {
@@ -184,12 +190,7 @@ pub struct LeaseGuard {
 
 impl LeaseGuard {
     pub async fn new(store: &Store) -> Result<Self, String> {
-        let mut client = store.client();
-        let lease = store
-            .call(client.lease_grant(TTL, None))
-            .await
-            .map_err(|e| e.to_string())?
-            .id();
+        let lease = grant(store).await?;
         let keeper = {
             let store = store.clone();
             tokio::spawn(async move {
