@@ -1,7 +1,8 @@
 //! Make-before-break across nodes: the cluster's side of [`Handover`]. Each node publishes in
 //! its status the revisions its two generations take packets of (`holding`) and those its
 //! packets may carry (`sending`: the active one, and for two generation leases after a flip
-//! the one before). Around a flip it reads the other alive nodes' statuses:
+//! the one before). Around a flip it reads the other alive nodes' statuses, again whenever one
+//! changes (a watch on `status/`):
 //!
 //! - it flips to a revision once every other node holds it, or has given up on it (was given
 //!   it or a newer one, and holds it not: it could not steer it); when a node holds a newer
@@ -12,19 +13,29 @@
 //! a warning naming it, rather than holding the cluster's updates back. While etcd cannot be
 //! read there is nothing to wait for, and nothing is waited.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use etcd_client::WatchOptions;
 use sfc_common::GENERATION_LEASE_NS;
-use tokio::{runtime::Handle, sync::watch};
+use tokio::{
+    runtime::Handle,
+    sync::watch,
+    time::{timeout, Instant},
+};
 use tracing::warn;
 
-use super::{records::NodeStatus, store::Store};
+use super::{
+    records::{status_key, NodeStatus},
+    store::Store,
+};
 use crate::dataplane::handover::Handover;
 
 /// The longest a flip or an overwrite waits for the other nodes.
 const LIMIT: Duration = Duration::from_secs(5);
-/// How often the other nodes' statuses are read while waiting.
-const POLL: Duration = Duration::from_millis(20);
+/// How often the other nodes' statuses are read again while waiting, though none changed.
+const RECHECK: Duration = Duration::from_millis(500);
+/// How often they are read while the watch on them is down.
+const POLL: Duration = Duration::from_millis(50);
 
 pub struct PeerHandover {
     node: String,
@@ -55,8 +66,8 @@ impl PeerHandover {
     }
 
     /// The other alive nodes' statuses; `None` when etcd cannot be read.
-    fn others(&self) -> Option<Vec<(String, NodeStatus)>> {
-        let nodes = self.runtime.block_on(self.store.nodes()).ok()?;
+    async fn others(&self) -> Option<Vec<(String, NodeStatus)>> {
+        let nodes = self.store.nodes().await.ok()?;
         Some(
             nodes
                 .into_iter()
@@ -66,22 +77,31 @@ impl PeerHandover {
         )
     }
 
-    /// Reads the other nodes until `check` is done with them, for up to [`LIMIT`]; `fallback`
-    /// when etcd cannot be read or the time is up.
+    /// Reads the other nodes until `check` is done with them, again whenever a node's status
+    /// changes (watched) and at least every [`RECHECK`] (a node lost meanwhile changes no
+    /// status), for up to [`LIMIT`]; `fallback` when etcd cannot be read or the time is up.
     fn wait<T>(
         &self,
         what: impl std::fmt::Display,
         fallback: T,
         check: impl Fn(&[(String, NodeStatus)]) -> Check<T>,
     ) -> T {
-        let started = Instant::now();
-        loop {
-            let Some(others) = self.others() else {
-                return fallback;
-            };
-            match check(&others) {
-                Check::Done(answer) => return answer,
-                Check::Waiting(nodes) if started.elapsed() >= LIMIT => {
+        self.runtime.block_on(async {
+            let deadline = Instant::now() + LIMIT;
+            // Opened only when there is something to wait for (then read again at once: a
+            // change between the first read and the watch is in that read).
+            let mut changes = None;
+            let mut watched = false;
+            loop {
+                let Some(others) = self.others().await else {
+                    return fallback;
+                };
+                let nodes = match check(&others) {
+                    Check::Done(answer) => return answer,
+                    Check::Waiting(nodes) => nodes,
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     warn!(
                         nodes = nodes.join(", "),
                         "gave up waiting {:?} for nodes to {what}; packets between them and this node may be dropped until they catch up",
@@ -89,9 +109,29 @@ impl PeerHandover {
                     );
                     return fallback;
                 }
-                Check::Waiting(_) => std::thread::sleep(POLL),
+                if !watched {
+                    watched = true;
+                    let mut client = self.store.client();
+                    let options = WatchOptions::new().with_prefix();
+                    let watch = client.watch(status_key(""), Some(options));
+                    changes = timeout(left, watch).await.ok().and_then(Result::ok);
+                    continue;
+                }
+                let pause = left.min(RECHECK);
+                match changes.as_mut() {
+                    Some(stream) => {
+                        if !matches!(
+                            timeout(pause, stream.message()).await,
+                            Err(_) | Ok(Ok(Some(_)))
+                        ) {
+                            // The watch failed: reading again on the clock.
+                            changes = None;
+                        }
+                    }
+                    None => tokio::time::sleep(pause.min(POLL)).await,
+                }
             }
-        }
+        })
     }
 }
 
@@ -108,7 +148,8 @@ impl Handover for PeerHandover {
     }
 
     fn sent_elsewhere(&mut self, revision: u32) -> bool {
-        self.others()
+        self.runtime
+            .block_on(self.others())
             .is_some_and(|o| o.iter().any(|(_, s)| s.sending.contains(&revision)))
     }
 
