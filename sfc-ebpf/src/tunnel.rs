@@ -182,6 +182,17 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         count(stat::TARGET_DOWN);
         return C::DROP;
     }
+    // A VLAN tag (in the frame or in the skb's metadata) would not travel inside: tagged
+    // tenant traffic does not cross nodes yet.
+    if pkt.vlan != 0 {
+        count(stat::REDIRECT_FAILED);
+        return C::DROP;
+    }
+    let mtu = CONFIG.get(CONFIG_TUNNEL_MTU).copied().unwrap_or(0) as u32;
+    if !ctx.fits(mtu) {
+        count(stat::TUNNEL_TOO_BIG);
+        return TOO_BIG;
+    }
     let reverse = verdict.flags & FLAG_REVERSE != 0;
     let spi = ((verdict.chain_id as u32) << 1) | reverse as u32;
     // Where the flow entered, this packet says it all; further on, its flow's state does.
@@ -241,17 +252,6 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
     e.inner_eth[6..12].copy_from_slice(&pkt.eth_src);
     e.inner_eth[12..].copy_from_slice(&inner_type);
     e.ip_check = ip_checksum(e);
-    // A VLAN tag (in the frame or in the skb's metadata) would not travel inside: tagged
-    // tenant traffic does not cross nodes yet.
-    if pkt.vlan != 0 {
-        count(stat::REDIRECT_FAILED);
-        return C::DROP;
-    }
-    let mtu = CONFIG.get(CONFIG_TUNNEL_MTU).copied().unwrap_or(0) as u32;
-    if !ctx.fits(mtu) {
-        count(stat::TUNNEL_TOO_BIG);
-        return TOO_BIG;
-    }
     if !ctx.encapsulate(e, pkt.family == FAMILY_V4) {
         count(stat::REDIRECT_FAILED);
         return C::DROP;

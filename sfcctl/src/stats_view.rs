@@ -54,11 +54,7 @@ pub fn table(r: &Response, with_outcomes: bool) -> String {
         .filter_map(|(n, _)| n.map(str::len))
         .max()
         .map(|w| w.max(4));
-    // The NODE column, in a cluster.
-    let node = |n: Option<&str>| match width {
-        Some(w) => format!("{:<w$} ", n.unwrap_or("NODE")),
-        None => String::new(),
-    };
+    let node = |n: Option<&str>| node_column(width, n);
     for n in &r.per_node {
         if !n.error.is_empty() {
             let _ = writeln!(out, "{}: {}", n.node, n.error);
@@ -73,14 +69,13 @@ pub fn table(r: &Response, with_outcomes: bool) -> String {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        for (name, stats) in &nodes {
-            if let Some(fills) = &stats.tables {
-                if let Some(name) = name {
-                    let _ = writeln!(out, "{name}:");
-                }
-                out.push_str(&tables(fills, now_ms));
-                let _ = writeln!(out);
-            }
+        let fills: Vec<(Option<&str>, &TableFills)> = nodes
+            .iter()
+            .filter_map(|(name, stats)| Some((*name, stats.tables.as_ref()?)))
+            .collect();
+        if !fills.is_empty() {
+            out.push_str(&tables(&fills, width, now_ms));
+            let _ = writeln!(out);
         }
     }
     let _ = writeln!(
@@ -204,15 +199,41 @@ fn outcomes(r: &Response) -> String {
     out
 }
 
-/// The fill level of each table, a plain warning on those that are full, and when they were
-/// counted.
-fn tables(fills: &TableFills, now_ms: u64) -> String {
+/// The NODE column of a row (its title for `None`), in a cluster (`width` of the longest node
+/// name); nothing on a single node.
+fn node_column(width: Option<usize>, node: Option<&str>) -> String {
+    match width {
+        Some(w) => format!("{:<w$} ", node.unwrap_or("NODE")),
+        None => String::new(),
+    }
+}
+
+/// The fill level of each table (of each node, in a cluster), a plain warning on those that
+/// are full, and when they were counted.
+fn tables(fills: &[(Option<&str>, &TableFills)], width: Option<usize>, now_ms: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:>12} {:>12} {:>5}",
-        "TABLE", "ENTRIES", "CAPACITY", "FILL"
+        "{}{:<20} {:>12} {:>12} {:>5}",
+        node_column(width, None),
+        "TABLE",
+        "ENTRIES",
+        "CAPACITY",
+        "FILL"
     );
+    let mut counted = Vec::new();
+    for (node, fills) in fills {
+        write_fills(&mut out, &node_column(width, *node), fills);
+        let ago = now_ms.saturating_sub(fills.counted_at_ms) / 1000;
+        let took = fills.took_us as f64 / 1e3;
+        let whose = node.map(|n| format!("{n}: ")).unwrap_or_default();
+        counted.push(format!("{whose}counted {ago} s ago, in {took:.1} ms"));
+    }
+    let _ = writeln!(out, "({})", counted.join("; "));
+    out
+}
+
+fn write_fills(out: &mut String, node: &str, fills: &TableFills) {
     for t in &fills.tables {
         // Counting ran out of time: at least this many.
         let entries = if t.complete {
@@ -223,7 +244,7 @@ fn tables(fills: &TableFills, now_ms: u64) -> String {
         let percent = (t.entries * 100).checked_div(t.capacity).unwrap_or(0);
         let _ = write!(
             out,
-            "{:<20} {entries:>12} {:>12} {:>4}%",
+            "{node}{:<20} {entries:>12} {:>12} {:>4}%",
             t.table, t.capacity, percent
         );
         if t.full {
@@ -231,13 +252,6 @@ fn tables(fills: &TableFills, now_ms: u64) -> String {
         }
         let _ = writeln!(out);
     }
-    let ago = now_ms.saturating_sub(fills.counted_at_ms) / 1000;
-    let _ = writeln!(
-        out,
-        "(counted {ago} s ago, in {:.1} ms)",
-        fills.took_us as f64 / 1e3
-    );
-    out
 }
 
 #[cfg(test)]
@@ -269,7 +283,7 @@ mod tests {
                 fill("decisions", 70_000, 131_072, false, false),
             ],
         };
-        let text = tables(&fills, 13_400);
+        let text = tables(&[(None, &fills)], None, 13_400);
         println!("{text}");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -323,6 +337,49 @@ mod tests {
         let json = json(&r);
         assert_eq!(json["nodes"][1]["counters"]["steered"], 7);
         assert_eq!(json["nodes"][2]["error"], "no answer within 3 s");
+    }
+
+    #[test]
+    fn in_a_cluster_table_fills_have_a_node_column() {
+        use sfc_api::protocol::NodeStats;
+        let node = |name: &str, entries: u64, counted_at_ms: u64| NodeStats {
+            node: name.into(),
+            error: String::new(),
+            stats: Response {
+                ok: true,
+                tables: Some(TableFills {
+                    counted_at_ms,
+                    took_us: 1_000,
+                    tables: vec![fill("flows4", entries, 65_536, false, true)],
+                }),
+                ..Default::default()
+            },
+        };
+        let r = Response {
+            ok: true,
+            per_node: vec![node("n1", 12, 9_000), node("n2", 40, 10_000)],
+            ..Default::default()
+        };
+        let text = tables(
+            &[
+                (Some("n1"), r.per_node[0].stats.tables.as_ref().unwrap()),
+                (Some("n2"), r.per_node[1].stats.tables.as_ref().unwrap()),
+            ],
+            Some(4),
+            12_000,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "NODE TABLE                     ENTRIES     CAPACITY  FILL",
+                "n1   flows4                         12        65536    0%",
+                "n2   flows4                         40        65536    0%",
+                "(n1: counted 3 s ago, in 1.0 ms; n2: counted 2 s ago, in 1.0 ms)",
+            ]
+        );
+        // And so in the whole table, once.
+        assert_eq!(table(&r, true).matches("TABLE").count(), 1);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: this project's steering against its peers on one chain topology, in
 //! interleaved rounds (every system once per round, then again), plus the classifier's cost
-//! per packet through BPF_PROG_TEST_RUN. `--smoke` is the same code with one round, one hop and
+//! per packet through BPF_PROG_TEST_RUN, plus chains across two nodes against VXLAN wired by
+//! hand (across.rs). `--smoke` is the same code with one round, one hop and
 //! short durations, writing to a temp dir; `cargo xtask test` runs it so that it never rots.
 
+mod across;
 mod bpf;
 mod classifier;
 mod netns;
@@ -54,10 +56,12 @@ pub struct Options {
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Systems to run, comma-separated (default: all): plain, sfc-tc, sfc-xdp, tc-mirred,
-    /// policy-routing, ovs-netdev, upper-bound, upper-bound-xdp.
+    /// policy-routing, ovs-netdev, upper-bound, upper-bound-xdp on one node; sfc-across,
+    /// vxlan-mirred, vxlan-routing on two.
     #[arg(long, value_delimiter = ',')]
     pub systems: Option<Vec<String>>,
-    /// Chain lengths, comma-separated (default 1,2,4,8; 1 with --smoke).
+    /// Chain lengths, comma-separated (default 1,2,4,8 on one node and 1,2,4 on two; 1 and 2
+    /// with --smoke).
     #[arg(long, value_delimiter = ',')]
     pub hops: Option<Vec<usize>>,
     /// Output directory (default bench/results, or a temp dir with --smoke).
@@ -73,6 +77,9 @@ struct Plan {
     rounds: usize,
     hops: Vec<usize>,
     systems: Vec<System>,
+    /// The systems measured on two nodes, and at which chain lengths.
+    across: Vec<across::System>,
+    across_hops: Vec<usize>,
     warmup: Duration,
     window: Duration,
     tcp_seconds: u32,
@@ -85,21 +92,31 @@ struct Plan {
 
 impl Plan {
     fn new(opts: &Options, root: &Path) -> Result<Self> {
-        let systems = match &opts.systems {
-            Some(names) => names
-                .iter()
-                .map(|n| System::from_name(n))
-                .collect::<Result<Vec<_>>>()?,
-            None => systems::ALL.to_vec(),
-        };
-        let hops = opts.hops.clone().unwrap_or_else(|| {
-            if opts.smoke {
-                vec![1]
-            } else {
-                vec![1, 2, 4, 8]
+        let (mut systems, mut across) = (Vec::new(), Vec::new());
+        match &opts.systems {
+            Some(names) => {
+                for name in names {
+                    if let Some(a) = across::System::from_name(name) {
+                        across.push(a);
+                    } else {
+                        systems.push(System::from_name(name).with_context(|| {
+                            let two: Vec<&str> = across::ALL.iter().map(|s| s.name()).collect();
+                            format!("or on two nodes: {}", two.join(", "))
+                        })?);
+                    }
+                }
             }
-        });
-        if hops.iter().any(|h| !(1..=8).contains(h)) {
+            None => {
+                systems = systems::ALL.to_vec();
+                across = across::ALL.to_vec();
+            }
+        }
+        let (hops, across_hops) = match (&opts.hops, opts.smoke) {
+            (Some(hops), _) => (hops.clone(), hops.clone()),
+            (None, true) => (vec![1], vec![2]),
+            (None, false) => (vec![1, 2, 4, 8], vec![1, 2, 4]),
+        };
+        if hops.is_empty() || hops.iter().any(|h| !(1..=8).contains(h)) {
             bail!("hops must be between 1 and 8");
         }
         let out = match &opts.out {
@@ -114,6 +131,8 @@ impl Plan {
                 rounds: opts.rounds.unwrap_or(1),
                 hops,
                 systems,
+                across,
+                across_hops,
                 warmup: Duration::from_millis(50),
                 window: Duration::from_millis(200),
                 tcp_seconds: 1,
@@ -128,6 +147,8 @@ impl Plan {
                 rounds: opts.rounds.unwrap_or(5),
                 hops,
                 systems,
+                across,
+                across_hops,
                 warmup: Duration::from_millis(300),
                 window: Duration::from_millis(1200),
                 tcp_seconds: 2,
@@ -145,6 +166,9 @@ impl Plan {
             "rounds": self.rounds,
             "hops": self.hops,
             "systems": self.systems.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "across_systems": self.across.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "across_hops": self.across_hops,
+            "across": format!("the chain's SFs alternate between two nodes (SF1 on n1, SF2 on n2, ...; the source on n1, the destination on n2) on an underlay bridge of MTU {}; 64-byte UDP as above, one flow per sender and a new flow every frame; TCP and RTT as above", across::UNDERLAY_MTU),
             "udp": format!("64-byte frames from {} sendmmsg sender threads, {:?} warm-up, {:?} counted at the destination", senders(), self.warmup, self.window),
             "flow_mixes": format!("64-byte frames from {} packet-socket sender threads (sendmmsg): one flow per sender; 10 000 flows, each sender cycling through its share; a new flow every frame (source port stepping through 64 000 values, the destination port moving on each lap); {:?} warm-up, {:?} counted at the destination", senders(), self.warmup, self.window),
             "tcp_connections": format!("{} clients, each in a loop: connect, an {}-byte request, a {}-byte answer, the server closes; {:?} warm-up, {:?} counted", senders(), traffic::REQUEST.len(), traffic::ANSWER.len(), self.warmup, self.window),
@@ -167,8 +191,70 @@ pub fn run(opts: Options, root: &Path, target_dir: &Path, bin_dir: &Path) -> Res
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let plan = Plan::new(&opts, root)?;
-    let object = bpf::find_object(target_dir);
     let mut report = Report::default();
+    if !plan.systems.is_empty() || !opts.skip_classifier {
+        one_node(&plan, &opts, target_dir, bin_dir, &mut report)?;
+    }
+    if !plan.across.is_empty() {
+        // Listed after the one-node systems.
+        across::run(&plan, &mut report, plan.systems.len())?;
+        println!("==> removing the two-node topology");
+    }
+    report.write(&plan.out, plan.config())?;
+    println!(
+        "==> results in {} (latest.json, latest.md, packet-rate.png); {:.1} s in all",
+        plan.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if opts.smoke && !report.errors.is_empty() {
+        bail!(
+            "{} measurement(s) failed:\n{}",
+            report.errors.len(),
+            report.errors.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// One system at one chain length in one round: says which on a line, then what it measured
+/// or why it failed; a failure is recorded in the report and the run goes on, unless it was
+/// interrupted.
+fn measure_slot(
+    plan: &Plan,
+    report: &mut Report,
+    round: usize,
+    system: &str,
+    hops: usize,
+    measure: impl FnOnce(&mut Report) -> Result<String>,
+) -> Result<()> {
+    check_interrupt()?;
+    print!(
+        "    round {round}/{}  {system:<15} hops {hops}  ",
+        plan.rounds
+    );
+    std::io::Write::flush(&mut std::io::stdout())?;
+    match measure(report) {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            check_interrupt()?;
+            println!("FAILED: {e:#}");
+            report
+                .errors
+                .push(format!("{system} hops {hops} round {round}: {e:#}"));
+        }
+    }
+    Ok(())
+}
+
+/// The one-node systems in interleaved rounds, then the classifier's cost.
+fn one_node(
+    plan: &Plan,
+    opts: &Options,
+    target_dir: &Path,
+    bin_dir: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    let object = bpf::find_object(target_dir);
     let sfs = *plan.hops.iter().max().unwrap_or(&1);
     println!("==> building the topology: source, destination, node and {sfs} SF namespaces");
     let built = Instant::now();
@@ -195,31 +281,10 @@ pub fn run(opts: Options, root: &Path, target_dir: &Path, bin_dir: &Path) -> Res
                     if system == System::Plain && hops != plan.hops[0] {
                         continue;
                     }
-                    check_interrupt()?;
                     let hops = if system == System::Plain { 0 } else { hops };
-                    print!(
-                        "    round {round}/{}  {:<15} hops {hops}  ",
-                        plan.rounds,
-                        system.name()
-                    );
-                    std::io::Write::flush(&mut std::io::stdout())?;
-                    match slot::run(
-                        &mut topo,
-                        &mut runner,
-                        &plan,
-                        &mut report,
-                        order,
-                        system,
-                        hops,
-                    ) {
-                        Ok(line) => println!("{line}"),
-                        Err(e) => {
-                            check_interrupt()?;
-                            let msg = format!("{} hops {hops} round {round}: {e:#}", system.name());
-                            println!("FAILED: {e:#}");
-                            report.errors.push(msg);
-                        }
-                    }
+                    measure_slot(plan, report, round, system.name(), hops, |report| {
+                        slot::run(&mut topo, &mut runner, plan, report, order, system, hops)
+                    })?;
                 }
             }
         }
@@ -247,19 +312,5 @@ pub fn run(opts: Options, root: &Path, target_dir: &Path, bin_dir: &Path) -> Res
     drop(runner);
     println!("==> removing the topology");
     drop(topo);
-    measured?;
-    report.write(&plan.out, plan.config())?;
-    println!(
-        "==> results in {} (latest.json, latest.md, packet-rate.png); {:.1} s in all",
-        plan.out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    if opts.smoke && !report.errors.is_empty() {
-        bail!(
-            "{} measurement(s) failed:\n{}",
-            report.errors.len(),
-            report.errors.join("\n")
-        );
-    }
-    Ok(())
+    measured
 }

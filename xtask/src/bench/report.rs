@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::classifier;
+use super::{across, classifier};
 
 /// A table's metrics, in column order: (key, column title, scale from the sample's unit to the
 /// shown one).
@@ -32,6 +32,25 @@ const OTHERS: &Metrics = &[
     ("update_ms", "update (ms)", 1.0),
     ("update_first_packet_ms", "update, first packet (ms)", 1.0),
 ];
+
+/// Chains across two nodes, beside the same chain on one node.
+const ACROSS: &Metrics = &[
+    ("udp64_pps", "64-byte UDP, 1 flow/sender (Mpps)", 1e-6),
+    (
+        "flows_new_pps",
+        "64-byte, a new flow every packet (Mpps)",
+        1e-6,
+    ),
+    ("tcp_gbps", "TCP (Gbit/s)", 1.0),
+    ("rtt_p50_us", "RTT p50 (µs)", 1.0),
+    ("rtt_p99_us", "RTT p99 (µs)", 1.0),
+    ("apply_ms", "apply (ms)", 1.0),
+    ("first_packet_ms", "first packet (ms)", 1.0),
+];
+
+fn on_two_nodes(system: &str) -> bool {
+    across::System::from_name(system).is_some()
+}
 
 #[derive(Default)]
 pub struct Report {
@@ -128,9 +147,17 @@ impl Report {
         );
         md += "64-byte UDP packets received per second at the destination (Mpps). The flow mixes are \
                frames from a packet socket per sender, whose UDP ports say the flow:\n\n";
-        md += &self.table(RATES);
+        let one_node = |system: &str, _: usize| !on_two_nodes(system);
+        md += &self.table(RATES, one_node);
         md += "\nTCP, latency and the time a chain takes to apply:\n\n";
-        md += &self.table(OTHERS);
+        md += &self.table(OTHERS, one_node);
+        if self
+            .samples
+            .keys()
+            .any(|(_, system, _, _)| on_two_nodes(system))
+        {
+            md += &self.across(json);
+        }
         if !self.classifier.is_empty() {
             md += "\nClassifier cost per packet (BPF_PROG_TEST_RUN, median of 3 runs; a new flow: the mean over 2000 flows never seen), beside one hash lookup measured the same way:\n\n";
             md += "| classifiers | mix | case | sfc-tc (ns) | one hash lookup (ns) | apply (ms) |\n|---:|---|---|---:|---:|---:|\n";
@@ -161,8 +188,71 @@ impl Report {
         md
     }
 
-    /// One row per system and chain length, one column per metric: median (min–max).
-    fn table(&self, metrics: &Metrics) -> String {
+    /// The section on chains across two nodes: their figures beside the one-node chain's, and
+    /// this project's against the best of the peers at each chain length.
+    fn across(&self, json: &Value) -> String {
+        let hops: Vec<usize> = json["config"]["across_hops"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| h.as_u64())
+                    .map(|h| h as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut md =
+            "\nChains across two nodes: the SFs alternate between n1 and n2 (the source is on \
+                      n1, the destination on n2), beside the same chain on one node (sfc-tc):\n\n"
+                .to_string();
+        md += &self.table(ACROSS, |system, h| {
+            on_two_nodes(system) || (system == "sfc-tc" && hops.contains(&h))
+        });
+        let ours = across::System::Sfc.name();
+        let peers: Vec<&str> = across::ALL[1..].iter().map(|s| s.name()).collect();
+        md += &format!(
+            "\n{ours} against the best peer ({}) at each chain length (medians; for RTT the \
+             peer's over ours, so above 1 is faster too):\n\n| hops |",
+            peers.join(", ")
+        );
+        let compared = [ACROSS[0], ACROSS[1], ACROSS[2], ACROSS[3]];
+        for (_, title, _) in &compared {
+            md += &format!(" {title} |");
+        }
+        md += "\n|---:|";
+        md += &"---|".repeat(compared.len());
+        md += "\n";
+        for &h in &hops {
+            md += &format!("| {h} |");
+            for (metric, _, _) in &compared {
+                let lower_is_better = metric.starts_with("rtt");
+                let best = peers
+                    .iter()
+                    .filter_map(|p| Some((*p, self.median(p, h, metric)?)))
+                    .reduce(|a, b| if (b.1 < a.1) == lower_is_better { b } else { a });
+                match (self.median(ours, h, metric), best) {
+                    (Some(o), Some((peer, p))) if o > 0.0 && p > 0.0 => {
+                        let ratio = if lower_is_better { p / o } else { o / p };
+                        md += &format!(" ×{} ({peer}) |", fmt(ratio));
+                    }
+                    _ => md += " – |",
+                }
+            }
+            md += "\n";
+        }
+        md
+    }
+
+    /// The median of one system's metric at one chain length, if it was measured.
+    fn median(&self, system: &str, hops: usize, metric: &str) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|((_, s, h, m), _)| *s == system && *h == hops && *m == metric)
+            .map(|(_, v)| stat(v).median)
+    }
+
+    /// One row per system and chain length that `keep`s, one column per metric: median
+    /// (min–max).
+    fn table(&self, metrics: &Metrics, keep: impl Fn(&str, usize) -> bool) -> String {
         let mut md = "| system | hops |".to_string();
         for (_, title, _) in metrics {
             md += &format!(" {title} |");
@@ -172,6 +262,9 @@ impl Report {
         md += "\n";
         let mut cells: BTreeMap<(usize, &str, usize), BTreeMap<&str, Stat>> = BTreeMap::new();
         for ((order, system, hops, metric), v) in &self.samples {
+            if !keep(system, *hops) {
+                continue;
+            }
             cells
                 .entry((*order, system, *hops))
                 .or_default()
@@ -255,6 +348,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 data = json.load(open(sys.argv[1]))
 m = data["machine"]
+# Chains across two nodes have their own table.
+data["rows"] = [r for r in data["rows"] if r["system"] not in data["config"].get("across_systems", [])]
 panels = [("flows_one_pps", "one flow per sender"), ("flows_10k_pps", "10 000 recurring flows"),
           ("flows_new_pps", "a new flow on every packet"), ("udp64_xdp_pps", "as XDP frames, one flow")]
 fig, axes = plt.subplots(2, 2, figsize=(13, 10), dpi=100)

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use sfc_lab::lab::Lab;
 
 use super::{
     check_interrupt, netns,
@@ -81,14 +82,14 @@ fn measure(
         report.add(order, name, hops, "update_first_packet_ms", first);
         line += &format!("update {update_ms:.1} ms, first packet {first:.1} ms  ");
     }
-    let pps = along_the_chain(topo, hops, plan.window, || {
+    let pps = along_the_chain(&topo.lab, hops, plan.window, || {
         traffic::packet_rate(&src, &dst, senders(), plan.warmup, plan.window)
     })?;
     report.add(order, name, hops, "udp64_pps", pps);
     check_interrupt()?;
     line += &format!("{:.3} Mpps", pps / 1e6);
     for mix in traffic::MIXES {
-        let pps = along_the_chain(topo, hops, plan.window, || {
+        let pps = along_the_chain(&topo.lab, hops, plan.window, || {
             traffic::packet_rate_mix(&src, &dst, mix, senders(), plan.warmup, plan.window)
         })
         .with_context(|| format!("flow mix {mix:?}"))?;
@@ -100,26 +101,23 @@ fn measure(
     // the node's end, which takes them only with GRO on (or an XDP program attached).
     let object = runner.object()?;
     topo.node("ethtool -K vm-src gro on")?;
-    let xdp_pps = along_the_chain(topo, hops, plan.window, || {
+    let xdp_pps = along_the_chain(&topo.lab, hops, plan.window, || {
         traffic::packet_rate_xdp_frames(object, &src, &dst, senders(), plan.warmup, plan.window)
     });
     topo.node("ethtool -K vm-src gro off")?;
     let xdp_pps = xdp_pps?;
     report.add(order, name, hops, "udp64_xdp_pps", xdp_pps);
     check_interrupt()?;
-    let gbps = traffic::tcp_throughput(topo, plan.tcp_seconds, plan.tcp_bytes)?;
+    let gbps = traffic::tcp_throughput(&topo.lab, plan.tcp_seconds, plan.tcp_bytes)?;
     report.add(order, name, hops, "tcp_gbps", gbps);
     check_interrupt()?;
-    let conns = along_the_chain(topo, hops, plan.window, || {
+    let conns = along_the_chain(&topo.lab, hops, plan.window, || {
         traffic::connection_rate(&src, &dst, senders(), plan.warmup, plan.window)
     })
     .context("connection rate")?;
     report.add(order, name, hops, "tcp_conn_per_s", conns);
     check_interrupt()?;
-    let mut rtts = traffic::ping_rtts(topo, plan.pings)?;
-    rtts.sort_by(f64::total_cmp);
-    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
-    let (p50, p99) = (pct(0.5), pct(0.99));
+    let (p50, p99) = percentiles(traffic::ping_rtts(&topo.lab, plan.pings)?);
     report.add(order, name, hops, "rtt_p50_us", p50);
     report.add(order, name, hops, "rtt_p99_us", p99);
     line += &format!(
@@ -129,17 +127,24 @@ fn measure(
     Ok(line)
 }
 
+/// The median and the 99th percentile of round-trip times (at least one).
+pub(super) fn percentiles(mut rtts: Vec<f64>) -> (f64, f64) {
+    rtts.sort_by(f64::total_cmp);
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    (pct(0.5), pct(0.99))
+}
+
 /// Runs a packet-rate measurement and checks that its traffic followed the chain: every SF of
 /// it forwarded (nearly) all that the destination received, or the figure would be
 /// meaningless.
-fn along_the_chain(
-    topo: &Topology,
+pub(super) fn along_the_chain(
+    lab: &Lab,
     hops: usize,
     window: std::time::Duration,
     rate: impl FnOnce() -> Result<f64>,
 ) -> Result<f64> {
-    let dst = topo.ns("dst");
-    let sf_tx = |k: usize| netns::counters(&topo.ns(&format!("sf{k}")), "eth-out").map(|c| c.1);
+    let dst = lab.ns("dst");
+    let sf_tx = |k: usize| netns::counters(&lab.ns(&format!("sf{k}")), "eth-out").map(|c| c.1);
     let before: Vec<u64> = (1..=hops).map(sf_tx).collect::<Result<_>>()?;
     let dst_before = netns::counters(&dst, "eth0")?.0;
     let pps = rate()?;

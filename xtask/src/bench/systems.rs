@@ -167,7 +167,13 @@ pub fn start_daemon(topo: &mut Topology, extra: &[String]) -> Result<Daemon> {
 pub fn stop_daemon(topo: &mut Topology, daemon: Daemon) -> Result<()> {
     drop(daemon);
     let bpffs = topo.lab.bpffs()?;
-    for entry in fs::read_dir(&bpffs)? {
+    remove_pins(&bpffs, &topo.lab.dir.join("state"))?;
+    wait_detached(&topo.ns("node"), &topo.node_interfaces())
+}
+
+/// Removes a stopped daemon's pins from `bpffs` and its state directory.
+pub fn remove_pins(bpffs: &std::path::Path, state: &std::path::Path) -> Result<()> {
+    for entry in fs::read_dir(bpffs)? {
         let path = entry?.path();
         // The kernel's own iterators (progs.debug, maps.debug) are not the daemon's.
         if path.extension().is_some_and(|e| e == "debug") {
@@ -180,13 +186,16 @@ pub fn stop_daemon(topo: &mut Topology, daemon: Daemon) -> Result<()> {
         }
         .with_context(|| format!("removing {}", path.display()))?;
     }
-    let _ = fs::remove_dir_all(topo.lab.dir.join("state"));
-    // The kernel releases a link whose last pin went away from a workqueue, a little later:
-    // until then the old chain still steers, and would carry the next system's first probe.
-    let ifaces = topo.node_interfaces();
-    let node = topo.ns("node");
+    let _ = fs::remove_dir_all(state);
+    Ok(())
+}
+
+/// Waits until no program is attached to `ifaces` of namespace `ns` any more: the kernel
+/// releases a link whose last pin went away from a workqueue, a little later, and until then
+/// the old chain still steers and would carry the next system's first probe.
+pub fn wait_detached(ns: &str, ifaces: &[String]) -> Result<()> {
     let bare = wait_for(Duration::from_secs(5), || {
-        bpf::tcx_attached(&node, &ifaces).ok().filter(|n| *n == 0)
+        bpf::tcx_attached(ns, ifaces).ok().filter(|n| *n == 0)
     });
     if bare.is_none() {
         bail!("sfc-daemon's programs were still attached 5 s after it stopped and its pins were removed");

@@ -62,10 +62,53 @@ pub struct Topology {
     sfs: usize,
 }
 
-const SYSCTLS: &str = "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+pub const SYSCTLS: &str = "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
     net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.all.send_redirects=0 \
     net.ipv4.conf.default.send_redirects=0 net.ipv6.conf.all.disable_ipv6=1 \
     net.ipv6.conf.default.disable_ipv6=1";
+
+/// SF `k`'s namespace, wired already: it routes everything for [`NET`] out of its egress NIC,
+/// to the [`SHARED_MAC`] its ingress NIC has too.
+pub fn configure_sf(lab: &Lab, k: usize) -> Result<()> {
+    let shared = mac_str(SHARED_MAC);
+    lab.sh(
+        &format!("sf{k}"),
+        &format!(
+            "ip link set eth-in address {shared} && \
+             ip route add {NET} dev eth-out && \
+             for a in {DST} {SINK} {PROBE}; do ip neigh add $a lladdr {shared} dev eth-out nud permanent; done"
+        ),
+    )?;
+    Ok(())
+}
+
+/// The source's and the destination's namespaces, wired already (`eth0` in each).
+pub fn configure_ends(lab: &Lab) -> Result<()> {
+    let (shared, src_mac) = (mac_str(SHARED_MAC), mac_str(SRC_MAC));
+    // Checksums in software and no TSO/GSO at the source: every system then forwards the
+    // same MTU-sized, fully checksummed packets (a userspace datapath such as OVS netdev
+    // reads frames through AF_PACKET and cannot carry 64 KB GSO frames or partial checksums).
+    lab.sh(
+        "src",
+        &format!(
+            "ip link set eth0 address {src_mac} && ip addr add {SRC}/32 dev eth0 && \
+             ip route add {NET} dev eth0 && \
+             for a in {DST} {SINK} {PROBE}; do ip neigh add $a lladdr {shared} dev eth0 nud permanent; done && \
+             ethtool -K eth0 tx off tso off gso off >/dev/null"
+        ),
+    )?;
+    lab.sh(
+        "dst",
+        &format!(
+            "ip link set eth0 address {shared} && ip addr add {DST}/32 dev eth0 && \
+             ip addr add {PROBE}/32 dev eth0 && ip route add {SRC}/32 dev eth0 && \
+             ip neigh add {SRC} lladdr {VM_DST_MAC} dev eth0 nud permanent && \
+             ethtool -K eth0 tx off tso off gso off >/dev/null && \
+             ip route add blackhole {SINK}/32"
+        ),
+    )?;
+    Ok(())
+}
 
 impl Topology {
     pub fn build(sfs: usize) -> Result<Self> {
@@ -77,54 +120,29 @@ impl Topology {
             // Before any interface exists, so that every interface inherits the defaults.
             lab.sh(ns, SYSCTLS)?;
         }
-        let (shared, src_mac) = (mac_str(SHARED_MAC), mac_str(SRC_MAC));
         lab.veth("node", "vm-src", "src", "eth0")?;
         lab.veth("node", "vm-dst", "dst", "eth0")?;
         for k in 1..=sfs {
             let sf = format!("sf{k}");
             lab.veth("node", &format!("{sf}-in"), &sf, "eth-in")?;
             lab.veth("node", &format!("{sf}-out"), &sf, "eth-out")?;
+            configure_sf(&lab, k)?;
             lab.sh(
-                &sf,
-                &format!(
-                    "ip link set eth-in address {shared} && \
-                     ip route add {NET} dev eth-out && \
-                     for a in {DST} {SINK} {PROBE}; do ip neigh add $a lladdr {shared} dev eth-out nud permanent; done"
-                ),
+                "node",
+                &format!("ip link set {sf}-out address {}", mac_str(SHARED_MAC)),
             )?;
-            lab.sh("node", &format!("ip link set {sf}-out address {shared}"))?;
         }
-        // Checksums in software and no TSO/GSO at the source: every system then forwards the
-        // same MTU-sized, fully checksummed packets (a userspace datapath such as OVS netdev
-        // reads frames through AF_PACKET and cannot carry 64 KB GSO frames or partial checksums).
-        lab.sh(
-            "src",
-            &format!(
-                "ip link set eth0 address {src_mac} && ip addr add {SRC}/32 dev eth0 && \
-                 ip route add {NET} dev eth0 && \
-                 for a in {DST} {SINK} {PROBE}; do ip neigh add $a lladdr {shared} dev eth0 nud permanent; done && \
-                 ethtool -K eth0 tx off tso off gso off >/dev/null"
-            ),
-        )?;
-        lab.sh(
-            "dst",
-            &format!(
-                "ip link set eth0 address {shared} && ip addr add {DST}/32 dev eth0 && \
-                 ip addr add {PROBE}/32 dev eth0 && ip route add {SRC}/32 dev eth0 && \
-                 ip neigh add {SRC} lladdr {VM_DST_MAC} dev eth0 nud permanent && \
-                 ethtool -K eth0 tx off tso off gso off >/dev/null && \
-                 ip route add blackhole {SINK}/32"
-            ),
-        )?;
+        configure_ends(&lab)?;
         // Plain forwarding: the node routes. Probes are blackholed, so that one arriving at the
         // destination has certainly followed a chain.
         lab.sh(
             "node",
             &format!(
-                "ip link set vm-src address {shared} && ip link set vm-dst address {VM_DST_MAC} && \
+                "ip link set vm-src address {} && ip link set vm-dst address {VM_DST_MAC} && \
                  ip route add {SRC}/32 dev vm-src && \
                  ip route add {DST}/32 dev vm-dst && ip route add {SINK}/32 dev vm-dst && \
-                 ip route add blackhole {PROBE}/32"
+                 ip route add blackhole {PROBE}/32",
+                mac_str(SHARED_MAC)
             ),
         )?;
         lab.spawn("dst", "iperf3 -s -B 198.18.1.1")?;

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use sfc_lab::frames;
+use sfc_lab::{frames, lab::Lab};
 
 use super::{bpf, interrupted, netns, topology as topo};
 
@@ -475,13 +475,12 @@ fn set_timeout(fd: i32, option: libc::c_int, timeout: Duration) -> Result<()> {
 }
 
 /// TCP throughput in Gbit/s: iperf3 for `seconds`, or for `bytes` when given (smoke).
-pub fn tcp_throughput(topo: &topo::Topology, seconds: u32, bytes: Option<&str>) -> Result<f64> {
+pub fn tcp_throughput(lab: &Lab, seconds: u32, bytes: Option<&str>) -> Result<f64> {
     let amount = match bytes {
         Some(b) => format!("-n {b}"),
         None => format!("-t {seconds}"),
     };
-    let out = topo
-        .lab
+    let out = lab
         .sh(
             "src",
             &format!(
@@ -499,8 +498,8 @@ pub fn tcp_throughput(topo: &topo::Topology, seconds: u32, bytes: Option<&str>) 
 }
 
 /// Round-trip times in µs of `count` pings at 1 ms intervals.
-pub fn ping_rtts(topo: &topo::Topology, count: usize) -> Result<Vec<f64>> {
-    let out = topo.lab.sh(
+pub fn ping_rtts(lab: &Lab, count: usize) -> Result<Vec<f64>> {
+    let out = lab.sh(
         "src",
         &format!(
             "timeout {} ping -n -c {count} -i 0.001 -W 1 {} || true",
