@@ -88,3 +88,42 @@ mod tests {
         assert_eq!(State::judge(100, 100), State::Ok);
     }
 }
+
+/// What a member's health check says of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Probed {
+    /// In its group (also before its first probe).
+    Up,
+    /// Out of its group: its probes did not come back.
+    Down,
+}
+
+/// A member of a group with a health check: its state, since when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberHealth {
+    pub state: Probed,
+    pub since: std::time::SystemTime,
+    pub reason: String,
+    pub probes_sent: u64,
+    pub probes_back: u64,
+    #[serde(skip)]
+    pub failures_in_row: u32,
+    #[serde(skip)]
+    pub successes_in_row: u32,
+}
+
+impl MemberHealth {
+    /// Before its first probe: up, so that nothing moves until the probes have had their say.
+    pub fn starting(now: std::time::SystemTime) -> Self {
+        Self {
+            state: Probed::Up,
+            since: now,
+            reason: "no probe yet".into(),
+            probes_sent: 0,
+            probes_back: 0,
+            failures_in_row: 0,
+            successes_in_row: 0,
+        }
+    }
+}

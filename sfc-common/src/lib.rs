@@ -2,17 +2,17 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v6_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! version (`sfc_v7_*`): a change of any layout here bumps it, so that a new daemon gets fresh
 //! maps instead of misreading pinned ones.
 #![no_std]
 
-/// The version of this ABI, in every map name (`sfc_v6_*`). A change of any layout here, of a
+/// The version of this ABI, in every map name (`sfc_v7_*`). A change of any layout here, of a
 /// map's type or of what a value means bumps it, so that a new daemon gets fresh maps instead of
 /// misreading pinned ones; `layout_fingerprint_matches_the_abi_version` fails until it is.
 #[macro_export]
 macro_rules! abi_version {
     () => {
-        6
+        7
     };
 }
 pub const ABI_VERSION: u32 = abi_version!();
@@ -80,9 +80,12 @@ pub const MAP_LANDING: &str = map_name!("landing");
 /// from.
 pub const MAP_TUNNEL_PEERS: &str = map_name!("tunnel_peers");
 pub const PROGRAM_TUNNEL: &str = "sfc_tunnel";
+/// Health probes that came out of an SF: egress ifindex -> the sequence number of the last
+/// one (see [`ProbePayload`]).
+pub const MAP_PROBES: &str = map_name!("probes");
 
 /// Every map of the steering object, pinned or not.
-pub const MAP_NAMES: [&str; 25] = [
+pub const MAP_NAMES: [&str; 26] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_CLASSIFY,
@@ -108,6 +111,7 @@ pub const MAP_NAMES: [&str; 25] = [
     MAP_REMOTES,
     MAP_LANDING,
     MAP_TUNNEL_PEERS,
+    MAP_PROBES,
 ];
 
 /// Distinct match shapes (prefix lengths, port-prefix lengths, protocol) probed per interface.
@@ -122,7 +126,7 @@ pub const RING_SIZE: u32 = 1021;
 pub const SLOTS_PER_GEN: u32 = 512;
 /// Classifier entries (both generations together). Hash map without preallocation.
 pub const CLASSIFY_CAPACITY: u32 = 1 << 20;
-/// Source-port ranges of classify entries per generation (`sfc_v6_source_ports`; generation
+/// Source-port ranges of classify entries per generation (`sfc_v7_source_ports`; generation
 /// `g` owns `g * SOURCE_PORTS_PER_GEN ..`). Only keys shared by classifiers that differ by
 /// source port need them.
 pub const SOURCE_PORTS_PER_GEN: u32 = 32768;
@@ -156,28 +160,48 @@ pub const MEMBER_SLOTS: u32 = 4096;
 /// Size of the trace event ring buffer (bytes, a power of two).
 pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
-/// `sfc_v6_config` index holding the epoch; the active generation is `epoch & 1`.
+/// `sfc_v7_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
-/// `sfc_v6_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
+/// `sfc_v7_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
 pub const CONFIG_FLIP_NS: u32 = 1;
-/// `sfc_v6_config` indexes `CONFIG_REVISION + gen`: the revision of the cluster's state each
+/// `sfc_v7_config` indexes `CONFIG_REVISION + gen`: the revision of the cluster's state each
 /// generation steers (its low 32 bits; 0 outside a cluster). Packets between nodes carry it,
 /// so that a packet is steered on every node by the revision it started with.
 pub const CONFIG_REVISION: u32 = 2;
-/// `sfc_v6_config` index holding the ifindex of this node's underlay interface, where
+/// `sfc_v7_config` index holding the ifindex of this node's underlay interface, where
 /// packets to other nodes leave and theirs arrive (0: none, outside a cluster).
 pub const CONFIG_TUNNEL_IFINDEX: u32 = 4;
-/// `sfc_v6_config` index holding this node's tunnel address (IPv4, network byte order).
+/// `sfc_v7_config` index holding this node's tunnel address (IPv4, network byte order).
 pub const CONFIG_TUNNEL_ADDRESS: u32 = 5;
-/// `sfc_v6_config` index holding the MTU of this node's underlay interface.
+/// `sfc_v7_config` index holding the MTU of this node's underlay interface.
 pub const CONFIG_TUNNEL_MTU: u32 = 6;
-pub const CONFIG_ENTRIES: u32 = 7;
+/// `sfc_v7_config` index holding the agent's probe token (random, never 0; 0: no probes):
+/// a packet is a health probe only if it carries it.
+pub const CONFIG_PROBE_TOKEN: u32 = 7;
+pub const CONFIG_ENTRIES: u32 = 8;
+
+/// Health probes are IPv4 UDP packets between this port and itself, untagged, without IP
+/// options, whose payload is a [`ProbePayload`].
+pub const PROBE_PORT: u16 = 48_481;
+/// Where a probe's payload starts: after the Ethernet, IPv4 and UDP headers.
+pub const PROBE_PAYLOAD_OFFSET: usize = 14 + 20 + 8;
+/// Entries of `sfc_v7_probes`: one per SF egress, as the interfaces with counters.
+pub const PROBES_CAPACITY: u32 = MEMBER_SLOTS;
+
+/// The payload of a health probe: the agent's token and the probe's sequence number (both
+/// in host byte order: the agent writes them and reads them back, on one machine).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbePayload {
+    pub token: u64,
+    pub seq: u64,
+}
 
 /// `Member::ifindex` and `Verdict::deliver_ifindex` bit: not an interface of this node but a
 /// member side or chain end on another one, named by the rest (see [`remote_id`]); sent there
 /// in the tunnel.
 pub const REMOTE: u32 = 1 << 31;
-/// Entries of `sfc_v6_remotes` and of `sfc_v6_landing` (both generations together).
+/// Entries of `sfc_v7_remotes` and of `sfc_v7_landing` (both generations together).
 pub const REMOTES_CAPACITY: u32 = 16384;
 /// Nodes a node takes tunnel packets from.
 pub const TUNNEL_PEERS_CAPACITY: u32 = 4096;
@@ -343,7 +367,7 @@ pub mod stat {
     ];
 }
 
-/// Key of `sfc_v6_classify`: a packet's addresses, protocol and destination port, masked by
+/// Key of `sfc_v7_classify`: a packet's addresses, protocol and destination port, masked by
 /// one tuple of its interface. The source port is not in the key: it is checked against the
 /// entry's ranges ([`ClassEntry`]), so that ranges on both ports need no product of shapes.
 #[repr(C)]
@@ -402,10 +426,10 @@ impl SourcePorts {
     pub const ANY: (u16, u16) = (0, u16::MAX);
 }
 
-/// Value of `sfc_v6_classify`: what the key's packets get, by their source port. Most keys
+/// Value of `sfc_v7_classify`: what the key's packets get, by their source port. Most keys
 /// have one range (`only`; `0..=65535` when the classifier has none). Where classifiers share
 /// a key and differ by source port, `ranges` > 0 and the ranges are elements
-/// `first .. first + ranges` of `sfc_v6_source_ports`, sorted and disjoint: a binary search
+/// `first .. first + ranges` of `sfc_v7_source_ports`, sorted and disjoint: a binary search
 /// of at most 16 steps, however many there are.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -416,7 +440,7 @@ pub struct ClassEntry {
     pub ranges: u32,
 }
 
-/// Key of `sfc_v6_ports`.
+/// Key of `sfc_v7_ports`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -424,7 +448,7 @@ pub struct PortKey {
     pub gen: u32,
 }
 
-/// Value of `sfc_v6_ports`: the domain packets arriving on this interface are classified in and
+/// Value of `sfc_v7_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -456,7 +480,7 @@ pub const PORT_NEEDS_PORTS: u16 = 4;
 /// directions through one interface): keys carry the path of the packet's flow.
 pub const PORT_BY_PATH: u16 = 8;
 
-/// Value of `sfc_v6_classify`.
+/// Value of `sfc_v7_classify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Verdict {
@@ -521,7 +545,7 @@ pub struct Member {
     pub slot: u16,
 }
 
-/// Entry of `sfc_v6_ring` and value of `sfc_v6_pins`: both sides of one member, so that the
+/// Entry of `sfc_v7_ring` and value of `sfc_v7_pins`: both sides of one member, so that the
 /// two directions of a symmetric flow meet the same instance.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -530,7 +554,7 @@ pub struct RingEntry {
     pub egress: Member,
 }
 
-/// Key of `sfc_v6_members`: a member (by its ingress interface) of one group table.
+/// Key of `sfc_v7_members`: a member (by its ingress interface) of one group table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
@@ -539,7 +563,7 @@ pub struct MemberKey {
     pub ifindex: u32,
 }
 
-/// Key of `sfc_v6_pins` (whose value is the member's ingress ifindex): a flow (as its
+/// Key of `sfc_v7_pins` (whose value is the member's ingress ifindex): a flow (as its
 /// member-choosing hash) in one group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -548,7 +572,7 @@ pub struct PinKey {
     pub hash: u32,
 }
 
-/// Value of `sfc_v6_flows`.
+/// Value of `sfc_v7_flows`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowState {
@@ -567,7 +591,7 @@ pub struct FlowState {
     pub inflight: u64,
 }
 
-/// Key of `sfc_v6_decisions`: a flow arriving on one interface.
+/// Key of `sfc_v7_decisions`: a flow arriving on one interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey {
@@ -575,7 +599,7 @@ pub struct DecisionKey {
     pub tuple: FlowTuple,
 }
 
-/// Value of `sfc_v6_decisions`: what the program decided for a flow on an interface, valid
+/// Value of `sfc_v7_decisions`: what the program decided for a flow on an interface, valid
 /// while the epoch is the same (any update makes every decision stale at once), so that the
 /// next packets of the flow skip classification and member choice.
 #[repr(C)]
@@ -599,7 +623,7 @@ pub struct Decision {
     pub _pad: u32,
 }
 
-/// Element of `sfc_v6_member_counters` (per CPU): traffic we sent into an SF through one of its
+/// Element of `sfc_v7_member_counters` (per CPU): traffic we sent into an SF through one of its
 /// interfaces, and traffic that came back out of it there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -610,7 +634,7 @@ pub struct MemberCounter {
     pub from_bytes: u64,
 }
 
-/// Element of `sfc_v6_counters` (per CPU).
+/// Element of `sfc_v7_counters` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Counter {
@@ -628,7 +652,7 @@ pub mod trace_field {
     pub const ID: u8 = 1 << 5;
 }
 
-/// The one entry of `sfc_v6_trace_filter`. A packet matches in either direction (source and
+/// The one entry of `sfc_v7_trace_filter`. A packet matches in either direction (source and
 /// destination swapped), so one filter follows both directions of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -647,7 +671,7 @@ pub struct TraceFilter {
     pub dst: [u32; 4],
 }
 
-/// One packet's step through this node, sent to `sfc_v6_trace_events` while tracing.
+/// One packet's step through this node, sent to `sfc_v7_trace_events` while tracing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TraceEvent {
@@ -691,7 +715,7 @@ pub fn tracking_id(input: &HashInput) -> u32 {
     }
 }
 
-/// Key of `sfc_v6_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
+/// Key of `sfc_v7_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
 /// IPv4 flows have their own tables because the key is hashed on every packet: a decided flow
 /// costs a third less with it.
 #[repr(C)]
@@ -707,7 +731,7 @@ pub struct FlowTuple4 {
     pub vlan: u16,
 }
 
-/// Key of `sfc_v6_decisions4`.
+/// Key of `sfc_v7_decisions4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey4 {
@@ -715,7 +739,7 @@ pub struct DecisionKey4 {
     pub tuple: FlowTuple4,
 }
 
-/// Key of `sfc_v6_flows` (directional 5-tuple; IPv6, and anything not IPv4).
+/// Key of `sfc_v7_flows` (directional 5-tuple; IPv6, and anything not IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowTuple {
@@ -729,7 +753,7 @@ pub struct FlowTuple {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v6_fragments`: one IP datagram arriving on one interface (each hop of a chain
+/// Key of `sfc_v7_fragments`: one IP datagram arriving on one interface (each hop of a chain
 /// sees the whole datagram again, in its own order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -744,7 +768,7 @@ pub struct FragmentKey {
     pub dst: [u32; 4],
 }
 
-/// Value of `sfc_v6_fragments`: what the first fragment told of its datagram.
+/// Value of `sfc_v7_fragments`: what the first fragment told of its datagram.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentState {
@@ -758,7 +782,7 @@ pub struct FragmentState {
     pub first_ns: u64,
 }
 
-/// Key of `sfc_v6_remotes` and `sfc_v6_landing`: a member side or chain end of a cluster
+/// Key of `sfc_v7_remotes` and `sfc_v7_landing`: a member side or chain end of a cluster
 /// ([`remote_id`]) in one generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -767,7 +791,7 @@ pub struct RemoteKey {
     pub id: u32,
 }
 
-/// Value of `sfc_v6_remotes` and key of `sfc_v6_tunnel_peers`: a node's tunnel address.
+/// Value of `sfc_v7_remotes` and key of `sfc_v7_tunnel_peers`: a node's tunnel address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TunnelPeer {
@@ -973,7 +997,7 @@ mod tests {
                 [size_of::<$t>() as u64, $(offset_of!($t, $f) as u64),+]
             };
         }
-        let layouts: [&[u64]; 26] = [
+        let layouts: [&[u64]; 27] = [
             &fields!(ClassKey: gen, tuple, family, proto, domain, path, dport, src, dst),
             &fields!(TupleMask: family, proto, uses_ports, dport, src, dst),
             &fields!(SourcePorts: lo, hi, verdict),
@@ -1002,6 +1026,7 @@ mod tests {
             &fields!(FragmentState: sport, dport, total, seen, first_ns),
             &fields!(RemoteKey: gen, id),
             &fields!(TunnelPeer: family, addr),
+            &fields!(ProbePayload: token, seq),
             &fields!(TunnelOption: class, kind, length, service, revision, target, path, mac,
                 flags),
         ];
@@ -1028,7 +1053,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (6, 4254228613648726260),
+            (7, 7160505455340065465),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

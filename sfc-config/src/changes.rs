@@ -105,6 +105,7 @@ mod tests {
             port_pairs: pairs.iter().map(|s| s.to_string()).collect(),
             lb_fields: vec![],
             tap_enabled: false,
+            health_check: None,
         };
         let mut current = State::default();
         current.port_pair_groups.insert("b".into(), group(&["p1"]));

@@ -143,6 +143,51 @@ pub struct PortPairGroupSpec {
     pub lb_fields: Vec<LbField>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub tap_enabled: bool,
+    /// Probes through each member, which leaves the group while they fail: none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A group's health check: every `intervalMs`, a probe goes into each member's ingress and is
+/// expected out of its egress within `timeoutMs`; `failures` misses in a row take the member
+/// out of the group, `successes` returns in a row bring it back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    expecting = "a mapping of healthCheck fields"
+)]
+pub struct HealthCheck {
+    /// The probe's IPv4 source and destination: addresses the SF forwards like its chains'
+    /// traffic. Default: from the first classifier with IPv4 prefixes of a chain through the
+    /// group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<std::net::Ipv4Addr>,
+    #[serde(default = "HealthCheck::default_interval_ms")]
+    pub interval_ms: u32,
+    #[serde(default = "HealthCheck::default_timeout_ms")]
+    pub timeout_ms: u32,
+    #[serde(default = "HealthCheck::default_failures")]
+    pub failures: u32,
+    #[serde(default = "HealthCheck::default_successes")]
+    pub successes: u32,
+}
+
+impl HealthCheck {
+    fn default_interval_ms() -> u32 {
+        500
+    }
+    fn default_timeout_ms() -> u32 {
+        250
+    }
+    fn default_failures() -> u32 {
+        3
+    }
+    fn default_successes() -> u32 {
+        2
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

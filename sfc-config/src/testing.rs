@@ -25,6 +25,7 @@ pub(crate) fn group(state: &mut State, name: &str, pairs: &[impl AsRef<str>]) {
             port_pairs: pairs.iter().map(|p| p.as_ref().to_string()).collect(),
             lb_fields: vec![],
             tap_enabled: false,
+            health_check: None,
         },
     );
 }

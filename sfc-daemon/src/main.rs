@@ -29,6 +29,7 @@ use sfc_daemon::{
         snapshot::Shared,
         trace::TraceSlot,
     },
+    probe,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -215,7 +216,7 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
         state_dir: &args.state_dir,
         bpffs: &args.bpffs,
     };
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         paths,
         options,
         netlink,
@@ -228,6 +229,9 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     if let Some(start) = membership {
         runtime.spawn(start);
     }
+    let prober = agent.prober().map_err(|e| format!("cannot start: {e}"))?;
+    let events = handle.clone();
+    runtime.spawn(probe::run(prober, move |health| events.probed(health)));
     if let Some((store, known)) = follow {
         let events = handle.clone();
         runtime.spawn(cluster::follow::follow(store.clone(), known, move |s| {

@@ -14,7 +14,7 @@ use sfc_api::{
 use sfc_config::compile::{CounterLabel, Direction};
 use sfc_daemon::observe::{
     metrics::{serve, serve_with, Limits, Metrics, Status, OPENMETRICS},
-    snapshot::Snapshot,
+    snapshot::{ProbedMember, Snapshot},
 };
 use tokio::{net::TcpListener, time::sleep};
 
@@ -105,6 +105,18 @@ fn sample() -> Snapshot {
                 fill("flows4", 12, 65_536, false),
             ],
         }),
+        probed: vec![
+            ProbedMember {
+                pair: "PP1".into(),
+                up: true,
+                transitions: 0,
+            },
+            ProbedMember {
+                pair: "PP2".into(),
+                up: false,
+                transitions: 3,
+            },
+        ],
     }
 }
 
@@ -169,6 +181,9 @@ fn render_has_every_metric_with_todays_names_and_labels() {
         r#"sfc_sf_out_bytes_total{port_pair="PP2"} 800"#.into(),
         r#"sfc_sf_black_hole{port_pair="PP1"} 0"#.into(),
         r#"sfc_sf_black_hole{port_pair="PP2"} 1"#.into(),
+        r#"sfc_member_up{port_pair="PP1"} 1"#.into(),
+        r#"sfc_member_up{port_pair="PP2"} 0"#.into(),
+        r#"sfc_member_transitions_total{port_pair="PP2"} 3"#.into(),
         r#"sfc_table_entries{table="pins"} 131000"#.into(),
         r#"sfc_table_capacity{table="pins"} 131072"#.into(),
         r#"sfc_table_full{table="pins"} 1"#.into(),

@@ -21,6 +21,7 @@
 
 mod frame;
 mod parse;
+mod probe;
 mod too_big;
 mod tunnel;
 
@@ -44,8 +45,9 @@ use sfc_common::{
     FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLOWS_CAPACITY, FRAGMENTS_CAPACITY,
     FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY,
     MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS,
-    PORT_PASS_UNPARSABLE, REMOTE, REMOTES_CAPACITY, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER,
-    SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES, TUNNEL_PEERS_CAPACITY,
+    PORT_PASS_UNPARSABLE, PROBE_PORT, PROTO_UDP, REMOTE, REMOTES_CAPACITY, RING_SIZE,
+    SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES,
+    TUNNEL_PEERS_CAPACITY,
 };
 
 use crate::{
@@ -55,58 +57,58 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v6_config")]
+#[map(name = "sfc_v7_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v6_ports")]
+#[map(name = "sfc_v7_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v6_classify")]
+#[map(name = "sfc_v7_classify")]
 static CLASSIFY: HashMap<ClassKey, ClassEntry> =
     HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v6_source_ports")]
+#[map(name = "sfc_v7_source_ports")]
 static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
 
-#[map(name = "sfc_v6_ring")]
+#[map(name = "sfc_v7_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v6_members")]
+#[map(name = "sfc_v7_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v6_live")]
+#[map(name = "sfc_v7_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v6_remotes")]
+#[map(name = "sfc_v7_remotes")]
 static REMOTES: HashMap<RemoteKey, TunnelPeer> =
     HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v6_landing")]
+#[map(name = "sfc_v7_landing")]
 static LANDING: HashMap<RemoteKey, Member> = HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v6_tunnel_peers")]
+#[map(name = "sfc_v7_tunnel_peers")]
 static TUNNEL_PEERS: HashMap<TunnelPeer, u32> = HashMap::pinned(TUNNEL_PEERS_CAPACITY, 0);
 
-#[map(name = "sfc_v6_fragments")]
+#[map(name = "sfc_v7_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v6_flows")]
+#[map(name = "sfc_v7_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v6_flows4")]
+#[map(name = "sfc_v7_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v6_pins")]
+#[map(name = "sfc_v7_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v6_new_pins")]
+#[map(name = "sfc_v7_new_pins")]
 static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v6_decisions")]
+#[map(name = "sfc_v7_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v6_decisions4")]
+#[map(name = "sfc_v7_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -171,29 +173,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v6_xdp_into_veth")]
+#[map(name = "sfc_v7_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v6_scratch")]
+#[map(name = "sfc_v7_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v6_stats")]
+#[map(name = "sfc_v7_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v6_counters")]
+#[map(name = "sfc_v7_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v6_member_counters")]
+#[map(name = "sfc_v7_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v6_member_slots")]
+#[map(name = "sfc_v7_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v6_trace_filter")]
+#[map(name = "sfc_v7_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v6_trace_events")]
+#[map(name = "sfc_v7_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -387,6 +389,13 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
         {
             return unparsable::<C>(ifindex, current, stat::FRAGMENT_UNKNOWN);
         }
+    }
+    if scratch.pkt.dport == PROBE_PORT
+        && scratch.pkt.proto == PROTO_UDP
+        && scratch.pkt.family == FAMILY_V4
+        && probe::came_out(ctx, ifindex)
+    {
+        return C::DROP;
     }
     scratch.set_keys(ifindex);
     let pkt = &scratch.pkt;

@@ -1105,3 +1105,43 @@ fn lb_fields_are_honoured_field_by_field() {
         drop(sb);
     }
 }
+
+/// A health probe that comes back out of an SF (here: into the program on C's egress) carrying
+/// the agent's token is recorded under that interface and dropped, counted as nothing; the same
+/// packet without the token is traffic like any other (here: the end of chain C2, so it goes on).
+#[test]
+fn a_probe_back_out_of_an_sf_is_recorded_and_dropped_and_a_forged_one_is_traffic() {
+    use sfc_common::{ProbePayload, PROBE_PORT};
+    let mut sb = sandbox(&chain_yaml());
+    let token = 0x5eed_0000_0000_0001_u64;
+    let returned = sb.dataplane.probes(token).unwrap();
+    let egress = ifindex("sfc-out");
+    let probe = |token: u64, seq: u64| {
+        let payload = ProbePayload { token, seq };
+        let mut bytes = payload.token.to_ne_bytes().to_vec();
+        bytes.extend(payload.seq.to_ne_bytes());
+        let mut ip = ipv4(
+            17,
+            UDP_DST,
+            &[],
+            0,
+            &frames::udp(PROBE_PORT, PROBE_PORT, &bytes),
+        );
+        frames::ipv4_checksum(&mut ip);
+        eth(0x0800, &ip)
+    };
+    let before = stats(&sb);
+    let (verdict, _) = run_on(&mut sb, &probe(token, 41), egress);
+    assert_eq!(verdict, TC_ACT_SHOT, "a probe goes no further than the SF");
+    assert_eq!(returned.get(&egress, 0).unwrap(), 41);
+    let after = stats(&sb);
+    assert_eq!(after, before, "a probe is counted as nothing");
+    // Forged: another token. Steered as the traffic it looks like, and not recorded.
+    let (verdict, _) = run_on(&mut sb, &probe(token + 1, 42), egress);
+    assert_ne!(
+        verdict, TC_ACT_SHOT,
+        "a packet to the probe port without the token is traffic"
+    );
+    assert_eq!(returned.get(&egress, 0).unwrap(), 41);
+    assert_ne!(stats(&sb), after, "that packet is counted as traffic");
+}

@@ -5,7 +5,10 @@
 //! with packets in flight, held on the old generation for its lease); (b) its interfaces
 //! deleted for 3 s and then re-created. Flow A must move to PP2 at once (few datagrams lost),
 //! flow B must stay on PP2 untouched, and what could not be delivered into a gone interface
-//! must be counted `target_down`, never `steered`.
+//! must be counted `target_down`, never `steered`. (c) SF1 stops forwarding while its group
+//! has a health check (issue 15): its probes stop coming back, PP1 leaves PG1 in the dataplane
+//! within the detection time, and flow A moves to PP2 as in (a); once SF1 forwards again,
+//! PP1 is back for new flows, and flow A stays where it moved.
 
 use std::{
     fs,
@@ -232,8 +235,12 @@ impl Outcome {
 /// Builds the lab, puts flow A on PP1 and flow B on PP2, runs both, and calls `leave` (PP1
 /// leaving; it gets flow A's source port) `LEAVES_AFTER` into them.
 fn run(tag: &str, leave: impl FnOnce(&Demo, u16)) -> Outcome {
+    run_chain(tag, &chain("PP1, PP2"), leave)
+}
+
+fn run_chain(tag: &str, yaml: &str, leave: impl FnOnce(&Demo, u16)) -> Outcome {
     let mut demo = Demo::build(tag).unwrap();
-    demo.apply(&chain("PP1, PP2"));
+    demo.apply(yaml);
     let sport_a = flow_on(&demo, PORT_A, "PP1", 41000);
     let sport_b = flow_on(&demo, PORT_B, "PP2", 42000);
     println!("flow A: {SRC_V4}:{sport_a} > {DST_V4}:{PORT_A} on PP1");
@@ -284,6 +291,11 @@ fn assert_only_flow_a_moved(o: &Outcome) {
          must move to the member that stays at once)",
         o.lost_a
     );
+    assert_flow_b_untouched(o);
+}
+
+/// Flow B stayed on PP2 and lost (almost) nothing.
+fn assert_flow_b_untouched(o: &Outcome) {
     assert!(
         o.lost_b <= MAX_LOST_B,
         "flow B, on the member that stays, lost {} datagrams",
@@ -372,6 +384,153 @@ fn a_member_whose_interfaces_vanish_loses_its_flows_at_once_and_drops_are_target
         o.counter("target_down") <= lost && o.counter("target_down") + 20 >= lost,
         "{lost} datagrams lost, {} counted target_down",
         o.counter("target_down")
+    );
+}
+
+/// The health check of the failover test: a probe every 200 ms, a miss after 100 ms, out after
+/// 3 misses, back after 2 returns: out within 3 intervals and a timeout of the failure.
+const HEALTH_CHECK: &str =
+    "healthCheck: {intervalMs: 200, timeoutMs: 100, failures: 3, successes: 2}";
+/// Detection time allowed: 3 intervals and a timeout, the agent's recompile and flip, and the
+/// slack of a loaded 2-core machine.
+const DETECTION: Duration = Duration::from_millis(1500);
+
+fn with_health_check(pairs: &str) -> String {
+    chain(pairs).replace(
+        &format!("{{portPairs: [{pairs}]}}"),
+        &format!("{{portPairs: [{pairs}], {HEALTH_CHECK}}}"),
+    )
+}
+
+/// Sets IPv4 forwarding in namespace `sf` on or off: an SF that stops forwarding, alive
+/// otherwise (its interfaces up, its counters counting what goes in).
+fn forwarding(demo: &Demo, sf: &str, on: bool) {
+    demo.lab
+        .sh(sf, &format!("sysctl -qw net.ipv4.ip_forward={}", on as u8))
+        .unwrap();
+}
+
+/// How long after `since` packets still went into `pair`: its into-counter is watched until it
+/// stayed still for 500 ms (at most 10 s).
+fn still_fed_for(demo: &Demo, pair: &str, since: Instant) -> Duration {
+    let mut last = demo.lab.stats().unwrap().into_pair(pair);
+    let mut last_change = since;
+    while Instant::now() < since + Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(20));
+        let now = demo.lab.stats().unwrap().into_pair(pair);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+    }
+    last_change - since
+}
+
+#[test]
+fn a_member_that_stops_forwarding_fails_its_probes_and_its_flows_move_within_the_detection_time() {
+    let mut detected = Duration::ZERO;
+    let (mut back, mut new_flow_on_pp1) = (None, false);
+    let o = run_chain("failover", &with_health_check("PP1, PP2"), |demo, _| {
+        let broke = Instant::now();
+        forwarding(demo, "sf1", false);
+        detected = still_fed_for(demo, "PP1", broke);
+        println!("PP1 was fed for {detected:?} after SF1 stopped forwarding");
+        // Back: its probes return, and new flows take it again.
+        forwarding(demo, "sf1", true);
+        let started = Instant::now();
+        let took = (43000..43016).find(|&sport| {
+            let before = demo.lab.stats().unwrap();
+            send(demo, PORT_A, sport, 5);
+            wait_for(Duration::from_millis(500), || {
+                let now = demo.lab.stats().ok()?;
+                (now.into_pair("PP1") - before.into_pair("PP1") == 5).then_some(())
+            })
+            .is_some()
+        });
+        println!(
+            "a new flow took PP1 again {:?} after SF1 forwarded again",
+            started.elapsed()
+        );
+        new_flow_on_pp1 = took.is_some();
+        back = Some(demo.lab.stats().unwrap());
+    });
+    assert!(
+        detected <= DETECTION,
+        "packets still went into PP1 {detected:?} after SF1 stopped forwarding (at most {DETECTION:?})"
+    );
+    // Flow A lost what went into SF1 until then; flow B, on PP2, nothing.
+    assert!(
+        o.lost_a <= RATE * (detected.as_millis() as u64 + 100) / 1000,
+        "flow A lost {} datagrams, more than went into SF1 in {detected:?}",
+        o.lost_a
+    );
+    assert_flow_b_untouched(&o);
+    // SF1 forwarded again and PP1 came back; flow A stayed on PP2 all the same. (SF1 forwards
+    // the probes too: the datapath's counters, which count no probe, tell.)
+    let into_pp1 = o.after.into_pair("PP1") - back.unwrap().into_pair("PP1");
+    assert!(
+        into_pp1 <= 2,
+        "{into_pp1} datagrams went into PP1 after SF1 forwarded again: a flow went back to it"
+    );
+    assert!(
+        new_flow_on_pp1,
+        "none of 16 new flows took PP1 after SF1 forwarded again"
+    );
+}
+
+/// With every member down, the group has none: its packets are dropped and counted
+/// (`no_member`), none goes into a member (fail-closed, the default); once one forwards
+/// again, traffic flows through it.
+#[test]
+fn with_every_member_failing_its_probes_the_group_drops_and_counts() {
+    let demo = Demo::build("failclosed").unwrap();
+    demo.apply(&with_health_check("PP1, PP2"));
+    forwarding(&demo, "sf1", false);
+    forwarding(&demo, "sf2", false);
+    // Out after 3 missed probes (0.7 s); probes never count as traffic meanwhile.
+    thread::sleep(DETECTION);
+    let before = demo.lab.stats().unwrap();
+    send(&demo, PORT_A, 44000, 50);
+    let after = wait_for(Duration::from_secs(2), || {
+        let now = demo.lab.stats().ok()?;
+        (now.counter("no_member") - before.counter("no_member") >= 50).then_some(now)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "50 datagrams with both members down were not all counted no_member:\n{}",
+            demo.lab.sfcctl(&["stats"]).unwrap()
+        )
+    });
+    for pair in ["PP1", "PP2"] {
+        assert_eq!(
+            after.into_pair(pair),
+            before.into_pair(pair),
+            "datagrams went into {pair}, which is down"
+        );
+    }
+    let described = demo
+        .lab
+        .sfcctl(&["describe", "portpairgroup", "PG1"])
+        .unwrap();
+    println!("{described}");
+    assert!(
+        described.contains("probes:  DOWN") && described.contains("did not come back"),
+        "describe does not say the members are down and why:\n{described}"
+    );
+    // SF2 forwards again: back within 2 returns, and the flow goes through it.
+    forwarding(&demo, "sf2", true);
+    let through = wait_for(DETECTION, || {
+        let before = demo.lab.stats().ok()?;
+        send(&demo, PORT_A, 44001, 5);
+        thread::sleep(Duration::from_millis(100));
+        let now = demo.lab.stats().ok()?;
+        (now.into_pair("PP2") - before.into_pair("PP2") == 5).then_some(())
+    });
+    assert!(
+        through.is_some(),
+        "PP2 did not come back after SF2 forwarded again"
     );
 }
 

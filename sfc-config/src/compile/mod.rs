@@ -58,6 +58,9 @@ pub struct Interfaces {
     pub peer_macs: BTreeMap<String, [u8; 6]>,
     /// In a cluster: this node's place in it.
     pub cluster: Option<Cluster>,
+    /// Port pairs that fail their group's health check, each with why: left out of their
+    /// group's table (their interfaces still run the program and count).
+    pub failed: BTreeMap<String, String>,
 }
 
 /// What steering across the nodes of a cluster needs to know besides this node's links.
@@ -521,9 +524,16 @@ impl<'s> Compiler<'s> {
         let state = self.state;
         let mut live: Vec<(&str, u32, RingEntry)> = Vec::new();
         for pp_name in &state.port_pair_groups[group].port_pairs {
-            if let Some(entry) = self.member(pp_name, symmetric) {
-                live.push((pp_name, state.port_pairs[pp_name].weight, entry));
+            let Some(entry) = self.member(pp_name, symmetric) else {
+                continue;
+            };
+            if let Some(why) = self.interfaces.failed.get(pp_name) {
+                self.image.notes.push(format!(
+                    "PortPair {pp_name:?}: left out of PortPairGroup {group:?} while it fails its health check ({why})"
+                ));
+                continue;
             }
+            live.push((pp_name, state.port_pairs[pp_name].weight, entry));
         }
         let weights: Vec<(&str, u32)> = live.iter().map(|(n, w, _)| (*n, *w)).collect();
         let table = maglev::table(&weights, RING_SIZE);

@@ -19,7 +19,7 @@ use crate::{
         Direction,
     },
     document::{shown, ConfigError, ConfigErrors},
-    model::{Correlation, Kind, PortChainSpec, State},
+    model::{Correlation, HealthCheck, Kind, PortChainSpec, State},
 };
 use classifier::{normalize, Match};
 
@@ -451,7 +451,47 @@ fn groups(r: &mut Report) {
                 "a tap group has exactly one PortPair".into(),
             );
         }
+        if let Some(check) = &g.health_check {
+            for (field, message) in health_check_errors(check, g.tap_enabled) {
+                r.push(Kind::PortPairGroup, name, field, message);
+            }
+        }
     }
+}
+
+/// What is wrong with a group's health check, field by field.
+fn health_check_errors(c: &HealthCheck, tap: bool) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if tap {
+        out.push((
+            "spec.healthCheck",
+            "a tap group gets copies and steers nothing: it has no health check; remove it".into(),
+        ));
+    }
+    if !(100..=60_000).contains(&c.interval_ms) {
+        out.push((
+            "spec.healthCheck.intervalMs",
+            format!("{} is out of range; use 100 to 60000", c.interval_ms),
+        ));
+    }
+    if c.timeout_ms < 10 || c.timeout_ms > c.interval_ms {
+        out.push((
+            "spec.healthCheck.timeoutMs",
+            format!(
+                "{} is out of range; use 10 up to intervalMs ({})",
+                c.timeout_ms, c.interval_ms
+            ),
+        ));
+    }
+    for (field, n) in [
+        ("spec.healthCheck.failures", c.failures),
+        ("spec.healthCheck.successes", c.successes),
+    ] {
+        if !(1..=100).contains(&n) {
+            out.push((field, format!("{n} is out of range; use 1 to 100")));
+        }
+    }
+    out
 }
 
 /// Stage 3, classifiers: logical port names, logical ports that are no SF's interface, and
@@ -1124,6 +1164,54 @@ mod tests {
         let wanted = format!("f.yaml: {kind_name}: {field}: ");
         assert!(err.contains(&wanted), "wanted {wanted:?} in:\n{err}");
         assert!(err.contains(words), "wanted {words:?} in:\n{err}");
+    }
+
+    #[test]
+    fn a_health_check_is_checked_field_by_field() {
+        let group = |check: &str| {
+            doc(
+                "PortPairGroup",
+                "g3",
+                &format!("{{portPairs: [pp3], healthCheck: {check}}}"),
+            ) + &doc("PortPair", "pp3", "{ingress: c-in, egress: c-out}")
+        };
+        // Every field has a default.
+        plan(
+            &State::default(),
+            &[("f.yaml".into(), base() + &group("{}"))],
+            &Interfaces::default(),
+        )
+        .unwrap();
+        rejects(
+            &group("{intervalMs: 50}"),
+            "PortPairGroup \"g3\"",
+            "spec.healthCheck.intervalMs",
+            "50 is out of range; use 100 to 60000",
+        );
+        rejects(
+            &group("{intervalMs: 200, timeoutMs: 300}"),
+            "PortPairGroup \"g3\"",
+            "spec.healthCheck.timeoutMs",
+            "300 is out of range; use 10 up to intervalMs (200)",
+        );
+        rejects(
+            &group("{failures: 0}"),
+            "PortPairGroup \"g3\"",
+            "spec.healthCheck.failures",
+            "0 is out of range; use 1 to 100",
+        );
+        rejects(
+            &(doc(
+                "PortPairGroup",
+                "g3",
+                "{portPairs: [pp3], tapEnabled: true, healthCheck: {}}",
+            ) + &doc("PortPair", "pp3", "{ingress: c-in, egress: c-out}")),
+            "PortPairGroup \"g3\"",
+            "spec.healthCheck",
+            "a tap group gets copies and steers nothing",
+        );
+        let err = errors_of(&(base() + &group("{interval: 5}"))).join("\n");
+        assert!(err.contains("unknown field `interval`"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! answered elsewhere ([`crate::api::server`]), so no apply waits on another client's I/O.
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
@@ -11,6 +12,7 @@ use std::{
 };
 
 use thiserror::Error;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub mod cluster;
@@ -18,7 +20,10 @@ pub mod lock;
 pub mod run;
 pub mod store;
 
-use sfc_api::protocol::{Request, Response};
+use sfc_api::{
+    health::{MemberHealth, Probed},
+    protocol::{Request, Response},
+};
 use sfc_config::{
     changes,
     compile::{compile, compile_cached, Compiled, Image, Interfaces, Link},
@@ -39,8 +44,9 @@ use crate::{
     observe::{
         health::Health,
         metrics::{Metrics, Status},
-        snapshot::{Shared, Snapshot},
+        snapshot::{ProbedMember, Shared, Snapshot},
     },
+    probe,
 };
 use store::{Store, StoreError};
 
@@ -56,6 +62,8 @@ pub enum AgentError {
     Netlink(#[from] NetlinkError),
     #[error("{0}")]
     Tunnel(String),
+    #[error("making the probe token from /dev/urandom: {0}")]
+    Token(std::io::Error),
 }
 
 /// Why an apply or a delete that passed validation did not take effect.
@@ -101,6 +109,19 @@ pub struct Agent {
     remembered: Option<(u64, u64)>,
     /// In a cluster: where packets to and from other nodes go.
     underlay: Option<Underlay>,
+    /// Health checks: the members to probe go out here, their health comes back.
+    probes: Probes,
+}
+
+/// The agent's side of the health checks.
+struct Probes {
+    targets: watch::Sender<Vec<probe::Target>>,
+    /// Each probed member's health, as last reported.
+    health: BTreeMap<String, MemberHealth>,
+    /// Members of groups with a health check that cannot be probed, and why.
+    unprobed: BTreeMap<String, String>,
+    /// Times each member went down or came back up.
+    transitions: BTreeMap<String, u64>,
 }
 
 /// How old a sample `stats` and `describe` may show (newer ones are taken on request).
@@ -183,6 +204,12 @@ impl Agent {
             cluster,
             remembered: None,
             underlay,
+            probes: Probes {
+                targets: watch::channel(Vec::new()).0,
+                health: BTreeMap::new(),
+                unprobed: BTreeMap::new(),
+                transitions: BTreeMap::new(),
+            },
         };
         agent.reconcile();
         if let Some(link) = &agent.cluster {
@@ -193,6 +220,64 @@ impl Agent {
         let tables = agent.dataplane.table_maps()?;
         crate::observe::fill::spawn(tables, agent.observed.clone()).map_err(AgentError::Thread)?;
         Ok(agent)
+    }
+
+    /// What the probing task needs, with a new token in the datapath (probes of an earlier
+    /// agent are no longer taken for probes).
+    pub fn prober(&mut self) -> Result<probe::Prober, AgentError> {
+        let token = random_token().map_err(AgentError::Token)?;
+        Ok(probe::Prober {
+            returned: self.dataplane.probes(token)?,
+            token,
+            targets: self.probes.targets.subscribe(),
+        })
+    }
+
+    /// The probing task's report: members whose probes fail leave their groups, those whose
+    /// probes come back again return. True when one did (the next reconcile recompiles).
+    pub fn probed(&mut self, health: BTreeMap<String, MemberHealth>) -> bool {
+        let before = self.failed();
+        for (pair, h) in &health {
+            let Some(before) = self.probes.health.get(pair).map(|o| o.state) else {
+                continue;
+            };
+            if before != h.state {
+                *self.probes.transitions.entry(pair.clone()).or_default() += 1;
+                match h.state {
+                    Probed::Down => warn!(pair, reason = %h.reason, "member down"),
+                    Probed::Up => info!(pair, reason = %h.reason, "member up"),
+                }
+            }
+        }
+        self.probes.health = health;
+        self.failed() != before
+    }
+
+    /// The members out of their groups (probes failing), and why.
+    fn failed(&self) -> BTreeMap<String, String> {
+        self.probes
+            .health
+            .iter()
+            .filter(|(_, h)| h.state == Probed::Down)
+            .map(|(pair, h)| (pair.clone(), h.reason.clone()))
+            .collect()
+    }
+
+    /// Tells the probing task which members of this node to probe, as the state and the
+    /// interfaces now say.
+    fn publish_probe_targets(&mut self) {
+        let (targets, unprobed) = probe::targets(&self.state, &self.interfaces);
+        for (pair, why) in &unprobed {
+            if self.probes.unprobed.get(pair) != Some(why) {
+                warn!(pair, "not probed: {why}");
+            }
+        }
+        self.probes.unprobed = unprobed;
+        self.probes.targets.send_if_modified(|now| {
+            let changed = *now != targets;
+            *now = targets;
+            changed
+        });
     }
 
     /// The applied state, as readers on other threads see it.
@@ -244,6 +329,16 @@ impl Agent {
                 .any(|g| g.tap_enabled && g.port_pairs.iter().any(|p| p == pair))
         };
         snapshot.pairs = self.health.pairs(&taps);
+        snapshot.probed = self
+            .probes
+            .health
+            .iter()
+            .map(|(pair, h)| ProbedMember {
+                pair: pair.clone(),
+                up: h.state == Probed::Up,
+                transitions: self.probes.transitions.get(pair).copied().unwrap_or(0),
+            })
+            .collect();
         // In a cluster, other nodes' interfaces are named NODE/IFNAME in this node's state.
         let remote = |iface: &str| iface.contains('/');
         let spans = |chain: &str| {
@@ -293,9 +388,11 @@ impl Agent {
         let revision = self.cluster.as_ref().map_or(0, |l| l.snapshot.revision);
         let mut now = now;
         now.cluster = self.cluster_view(revision);
+        now.failed = self.failed();
         let relevant = !self.synced
             || touches_state(&self.state, &self.interfaces, &now)
-            || now.cluster != self.interfaces.cluster;
+            || now.cluster != self.interfaces.cluster
+            || now.failed != self.interfaces.failed;
         self.interfaces = now;
         self.follow_underlay_mtu();
         self.publish_interfaces();
@@ -386,6 +483,7 @@ impl Agent {
     /// The dataplane steers the applied state.
     fn ready(&mut self) {
         self.remember_generation();
+        self.publish_probe_targets();
         self.last_error = None;
         self.status.set_ready(None);
         self.publish_error();
@@ -497,6 +595,8 @@ impl Agent {
                     xdp: (self.dataplane.mode() != Mode::Tc).then(|| self.dataplane.xdp()),
                     observed: &observed,
                     not_ready: self.last_error.clone(),
+                    probed: &self.probes.health,
+                    unprobed: &self.probes.unprobed,
                 };
                 match context.describe(kind, &name) {
                     Ok(mut text) => {
@@ -619,9 +719,12 @@ impl Agent {
     /// The interfaces as they are now, for compiling a request (they become `self.interfaces`
     /// once the dataplane steers what was compiled against them).
     fn current_interfaces(&self) -> Interfaces {
-        self.netlink
+        let mut now = self
+            .netlink
             .interfaces()
-            .unwrap_or_else(|_| self.interfaces.clone())
+            .unwrap_or_else(|_| self.interfaces.clone());
+        now.failed = self.failed();
+        now
     }
 
     fn apply(&mut self, file: String, content: String, dry_run: bool) -> Response {
@@ -817,6 +920,20 @@ fn underlay(netlink: &Netlink, address: IpAddr) -> Result<Underlay, AgentError> 
 }
 
 /// Whether the interfaces changed in a way the state cares about: an interface it names
+/// A random probe token, never 0 (0: no probes).
+fn random_token() -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let mut urandom = std::fs::File::open("/dev/urandom")?;
+    loop {
+        urandom.read_exact(&mut bytes)?;
+        let token = u64::from_ne_bytes(bytes);
+        if token != 0 {
+            return Ok(token);
+        }
+    }
+}
+
 /// appeared, vanished, or changed (index, MAC, kind, peer, the MAC behind it); up or down
 /// alone is not such a change (the dataplane's liveness map follows it without a compile). Changes to
 /// other interfaces cost nothing more than the read.

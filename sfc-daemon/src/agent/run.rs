@@ -4,6 +4,7 @@
 //! [`AgentHandle`], which never waits for anything but the answer.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         mpsc::{self, RecvTimeoutError},
         Arc,
@@ -11,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sfc_api::protocol::{Request, Response};
+use sfc_api::{
+    health::MemberHealth,
+    protocol::{Request, Response},
+};
 use tokio::sync::oneshot;
 
 use super::{cluster::Snapshot, Agent};
@@ -41,6 +45,8 @@ pub enum Event {
     ClusterState(Arc<Snapshot>),
     /// The cluster's nodes changed (one joined or was lost, or its interfaces changed).
     ClusterNodes(Vec<NodeView>),
+    /// Every probed member's health: when one changed, and every second.
+    Probed(BTreeMap<String, MemberHealth>),
 }
 
 /// How the rest of the daemon talks to the agent.
@@ -75,6 +81,11 @@ impl AgentHandle {
     /// Never blocks: called from the task that follows the cluster's state.
     pub fn cluster_state(&self, snapshot: Arc<Snapshot>) {
         let _ = self.events.send(Event::ClusterState(snapshot));
+    }
+
+    /// Never blocks: called from the probing task.
+    pub fn probed(&self, health: BTreeMap<String, MemberHealth>) {
+        let _ = self.events.send(Event::Probed(health));
     }
 
     /// Never blocks: called from the task that follows the cluster's nodes.
@@ -145,5 +156,7 @@ fn handle(agent: &mut Agent, event: Event) -> bool {
             agent.nodes_changed(nodes);
             true
         }
+        // A member in or out: recompiled by the reconcile that follows.
+        Event::Probed(health) => agent.probed(health),
     }
 }

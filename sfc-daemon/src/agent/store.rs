@@ -233,6 +233,7 @@ mod tests {
                 port_pairs: vec!["missing".into()],
                 lb_fields: vec![],
                 tap_enabled: false,
+                health_check: None,
             },
         );
         store.save(&state).unwrap();

@@ -26,13 +26,14 @@ use aya::{
 use sfc_common::{
     stat, ClassEntry, ClassKey, Counter, FragmentKey, FragmentState, Member, MemberCounter,
     MemberKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts, TraceFilter, TunnelPeer,
-    Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, CONFIG_REVISION, CONFIG_TUNNEL_ADDRESS,
-    CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_MTU, COUNTERS_PER_GEN, FRAGMENT_TIMEOUT_NS,
-    GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS, MAP_FRAGMENTS, MAP_LANDING,
-    MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PORTS, MAP_REMOTES, MAP_RING,
-    MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER, MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH,
-    MEMBER_SLOTS, PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_XDP, REMOTE, RING_SIZE, SIDE_EGRESS,
-    SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD,
+    Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, CONFIG_PROBE_TOKEN, CONFIG_REVISION,
+    CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_MTU, COUNTERS_PER_GEN,
+    FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS,
+    MAP_FRAGMENTS, MAP_LANDING, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS,
+    MAP_PORTS, MAP_PROBES, MAP_REMOTES, MAP_RING, MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER,
+    MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_XDP,
+    REMOTE, RING_SIZE, SIDE_EGRESS, SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN,
+    TUNNEL_OVERHEAD,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -136,6 +137,16 @@ fn take<T: TryFrom<Map, Error = MapError>>(
 ) -> Result<T, DataplaneError> {
     let map = bpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
     T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+}
+
+/// The same map through a descriptor of its own, for use on another thread or task.
+fn own_descriptor(data: &MapData, name: &'static str) -> Result<MapData, DataplaneError> {
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::Duplicate { name, source })?;
+    MapData::from_fd(fd).map_err(map_err(name))
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -335,15 +346,26 @@ impl Dataplane {
                     None if name == MAP_FRAGMENTS => self.fragments.map(),
                     None => return Err(DataplaneError::MissingMap(name)),
                 };
-                let fd = data
-                    .fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| DataplaneError::Duplicate { name, source })?;
-                let data = MapData::from_fd(fd).map_err(map_err(name))?;
-                Ok((table, data))
+                Ok((table, own_descriptor(data, name)?))
             })
             .collect()
+    }
+
+    /// Starts taking probes that carry `token` (see `probe`): where each came out of an SF,
+    /// the sequence number of the last, in a map of its own descriptor (read on the probing
+    /// task).
+    pub fn probes(&mut self, token: u64) -> Result<HashMap<MapData, u32, u64>, DataplaneError> {
+        let name = MAP_PROBES;
+        let data = match self.bpf.map(name) {
+            Some(Map::HashMap(data)) => data,
+            Some(_) => return Err(DataplaneError::NotAHashMap { name }),
+            None => return Err(DataplaneError::MissingMap(name)),
+        };
+        let data = own_descriptor(data, name)?;
+        self.config
+            .set(CONFIG_PROBE_TOKEN, token, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        HashMap::try_from(Map::HashMap(data)).map_err(map_err(name))
     }
 
     /// Interfaces with the TC program attached (every steered one): name -> ifindex.
@@ -1044,7 +1066,7 @@ impl Dataplane {
     }
 }
 
-/// The `sfc_v6_members` entries of group table `slot` (relative) of generation `gen`.
+/// The `sfc_v7_members` entries of group table `slot` (relative) of generation `gen`.
 fn members_of(
     gen: usize,
     slot: usize,

@@ -276,6 +276,7 @@ impl Netlink {
                 links,
                 peer_macs,
                 cluster: None,
+                failed: BTreeMap::new(),
             })
         })
     }

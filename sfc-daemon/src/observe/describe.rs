@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fmt::Write};
 
-use sfc_api::health::{PairHealth, State as Health};
+use sfc_api::health::{MemberHealth, PairHealth, Probed, State as Health};
 use sfc_config::{
     compile::{Direction, Interfaces},
     model::{FlowClassifierSpec, Kind, State},
@@ -23,6 +23,10 @@ pub struct Context<'a> {
     pub observed: &'a Snapshot,
     /// Why the dataplane does not steer the state shown, when it does not.
     pub not_ready: Option<String>,
+    /// The health of probed members, and the members of groups with a health check that
+    /// cannot be probed, with why.
+    pub probed: &'a BTreeMap<String, MemberHealth>,
+    pub unprobed: &'a BTreeMap<String, String>,
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
@@ -99,6 +103,35 @@ impl Context<'_> {
             self.interface(&pp.egress, pp.egress_mac.as_ref())
         );
         let _ = writeln!(out, "{indent}  health:  {}", self.health_line(name));
+        if let Some(line) = self.probe_line(name) {
+            let _ = writeln!(out, "{indent}  probes:  {line}");
+        }
+    }
+
+    /// A member's health check: in or out of its group, since when and why; `None` when its
+    /// group has no health check.
+    fn probe_line(&self, pair: &str) -> Option<String> {
+        self.state
+            .port_pair_groups
+            .values()
+            .find(|g| g.port_pairs.iter().any(|p| p == pair))?
+            .health_check
+            .as_ref()?;
+        if let Some(why) = self.unprobed.get(pair) {
+            return Some(format!("not probed (stays in its group): {why}"));
+        }
+        let Some(h) = self.probed.get(pair) else {
+            return Some("not probed: not on this node, or its interfaces are not present".into());
+        };
+        let ago = h.since.elapsed().map_or(0, |d| d.as_secs());
+        let (state, effect) = match h.state {
+            Probed::Up => ("up", "in its group"),
+            Probed::Down => ("DOWN", "out of its group"),
+        };
+        Some(format!(
+            "{state} for {ago} s, {effect}: {}; {} sent, {} came back",
+            h.reason, h.probes_sent, h.probes_back
+        ))
     }
 
     fn group(&self, out: &mut String, name: &str, indent: &str) {
@@ -112,7 +145,16 @@ impl Context<'_> {
             format!("{:?}", g.lb_fields).to_lowercase()
         };
         let tap = if g.tap_enabled { ", tap" } else { "" };
-        let _ = writeln!(out, "{indent}PortPairGroup {name} (lbFields: {lb}{tap})");
+        let check = g.health_check.as_ref().map_or(String::new(), |c| {
+            format!(
+                ", health check: a probe every {} ms, out after {} missed ({} ms each), back after {}",
+                c.interval_ms, c.failures, c.timeout_ms, c.successes
+            )
+        });
+        let _ = writeln!(
+            out,
+            "{indent}PortPairGroup {name} (lbFields: {lb}{tap}{check})"
+        );
         for pp in &g.port_pairs {
             self.pair(out, pp, &format!("{indent}  "));
         }

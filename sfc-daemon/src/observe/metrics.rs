@@ -46,7 +46,7 @@ use tracing::warn;
 use sfc_api::health::{HopHealth, PairHealth, State};
 use sfc_config::compile::Direction;
 
-use crate::observe::snapshot::Shared;
+use crate::observe::snapshot::{ProbedMember, Shared};
 
 /// `/healthz` fails when the agent loop has not beaten for longer than this. Generous: one
 /// apply of 100 000 classifiers can legitimately take a few seconds.
@@ -437,6 +437,25 @@ impl Collector for Observed {
             "1 when an SF takes packets in and lets (almost) none out.",
             Gauge,
             s.pairs.iter().map(|p| (pair(p), black_hole(p.state))),
+        )?;
+
+        // Members of groups with a health check, probed on this node.
+        let member = |m: &ProbedMember| [("port_pair", m.pair.clone())];
+        family(
+            enc,
+            "sfc_member_up",
+            "1 while a member's health-check probes come back (it is in its group), 0 while it is out.",
+            Gauge,
+            s.probed.iter().map(|m| (member(m), ConstGauge::new(m.up as i64))),
+        )?;
+        family(
+            enc,
+            "sfc_member_transitions_total",
+            "Times a member went out of its group (probes failing) or came back.",
+            Counter,
+            s.probed
+                .iter()
+                .map(|m| (member(m), ConstCounter::new(m.transitions))),
         )?;
 
         // Fill levels of the tables sized by flags, as last counted (none before the first).

@@ -21,6 +21,17 @@ pub struct Snapshot {
     pub epoch: u64,
     /// How full the tables are, as last counted (`fill`, on a thread of its own).
     pub tables: Option<TableFills>,
+    /// Members of groups with a health check, probed on this node.
+    pub probed: Vec<ProbedMember>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbedMember {
+    pub pair: String,
+    /// In its group: its probes come back (or none was sent yet).
+    pub up: bool,
+    /// Times it went down or came back up since the daemon started.
+    pub transitions: u64,
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
