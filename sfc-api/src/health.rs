@@ -58,6 +58,9 @@ pub struct PairHealth {
     pub into_pps: f64,
     pub from_pps: f64,
     pub state: State,
+    /// In a group with a health check, on the node probing it: what its probes say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probed: Option<Probed>,
 }
 
 /// Packets a chain sent into one hop and got back out of it, with rates over the window.

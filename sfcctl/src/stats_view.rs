@@ -7,7 +7,11 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use sfc_api::{counters::TableFills, protocol::Response};
+use sfc_api::{
+    counters::TableFills,
+    health::{PairHealth, Probed},
+    protocol::Response,
+};
 
 pub fn json(r: &Response) -> serde_json::Value {
     let mut doc = serde_json::json!({
@@ -152,11 +156,19 @@ pub fn table(r: &Response, with_outcomes: bool) -> String {
                 p.from_packets,
                 p.into_pps,
                 p.from_pps,
-                p.state.as_str()
+                pair_state(p)
             );
         }
     }
     out
+}
+
+/// A pair's state from its counters, and from its probes when they take it out of its group.
+fn pair_state(p: &PairHealth) -> String {
+    match p.probed {
+        Some(Probed::Down) => format!("{}, DOWN (probes fail: out of its group)", p.state.as_str()),
+        _ => p.state.as_str().to_string(),
+    }
 }
 
 /// The datapath outcomes: one column of counts, or in a cluster one per node and their total.

@@ -519,6 +519,15 @@ fn with_every_member_failing_its_probes_the_group_drops_and_counts() {
         described.contains("probes:  DOWN") && described.contains("did not come back"),
         "describe does not say the members are down and why:\n{described}"
     );
+    let stats = demo.lab.sfcctl(&["stats"]).unwrap();
+    for pair in ["PP1", "PP2"] {
+        assert!(
+            stats
+                .lines()
+                .any(|l| l.split_whitespace().any(|w| w == pair) && l.contains("DOWN (probes fail")),
+            "stats does not show {pair} down:\n{stats}"
+        );
+    }
     // SF2 forwards again: back within 2 returns, and the flow goes through it.
     forwarding(&demo, "sf2", true);
     let through = wait_for(DETECTION, || {

@@ -329,6 +329,9 @@ impl Agent {
                 .any(|g| g.tap_enabled && g.port_pairs.iter().any(|p| p == pair))
         };
         snapshot.pairs = self.health.pairs(&taps);
+        for p in &mut snapshot.pairs {
+            p.probed = self.probes.health.get(&p.pair).map(|h| h.state);
+        }
         snapshot.probed = self
             .probes
             .health

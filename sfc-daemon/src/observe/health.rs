@@ -133,6 +133,7 @@ impl Health {
                     } else {
                         State::judge(d_into, d_from)
                     },
+                    probed: None,
                 }
             })
             .collect()
