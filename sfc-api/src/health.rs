@@ -3,8 +3,15 @@
 use serde::{Deserialize, Serialize};
 use sfc_config::compile::Direction;
 
-/// Fewer packets than this into an SF over the window say nothing about it.
+use std::time::Duration;
+
+/// Fewer packets than this into an SF over the window say nothing about it...
 const MIN_PACKETS: u64 = 10;
+/// ... unless at least this many went in with nothing out since the first of them...
+const UNANSWERED_PACKETS: u64 = 3;
+/// ... and the first went in at least this long ago: an SF forwards in milliseconds, so a
+/// trickle (one client retrying its SYN) into a dead SF is a black hole too.
+const UNANSWERED_FOR: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -24,6 +31,16 @@ pub enum State {
 }
 
 impl State {
+    /// From packets in and out over the window, and however low the rate, from `unanswered`
+    /// packets that went in since anything last came out, the first at least `waited` ago.
+    pub fn judge_with_unanswered(into: u64, from: u64, unanswered: u64, waited: Duration) -> Self {
+        if unanswered >= UNANSWERED_PACKETS && waited >= UNANSWERED_FOR {
+            State::BlackHole
+        } else {
+            State::judge(into, from)
+        }
+    }
+
     /// From packets in and out over the window.
     pub fn judge(into: u64, from: u64) -> Self {
         if into < MIN_PACKETS {
@@ -61,6 +78,9 @@ pub struct PairHealth {
     /// In a group with a health check, on the node probing it: what its probes say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probed: Option<Probed>,
+    /// Out of its group as a black hole (its group's passive check).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ejected: bool,
 }
 
 /// Packets a chain sent into one hop and got back out of it, with rates over the window.
@@ -89,6 +109,23 @@ mod tests {
         assert_eq!(State::judge(100, 9), State::BlackHole);
         assert_eq!(State::judge(100, 10), State::Ok);
         assert_eq!(State::judge(100, 100), State::Ok);
+    }
+
+    #[test]
+    fn a_trickle_that_never_comes_out_is_a_black_hole_too() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            State::judge_with_unanswered(3, 0, 3, s(2)),
+            State::BlackHole
+        );
+        // Too few, or too fresh (a burst just went in): nothing to say yet.
+        assert_eq!(State::judge_with_unanswered(2, 0, 2, s(5)), State::Idle);
+        assert_eq!(
+            State::judge_with_unanswered(3, 0, 3, Duration::from_millis(1900)),
+            State::Idle
+        );
+        // Packets come out: judged over the window.
+        assert_eq!(State::judge_with_unanswered(100, 100, 0, s(0)), State::Ok);
     }
 }
 
@@ -122,7 +159,7 @@ impl MemberHealth {
         Self {
             state: Probed::Up,
             since: now,
-            reason: "no probe yet".into(),
+            reason: "starts up (a new member, or the agent started)".into(),
             probes_sent: 0,
             probes_back: 0,
             failures_in_row: 0,

@@ -66,6 +66,10 @@ pub struct TraceRecord {
     pub target_interface: Option<String>,
     pub target_mac: Option<String>,
     pub tapped: bool,
+    /// True where the packet skipped a hop (or several) whose group has no live member and
+    /// fails open: `hop` is the one it went to instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     pub generation: u8,
     pub flow: String,
     /// In a cluster: the node the step was taken on.

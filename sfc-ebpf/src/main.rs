@@ -42,7 +42,7 @@ use sfc_common::{
     MemberCounter, MemberKey, PinKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts,
     TraceEvent, TraceFilter, TunnelPeer, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH,
     CONFIG_FLIP_NS, COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY,
-    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLOWS_CAPACITY, FRAGMENTS_CAPACITY,
+    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLAG_SKIPPED, FLOWS_CAPACITY, FRAGMENTS_CAPACITY,
     FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY,
     MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS,
     PORT_PASS_UNPARSABLE, PROBE_PORT, PROTO_UDP, REMOTE, REMOTES_CAPACITY, RING_SIZE,
@@ -583,6 +583,9 @@ fn act<C: Frame>(
     // Back out of an SF, on its chain (what the SF itself sends is not counted).
     count_member(decision.arrival_slot, false, ctx.len());
     count_chain(verdict.counter, ctx.len());
+    if verdict.flags & FLAG_SKIPPED != 0 {
+        count(stat::HOP_SKIPPED);
+    }
     if !target_live {
         count(stat::TARGET_DOWN);
         let shown = match verdict.action {

@@ -163,11 +163,16 @@ pub fn table(r: &Response, with_outcomes: bool) -> String {
     out
 }
 
-/// A pair's state from its counters, and from its probes when they take it out of its group.
+/// A pair's state from its counters, and what takes it out of its group: its probes, or its
+/// group's passive check.
 fn pair_state(p: &PairHealth) -> String {
-    match p.probed {
-        Some(Probed::Down) => format!("{}, DOWN (probes fail: out of its group)", p.state.as_str()),
-        _ => p.state.as_str().to_string(),
+    let state = p.state.as_str();
+    if p.ejected {
+        format!("{state}, DOWN (black hole: out of its group)")
+    } else if p.probed == Some(Probed::Down) {
+        format!("{state}, DOWN (probes fail: out of its group)")
+    } else {
+        state.to_string()
     }
 }
 

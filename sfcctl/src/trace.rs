@@ -104,11 +104,7 @@ pub fn follow(
                 r.chain.as_deref().unwrap_or("-"),
                 r.hop.map(|h| h.to_string()).unwrap_or("-".into()),
                 r.direction.as_deref().unwrap_or("-"),
-                if r.tapped {
-                    format!("{}+tap", r.verdict)
-                } else {
-                    r.verdict.clone()
-                },
+                verdict_text(&r),
                 r.target.as_deref().unwrap_or("-"),
                 r.flow
             ),
@@ -116,6 +112,14 @@ pub fn follow(
         printed += 1;
     }
     Ok(())
+}
+
+/// The outcome, with `+tap` when a tap SF got a copy and `+skip` when hops failing open were
+/// skipped on the way.
+fn verdict_text(r: &TraceRecord) -> String {
+    let tap = if r.tapped { "+tap" } else { "" };
+    let skip = if r.skipped { "+skip" } else { "" };
+    format!("{}{tap}{skip}", r.verdict)
 }
 
 /// HH:MM:SS.ffffff of a Unix time in nanoseconds (UTC).

@@ -193,13 +193,25 @@ impl Flow {
 
 /// Runs a `sfcctl trace` of flow B (destination port 9001) while the test runs; its records.
 fn trace_flow_b(demo: &Demo, seconds: u64) -> std::thread::JoinHandle<Vec<Value>> {
+    trace_port(demo, PORT_B, seconds)
+}
+
+/// Runs a `sfcctl trace` of what goes to destination port `dport` for `seconds`; its records.
+fn trace_port(demo: &Demo, dport: u16, seconds: u64) -> std::thread::JoinHandle<Vec<Value>> {
     let socket = demo.lab.socket();
     let sfcctl = demo.lab.bin_dir.join("sfcctl");
     let handle = thread::spawn(move || {
         let out = std::process::Command::new(sfcctl)
             .arg("--socket")
             .arg(socket)
-            .args(["trace", "--dport", "9001", "-o", "json", "--duration"])
+            .args([
+                "trace",
+                "--dport",
+                &dport.to_string(),
+                "-o",
+                "json",
+                "--duration",
+            ])
             .arg(seconds.to_string())
             .stdin(Stdio::null())
             .output()
@@ -480,41 +492,80 @@ fn a_member_that_stops_forwarding_fails_its_probes_and_its_flows_move_within_the
     );
 }
 
-/// With every member down, the group has none: its packets are dropped and counted
-/// (`no_member`), none goes into a member (fail-closed, the default); once one forwards
-/// again, traffic flows through it.
-#[test]
-fn with_every_member_failing_its_probes_the_group_drops_and_counts() {
-    let demo = Demo::build("failclosed").unwrap();
-    demo.apply(&with_health_check("PP1, PP2"));
-    forwarding(&demo, "sf1", false);
-    forwarding(&demo, "sf2", false);
-    // Out after 3 missed probes (0.7 s); probes never count as traffic meanwhile.
-    thread::sleep(DETECTION);
-    let before = demo.lab.stats().unwrap();
-    send(&demo, PORT_A, 44000, 50);
-    let after = wait_for(Duration::from_secs(2), || {
-        let now = demo.lab.stats().ok()?;
-        (now.counter("no_member") - before.counter("no_member") >= 50).then_some(now)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "50 datagrams with both members down were not all counted no_member:\n{}",
-            demo.lab.sfcctl(&["stats"]).unwrap()
-        )
-    });
-    for pair in ["PP1", "PP2"] {
+/// Asserts that no datagram went into any of `pairs` between `before` and `after`.
+fn none_into(before: &Stats, after: &Stats, pairs: &[&str]) {
+    for pair in pairs {
         assert_eq!(
             after.into_pair(pair),
             before.into_pair(pair),
-            "datagrams went into {pair}, which is down"
+            "datagrams went into {pair}"
         );
     }
+}
+
+/// `sfcctl describe portpairgroup PG1`, printed too.
+fn describe_pg1(demo: &Demo) -> String {
     let described = demo
         .lab
         .sfcctl(&["describe", "portpairgroup", "PG1"])
         .unwrap();
     println!("{described}");
+    described
+}
+
+/// Whether `sfcctl stats` shows `pair` out of its group, because of `why`.
+fn shown_down(stats: &str, pair: &str, why: &str) -> bool {
+    stats
+        .lines()
+        .any(|l| l.split_whitespace().any(|w| w == pair) && l.contains(&format!("DOWN ({why}")))
+}
+
+/// Sends 50 datagrams from `sport` to port 9000; the stats before, and once `counter` counted
+/// them all (at most 2 s).
+fn fifty_counted(demo: &Demo, sport: u16, counter: &str) -> (Stats, Stats) {
+    let before = demo.lab.stats().unwrap();
+    send(demo, PORT_A, sport, 50);
+    let after = wait_for(Duration::from_secs(2), || {
+        let now = demo.lab.stats().ok()?;
+        (now.counter(counter) - before.counter(counter) >= 50).then_some(now)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "50 datagrams were not all counted {counter}:\n{}",
+            demo.lab.sfcctl(&["stats"]).unwrap()
+        )
+    });
+    (before, after)
+}
+
+/// PG1 (`PP1, PP2`, with the health check and `failMode`) and then PG2 (`PP3`).
+fn two_hops_with_health_check(fail_mode: &str) -> String {
+    with_health_check("PP1, PP2")
+        .replace("{portPairGroups: [PG1], ", "{portPairGroups: [PG1, PG2], ")
+        .replace(
+            &format!("{HEALTH_CHECK}}}"),
+            &format!("{HEALTH_CHECK}, failMode: {fail_mode}}}"),
+        )
+        + &doc("PortPair", "PP3", "{ingress: sf3-in, egress: sf3-out}")
+        + &doc("PortPairGroup", "PG2", "{portPairs: [PP3]}")
+}
+
+/// With every member of PG1 down, PG1 has none. Fail-closed (the default): its packets are
+/// dropped and counted (`no_member`), none goes into a member or on to PG2. Fail-open: they
+/// skip PG1 and go straight to PG2 and on to the end (counted `hop_skipped`; the trace shows
+/// the skip). Once a member forwards again, traffic flows through it.
+#[test]
+fn with_every_member_failing_its_probes_the_group_drops_and_counts_or_fails_open() {
+    let demo = Demo::build("failclosed").unwrap();
+    demo.apply(&two_hops_with_health_check("failClosed"));
+    forwarding(&demo, "sf1", false);
+    forwarding(&demo, "sf2", false);
+    // Out after 3 missed probes (0.7 s); probes never count as traffic meanwhile.
+    thread::sleep(DETECTION);
+    let (before, after) = fifty_counted(&demo, 44000, "no_member");
+    none_into(&before, &after, &["PP1", "PP2", "PP3"]);
+    assert_eq!(after.counter("hop_skipped"), before.counter("hop_skipped"));
+    let described = describe_pg1(&demo);
     assert!(
         described.contains("probes:  DOWN") && described.contains("did not come back"),
         "describe does not say the members are down and why:\n{described}"
@@ -522,12 +573,34 @@ fn with_every_member_failing_its_probes_the_group_drops_and_counts() {
     let stats = demo.lab.sfcctl(&["stats"]).unwrap();
     for pair in ["PP1", "PP2"] {
         assert!(
-            stats
-                .lines()
-                .any(|l| l.split_whitespace().any(|w| w == pair) && l.contains("DOWN (probes fail")),
+            shown_down(&stats, pair, "probes fail"),
             "stats does not show {pair} down:\n{stats}"
         );
     }
+
+    // Fail-open: the same datagrams skip PG1, into PP3 and on to the end.
+    demo.apply(&two_hops_with_health_check("failOpen"));
+    let trace = trace_port(&demo, PORT_A, 2);
+    let (before, after) = fifty_counted(&demo, 44002, "forwarded");
+    assert_eq!(after.into_pair("PP3") - before.into_pair("PP3"), 50);
+    assert_eq!(
+        after.counter("hop_skipped") - before.counter("hop_skipped"),
+        50
+    );
+    none_into(&before, &after, &["PP1", "PP2"]);
+    assert_eq!(after.counter("no_member"), before.counter("no_member"));
+    let described = describe_pg1(&demo);
+    assert!(
+        described.contains("failOpen") && described.contains("its chains skip this hop"),
+        "describe does not say PG1 is skipped:\n{described}"
+    );
+    let records = trace.join().unwrap();
+    let skip = records.iter().find(|r| r["skipped"] == true);
+    assert!(
+        skip.is_some_and(|r| r["entry"] == true && r["hop"] == 1 && r["target"] == "PP3"),
+        "the trace shows no packet entering the chain straight to PP3 (hop 1):\n{records:#?}"
+    );
+
     // SF2 forwards again: back within 2 returns, and the flow goes through it.
     forwarding(&demo, "sf2", true);
     let through = wait_for(DETECTION, || {
@@ -541,6 +614,66 @@ fn with_every_member_failing_its_probes_the_group_drops_and_counts() {
         through.is_some(),
         "PP2 did not come back after SF2 forwarded again"
     );
+}
+
+/// The passive check (issue 15, item 4): SF1 drops flow A's datagrams (a policy route to a
+/// black hole for destination port 9000) yet forwards its probes, so probes alone never take it
+/// out. A trickle of one datagram a second into it is judged a black hole (three went in, the
+/// first 2 s ago, none came out) and PP1 leaves PG1 for `ejectMs`: the flow moves to PP2.
+#[test]
+fn a_member_that_black_holes_a_trickle_while_passing_its_probes_is_ejected_by_the_passive_check() {
+    let demo = Demo::build("passive").unwrap();
+    demo.apply(&chain("PP1, PP2").replace(
+        "{portPairs: [PP1, PP2]}",
+        "{portPairs: [PP1, PP2], healthCheck: {intervalMs: 200, timeoutMs: 100, passive: true, ejectMs: 10000}}",
+    ));
+    let sport = flow_on(&demo, PORT_A, "PP1", 45000);
+    demo.lab
+        .sh(
+            "sf1",
+            "ip rule add ipproto udp dport 9000 table 100 && ip route add blackhole default table 100",
+        )
+        .unwrap();
+    let started = Instant::now();
+    let mut ejected = None;
+    for _ in 0..12 {
+        send(&demo, PORT_A, sport, 1);
+        thread::sleep(Duration::from_millis(1000));
+        if shown_down(&demo.lab.sfcctl(&["stats"]).unwrap(), "PP1", "black hole") {
+            ejected = Some(started.elapsed());
+            break;
+        }
+    }
+    let ejected = ejected.unwrap_or_else(|| {
+        panic!(
+            "PP1 was not taken out within 12 s of a datagram a second into a black hole:\n{}",
+            demo.lab.sfcctl(&["stats"]).unwrap()
+        )
+    });
+    println!("PP1 taken out {ejected:?} after the trickle started");
+    // Three datagrams a second apart, the first 2 s old, seen by the next sample (1 s).
+    assert!(
+        ejected <= Duration::from_secs(6),
+        "PP1 taken out only {ejected:?} after the trickle started"
+    );
+    let described = describe_pg1(&demo);
+    assert!(
+        described.contains("passive: DOWN") && described.contains("a black hole"),
+        "describe does not say PP1 is out as a black hole:\n{described}"
+    );
+    assert!(
+        described.contains("probes:  up"),
+        "SF1 forwards its probes, yet they are not up:\n{described}"
+    );
+    // Flow A goes through PP2 now.
+    let before = demo.lab.stats().unwrap();
+    send(&demo, PORT_A, sport, 5);
+    let moved = wait_for(Duration::from_secs(2), || {
+        let now = demo.lab.stats().ok()?;
+        (now.into_pair("PP2") - before.into_pair("PP2") == 5).then_some(now)
+    });
+    let now = moved.expect("flow A did not move to PP2");
+    assert_eq!(now.into_pair("PP1"), before.into_pair("PP1"));
 }
 
 /// Stickiness under churn: a flood of new flows, four times what the pin tables hold

@@ -5,9 +5,10 @@
 //! sides, and the taps' ingress), the classifier entries through their verdicts (the tap's
 //! ifindex and MAC, and those of the logical port a chain ends at), and the roots (`ports` and
 //! `attach`). Validation, classification domains, counters, match shapes and the rest of the
-//! entries depend on the state alone. So while no interface that verdicts hold changes, the
-//! image on other interfaces is the group tables and roots redone, with the counters and the
-//! classify map of the image before.
+//! entries depend on the state alone. So while no interface that verdicts hold changes, and no
+//! group that fails open loses its last live member or gets one back (verdicts skip its hop
+//! while it has none), the image on other interfaces is the group tables and roots redone, with
+//! the counters and the classify map of the image before.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -66,8 +67,9 @@ impl Compiled {
     /// The same state on other interfaces: exactly what [`compile`](super::compile) gives for
     /// them (image, notes and errors alike). Only the stages that read the interfaces that
     /// changed are redone: the group tables and the roots when no interface that verdicts
-    /// hold changed (an SF member's, a logical port where no chain ends); otherwise (a tap's
-    /// interface, a logical port where chains end) it is a full compile. `state` must be the
+    /// hold changed (an SF member's, a logical port where no chain ends) and no group that
+    /// fails open lost its last live member or got one back; otherwise (a tap's interface, a
+    /// logical port where chains end, a hop skipped or no longer) it is a full compile. `state` must be the
     /// state this was compiled from; `origins` only name files in errors.
     pub fn with_interfaces(
         &self,
@@ -84,6 +86,11 @@ impl Compiled {
         // same counters and classify map, and the same note where counters do not fit.
         let mut compiler = Compiler::new(state, interfaces, origins);
         compiler.group_tables()?;
+        if compiler.image.skipped != self.image.skipped {
+            // A group that fails open lost its last live member or got one back: verdicts
+            // skip its hop, or no longer do.
+            return compile_cached(state, interfaces, origins);
+        }
         compiler.counters_per_classifier();
         compiler.image.counters = self.image.counters.clone();
         compiler.image.classify = self.image.classify.clone();
@@ -147,7 +154,7 @@ mod tests {
             compile,
             tests::{classifier, plain, veth},
         },
-        model::{ChainParameters, FlowClassifierSpec, PortChainSpec},
+        model::{ChainParameters, FailMode, FlowClassifierSpec, PortChainSpec},
         testing::{chain, group, pair, tap},
         validate::validate,
     };
@@ -224,7 +231,7 @@ mod tests {
     }
 
     /// A random valid state: groups of members (some on one interface for both sides, some
-    /// with configured MACs), taps before hops and after the last, chains sharing groups, one
+    /// with configured MACs, some groups failing open), taps before hops and after the last, chains sharing groups, one
     /// way and symmetric, classifiers with and without a destination port, some with port
     /// ranges, and twins: classifiers of one chain matching the same packets from other
     /// logical ports, with the same end.
@@ -266,6 +273,13 @@ mod tests {
             }
             let refs: Vec<&str> = members.iter().map(String::as_str).collect();
             group(&mut s, &format!("g{g}"), &refs);
+            if rng.percent(40) {
+                // Its hop is skipped while none of its members is present.
+                s.port_pair_groups
+                    .get_mut(&format!("g{g}"))
+                    .unwrap()
+                    .fail_mode = FailMode::FailOpen;
+            }
         }
         let mut taps = Vec::new();
         for t in 0..rng.below(3) {

@@ -10,8 +10,8 @@ use std::{
 use sfc_common::{
     action, remote_id, ClassEntry, ClassKey, Member, PortValue, RingEntry, SourcePorts, TunnelPeer,
     TupleMask, Verdict, COUNTERS_PER_GEN, FAMILY_V4, FAMILY_V6, FLAG_DELIVER_PEER, FLAG_ENTRY,
-    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, MAX_TUPLES, PORT_BY_PATH, PORT_ENTRY,
-    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SIDE_EGRESS, SLOT_PEER,
+    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLAG_SKIPPED, MAX_TUPLES, PORT_BY_PATH,
+    PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, RING_SIZE, SIDE_EGRESS, SLOT_PEER,
 };
 
 pub mod capacity;
@@ -25,7 +25,7 @@ use place::{reverse_place, stops, Place};
 
 use crate::{
     document::{ConfigError, ConfigErrors},
-    model::{Kind, PortPairSpec, State, Unparsable},
+    model::{FailMode, Kind, PortPairSpec, State, Unparsable},
     validate::{
         classifier::{probe_order, Match},
         mac, validate, Origins,
@@ -135,6 +135,9 @@ pub struct Image {
     pub landing: BTreeMap<u32, (Member, u32)>,
     /// The nodes tunnel packets are taken from.
     pub tunnel_peers: BTreeSet<TunnelPeer>,
+    /// Groups some chain steers through that have no live member and fail open: their
+    /// chains' verdicts skip their hop.
+    pub skipped: BTreeSet<String>,
 }
 
 impl Image {
@@ -537,11 +540,31 @@ impl<'s> Compiler<'s> {
         }
         let weights: Vec<(&str, u32)> = live.iter().map(|(n, w, _)| (*n, *w)).collect();
         let table = maglev::table(&weights, RING_SIZE);
-        self.image.rings.push(if table.is_empty() {
-            vec![RingEntry::default(); RING_SIZE as usize]
+        if table.is_empty() {
+            self.no_live_member(group);
+            self.image
+                .rings
+                .push(vec![RingEntry::default(); RING_SIZE as usize]);
         } else {
-            table.iter().map(|&i| live[i].2).collect()
-        });
+            self.image
+                .rings
+                .push(table.iter().map(|&i| live[i].2).collect());
+        }
+    }
+
+    /// A group without a live member: its chains drop their packets at its hop, or skip the
+    /// hop when it fails open ([`Image::skipped`]). Said either way.
+    fn no_live_member(&mut self, group: &String) {
+        if self.state.port_pair_groups[group].fail_mode == FailMode::FailOpen {
+            self.image.skipped.insert(group.clone());
+            self.image.notes.push(format!(
+                "PortPairGroup {group:?}: no member is live; it fails open: its chains skip its hop (counted hop_skipped)"
+            ));
+        } else {
+            self.image.notes.push(format!(
+                "PortPairGroup {group:?}: no member is live; its chains drop their packets at its hop (failClosed; counted no_member)"
+            ));
+        }
     }
 
     /// Both sides of one member, or `None` when it is skipped (an interface is absent, or one
@@ -997,12 +1020,27 @@ impl<'s> Compiler<'s> {
         counter: u32,
     ) -> Verdict {
         let reverse = direction == Direction::Reverse;
+        let entry = position == 0;
         let hops = if reverse {
             &chain.reverse
         } else {
             &chain.forward
         };
         let n = chain.forward.steps.len();
+        // Hops whose group fails open without a live member are skipped: the packet gets the
+        // verdict of the first hop after them (a tap before a skipped hop still gets its copy).
+        let mut position = position;
+        let mut skipped_tap = None;
+        let mut skipped = false;
+        while let Some((_, tap)) = hops
+            .steps
+            .get(position)
+            .filter(|(g, _)| self.image.skipped.contains(*g))
+        {
+            skipped_tap = skipped_tap.or(*tap);
+            skipped = true;
+            position += 1;
+        }
         let (mut verdict, tap) = match hops.steps.get(position) {
             Some((g, tap)) => (
                 Verdict {
@@ -1036,10 +1074,13 @@ impl<'s> Compiler<'s> {
         if reverse {
             verdict.flags |= FLAG_REVERSE;
         }
-        if position == 0 {
+        if entry {
             verdict.flags |= FLAG_ENTRY;
         }
-        if let Some(tap) = tap {
+        if skipped {
+            verdict.flags |= FLAG_SKIPPED;
+        }
+        if let Some(tap) = skipped_tap.or(tap) {
             verdict.tap_ifindex = tap.ifindex;
             verdict.tap_mac = tap.mac;
         }
@@ -1641,6 +1682,7 @@ mod tests {
             c.image.notes,
             [
                 "PortPair \"e\": interface \"e-in\" is not present; the member is skipped until it appears",
+                "PortPairGroup \"empty\": no member is live; its chains drop their packets at its hop (failClosed; counted no_member)",
                 "PortPair \"gone\": interface \"gone-in\" is not present; the member is skipped until it appears",
             ]
         );
@@ -1700,7 +1742,10 @@ mod tests {
         assert!(c.image.rings[0].iter().all(|e| *e == RingEntry::default()));
         assert_eq!(
             c.image.notes,
-            ["PortPair \"p\": interface \"p-out\" is not present; the member is skipped until it appears"]
+            [
+                "PortPair \"p\": interface \"p-out\" is not present; the member is skipped until it appears",
+                "PortPairGroup \"g\": no member is live; its chains drop their packets at its hop (failClosed; counted no_member)",
+            ]
         );
         // Once it appears, the member is live.
         veth(&mut i, "p-out", 2);
@@ -1963,6 +2008,73 @@ mod tests {
             .unwrap();
         assert_eq!(reverse.key, matches["a"].reversed().expand()[0].1);
         assert_eq!(entries.len(), 12);
+    }
+
+    #[test]
+    fn a_group_failing_open_without_a_live_member_is_skipped_both_ways() {
+        let (mut s, mut i) = tapped_chain();
+        // g1's one member is absent.
+        i.links.remove("in1");
+        let hops_of_a = |s: &State| {
+            let matches = matches(s);
+            let origins = Origins::new();
+            let mut c = Compiler::new(s, &i, &origins);
+            let groups = c.group_tables().unwrap();
+            let domains = c.classifier_domains(&groups).unwrap();
+            let entries = c.entries(&matches, &groups, &domains);
+            let of_a: Vec<_> = entries
+                .iter()
+                .filter(|e| e.classifier == "a")
+                .map(|e| {
+                    let v = &e.verdict;
+                    (
+                        e.domain,
+                        v.hop,
+                        v.action,
+                        v.flags & (FLAG_SKIPPED | FLAG_ENTRY),
+                        v.tap_ifindex,
+                        v.deliver_ifindex,
+                    )
+                })
+                .collect();
+            (of_a, c.image.skipped, c.image.notes)
+        };
+        let (dst, src) = (1, 2);
+        let (g1, g2) = (GROUP_DOMAIN_BASE, GROUP_DOMAIN_BASE + 2);
+        let (steer, deliver) = (action::STEER, action::DELIVER);
+        // Fail-closed (the default): the chain still steers into g1, which has no member.
+        let (closed, skipped, notes) = hops_of_a(&s);
+        assert_eq!(closed[0], (src, 0, steer, FLAG_ENTRY, 0, 0));
+        assert!(skipped.is_empty());
+        assert!(
+            notes.iter().any(|n| n.contains("\"g1\": no member is live")
+                && n.contains("counted no_member")),
+            "{notes:?}"
+        );
+        s.port_pair_groups.get_mut("g1").unwrap().fail_mode = FailMode::FailOpen;
+        let (open, skipped, notes) = hops_of_a(&s);
+        assert_eq!(skipped, BTreeSet::from(["g1".to_string()]));
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("it fails open: its chains skip its hop")),
+            "{notes:?}"
+        );
+        let skip = FLAG_SKIPPED;
+        assert_eq!(
+            open,
+            [
+                // Forward: enter at src straight to g2 (with the tap's copy before it).
+                (src, 1, steer, FLAG_ENTRY | skip, 5, 0),
+                (g1, 1, steer, 0, 5, 0),
+                (g2, 2, deliver, 0, 0, 7),
+                // Reverse: leaving g2, g1 (hop 0) is skipped: to src, with the copy the tap
+                // before g1 would have had.
+                (dst, 1, steer, FLAG_ENTRY, 0, 0),
+                (g2 + 1, 2, deliver, skip, 5, 6),
+                (g1 + 1, 2, deliver, 0, 0, 6),
+            ]
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
         Direction,
     },
     document::{shown, ConfigError, ConfigErrors},
-    model::{Correlation, HealthCheck, Kind, PortChainSpec, State},
+    model::{Correlation, FailMode, HealthCheck, Kind, PortChainSpec, State},
 };
 use classifier::{normalize, Match};
 
@@ -451,6 +451,14 @@ fn groups(r: &mut Report) {
                 "a tap group has exactly one PortPair".into(),
             );
         }
+        if g.tap_enabled && g.fail_mode == FailMode::FailOpen {
+            r.push(
+                Kind::PortPairGroup,
+                name,
+                "spec.failMode",
+                "a tap group gets copies and steers nothing: nothing fails open; remove it".into(),
+            );
+        }
         if let Some(check) = &g.health_check {
             for (field, message) in health_check_errors(check, g.tap_enabled) {
                 r.push(Kind::PortPairGroup, name, field, message);
@@ -490,6 +498,14 @@ fn health_check_errors(c: &HealthCheck, tap: bool) -> Vec<(&'static str, String)
         if !(1..=100).contains(&n) {
             out.push((field, format!("{n} is out of range; use 1 to 100")));
         }
+    }
+    // At least the black-hole window and a second, so that what went in before it was out is
+    // forgotten when it comes back.
+    if !(10_000..=3_600_000).contains(&c.eject_ms) {
+        out.push((
+            "spec.healthCheck.ejectMs",
+            format!("{} is out of range; use 10000 to 3600000", c.eject_ms),
+        ));
     }
     out
 }
@@ -1201,6 +1217,12 @@ mod tests {
             "0 is out of range; use 1 to 100",
         );
         rejects(
+            &group("{passive: true, ejectMs: 1000}"),
+            "PortPairGroup \"g3\"",
+            "spec.healthCheck.ejectMs",
+            "1000 is out of range; use 10000 to 3600000",
+        );
+        rejects(
             &(doc(
                 "PortPairGroup",
                 "g3",
@@ -1212,6 +1234,36 @@ mod tests {
         );
         let err = errors_of(&(base() + &group("{interval: 5}"))).join("\n");
         assert!(err.contains("unknown field `interval`"), "{err}");
+    }
+
+    #[test]
+    fn a_fail_mode_is_one_of_two_and_only_for_a_group_that_steers() {
+        let group = |spec: &str| {
+            doc("PortPairGroup", "g3", spec)
+                + &doc("PortPair", "pp3", "{ingress: c-in, egress: c-out}")
+        };
+        for mode in ["failOpen", "failClosed"] {
+            plan(
+                &State::default(),
+                &[(
+                    "f.yaml".into(),
+                    base() + &group(&format!("{{portPairs: [pp3], failMode: {mode}}}")),
+                )],
+                &Interfaces::default(),
+            )
+            .unwrap();
+        }
+        let err = errors_of(&(base() + &group("{portPairs: [pp3], failMode: open}"))).join("\n");
+        assert!(
+            err.contains("spec.failMode") && err.contains("`failClosed` or `failOpen`"),
+            "{err}"
+        );
+        rejects(
+            &group("{portPairs: [pp3], tapEnabled: true, failMode: failOpen}"),
+            "PortPairGroup \"g3\"",
+            "spec.failMode",
+            "a tap group gets copies and steers nothing: nothing fails open",
+        );
     }
 
     #[test]

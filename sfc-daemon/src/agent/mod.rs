@@ -4,11 +4,11 @@
 //! answered elsewhere ([`crate::api::server`]), so no apply waits on another client's I/O.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use thiserror::Error;
@@ -21,7 +21,7 @@ pub mod run;
 pub mod store;
 
 use sfc_api::{
-    health::{MemberHealth, Probed},
+    health::{MemberHealth, PairHealth, Probed, State as HealthState},
     protocol::{Request, Response},
 };
 use sfc_config::{
@@ -42,7 +42,7 @@ use crate::{
         Dataplane, DataplaneError, Mode, Options, Underlay,
     },
     observe::{
-        health::Health,
+        health::{Ejection, Health},
         metrics::{Metrics, Status},
         snapshot::{ProbedMember, Shared, Snapshot},
     },
@@ -122,10 +122,33 @@ struct Probes {
     unprobed: BTreeMap<String, String>,
     /// Times each member went down or came back up.
     transitions: BTreeMap<String, u64>,
+    /// Members out of their groups as black holes (passive checks).
+    ejected: BTreeMap<String, Ejection>,
+    /// An ejection began or ended since the last reconcile.
+    ejections_changed: bool,
 }
 
 /// How old a sample `stats` and `describe` may show (newer ones are taken on request).
 const FRESH_ENOUGH: Duration = Duration::from_millis(100);
+
+/// What `describe` shows as skipped before anything compiled.
+static NONE_SKIPPED: BTreeSet<String> = BTreeSet::new();
+
+/// Why a member ejected by its group's passive check is out.
+const EJECTED: &str = "a black hole: packets went in, none came out (passive check)";
+
+/// How long a black hole among `pair`'s group's members stays out, when its group's health
+/// check is passive too.
+fn passive_ejection(state: &State, pair: &str) -> Option<Duration> {
+    state
+        .port_pair_groups
+        .values()
+        .find(|g| g.port_pairs.iter().any(|p| p == pair))?
+        .health_check
+        .as_ref()
+        .filter(|c| c.passive)
+        .map(|c| Duration::from_millis(c.eject_ms.into()))
+}
 
 /// Where the agent keeps what outlives it: the desired state (or, in a cluster, its cache)
 /// and the pinned maps and links.
@@ -209,6 +232,8 @@ impl Agent {
                 health: BTreeMap::new(),
                 unprobed: BTreeMap::new(),
                 transitions: BTreeMap::new(),
+                ejected: BTreeMap::new(),
+                ejections_changed: false,
             },
         };
         agent.reconcile();
@@ -222,10 +247,13 @@ impl Agent {
         Ok(agent)
     }
 
-    /// What the probing task needs, with a new token in the datapath (probes of an earlier
-    /// agent are no longer taken for probes).
+    /// What the probing task needs, with the token the pinned maps hold, or a new one the
+    /// first time (a restarted agent rewrites none of the maps it finds).
     pub fn prober(&mut self) -> Result<probe::Prober, AgentError> {
-        let token = random_token().map_err(AgentError::Token)?;
+        let token = match self.dataplane.probe_token()? {
+            0 => random_token().map_err(AgentError::Token)?,
+            pinned => pinned,
+        };
         Ok(probe::Prober {
             returned: self.dataplane.probes(token)?,
             token,
@@ -253,14 +281,66 @@ impl Agent {
         self.failed() != before
     }
 
-    /// The members out of their groups (probes failing), and why.
+    /// The members out of their groups (probes failing, or ejected as black holes), and why.
     fn failed(&self) -> BTreeMap<String, String> {
-        self.probes
+        let mut failed: BTreeMap<String, String> = self
+            .probes
             .health
             .iter()
             .filter(|(_, h)| h.state == Probed::Down)
             .map(|(pair, h)| (pair.clone(), h.reason.clone()))
-            .collect()
+            .collect();
+        for pair in self.probes.ejected.keys() {
+            failed.insert(pair.clone(), EJECTED.into());
+        }
+        failed
+    }
+
+    /// Passive checks: a member of a group with `healthCheck.passive` that its counters judge
+    /// a black hole leaves its group for `ejectMs`; when that is up it returns, judged afresh
+    /// (nothing went into it meanwhile, and its counters' window is shorter).
+    fn eject_black_holes(&mut self, pairs: &[PairHealth]) {
+        let now = Instant::now();
+        let mut moved: Vec<String> = Vec::new();
+        self.probes.ejected.retain(|pair, e| {
+            let stays = now < e.until;
+            if !stays {
+                info!(pair, "member back: its ejection as a black hole is over");
+                moved.push(pair.clone());
+            }
+            stays
+        });
+        for p in pairs.iter().filter(|p| p.state == HealthState::BlackHole) {
+            let Some(eject) = passive_ejection(&self.state, &p.pair) else {
+                continue;
+            };
+            if self.probes.ejected.contains_key(&p.pair) {
+                continue;
+            }
+            warn!(
+                pair = p.pair,
+                seconds = eject.as_secs(),
+                "member down: {EJECTED}"
+            );
+            self.probes.ejected.insert(
+                p.pair.clone(),
+                Ejection {
+                    since: SystemTime::now(),
+                    until: now + eject,
+                },
+            );
+            moved.push(p.pair.clone());
+        }
+        for pair in &moved {
+            *self.probes.transitions.entry(pair.clone()).or_default() += 1;
+        }
+        self.probes.ejections_changed |= !moved.is_empty();
+    }
+
+    /// Whether a member was ejected or came back since the last call (then the dataplane
+    /// must be recompiled).
+    pub fn ejections_changed(&mut self) -> bool {
+        std::mem::take(&mut self.probes.ejections_changed)
     }
 
     /// Tells the probing task which members of this node to probe, as the state and the
@@ -329,19 +409,6 @@ impl Agent {
                 .any(|g| g.tap_enabled && g.port_pairs.iter().any(|p| p == pair))
         };
         snapshot.pairs = self.health.pairs(&taps);
-        for p in &mut snapshot.pairs {
-            p.probed = self.probes.health.get(&p.pair).map(|h| h.state);
-        }
-        snapshot.probed = self
-            .probes
-            .health
-            .iter()
-            .map(|(pair, h)| ProbedMember {
-                pair: pair.clone(),
-                up: h.state == Probed::Up,
-                transitions: self.probes.transitions.get(pair).copied().unwrap_or(0),
-            })
-            .collect();
         // In a cluster, other nodes' interfaces are named NODE/IFNAME in this node's state.
         let remote = |iface: &str| iface.contains('/');
         let spans = |chain: &str| {
@@ -364,6 +431,21 @@ impl Agent {
             })
         };
         snapshot.hops = self.health.hops(&spans);
+        self.eject_black_holes(&snapshot.pairs);
+        for p in &mut snapshot.pairs {
+            p.probed = self.probes.health.get(&p.pair).map(|h| h.state);
+            p.ejected = self.probes.ejected.contains_key(&p.pair);
+        }
+        snapshot.probed = self
+            .probes
+            .health
+            .iter()
+            .map(|(pair, h)| ProbedMember {
+                pair: pair.clone(),
+                up: h.state == Probed::Up && !self.probes.ejected.contains_key(pair),
+                transitions: self.probes.transitions.get(pair).copied().unwrap_or(0),
+            })
+            .collect();
         let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
         // Counted on a thread of their own, less often.
         snapshot.tables = observed.tables.take();
@@ -600,6 +682,11 @@ impl Agent {
                     not_ready: self.last_error.clone(),
                     probed: &self.probes.health,
                     unprobed: &self.probes.unprobed,
+                    ejected: &self.probes.ejected,
+                    skipped: self
+                        .compiled
+                        .as_ref()
+                        .map_or(&NONE_SKIPPED, |c| &c.image().skipped),
                 };
                 match context.describe(kind, &name) {
                     Ok(mut text) => {

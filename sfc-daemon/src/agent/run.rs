@@ -132,6 +132,10 @@ fn run(mut agent: Agent, queue: mpsc::Receiver<Event>, status: &Status) {
             last_resync = Instant::now();
         }
         agent.sample_if_older_than(SAMPLE_EVERY);
+        // A passive check took a member out, or one is back: recompiled now.
+        if agent.ejections_changed() {
+            agent.reconcile();
+        }
     }
 }
 

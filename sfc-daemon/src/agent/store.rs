@@ -234,6 +234,7 @@ mod tests {
                 lb_fields: vec![],
                 tap_enabled: false,
                 health_check: None,
+                fail_mode: Default::default(),
             },
         );
         store.save(&state).unwrap();

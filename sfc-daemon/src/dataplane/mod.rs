@@ -351,6 +351,13 @@ impl Dataplane {
             .collect()
     }
 
+    /// The token probes carry, as the pinned maps hold it (0: none yet).
+    pub fn probe_token(&self) -> Result<u64, DataplaneError> {
+        self.config
+            .get(&CONFIG_PROBE_TOKEN, 0)
+            .map_err(map_err(MAP_CONFIG))
+    }
+
     /// Starts taking probes that carry `token` (see `probe`): where each came out of an SF,
     /// the sequence number of the last, in a map of its own descriptor (read on the probing
     /// task).

@@ -2,15 +2,21 @@
 //! behind it and their state (present, program attached, MAC), its counters, and a health
 //! line per SF (see `health`).
 
-use std::{collections::BTreeMap, fmt::Write};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write,
+};
 
 use sfc_api::health::{MemberHealth, PairHealth, Probed, State as Health};
 use sfc_config::{
     compile::{Direction, Interfaces},
-    model::{FlowClassifierSpec, Kind, State},
+    model::{FailMode, FlowClassifierSpec, Kind, State},
 };
 
-use crate::{dataplane::links::Links, observe::snapshot::Snapshot};
+use crate::{
+    dataplane::links::Links,
+    observe::{health::Ejection, snapshot::Snapshot},
+};
 
 /// What describe needs besides the state.
 pub struct Context<'a> {
@@ -27,6 +33,10 @@ pub struct Context<'a> {
     /// cannot be probed, with why.
     pub probed: &'a BTreeMap<String, MemberHealth>,
     pub unprobed: &'a BTreeMap<String, String>,
+    /// Members out of their groups as black holes (passive checks).
+    pub ejected: &'a BTreeMap<String, Ejection>,
+    /// Groups that fail open whose hop the dataplane skips now (no member is live).
+    pub skipped: &'a BTreeSet<String>,
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
@@ -106,6 +116,35 @@ impl Context<'_> {
         if let Some(line) = self.probe_line(name) {
             let _ = writeln!(out, "{indent}  probes:  {line}");
         }
+        if let Some(line) = self.passive_line(name) {
+            let _ = writeln!(out, "{indent}  passive: {line}");
+        }
+    }
+
+    /// A member of a group whose health check is passive too: out as a black hole (since
+    /// when, for how long still), or in.
+    fn passive_line(&self, pair: &str) -> Option<String> {
+        let check = self
+            .state
+            .port_pair_groups
+            .values()
+            .find(|g| g.port_pairs.iter().any(|p| p == pair))?
+            .health_check
+            .as_ref()
+            .filter(|c| c.passive)?;
+        Some(match self.ejected.get(pair) {
+            Some(e) => format!(
+                "DOWN for {} s, out of its group: a black hole (packets went in, none came out); back in {} s, judged afresh",
+                e.since.elapsed().map_or(0, |d| d.as_secs()),
+                e.until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_secs()
+            ),
+            None => format!(
+                "in its group (judged a black hole, out for {} s)",
+                check.eject_ms / 1000
+            ),
+        })
     }
 
     /// A member's health check: in or out of its group, since when and why; `None` when its
@@ -147,14 +186,29 @@ impl Context<'_> {
         let tap = if g.tap_enabled { ", tap" } else { "" };
         let check = g.health_check.as_ref().map_or(String::new(), |c| {
             format!(
-                ", health check: a probe every {} ms, out after {} missed ({} ms each), back after {}",
-                c.interval_ms, c.failures, c.timeout_ms, c.successes
+                ", health check: a probe every {} ms, out after {} missed ({} ms each), back after {}{}",
+                c.interval_ms,
+                c.failures,
+                c.timeout_ms,
+                c.successes,
+                if c.passive { ", passive" } else { "" }
             )
         });
+        let open = if g.fail_mode == FailMode::FailOpen {
+            ", failOpen"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "{indent}PortPairGroup {name} (lbFields: {lb}{tap}{check})"
+            "{indent}PortPairGroup {name} (lbFields: {lb}{tap}{open}{check})"
         );
+        if self.skipped.contains(name) {
+            let _ = writeln!(
+                out,
+                "{indent}  no member is live: failing open, its chains skip this hop (counted hop_skipped)"
+            );
+        }
         for pp in &g.port_pairs {
             self.pair(out, pp, &format!("{indent}  "));
         }

@@ -1,6 +1,7 @@
 //! Black-hole detection and rates: the agent samples its counters every second and keeps the
 //! last few seconds; an SF (or a hop) that takes packets in and lets (almost) none out over
-//! that window is a black hole.
+//! that window is a black hole, and so is one that let nothing out since a few packets went in,
+//! seconds ago, however low their rate.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -14,6 +15,14 @@ use sfc_api::{
     health::{HopHealth, PairHealth, State},
 };
 use sfc_config::compile::{Direction, Side};
+
+/// A member out of its group as a black hole (its group's passive check), since when and
+/// until when.
+#[derive(Clone, Copy, Debug)]
+pub struct Ejection {
+    pub since: std::time::SystemTime,
+    pub until: Instant,
+}
 
 /// How far back rates and health look.
 pub const WINDOW: Duration = Duration::from_secs(5);
@@ -69,10 +78,35 @@ fn by_hop(chains: &[Row]) -> BTreeMap<(String, Direction, u8), (u64, u64)> {
     out
 }
 
+/// Of one pair's or hop's counters at each sample (oldest first; `None` where not counted):
+/// the packets that went in since anything last came out, and how long ago the sample was
+/// taken that first saw one of them (so the first has waited at least that long).
+fn unanswered(points: &[(Instant, Option<(u64, u64)>)]) -> (u64, Duration) {
+    let Some(&(now, Some((into, from)))) = points.last() else {
+        return (0, Duration::ZERO);
+    };
+    // The oldest sample since the last packet came out (or since it was first counted).
+    let base = points
+        .iter()
+        .rposition(|(_, c)| c.is_none_or(|(_, f)| f != from))
+        .map_or(0, |i| i + 1);
+    let base_into = points[base].1.map_or(into, |(i, _)| i);
+    let first_seen = points[base..]
+        .iter()
+        .find(|(_, c)| c.is_some_and(|(i, _)| i > base_into));
+    match first_seen {
+        Some((at, _)) => (into.saturating_sub(base_into), now.duration_since(*at)),
+        None => (0, Duration::ZERO),
+    }
+}
+
 impl Health {
     /// Records the counters as they are now; forgets samples older than the window.
     pub fn sample(&mut self, members: &BTreeMap<Side, MemberCounter>, chains: &[Row]) {
-        let now = Instant::now();
+        self.sample_at(Instant::now(), members, chains);
+    }
+
+    fn sample_at(&mut self, now: Instant, members: &BTreeMap<Side, MemberCounter>, chains: &[Row]) {
         self.samples.push_back(Sample {
             at: now,
             pairs: by_pair(members),
@@ -85,6 +119,14 @@ impl Health {
         {
             self.samples.pop_front();
         }
+    }
+
+    /// One pair's or hop's (into, from) at each sample kept, oldest first.
+    fn points(
+        &self,
+        counters: impl Fn(&Sample) -> Option<(u64, u64)>,
+    ) -> Vec<(Instant, Option<(u64, u64)>)> {
+        self.samples.iter().map(|s| (s.at, counters(s))).collect()
     }
 
     /// The oldest sample within the window and the newest one, and the seconds between them.
@@ -131,9 +173,16 @@ impl Health {
                     state: if taps(pair) {
                         State::Tap
                     } else {
-                        State::judge(d_into, d_from)
+                        let points = self.points(|s| {
+                            s.pairs
+                                .get(pair)
+                                .map(|(c, _)| (c.into_packets, c.from_packets))
+                        });
+                        let (unanswered, waited) = unanswered(&points);
+                        State::judge_with_unanswered(d_into, d_from, unanswered, waited)
                     },
                     probed: None,
+                    ejected: false,
                 }
             })
             .collect()
@@ -169,7 +218,10 @@ impl Health {
                     state: if spans(chain) {
                         State::AcrossNodes
                     } else {
-                        State::judge(d_into, d_from)
+                        let key = (chain.clone(), *direction, *hop);
+                        let points = self.points(|s| s.hops.get(&key).copied());
+                        let (unanswered, waited) = unanswered(&points);
+                        State::judge_with_unanswered(d_into, d_from, unanswered, waited)
                     },
                 }
             })
@@ -197,6 +249,44 @@ mod tests {
             from_packets,
             ..Default::default()
         }
+    }
+
+    /// A pair's state after samples a second apart, each its (into, from) so far.
+    fn judged(counts: &[(u64, u64)]) -> State {
+        let mut health = Health::default();
+        let start = Instant::now();
+        for (k, &(into, from)) in counts.iter().enumerate() {
+            let members = BTreeMap::from([(side("PP", "in", Role::Ingress), counter(into, from))]);
+            health.sample_at(start + Duration::from_secs(k as u64), &members, &[]);
+        }
+        health.pairs(&|_| false)[0].state
+    }
+
+    #[test]
+    fn a_black_hole_is_found_at_a_packet_a_second() {
+        // A SYN a second into a dead SF: a black hole once the first of three waited 2 s.
+        assert_eq!(judged(&[(10, 10), (11, 10), (12, 10)]), State::Idle);
+        assert_eq!(
+            judged(&[(10, 10), (11, 10), (12, 10), (13, 10)]),
+            State::BlackHole
+        );
+        // The same trickle through an SF that forwards it.
+        assert_eq!(
+            judged(&[(10, 10), (11, 11), (12, 12), (13, 13)]),
+            State::Idle
+        );
+        // It forwarded the first ones, then stopped.
+        assert_eq!(
+            judged(&[(10, 10), (11, 11), (12, 11), (13, 11), (14, 11)]),
+            State::BlackHole
+        );
+        // A burst that just went in, after a quiet while: nothing to say yet.
+        assert_eq!(
+            judged(&[(10, 10), (10, 10), (10, 10), (15, 10)]),
+            State::Idle
+        );
+        // Counted only since the last sample: no history to judge.
+        assert_eq!(judged(&[(13, 0)]), State::Idle);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use sfc_api::{
     trace::{FilterError, TraceRecord, TraceSpec, MAX_LEASE_SECONDS},
 };
 use sfc_common::{
-    stat, TraceEvent, TraceFilter, FAMILY_V6, FLAG_ENTRY, FLAG_REVERSE, MAP_TRACE_EVENTS,
-    MAP_TRACE_FILTER, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    stat, TraceEvent, TraceFilter, FAMILY_V6, FLAG_ENTRY, FLAG_REVERSE, FLAG_SKIPPED,
+    MAP_TRACE_EVENTS, MAP_TRACE_FILTER, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 use thiserror::Error;
 use tokio::{
@@ -538,6 +538,7 @@ fn record(e: &TraceEvent, names: &Names, clock: &Clock) -> TraceRecord {
                 .join(":")
         }),
         tapped: e.tapped != 0,
+        skipped: e.flags & FLAG_SKIPPED != 0,
         generation: e.gen,
         flow,
         node: None,
