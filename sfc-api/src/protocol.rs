@@ -220,6 +220,9 @@ pub struct Node {
     /// The revisions its packets to other nodes may carry (the active one first).
     #[serde(default)]
     pub sending: Vec<u32>,
+    /// Its members out of their groups (health checks), by port pair, with why.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub down: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -340,6 +340,7 @@ fn join_cluster(
         tunnel_address: tunnel_address.to_string(),
         interfaces: Vec::new(),
         usable_mtu: 0,
+        down: Default::default(),
     });
     info!(node, %tunnel_address, endpoints = %options.endpoints.join(","), "cluster mode");
     let nodes = AgentStore::new(&args.state_dir)

@@ -451,7 +451,19 @@ fn member_of(lab: &Lab, sport: u16) -> Option<usize> {
 
 /// The same with a datagram of `payload` bytes (sent with don't-fragment).
 fn member_of_sized(lab: &Lab, sport: u16, payload: usize) -> Option<usize> {
-    let before = forwarded(lab, false).unwrap();
+    which_member(lab, sport, payload, || forwarded(lab, false).ok())
+}
+
+/// The member (0, 1, 2) whose count (of `counts`) one datagram of `payload` bytes, sent from
+/// the source VM's port `sport` to the destination's port 5000, raised; `None` if none did (or
+/// more than one).
+fn which_member(
+    lab: &Lab,
+    sport: u16,
+    payload: usize,
+    counts: impl Fn() -> Option<[u64; 3]>,
+) -> Option<usize> {
+    let before = counts()?;
     lab.sh(
         "src",
         &format!(
@@ -462,12 +474,12 @@ fn member_of_sized(lab: &Lab, sport: u16, payload: usize) -> Option<usize> {
         ),
     )
     .unwrap();
-    let crossed = wait_for(Duration::from_secs(1), || {
-        let after = forwarded(lab, false).ok()?;
-        let crossed: Vec<usize> = (0..3).filter(|&i| after[i] > before[i]).collect();
-        (!crossed.is_empty()).then_some(crossed)
+    let raised = wait_for(Duration::from_secs(1), || {
+        let after = counts()?;
+        let raised: Vec<usize> = (0..3).filter(|&i| after[i] > before[i]).collect();
+        (!raised.is_empty()).then_some(raised)
     })?;
-    match crossed.as_slice() {
+    match raised.as_slice() {
         [one] => Some(*one),
         _ => None,
     }
@@ -543,6 +555,93 @@ fn a_lost_node_s_members_are_left_out_within_its_ttl_and_other_flows_stay() {
             assert_eq!(a, *b, "port {port} moved from a surviving member");
         }
     }
+}
+
+/// The member (0, 1, 2 for pp1..pp3, each on its own node) one UDP datagram from the source
+/// VM's port `sport` to the destination's port 5000 was sent into, as the nodes' counters say
+/// (the SFs' own counters count the health checks' probes too; the datapath's never do).
+fn sent_into(spread: &Spread, sport: u16) -> Option<usize> {
+    which_member(spread.lab(), sport, 1, || {
+        let into = |k: usize| Some(spread.cluster.stats(k).ok()?.into_pair(&format!("pp{k}")));
+        Some([into(1)?, into(2)?, into(3)?])
+    })
+}
+
+/// Health checks across nodes (issue 15, item 7): SF2, on n2, stops forwarding. n2 probes it,
+/// finds it down and says so in its node record; n1, where the flows enter, leaves it out too,
+/// by the same Maglev table: only the flows that were on SF2 move. Once SF2 forwards again, n2
+/// takes its word back.
+#[test]
+fn a_member_its_own_node_finds_down_is_left_out_on_every_node() {
+    let spread = Spread::build("xh", TTL).unwrap();
+    let lab = spread.lab();
+    spread
+        .apply(
+            1,
+            &one_group_on_three_nodes().replace(
+                "spec: {portPairs: [pp1, pp2, pp3]}",
+                "spec: {portPairs: [pp1, pp2, pp3], healthCheck: {source: 198.18.0.10, \
+                 destination: 198.18.0.100, intervalMs: 200, timeoutMs: 100}}",
+            ),
+        )
+        .unwrap();
+    let ports: Vec<u16> = (45000..45030).collect();
+    let before: Vec<usize> = ports
+        .iter()
+        .map(|&p| sent_into(&spread, p).unwrap_or_else(|| panic!("port {p}: no member")))
+        .collect();
+    let on_sf2 = ports[before.iter().position(|&m| m == 1).expect("no flow on SF2")];
+    lab.sh("sf2", "sysctl -qw net.ipv4.ip_forward=0").unwrap();
+    let broke = Instant::now();
+    let moved = wait_for(Duration::from_secs(10), || {
+        let member = sent_into(&spread, on_sf2)?;
+        (member != 1).then(|| broke.elapsed())
+    })
+    .expect("flows entering on n1 still go to SF2, down on n2");
+    eprintln!(
+        "SF2's flows left it {:.2} s after it stopped forwarding",
+        moved.as_secs_f64()
+    );
+    assert!(moved <= Duration::from_secs(5), "left out after {moved:?}");
+    let nodes = spread
+        .cluster
+        .sfcctl(3, &["get", "nodes", "-o", "json"])
+        .unwrap();
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&nodes).unwrap();
+    let down = &nodes.iter().find(|n| n["name"] == "n2").unwrap()["down"];
+    assert!(
+        down["pp2"]
+            .as_str()
+            .is_some_and(|why| why.contains("did not come back")),
+        "n2 does not say pp2 is down: {nodes:#?}"
+    );
+    let described = spread
+        .cluster
+        .sfcctl(1, &["describe", "portpair", "pp2"])
+        .unwrap();
+    assert!(
+        described.contains("DOWN, out of its group: on node n2"),
+        "{described}"
+    );
+    for (port, b) in ports.iter().zip(&before) {
+        let a = sent_into(&spread, *port).unwrap_or_else(|| panic!("port {port}: no member"));
+        if *b == 1 {
+            assert_ne!(a, 1, "port {port} still on SF2");
+        } else {
+            assert_eq!(a, *b, "port {port} moved from a member that stayed");
+        }
+    }
+    // SF2 forwards again: n2's record no longer has it.
+    lab.sh("sf2", "sysctl -qw net.ipv4.ip_forward=1").unwrap();
+    let back = wait_for(Duration::from_secs(5), || {
+        let nodes = spread
+            .cluster
+            .sfcctl(1, &["get", "nodes", "-o", "json"])
+            .ok()?;
+        let nodes: Vec<serde_json::Value> = serde_json::from_str(&nodes).ok()?;
+        nodes.iter().all(|n| n.get("down").is_none()).then_some(())
+    });
+    assert!(back.is_some(), "n2 still says pp2 is down");
 }
 
 /// Three one-member groups, one on each node (SF1 on n1, SF2 on n2, SF3 on n3), crossed in

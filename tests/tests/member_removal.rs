@@ -7,8 +7,9 @@
 //! flow B must stay on PP2 untouched, and what could not be delivered into a gone interface
 //! must be counted `target_down`, never `steered`. (c) SF1 stops forwarding while its group
 //! has a health check (issue 15): its probes stop coming back, PP1 leaves PG1 in the dataplane
-//! within the detection time, and flow A moves to PP2 as in (a); once SF1 forwards again,
-//! PP1 is back for new flows, and flow A stays where it moved.
+//! within the detection time, and flow A moves to PP2 as in (a), while a TCP connection on PP2
+//! talks throughout and loses nothing; once SF1 forwards again, PP1 is back for new flows, and
+//! flow A stays where it moved.
 
 use std::{
     fs,
@@ -236,6 +237,8 @@ struct Outcome {
     /// Datagrams SF1 forwarded from 500 ms after `leave` returned to the end.
     sf1_late: u64,
     trace_b: Vec<Value>,
+    /// The TCP connection on PP2, when there was one.
+    tcp: Option<Talked>,
 }
 
 impl Outcome {
@@ -247,16 +250,22 @@ impl Outcome {
 /// Builds the lab, puts flow A on PP1 and flow B on PP2, runs both, and calls `leave` (PP1
 /// leaving; it gets flow A's source port) `LEAVES_AFTER` into them.
 fn run(tag: &str, leave: impl FnOnce(&Demo, u16)) -> Outcome {
-    run_chain(tag, &chain("PP1, PP2"), leave)
+    run_chain(tag, &chain("PP1, PP2"), false, leave)
 }
 
-fn run_chain(tag: &str, yaml: &str, leave: impl FnOnce(&Demo, u16)) -> Outcome {
+/// With `tcp` (`yaml` steers the echo server's port too): a TCP connection on PP2 talks from
+/// before the flows start to after they end.
+fn run_chain(tag: &str, yaml: &str, tcp: bool, leave: impl FnOnce(&Demo, u16)) -> Outcome {
     let mut demo = Demo::build(tag).unwrap();
+    if tcp {
+        start_echo(&mut demo);
+    }
     demo.apply(yaml);
     let sport_a = flow_on(&demo, PORT_A, "PP1", 41000);
     let sport_b = flow_on(&demo, PORT_B, "PP2", 42000);
     println!("flow A: {SRC_V4}:{sport_a} > {DST_V4}:{PORT_A} on PP1");
     println!("flow B: {SRC_V4}:{sport_b} > {DST_V4}:{PORT_B} on PP2");
+    let talk = tcp.then(|| Talk::start(connections_on_pp2(&demo, 1).remove(0)));
     let trace = trace_flow_b(&demo, 12);
     let before = demo.lab.stats().unwrap();
     let a = Flow::start(&mut demo, PORT_A, sport_a);
@@ -277,6 +286,7 @@ fn run_chain(tag: &str, yaml: &str, leave: impl FnOnce(&Demo, u16)) -> Outcome {
         after,
         sf1_late,
         trace_b,
+        tcp: talk.map(Talk::stop),
     };
     println!(
         "lost: flow A {} of {COUNT}, flow B {} of {COUNT}; SF1 forwarded {} datagrams from \
@@ -408,7 +418,12 @@ const HEALTH_CHECK: &str =
 const DETECTION: Duration = Duration::from_millis(1500);
 
 fn with_health_check(pairs: &str) -> String {
-    chain(pairs).replace(
+    health_checked(&chain(pairs), pairs)
+}
+
+/// `yaml` with [`HEALTH_CHECK`] on PG1 (`pairs`).
+fn health_checked(yaml: &str, pairs: &str) -> String {
+    yaml.replace(
         &format!("{{portPairs: [{pairs}]}}"),
         &format!("{{portPairs: [{pairs}], {HEALTH_CHECK}}}"),
     )
@@ -444,7 +459,8 @@ fn still_fed_for(demo: &Demo, pair: &str, since: Instant) -> Duration {
 fn a_member_that_stops_forwarding_fails_its_probes_and_its_flows_move_within_the_detection_time() {
     let mut detected = Duration::ZERO;
     let (mut back, mut new_flow_on_pp1) = (None, false);
-    let o = run_chain("failover", &with_health_check("PP1, PP2"), |demo, _| {
+    let yaml = health_checked(&chain_with_tcp("PP1, PP2"), "PP1, PP2");
+    let o = run_chain("failover", &yaml, true, |demo, _| {
         let broke = Instant::now();
         forwarding(demo, "sf1", false);
         detected = still_fed_for(demo, "PP1", broke);
@@ -479,6 +495,14 @@ fn a_member_that_stops_forwarding_fails_its_probes_and_its_flows_move_within_the
         o.lost_a
     );
     assert_flow_b_untouched(&o);
+    // The TCP connection on PP2 lost nothing either: no round trip waited for a
+    // retransmission (200 ms at least).
+    let tcp = o.tcp.as_ref().unwrap();
+    println!("the TCP connection on PP2: {tcp:?}");
+    assert!(
+        tcp.error.is_none() && tcp.round_trips > 50 && tcp.longest < Duration::from_millis(200),
+        "the TCP connection on PP2 did not go through the failover untouched: {tcp:?}"
+    );
     // SF1 forwarded again and PP1 came back; flow A stayed on PP2 all the same. (SF1 forwards
     // the probes too: the datapath's counters, which count no probe, tell.)
     let into_pp1 = o.after.into_pair("PP1") - back.unwrap().into_pair("PP1");
@@ -685,22 +709,7 @@ fn a_member_that_black_holes_a_trickle_while_passing_its_probes_is_ejected_by_th
 #[test]
 fn established_flows_keep_their_member_through_a_flood_and_a_group_change() {
     let mut demo = Demo::build_with("churn", &["--pins-table-size", "1024"]).unwrap();
-    demo.lab
-        .spawn(
-            "dst",
-            &format!("python3 {} serve {ECHO_PORT}", script("tcp_echo.py")),
-        )
-        .unwrap();
-    let server_up = wait_for(Duration::from_secs(10), || {
-        demo.lab
-            .sh(
-                "dst",
-                &format!("ss -ltn | grep -q ':{ECHO_PORT} ' && echo up"),
-            )
-            .ok()
-            .filter(|s| s.contains("up"))
-    });
-    assert!(server_up.is_some(), "echo server did not start");
+    start_echo(&mut demo);
     demo.apply(&chain_with_tcp("PP1, PP2"));
     let connections = connections_on_pp2(&demo, 3);
     // Five datagrams each: seen again, so established.
@@ -802,6 +811,73 @@ fn chain_with_tcp(pairs: &str) -> String {
                  destinationIpPrefix: {DST_V4}/32, destinationPortRange: '{ECHO_PORT}'}}"
             ),
         )
+}
+
+/// Starts the echo server (tcp_echo.py) in the destination, listening on [`ECHO_PORT`].
+fn start_echo(demo: &mut Demo) {
+    demo.lab
+        .spawn(
+            "dst",
+            &format!("python3 {} serve {ECHO_PORT}", script("tcp_echo.py")),
+        )
+        .unwrap();
+    let server_up = wait_for(Duration::from_secs(10), || {
+        demo.lab
+            .sh(
+                "dst",
+                &format!("ss -ltn | grep -q ':{ECHO_PORT} ' && echo up"),
+            )
+            .ok()
+            .filter(|s| s.contains("up"))
+    });
+    assert!(server_up.is_some(), "echo server did not start");
+}
+
+/// A TCP connection that talks (a round trip every 20 ms) on a thread of its own until
+/// stopped; then how it went.
+struct Talk {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: thread::JoinHandle<Talked>,
+}
+
+/// What a [`Talk`] saw: round trips, the longest one, and the error that ended it, if any.
+#[derive(Debug)]
+struct Talked {
+    round_trips: u32,
+    longest: Duration,
+    error: Option<String>,
+}
+
+impl Talk {
+    fn start(mut c: TcpStream) -> Self {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut talked = Talked {
+                round_trips: 0,
+                longest: Duration::ZERO,
+                error: None,
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stopped.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let started = Instant::now();
+                if let Err(e) = round_trip(&mut c) {
+                    talked.error = Some(e.to_string());
+                    break;
+                }
+                talked.longest = talked.longest.max(started.elapsed());
+                talked.round_trips += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            talked
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Talked {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the talking thread panicked")
+    }
 }
 
 /// One line to the echo server and its echo back.

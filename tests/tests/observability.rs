@@ -1,4 +1,5 @@
-//! Seeing the chain: live tracing of real requests through the demo topology.
+//! Seeing the chain: live tracing of real requests through the demo topology, stats, metrics
+//! and the Grafana dashboard's queries against a real Prometheus.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,7 +13,7 @@ use serde_json::Value;
 use sfc_common::{tracking_id, HashInput, PROTO_TCP};
 use sfc_lab::{
     demo::{example_chain, symmetric_chain, Demo, DST_V4, SRC_V4},
-    lab::{script, wait_for},
+    lab::{script, wait_for, Lab},
 };
 
 /// Runs `sfcctl trace ARGS -o json` while `requests` runs; returns the records.
@@ -120,6 +121,14 @@ fn udp_chain() -> String {
             "  destinationPortRange: \"80\"",
             "  destinationPortRange: \"9000\"",
         )
+}
+
+/// [`udp_chain`] with a health check on PG1 (so that member liveness is exported).
+fn udp_chain_with_health_check() -> String {
+    udp_chain().replace(
+        "  portPairs: [PP1, PP2]\n",
+        "  portPairs: [PP1, PP2]\n  healthCheck: {intervalMs: 200, timeoutMs: 100}\n",
+    )
 }
 
 /// Sends `count` UDP datagrams at `rate`/s from the source to the destination port 9000.
@@ -278,32 +287,250 @@ fn an_sf_that_stops_forwarding_is_reported_as_a_black_hole() {
     assert_eq!(m.get("sfc_sf_black_hole{port_pair=\"PP1\"}"), Some(&0.0));
 }
 
-#[test]
-fn every_metric_the_grafana_dashboard_queries_exists() {
+/// Every panel expression of the Grafana dashboard (`manifests/grafana/sfc-dashboard.json`),
+/// each with the legend it is drawn with; its datasource is the template variable, as
+/// provisioning from a file or a ConfigMap needs.
+fn dashboard_queries() -> Vec<(String, String)> {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/grafana/sfc-dashboard.json");
     let dashboard: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(dashboard["__inputs"][0]["pluginId"], "prometheus");
-    let mut queried = BTreeSet::new();
+    assert!(
+        dashboard.get("__inputs").is_none(),
+        "the datasource is a template variable, not an import input"
+    );
+    let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
-        assert_eq!(panel["datasource"]["uid"], "${DS_PROMETHEUS}", "{panel}");
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{panel}");
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
-            let mut rest = expr;
-            while let Some(i) = rest.find("sfc_") {
-                let name: String = rest[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                rest = &rest[i + name.len()..];
-                queried.insert(name);
+            assert!(
+                !expr.contains("vector(0)"),
+                "{expr}: a dead scrape must show as missing, not as 0"
+            );
+            queries.push((
+                expr.to_string(),
+                target["legendFormat"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    queries
+}
+
+/// What Grafana puts in for the dashboard's variables: one job, every node, a rate window of
+/// four scrapes, the last five minutes.
+fn as_grafana_sends(expr: &str) -> String {
+    expr.replace("$job", "sfc")
+        .replace("$node", ".*")
+        .replace("$__rate_interval", "4s")
+        .replace("$__range", "5m")
+}
+
+/// An instant query of the Prometheus in the node's namespace: (legend filled in, value) per
+/// series.
+fn query(lab: &Lab, expr: &str, legend: &str) -> Result<Vec<(String, f64)>, String> {
+    let out = lab
+        .cmd("node", "curl")
+        .args(["-s", "--get", "http://127.0.0.1:9090/api/v1/query"])
+        .arg("--data-urlencode")
+        .arg(format!("query={}", as_grafana_sends(expr)))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+    if answer["status"] != "success" {
+        return Err(format!("{expr}: {answer}"));
+    }
+    Ok(answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let mut name = legend.to_string();
+            for (label, value) in series["metric"].as_object().unwrap() {
+                name = name.replace(&format!("{{{{{label}}}}}"), value.as_str().unwrap());
             }
+            let value = series["value"][1].as_str().unwrap().parse().unwrap();
+            (name, value)
+        })
+        .collect())
+}
+
+/// The dashboard's queries (expression, legend).
+struct Board(Vec<(String, String)>);
+
+impl Board {
+    /// The panel query whose expression contains `metric`.
+    fn find(&self, metric: &str) -> &(String, String) {
+        self.0
+            .iter()
+            .find(|(e, _)| e.contains(metric))
+            .unwrap_or_else(|| panic!("no panel queries {metric}"))
+    }
+
+    /// What the panel querying `metric` shows now.
+    fn panel(&self, lab: &Lab, metric: &str) -> Result<Vec<(String, f64)>, String> {
+        let (expr, legend) = self.find(metric);
+        query(lab, expr, legend)
+    }
+
+    /// Waits (at most 15 s) until the panel querying `metric` shows `series` with a value
+    /// that is `wanted`; panics with `what` and what it shows otherwise.
+    fn wait(
+        &self,
+        lab: &Lab,
+        metric: &str,
+        series: &str,
+        wanted: impl Fn(f64) -> bool,
+        what: &str,
+    ) {
+        let shown = || {
+            self.panel(lab, metric)
+                .ok()?
+                .into_iter()
+                .find(|(name, v)| name == series && wanted(*v))
+        };
+        if wait_for(Duration::from_secs(15), shown).is_none() {
+            panic!(
+                "{what}: {:?} shows {:?}",
+                self.find(metric).0,
+                self.panel(lab, metric)
+            );
+        }
+    }
+}
+
+/// The Grafana dashboard against a real Prometheus (Debian's, started here in the node's
+/// namespace, scraping the live daemon every second): every panel's expression, as Grafana
+/// sends it, parses and returns data during a black hole at SF3 and a failover in PG1; the
+/// panels say which SF and which hop are the black hole and which member is down, a refused
+/// apply counts, and a daemon that cannot be scraped shows as down, not as a healthy 0.
+#[test]
+fn the_dashboard_against_a_real_prometheus_shows_a_black_hole_a_failover_and_a_dead_scrape() {
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 18, "{queries:?}");
+    let mut demo = Demo::build("prom").unwrap();
+    demo.apply(&udp_chain_with_health_check());
+    let dir = demo.lab.dir.join("prometheus");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("prometheus.yml"),
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n\
+         scrape_configs:\n  - job_name: sfc\n    static_configs: [{targets: ['127.0.0.1:9464']}]\n",
+    )
+    .unwrap();
+    demo.lab
+        .spawn(
+            "node",
+            &format!(
+                "prometheus --config.file={0}/prometheus.yml --storage.tsdb.path={0}/data \
+                 --web.listen-address=127.0.0.1:9090 --log.level=warn",
+                dir.display()
+            ),
+        )
+        .unwrap();
+    let board = Board(queries);
+    board.wait(
+        &demo.lab,
+        "up{",
+        "127.0.0.1:9464",
+        |v| v == 1.0,
+        "the daemon is not scraped",
+    );
+    // Steady UDP through the chain (30 s at 200/s), then SF3 stops forwarding.
+    demo.lab
+        .spawn(
+            "src",
+            &format!(
+                "python3 {} send {DST_V4} 9000 6000 200 40998",
+                script("udp_stream.py")
+            ),
+        )
+        .unwrap();
+    thread::sleep(Duration::from_secs(3));
+    demo.lab
+        .sh("sf3", "sysctl -qw net.ipv4.ip_forward=0")
+        .unwrap();
+    board.wait(
+        &demo.lab,
+        "sfc_sf_black_hole",
+        "PP3",
+        |v| v == 1.0,
+        "the per-SF panel does not show PP3 as a black hole",
+    );
+    let hops = board.panel(&demo.lab, "sfc_hop_black_hole").unwrap();
+    assert!(
+        hops.contains(&("PC1 forward hop 2".to_string(), 1.0)),
+        "the per-hop panel does not show hop 2 of PC1 as a black hole: {hops:?}"
+    );
+    let sfs = board.panel(&demo.lab, "sfc_sf_black_hole").unwrap();
+    assert!(sfs.contains(&("PP1".to_string(), 0.0)), "{sfs:?}");
+    // A failover: SF1 stops forwarding too, its probes fail, PP1 leaves PG1.
+    demo.lab
+        .sh("sf1", "sysctl -qw net.ipv4.ip_forward=0")
+        .unwrap();
+    board.wait(
+        &demo.lab,
+        "sfc_member_up",
+        "PP1",
+        |v| v == 0.0,
+        "the liveness panel does not show PP1 down",
+    );
+    board.wait(
+        &demo.lab,
+        "sfc_member_transitions_total",
+        "PP1",
+        |v| v > 0.0,
+        "the transitions panel shows no change of PP1",
+    );
+    // A refused apply counts.
+    assert!(demo
+        .lab
+        .sfcctl_stdin(
+            &["apply", "-f", "-"],
+            Some("apiVersion: sfc.dataplane.dev/v1alpha1\nkind: PortPairGroup\nmetadata: {name: G}\nspec: {portPairs: []}\n"),
+        )
+        .is_err());
+    board.wait(
+        &demo.lab,
+        "sfc_apply_refused_total",
+        "invalid",
+        |v| v > 0.0,
+        "the refused-applies panel does not count the invalid apply",
+    );
+    // Meanwhile, every panel's expression parses and has data.
+    for (expr, legend) in &board.0 {
+        let series = query(&demo.lab, expr, legend).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!series.is_empty(), "{expr} returned no data");
+    }
+    // The daemon gone: its target shows down (0), not missing and not green.
+    demo.lab.kill_daemon().unwrap();
+    board.wait(
+        &demo.lab,
+        "up{",
+        "127.0.0.1:9464",
+        |v| v == 0.0,
+        "a daemon that cannot be scraped is not shown down",
+    );
+}
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_exists() {
+    let mut queried = BTreeSet::new();
+    for (expr, _) in dashboard_queries() {
+        let mut rest = expr.as_str();
+        while let Some(i) = rest.find("sfc_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            queried.insert(name);
         }
     }
     assert!(queried.len() >= 10, "{queried:?}");
     // A live daemon with a chain and some traffic.
     let demo = Demo::build("grafana").unwrap();
-    demo.apply(&udp_chain());
+    demo.apply(&udp_chain_with_health_check());
     send_udp(&demo, 50, 500);
     thread::sleep(Duration::from_millis(1500));
     let (samples, families) = scrape(&demo);

@@ -71,6 +71,8 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "openssl",
+    // The dashboard test runs Prometheus against a live daemon, in a lab's namespace.
+    "prometheus",
     // The etcd client crate compiles etcd's gRPC definitions when sfc-daemon is built: protoc,
     // and the well-known types they import (google/protobuf/*.proto).
     "protobuf-compiler",

@@ -470,6 +470,17 @@ impl Agent {
         });
     }
 
+    /// Tells the other nodes which of this node's members are out of their groups.
+    pub(super) fn publish_down(&self) {
+        let Some(link) = &self.cluster else { return };
+        let down = self.local_failed();
+        link.info.send_if_modified(|info| {
+            let changed = info.down != down;
+            info.down = down;
+            changed
+        });
+    }
+
     /// Says why this node does not steer its part fully (empty: it does).
     pub(super) fn publish_error(&self) {
         if let Some(link) = &self.cluster {
@@ -550,6 +561,7 @@ fn node_row(n: NodeView) -> Node {
         usable_mtu: n.info.usable_mtu,
         holding: status.holding,
         sending: status.sending,
+        down: n.info.down,
         name: n.name,
     }
 }

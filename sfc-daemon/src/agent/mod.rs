@@ -281,8 +281,23 @@ impl Agent {
         self.failed() != before
     }
 
-    /// The members out of their groups (probes failing, or ejected as black holes), and why.
+    /// The members out of their groups, and why: this node's, and in a cluster those the other
+    /// nodes (alive) say are out, so that every node leaves them out alike.
     fn failed(&self) -> BTreeMap<String, String> {
+        let mut failed = self.local_failed();
+        if let Some(link) = &self.cluster {
+            for node in link.nodes.iter().filter(|n| n.alive && n.name != link.node) {
+                for (pair, why) in &node.info.down {
+                    failed.insert(pair.clone(), format!("on node {}: {why}", node.name));
+                }
+            }
+        }
+        failed
+    }
+
+    /// This node's members out of their groups (probes failing, or ejected as black holes),
+    /// and why.
+    fn local_failed(&self) -> BTreeMap<String, String> {
         let mut failed: BTreeMap<String, String> = self
             .probes
             .health
@@ -298,12 +313,15 @@ impl Agent {
 
     /// Passive checks: a member of a group with `healthCheck.passive` that its counters judge
     /// a black hole leaves its group for `ejectMs`; when that is up it returns, judged afresh
-    /// (nothing went into it meanwhile, and its counters' window is shorter).
+    /// (nothing went into it meanwhile, and its counters' window is shorter). A member whose
+    /// group no longer has a passive check returns at once.
     fn eject_black_holes(&mut self, pairs: &[PairHealth]) {
         let now = Instant::now();
         let mut moved: Vec<String> = Vec::new();
+        let state = &self.state;
         self.probes.ejected.retain(|pair, e| {
-            let stays = now < e.until;
+            // (Or its group no longer has a passive check.)
+            let stays = now < e.until && passive_ejection(state, pair).is_some();
             if !stays {
                 info!(pair, "member back: its ejection as a black hole is over");
                 moved.push(pair.clone());
@@ -474,6 +492,7 @@ impl Agent {
         let mut now = now;
         now.cluster = self.cluster_view(revision);
         now.failed = self.failed();
+        self.publish_down();
         let relevant = !self.synced
             || touches_state(&self.state, &self.interfaces, &now)
             || now.cluster != self.interfaces.cluster
@@ -597,7 +616,26 @@ impl Agent {
         }
     }
 
+    /// Answers one request; an apply or delete that changed nothing is counted (metrics).
     pub fn handle(&mut self, request: Request) -> Response {
+        let changes = matches!(
+            request,
+            Request::Apply { dry_run: false, .. }
+                | Request::DeleteFile { dry_run: false, .. }
+                | Request::Delete { dry_run: false, .. }
+        );
+        let response = self.answer(request);
+        if changes && !response.ok {
+            self.metrics.count_refused(if response.errors.is_empty() {
+                "failed"
+            } else {
+                "invalid"
+            });
+        }
+        response
+    }
+
+    fn answer(&mut self, request: Request) -> Response {
         if self.cluster.is_some() {
             match request {
                 Request::Apply {

@@ -96,6 +96,10 @@ pub struct NodeInfo {
     /// encapsulation); 0: not known.
     #[serde(default)]
     pub usable_mtu: u32,
+    /// Its members out of their groups (health checks: probes failing, or ejected as black
+    /// holes), by port pair, with why: every node leaves them out alike.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub down: BTreeMap<String, String>,
 }
 
 /// The revision of the desired state a node has applied, why it is not fully steered, and

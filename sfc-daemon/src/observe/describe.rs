@@ -160,7 +160,11 @@ impl Context<'_> {
             return Some(format!("not probed (stays in its group): {why}"));
         }
         let Some(h) = self.probed.get(pair) else {
-            return Some("not probed: not on this node, or its interfaces are not present".into());
+            // In a cluster, its own node probes it and says when it is out.
+            return Some(match self.interfaces.failed.get(pair) {
+                Some(why) => format!("DOWN, out of its group: {why}"),
+                None => "not probed here: on another node (which probes it), or its interfaces are not present".into(),
+            });
         };
         let ago = h.since.elapsed().map_or(0, |d| d.as_secs());
         let (state, effect) = match h.state {

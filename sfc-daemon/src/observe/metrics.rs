@@ -33,7 +33,8 @@ use prometheus_client::{
     collector::Collector,
     encoding::{text, DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
-        counter::ConstCounter,
+        counter::{ConstCounter, Counter},
+        family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::Histogram,
         MetricType,
@@ -193,6 +194,7 @@ pub struct Metrics {
     registry: Registry,
     apply_duration: Histogram,
     apply_last: Gauge<f64, AtomicU64>,
+    apply_refused: Family<[(&'static str, &'static str); 1], Counter>,
     status: Arc<Status>,
 }
 
@@ -214,6 +216,16 @@ impl Metrics {
             "Duration of the last apply",
             apply_last.clone(),
         );
+        let apply_refused = Family::default();
+        // Both series from the start, at 0: a rate over them is 0, not missing.
+        for reason in ["invalid", "failed"] {
+            let _ = apply_refused.get_or_create(&[("reason", reason)]);
+        }
+        registry.register(
+            "sfc_apply_refused",
+            "Applies and deletes that changed nothing, by reason: invalid (the errors name file, object and field) or failed (the store or the kernel refused)",
+            apply_refused.clone(),
+        );
         registry.register_collector(Box::new(Observed {
             observed,
             status: status.clone(),
@@ -222,6 +234,7 @@ impl Metrics {
             registry,
             apply_duration,
             apply_last,
+            apply_refused,
             status,
         }
     }
@@ -230,6 +243,14 @@ impl Metrics {
     pub fn observe_apply(&self, seconds: f64) {
         self.apply_duration.observe(seconds);
         self.apply_last.set(seconds);
+    }
+
+    /// The agent calls this for every apply or delete that changed nothing (`reason`: invalid
+    /// or failed).
+    pub fn count_refused(&self, reason: &'static str) {
+        self.apply_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// The OpenMetrics text, `# EOF` included.
