@@ -75,12 +75,10 @@ pub struct PairHealth {
     pub into_pps: f64,
     pub from_pps: f64,
     pub state: State,
-    /// In a group with a health check, on the node probing it: what its probes say.
+    /// In a group with a health check, on the node that checks it: in or out of its group (by
+    /// its probes, or its group's passive check), since when and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probed: Option<Probed>,
-    /// Out of its group as a black hole (its group's passive check).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub ejected: bool,
+    pub check: Option<MemberHealth>,
 }
 
 /// Packets a chain sent into one hop and got back out of it, with rates over the window.

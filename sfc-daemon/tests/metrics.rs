@@ -59,8 +59,7 @@ fn pair(name: &str, into_packets: u64, from_packets: u64, state: State) -> PairH
         into_pps: 0.0,
         from_pps: 0.0,
         state,
-        probed: None,
-        ejected: false,
+        check: None,
     }
 }
 

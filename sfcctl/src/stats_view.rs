@@ -163,16 +163,17 @@ pub fn table(r: &Response, with_outcomes: bool) -> String {
     out
 }
 
-/// A pair's state from its counters, and what takes it out of its group: its probes, or its
-/// group's passive check.
+/// A pair's state from its counters, and when its health check took it out of its group:
+/// for how long and why.
 fn pair_state(p: &PairHealth) -> String {
     let state = p.state.as_str();
-    if p.ejected {
-        format!("{state}, DOWN (black hole: out of its group)")
-    } else if p.probed == Some(Probed::Down) {
-        format!("{state}, DOWN (probes fail: out of its group)")
-    } else {
-        state.to_string()
+    match p.check.as_ref().filter(|c| c.state == Probed::Down) {
+        Some(c) => format!(
+            "{state}, DOWN for {} s (out of its group: {})",
+            c.since.elapsed().map_or(0, |d| d.as_secs()),
+            c.reason
+        ),
+        None => state.to_string(),
     }
 }
 

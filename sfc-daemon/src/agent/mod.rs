@@ -355,6 +355,23 @@ impl Agent {
         self.probes.ejections_changed |= !moved.is_empty();
     }
 
+    /// A member's health check as `stats` shows it: ejected as a black hole (its probes go on
+    /// meanwhile), or what its probes say; `None` when this node does not check it.
+    fn member_check(&self, pair: &str) -> Option<MemberHealth> {
+        let probed = self.probes.health.get(pair);
+        match self.probes.ejected.get(pair) {
+            Some(e) => Some(MemberHealth {
+                state: Probed::Down,
+                since: e.since,
+                reason: EJECTED.into(),
+                ..probed
+                    .cloned()
+                    .unwrap_or_else(|| MemberHealth::starting(e.since))
+            }),
+            None => probed.cloned(),
+        }
+    }
+
     /// Whether a member was ejected or came back since the last call (then the dataplane
     /// must be recompiled).
     pub fn ejections_changed(&mut self) -> bool {
@@ -451,8 +468,7 @@ impl Agent {
         snapshot.hops = self.health.hops(&spans);
         self.eject_black_holes(&snapshot.pairs);
         for p in &mut snapshot.pairs {
-            p.probed = self.probes.health.get(&p.pair).map(|h| h.state);
-            p.ejected = self.probes.ejected.contains_key(&p.pair);
+            p.check = self.member_check(&p.pair);
         }
         snapshot.probed = self
             .probes

@@ -181,8 +181,7 @@ impl Health {
                         let (unanswered, waited) = unanswered(&points);
                         State::judge_with_unanswered(d_into, d_from, unanswered, waited)
                     },
-                    probed: None,
-                    ejected: false,
+                    check: None,
                 }
             })
             .collect()
