@@ -180,11 +180,13 @@ pub const CONFIG_TUNNEL_MTU: u32 = 6;
 pub const CONFIG_PROBE_TOKEN: u32 = 7;
 pub const CONFIG_ENTRIES: u32 = 8;
 
-/// Health probes are IPv4 UDP packets between this port and itself, untagged, without IP
-/// options, whose payload is a [`ProbePayload`].
+/// Health probes are UDP packets between this port and itself, untagged, IPv4 without options
+/// or IPv6 without extension headers, whose payload is a [`ProbePayload`].
 pub const PROBE_PORT: u16 = 48_481;
-/// Where a probe's payload starts: after the Ethernet, IPv4 and UDP headers.
+/// Where an IPv4 probe's payload starts: after the Ethernet, IPv4 and UDP headers.
 pub const PROBE_PAYLOAD_OFFSET: usize = 14 + 20 + 8;
+/// Where an IPv6 probe's payload starts: after the Ethernet, IPv6 and UDP headers.
+pub const PROBE_PAYLOAD_OFFSET_V6: usize = 14 + 40 + 8;
 /// Entries of `sfc_v7_probes`: one per SF egress, as the interfaces with counters.
 pub const PROBES_CAPACITY: u32 = MEMBER_SLOTS;
 

@@ -188,13 +188,13 @@ impl<'de> Deserialize<'de> for FailMode {
     expecting = "a mapping of healthCheck fields"
 )]
 pub struct HealthCheck {
-    /// The probe's IPv4 source and destination: addresses the SF forwards like its chains'
-    /// traffic. Default: from the first classifier with IPv4 prefixes of a chain through the
-    /// group.
+    /// The probe's source and destination (IPv4 or IPv6, both of one family): addresses the
+    /// SF forwards like its chains' traffic. Default: from the first classifier with source
+    /// and destination prefixes of a chain through the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<std::net::Ipv4Addr>,
+    pub source: Option<std::net::IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination: Option<std::net::Ipv4Addr>,
+    pub destination: Option<std::net::IpAddr>,
     #[serde(default = "HealthCheck::default_interval_ms")]
     pub interval_ms: u32,
     #[serde(default = "HealthCheck::default_timeout_ms")]

@@ -392,8 +392,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     }
     if scratch.pkt.dport == PROBE_PORT
         && scratch.pkt.proto == PROTO_UDP
-        && scratch.pkt.family == FAMILY_V4
-        && probe::came_out(ctx, ifindex)
+        && probe::came_out(ctx, ifindex, scratch.pkt.family)
     {
         return C::DROP;
     }

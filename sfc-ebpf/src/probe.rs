@@ -5,22 +5,31 @@
 //! carries the agent's token; anything else to the probe port is steered as usual.
 
 use aya_ebpf::{macros::map, maps::HashMap};
-use sfc_common::{ProbePayload, CONFIG_PROBE_TOKEN, PROBES_CAPACITY, PROBE_PAYLOAD_OFFSET};
+use sfc_common::{
+    ProbePayload, CONFIG_PROBE_TOKEN, FAMILY_V4, PROBES_CAPACITY, PROBE_PAYLOAD_OFFSET,
+    PROBE_PAYLOAD_OFFSET_V6,
+};
 
 use crate::{frame::Frame, CONFIG};
 
 #[map(name = "sfc_v7_probes")]
 static PROBES: HashMap<u32, u64> = HashMap::pinned(PROBES_CAPACITY, 0);
 
-/// Whether the packet (IPv4 UDP to the probe port, parsed already) is one of the agent's
-/// probes; if so it has been recorded as come out of `ifindex`, and the caller drops it.
+/// Whether the packet (UDP to the probe port of IP `family`, parsed already) is one of the
+/// agent's probes; if so it has been recorded as come out of `ifindex`, and the caller drops
+/// it.
 #[inline(never)]
-pub fn came_out<C: Frame>(ctx: &C, ifindex: u32) -> bool {
+pub fn came_out<C: Frame>(ctx: &C, ifindex: u32, family: u8) -> bool {
     let token = CONFIG.get(CONFIG_PROBE_TOKEN).copied().unwrap_or(0);
     if token == 0 {
         return false;
     }
-    let Ok(payload) = ctx.load::<ProbePayload>(PROBE_PAYLOAD_OFFSET) else {
+    let offset = if family == FAMILY_V4 {
+        PROBE_PAYLOAD_OFFSET
+    } else {
+        PROBE_PAYLOAD_OFFSET_V6
+    };
+    let Ok(payload) = ctx.load::<ProbePayload>(offset) else {
         return false;
     };
     if payload.token != token {

@@ -1106,9 +1106,9 @@ fn lb_fields_are_honoured_field_by_field() {
     }
 }
 
-/// A health probe that comes back out of an SF (here: into the program on C's egress) carrying
-/// the agent's token is recorded under that interface and dropped, counted as nothing; the same
-/// packet without the token is traffic like any other (here: the end of chain C2, so it goes on).
+/// A health probe (IPv4 or IPv6) that comes back out of an SF (here: into the program on C's
+/// egress) carrying the agent's token is recorded under that interface and dropped, counted as
+/// nothing; the same packet without the token is traffic like any other.
 #[test]
 fn a_probe_back_out_of_an_sf_is_recorded_and_dropped_and_a_forged_one_is_traffic() {
     use sfc_common::{ProbePayload, PROBE_PORT};
@@ -1130,6 +1130,11 @@ fn a_probe_back_out_of_an_sf_is_recorded_and_dropped_and_a_forged_one_is_traffic
         frames::ipv4_checksum(&mut ip);
         eth(0x0800, &ip)
     };
+    let probe6 = |token: u64, seq: u64| {
+        let mut bytes = token.to_ne_bytes().to_vec();
+        bytes.extend(seq.to_ne_bytes());
+        ipv6(&[], 17, &frames::udp(PROBE_PORT, PROBE_PORT, &bytes))
+    };
     let before = stats(&sb);
     let (verdict, _) = run_on(&mut sb, &probe(token, 41), egress);
     assert_eq!(verdict, TC_ACT_SHOT, "a probe goes no further than the SF");
@@ -1144,4 +1149,16 @@ fn a_probe_back_out_of_an_sf_is_recorded_and_dropped_and_a_forged_one_is_traffic
     );
     assert_eq!(returned.get(&egress, 0).unwrap(), 41);
     assert_ne!(stats(&sb), after, "that packet is counted as traffic");
+    // IPv6 probes alike.
+    let before = stats(&sb);
+    let (verdict, _) = run_on(&mut sb, &probe6(token, 43), egress);
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "an IPv6 probe goes no further than the SF"
+    );
+    assert_eq!(returned.get(&egress, 0).unwrap(), 43);
+    assert_eq!(stats(&sb), before, "an IPv6 probe is counted as nothing");
+    let (verdict, _) = run_on(&mut sb, &probe6(token + 1, 44), egress);
+    assert_ne!(verdict, TC_ACT_SHOT, "without the token it is traffic");
+    assert_eq!(returned.get(&egress, 0).unwrap(), 43);
 }

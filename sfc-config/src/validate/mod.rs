@@ -476,6 +476,17 @@ fn health_check_errors(c: &HealthCheck, tap: bool) -> Vec<(&'static str, String)
             "a tap group gets copies and steers nothing: it has no health check; remove it".into(),
         ));
     }
+    match (c.source, c.destination) {
+        (Some(s), Some(d)) if s.is_ipv4() != d.is_ipv4() => out.push((
+            "spec.healthCheck.destination",
+            format!("{d} is not of the family of source {s}; give two IPv4 or two IPv6 addresses"),
+        )),
+        (Some(_), None) | (None, Some(_)) => out.push((
+            "spec.healthCheck",
+            "source and destination go together: set both, or neither (then a classifier's are used)".into(),
+        )),
+        _ => {}
+    }
     if !(100..=60_000).contains(&c.interval_ms) {
         out.push((
             "spec.healthCheck.intervalMs",
@@ -1215,6 +1226,18 @@ mod tests {
             "PortPairGroup \"g3\"",
             "spec.healthCheck.failures",
             "0 is out of range; use 1 to 100",
+        );
+        rejects(
+            &group("{source: 10.0.0.1, destination: 'fd00::1'}"),
+            "PortPairGroup \"g3\"",
+            "spec.healthCheck.destination",
+            "fd00::1 is not of the family of source 10.0.0.1",
+        );
+        rejects(
+            &group("{source: 10.0.0.1}"),
+            "PortPairGroup \"g3\"",
+            "spec.healthCheck",
+            "source and destination go together",
         );
         rejects(
             &group("{passive: true, ejectMs: 1000}"),

@@ -23,6 +23,8 @@ use super::{
 
 /// How long one request to etcd may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a read that etcd refused at once is made (see [`Store::read`]).
+const READ_ATTEMPTS: usize = 5;
 /// etcd refuses transactions of more than 128 operations and requests over 1.5 MiB; writes
 /// are batched well under both.
 const MAX_OPS: usize = 64;
@@ -69,6 +71,28 @@ impl Store {
         }
     }
 
+    /// [`call`](Self::call) of a read that `read` makes, made again (up to [`READ_ATTEMPTS`]
+    /// in all) while etcd answers with an error at once: with one member of several down,
+    /// the client still sends some requests to it (they fail at connect) until it stops
+    /// picking it, and a refresh of many shards would otherwise fail as a whole every time.
+    /// A read that times out is not tried again (the time is spent).
+    pub async fn read<T, F>(&self, read: impl Fn() -> F) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut failed = None;
+        for _ in 0..READ_ATTEMPTS {
+            match tokio::time::timeout(REQUEST_TIMEOUT, read()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => failed = Some(e.to_string()),
+                Err(_) => break,
+            }
+        }
+        Err(self.unreachable(
+            failed.unwrap_or_else(|| format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+        ))
+    }
+
     pub fn unreachable(&self, reason: String) -> ClusterError {
         ClusterError::Unreachable {
             endpoints: self.endpoints.clone(),
@@ -79,8 +103,12 @@ impl Store {
     /// The desired state at the head's latest revision, reading only the shards whose
     /// version differs from `known`'s (shard versions are written once, never changed).
     pub async fn refresh(&self, known: &Snapshot) -> Result<Snapshot, ClusterError> {
-        let mut client = self.client();
-        let response = self.call(client.get(head_key(), None)).await?;
+        let response = self
+            .read(|| {
+                let mut client = self.client();
+                async move { client.get(head_key(), None).await }
+            })
+            .await?;
         let read_at = response.header().map_or(0, |h| h.revision());
         let Some(kv) = response.kvs().first() else {
             return Ok(Snapshot::default());
@@ -103,12 +131,14 @@ impl Store {
         // since (etcd keeps them readable there until it compacts).
         for batch in missing.chunks(16) {
             let reads = batch.iter().map(|(_, key)| {
-                let mut client = self.client();
-                let key = key.clone();
-                async move {
-                    self.call(client.get(key, Some(GetOptions::new().with_revision(read_at))))
-                        .await
-                }
+                self.read(move || {
+                    let (mut client, key) = (self.client(), key.clone());
+                    async move {
+                        client
+                            .get(key, Some(GetOptions::new().with_revision(read_at)))
+                            .await
+                    }
+                })
             });
             for ((shard, key), response) in batch.iter().zip(futures::future::join_all(reads).await)
             {

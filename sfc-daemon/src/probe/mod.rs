@@ -10,7 +10,7 @@ pub mod health;
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -36,8 +36,8 @@ pub struct Target {
     /// Where probes come back out of the SF.
     pub egress: String,
     pub egress_ifindex: u32,
-    pub source: Ipv4Addr,
-    pub destination: Ipv4Addr,
+    pub source: IpAddr,
+    pub destination: IpAddr,
     pub interval: Duration,
     pub timeout: Duration,
     pub thresholds: Thresholds,
@@ -72,7 +72,7 @@ pub fn targets(state: &State, interfaces: &Interfaces) -> (Vec<Target>, BTreeMap
                 .and_then(sfc_config::validate::mac)
                 .or_else(|| interfaces.peer_macs.get(&pp.ingress).copied());
             let why = match (addresses, sf_mac, ingress.mac) {
-                (None, _, _) => "no address to probe with: no chain through the group has a classifier with IPv4 source and destination prefixes; set healthCheck.source and healthCheck.destination",
+                (None, _, _) => "no address to probe with: no chain through the group has a classifier with source and destination prefixes; set healthCheck.source and healthCheck.destination",
                 (_, None, _) => "the MAC of the SF's ingress NIC is not known; set the PortPair's ingressMac",
                 (_, _, None) => "the ingress interface has no MAC",
                 (Some((source, destination)), Some(sf_mac), Some(host_mac)) => {
@@ -102,10 +102,10 @@ pub fn targets(state: &State, interfaces: &Interfaces) -> (Vec<Target>, BTreeMap
     (out, unprobed)
 }
 
-/// The first address of the IPv4 source and destination prefixes of the first classifier
-/// (chains in name order) of a chain through `group`: a packet its SFs forward.
-fn chain_addresses(state: &State, group: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let first = |prefix: &Option<String>| -> Option<Ipv4Addr> {
+/// The first addresses of the source and destination prefixes of the first classifier (chains
+/// in name order) of a chain through `group` that has both: a packet its SFs forward.
+fn chain_addresses(state: &State, group: &str) -> Option<(IpAddr, IpAddr)> {
+    let first = |prefix: &Option<String>| -> Option<IpAddr> {
         prefix.as_deref()?.split('/').next()?.parse().ok()
     };
     state
