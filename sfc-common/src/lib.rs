@@ -2,17 +2,17 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v7_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! version (`sfc_v8_*`): a change of any layout here bumps it, so that a new daemon gets fresh
 //! maps instead of misreading pinned ones.
 #![no_std]
 
-/// The version of this ABI, in every map name (`sfc_v7_*`). A change of any layout here, of a
+/// The version of this ABI, in every map name (`sfc_v8_*`). A change of any layout here, of a
 /// map's type or of what a value means bumps it, so that a new daemon gets fresh maps instead of
 /// misreading pinned ones; `layout_fingerprint_matches_the_abi_version` fails until it is.
 #[macro_export]
 macro_rules! abi_version {
     () => {
-        7
+        8
     };
 }
 pub const ABI_VERSION: u32 = abi_version!();
@@ -42,7 +42,8 @@ pub const MAP_FLOWS4: &str = map_name!("flows4");
 /// Flow pins of flows seen more than once: what keeps an established flow on its member when
 /// its group changes. A flood of new flows never writes here, so it cannot evict them.
 pub const MAP_PINS: &str = map_name!("pins");
-/// Flow pins of flows seen once so far; a flow's pin moves to `MAP_PINS` with its second
+/// Flow pins of flows seen once so far where their flow state cannot hold them (hops from
+/// `FLOW_PIN_HOPS` on, or no flow state); a flow's pin moves to `MAP_PINS` with its second
 /// packet.
 pub const MAP_NEW_PINS: &str = map_name!("new_pins");
 pub const MAP_DECISIONS: &str = map_name!("decisions");
@@ -126,7 +127,7 @@ pub const RING_SIZE: u32 = 1021;
 pub const SLOTS_PER_GEN: u32 = 512;
 /// Classifier entries (both generations together). Hash map without preallocation.
 pub const CLASSIFY_CAPACITY: u32 = 1 << 20;
-/// Source-port ranges of classify entries per generation (`sfc_v7_source_ports`; generation
+/// Source-port ranges of classify entries per generation (`sfc_v8_source_ports`; generation
 /// `g` owns `g * SOURCE_PORTS_PER_GEN ..`). Only keys shared by classifiers that differ by
 /// source port need them.
 pub const SOURCE_PORTS_PER_GEN: u32 = 32768;
@@ -160,22 +161,22 @@ pub const MEMBER_SLOTS: u32 = 4096;
 /// Size of the trace event ring buffer (bytes, a power of two).
 pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
-/// `sfc_v7_config` index holding the epoch; the active generation is `epoch & 1`.
+/// `sfc_v8_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
-/// `sfc_v7_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
+/// `sfc_v8_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
 pub const CONFIG_FLIP_NS: u32 = 1;
-/// `sfc_v7_config` indexes `CONFIG_REVISION + gen`: the revision of the cluster's state each
+/// `sfc_v8_config` indexes `CONFIG_REVISION + gen`: the revision of the cluster's state each
 /// generation steers (its low 32 bits; 0 outside a cluster). Packets between nodes carry it,
 /// so that a packet is steered on every node by the revision it started with.
 pub const CONFIG_REVISION: u32 = 2;
-/// `sfc_v7_config` index holding the ifindex of this node's underlay interface, where
+/// `sfc_v8_config` index holding the ifindex of this node's underlay interface, where
 /// packets to other nodes leave and theirs arrive (0: none, outside a cluster).
 pub const CONFIG_TUNNEL_IFINDEX: u32 = 4;
-/// `sfc_v7_config` index holding this node's tunnel address (IPv4, network byte order).
+/// `sfc_v8_config` index holding this node's tunnel address (IPv4, network byte order).
 pub const CONFIG_TUNNEL_ADDRESS: u32 = 5;
-/// `sfc_v7_config` index holding the MTU of this node's underlay interface.
+/// `sfc_v8_config` index holding the MTU of this node's underlay interface.
 pub const CONFIG_TUNNEL_MTU: u32 = 6;
-/// `sfc_v7_config` index holding the agent's probe token (random, never 0; 0: no probes):
+/// `sfc_v8_config` index holding the agent's probe token (random, never 0; 0: no probes):
 /// a packet is a health probe only if it carries it.
 pub const CONFIG_PROBE_TOKEN: u32 = 7;
 pub const CONFIG_ENTRIES: u32 = 8;
@@ -187,7 +188,7 @@ pub const PROBE_PORT: u16 = 48_481;
 pub const PROBE_PAYLOAD_OFFSET: usize = 14 + 20 + 8;
 /// Where an IPv6 probe's payload starts: after the Ethernet, IPv6 and UDP headers.
 pub const PROBE_PAYLOAD_OFFSET_V6: usize = 14 + 40 + 8;
-/// Entries of `sfc_v7_probes`: one per SF egress, as the interfaces with counters.
+/// Entries of `sfc_v8_probes`: one per SF egress, as the interfaces with counters.
 pub const PROBES_CAPACITY: u32 = MEMBER_SLOTS;
 
 /// The payload of a health probe: the agent's token and the probe's sequence number (both
@@ -203,7 +204,7 @@ pub struct ProbePayload {
 /// member side or chain end on another one, named by the rest (see [`remote_id`]); sent there
 /// in the tunnel.
 pub const REMOTE: u32 = 1 << 31;
-/// Entries of `sfc_v7_remotes` and of `sfc_v7_landing` (both generations together).
+/// Entries of `sfc_v8_remotes` and of `sfc_v8_landing` (both generations together).
 pub const REMOTES_CAPACITY: u32 = 16384;
 /// Nodes a node takes tunnel packets from.
 pub const TUNNEL_PEERS_CAPACITY: u32 = 4096;
@@ -374,7 +375,7 @@ pub mod stat {
     ];
 }
 
-/// Key of `sfc_v7_classify`: a packet's addresses, protocol and destination port, masked by
+/// Key of `sfc_v8_classify`: a packet's addresses, protocol and destination port, masked by
 /// one tuple of its interface. The source port is not in the key: it is checked against the
 /// entry's ranges ([`ClassEntry`]), so that ranges on both ports need no product of shapes.
 #[repr(C)]
@@ -433,10 +434,10 @@ impl SourcePorts {
     pub const ANY: (u16, u16) = (0, u16::MAX);
 }
 
-/// Value of `sfc_v7_classify`: what the key's packets get, by their source port. Most keys
+/// Value of `sfc_v8_classify`: what the key's packets get, by their source port. Most keys
 /// have one range (`only`; `0..=65535` when the classifier has none). Where classifiers share
 /// a key and differ by source port, `ranges` > 0 and the ranges are elements
-/// `first .. first + ranges` of `sfc_v7_source_ports`, sorted and disjoint: a binary search
+/// `first .. first + ranges` of `sfc_v8_source_ports`, sorted and disjoint: a binary search
 /// of at most 16 steps, however many there are.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -447,7 +448,7 @@ pub struct ClassEntry {
     pub ranges: u32,
 }
 
-/// Key of `sfc_v7_ports`.
+/// Key of `sfc_v8_ports`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -455,7 +456,7 @@ pub struct PortKey {
     pub gen: u32,
 }
 
-/// Value of `sfc_v7_ports`: the domain packets arriving on this interface are classified in and
+/// Value of `sfc_v8_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -487,7 +488,7 @@ pub const PORT_NEEDS_PORTS: u16 = 4;
 /// directions through one interface): keys carry the path of the packet's flow.
 pub const PORT_BY_PATH: u16 = 8;
 
-/// Value of `sfc_v7_classify`.
+/// Value of `sfc_v8_classify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Verdict {
@@ -555,7 +556,7 @@ pub struct Member {
     pub slot: u16,
 }
 
-/// Entry of `sfc_v7_ring` and value of `sfc_v7_pins`: both sides of one member, so that the
+/// Entry of `sfc_v8_ring` and value of `sfc_v8_pins`: both sides of one member, so that the
 /// two directions of a symmetric flow meet the same instance.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -564,7 +565,7 @@ pub struct RingEntry {
     pub egress: Member,
 }
 
-/// Key of `sfc_v7_members`: a member (by its ingress interface) of one group table.
+/// Key of `sfc_v8_members`: a member (by its ingress interface) of one group table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
@@ -573,7 +574,7 @@ pub struct MemberKey {
     pub ifindex: u32,
 }
 
-/// Key of `sfc_v7_pins` (whose value is the member's ingress ifindex): a flow (as its
+/// Key of `sfc_v8_pins` (whose value is the member's ingress ifindex): a flow (as its
 /// member-choosing hash) in one group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -582,7 +583,7 @@ pub struct PinKey {
     pub hash: u32,
 }
 
-/// Value of `sfc_v7_flows`.
+/// Value of `sfc_v8_flows`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowState {
@@ -599,9 +600,18 @@ pub struct FlowState {
     pub _pad2: u32,
     /// Packets entered and not yet out of the chain (atomic; may drift when an SF drops).
     pub inflight: u64,
+    /// The member (ingress ifindex, 0: none) that hop `i` chose for the flow while it was
+    /// seen once: its pin until it is seen again and joins the established pins. Kept here,
+    /// in the record every hop finds anyway, rather than in a pin table, so that a flow's
+    /// first packet inserts into no table past its entry. Hops from `FLOW_PIN_HOPS` on pin in
+    /// `sfc_v8_new_pins`.
+    pub first_members: [u32; FLOW_PIN_HOPS],
 }
 
-/// Key of `sfc_v7_decisions`: a flow arriving on one interface.
+/// Hops whose first choice of member a flow keeps in its own state (`FlowState::first_members`).
+pub const FLOW_PIN_HOPS: usize = 8;
+
+/// Key of `sfc_v8_decisions`: a flow arriving on one interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey {
@@ -609,7 +619,7 @@ pub struct DecisionKey {
     pub tuple: FlowTuple,
 }
 
-/// Value of `sfc_v7_decisions`: what the program decided for a flow on an interface, valid
+/// Value of `sfc_v8_decisions`: what the program decided for a flow on an interface, valid
 /// while the epoch is the same (any update makes every decision stale at once), so that the
 /// next packets of the flow skip classification and member choice.
 #[repr(C)]
@@ -633,7 +643,7 @@ pub struct Decision {
     pub _pad: u32,
 }
 
-/// Element of `sfc_v7_member_counters` (per CPU): traffic we sent into an SF through one of its
+/// Element of `sfc_v8_member_counters` (per CPU): traffic we sent into an SF through one of its
 /// interfaces, and traffic that came back out of it there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -644,7 +654,7 @@ pub struct MemberCounter {
     pub from_bytes: u64,
 }
 
-/// Element of `sfc_v7_counters` (per CPU).
+/// Element of `sfc_v8_counters` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Counter {
@@ -662,7 +672,7 @@ pub mod trace_field {
     pub const ID: u8 = 1 << 5;
 }
 
-/// The one entry of `sfc_v7_trace_filter`. A packet matches in either direction (source and
+/// The one entry of `sfc_v8_trace_filter`. A packet matches in either direction (source and
 /// destination swapped), so one filter follows both directions of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -681,7 +691,7 @@ pub struct TraceFilter {
     pub dst: [u32; 4],
 }
 
-/// One packet's step through this node, sent to `sfc_v7_trace_events` while tracing.
+/// One packet's step through this node, sent to `sfc_v8_trace_events` while tracing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TraceEvent {
@@ -725,7 +735,7 @@ pub fn tracking_id(input: &HashInput) -> u32 {
     }
 }
 
-/// Key of `sfc_v7_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
+/// Key of `sfc_v8_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
 /// IPv4 flows have their own tables because the key is hashed on every packet: a decided flow
 /// costs a third less with it.
 #[repr(C)]
@@ -741,7 +751,7 @@ pub struct FlowTuple4 {
     pub vlan: u16,
 }
 
-/// Key of `sfc_v7_decisions4`.
+/// Key of `sfc_v8_decisions4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey4 {
@@ -749,7 +759,7 @@ pub struct DecisionKey4 {
     pub tuple: FlowTuple4,
 }
 
-/// Key of `sfc_v7_flows` (directional 5-tuple; IPv6, and anything not IPv4).
+/// Key of `sfc_v8_flows` (directional 5-tuple; IPv6, and anything not IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowTuple {
@@ -763,7 +773,7 @@ pub struct FlowTuple {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v7_fragments`: one IP datagram arriving on one interface (each hop of a chain
+/// Key of `sfc_v8_fragments`: one IP datagram arriving on one interface (each hop of a chain
 /// sees the whole datagram again, in its own order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -778,7 +788,7 @@ pub struct FragmentKey {
     pub dst: [u32; 4],
 }
 
-/// Value of `sfc_v7_fragments`: what the first fragment told of its datagram.
+/// Value of `sfc_v8_fragments`: what the first fragment told of its datagram.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentState {
@@ -792,7 +802,7 @@ pub struct FragmentState {
     pub first_ns: u64,
 }
 
-/// Key of `sfc_v7_remotes` and `sfc_v7_landing`: a member side or chain end of a cluster
+/// Key of `sfc_v8_remotes` and `sfc_v8_landing`: a member side or chain end of a cluster
 /// ([`remote_id`]) in one generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -801,7 +811,7 @@ pub struct RemoteKey {
     pub id: u32,
 }
 
-/// Value of `sfc_v7_remotes` and key of `sfc_v7_tunnel_peers`: a node's tunnel address.
+/// Value of `sfc_v8_remotes` and key of `sfc_v8_tunnel_peers`: a node's tunnel address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TunnelPeer {
@@ -984,7 +994,7 @@ mod tests {
         assert_eq!(size_of::<Member>(), 12);
         assert_eq!(size_of::<RingEntry>(), 24);
         assert_eq!(size_of::<PinKey>(), 8);
-        assert_eq!(size_of::<FlowState>(), 24);
+        assert_eq!(size_of::<FlowState>(), 24 + 4 * FLOW_PIN_HOPS);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<TraceFilter>(), 12 + 32);
         assert_eq!(size_of::<TraceEvent>(), 40 + 32);
@@ -1020,7 +1030,7 @@ mod tests {
             &fields!(RingEntry: ingress, egress),
             &fields!(MemberKey: slot, ifindex),
             &fields!(PinKey: group, hash),
-            &fields!(FlowState: mac, gen, path, inflight),
+            &fields!(FlowState: mac, gen, seen_twice, path, inflight, first_members),
             &fields!(DecisionKey: ifindex, tuple),
             &fields!(DecisionKey4: ifindex, tuple),
             &fields!(Decision: epoch, verdict, member, arrival_slot, entry_port, pinned, pin_hash,
@@ -1063,7 +1073,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (7, 7165288330921837190),
+            (8, 4258318051512831883),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

@@ -486,6 +486,13 @@ impl State {
         }
     }
 
+    /// The group a PortPair is in (at most one: validation sees to it).
+    pub fn group_of(&self, pair: &str) -> Option<&PortPairGroupSpec> {
+        self.port_pair_groups
+            .values()
+            .find(|g| g.port_pairs.iter().any(|p| p == pair))
+    }
+
     /// The kind and name of every object.
     pub fn objects(&self) -> impl Iterator<Item = (Kind, String)> + '_ {
         fn names<S>(

@@ -42,11 +42,11 @@ use sfc_common::{
     MemberCounter, MemberKey, PinKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts,
     TraceEvent, TraceFilter, TunnelPeer, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH,
     CONFIG_FLIP_NS, COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY,
-    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLAG_SKIPPED, FLOWS_CAPACITY, FRAGMENTS_CAPACITY,
-    FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY,
-    MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS,
-    PORT_PASS_UNPARSABLE, PROBE_PORT, PROTO_UDP, REMOTE, REMOTES_CAPACITY, RING_SIZE,
-    SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES,
+    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLAG_SKIPPED, FLOWS_CAPACITY, FLOW_PIN_HOPS,
+    FRAGMENTS_CAPACITY, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY, MAX_TUPLES,
+    MEMBERS_CAPACITY, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_BY_PATH, PORT_ENTRY,
+    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, PROBE_PORT, PROTO_UDP, REMOTE, REMOTES_CAPACITY,
+    RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES,
     TUNNEL_PEERS_CAPACITY,
 };
 
@@ -57,58 +57,58 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v7_config")]
+#[map(name = "sfc_v8_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v7_ports")]
+#[map(name = "sfc_v8_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v7_classify")]
+#[map(name = "sfc_v8_classify")]
 static CLASSIFY: HashMap<ClassKey, ClassEntry> =
     HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v7_source_ports")]
+#[map(name = "sfc_v8_source_ports")]
 static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
 
-#[map(name = "sfc_v7_ring")]
+#[map(name = "sfc_v8_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v7_members")]
+#[map(name = "sfc_v8_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v7_live")]
+#[map(name = "sfc_v8_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v7_remotes")]
+#[map(name = "sfc_v8_remotes")]
 static REMOTES: HashMap<RemoteKey, TunnelPeer> =
     HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v7_landing")]
+#[map(name = "sfc_v8_landing")]
 static LANDING: HashMap<RemoteKey, Member> = HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v7_tunnel_peers")]
+#[map(name = "sfc_v8_tunnel_peers")]
 static TUNNEL_PEERS: HashMap<TunnelPeer, u32> = HashMap::pinned(TUNNEL_PEERS_CAPACITY, 0);
 
-#[map(name = "sfc_v7_fragments")]
+#[map(name = "sfc_v8_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v7_flows")]
+#[map(name = "sfc_v8_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v7_flows4")]
+#[map(name = "sfc_v8_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v7_pins")]
+#[map(name = "sfc_v8_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v7_new_pins")]
+#[map(name = "sfc_v8_new_pins")]
 static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v7_decisions")]
+#[map(name = "sfc_v8_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v7_decisions4")]
+#[map(name = "sfc_v8_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -173,29 +173,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v7_xdp_into_veth")]
+#[map(name = "sfc_v8_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v7_scratch")]
+#[map(name = "sfc_v8_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v7_stats")]
+#[map(name = "sfc_v8_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v7_counters")]
+#[map(name = "sfc_v8_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v7_member_counters")]
+#[map(name = "sfc_v8_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v7_member_slots")]
+#[map(name = "sfc_v8_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v7_trace_filter")]
+#[map(name = "sfc_v8_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v7_trace_events")]
+#[map(name = "sfc_v8_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -459,7 +459,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     decision.arrival_slot = arrival_slot(port, verdict);
     let first = first_packet(verdict, flow);
     if verdict.action == action::STEER {
-        choose_member(pkt, verdict, gen == current, first, decision);
+        choose_member(pkt, verdict, gen == current, first, flow, decision);
     }
     // Only what the current generation decided, never "no member" (one may come back), and
     // not a choice that hashed MAC addresses (the key is the 5-tuple).
@@ -621,7 +621,7 @@ fn act<C: Frame>(
                 return C::DROP;
             }
             if verdict.flags & FLAG_ENTRY != 0 {
-                enter(flow, pkt, gen as u8, verdict.path);
+                enter(flow, pkt, gen as u8, verdict, decision.pin_member);
             }
             if node.is_some() {
                 return TO_NODE;
@@ -894,15 +894,16 @@ fn tap<C: Frame>(ctx: &C, pkt: &Packet, verdict: &Verdict) {
 /// the group (so a surviving member never loses a flow when the group changes, and a removed
 /// one keeps none), otherwise the Maglev table; the choice is pinned, from the active
 /// generation only (an older one may still hold members that are gone). A flow's first pin
-/// goes into the new ones; seen again, it joins the established ones (here, or by
-/// [`establish`] on the decided path). A group of one member looks no pin up. Member
-/// `ifindex` 0: the group has no live member.
+/// is kept with its flow state (see [`FirstPin`]); seen again, it joins the established ones
+/// (here, or by [`establish`] on the decided path). A group of one member looks no pin up.
+/// Member `ifindex` 0: the group has no live member.
 #[inline(always)]
 fn choose_member(
     pkt: &Packet,
     verdict: &Verdict,
     active: bool,
     first: bool,
+    flow: Option<*mut FlowState>,
     decision: &mut Decision,
 ) {
     let mut input = hash_input(pkt);
@@ -933,16 +934,20 @@ fn choose_member(
     // hashes MAC addresses: such flows take this path at every packet, and look pins up).
     let one_member = verdict.flags & FLAG_ONE_MEMBER != 0
         && verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) == 0;
+    let first_pin = FirstPin::of(flow, verdict);
     let (entry, pinned) = if one_member {
         let Some(entry) = ring() else { return };
         if active {
-            let pins = if first { &NEW_PINS } else { &PINS };
-            let _ = pins.insert(&pin, &entry.ingress.ifindex, 0);
+            if first {
+                first_pin.write(&pin, entry.ingress.ifindex);
+            } else {
+                let _ = PINS.insert(&pin, &entry.ingress.ifindex, 0);
+            }
         }
         (*entry, active && !first)
     } else if let Some(entry) = unsafe { PINS.get(&pin) }.and_then(member_of) {
         (*entry, true)
-    } else if let Some(entry) = unsafe { NEW_PINS.get(&pin) }.and_then(member_of) {
+    } else if let Some(entry) = first_pin.read(&pin).as_ref().and_then(member_of) {
         // Seen before: established now.
         if active {
             let _ = PINS.insert(&pin, &entry.ingress.ifindex, 0);
@@ -951,7 +956,7 @@ fn choose_member(
     } else {
         let Some(entry) = ring() else { return };
         if active {
-            let _ = NEW_PINS.insert(&pin, &entry.ingress.ifindex, 0);
+            first_pin.write(&pin, entry.ingress.ifindex);
         }
         (*entry, false)
     };
@@ -963,6 +968,60 @@ fn choose_member(
     decision.pinned = pinned as u8;
     decision.pin_hash = hash;
     decision.pin_member = entry.ingress.ifindex;
+}
+
+/// Where a flow seen once keeps the member a hop chose for it. In its flow state (found at
+/// every hop anyway) for the first `FLOW_PIN_HOPS` hops: a new flow then inserts into no pin
+/// table, only into the flow table where it enters. Past those hops, for a flow without state
+/// past its entry, or for a choice that hashes MAC addresses (which a flow's state, keyed by
+/// its 5-tuple, does not tell apart), in the table of new pins.
+enum FirstPin {
+    /// The flow state's slot for this hop.
+    Slot(*mut u32),
+    /// The flow enters here and has no state yet: [`enter`] writes it with the choice.
+    Entering,
+    Table,
+}
+
+impl FirstPin {
+    #[inline(always)]
+    fn of(flow: Option<*mut FlowState>, verdict: &Verdict) -> Self {
+        let hop = verdict.hop as usize;
+        if verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) != 0 {
+            return FirstPin::Table;
+        }
+        match flow {
+            Some(flow) if hop < FLOW_PIN_HOPS => {
+                FirstPin::Slot(unsafe { (&raw mut (*flow).first_members).cast::<u32>().add(hop) })
+            }
+            None if hop < FLOW_PIN_HOPS && verdict.flags & FLAG_ENTRY != 0 => FirstPin::Entering,
+            _ => FirstPin::Table,
+        }
+    }
+
+    #[inline(always)]
+    fn read(&self, pin: &PinKey) -> Option<u32> {
+        match *self {
+            FirstPin::Slot(slot) => Some(unsafe { *slot }).filter(|m| *m != 0),
+            FirstPin::Entering => None,
+            FirstPin::Table => unsafe { NEW_PINS.get(pin) }.copied(),
+        }
+    }
+
+    #[inline(always)]
+    fn write(&self, pin: &PinKey, member: u32) {
+        match *self {
+            FirstPin::Slot(slot) => unsafe {
+                if *slot != member {
+                    *slot = member;
+                }
+            },
+            FirstPin::Entering => {}
+            FirstPin::Table => {
+                let _ = NEW_PINS.insert(pin, &member, 0);
+            }
+        }
+    }
 }
 
 /// The second packet of a decided flow: its pin joins the established ones, where a flood of
@@ -1000,9 +1059,11 @@ fn redirect<C: Frame>(ctx: &C, ifindex: u32, peer: bool, counter: u32) -> i32 {
 }
 
 /// On entry to a chain: the flow's generation, one more packet in flight, and its destination
-/// MAC to put back after the last hop. Plain writes only when something changed.
+/// MAC to put back after the last hop. Plain writes only when something changed. A new flow's
+/// state starts with the member its first hop chose (`member`, see [`FirstPin`]).
 #[inline(always)]
-fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8, path: u32) {
+fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8, verdict: &Verdict, member: u32) {
+    let path = verdict.path;
     match flow {
         Some(flow) => unsafe {
             if (*flow).gen != gen {
@@ -1020,14 +1081,18 @@ fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8, path: u32) {
             add_inflight(flow, 1);
         },
         None => {
-            let state = FlowState {
+            let mut state = FlowState {
                 mac: pkt.eth_dst,
                 gen,
                 seen_twice: 0,
                 path,
                 _pad2: 0,
                 inflight: 1,
+                first_members: [0; FLOW_PIN_HOPS],
             };
+            if let Some(first) = state.first_members.get_mut(verdict.hop as usize) {
+                *first = member;
+            }
             let _ = if pkt.family == FAMILY_V4 {
                 FLOWS4.insert(&flow_tuple4(pkt), &state, 0)
             } else {

@@ -26,8 +26,9 @@ use aya_ebpf::{
 use sfc_common::{
     action, stat, Decision, FlowState, Member, RemoteKey, TunnelOption, TunnelPeer, Verdict,
     CONFIG_EPOCH, CONFIG_REVISION, CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_MTU,
-    FAMILY_V4, FLAG_ENTRY, FLAG_REVERSE, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE, GENEVE_PORT, MAX_HOPS,
-    PROTO_UDP, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER, TUNNEL_OVERHEAD, TUNNEL_REVERSE,
+    FAMILY_V4, FLAG_ENTRY, FLAG_REVERSE, FLOW_PIN_HOPS, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE,
+    GENEVE_PORT, MAX_HOPS, PROTO_UDP, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER,
+    TUNNEL_OVERHEAD, TUNNEL_REVERSE,
 };
 
 use crate::{
@@ -521,6 +522,7 @@ fn remember_flow(pkt: &Packet, gen: u32, path: u32, mac: [u8; 6]) {
         path,
         _pad2: 0,
         inflight: 0,
+        first_members: [0; FLOW_PIN_HOPS],
     };
     let _ = if pkt.family == FAMILY_V4 {
         FLOWS4.insert(&crate::flow_tuple4(pkt), &state, 0)

@@ -290,6 +290,102 @@ fn a_flood_of_new_flows_leaves_established_flows_on_their_members() {
     assert!(on_a > 140, "{on_a} of 200 new flows on A");
 }
 
+/// A flow seen once keeps the member each hop chose for it when groups grow before its second
+/// packet, one-member groups included: a stateful SF must not see the rest of a connection
+/// whose first packet went elsewhere. The first hops keep that choice in the flow's own state,
+/// hops from `FLOW_PIN_HOPS` on in the table of new pins: the chain is long enough for both,
+/// and the groups that grow are the first two and the two past that limit.
+#[test]
+fn a_flow_seen_once_stays_on_its_members_when_their_groups_grow() {
+    let hops = sfc_common::FLOW_PIN_HOPS + 2;
+    let growing = [0, 1, hops - 2, hops - 1];
+    let sfs: Vec<String> = (0..hops)
+        .map(|i| format!("s{i}"))
+        .chain(growing.iter().map(|i| format!("g{i}")))
+        .collect();
+    let veths: Vec<String> = sfs
+        .iter()
+        .flat_map(|sf| [format!("{sf}-in"), format!("{sf}-out")])
+        .collect();
+    let yaml = |grown: bool| {
+        let mut docs: Vec<String> = sfs
+            .iter()
+            .map(|sf| {
+                doc(
+                    "PortPair",
+                    sf,
+                    &format!("{{ingress: {sf}-in, egress: {sf}-out}}"),
+                )
+            })
+            .collect();
+        for i in 0..hops {
+            let pairs = if grown && growing.contains(&i) {
+                format!("s{i}, g{i}")
+            } else {
+                format!("s{i}")
+            };
+            docs.push(doc(
+                "PortPairGroup",
+                &format!("G{i}"),
+                &format!("{{portPairs: [{pairs}]}}"),
+            ));
+        }
+        let groups: Vec<String> = (0..hops).map(|i| format!("G{i}")).collect();
+        docs.push(doc(
+            "FlowClassifier",
+            "web",
+            "{logicalSourcePort: lo, protocol: tcp, destinationIpPrefix: 198.18.1.0/24, destinationPortRange: '80'}",
+        ));
+        docs.push(doc(
+            "PortChain",
+            "C1",
+            &format!(
+                "{{portPairGroups: [{}], flowClassifiers: [web]}}",
+                groups.join(", ")
+            ),
+        ));
+        docs.concat()
+    };
+    let veth_names: Vec<&str> = veths.iter().map(String::as_str).collect();
+    let mut sb = common::sandbox(&yaml(false), Mode::Tc, &veth_names);
+    let by_mac: BTreeMap<[u8; 6], &str> = sfs
+        .iter()
+        .map(|sf| (peer_mac(&format!("{sf}-in")), sf.as_str()))
+        .collect();
+    // The SF each hop sends the flow of source port `sport` into, in order.
+    let path = |sb: &mut Sandbox, sport: u16| -> Vec<String> {
+        let (mut frame, mut from) = (tcp4(sport, 80), 0);
+        let mut path = Vec::new();
+        for hop in 0..hops {
+            let (verdict, out) = run_on(sb, &frame, from);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "flow {sport}, hop {hop}");
+            let sf = by_mac[&<[u8; 6]>::try_from(&out[0..6]).unwrap()];
+            path.push(sf.to_string());
+            frame = as_sent_back_by_the_sf(&out);
+            from = ifindex(&format!("{sf}-out"));
+        }
+        path
+    };
+    let seen_once = 40000..40048;
+    let before: Vec<Vec<String>> = seen_once.clone().map(|p| path(&mut sb, p)).collect();
+    let straight: Vec<String> = (0..hops).map(|i| format!("s{i}")).collect();
+    assert!(before.iter().all(|p| *p == straight), "{before:?}");
+    apply(&mut sb, &yaml(true));
+    std::thread::sleep(Duration::from_nanos(2 * sfc_common::GENERATION_LEASE_NS));
+    let second: Vec<Vec<String>> = seen_once.clone().map(|p| path(&mut sb, p)).collect();
+    assert_eq!(second, before, "their second packets");
+    let third: Vec<Vec<String>> = seen_once.map(|p| path(&mut sb, p)).collect();
+    assert_eq!(third, before, "their third packets (decided)");
+    // The groups did grow: of flows never seen, some go to each new member.
+    let fresh: Vec<Vec<String>> = (50000..50048).map(|p| path(&mut sb, p)).collect();
+    for i in growing {
+        assert!(
+            fresh.iter().any(|p| p[i] == format!("g{i}")),
+            "no new flow went to g{i}: {fresh:?}"
+        );
+    }
+}
+
 /// A member whose interface vanishes (or goes down) is not sent packets that would be lost
 /// while the agent catches up: they are dropped and counted as such, never as steered.
 #[test]

@@ -141,9 +141,7 @@ const EJECTED: &str = "a black hole: packets went in, none came out (passive che
 /// check is passive too.
 fn passive_ejection(state: &State, pair: &str) -> Option<Duration> {
     state
-        .port_pair_groups
-        .values()
-        .find(|g| g.port_pairs.iter().any(|p| p == pair))?
+        .group_of(pair)?
         .health_check
         .as_ref()
         .filter(|c| c.passive)
@@ -437,12 +435,7 @@ impl Agent {
             Err(e) => self.warn_once(format!("reading counters: {e}")),
         }
         let state = &self.state;
-        let taps = |pair: &str| {
-            state
-                .port_pair_groups
-                .values()
-                .any(|g| g.tap_enabled && g.port_pairs.iter().any(|p| p == pair))
-        };
+        let taps = |pair: &str| state.group_of(pair).is_some_and(|g| g.tap_enabled);
         snapshot.pairs = self.health.pairs(&taps);
         // In a cluster, other nodes' interfaces are named NODE/IFNAME in this node's state.
         let remote = |iface: &str| iface.contains('/');

@@ -1073,7 +1073,7 @@ impl Dataplane {
     }
 }
 
-/// The `sfc_v7_members` entries of group table `slot` (relative) of generation `gen`.
+/// The `sfc_v8_members` entries of group table `slot` (relative) of generation `gen`.
 fn members_of(
     gen: usize,
     slot: usize,

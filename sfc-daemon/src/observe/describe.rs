@@ -126,9 +126,7 @@ impl Context<'_> {
     fn passive_line(&self, pair: &str) -> Option<String> {
         let check = self
             .state
-            .port_pair_groups
-            .values()
-            .find(|g| g.port_pairs.iter().any(|p| p == pair))?
+            .group_of(pair)?
             .health_check
             .as_ref()
             .filter(|c| c.passive)?;
@@ -150,12 +148,7 @@ impl Context<'_> {
     /// A member's health check: in or out of its group, since when and why; `None` when its
     /// group has no health check.
     fn probe_line(&self, pair: &str) -> Option<String> {
-        self.state
-            .port_pair_groups
-            .values()
-            .find(|g| g.port_pairs.iter().any(|p| p == pair))?
-            .health_check
-            .as_ref()?;
+        self.state.group_of(pair)?.health_check.as_ref()?;
         if let Some(why) = self.unprobed.get(pair) {
             return Some(format!("not probed (stays in its group): {why}"));
         }
