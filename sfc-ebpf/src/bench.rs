@@ -5,6 +5,11 @@
 //!   one array read keyed by the ingress ifindex, a destination-MAC rewrite straight in packet
 //!   memory and the redirect the steering program uses into an SF's veth (straight into the
 //!   peer's ingress).
+//! - `sfc_bench_redirect_flows`: the "upper-bound-flows" system, the least a TC steering
+//!   program that keeps per-flow state can do: the same, plus a flow table (LRU, as large as
+//!   the steering program's) that the chain's entry looks the 5-tuple up in and inserts it into
+//!   when it is new, and every later hop looks up. A dataplane that keeps a flow on its
+//!   members (and on its generation) cannot do less for a flow's first packet.
 //! - `sfc_bench_redirect_xdp`: the "upper-bound-xdp" system, the same in native XDP (as
 //!   `sfc-xdp` redirects: `bpf_redirect` into the SF's veth, whose peer takes XDP frames).
 //! - `sfc_bench_lookup`: the baseline for the classifier's cost, one hash lookup keyed by the
@@ -22,7 +27,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_type},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::{TcContext, XdpContext},
 };
 
@@ -32,12 +37,29 @@ use aya_ebpf::{
 pub struct Next {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1 where the chain starts (the flow table is written there), else 0.
+    pub entry: u8,
+    pub _pad: u8,
+}
+
+/// Key of the flow table: an IPv4 5-tuple.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub ports: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Indexed by ingress ifindex; namespaces made by the bench have small ifindexes.
 #[map(name = "sfc_bench_next")]
 static NEXT: Array<Next> = Array::with_max_entries(4096, 0);
+
+/// As large as the steering program's IPv4 flow table by default.
+#[map(name = "sfc_bench_flows")]
+static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
 #[map(name = "sfc_bench_hash")]
 static HASH: HashMap<u32, u32> = HashMap::with_max_entries(1 << 17, 0);
@@ -51,6 +73,15 @@ const ETH_HLEN: usize = 14;
 /// the load/store helpers): an upper bound must not pay what the measured program avoids.
 #[inline(always)]
 fn next_hop(start: usize, end: usize, ifindex: u32) -> Option<u32> {
+    let next = next_of(start, end, ifindex)?;
+    // SAFETY: `next_of` checked that the Ethernet header is in the packet.
+    unsafe { *(start as *mut [u8; 6]) = next.mac };
+    Some(next.ifindex)
+}
+
+/// Where an IPv4 frame at `start..end` that arrived on `ifindex` goes; None for anything else.
+#[inline(always)]
+fn next_of(start: usize, end: usize, ifindex: u32) -> Option<&'static Next> {
     if start + ETH_HLEN > end {
         return None;
     }
@@ -59,10 +90,32 @@ fn next_hop(start: usize, end: usize, ifindex: u32) -> Option<u32> {
     if u16::from_be_bytes(ethertype) != ETH_P_IPV4 {
         return None;
     }
-    let next = NEXT.get(ifindex).filter(|n| n.ifindex != 0)?;
-    // SAFETY: as above.
-    unsafe { *(start as *mut [u8; 6]) = next.mac };
-    Some(next.ifindex)
+    NEXT.get(ifindex).filter(|n| n.ifindex != 0)
+}
+
+/// The 5-tuple of the IPv4 packet after the Ethernet header at `start` (the first 4 bytes of
+/// its L4 header as its ports), read straight from packet memory.
+#[inline(always)]
+fn flow_key(start: usize, end: usize) -> Option<FlowKey> {
+    let ip = start + ETH_HLEN;
+    if ip + 20 > end {
+        return None;
+    }
+    // SAFETY: the bound above covers the fixed IPv4 header; the one below the L4 ports.
+    let ihl = (unsafe { *(ip as *const u8) } & 0x0f) as usize * 4;
+    let l4 = ip + ihl;
+    if ihl < 20 || l4 + 4 > end {
+        return None;
+    }
+    unsafe {
+        Some(FlowKey {
+            src: *((ip + 12) as *const u32),
+            dst: *((ip + 16) as *const u32),
+            ports: *(l4 as *const u32),
+            proto: *((ip + 9) as *const u8),
+            _pad: [0; 3],
+        })
+    }
 }
 
 #[classifier]
@@ -76,6 +129,29 @@ pub fn sfc_bench_redirect(ctx: TcContext) -> i32 {
     unsafe {
         bpf_skb_change_type(ctx.skb.skb, 0);
         bpf_redirect_peer(next, 0) as i32
+    }
+}
+
+#[classifier]
+pub fn sfc_bench_redirect_flows(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Some(next) = next_of(start, end, ifindex) else {
+        return TC_ACT_OK;
+    };
+    let Some(key) = flow_key(start, end) else {
+        return TC_ACT_OK;
+    };
+    let known = unsafe { FLOWS.get(&key) }.is_some();
+    if next.entry != 0 && !known {
+        let _ = FLOWS.insert(&key, &1, 0);
+    }
+    core::hint::black_box(known);
+    // SAFETY: `next_of` checked that the Ethernet header is in the packet.
+    unsafe {
+        *(start as *mut [u8; 6]) = next.mac;
+        bpf_skb_change_type(ctx.skb.skb, 0);
+        bpf_redirect_peer(next.ifindex, 0) as i32
     }
 }
 

@@ -70,43 +70,60 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 struct Next {
     ifindex: u32,
     mac: [u8; 6],
-    _pad: [u8; 2],
+    entry: u8,
+    _pad: u8,
 }
 
 unsafe impl aya::Pod for Next {}
 
 /// One hard-wired hop for the upper-bound program: frames arriving on `from` go to `to_ifindex`
-/// with destination MAC `mac`.
+/// with destination MAC `mac`; `entry`: the chain starts there.
 pub struct Hop {
     pub from: String,
     pub to_ifindex: u32,
     pub mac: [u8; 6],
+    pub entry: bool,
 }
 
-/// The hard-wired redirect program of each hook.
-const REDIRECT_TC: &str = "sfc_bench_redirect";
-const REDIRECT_XDP: &str = "sfc_bench_redirect_xdp";
+/// The hard-wired redirect programs (see sfc-ebpf/src/bench.rs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    Tc,
+    /// TC, with a flow table written where the chain starts and read at every hop.
+    TcFlows,
+    Xdp,
+}
 
-/// Loads (and verifies) the hard-wired redirect program, TC or (`xdp`) XDP, not yet attached.
-pub fn load_redirect(object: &Path, xdp: bool) -> Result<Ebpf> {
+impl Redirect {
+    fn program(self) -> &'static str {
+        match self {
+            Redirect::Tc => "sfc_bench_redirect",
+            Redirect::TcFlows => "sfc_bench_redirect_flows",
+            Redirect::Xdp => "sfc_bench_redirect_xdp",
+        }
+    }
+}
+
+/// Loads (and verifies) a hard-wired redirect program, not yet attached.
+pub fn load_redirect(object: &Path, redirect: Redirect) -> Result<Ebpf> {
     let mut ebpf = load(object)?;
-    if xdp {
+    let name = redirect.program();
+    if redirect == Redirect::Xdp {
         let program: &mut Xdp = ebpf
-            .program_mut(REDIRECT_XDP)
-            .with_context(|| format!("no program {REDIRECT_XDP} in the bench object"))?
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the bench object"))?
             .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading {REDIRECT_XDP}"))?;
+        program.load().with_context(|| format!("loading {name}"))?;
     } else {
-        classifier(&mut ebpf, REDIRECT_TC)?;
+        classifier(&mut ebpf, name)?;
     }
     Ok(ebpf)
 }
 
-/// Fills the program's table and attaches it (TCX ingress, or `xdp`: native XDP) to every
-/// `from` interface in namespace `ns`. Detached when `ebpf` is dropped.
-pub fn attach_redirect(ebpf: &mut Ebpf, ns: &str, hops: &[Hop], xdp: bool) -> Result<()> {
+/// Fills the program's table and attaches it (TCX ingress, or native XDP) to every `from`
+/// interface in namespace `ns`. Detached when `ebpf` is dropped.
+pub fn attach_redirect(ebpf: &mut Ebpf, ns: &str, hops: &[Hop], redirect: Redirect) -> Result<()> {
+    let name = redirect.program();
     netns::run_in(ns, || {
         // The table first, so that the first frame the program sees is steered.
         let mut next: Array<_, Next> = Array::try_from(
@@ -120,30 +137,28 @@ pub fn attach_redirect(ebpf: &mut Ebpf, ns: &str, hops: &[Hop], xdp: bool) -> Re
                 Next {
                     ifindex: hop.to_ifindex,
                     mac: hop.mac,
-                    _pad: [0; 2],
+                    entry: hop.entry as u8,
+                    _pad: 0,
                 },
                 0,
             )?;
         }
-        if xdp {
-            let program: &mut Xdp = ebpf
-                .program_mut(REDIRECT_XDP)
-                .with_context(|| format!("no program {REDIRECT_XDP}"))?
-                .try_into()?;
+        let program = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?;
+        if redirect == Redirect::Xdp {
+            let program: &mut Xdp = program.try_into()?;
             for hop in hops {
                 program
                     .attach(&hop.from, XdpMode::Driver)
-                    .with_context(|| format!("attaching {REDIRECT_XDP} to {}", hop.from))?;
+                    .with_context(|| format!("attaching {name} to {}", hop.from))?;
             }
         } else {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(REDIRECT_TC)
-                .with_context(|| format!("no program {REDIRECT_TC}"))?
-                .try_into()?;
+            let program: &mut SchedClassifier = program.try_into()?;
             for hop in hops {
                 program
                     .attach(&hop.from, TcAttachType::Ingress)
-                    .with_context(|| format!("attaching {REDIRECT_TC} to {}", hop.from))?;
+                    .with_context(|| format!("attaching {name} to {}", hop.from))?;
             }
         }
         Ok(())

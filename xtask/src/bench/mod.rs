@@ -56,8 +56,8 @@ pub struct Options {
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Systems to run, comma-separated (default: all): plain, sfc-tc, sfc-xdp, tc-mirred,
-    /// policy-routing, ovs-netdev, upper-bound, upper-bound-xdp on one node; sfc-across,
-    /// vxlan-mirred, vxlan-routing on two.
+    /// policy-routing, ovs-netdev, upper-bound, upper-bound-flows, upper-bound-xdp on one node;
+    /// sfc-across, vxlan-mirred, vxlan-routing on two.
     #[arg(long, value_delimiter = ',')]
     pub systems: Option<Vec<String>>,
     /// Chain lengths, comma-separated (default 1,2,4,8 on one node and 1,2,4 on two; 1 and 2

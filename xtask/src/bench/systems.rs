@@ -7,6 +7,8 @@
 //! - `policy-routing`: the node routes each hop: `ip rule` (iif, from, to) selects a table per hop.
 //! - `ovs-netdev`: Open vSwitch's userspace datapath with networking-sfc-style flows.
 //! - `upper-bound`: a hard-wired redirect program (one array read, MAC rewrite, redirect).
+//! - `upper-bound-flows`: the same with a flow table, written where the chain starts and read
+//!   at every hop: the least a dataplane that keeps per-flow state can do.
 //! - `upper-bound-xdp`: the same in native XDP, set up as `sfc-xdp` is.
 //!
 //! Only `sfc-tc`, `ovs-netdev` and `upper-bound` rewrite the destination MAC; the others rely
@@ -41,10 +43,11 @@ pub enum System {
     PolicyRouting,
     OvsNetdev,
     UpperBound,
+    UpperBoundFlows,
     UpperBoundXdp,
 }
 
-pub const ALL: [System; 8] = [
+pub const ALL: [System; 9] = [
     System::Plain,
     System::SfcTc,
     System::SfcXdp,
@@ -52,6 +55,7 @@ pub const ALL: [System; 8] = [
     System::PolicyRouting,
     System::OvsNetdev,
     System::UpperBound,
+    System::UpperBoundFlows,
     System::UpperBoundXdp,
 ];
 
@@ -65,7 +69,18 @@ impl System {
             System::PolicyRouting => "policy-routing",
             System::OvsNetdev => "ovs-netdev",
             System::UpperBound => "upper-bound",
+            System::UpperBoundFlows => "upper-bound-flows",
             System::UpperBoundXdp => "upper-bound-xdp",
+        }
+    }
+
+    /// The hard-wired program of an upper-bound system.
+    fn redirect(self) -> Option<bpf::Redirect> {
+        match self {
+            System::UpperBound => Some(bpf::Redirect::Tc),
+            System::UpperBoundFlows => Some(bpf::Redirect::TcFlows),
+            System::UpperBoundXdp => Some(bpf::Redirect::Xdp),
+            _ => None,
         }
     }
 
@@ -230,7 +245,9 @@ impl Runner {
             System::SfcXdp if self.xdp.is_none() => Some(
                 "this sfc-daemon has no XDP mode for veths (its --help lacks --xdp-on-veth)".into(),
             ),
-            System::UpperBound | System::UpperBoundXdp => self.object.as_ref().err().cloned(),
+            System::UpperBound | System::UpperBoundFlows | System::UpperBoundXdp => {
+                self.object.as_ref().err().cloned()
+            }
             System::OvsNetdev => {
                 if self.ovs.is_none() {
                     println!(
@@ -269,13 +286,13 @@ impl Runner {
                 self.daemon = Some(start_daemon(topo, &args)?)
             }
             System::OvsNetdev => self.ovs()?.prepare(topo, hops)?,
-            System::UpperBound | System::UpperBoundXdp => {
-                let xdp = system == System::UpperBoundXdp;
-                if xdp {
+            System::UpperBound | System::UpperBoundFlows | System::UpperBoundXdp => {
+                if system == System::UpperBoundXdp {
                     topo.prepare_xdp_on_veth(true)?;
                 }
                 let object = self.object.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-                self.upper = Some(bpf::load_redirect(object, xdp)?);
+                let redirect = system.redirect().context("not an upper bound")?;
+                self.upper = Some(bpf::load_redirect(object, redirect)?);
             }
             System::Plain | System::TcMirred | System::PolicyRouting => {}
         }
@@ -322,19 +339,19 @@ impl Runner {
                 Ok(())
             }
             System::OvsNetdev => self.ovs()?.apply(topo, hops),
-            System::UpperBound | System::UpperBoundXdp => {
+            System::UpperBound | System::UpperBoundFlows | System::UpperBoundXdp => {
                 let mut hop_list = Vec::new();
                 for k in 0..=hops {
                     hop_list.push(bpf::Hop {
                         from: Topology::arrival(k),
                         to_ifindex: topo.ifindex(&Topology::departure(k, hops))?,
                         mac: topo::SHARED_MAC,
+                        entry: k == 0,
                     });
                 }
-
                 let ebpf = self.upper.as_mut().context("upper-bound is not prepared")?;
-                let xdp = system == System::UpperBoundXdp;
-                bpf::attach_redirect(ebpf, &topo.ns("node"), &hop_list, xdp)
+                let redirect = system.redirect().context("not an upper bound")?;
+                bpf::attach_redirect(ebpf, &topo.ns("node"), &hop_list, redirect)
             }
         }
     }
@@ -369,7 +386,7 @@ impl Runner {
                 topo.node(&(cmds.join("; ") + "; true"))?;
             }
             System::OvsNetdev => self.ovs()?.teardown(topo, hops)?,
-            System::UpperBound => self.upper = None,
+            System::UpperBound | System::UpperBoundFlows => self.upper = None,
             System::UpperBoundXdp => {
                 self.upper = None;
                 topo.prepare_xdp_on_veth(false)?;
