@@ -73,10 +73,27 @@ const ETH_HLEN: usize = 14;
 /// the load/store helpers): an upper bound must not pay what the measured program avoids.
 #[inline(always)]
 fn next_hop(start: usize, end: usize, ifindex: u32) -> Option<u32> {
-    let next = next_of(start, end, ifindex)?;
-    // SAFETY: `next_of` checked that the Ethernet header is in the packet.
+    next_of(start, end, ifindex).map(|next| rewrite(start, next))
+}
+
+/// Gives the frame at `start` (whose Ethernet header [`next_of`] checked) `next`'s destination
+/// MAC; returns where it goes.
+#[inline(always)]
+fn rewrite(start: usize, next: &Next) -> u32 {
+    // SAFETY: the caller found `next` with `next_of`, which checked the header's bounds.
     unsafe { *(start as *mut [u8; 6]) = next.mac };
-    Some(next.ifindex)
+    next.ifindex
+}
+
+/// Redirects the frame straight into the ingress of `ifindex`'s veth peer, as the steering
+/// program does. That ingress skips eth_type_trans, so the frame is first marked as addressed
+/// to that host (PACKET_HOST).
+#[inline(always)]
+fn into_peer(ctx: &TcContext, ifindex: u32) -> i32 {
+    unsafe {
+        bpf_skb_change_type(ctx.skb.skb, 0);
+        bpf_redirect_peer(ifindex, 0) as i32
+    }
 }
 
 /// Where an IPv4 frame at `start..end` that arrived on `ifindex` goes; None for anything else.
@@ -121,14 +138,9 @@ fn flow_key(start: usize, end: usize) -> Option<FlowKey> {
 #[classifier]
 pub fn sfc_bench_redirect(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(next) = next_hop(ctx.data(), ctx.data_end(), ifindex) else {
-        return TC_ACT_OK;
-    };
-    // As the steering program does: the peer's ingress skips eth_type_trans, so mark the
-    // frame as addressed to that host (PACKET_HOST) first.
-    unsafe {
-        bpf_skb_change_type(ctx.skb.skb, 0);
-        bpf_redirect_peer(next, 0) as i32
+    match next_hop(ctx.data(), ctx.data_end(), ifindex) {
+        Some(next) => into_peer(&ctx, next),
+        None => TC_ACT_OK,
     }
 }
 
@@ -147,12 +159,7 @@ pub fn sfc_bench_redirect_flows(ctx: TcContext) -> i32 {
         let _ = FLOWS.insert(&key, &1, 0);
     }
     core::hint::black_box(known);
-    // SAFETY: `next_of` checked that the Ethernet header is in the packet.
-    unsafe {
-        *(start as *mut [u8; 6]) = next.mac;
-        bpf_skb_change_type(ctx.skb.skb, 0);
-        bpf_redirect_peer(next.ifindex, 0) as i32
-    }
+    into_peer(&ctx, rewrite(start, next))
 }
 
 #[xdp]

@@ -11,7 +11,7 @@
 //!   at every hop: the least a dataplane that keeps per-flow state can do.
 //! - `upper-bound-xdp`: the same in native XDP, set up as `sfc-xdp` is.
 //!
-//! Only `sfc-tc`, `ovs-netdev` and `upper-bound` rewrite the destination MAC; the others rely
+//! Only `sfc-tc`, `ovs-netdev` and the TC upper bounds rewrite the destination MAC; the others rely
 //! on the topology's shared MAC (see topology.rs).
 
 use std::{
