@@ -31,7 +31,7 @@ use sfc_daemon::{
     },
     probe,
 };
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -200,11 +200,11 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
     netlink::watch_links(move || events.interfaces_changed())
         .map_err(|e| format!("cannot follow interface changes: {e}"))?;
     let netlink = Netlink::connect().map_err(|e| format!("cannot read interfaces: {e}"))?;
-    let (link, membership) = match node {
+    let (link, started) = match node {
         None => (None, None),
         Some(node) => {
-            let (link, membership) = join_cluster(&args, node, &runtime)?;
-            (Some(link), Some(membership))
+            let (link, started) = join_cluster(&args, node, &runtime)?;
+            (Some(link), Some(started))
         }
     };
     let follow = link.as_ref().map(|l| (l.store.clone(), l.snapshot.clone()));
@@ -226,8 +226,8 @@ fn start(args: Args, options: Options) -> Result<std::convert::Infallible, Strin
         link,
     )
     .map_err(|e| format!("cannot start: {e}"))?;
-    if let Some(start) = membership {
-        runtime.spawn(start);
+    if let Some(started) = started {
+        let _ = started.send(());
     }
     let prober = agent.prober().map_err(|e| format!("cannot start: {e}"))?;
     let events = handle.clone();
@@ -287,13 +287,14 @@ fn node_name(args: &Args) -> Result<String, String> {
 }
 
 /// Connects to etcd, takes the node's name (refused if another live agent holds it; put off
-/// if etcd cannot be reached now) and prepares what the agent needs in a cluster: its link,
-/// and the membership task to spawn once the agent runs.
+/// if etcd cannot be reached now), keeps its lease alive from then on, and prepares what the
+/// agent needs in a cluster: its link, and the signal that lets the node's info be written
+/// once the agent runs.
 fn join_cluster(
     args: &Args,
     node: String,
     runtime: &tokio::runtime::Runtime,
-) -> Result<(ClusterLink, impl std::future::Future<Output = ()>), String> {
+) -> Result<(ClusterLink, oneshot::Sender<()>), String> {
     let tls = args.etcd_ca.as_ref().map(|ca| cluster::Tls {
         ca: ca.clone(),
         cert: args.etcd_cert.clone().expect("clap requires it"),
@@ -356,5 +357,7 @@ fn join_cluster(
         status,
         info,
     };
-    Ok((link, membership.keep(lease, info_rx, status_rx)))
+    let (started, started_rx) = oneshot::channel();
+    runtime.spawn(membership.keep(lease, info_rx, status_rx, started_rx));
+    Ok((link, started))
 }

@@ -34,8 +34,19 @@ fn node_interfaces(node: usize) -> Vec<String> {
 }
 
 /// A lab of `nodes` nodes with their interfaces, an etcd of `members`, and an agent on every
-/// node started with `extra` flags after the cluster ones.
+/// node (with a client certificate when `pki`), each registered for [`TTL`] seconds.
 fn cluster(tag: &str, nodes: usize, members: usize, pki: bool) -> (ClusterLab, Etcd, Option<Pki>) {
+    cluster_with_ttls(tag, &vec![TTL; nodes], members, pki)
+}
+
+/// [`cluster`], node `i + 1` registered for `ttls[i]` seconds.
+fn cluster_with_ttls(
+    tag: &str,
+    ttls: &[u64],
+    members: usize,
+    pki: bool,
+) -> (ClusterLab, Etcd, Option<Pki>) {
+    let nodes = ttls.len();
     let mut lab = ClusterLab::new(tag, nodes).unwrap();
     for node in 1..=nodes {
         for name in node_interfaces(node) {
@@ -53,6 +64,7 @@ fn cluster(tag: &str, nodes: usize, members: usize, pki: bool) -> (ClusterLab, E
         let args = agent_args(
             &etcd,
             node,
+            ttls[node - 1],
             pki.as_ref().map(|p| (&p.client_cert, &p.client_key)),
         );
         lab.start_agent(node, &args).unwrap();
@@ -63,6 +75,7 @@ fn cluster(tag: &str, nodes: usize, members: usize, pki: bool) -> (ClusterLab, E
 fn agent_args(
     etcd: &Etcd,
     node: usize,
+    ttl: u64,
     cert: Option<(&std::path::PathBuf, &std::path::PathBuf)>,
 ) -> Vec<String> {
     let mut args = vec![
@@ -71,7 +84,7 @@ fn agent_args(
         "--node".into(),
         format!("n{node}"),
         "--node-ttl".into(),
-        TTL.to_string(),
+        ttl.to_string(),
     ];
     if let Some((cert, key)) = cert {
         let ca = cert.parent().unwrap().join("ca.pem");
@@ -198,8 +211,9 @@ fn steering_maps(all: Maps) -> Maps {
 
 #[test]
 fn an_apply_on_one_node_is_applied_by_every_node_and_interfaces_resolve_across_nodes() {
-    // n4 has no interface of the chain's.
-    let (mut lab, etcd, _) = cluster("ca", 4, 1, false);
+    // n4 has no interface of the chain's, and the shortest TTL: its first start loads the
+    // programs, which takes about as long, and its lease must not lapse meanwhile.
+    let (mut lab, etcd, _) = cluster_with_ttls("ca", &[TTL, TTL, TTL, 2], 1, false);
     let out = apply(&lab, 1, &chain(1)).unwrap();
     let revision = committed(&out);
     wait_applied(&lab, &[1, 2, 3, 4], revision);
@@ -210,6 +224,8 @@ fn an_apply_on_one_node_is_applied_by_every_node_and_interfaces_resolve_across_n
         assert_eq!(row["state"], "ready", "{row}");
         assert_eq!(row["tunnelAddress"], format!("10.99.0.1{}", i + 1), "{row}");
     }
+    let log = lab.agent_log(4);
+    assert!(!log.contains("lease expired"), "{log}");
     let table = lab.sfcctl(2, &["get", "nodes"]).unwrap();
     assert!(
         table.starts_with("NAME")
@@ -508,7 +524,7 @@ fn tls_to_etcd_works_and_a_client_without_a_trusted_certificate_is_refused() {
         .is_err());
     // An agent with a stranger's certificate never joins, and says why on apply.
     lab.kill_agent(2).unwrap();
-    let args = agent_args(&etcd, 2, Some((&pki.stranger_cert, &pki.stranger_key)));
+    let args = agent_args(&etcd, 2, TTL, Some((&pki.stranger_cert, &pki.stranger_key)));
     // Its CA must still be the real one: the stranger's key pair sits beside ca.pem.
     lab.start_agent(2, &args).unwrap();
     let err = apply(&lab, 2, &chain(2)).unwrap_err();

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use super::{
@@ -76,31 +76,36 @@ impl Membership {
         })
     }
 
-    /// Keeps the lease alive (every TTL/3) and writes the node's info and status whenever they
-    /// change (and again after a failed write). Never returns.
+    /// Keeps the lease alive (every TTL/3) from now on, and once `started` fires writes the
+    /// node's info and status whenever they change (and again after a failed write or a new
+    /// registration). Never returns. The two run side by side so that neither a slow start
+    /// (loading the programs takes seconds) nor a slow write can let the lease lapse.
     pub async fn keep(
         self,
-        mut lease: Option<i64>,
-        mut info: watch::Receiver<NodeInfo>,
-        mut status: watch::Receiver<NodeStatus>,
+        lease: Option<i64>,
+        info: watch::Receiver<NodeInfo>,
+        status: watch::Receiver<NodeStatus>,
+        started: oneshot::Receiver<()>,
     ) {
-        let tick = self.ttl / 3;
+        let (registered, registrations) = watch::channel(());
+        tokio::join!(
+            self.keep_lease(lease, registered),
+            self.keep_published(info, status, started, registrations)
+        );
+    }
+
+    /// Renews the lease every TTL/3; registers again when it is gone (and says so on
+    /// `registered`, for the info to be written again).
+    async fn keep_lease(&self, mut lease: Option<i64>, registered: watch::Sender<()>) {
         let mut last_renewed = Instant::now();
-        let mut info_dirty = true;
-        let mut status_dirty = true;
-        let mut last_problem = None::<String>;
+        let mut problem = Problem::default();
         loop {
             let result = match lease {
-                None => match self.register().await {
-                    Ok(l) => {
-                        lease = Some(l);
-                        last_renewed = Instant::now();
-                        info_dirty = true;
-                        status_dirty = true;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
+                None => self.register().await.map(|l| {
+                    lease = Some(l);
+                    last_renewed = Instant::now();
+                    registered.send_replace(());
+                }),
                 Some(l) => match self.renew(l).await {
                     Ok(true) => {
                         last_renewed = Instant::now();
@@ -119,28 +124,42 @@ impl Membership {
                     }
                 },
             };
-            let result = result.and(
-                self.publish(&mut info, &mut info_dirty, &mut status, &mut status_dirty)
-                    .await,
-            );
-            match result {
-                Ok(()) => {
-                    if last_problem.take().is_some() {
-                        info!(node = %self.node, "the cluster store is reachable again");
-                    }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    if last_problem.as_deref() != Some(message.as_str()) {
-                        warn!("{message}");
-                        last_problem = Some(message);
-                    }
-                }
-            }
+            problem.report(result);
+            tokio::time::sleep(self.ttl / 3).await;
+        }
+    }
+
+    /// Writes the node's info and status once the agent has started, then whenever they
+    /// change, after a new registration, and again TTL/3 after a failed write.
+    async fn keep_published(
+        &self,
+        mut info: watch::Receiver<NodeInfo>,
+        mut status: watch::Receiver<NodeStatus>,
+        started: oneshot::Receiver<()>,
+        mut registrations: watch::Receiver<()>,
+    ) {
+        // Until the agent has read its interfaces the info is empty: written now, it would
+        // tell the other nodes that this node's port pairs are gone.
+        if started.await.is_err() {
+            return;
+        }
+        let mut info_dirty = true;
+        let mut status_dirty = true;
+        let mut problem = Problem::default();
+        loop {
+            let result = self
+                .publish(&mut info, &mut info_dirty, &mut status, &mut status_dirty)
+                .await;
+            problem.report(result);
+            // The tick retries a failed write (with nothing dirty, a pass writes nothing).
             tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(self.ttl / 3) => {}
                 Ok(()) = info.changed() => info_dirty = true,
                 Ok(()) = status.changed() => status_dirty = true,
+                Ok(()) = registrations.changed() => {
+                    info_dirty = true;
+                    status_dirty = true;
+                }
             }
         }
     }
@@ -179,5 +198,28 @@ impl Membership {
             *status_dirty = false;
         }
         Ok(())
+    }
+}
+
+/// The last failure a loop logged: each new one is logged once, and the recovery once.
+#[derive(Default)]
+struct Problem(Option<String>);
+
+impl Problem {
+    fn report(&mut self, result: Result<(), ClusterError>) {
+        match result {
+            Ok(()) => {
+                if self.0.take().is_some() {
+                    info!("the cluster store is reachable again");
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.0.as_deref() != Some(message.as_str()) {
+                    warn!("{message}");
+                    self.0 = Some(message);
+                }
+            }
+        }
     }
 }
