@@ -8,7 +8,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
@@ -23,8 +25,11 @@ use super::{
 
 /// How long one request to etcd may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How many times a read that etcd refused at once is made (see [`Store::read`]).
-const READ_ATTEMPTS: usize = 5;
+/// How many times a request that etcd refused at once is made (see [`Store::read`] and
+/// [`Store::write`]).
+const ATTEMPTS: usize = 5;
+/// Between two of those attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// etcd refuses transactions of more than 128 operations and requests over 1.5 MiB; writes
 /// are batched well under both.
 const MAX_OPS: usize = 64;
@@ -71,7 +76,7 @@ impl Store {
         }
     }
 
-    /// [`call`](Self::call) of a read that `read` makes, made again (up to [`READ_ATTEMPTS`]
+    /// [`call`](Self::call) of a read that `read` makes, made again (up to [`ATTEMPTS`]
     /// in all) while etcd answers with an error at once: with one member of several down,
     /// the client still sends some requests to it (they fail at connect) until it stops
     /// picking it, and a refresh of many shards would otherwise fail as a whole every time.
@@ -80,11 +85,50 @@ impl Store {
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.attempts(read, |_| true).await
+    }
+
+    /// [`call`](Self::call) of a write that `write` makes, made again (up to [`ATTEMPTS`] in
+    /// all) only while it never reached etcd (the member picked refused the connection): a
+    /// write that may have been carried out is never repeated.
+    pub async fn write<T, F>(&self, write: impl Fn() -> F) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.attempts(write, never_sent).await
+    }
+
+    /// A transaction, made with [`write`](Self::write).
+    async fn write_txn(&self, txn: Txn) -> Result<TxnResponse, ClusterError> {
+        self.write(|| {
+            let mut client = self.client();
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn attempts<T, F>(
+        &self,
+        call: impl Fn() -> F,
+        again: fn(&etcd_client::Error) -> bool,
+    ) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let mut failed = None;
-        for _ in 0..READ_ATTEMPTS {
-            match tokio::time::timeout(REQUEST_TIMEOUT, read()).await {
+        for _ in 0..ATTEMPTS {
+            match tokio::time::timeout(REQUEST_TIMEOUT, call()).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => failed = Some(e.to_string()),
+                Ok(Err(e)) => {
+                    let retry = again(&e);
+                    failed = Some(e.to_string());
+                    if !retry {
+                        break;
+                    }
+                    // The client's choice of member is random: a moment for it to pick another.
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
                 Err(_) => break,
             }
         }
@@ -210,8 +254,7 @@ impl Store {
         let txn = Txn::new()
             .when([guard])
             .and_then([TxnOp::put(head_key(), body, None)]);
-        let mut client = self.client();
-        let response = match self.call(client.txn(txn)).await {
+        let response = match self.write_txn(txn).await {
             Ok(r) => r,
             Err(e) => {
                 // Unknown whether it committed: the shards are left for the sweep, which
@@ -231,32 +274,30 @@ impl Store {
     async fn put_batches(&self, puts: Vec<(String, Vec<u8>)>) -> Result<(), ClusterError> {
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let mut client = self.client();
         for (key, body) in puts {
             if !batch.is_empty() && (batch.len() == MAX_OPS || bytes + body.len() > MAX_BATCH_BYTES)
             {
                 let ops = std::mem::take(&mut batch);
-                self.call(client.txn(Txn::new().and_then(ops))).await?;
+                self.write_txn(Txn::new().and_then(ops)).await?;
                 bytes = 0;
             }
             bytes += body.len() + key.len();
             batch.push(TxnOp::put(key, body, None));
         }
         if !batch.is_empty() {
-            self.call(client.txn(Txn::new().and_then(batch))).await?;
+            self.write_txn(Txn::new().and_then(batch)).await?;
         }
         Ok(())
     }
 
     /// Best effort: what is left is swept by a later commit.
     async fn delete_keys(&self, keys: &[String]) {
-        let mut client = self.client();
         for batch in keys.chunks(MAX_OPS) {
             let ops: Vec<TxnOp> = batch
                 .iter()
                 .map(|k| TxnOp::delete(k.clone(), None))
                 .collect();
-            if let Err(e) = self.call(client.txn(Txn::new().and_then(ops))).await {
+            if let Err(e) = self.write_txn(Txn::new().and_then(ops)).await {
                 warn!(error = %e, "removing shard versions no head names");
                 return;
             }
@@ -311,8 +352,7 @@ impl Store {
                 TxnOp::delete(status_key(node), None),
             ])
             .or_else([TxnOp::get(alive_key(node), None)]);
-        let mut client = self.client();
-        let response = self.call(client.txn(txn)).await?;
+        let response = self.write_txn(txn).await?;
         let responses = response.op_responses();
         if !response.succeeded() {
             let alive = responses
@@ -330,14 +370,13 @@ impl Store {
     /// Every node that ever registered, with whether its lease holds and its status.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClusterError> {
         let list = |what: &'static str| {
-            let mut client = self.client();
-            async move {
-                self.call(client.get(
-                    format!("{PREFIX}{what}/"),
-                    Some(GetOptions::new().with_prefix()),
-                ))
-                .await
-            }
+            self.read(move || {
+                let mut client = self.client();
+                async move {
+                    let options = GetOptions::new().with_prefix();
+                    client.get(format!("{PREFIX}{what}/"), Some(options)).await
+                }
+            })
         };
         let (infos, alive, statuses) =
             futures::try_join!(list("nodes"), list("alive"), list("status"))?;
@@ -380,4 +419,28 @@ fn parse<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, ClusterError> {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Whether a request failed before it reached etcd: the connection to the member the client
+/// picked was refused or had no route (a member down).
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(status) => Some(status),
+        etcd_client::Error::TransportError(transport) => Some(transport),
+        _ => None,
+    };
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            ) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
