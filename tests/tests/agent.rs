@@ -193,6 +193,39 @@ fn a_second_agent_on_the_same_node_refuses_to_start_and_leaves_the_first_alone()
 }
 
 #[test]
+fn an_apply_whose_state_cannot_be_saved_changes_nothing_in_the_dataplane_either() {
+    let demo = Demo::build("unsaved").unwrap();
+    let chain = fs::read_to_string(example_chain()).unwrap();
+    demo.apply(&chain);
+    // The state is saved while the dataplane takes the change: with the file unwritable (a
+    // directory where the new file is written first), the change must be taken back.
+    let blocker = demo.lab.dir.join("state/.state.json.tmp");
+    fs::create_dir(&blocker).unwrap();
+    let without_pg1 = chain.replace("portPairGroups: [PG1, PG2]", "portPairGroups: [PG2]");
+    assert_ne!(without_pg1, chain);
+    let err = demo
+        .lab
+        .sfcctl_stdin(&["apply", "-f", "-"], Some(&without_pg1))
+        .unwrap_err();
+    assert!(
+        err.contains("saving the state") && err.contains("nothing changed"),
+        "{err}"
+    );
+    let results: Vec<_> = (0..4).map(|_| demo.request(DST_V4).unwrap()).collect();
+    assert_through_one_pg1_member_then_sf3(&results, "after an apply that could not be saved");
+    let chains = demo
+        .lab
+        .sfcctl(&["get", "portchains", "-o", "yaml"])
+        .unwrap();
+    assert!(chains.contains("PG1"), "{chains}");
+    // Writable again, the same apply goes through.
+    fs::remove_dir(&blocker).unwrap();
+    demo.apply(&without_pg1);
+    let after = demo.request(DST_V4).unwrap();
+    assert_eq!(after.crossed(), ["sf3"], "{after:?}");
+}
+
+#[test]
 fn a_state_file_that_is_not_valid_stops_the_agent_at_start() {
     let mut lab = Lab::new("badstate").unwrap();
     lab.add_ns("node").unwrap();

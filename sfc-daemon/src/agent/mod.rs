@@ -71,6 +71,8 @@ pub enum AgentError {
 pub enum CommitError {
     #[error("saving the state: {0}; nothing changed")]
     Persist(#[source] StoreError),
+    #[error("saving the state: {0}; the dataplane steers the refused change until the next apply or restart: {1}")]
+    PersistNotTakenBack(#[source] StoreError, String),
     #[error("the dataplane refused the update, nothing changed: {0}")]
     Dataplane(#[source] DataplaneError),
 }
@@ -938,8 +940,9 @@ impl Agent {
         }
     }
 
-    /// Persists, then programs the dataplane; on a dataplane failure the old state is put back
-    /// on disk so that disk and kernel agree.
+    /// Persists and programs the dataplane at once; when either fails the other is taken
+    /// back (the old state put back on disk, or the old image made active again) so that
+    /// disk and kernel agree.
     fn commit(
         &mut self,
         next: State,
@@ -959,27 +962,57 @@ impl Agent {
                 dataplane: started.elapsed(),
             });
         }
-        self.store.save(&next).map_err(CommitError::Persist)?;
-        let persist = started.elapsed();
-        if let Err(e) = self.dataplane.apply(compiled.image(), &interfaces) {
+        // The state file is written (two fsyncs: milliseconds) while the dataplane takes the
+        // new image, so that the change takes effect without waiting for the disk.
+        let ((saved, persist), (applied, dataplane)) = std::thread::scope(|scope| {
+            let store = &self.store;
+            let saving = scope.spawn(|| (store.save(&next), started.elapsed()));
+            let applied = self.dataplane.apply(compiled.image(), &interfaces);
+            let dataplane = started.elapsed();
+            let saved = saving.join().expect("saving the state panicked");
+            (saved, (applied, dataplane))
+        });
+        if applied.is_err() || saved.is_err() {
+            // A save that failed may still have replaced the file (its directory's fsync
+            // failed after the rename).
             if let Err(restore) = self.store.save(&self.state) {
                 warn!(error = %restore, "could not restore the previous state file");
             }
+        }
+        if let Err(e) = applied {
             return Err(CommitError::Dataplane(e));
+        }
+        if let Err(e) = saved {
+            return Err(match self.take_back() {
+                Ok(()) => CommitError::Persist(e),
+                Err(steering) => CommitError::PersistNotTakenBack(e, steering),
+            });
         }
         self.state = next;
         self.interfaces = interfaces;
         self.compiled = Some(compiled);
         *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(self.state.clone());
         self.ready();
-        Ok(Timing {
-            persist,
-            dataplane: started.elapsed() - persist,
-        })
+        Ok(Timing { persist, dataplane })
+    }
+
+    /// Makes the dataplane steer the applied state again, after a commit whose state could
+    /// not be saved (a no-op if that commit did not change the image).
+    fn take_back(&mut self) -> Result<(), String> {
+        let Some(compiled) = &self.compiled else {
+            return Err(
+                "the applied state had not compiled, so there is no image to go back to".into(),
+            );
+        };
+        self.dataplane
+            .apply(compiled.image(), &self.interfaces)
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 
-/// Where the time of one commit went (logged, to see what an apply at scale costs).
+/// Where the time of one commit went (logged, to see what an apply at scale costs): from its
+/// start until the state was saved, and until the dataplane steered it (the two overlap).
 struct Timing {
     persist: Duration,
     dataplane: Duration,

@@ -226,6 +226,10 @@ pub struct Dataplane {
     member_totals: BTreeMap<Side, MemberCounter>,
     /// What each generation holds, when known (unknown after a restart).
     written: [Option<Image>; 2],
+    /// What each generation's group tables hold in `sfc_v8_ring`, table by table, as this
+    /// daemon wrote them (clearing a generation leaves them be; empty after a start): a table
+    /// written again is written only where it changed, one syscall per entry otherwise.
+    rings_held: [Vec<Vec<RingEntry>>; 2],
     /// The fingerprint of each generation's image, when written by this daemon.
     fingerprints: [Option<u64>; 2],
     /// After a restart: the fingerprint an earlier daemon recorded for the active generation.
@@ -300,6 +304,7 @@ impl Dataplane {
             bpf,
             mode,
             written: [None, None],
+            rings_held: Default::default(),
             fingerprints: [None, None],
             adopted: None,
             tc,
@@ -843,12 +848,19 @@ impl Dataplane {
 
     fn write(&mut self, gen: usize, image: &Image) -> Result<(), DataplaneError> {
         let base = gen as u32 * SLOTS_PER_GEN * RING_SIZE;
+        // Taken while written: a failed write leaves the generation's tables unknown.
+        let held = std::mem::take(&mut self.rings_held[gen]);
+        let mut rings = Vec::with_capacity(image.rings.len().max(held.len()));
         for (slot, ring) in image.rings.iter().enumerate() {
-            for (i, entry) in ring.iter().enumerate() {
-                let index = base + slot as u32 * RING_SIZE + i as u32;
-                let entry = self.with_slots(entry);
-                self.ring.set(index, entry, 0).map_err(map_err(MAP_RING))?;
+            let entries: Vec<RingEntry> = ring.iter().map(|e| self.with_slots(e)).collect();
+            let before = held.get(slot).map_or(&[][..], Vec::as_slice);
+            for (i, entry) in entries.iter().enumerate() {
+                if before.get(i) != Some(entry) {
+                    let index = base + slot as u32 * RING_SIZE + i as u32;
+                    self.ring.set(index, entry, 0).map_err(map_err(MAP_RING))?;
+                }
             }
+            rings.push(entries);
             // Pins are honoured only for members listed here: written with the tables,
             // before any classifier entry points at them.
             for (key, entry) in members_of(gen, slot, ring) {
@@ -858,6 +870,9 @@ impl Dataplane {
                     .map_err(map_err(MAP_MEMBERS))?;
             }
         }
+        // Tables past this image's keep what they held.
+        rings.extend(held.into_iter().skip(image.rings.len()));
+        self.rings_held[gen] = rings;
         // Source-port ranges before the classify entries that point at them.
         let ranges_base = gen as u32 * SOURCE_PORTS_PER_GEN;
         for (i, range) in image.source_ports.iter().enumerate() {
