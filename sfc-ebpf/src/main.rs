@@ -2,8 +2,9 @@
 //! (logical ports and SF egress ports), and in XDP mode an XDP program beside it that carries
 //! out in the driver what it can (see frame.rs).
 //!
-//! Per packet: parse the headers once; if this flow already has a decision on this interface
-//! for the current epoch, carry it out (one lookup). Otherwise find the flow's generation (a
+//! Per packet: parse the headers once and find the flow's state; if the flow was seen before
+//! and already has a decision on this interface for the current epoch, carry it out (one more
+//! lookup; a new flow, which cannot have one, skips it). Otherwise find the flow's generation (a
 //! flow keeps the one it entered with while its packets are inside the chain), look up the
 //! interface, probe its tuples (one hash lookup each, most specific first; bounded, and
 //! independent of the number of classifiers), pick a member (the flow's pin, or the group's
@@ -398,29 +399,27 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     }
     scratch.set_keys(ifindex);
     let pkt = &scratch.pkt;
+    // The flow's state first: past the entry this very packet touched it a moment ago, so it
+    // is in cache, and it tells whether the flow can have a decision at all. A flow seen only
+    // once has none (its first packet remembers none, see `first_packet`): for a new flow the
+    // decision look-up would be a miss far out in a large table at every hop.
+    let flow = scratch.flow_state();
     // Fast path: this flow was decided on this interface under the current epoch. Such a
     // decision exists only if the flow was on the current generation then, and a flow never
-    // goes back to an older one, so its generation needs no look-up; its state is read only
-    // where it changes (entering the chain, leaving it).
-    if let Some(d) = scratch.decided() {
-        let d = unsafe { &mut *d };
-        if d.epoch == epoch {
-            if d.verdict.action == action::STEER && d.pinned == 0 {
-                establish(d);
+    // goes back to an older one, so its generation needs no look-up.
+    if flow.is_none_or(|f| unsafe { (*f).seen_twice } != 0) {
+        if let Some(d) = scratch.decided() {
+            let d = unsafe { &mut *d };
+            if d.epoch == epoch {
+                if d.verdict.action == action::STEER && d.pinned == 0 {
+                    establish(d);
+                }
+                let flow = flow.unwrap_or(null_mut());
+                let verdict = act(ctx, pkt, flow, current, d);
+                return to_node(ctx, verdict, d, flow, current);
             }
-            let v = &d.verdict;
-            let bookkeeping =
-                v.action != 0 && (v.flags & FLAG_ENTRY != 0 || v.action != action::STEER);
-            let flow = if bookkeeping {
-                scratch.flow_state().unwrap_or(null_mut())
-            } else {
-                null_mut()
-            };
-            let verdict = act(ctx, pkt, flow, current, d);
-            return to_node(ctx, verdict, d, flow, current);
         }
     }
-    let flow = scratch.flow_state();
     let current_port = port(ifindex, current);
     let entry_port = current_port.is_some_and(|p| p.flags & PORT_ENTRY != 0);
     let gen = generation(flow, current, entry_port);
@@ -433,13 +432,12 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
         return C::PASS;
     };
     let decision = &mut scratch.decision;
+    // Only what is read before it is set: the verdict is copied in below, and the member and
+    // its pin are written by `choose_member` when it finds one (whole-struct resets here cost
+    // a byte-wise memset on every undecided packet).
     decision.epoch = epoch;
-    decision.verdict = Verdict::default();
-    decision.member = Member::default();
+    decision.member.ifindex = 0;
     decision.pinned = 0;
-    decision.pin_hash = 0;
-    decision.pin_member = 0;
-    decision.arrival_slot = 0;
     decision.entry_port = entry_port as u8;
     // Where paths meet that would take this packet different ways, its flow's path decides
     // (0 when unknown: then only a key no path disputes is found).
