@@ -242,6 +242,7 @@ fn in_a_cluster_every_sample_carries_its_node() {
         r#"sfc_datapath_packets_total{node="n7",outcome="steered"} 100"#,
         r#"sfc_tunnel_packets_total{node="n7",direction="sent"} 0"#,
         r#"sfc_tunnel_rejected_packets_total{node="n7",reason="source"} 0"#,
+        r#"sfc_tunnel_fragmented_packets_total{node="n7"} 0"#,
     ] {
         assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
     }

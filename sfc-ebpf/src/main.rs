@@ -23,6 +23,7 @@
 mod frame;
 mod parse;
 mod probe;
+mod split;
 mod too_big;
 mod tunnel;
 
@@ -58,58 +59,58 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v8_config")]
+#[map(name = "sfc_v9_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v8_ports")]
+#[map(name = "sfc_v9_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v8_classify")]
+#[map(name = "sfc_v9_classify")]
 static CLASSIFY: HashMap<ClassKey, ClassEntry> =
     HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v8_source_ports")]
+#[map(name = "sfc_v9_source_ports")]
 static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
 
-#[map(name = "sfc_v8_ring")]
+#[map(name = "sfc_v9_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v8_members")]
+#[map(name = "sfc_v9_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v8_live")]
+#[map(name = "sfc_v9_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v8_remotes")]
+#[map(name = "sfc_v9_remotes")]
 static REMOTES: HashMap<RemoteKey, TunnelPeer> =
     HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v8_landing")]
+#[map(name = "sfc_v9_landing")]
 static LANDING: HashMap<RemoteKey, Member> = HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v8_tunnel_peers")]
+#[map(name = "sfc_v9_tunnel_peers")]
 static TUNNEL_PEERS: HashMap<TunnelPeer, u32> = HashMap::pinned(TUNNEL_PEERS_CAPACITY, 0);
 
-#[map(name = "sfc_v8_fragments")]
+#[map(name = "sfc_v9_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v8_flows")]
+#[map(name = "sfc_v9_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v8_flows4")]
+#[map(name = "sfc_v9_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v8_pins")]
+#[map(name = "sfc_v9_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v8_new_pins")]
+#[map(name = "sfc_v9_new_pins")]
 static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v8_decisions")]
+#[map(name = "sfc_v9_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v8_decisions4")]
+#[map(name = "sfc_v9_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -174,29 +175,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v8_xdp_into_veth")]
+#[map(name = "sfc_v9_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v8_scratch")]
+#[map(name = "sfc_v9_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v8_stats")]
+#[map(name = "sfc_v9_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v8_counters")]
+#[map(name = "sfc_v9_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v8_member_counters")]
+#[map(name = "sfc_v9_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v8_member_slots")]
+#[map(name = "sfc_v9_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v8_trace_filter")]
+#[map(name = "sfc_v9_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v8_trace_events")]
+#[map(name = "sfc_v9_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -745,6 +746,66 @@ fn follow_datagram(pkt: &mut Packet, key: &mut FragmentKey, ifindex: u32) -> boo
     }
     pkt.fragment = NOT_FRAGMENT;
     true
+}
+
+/// Bookkeeping for the packet parsed into the scratch space, cut into `pieces` fragments that
+/// arrive again where it arrived ([`split`]): they, not it, are counted where they go.
+/// - In flight: at the chain's entry each fragment is counted as it enters again, so the
+///   packet's own count goes; past the entry each leaves the chain on its own, so all but one
+///   are added (all of them where the packet was leaving, and so has left already; a packet
+///   that entered and left at once, a chain of taps only, was never counted).
+/// - Of a later fragment (from datagram byte `offset`, `more` after it) whose datagram's ports
+///   are known: its `payload` bytes are taken back from the datagram's record, where its
+///   fragments count them again; if it completed the datagram, the record is made again.
+#[inline(always)]
+fn replaced_by_fragments(
+    at_entry: bool,
+    leaving: bool,
+    pieces: u32,
+    offset: u32,
+    more: bool,
+    payload: u32,
+) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let pkt = unsafe { &(*scratch).pkt };
+    if let Some(flow) = flow_of(pkt) {
+        match (at_entry, leaving) {
+            (true, true) => {}
+            (true, false) => {
+                if unsafe { core::ptr::read_volatile(&raw const (*flow).inflight) } != 0 {
+                    add_inflight(flow, u64::MAX); // wrapping: minus one
+                }
+            }
+            (false, false) => add_inflight(flow, (pieces - 1) as u64),
+            (false, true) => add_inflight(flow, pieces as u64),
+        }
+    }
+    if offset == 0 || pkt.fragment != NOT_FRAGMENT {
+        return; // not a later fragment, or one whose datagram is not followed
+    }
+    let key = unsafe { &(*scratch).fragment };
+    match FRAGMENTS.get_ptr_mut(key) {
+        Some(state) => unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*state).seen,
+                (payload as u64).wrapping_neg(),
+            );
+        },
+        None => {
+            // It completed the datagram: every byte but its own went by.
+            let total = if more { 0 } else { offset + payload };
+            let state = FragmentState {
+                sport: pkt.sport,
+                dport: pkt.dport,
+                total,
+                seen: if more { 0 } else { offset as u64 },
+                first_ns: unsafe { bpf_ktime_get_ns() },
+            };
+            let _ = FRAGMENTS.insert(key, &state, 0);
+        }
+    }
 }
 
 /// The generation that steers this packet. A packet is steered entirely by one generation:

@@ -1,5 +1,6 @@
-//! A packet for another node that would not fit the underlay once encapsulated, and that may
-//! not be fragmented, is answered as a router answers it: ICMP "fragmentation needed"
+//! A packet for another node that would not fit the underlay once encapsulated is fragmented
+//! if it may be (IPv4 without DF: [`crate::split`]); if it may not, it is answered as a router
+//! answers it: ICMP "fragmentation needed"
 //! (IPv4, DF set) or ICMPv6 "packet too big", carrying the usable MTU (the underlay's less the
 //! encapsulation), so that its sender's path MTU discovery shrinks what it sends.
 //!
@@ -9,8 +10,8 @@
 //! on to the source like any reply). It comes from the packet's destination address, as
 //! from a device on the path that has no address of its own.
 //!
-//! Never answered: ICMP errors (an error about an error), fragments past the first, IPv4
-//! with options or without DF (dropped and counted only), multicast sources.
+//! Never answered (dropped and counted only): ICMP errors (an error about an error), fragments
+//! past the first, IPv4 with options, multicast sources.
 
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
@@ -22,7 +23,7 @@ use aya_ebpf::{
 };
 use sfc_common::{stat, CONFIG_TUNNEL_MTU, FAMILY_V4, TUNNEL_OVERHEAD};
 
-use crate::{count, frame::Frame, parse::LATER_FRAGMENT, CONFIG, SCRATCH};
+use crate::{count, frame::Frame, parse::LATER_FRAGMENT, split, CONFIG, SCRATCH};
 
 const ETH_HLEN: usize = 14;
 /// Bytes of the packet's payload (past its IP header) quoted in the answer: a TCP header
@@ -40,6 +41,10 @@ const REPLY6: usize = ETH_HLEN + IP6_HLEN + ICMP_HLEN + IP6_HLEN + QUOTED;
 pub struct Answer {
     head: [u8; ETH_HLEN + IP6_HLEN + QUOTED],
     reply: [u8; REPLY6],
+    /// Set by `tunnel::send`: the packet entered its chain here, just now.
+    pub at_entry: bool,
+    /// Set by `tunnel::send`: the packet leaves its chain (it is delivered on another node).
+    pub leaving: bool,
 }
 
 const PROTO_ICMP: u8 = 1;
@@ -62,6 +67,16 @@ pub fn answer(ctx: &TcContext) -> i32 {
         return TcContext::DROP;
     };
     let (family, fragment) = unsafe { ((*scratch).pkt.family, (*scratch).pkt.fragment) };
+    if family == FAMILY_V4 && usable != 0 {
+        if let Some(ip) = split::fragmentable(ctx) {
+            let (at_entry, leaving) =
+                unsafe { ((*scratch).answer.at_entry, (*scratch).answer.leaving) };
+            if let Some(verdict) = split::split(ctx, ifindex, ip, usable, at_entry, leaving) {
+                return verdict;
+            }
+        }
+    }
+    count(stat::TUNNEL_TOO_BIG);
     if fragment == LATER_FRAGMENT || usable == 0 {
         return TcContext::DROP;
     }
@@ -199,7 +214,7 @@ fn reshape(ctx: &TcContext, r: &[u8; REPLY6], kept: usize, len: usize) -> bool {
 
 /// The one's complement sum of `bytes` (big-endian 16-bit words, an even count) onto `start`.
 #[inline(always)]
-fn sum(bytes: &[u8], start: u32) -> u32 {
+pub fn sum(bytes: &[u8], start: u32) -> u32 {
     let mut s = start;
     let mut i = 0;
     while i + 1 < bytes.len() {
@@ -210,7 +225,7 @@ fn sum(bytes: &[u8], start: u32) -> u32 {
 }
 
 #[inline(always)]
-fn fold(mut s: u32) -> u16 {
+pub fn fold(mut s: u32) -> u16 {
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     !(s as u16)

@@ -20,7 +20,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
     },
-    helpers::{bpf_redirect_neigh, bpf_skb_change_proto},
+    helpers::{bpf_redirect_neigh, bpf_skb_change_proto, bpf_skb_change_tail},
     programs::TcContext,
 };
 use sfc_common::{
@@ -190,14 +190,17 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         return C::DROP;
     }
     let mtu = CONFIG.get(CONFIG_TUNNEL_MTU).copied().unwrap_or(0) as u32;
+    // Where the flow entered, this packet says it all; further on, its flow's state does.
+    let entry = verdict.flags & FLAG_ENTRY != 0;
     if !ctx.fits(mtu) {
-        count(stat::TUNNEL_TOO_BIG);
+        unsafe {
+            (*scratch).answer.at_entry = entry;
+            (*scratch).answer.leaving = deliver;
+        }
         return TOO_BIG;
     }
     let reverse = verdict.flags & FLAG_REVERSE != 0;
     let spi = ((verdict.chain_id as u32) << 1) | reverse as u32;
-    // Where the flow entered, this packet says it all; further on, its flow's state does.
-    let entry = verdict.flags & FLAG_ENTRY != 0;
     let flow = if entry {
         None
     } else {
@@ -319,10 +322,30 @@ fn push_unmarked(ctx: &TcContext, inner_v4: bool) -> bool {
 
 /// Whether the packet still fits an underlay of `mtu` once encapsulated: a segmentation
 /// offload packet always does (its segments are cut smaller to make room); 0: not known.
+/// What the frame carries past its IP packet is cut off first ([`cut_to_ip_packet`]).
 #[inline(always)]
 pub fn fits(ctx: &TcContext, mtu: u32) -> bool {
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    gso || mtu == 0 || TcContext::len(ctx) - ETH_HLEN as u32 + TUNNEL_OVERHEAD <= mtu
+    cut_to_ip_packet(ctx)
+        && (gso || mtu == 0 || TcContext::len(ctx) - ETH_HLEN as u32 + TUNNEL_OVERHEAD <= mtu)
+}
+
+/// Cuts what the frame carries past its IP packet: Ethernet padding, or the payload that a
+/// fragment cut from a larger packet leaves to the fragments after it ([`crate::split`]).
+/// Neither may cross the underlay (a fragment's would not fit). False if it cannot be cut.
+#[inline(always)]
+fn cut_to_ip_packet(ctx: &TcContext) -> bool {
+    // The ethertype, then the IPv4 total length or the IPv6 payload length.
+    let Ok(head) = ctx.load::<[u8; 8]>(12) else {
+        return true; // too short to carry anything past an IP header
+    };
+    let ip_len = match [head[0], head[1]] {
+        [0x08, 0x00] => u16::from_be_bytes([head[4], head[5]]) as u32,
+        [0x86, 0xdd] => 40 + u16::from_be_bytes([head[6], head[7]]) as u32,
+        _ => return true,
+    };
+    let end = ETH_HLEN as u32 + ip_len;
+    end >= TcContext::len(ctx) || unsafe { bpf_skb_change_tail(ctx.skb.skb, end, 0) } == 0
 }
 
 /// Out of `ifindex`, its next hop's MAC filled in by the kernel's neighbour table.

@@ -814,12 +814,15 @@ fn a_chain_across_three_nodes_flips_twenty_times_under_udp_and_no_packet_is_lost
     );
 }
 
-/// `ping` from the source VM with don't-fragment: its output, and whether every echo came
-/// back.
-fn ping(lab: &Lab, args: &str) -> (String, bool) {
+/// `ping` from the source VM with path MTU discovery option `pmtu` (`do`: don't fragment;
+/// `dont`: may be fragmented): its output, and whether every echo came back.
+fn ping(lab: &Lab, pmtu: &str, args: &str) -> (String, bool) {
     let out = lab
         .cmd("src", "sh")
-        .args(["-c", &format!("ping -n -M do -c 2 -i 0.3 -W 2 {args} 2>&1")])
+        .args([
+            "-c",
+            &format!("ping -n -M {pmtu} -c 2 -i 0.3 -W 2 {args} 2>&1"),
+        ])
         .output()
         .unwrap();
     (
@@ -829,7 +832,8 @@ fn ping(lab: &Lab, args: &str) -> (String, bool) {
 }
 
 #[test]
-fn packets_too_big_for_the_underlay_are_answered_with_icmp_and_path_mtu_discovery_works() {
+fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_path_mtu_discovery_works(
+) {
     let mut spread = Spread::build("xm", TTL).unwrap();
     spread
         .cluster
@@ -889,23 +893,79 @@ fn packets_too_big_for_the_underlay_are_answered_with_icmp_and_path_mtu_discover
     // ping at the limit (1422 bytes of IP: 1394 of payload) and one byte over, the learnt
     // path MTU forgotten first.
     lab.sh("src", "ip route flush cache").unwrap();
-    let (out, ok) = ping(lab, &format!("-s 1394 {DST_V4}"));
+    let (out, ok) = ping(lab, "do", &format!("-s 1394 {DST_V4}"));
     assert!(ok, "ping at the limit: {out}");
     let before = answered();
-    let (out, ok) = ping(lab, &format!("-s 1395 {DST_V4}"));
+    let (out, ok) = ping(lab, "do", &format!("-s 1395 {DST_V4}"));
     assert!(
         !ok && out.contains("Frag needed and DF set (mtu = 1422)"),
         "ping one byte over: {out}"
     );
     assert!(answered() > before);
     // IPv6: 40 bytes of header and 8 of ICMPv6 leave 1374.
-    let (out, ok) = ping(lab, &format!("-6 -s 1374 {DST_V6}"));
+    let (out, ok) = ping(lab, "do", &format!("-6 -s 1374 {DST_V6}"));
     assert!(ok, "ping -6 at the limit: {out}");
     let before = answered();
-    let (out, ok) = ping(lab, &format!("-6 -s 1375 {DST_V6}"));
+    let (out, ok) = ping(lab, "do", &format!("-6 -s 1375 {DST_V6}"));
     assert!(
         !ok && out.contains("Packet too big: mtu=1422"),
         "ping -6 one byte over: {out}"
     );
     assert!(answered() > before);
+
+    // Without DF, IPv4 is fragmented where it leaves for another node, as a router on the
+    // path would fragment it: 1500 bytes of IP (1472 of payload, a pattern ping checks in the
+    // echo) become fragments of 1420 and 100 bytes at SF1's egress, which take the chain on
+    // through SF2 and SF3, and the destination puts them together. Nothing is answered.
+    let fragmented = || {
+        spread
+            .cluster
+            .stats(1)
+            .unwrap()
+            .counter("tunnel_fragmented")
+    };
+    lab.sh("src", "ip route flush cache").unwrap();
+    let before = (fragmented(), answered(), forwarded(lab, false).unwrap());
+    let (out, ok) = ping(lab, "dont", &format!("-s 1472 -p 5fc0ffee {DST_V4}"));
+    assert!(
+        ok && !out.contains("wrong data byte"),
+        "ping without DF, 78 bytes over: {out}"
+    );
+    let after = (fragmented(), answered(), forwarded(lab, false).unwrap());
+    assert!(
+        after.0 >= before.0 + 2,
+        "2 echoes fragmented: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.1, before.1, "no ICMP answer for packets without DF");
+    // SF1 forwards the two echoes whole; SF2 and SF3, past the crossing, both fragments of each.
+    for (sf, least) in [(0, 2), (1, 4), (2, 4)] {
+        assert!(
+            after.2[sf] - before.2[sf] >= least,
+            "SF{} forwarded fewer than {least} packets: {before:?} -> {after:?}",
+            sf + 1
+        );
+    }
+
+    // The same where the chain enters: its first hop (SF2) is on n2, so the echoes are cut at
+    // the source's port, and their fragments enter the chain there.
+    let icmp = "ethertype: IPv4, protocol: icmp, destinationIpPrefix: 198.18.0.100/32";
+    spread.apply(1, &three_hops("g2, g3", &[icmp])).unwrap();
+    // The pings' flow (ICMP has no ports) is held on the chain it entered for one lease
+    // after the flip.
+    std::thread::sleep(Duration::from_nanos(2 * sfc_common::GENERATION_LEASE_NS));
+    let before = (fragmented(), forwarded(lab, false).unwrap());
+    let (out, ok) = ping(lab, "dont", &format!("-s 1472 -p 5fc0ffee {DST_V4}"));
+    assert!(
+        ok && !out.contains("wrong data byte"),
+        "ping without DF into a chain that starts on another node: {out}"
+    );
+    let after = (fragmented(), forwarded(lab, false).unwrap());
+    assert!(after.0 >= before.0 + 2, "{before:?} -> {after:?}");
+    for (sf, least) in [(1, 4), (2, 4)] {
+        assert!(
+            after.1[sf] - before.1[sf] >= least,
+            "SF{} forwarded fewer than {least} packets: {before:?} -> {after:?}",
+            sf + 1
+        );
+    }
 }

@@ -343,6 +343,16 @@ impl Collector for Observed {
         )?;
         family(
             enc,
+            "sfc_tunnel_fragmented_packets_total",
+            "IPv4 packets without DF too big for the underlay once encapsulated, cut into fragments that fit (which are counted as packets from then on).",
+            Counter,
+            [(
+                [] as [(&str, &str); 0],
+                ConstCounter::new(outcome("tunnel_fragmented")),
+            )],
+        )?;
+        family(
+            enc,
             "sfc_tunnel_rejected_packets_total",
             "Tunnel packets dropped on arrival, by reason.",
             Counter,
