@@ -400,6 +400,15 @@ impl Agent {
         self.published.clone()
     }
 
+    /// The program off interfaces no chain needs any more, when due
+    /// ([`Dataplane::detach_stale`]); how long until it next is.
+    fn detach_stale(&mut self) -> Option<Duration> {
+        self.dataplane.detach_stale().unwrap_or_else(|e| {
+            self.warn_once(format!("detaching from interfaces no chain uses: {e}"));
+            None
+        })
+    }
+
     fn sample_if_older_than(&mut self, age: Duration) {
         if self.last_sample.is_none_or(|at| at.elapsed() >= age) {
             self.sample();

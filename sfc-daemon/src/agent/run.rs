@@ -113,10 +113,11 @@ pub fn spawn(agent: Agent, queue: Queue, status: Arc<Status>) -> std::io::Result
 
 fn run(mut agent: Agent, queue: mpsc::Receiver<Event>, status: &Status) {
     let mut last_resync = Instant::now();
+    let mut wait = SAMPLE_EVERY;
     loop {
         status.beat();
         let mut interfaces_changed = false;
-        match queue.recv_timeout(SAMPLE_EVERY) {
+        match queue.recv_timeout(wait) {
             Ok(event) => interfaces_changed |= handle(&mut agent, event),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -136,6 +137,10 @@ fn run(mut agent: Agent, queue: mpsc::Receiver<Event>, status: &Status) {
         if agent.ejections_changed() {
             agent.reconcile();
         }
+        // Woken when interfaces an update left are due to lose the program.
+        wait = agent
+            .detach_stale()
+            .map_or(SAMPLE_EVERY, |due| due.min(SAMPLE_EVERY));
     }
 }
 

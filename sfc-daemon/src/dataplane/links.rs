@@ -204,6 +204,13 @@ impl Links {
     }
 
     /// Detaches from every interface not in `want`.
+    /// Whether an interface outside `want` has the program.
+    pub fn any_stale(&self, want: &BTreeMap<String, u32>) -> bool {
+        self.attached
+            .iter()
+            .any(|(name, index)| want.get(name) != Some(index))
+    }
+
     pub fn detach_stale(&mut self, want: &BTreeMap<String, u32>) {
         let stale: Vec<(String, u32)> = self
             .attached

@@ -13,6 +13,7 @@ use std::{
     net::Ipv4Addr,
     os::{fd::AsFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -238,6 +239,10 @@ pub struct Dataplane {
     tc: Links,
     /// Empty unless in XDP mode.
     xdp: Links,
+    /// The interfaces the active generation steers from (TC, XDP), as the last apply that made
+    /// it active wanted them: every other one loses the program once the generation before is
+    /// retired ([`Self::detach_stale`]).
+    wanted: Option<(BTreeMap<String, u32>, BTreeMap<String, u32>)>,
     /// The tunnel program's link on the underlay interface, in a cluster.
     tunnel: Links,
     tables: Tables,
@@ -309,6 +314,7 @@ impl Dataplane {
             adopted: None,
             tc,
             xdp,
+            wanted: None,
             tunnel,
             tables,
             handover: Box::new(Alone),
@@ -439,8 +445,10 @@ impl Dataplane {
     ) -> Result<Steered, DataplaneError> {
         // Make before break for interfaces too: those the new generation steers from get the
         // program before the flip (until then it finds no entry for them and passes their
-        // packets), and those it no longer needs lose it only after. Attaching after the flip
-        // would let packets leave a newly used SF unsteered, skipping the next hops.
+        // packets), and those it no longer needs lose it only once the old generation is
+        // retired ([`Self::detach_stale`]). Attaching after the flip would let packets leave a
+        // newly used SF unsteered, skipping the next hops; detaching at the flip, the same for
+        // packets still inside an SF the update left out.
         self.tc.attach_missing(&image.attach, &mut self.bpf)?;
         let xdp_want = self.xdp_candidates(image, interfaces);
         self.xdp.attach_missing(&xdp_want, &mut self.bpf)?;
@@ -504,10 +512,31 @@ impl Dataplane {
         self.sync_live(interfaces)?;
         self.sync_tunnel_peers(image)?;
         if steered == Steered::Active {
-            self.tc.detach_stale(&image.attach);
-            self.xdp.detach_stale(&xdp_want);
+            self.wanted = Some((image.attach.clone(), xdp_want));
+            self.detach_stale()?;
         }
         Ok(steered)
+    }
+
+    /// Takes the program off the interfaces the active generation no longer steers from, once
+    /// the generation before it is retired (two leases after the flip, as
+    /// [`Self::wait_until_retired`]): until then, packets of flows still on that generation
+    /// come out of those interfaces' SFs, and must be steered on by it, not routed around the
+    /// rest of their chain. Returns how long until some are due, if any wait.
+    pub fn detach_stale(&mut self) -> Result<Option<Duration>, DataplaneError> {
+        let Some((tc, xdp)) = &self.wanted else {
+            return Ok(None);
+        };
+        if !self.tc.any_stale(tc) && !self.xdp.any_stale(xdp) {
+            return Ok(None);
+        }
+        let wait = self.until_retired()?;
+        if wait.is_some() {
+            return Ok(wait);
+        }
+        self.tc.detach_stale(tc);
+        self.xdp.detach_stale(xdp);
+        Ok(None)
     }
 
     /// The flip: one 8-byte write, seen by the next packet on every CPU.
@@ -560,16 +589,22 @@ impl Dataplane {
         {
             return Ok(());
         }
+        if let Some(wait) = self.until_retired()? {
+            std::thread::sleep(wait);
+        }
+        Ok(())
+    }
+
+    /// How long until the generation the last flip left is retired (its flows' lease, twice);
+    /// None once it is.
+    fn until_retired(&self) -> Result<Option<Duration>, DataplaneError> {
         let flipped = self
             .config
             .get(&CONFIG_FLIP_NS, 0)
             .map_err(map_err(MAP_CONFIG))?;
         let ready = flipped.saturating_add(2 * GENERATION_LEASE_NS);
         let now = monotonic_ns();
-        if now < ready {
-            std::thread::sleep(std::time::Duration::from_nanos(ready - now));
-        }
-        Ok(())
+        Ok((now < ready).then(|| Duration::from_nanos(ready - now)))
     }
 
     /// Moves a retired generation's per-chain counters into the running totals, then zeroes
