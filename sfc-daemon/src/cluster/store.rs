@@ -37,6 +37,29 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// The largest shard written (one shard in one put, within the request limit).
 const MAX_SHARD_BYTES: usize = 1400 * 1024;
 
+/// Why one etcd call brought no answer.
+enum NoAnswer {
+    Error(etcd_client::Error),
+    Timeout,
+}
+
+impl NoAnswer {
+    fn reason(&self) -> String {
+        match self {
+            NoAnswer::Error(e) => e.to_string(),
+            NoAnswer::Timeout => format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+        }
+    }
+}
+
+/// One etcd call, given the request timeout.
+async fn once<T>(f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, NoAnswer> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(answer) => answer.map_err(NoAnswer::Error),
+        Err(_) => Err(NoAnswer::Timeout),
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -67,13 +90,7 @@ impl Store {
         &self,
         f: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, ClusterError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.unreachable(e.to_string())),
-            Err(_) => {
-                Err(self.unreachable(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))
-            }
-        }
+        once(f).await.map_err(|e| self.unreachable(e.reason()))
     }
 
     /// [`call`](Self::call) of a read that `read` makes, made again (up to [`ATTEMPTS`]
@@ -116,25 +133,19 @@ impl Store {
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut failed = None;
-        for _ in 0..ATTEMPTS {
-            match tokio::time::timeout(REQUEST_TIMEOUT, call()).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => {
-                    let retry = again(&e);
-                    failed = Some(e.to_string());
-                    if !retry {
-                        break;
-                    }
-                    // The client's choice of member is random: a moment for it to pick another.
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                Err(_) => break,
+        let mut attempt = 1;
+        let failure = loop {
+            match once(call()).await {
+                Ok(v) => return Ok(v),
+                Err(NoAnswer::Error(e)) if attempt < ATTEMPTS && again(&e) => {}
+                // The last attempt, an error not worth another, or a timeout (the time is spent).
+                Err(e) => break e,
             }
-        }
-        Err(self.unreachable(
-            failed.unwrap_or_else(|| format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
-        ))
+            // The client's choice of member is random: a moment for it to pick another.
+            tokio::time::sleep(RETRY_PAUSE).await;
+            attempt += 1;
+        };
+        Err(self.unreachable(failure.reason()))
     }
 
     pub fn unreachable(&self, reason: String) -> ClusterError {
