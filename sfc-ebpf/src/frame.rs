@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::tunnel::Encapsulation;
+use crate::tunnel::Headers;
 
 const PACKET_HOST: u32 = 0;
 
@@ -36,6 +36,8 @@ pub trait Frame {
     fn ifindex(&self) -> u32;
     /// The VLAN id of a tag the kernel already took out of the frame (0: none).
     fn vlan(&self) -> u16;
+    /// That tag as it goes on the wire (TPID, TCI), priority tags included; `None`: none.
+    fn vlan_tag(&self) -> Option<[u8; 4]>;
     /// `size_of::<T>()` bytes at `offset`, wherever they are (linear data or not).
     fn load<T>(&self, offset: usize) -> Result<T, ()>;
     fn set_destination_mac(&self, mac: &[u8; 6]) -> Result<(), ()>;
@@ -45,10 +47,13 @@ pub trait Frame {
     /// hook can (TC); returns the program's verdict.
     fn redirect(&self, ifindex: u32, peer: bool) -> i32;
     /// Pushes the outer headers of a packet for another node in front of its IP header
-    /// (IPv4 or, not `inner_v4`, IPv6); whether that worked.
-    fn encapsulate(&self, headers: &Encapsulation, inner_v4: bool) -> bool;
-    /// Whether the packet fits an underlay of `mtu` once encapsulated.
-    fn fits(&self, mtu: u32) -> bool;
+    /// (IPv4 or, not `inner_v4`, IPv6), a `tagged` packet's tag (from [`Frame::vlan_tag`],
+    /// already in `headers`) moved from the skb into the inner Ethernet header; whether that
+    /// worked.
+    fn encapsulate(&self, headers: Headers<'_>, inner_v4: bool, tagged: bool) -> bool;
+    /// Whether the packet fits the underlay once encapsulated, `usable_mtu` being the largest
+    /// IP packet that does.
+    fn fits(&self, usable_mtu: u32) -> bool;
     /// Out of `ifindex` to the next hop of its (outer) destination address.
     fn redirect_neigh(&self, ifindex: u32) -> i32;
     /// The packet does not fit the underlay on the way to another node: answered with ICMP
@@ -96,6 +101,20 @@ impl Frame for TcContext {
     }
 
     #[inline(always)]
+    fn vlan_tag(&self) -> Option<[u8; 4]> {
+        let skb = unsafe { &*self.skb.skb };
+        if skb.vlan_present == 0 {
+            return None;
+        }
+        // The TPID is kept in network byte order, the TCI in host order.
+        let (tpid, tci) = (
+            (skb.vlan_proto as u16).to_ne_bytes(),
+            (skb.vlan_tci as u16).to_be_bytes(),
+        );
+        Some([tpid[0], tpid[1], tci[0], tci[1]])
+    }
+
+    #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, ()> {
         TcContext::load::<T>(self, offset).map_err(|_| ())
     }
@@ -133,13 +152,13 @@ impl Frame for TcContext {
     }
 
     #[inline(always)]
-    fn encapsulate(&self, headers: &Encapsulation, inner_v4: bool) -> bool {
-        crate::tunnel::encapsulate(self, headers, inner_v4)
+    fn encapsulate(&self, headers: Headers<'_>, inner_v4: bool, tagged: bool) -> bool {
+        crate::tunnel::encapsulate(self, headers, inner_v4, tagged)
     }
 
     #[inline(always)]
-    fn fits(&self, mtu: u32) -> bool {
-        crate::tunnel::fits(self, mtu)
+    fn fits(&self, usable_mtu: u32) -> bool {
+        crate::tunnel::fits(self, usable_mtu)
     }
 
     #[inline(always)]
@@ -188,6 +207,11 @@ impl Frame for XdpContext {
     }
 
     #[inline(always)]
+    fn vlan_tag(&self) -> Option<[u8; 4]> {
+        None
+    }
+
+    #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, ()> {
         let mut value = core::mem::MaybeUninit::<T>::uninit();
         let rc = unsafe {
@@ -230,12 +254,12 @@ impl Frame for XdpContext {
 
     /// Never asked for: packets for other nodes are left to TC.
     #[inline(always)]
-    fn encapsulate(&self, _headers: &Encapsulation, _inner_v4: bool) -> bool {
+    fn encapsulate(&self, _headers: Headers<'_>, _inner_v4: bool, _tagged: bool) -> bool {
         false
     }
 
     #[inline(always)]
-    fn fits(&self, _mtu: u32) -> bool {
+    fn fits(&self, _usable_mtu: u32) -> bool {
         false
     }
 

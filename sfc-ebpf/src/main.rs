@@ -59,58 +59,58 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v9_config")]
+#[map(name = "sfc_v10_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v9_ports")]
+#[map(name = "sfc_v10_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v9_classify")]
+#[map(name = "sfc_v10_classify")]
 static CLASSIFY: HashMap<ClassKey, ClassEntry> =
     HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v9_source_ports")]
+#[map(name = "sfc_v10_source_ports")]
 static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
 
-#[map(name = "sfc_v9_ring")]
+#[map(name = "sfc_v10_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v9_members")]
+#[map(name = "sfc_v10_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v9_live")]
+#[map(name = "sfc_v10_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v9_remotes")]
+#[map(name = "sfc_v10_remotes")]
 static REMOTES: HashMap<RemoteKey, TunnelPeer> =
     HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v9_landing")]
+#[map(name = "sfc_v10_landing")]
 static LANDING: HashMap<RemoteKey, Member> = HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v9_tunnel_peers")]
+#[map(name = "sfc_v10_tunnel_peers")]
 static TUNNEL_PEERS: HashMap<TunnelPeer, u32> = HashMap::pinned(TUNNEL_PEERS_CAPACITY, 0);
 
-#[map(name = "sfc_v9_fragments")]
+#[map(name = "sfc_v10_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v9_flows")]
+#[map(name = "sfc_v10_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v9_flows4")]
+#[map(name = "sfc_v10_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v9_pins")]
+#[map(name = "sfc_v10_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v9_new_pins")]
+#[map(name = "sfc_v10_new_pins")]
 static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v9_decisions")]
+#[map(name = "sfc_v10_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v9_decisions4")]
+#[map(name = "sfc_v10_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -122,8 +122,9 @@ struct Scratch {
     decision: Decision,
     pkt: Packet,
     fragment: FragmentKey,
-    /// The outer headers of a packet sent to another node.
+    /// The outer headers of a packet sent to another node, over an IPv4 or an IPv6 underlay.
     encap: tunnel::Encapsulation,
+    encap6: tunnel::Encapsulation6,
     /// What a trace's tracking id is hashed from.
     trace_hash: HashInput,
     /// The ICMP answer to a packet too big for the underlay.
@@ -175,29 +176,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v9_xdp_into_veth")]
+#[map(name = "sfc_v10_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v9_scratch")]
+#[map(name = "sfc_v10_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v9_stats")]
+#[map(name = "sfc_v10_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v9_counters")]
+#[map(name = "sfc_v10_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v9_member_counters")]
+#[map(name = "sfc_v10_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v9_member_slots")]
+#[map(name = "sfc_v10_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v9_trace_filter")]
+#[map(name = "sfc_v10_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v9_trace_events")]
+#[map(name = "sfc_v10_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]

@@ -21,7 +21,7 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use sfc_common::{stat, CONFIG_TUNNEL_MTU, FAMILY_V4, TUNNEL_OVERHEAD};
+use sfc_common::{stat, CONFIG_TUNNEL_USABLE_MTU, FAMILY_V4};
 
 use crate::{count, frame::Frame, parse::LATER_FRAGMENT, split, CONFIG, SCRATCH};
 
@@ -61,8 +61,10 @@ pub fn answer(ctx: &TcContext) -> i32 {
     // Read before any helper changes the packet: the verifier allows context reads only at
     // fixed offsets.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mtu = CONFIG.get(CONFIG_TUNNEL_MTU).copied().unwrap_or(0) as u32;
-    let usable = mtu.saturating_sub(TUNNEL_OVERHEAD);
+    // A tagged packet carries its tag inside the tunnel: 4 bytes less for its IP packet.
+    let tagged = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    let usable = (CONFIG.get(CONFIG_TUNNEL_USABLE_MTU).copied().unwrap_or(0) as u32)
+        .saturating_sub(if tagged { 4 } else { 0 });
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return TcContext::DROP;
     };

@@ -1,4 +1,5 @@
-//! Hops between nodes, in Geneve (RFC 8926) over IPv4 and UDP 6081. A packet whose next member
+//! Hops between nodes, in Geneve (RFC 8926) over UDP 6081, over an IPv4 or an IPv6 underlay
+//! (all nodes of a cluster on one family). A packet whose next member
 //! (or chain end) is on another node gets the outer headers pushed in front of it here
 //! (`bpf_skb_adjust_room`, marked as a UDP tunnel so that segmentation offload still works),
 //! with one option ([`TunnelOption`]) saying where it goes and by which revision it is
@@ -18,17 +19,21 @@ use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
     },
-    helpers::{bpf_redirect_neigh, bpf_skb_change_proto, bpf_skb_change_tail},
+    helpers::{
+        bpf_redirect_neigh, bpf_skb_change_proto, bpf_skb_change_tail, bpf_skb_vlan_pop,
+        bpf_skb_vlan_push,
+    },
     programs::TcContext,
 };
 use sfc_common::{
     action, stat, Decision, FlowState, Member, RemoteKey, TunnelOption, TunnelPeer, Verdict,
-    CONFIG_EPOCH, CONFIG_REVISION, CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_MTU,
-    FAMILY_V4, FLAG_ENTRY, FLAG_REVERSE, FLOW_PIN_HOPS, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE,
-    GENEVE_PORT, MAX_HOPS, PROTO_UDP, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER,
-    TUNNEL_OVERHEAD, TUNNEL_REVERSE,
+    CONFIG_EPOCH, CONFIG_REVISION, CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_ADDRESS6,
+    CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_USABLE_MTU, FAMILY_V4, FAMILY_V6, FLAG_ENTRY,
+    FLAG_REVERSE, FLOW_PIN_HOPS, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE, GENEVE_PORT, MAX_HOPS,
+    PROTO_UDP, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER, TUNNEL_OVERHEAD, TUNNEL_OVERHEAD_V6,
+    TUNNEL_REVERSE,
 };
 
 use crate::{
@@ -43,6 +48,10 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 const ETH_P_IP_U16: u16 = 0x0800;
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const ETH_P_IPV6_U16: u16 = 0x86dd;
+const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
+const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
+const VLAN_HLEN: usize = 4;
 /// Geneve's protocol type for an Ethernet frame inside.
 const ETH_P_TEB: u16 = 0x6558;
 const TUNNEL_TTL: u8 = 64;
@@ -50,9 +59,37 @@ const TUNNEL_TTL: u8 = 64;
 /// receiving node's TC would see one by one.
 const IP_DF: u16 = 0x4000;
 
+/// What follows the outer IP header, over either family, in wire order: UDP, Geneve, our
+/// option, and the packet's own Ethernet header again (the inner one).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GeneveHeaders {
+    udp_sport: u16,
+    udp_dport: u16,
+    udp_len: u16,
+    udp_check: u16,
+    /// Version (2 bits, 0) and options length in 4-byte words.
+    geneve_version_options: u8,
+    /// O and C bits: C, as our option is critical.
+    geneve_flags: u8,
+    geneve_protocol: u16,
+    /// VNI in the high 24 bits.
+    geneve_vni: u32,
+    option: TunnelOption,
+    /// The inner Ethernet header; of a tagged frame, with the tag's TPID as its type, and
+    /// `tag_rest` after it on the wire.
+    inner_eth: [u8; ETH_HLEN],
+    /// A tagged frame's TCI and inner type.
+    tag_rest: [u8; VLAN_HLEN],
+    _pad: [u8; 2],
+}
+
+/// Bytes of [`GeneveHeaders`] on the wire.
+const GENEVE_LEN: usize = 8 + 8 + size_of::<TunnelOption>() + ETH_HLEN;
+
 /// Everything pushed between a packet's Ethernet header (which becomes the outer one) and its
-/// IP header, in wire order: outer IPv4, UDP, Geneve, our option, and the packet's own
-/// Ethernet header again (the inner one). `ENCAP_LEN` bytes of it are on the wire.
+/// IP header over an IPv4 underlay: outer IPv4, then [`GeneveHeaders`]. `ENCAP_LEN` bytes of
+/// it are on the wire.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Encapsulation {
@@ -66,24 +103,33 @@ pub struct Encapsulation {
     ip_check: u16,
     ip_src: u32,
     ip_dst: u32,
-    udp_sport: u16,
-    udp_dport: u16,
-    udp_len: u16,
-    udp_check: u16,
-    /// Version (2 bits, 0) and options length in 4-byte words.
-    geneve_version_options: u8,
-    /// O and C bits: C, as our option is critical.
-    geneve_flags: u8,
-    geneve_protocol: u16,
-    /// VNI in the high 24 bits.
-    geneve_vni: u32,
-    option: TunnelOption,
-    inner_eth: [u8; ETH_HLEN],
-    _pad: [u8; 2],
+    geneve: GeneveHeaders,
+}
+
+/// The same over an IPv6 underlay: outer IPv6, then [`GeneveHeaders`]; `ENCAP6_LEN` bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Encapsulation6 {
+    /// Version 6, traffic class 0, and the flow's entropy as the flow label (RFC 6438).
+    ip6_version_flow: u32,
+    ip6_payload_len: u16,
+    ip6_next: u8,
+    ip6_hop_limit: u8,
+    ip6_src: [u32; 4],
+    ip6_dst: [u32; 4],
+    geneve: GeneveHeaders,
+}
+
+/// The outer headers of a packet for another node, of the underlay's family.
+pub enum Headers<'a> {
+    V4(&'a Encapsulation),
+    V6(&'a Encapsulation6),
 }
 
 pub const ENCAP_LEN: usize = TUNNEL_OVERHEAD as usize;
-const _: () = assert!(ENCAP_LEN == 20 + 8 + 8 + size_of::<TunnelOption>() + ETH_HLEN);
+pub const ENCAP6_LEN: usize = TUNNEL_OVERHEAD_V6 as usize;
+const _: () = assert!(ENCAP_LEN == 20 + GENEVE_LEN && ENCAP6_LEN == 40 + GENEVE_LEN);
+const _: () = assert!(size_of::<GeneveHeaders>() == GENEVE_LEN + VLAN_HLEN + 2);
 const GENEVE_CRITICAL: u8 = 0x40;
 
 /// The revision of the state generation `gen` steers.
@@ -177,22 +223,25 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         stat::STEERED
     };
     let device = CONFIG.get(CONFIG_TUNNEL_IFINDEX).copied().unwrap_or(0) as u32;
-    let source = CONFIG.get(CONFIG_TUNNEL_ADDRESS).copied().unwrap_or(0) as u32;
-    // (An IPv6 underlay is not carried yet; the agent refuses to start on one.)
-    if device == 0 || source == 0 || peer.family != FAMILY_V4 {
+    // (Values here are read again where they are used rather than kept: this function's
+    // stack is at the limit.)
+    let family = own_address().family;
+    // A node is reached over the underlay's family only: a cluster's nodes share one.
+    if device == 0 || family == 0 || peer.family != family {
         count(stat::TARGET_DOWN);
         return C::DROP;
     }
-    // A VLAN tag (in the frame or in the skb's metadata) would not travel inside: tagged
-    // tenant traffic does not cross nodes yet.
-    if pkt.vlan != 0 {
-        count(stat::REDIRECT_FAILED);
-        return C::DROP;
-    }
-    let mtu = CONFIG.get(CONFIG_TUNNEL_MTU).copied().unwrap_or(0) as u32;
+    // The tag the kernel took out of the frame travels in the inner Ethernet header, 4 bytes
+    // more; a tag still in the frame (a second one) is refused by `encapsulate`.
+    let tag_len = if ctx.vlan_tag().is_some() {
+        VLAN_HLEN
+    } else {
+        0
+    };
+    let usable = CONFIG.get(CONFIG_TUNNEL_USABLE_MTU).copied().unwrap_or(0) as u32;
     // Where the flow entered, this packet says it all; further on, its flow's state does.
     let entry = verdict.flags & FLAG_ENTRY != 0;
-    if !ctx.fits(mtu) {
+    if !ctx.fits(usable.saturating_sub(tag_len as u32)) {
         unsafe {
             (*scratch).answer.at_entry = entry;
             (*scratch).answer.leaving = deliver;
@@ -211,8 +260,7 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         None if entry => (pkt.eth_dst, verdict.path),
         None => (pkt.eth_dst, 0),
     };
-    let inner_len = ctx.len() as usize - ETH_HLEN;
-    let ip_len = (ENCAP_LEN + inner_len) as u16;
+    let udp_len = (GENEVE_LEN + tag_len + ctx.len() as usize - ETH_HLEN) as u16;
     let sport = entropy(pkt);
     let inner_type = if pkt.family == FAMILY_V4 {
         ETH_P_IP
@@ -220,27 +268,25 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         ETH_P_IPV6
     };
     // Built in the per-CPU scratch space: too big for the stack beside the caller's.
-    let e = unsafe { &mut (*scratch).encap };
-    e.ip_version_ihl = 0x45;
-    e.ip_tos = 0;
-    e.ip_len = ip_len.to_be();
-    e.ip_id = 0;
-    e.ip_frag = IP_DF.to_be();
-    e.ip_ttl = TUNNEL_TTL;
-    e.ip_proto = PROTO_UDP;
-    e.ip_check = 0;
-    e.ip_src = source;
-    e.ip_dst = peer.addr[0];
-    e.udp_sport = sport.to_be();
-    e.udp_dport = GENEVE_PORT.to_be();
-    e.udp_len = (ip_len - 20).to_be();
-    // Optional over IPv4; the inner packet has its own.
-    e.udp_check = 0;
-    e.geneve_version_options = (size_of::<TunnelOption>() / 4) as u8;
-    e.geneve_flags = GENEVE_CRITICAL;
-    e.geneve_protocol = ETH_P_TEB.to_be();
-    e.geneve_vni = (spi << 8).to_be();
-    let o = &mut e.option;
+    let v6 = family == FAMILY_V6;
+    let g = unsafe {
+        if v6 {
+            &mut (*scratch).encap6.geneve
+        } else {
+            &mut (*scratch).encap.geneve
+        }
+    };
+    g.udp_sport = sport.to_be();
+    g.udp_dport = GENEVE_PORT.to_be();
+    g.udp_len = udp_len.to_be();
+    // Optional over IPv4; over IPv6 left out as RFC 6935 allows for tunnels (the receiving
+    // node's program checks the headers, the inner packet has its own checksums).
+    g.udp_check = 0;
+    g.geneve_version_options = (size_of::<TunnelOption>() / 4) as u8;
+    g.geneve_flags = GENEVE_CRITICAL;
+    g.geneve_protocol = ETH_P_TEB.to_be();
+    g.geneve_vni = (spi << 8).to_be();
+    let o = &mut g.option;
     o.class = GENEVE_OPT_CLASS.to_be();
     o.kind = GENEVE_OPT_TYPE;
     o.length = TunnelOption::WORDS;
@@ -252,11 +298,41 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
     o.flags =
         (if deliver { TUNNEL_DELIVER } else { 0 }) | (if reverse { TUNNEL_REVERSE } else { 0 });
     o._pad = 0;
-    e.inner_eth[..6].copy_from_slice(&pkt.eth_dst);
-    e.inner_eth[6..12].copy_from_slice(&pkt.eth_src);
-    e.inner_eth[12..].copy_from_slice(&inner_type);
-    e.ip_check = ip_checksum(e);
-    if !ctx.encapsulate(e, pkt.family == FAMILY_V4) {
+    g.inner_eth[..6].copy_from_slice(&pkt.eth_dst);
+    g.inner_eth[6..12].copy_from_slice(&pkt.eth_src);
+    // Tagged: the tag's TPID here, its TCI and the inner type after it.
+    match ctx.vlan_tag() {
+        Some(t) => {
+            g.inner_eth[12..].copy_from_slice(&[t[0], t[1]]);
+            g.tag_rest = [t[2], t[3], inner_type[0], inner_type[1]];
+        }
+        None => g.inner_eth[12..].copy_from_slice(&inner_type),
+    }
+    let headers = if v6 {
+        let e = unsafe { &mut (*scratch).encap6 };
+        e.ip6_version_flow = (0x6000_0000 | sport as u32).to_be();
+        e.ip6_payload_len = udp_len.to_be();
+        e.ip6_next = PROTO_UDP;
+        e.ip6_hop_limit = TUNNEL_TTL;
+        e.ip6_src = own_address().addr;
+        e.ip6_dst = peer.addr;
+        Headers::V6(e)
+    } else {
+        let e = unsafe { &mut (*scratch).encap };
+        e.ip_version_ihl = 0x45;
+        e.ip_tos = 0;
+        e.ip_len = (20 + udp_len).to_be();
+        e.ip_id = 0;
+        e.ip_frag = IP_DF.to_be();
+        e.ip_ttl = TUNNEL_TTL;
+        e.ip_proto = PROTO_UDP;
+        e.ip_check = 0;
+        e.ip_src = own_address().addr[0];
+        e.ip_dst = peer.addr[0];
+        e.ip_check = ip_checksum(e);
+        Headers::V4(e)
+    };
+    if !ctx.encapsulate(headers, pkt.family == FAMILY_V4, tag_len != 0) {
         count(stat::REDIRECT_FAILED);
         return C::DROP;
     }
@@ -275,59 +351,124 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
     verdict
 }
 
-/// Pushes `e` in front of an skb's IP header, its Ethernet header becoming the outer one
-/// (IPv4 now), and marks the skb as a UDP tunnel packet, so that segmentation offload cuts it
-/// into packets that each carry the outer headers. The kernel does not nest tunnel marks: a
-/// packet that came out of a tunnel before (on this node's underlay, or an SF's veth) keeps
-/// its mark, and is pushed into unmarked, which is all it needs unless it is a segmentation
+/// This node's tunnel address, of the underlay's family (family 0: no underlay).
+#[inline(always)]
+fn own_address() -> TunnelPeer {
+    let word = |i: u32| CONFIG.get(i).copied().unwrap_or(0);
+    let v4 = word(CONFIG_TUNNEL_ADDRESS) as u32;
+    if v4 != 0 {
+        return TunnelPeer {
+            family: FAMILY_V4,
+            addr: [v4, 0, 0, 0],
+            ..TunnelPeer::default()
+        };
+    }
+    let (high, low) = (
+        word(CONFIG_TUNNEL_ADDRESS6),
+        word(CONFIG_TUNNEL_ADDRESS6 + 1),
+    );
+    if high == 0 && low == 0 {
+        return TunnelPeer::default();
+    }
+    let (h, l) = (high.to_ne_bytes(), low.to_ne_bytes());
+    TunnelPeer {
+        family: FAMILY_V6,
+        addr: [
+            u32::from_ne_bytes([h[0], h[1], h[2], h[3]]),
+            u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
+            u32::from_ne_bytes([l[0], l[1], l[2], l[3]]),
+            u32::from_ne_bytes([l[4], l[5], l[6], l[7]]),
+        ],
+        ..TunnelPeer::default()
+    }
+}
+
+/// Pushes `headers` in front of an skb's IP header, its Ethernet header becoming the outer
+/// one, and marks the skb as a UDP tunnel packet, so that segmentation offload cuts it into
+/// packets that each carry the outer headers. The kernel does not nest tunnel marks: a packet
+/// that came out of a tunnel before (on this node's underlay, or an SF's veth) keeps its
+/// mark, and is pushed into unmarked, which is all it needs unless it is a segmentation
 /// offload packet (then it is refused).
 #[inline(always)]
-pub fn encapsulate(ctx: &TcContext, e: &Encapsulation, inner_v4: bool) -> bool {
+pub fn encapsulate(ctx: &TcContext, headers: Headers<'_>, inner_v4: bool, tagged: bool) -> bool {
     // Read once, as a value: the verifier allows context reads only at fixed offsets, not
     // through a pointer kept across the helper calls below.
     let skb = ctx.skb.skb;
     let gso = unsafe { core::ptr::read_volatile(&raw const (*skb).gso_size) } != 0;
-    let marked = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
-        | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
-        | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
-        // The inner Ethernet header's length, in the top byte (BPF_F_ADJ_ROOM_ENCAP_L2).
-        | ((ETH_HLEN as u64) << 56);
+    // A tag left in the frame (the second of two) would not be where the inner Ethernet
+    // header says the IP header starts.
+    let inner_type = if inner_v4 { ETH_P_IP } else { ETH_P_IPV6 };
+    let start = ctx.data();
+    if start + ETH_HLEN > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: the verifier-checked bound above covers the Ethernet header.
+    let eth = unsafe { &*(start as *const [u8; ETH_HLEN]) };
+    if eth[12..] != inner_type {
+        return false;
+    }
+    // The tag leaves the skb's metadata (or the kernel would put it on the outer frame).
+    if tagged && unsafe { bpf_skb_vlan_pop(skb) } != 0 {
+        return false;
+    }
+    let (headers_len, outer_l3, outer_type) = match headers {
+        Headers::V4(_) => (ENCAP_LEN, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, ETH_P_IP),
+        Headers::V6(_) => (ENCAP6_LEN, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, ETH_P_IPV6),
+    };
+    let tag_len = if tagged { VLAN_HLEN } else { 0 };
+    let len = headers_len + tag_len;
+    let marked = (outer_l3 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+        // The inner Ethernet header's length (with its tag), in the top byte
+        // (BPF_F_ADJ_ROOM_ENCAP_L2): where segmentation offload finds the inner IP header.
+        | (((ETH_HLEN + tag_len) as u64) << 56);
+    let outer_v4 = outer_type == ETH_P_IP;
     let pushed = ctx
-        .adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, marked)
+        .adjust_room(len as i32, BPF_ADJ_ROOM_MAC, marked)
         .is_ok()
-        || (!gso && push_unmarked(ctx, inner_v4));
+        || (!gso && push_unmarked(ctx, len as i32, inner_v4, outer_v4));
     if !pushed {
         return false;
     }
-    let bytes = unsafe { &*(e as *const Encapsulation as *const [u8; ENCAP_LEN]) };
-    ctx.store(ETH_HLEN, bytes, 0).is_ok() && ctx.store(12, &ETH_P_IP, 0).is_ok()
+    let (stored, tag_rest) = match headers {
+        Headers::V4(e) => {
+            let bytes = unsafe { &*(e as *const Encapsulation as *const [u8; ENCAP_LEN]) };
+            (ctx.store(ETH_HLEN, bytes, 0).is_ok(), &e.geneve.tag_rest)
+        }
+        Headers::V6(e) => {
+            let bytes = unsafe { &*(e as *const Encapsulation6 as *const [u8; ENCAP6_LEN]) };
+            (ctx.store(ETH_HLEN, bytes, 0).is_ok(), &e.geneve.tag_rest)
+        }
+    };
+    // A tag's TCI and the inner type follow the TPID that ends `headers` on the wire.
+    stored
+        && (!tagged || ctx.store(ETH_HLEN + headers_len, tag_rest, 0).is_ok())
+        && ctx.store(12, &outer_type, 0).is_ok()
 }
 
-/// The room for the outer headers without the tunnel mark. The skb's protocol must become
-/// IPv4 all the same (the kernel routes and resolves the next hop by it); only the mark's
-/// flags change it, so an IPv6 packet gets 20 bytes more, which the 6-to-4 protocol change
-/// takes back.
+/// The room for `len` bytes of outer headers without the tunnel mark. The skb's protocol must
+/// become the outer family's all the same (the kernel routes and resolves the next hop by
+/// it); only the mark's flags change it, so where the families differ, the protocol change
+/// makes up the 20 bytes between an IPv4 and an IPv6 header.
 #[inline(always)]
-fn push_unmarked(ctx: &TcContext, inner_v4: bool) -> bool {
-    if inner_v4 {
-        return ctx
-            .adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, 0)
-            .is_ok();
-    }
-    const V6_TO_V4: i32 = 40 - 20;
-    ctx.adjust_room(ENCAP_LEN as i32 + V6_TO_V4, BPF_ADJ_ROOM_MAC, 0)
-        .is_ok()
-        && unsafe { bpf_skb_change_proto(ctx.skb.skb, (ETH_P_IP_U16).to_be(), 0) } == 0
+fn push_unmarked(ctx: &TcContext, len: i32, inner_v4: bool, outer_v4: bool) -> bool {
+    const V6_OVER_V4: i32 = 40 - 20;
+    let (room, protocol) = match (inner_v4, outer_v4) {
+        (false, true) => (len + V6_OVER_V4, ETH_P_IP_U16),
+        (true, false) => (len - V6_OVER_V4, ETH_P_IPV6_U16),
+        _ => (len, 0),
+    };
+    ctx.adjust_room(room, BPF_ADJ_ROOM_MAC, 0).is_ok()
+        && (protocol == 0 || unsafe { bpf_skb_change_proto(ctx.skb.skb, protocol.to_be(), 0) } == 0)
 }
 
-/// Whether the packet still fits an underlay of `mtu` once encapsulated: a segmentation
-/// offload packet always does (its segments are cut smaller to make room); 0: not known.
-/// What the frame carries past its IP packet is cut off first ([`cut_to_ip_packet`]).
+/// Whether the packet still fits the underlay once encapsulated, `usable` being the largest
+/// IP packet that does: a segmentation offload packet always does (its segments are cut
+/// smaller to make room); 0: not known. What the frame carries past its IP packet is cut off
+/// first ([`cut_to_ip_packet`]).
 #[inline(always)]
-pub fn fits(ctx: &TcContext, mtu: u32) -> bool {
+pub fn fits(ctx: &TcContext, usable: u32) -> bool {
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    cut_to_ip_packet(ctx)
-        && (gso || mtu == 0 || TcContext::len(ctx) - ETH_HLEN as u32 + TUNNEL_OVERHEAD <= mtu)
+    cut_to_ip_packet(ctx) && (gso || usable == 0 || TcContext::len(ctx) - ETH_HLEN as u32 <= usable)
 }
 
 /// Cuts what the frame carries past its IP packet: Ethernet padding, or the payload that a
@@ -360,23 +501,52 @@ fn reject(reason: u32) -> i32 {
     TcContext::DROP
 }
 
-/// Whether this is Geneve addressed to this node: IPv4 without options, UDP to the Geneve
-/// port, to the tunnel address. Read straight from packet memory: everything else on the
-/// underlay costs this and nothing more.
+/// The node a packet on the underlay comes from and the length of its outer IP header, if it
+/// is Geneve addressed to this node: IPv4 without options or IPv6 without extension headers,
+/// UDP to the Geneve port, to the tunnel address (`own`). Read straight from packet memory:
+/// everything else on the underlay costs this and nothing more.
 #[inline(always)]
-fn addressed_here(ctx: &TcContext, address: u32) -> bool {
-    const HEAD: usize = ETH_HLEN + 20 + 4;
+fn addressed_here(ctx: &TcContext, own: &TunnelPeer) -> Option<(TunnelPeer, usize)> {
+    if own.family == FAMILY_V4 {
+        const HEAD: usize = ETH_HLEN + 20 + 4;
+        let start = ctx.data();
+        if start + HEAD > ctx.data_end() {
+            return None;
+        }
+        // SAFETY: the verifier-checked bound above covers these HEAD bytes.
+        let b = unsafe { &*(start as *const [u8; HEAD]) };
+        let ours = b[12..14] == ETH_P_IP
+            && b[14] == 0x45
+            && b[23] == PROTO_UDP
+            && u32::from_ne_bytes([b[30], b[31], b[32], b[33]]) == own.addr[0]
+            && u16::from_be_bytes([b[36], b[37]]) == GENEVE_PORT;
+        let from = [u32::from_ne_bytes([b[26], b[27], b[28], b[29]]), 0, 0, 0];
+        return ours.then_some((peer(FAMILY_V4, from), 20));
+    }
+    const HEAD: usize = ETH_HLEN + 40 + 4;
     let start = ctx.data();
-    if start + HEAD > ctx.data_end() {
-        return false;
+    if own.family != FAMILY_V6 || start + HEAD > ctx.data_end() {
+        return None;
     }
     // SAFETY: the verifier-checked bound above covers these HEAD bytes.
     let b = unsafe { &*(start as *const [u8; HEAD]) };
-    b[12..14] == ETH_P_IP
-        && b[14] == 0x45
-        && b[23] == PROTO_UDP
-        && u32::from_ne_bytes([b[30], b[31], b[32], b[33]]) == address
-        && u16::from_be_bytes([b[36], b[37]]) == GENEVE_PORT
+    let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let ours = b[12..14] == ETH_P_IPV6
+        && b[14] >> 4 == 6
+        && b[20] == PROTO_UDP
+        && [word(38), word(42), word(46), word(50)] == own.addr
+        && u16::from_be_bytes([b[56], b[57]]) == GENEVE_PORT;
+    let from = [word(22), word(26), word(30), word(34)];
+    ours.then_some((peer(FAMILY_V6, from), 40))
+}
+
+#[inline(always)]
+fn peer(family: u8, addr: [u32; 4]) -> TunnelPeer {
+    TunnelPeer {
+        family,
+        addr,
+        ..TunnelPeer::default()
+    }
 }
 
 /// A packet on the underlay: Geneve from another node is checked (a registered node's, whole,
@@ -386,31 +556,43 @@ fn addressed_here(ctx: &TcContext, address: u32) -> bool {
 /// MAC), so that when it comes back out of the SF it is steered on by that revision and path.
 #[inline(always)]
 pub fn land(ctx: &TcContext) -> i32 {
-    let address = CONFIG.get(CONFIG_TUNNEL_ADDRESS).copied().unwrap_or(0) as u32;
-    if address == 0 || !addressed_here(ctx, address) {
+    let Some((from, outer)) = addressed_here(ctx, &own_address()) else {
         return TcContext::PASS;
-    }
-    let Ok(e) = ctx.load::<Encapsulation>(ETH_HLEN) else {
+    };
+    // An IPv4 fragment's headers are not all there (an IPv6 one has a fragment header where
+    // UDP is looked for, and passed above).
+    let whole = outer == 40
+        || ctx
+            .load::<u16>(ETH_HLEN + 6)
+            .is_ok_and(|frag| u16::from_be(frag) & 0x3fff == 0);
+    let Ok(g) = ctx.load::<GeneveHeaders>(ETH_HLEN + outer) else {
         return reject(stat::TUNNEL_REJECTED_MALFORMED);
     };
-    let peer = TunnelPeer {
-        family: FAMILY_V4,
-        addr: [e.ip_src, 0, 0, 0],
-        ..TunnelPeer::default()
-    };
-    if unsafe { TUNNEL_PEERS.get(&peer) }.is_none() {
+    if unsafe { TUNNEL_PEERS.get(&from) }.is_none() {
         return reject(stat::TUNNEL_REJECTED_SOURCE);
     }
-    let o = &e.option;
-    let inner_v4 = e.inner_eth[12..14] == ETH_P_IP;
-    let whole = u16::from_be(e.ip_frag) & 0x3fff == 0;
+    let o = &g.option;
+    // A tagged frame inside: its TCI and type follow the inner Ethernet header's TPID.
+    let tpid = [g.inner_eth[12], g.inner_eth[13]];
+    // (Plain values, not an Option: the verifier refuses the uninitialised payload of a
+    // `None` that the compiler reads anyway.)
+    let tagged = tpid == ETH_P_8021Q || tpid == ETH_P_8021AD;
+    let mut rest = [0u8; VLAN_HLEN];
+    if tagged {
+        match ctx.load::<[u8; VLAN_HLEN]>(ETH_HLEN + outer + GENEVE_LEN) {
+            Ok(r) => rest = r,
+            Err(_) => return reject(stat::TUNNEL_REJECTED_MALFORMED),
+        }
+    }
+    let inner_type = if tagged { [rest[2], rest[3]] } else { tpid };
+    let inner_v4 = inner_type == ETH_P_IP;
     if !whole
-        || e.geneve_version_options != (size_of::<TunnelOption>() / 4) as u8
-        || u16::from_be(e.geneve_protocol) != ETH_P_TEB
+        || g.geneve_version_options != (size_of::<TunnelOption>() / 4) as u8
+        || u16::from_be(g.geneve_protocol) != ETH_P_TEB
         || o.class != GENEVE_OPT_CLASS.to_be()
         || o.kind != GENEVE_OPT_TYPE
         || o.length & 0x1f != TunnelOption::WORDS
-        || !(inner_v4 || e.inner_eth[12..14] == ETH_P_IPV6)
+        || !(inner_v4 || inner_type == ETH_P_IPV6)
     {
         return reject(stat::TUNNEL_REJECTED_MALFORMED);
     }
@@ -442,16 +624,32 @@ pub fn land(ctx: &TcContext) -> i32 {
     } else {
         BPF_F_ADJ_ROOM_DECAP_L3_IPV6
     } as u64;
-    let mut inner_eth = e.inner_eth;
+    let mut inner_eth = g.inner_eth;
     if target.mac != [0; 6] {
         inner_eth[..6].copy_from_slice(&target.mac);
     }
+    inner_eth[12..].copy_from_slice(&inner_type);
+    let tag_len = if tagged { VLAN_HLEN } else { 0 };
     if ctx
-        .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, decap)
+        .adjust_room(
+            -((outer + GENEVE_LEN + tag_len) as i32),
+            BPF_ADJ_ROOM_MAC,
+            decap,
+        )
         .is_err()
         || ctx.store(0, &inner_eth, 0).is_err()
     {
         return reject(stat::TUNNEL_REJECTED_MALFORMED);
+    }
+    // The tag goes back where the sending node's kernel had it: in the skb's metadata.
+    if tagged {
+        let (tpid, tci) = (
+            u16::from_ne_bytes(tpid),
+            u16::from_be_bytes([rest[0], rest[1]]),
+        );
+        if unsafe { bpf_skb_vlan_push(ctx.skb.skb, tpid, tci) } != 0 {
+            return reject(stat::TUNNEL_REJECTED_MALFORMED);
+        }
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return TcContext::DROP;

@@ -576,7 +576,8 @@ impl Agent {
 
 /// Several nodes on one underlay: namespace `u` holds bridge `br0` with [`ETCD_ADDR`]/24; node
 /// `i` (from 1) is namespace `n<i>`, joined to the bridge by a veth (`uplink` there, `u-n<i>`
-/// in `u`) with address 10.99.0.1`<i>`/24. Each node may run an [`Agent`].
+/// in `u`) with addresses 10.99.0.1`<i>`/24 and fd99::1`<i>`/64. Each node may run an
+/// [`Agent`].
 pub struct ClusterLab {
     /// Agents go before the lab (see the Drop below); the lab is free for more namespaces.
     agents: Vec<Agent>,
@@ -606,7 +607,11 @@ impl ClusterLab {
             lab.sh("u", &format!("ip link set u-{node} master br0"))?;
             lab.sh(
                 &node,
-                &format!("ip addr add {}/24 dev uplink", Self::node_addr(i)),
+                &format!(
+                    "ip addr add {}/24 dev uplink && ip addr add {}/64 dev uplink nodad",
+                    Self::node_addr(i),
+                    Self::node_addr6(i)
+                ),
             )?;
             agents.push(Agent {
                 dir: lab.dir.join(format!("agent-{node}")),
@@ -633,6 +638,11 @@ impl ClusterLab {
     /// The underlay address of node `i` (from 1): 10.99.0.1`<i>`.
     pub fn node_addr(i: usize) -> String {
         format!("10.99.0.1{i}")
+    }
+
+    /// Node `i`'s IPv6 address on the same underlay: fd99::1`<i>`.
+    pub fn node_addr6(i: usize) -> String {
+        format!("fd99::1{i}")
     }
 
     /// Starts an etcd of `members` members in `u`, on [`ETCD_ADDR`]. It must be dropped

@@ -34,6 +34,13 @@ impl Spread {
     /// Builds the topology, starts etcd and an agent on every node (`--node-ttl ttl`), no
     /// chain applied yet.
     pub fn build(tag: &str, ttl: u64) -> Result<Self> {
+        Self::build_on(tag, ttl, ClusterLab::node_addr)
+    }
+
+    /// The same with the tunnel address of node `i` given by `tunnel_address` (one of the
+    /// node's underlay addresses: [`ClusterLab::node_addr`], or IPv6
+    /// [`ClusterLab::node_addr6`]).
+    pub fn build_on(tag: &str, ttl: u64, tunnel_address: fn(usize) -> String) -> Result<Self> {
         let mut cluster = ClusterLab::new(tag, 3)?;
         let lab = &mut cluster.lab;
         lab.sh("u", "ip link add tbr type bridge && ip link set tbr up")?;
@@ -72,7 +79,7 @@ impl Spread {
                 "--node".into(),
                 format!("n{i}"),
                 "--tunnel-address".into(),
-                ClusterLab::node_addr(i),
+                tunnel_address(i),
                 "--node-ttl".into(),
                 ttl.to_string(),
             ];

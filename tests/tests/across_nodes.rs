@@ -12,6 +12,7 @@ use std::{
 };
 
 use sfc_lab::{
+    cluster::ClusterLab,
     demo::{
         assert_through_one_pg1_member_then_sf3, example_chain, forwarded, request_from,
         symmetric_chain, symmetric_request, DST_V4, DST_V6, SRC_V4,
@@ -27,21 +28,30 @@ const TTL: u64 = 3;
 /// One Geneve packet seen on the underlay.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Geneve {
-    from: [u8; 4],
-    to: [u8; 4],
+    /// The outer addresses: 4 bytes over IPv4, 16 over IPv6.
+    from: Vec<u8>,
+    to: Vec<u8>,
     vni: u32,
     /// Our option: (option class, type, service path id, service index, target).
     option: Option<(u16, u8, u32, u8, u32)>,
 }
 
-/// The UDP datagrams over IPv4 on Ethernet of a pcap file: (IP header, UDP header and payload).
-fn udp_datagrams(pcap: &[u8]) -> Vec<(&[u8], &[u8])> {
+/// The Ethernet frames of a pcap file.
+fn frames(pcap: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut at = 24; // global header
     while at + 16 <= pcap.len() {
         let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
+        out.push(&pcap[at + 16..(at + 16 + caplen).min(pcap.len())]);
         at += 16 + caplen;
+    }
+    out
+}
+
+/// The UDP datagrams over IPv4 on Ethernet of a pcap file: (IP header, UDP header and payload).
+fn udp_datagrams(pcap: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::new();
+    for frame in frames(pcap) {
         if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
             continue;
         }
@@ -55,10 +65,26 @@ fn udp_datagrams(pcap: &[u8]) -> Vec<(&[u8], &[u8])> {
     out
 }
 
-/// The Geneve packets (UDP 6081 over IPv4 on Ethernet) of a pcap file.
+/// The UDP datagrams over IPv4, or over IPv6 without extension headers, on Ethernet of a pcap
+/// file: (source address, destination address, UDP header and payload).
+fn udp_over_either(pcap: &[u8]) -> Vec<(&[u8], &[u8], &[u8])> {
+    let mut out: Vec<_> = udp_datagrams(pcap)
+        .into_iter()
+        .map(|(ip, udp)| (&ip[12..16], &ip[16..20], udp))
+        .collect();
+    for frame in frames(pcap) {
+        if frame.len() >= 14 + 40 + 8 && frame[12..14] == [0x86, 0xdd] && frame[14 + 6] == 17 {
+            let ip = &frame[14..];
+            out.push((&ip[8..24], &ip[24..40], &ip[40..]));
+        }
+    }
+    out
+}
+
+/// The Geneve packets (UDP 6081 over IPv4 or IPv6 on Ethernet) of a pcap file.
 fn geneve_packets(pcap: &[u8]) -> Vec<Geneve> {
     let mut out = Vec::new();
-    for (ip, udp) in udp_datagrams(pcap) {
+    for (from, to, udp) in udp_over_either(pcap) {
         if u16::from_be_bytes([udp[2], udp[3]]) != 6081 || udp.len() < 16 {
             continue;
         }
@@ -77,8 +103,8 @@ fn geneve_packets(pcap: &[u8]) -> Vec<Geneve> {
             )
         });
         out.push(Geneve {
-            from: ip[12..16].try_into().unwrap(),
-            to: ip[16..20].try_into().unwrap(),
+            from: from.to_vec(),
+            to: to.to_vec(),
             vni,
             option,
         });
@@ -86,11 +112,34 @@ fn geneve_packets(pcap: &[u8]) -> Vec<Geneve> {
     out
 }
 
+/// (from, to, service path id, service index) of every Geneve packet seen, each checked to
+/// carry our option and the path id as its VNI.
+fn service_paths(seen: &[Geneve]) -> BTreeSet<(Vec<u8>, Vec<u8>, u32, u8)> {
+    seen.iter()
+        .map(|g| {
+            let (class, kind, path, index, _) =
+                g.option.unwrap_or_else(|| panic!("no option: {g:?}"));
+            assert_eq!((class, kind), (0xfff5, 0x81), "{g:?}");
+            assert_eq!(g.vni, path, "the VNI is the service path id: {g:?}");
+            (g.from.clone(), g.to.clone(), path, index)
+        })
+        .collect()
+}
+
 /// Starts tcpdump on `iface` in namespace `ns`, writing what `filter` takes to `file`.
 fn capture(lab: &Lab, ns: &str, iface: &str, filter: &[&str], file: &Path) -> Child {
     let child = lab
         .cmd(ns, "tcpdump")
-        .args(["-i", iface, "-U", "-n", "-s", "128", "-w"])
+        .args([
+            "-i",
+            iface,
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-s",
+            "128",
+            "-w",
+        ])
         .arg(file)
         .args(filter)
         .stdout(Stdio::null())
@@ -102,7 +151,7 @@ fn capture(lab: &Lab, ns: &str, iface: &str, filter: &[&str], file: &Path) -> Ch
 }
 
 /// The target id of the Geneve packets the capture saw going to `node`.
-fn target_of(seen: &[Geneve], node: [u8; 4]) -> u32 {
+fn target_of(seen: &[Geneve], node: &[u8]) -> u32 {
     seen.iter()
         .find(|g| g.to == node)
         .and_then(|g| g.option)
@@ -177,17 +226,8 @@ fn a_chain_crosses_three_nodes_in_geneve_and_foreign_tunnel_packets_are_dropped(
     let seen = geneve_packets(&std::fs::read(&pcap).unwrap());
     let id = chain_id(&spread, "PC1");
     let spi = id << 1;
-    let kinds: BTreeSet<([u8; 4], [u8; 4], u32, u8)> = seen
-        .iter()
-        .map(|g| {
-            let (class, kind, path, index, _) =
-                g.option.unwrap_or_else(|| panic!("no option: {g:?}"));
-            assert_eq!((class, kind), (0xfff5, 0x81), "{g:?}");
-            assert_eq!(g.vni, path, "the VNI is the service path id: {g:?}");
-            (g.from, g.to, path, index)
-        })
-        .collect();
-    let n = |i: u8| [10, 99, 0, 10 + i];
+    let kinds = service_paths(&seen);
+    let n = |i: u8| vec![10, 99, 0, 10 + i];
     // To hop 0 (SF2 on n2) from the entry on n1: index 255; to hop 1 (SF3 on n3) from either
     // member's node: index 254. Nothing else.
     let expected: BTreeSet<_> = [
@@ -348,7 +388,7 @@ fn a_chain_crosses_three_nodes_in_geneve_and_foreign_tunnel_packets_are_dropped(
     // runs) is dropped and counted, however well formed; so is a datagram to the Geneve port
     // from a registered node that is not our Geneve.
     let before = spread.cluster.stats(3).unwrap();
-    let target = target_of(&seen, n(3));
+    let target = target_of(&seen, &n(3));
     lab.sh(
         "u",
         &send_geneve("10.99.0.13", &geneve_payload(spi, 254, target)),
@@ -831,10 +871,23 @@ fn ping(lab: &Lab, pmtu: &str, args: &str) -> (String, bool) {
     )
 }
 
-#[test]
-fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_path_mtu_discovery_works(
-) {
-    let mut spread = Spread::build("xm", TTL).unwrap();
+/// Packets node n1 cut into fragments for the underlay.
+fn fragmented(spread: &Spread) -> u64 {
+    spread
+        .cluster
+        .stats(1)
+        .unwrap()
+        .counter("tunnel_fragmented")
+}
+
+/// Applies chain g1, g2, g3 (SF1 on n1, SF2 on n2, SF3 on n3) for TCP to a sink on the
+/// destination's port 9100, ICMP and ICMPv6, and checks path MTU discovery through it, where
+/// `usable` bytes of IP fit the underlay once encapsulated: an upload of `size` bytes without
+/// segmentation offload (1500-byte packets) is answered with ICMP, learns the path MTU and
+/// completes through the three SFs; the first hop to another node leaves from SF1's egress
+/// on n1, so the answers go back into SF1, which routes them to the source like any reply.
+/// Then ping at the limit passes and one byte over is answered, over IPv4 and IPv6.
+fn path_mtu_discovery_works(spread: &mut Spread, usable: usize, size: usize) {
     spread
         .cluster
         .lab
@@ -843,10 +896,6 @@ fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_pat
             &format!("python3 {} sink 9100", script("tcp_echo.py")),
         )
         .unwrap();
-    let lab = spread.lab();
-    // TCP to port 9100, ICMP and ICMPv6 cross SF1 (n1), SF2 (n2) and SF3 (n3): the first hop
-    // to another node leaves from SF1's egress on n1, so an answer goes back into SF1, which
-    // routes it to the source like any reply.
     let chain = three_hops(
         "g1, g2, g3",
         &[
@@ -856,13 +905,10 @@ fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_pat
         ],
     );
     spread.apply(1, &chain).unwrap();
+    let lab = spread.lab();
     let answered = || spread.cluster.stats(1).unwrap().counter("too_big_answered");
-
-    // TCP without segmentation offload sends 1500-byte packets: 78 bytes too many for the
-    // underlay. Answered with ICMP, it finds the path MTU and the transfer completes.
     lab.sh("src", "ethtool -K eth0 tso off gso off").unwrap();
     let before = (answered(), forwarded(lab, false).unwrap());
-    let size = 4 << 20;
     let got = lab
         .sh(
             "src",
@@ -875,63 +921,72 @@ fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_pat
     assert_eq!(got.trim(), size.to_string(), "the sink's count");
     let after = (answered(), forwarded(lab, false).unwrap());
     eprintln!(
-        "4 MiB uploaded across three nodes; ICMP answers sent: {}",
+        "{size} bytes uploaded across three nodes; ICMP answers sent: {}",
         after.0 - before.0
     );
     assert!(after.0 > before.0, "no ICMP answer was sent");
-    let least = (size / 1422) as u64;
     for sf in 0..3 {
         assert!(
-            after.1[sf] - before.1[sf] >= least,
+            after.1[sf] - before.1[sf] >= (size / usable) as u64,
             "the transfer did not cross SF{}: {before:?} -> {after:?}",
             sf + 1
         );
     }
     let pmtu = lab.sh("src", &format!("ip route get {DST_V4}")).unwrap();
-    assert!(pmtu.contains("mtu 1422"), "the source's path MTU: {pmtu}");
-
-    // ping at the limit (1422 bytes of IP: 1394 of payload) and one byte over, the learnt
-    // path MTU forgotten first.
+    assert!(
+        pmtu.contains(&format!("mtu {usable}")),
+        "the source's path MTU: {pmtu}"
+    );
+    // The learnt path MTU forgotten first; IPv4 and ICMP headers take 28 bytes of the usable
+    // MTU, IPv6 and ICMPv6 headers 48.
     lab.sh("src", "ip route flush cache").unwrap();
-    let (out, ok) = ping(lab, "do", &format!("-s 1394 {DST_V4}"));
-    assert!(ok, "ping at the limit: {out}");
-    let before = answered();
-    let (out, ok) = ping(lab, "do", &format!("-s 1395 {DST_V4}"));
-    assert!(
-        !ok && out.contains("Frag needed and DF set (mtu = 1422)"),
-        "ping one byte over: {out}"
-    );
-    assert!(answered() > before);
-    // IPv6: 40 bytes of header and 8 of ICMPv6 leave 1374.
-    let (out, ok) = ping(lab, "do", &format!("-6 -s 1374 {DST_V6}"));
-    assert!(ok, "ping -6 at the limit: {out}");
-    let before = answered();
-    let (out, ok) = ping(lab, "do", &format!("-6 -s 1375 {DST_V6}"));
-    assert!(
-        !ok && out.contains("Packet too big: mtu=1422"),
-        "ping -6 one byte over: {out}"
-    );
-    assert!(answered() > before);
+    for (v, dst, headers, answer) in [
+        (
+            "",
+            DST_V4,
+            28,
+            format!("Frag needed and DF set (mtu = {usable})"),
+        ),
+        ("-6 ", DST_V6, 48, format!("Packet too big: mtu={usable}")),
+    ] {
+        let (out, ok) = ping(lab, "do", &format!("{v}-s {} {dst}", usable - headers));
+        assert!(ok, "ping {v}at the limit: {out}");
+        let before = answered();
+        let (out, ok) = ping(lab, "do", &format!("{v}-s {} {dst}", usable - headers + 1));
+        assert!(!ok && out.contains(&answer), "ping {v}one byte over: {out}");
+        assert!(answered() > before);
+    }
+}
+
+#[test]
+fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_path_mtu_discovery_works(
+) {
+    let mut spread = Spread::build("xm", TTL).unwrap();
+    // 1500 bytes of underlay less 78 of encapsulation.
+    path_mtu_discovery_works(&mut spread, 1422, 4 << 20);
+    let lab = spread.lab();
+    let answered = || spread.cluster.stats(1).unwrap().counter("too_big_answered");
 
     // Without DF, IPv4 is fragmented where it leaves for another node, as a router on the
     // path would fragment it: 1500 bytes of IP (1472 of payload, a pattern ping checks in the
     // echo) become fragments of 1420 and 100 bytes at SF1's egress, which take the chain on
     // through SF2 and SF3, and the destination puts them together. Nothing is answered.
-    let fragmented = || {
-        spread
-            .cluster
-            .stats(1)
-            .unwrap()
-            .counter("tunnel_fragmented")
-    };
     lab.sh("src", "ip route flush cache").unwrap();
-    let before = (fragmented(), answered(), forwarded(lab, false).unwrap());
+    let before = (
+        fragmented(&spread),
+        answered(),
+        forwarded(lab, false).unwrap(),
+    );
     let (out, ok) = ping(lab, "dont", &format!("-s 1472 -p 5fc0ffee {DST_V4}"));
     assert!(
         ok && !out.contains("wrong data byte"),
         "ping without DF, 78 bytes over: {out}"
     );
-    let after = (fragmented(), answered(), forwarded(lab, false).unwrap());
+    let after = (
+        fragmented(&spread),
+        answered(),
+        forwarded(lab, false).unwrap(),
+    );
     assert!(
         after.0 >= before.0 + 2,
         "2 echoes fragmented: {before:?} -> {after:?}"
@@ -953,13 +1008,13 @@ fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_pat
     // The pings' flow (ICMP has no ports) is held on the chain it entered for one lease
     // after the flip.
     std::thread::sleep(Duration::from_nanos(2 * sfc_common::GENERATION_LEASE_NS));
-    let before = (fragmented(), forwarded(lab, false).unwrap());
+    let before = (fragmented(&spread), forwarded(lab, false).unwrap());
     let (out, ok) = ping(lab, "dont", &format!("-s 1472 -p 5fc0ffee {DST_V4}"));
     assert!(
         ok && !out.contains("wrong data byte"),
         "ping without DF into a chain that starts on another node: {out}"
     );
-    let after = (fragmented(), forwarded(lab, false).unwrap());
+    let after = (fragmented(&spread), forwarded(lab, false).unwrap());
     assert!(after.0 >= before.0 + 2, "{before:?} -> {after:?}");
     for (sf, least) in [(1, 4), (2, 4)] {
         assert!(
@@ -968,4 +1023,199 @@ fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_pat
             sf + 1
         );
     }
+}
+
+#[test]
+fn a_chain_crosses_nodes_over_an_ipv6_underlay_with_its_path_mtu() {
+    let mut spread = Spread::build_on("x6", TTL, ClusterLab::node_addr6).unwrap();
+    // Over IPv6 the outer header is 20 bytes longer: 1500 - 98 = 1402 bytes of IP fit.
+    let yaml = spread
+        .cluster
+        .sfcctl(2, &["get", "nodes", "-o", "yaml"])
+        .unwrap();
+    for i in 1..=3 {
+        assert!(
+            yaml.contains(&format!("tunnelAddress: fd99::1{i}")),
+            "{yaml}"
+        );
+    }
+    assert_eq!(yaml.matches("usableMtu: 1402").count(), 3, "{yaml}");
+    let pcap = spread.lab().dir.join("underlay6.pcap");
+    let mut capture = capture(spread.lab(), "u", "br0", &["udp", "port", "6081"], &pcap);
+    path_mtu_discovery_works(&mut spread, 1402, 1 << 20);
+    let lab = spread.lab();
+    // Without DF, IPv4 is cut into fragments that fit, which cross the rest of the chain.
+    lab.sh("src", "ip route flush cache").unwrap();
+    let before = fragmented(&spread);
+    let (out, ok) = ping(lab, "dont", &format!("-s 1472 -p 5fc0ffee {DST_V4}"));
+    assert!(
+        ok && !out.contains("wrong data byte"),
+        "ping without DF, over the usable MTU: {out}"
+    );
+    assert!(fragmented(&spread) >= before + 2, "2 echoes fragmented");
+
+    // The underlay carried Geneve over IPv6 only, between the nodes' tunnel addresses, with
+    // the chain's service path and the index of each hop.
+    thread::sleep(Duration::from_millis(300));
+    let _ = capture.kill();
+    let _ = capture.wait();
+    let seen = geneve_packets(&std::fs::read(&pcap).unwrap());
+    assert!(
+        seen.iter().all(|g| g.from.len() == 16),
+        "Geneve over IPv4 on an IPv6 underlay: {seen:?}"
+    );
+    let spi = chain_id(&spread, "c") << 1;
+    let n = |i: usize| {
+        ClusterLab::node_addr6(i)
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+            .to_vec()
+    };
+    let expected: BTreeSet<_> = [(n(1), n(2), spi, 254), (n(2), n(3), spi, 253)].into();
+    assert_eq!(
+        service_paths(&seen),
+        expected,
+        "Geneve on the underlay: {seen:?}"
+    );
+    let received: Vec<u64> = (1..=3)
+        .map(|i| spread.cluster.stats(i).unwrap().counter("tunnel_received"))
+        .collect();
+    assert!(received[1] > 0 && received[2] > 0, "received {received:?}");
+}
+
+/// (TPID, VLAN id, UDP source port) of every tagged IPv4 UDP datagram to port 9000 in
+/// `frames`, each an Ethernet frame (untagged ones as TPID 0, VLAN 0).
+fn tagged_udp_9000<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<(u16, u16, u16)> {
+    let mut out = Vec::new();
+    for f in frames {
+        let tpid = u16::from_be_bytes([f[12], f[13]]);
+        let (tag, vid, ip) = match tpid {
+            0x8100 | 0x88a8 if f.len() >= 18 => (
+                tpid,
+                u16::from_be_bytes([f[14], f[15]]) & 0xfff,
+                (u16::from_be_bytes([f[16], f[17]]) == 0x0800).then(|| &f[18..]),
+            ),
+            0x0800 => (0, 0, Some(&f[14..])),
+            _ => continue,
+        };
+        if let Some(ip) = ip.filter(|ip| ip.len() >= 28 && ip[0] == 0x45 && ip[9] == 17) {
+            if u16::from_be_bytes([ip[22], ip[23]]) == 9000 {
+                out.push((tag, vid, u16::from_be_bytes([ip[20], ip[21]])));
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn tagged_tenant_traffic_crosses_nodes_with_its_tag_inside_the_tunnel() {
+    use sfc_lab::frames;
+    let spread = Spread::build("xv", TTL).unwrap();
+    let lab = spread.lab();
+    // The first hop is SF2 on n2: every datagram crosses the underlay where it enters, at the
+    // source's port on n1.
+    spread.apply(1, &three_hops("g2, g3", &[UDP_9000])).unwrap();
+    let (src_mac, dst_mac) = (
+        lab.mac("src", "eth0").unwrap(),
+        lab.mac("dst", "eth0").unwrap(),
+    );
+    let ip = |a: &str| a.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let datagram = |sport: u16, payload: usize| {
+        let mut p = frames::ipv4(
+            17,
+            ip(SRC_V4),
+            ip(DST_V4),
+            &[],
+            0x4000, // DF
+            &frames::udp(sport, 9000, &vec![0; payload]),
+        );
+        frames::ipv4_checksum(&mut p);
+        p
+    };
+    let tagged = |tpid: u16, vid: u16, packet: &[u8]| {
+        frames::eth(dst_mac, src_mac, tpid, &frames::vlan(vid, 0x0800, packet))
+    };
+    // 802.1Q VLAN 101, 802.1ad VLAN 300 and untagged, 10 datagrams each (one flow per source
+    // port); then 4 with two tags (QinQ), which do not cross (the inner tag would have to
+    // travel too); then, on VLAN 101, one datagram as large as fits once the tag travels
+    // inside (1418 bytes of IP) and one a byte larger, with DF.
+    let mut sent = Vec::new();
+    let mut to_send = Vec::new();
+    for (tpid, vid, base) in [(0x8100, 101, 41000), (0x88a8, 300, 42000), (0, 0, 43000)] {
+        for k in 0..10 {
+            let p = datagram(base + k, 18);
+            to_send.push(if tpid == 0 {
+                frames::eth(dst_mac, src_mac, 0x0800, &p)
+            } else {
+                tagged(tpid, vid, &p)
+            });
+            sent.push((tpid, vid, base + k));
+        }
+    }
+    for k in 0..4 {
+        let inner = frames::vlan(7, 0x0800, &datagram(44000 + k, 18));
+        to_send.push(frames::eth(
+            dst_mac,
+            src_mac,
+            0x8100,
+            &frames::vlan(101, 0x8100, &inner),
+        ));
+    }
+    to_send.push(tagged(0x8100, 101, &datagram(45000, 1418 - 28)));
+    sent.push((0x8100, 101, 45000));
+    to_send.push(tagged(0x8100, 101, &datagram(45001, 1419 - 28)));
+    sent.sort_unstable();
+
+    let pcaps = ["tagged-underlay", "tagged-sf2", "tagged-src"].map(|n| lab.dir.join(n));
+    let mut captures = [
+        capture(lab, "u", "br0", &["udp", "port", "6081"], &pcaps[0]),
+        capture(lab, "sf2", "eth-in", &[], &pcaps[1]),
+        capture(lab, "src", "eth0", &["icmp"], &pcaps[2]),
+    ];
+    let before = spread.cluster.stats(1).unwrap();
+    lab.send_frames("src", "eth0", &to_send, 1000).unwrap();
+    thread::sleep(Duration::from_millis(700));
+    for c in &mut captures {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let after = spread.cluster.stats(1).unwrap();
+    let read = |i: usize| std::fs::read(&pcaps[i]).unwrap();
+
+    // Into SF2 on n2, each datagram with the tag it was sent with; none of the QinQ ones,
+    // nor the one too big.
+    let (sf2, underlay) = (read(1), read(0));
+    assert_eq!(tagged_udp_9000(frames(&sf2)), sent, "into SF2");
+    // On the underlay from n1 to n2: untagged outer frames (the parser takes no other), the
+    // tag in the inner Ethernet header. (SF2 routes the untagged ones on to SF3 on n3.)
+    let inner: Vec<&[u8]> = udp_over_either(&underlay)
+        .into_iter()
+        .filter(|(from, _, udp)| {
+            *from == [10, 99, 0, 11] && u16::from_be_bytes([udp[2], udp[3]]) == 6081
+        })
+        .map(|(_, _, udp)| &udp[8 + 8 + 28..])
+        .collect();
+    assert_eq!(tagged_udp_9000(inner), sent, "inside Geneve");
+    assert_eq!(
+        after.counter("redirect_failed") - before.counter("redirect_failed"),
+        4,
+        "the QinQ datagrams are dropped where they would cross"
+    );
+    // The one a byte too big is answered with ICMP "fragmentation needed", on its VLAN,
+    // with the MTU left once the tag travels inside.
+    let src = read(2);
+    let answers: Vec<(u16, u16)> = frames(&src)
+        .into_iter()
+        .filter(|f| f.len() >= 18 + 20 + 8 && f[12..14] == [0x81, 0x00])
+        .filter(|f| f[16..18] == [0x08, 0x00] && f[18 + 9] == 1 && f[18 + 20] == 3)
+        .map(|f| {
+            (
+                u16::from_be_bytes([f[14], f[15]]) & 0xfff,
+                u16::from_be_bytes([f[18 + 26], f[18 + 27]]),
+            )
+        })
+        .collect();
+    assert_eq!(answers, [(101, 1418)], "ICMP answers to the source");
 }

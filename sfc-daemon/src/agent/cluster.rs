@@ -144,6 +144,16 @@ impl Agent {
             return;
         };
         link.nodes = nodes;
+        let own = link.tunnel_address;
+        let other_family = link.nodes.iter().find_map(|n| {
+            let addr = n.info.tunnel_address.parse::<IpAddr>().ok()?;
+            (addr.is_ipv4() != own.is_ipv4()).then(|| format!("{} ({addr})", n.name))
+        });
+        if let Some(node) = other_family {
+            self.warn_once(format!(
+                "node {node} has a tunnel address of another family than this node's {own}: the nodes of a cluster need tunnel addresses of one family (IPv4 or IPv6); its port pairs are left out here"
+            ));
+        }
         if let Err(e) = self.store.save_nodes(&self.link().nodes) {
             self.warn_once(format!("caching the cluster's nodes: {e}"));
         }
@@ -175,6 +185,11 @@ impl Agent {
             let Ok(addr) = node.info.tunnel_address.parse::<IpAddr>() else {
                 continue;
             };
+            // The underlay carries one family: a node of the other cannot be reached, and
+            // its members are left out as if it were lost (`nodes_changed` says so).
+            if addr.is_ipv4() != link.tunnel_address.is_ipv4() {
+                continue;
+            }
             view.peers.insert(addr);
             if node.alive {
                 for iface in &node.info.interfaces {

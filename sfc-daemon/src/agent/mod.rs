@@ -1080,16 +1080,11 @@ pub fn get(state: &State, kind: Kind, name: Option<String>) -> Response {
 
 /// The interface with this node's tunnel address, where packets to and from other nodes go.
 fn underlay(netlink: &Netlink, address: IpAddr) -> Result<Underlay, AgentError> {
-    let IpAddr::V4(v4) = address else {
-        return Err(AgentError::Tunnel(format!(
-            "tunnel address {address}: an IPv6 underlay is not carried yet; give --tunnel-address an IPv4 address of this node"
-        )));
-    };
     match netlink.interface_with_address(address)? {
         Some(link) => Ok(Underlay {
             name: link.name,
             index: link.index,
-            address: v4,
+            address,
             mtu: link.mtu,
         }),
         None => Err(AgentError::Tunnel(format!(

@@ -10,7 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::{fd::AsFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
     time::Duration,
@@ -28,13 +28,13 @@ use sfc_common::{
     stat, ClassEntry, ClassKey, Counter, FragmentKey, FragmentState, Member, MemberCounter,
     MemberKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts, TraceFilter, TunnelPeer,
     Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, CONFIG_PROBE_TOKEN, CONFIG_REVISION,
-    CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_MTU, COUNTERS_PER_GEN,
-    FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG, MAP_COUNTERS,
-    MAP_FRAGMENTS, MAP_LANDING, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS,
-    MAP_PORTS, MAP_PROBES, MAP_REMOTES, MAP_RING, MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER,
-    MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_XDP,
-    REMOTE, RING_SIZE, SIDE_EGRESS, SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN,
-    TUNNEL_OVERHEAD,
+    CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_ADDRESS6, CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_USABLE_MTU,
+    COUNTERS_PER_GEN, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG,
+    MAP_COUNTERS, MAP_FRAGMENTS, MAP_LANDING, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS,
+    MAP_MEMBER_SLOTS, MAP_PORTS, MAP_PROBES, MAP_REMOTES, MAP_RING, MAP_SOURCE_PORTS, MAP_STATS,
+    MAP_TRACE_FILTER, MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC,
+    PROGRAM_TUNNEL, PROGRAM_XDP, REMOTE, RING_SIZE, SIDE_EGRESS, SLOTS_PER_GEN, SLOT_PEER,
+    SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD, TUNNEL_OVERHEAD_V6,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -183,15 +183,19 @@ const VETH_REFUSED: &str = "a veth: XDP would hand on frames without the sender'
 pub struct Underlay {
     pub name: String,
     pub index: u32,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub mtu: u32,
 }
 
 impl Underlay {
     /// The largest IP packet a chain can carry to another node: the underlay's MTU less the
-    /// encapsulation.
+    /// encapsulation (20 bytes more over IPv6).
     pub fn usable_mtu(&self) -> u32 {
-        self.mtu.saturating_sub(TUNNEL_OVERHEAD)
+        let overhead = match self.address {
+            IpAddr::V4(_) => TUNNEL_OVERHEAD,
+            IpAddr::V6(_) => TUNNEL_OVERHEAD_V6,
+        };
+        self.mtu.saturating_sub(overhead)
     }
 }
 
@@ -227,7 +231,7 @@ pub struct Dataplane {
     member_totals: BTreeMap<Side, MemberCounter>,
     /// What each generation holds, when known (unknown after a restart).
     written: [Option<Image>; 2],
-    /// What each generation's group tables hold in `sfc_v9_ring`, table by table, as this
+    /// What each generation's group tables hold in `sfc_v10_ring`, table by table, as this
     /// daemon wrote them (clearing a generation leaves them be; empty after a start): a table
     /// written again is written only where it changed, one syscall per entry otherwise.
     rings_held: [Vec<Vec<RingEntry>>; 2],
@@ -1096,18 +1100,31 @@ impl Dataplane {
             .collect();
         self.tunnel.attach_missing(&want, &mut self.bpf)?;
         self.tunnel.detach_stale(&want);
-        let (index, address, mtu) = underlay.map_or((0, 0, 0), |u| {
-            (u.index, u32::from_ne_bytes(u.address.octets()), u.mtu)
-        });
-        self.config
-            .set(CONFIG_TUNNEL_ADDRESS, u64::from(address), 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        self.config
-            .set(CONFIG_TUNNEL_MTU, u64::from(mtu), 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        self.config
-            .set(CONFIG_TUNNEL_IFINDEX, u64::from(index), 0)
-            .map_err(map_err(MAP_CONFIG))
+        // The address of one family is written, the other's slots are zeroed: the program
+        // takes the underlay's family from which is set.
+        let (mut v4, mut v6) = (0, [0, 0]);
+        match underlay.map(|u| u.address) {
+            Some(IpAddr::V4(a)) => v4 = u32::from_ne_bytes(a.octets()),
+            Some(IpAddr::V6(a)) => {
+                let o = a.octets();
+                v6 = [0, 8].map(|at| u64::from_ne_bytes(o[at..at + 8].try_into().unwrap()));
+            }
+            None => {}
+        }
+        let (index, usable) = underlay.map_or((0, 0), |u| (u.index, u.usable_mtu()));
+        let slots = [
+            (CONFIG_TUNNEL_ADDRESS, u64::from(v4)),
+            (CONFIG_TUNNEL_ADDRESS6, v6[0]),
+            (CONFIG_TUNNEL_ADDRESS6 + 1, v6[1]),
+            (CONFIG_TUNNEL_USABLE_MTU, u64::from(usable)),
+            (CONFIG_TUNNEL_IFINDEX, u64::from(index)),
+        ];
+        for (slot, value) in slots {
+            self.config
+                .set(slot, value, 0)
+                .map_err(map_err(MAP_CONFIG))?;
+        }
+        Ok(())
     }
 
     /// Datapath counters, summed over CPUs, in `stat::NAMES` order.
@@ -1123,7 +1140,7 @@ impl Dataplane {
     }
 }
 
-/// The `sfc_v9_members` entries of group table `slot` (relative) of generation `gen`.
+/// The `sfc_v10_members` entries of group table `slot` (relative) of generation `gen`.
 fn members_of(
     gen: usize,
     slot: usize,

@@ -331,25 +331,17 @@ impl Collector for Observed {
             [("sent", "tunnel_sent"), ("received", "tunnel_received")]
                 .map(|(d, n)| ([("direction", d)], ConstCounter::new(outcome(n)))),
         )?;
-        family(
+        counter(
             enc,
             "sfc_too_big_answered_packets_total",
             "Packets too big for the underlay once encapsulated, answered with ICMP fragmentation needed or ICMPv6 packet too big (all are also in sfc_dropped_packets_total{reason=\"tunnel_too_big\"}).",
-            Counter,
-            [(
-                [] as [(&str, &str); 0],
-                ConstCounter::new(outcome("too_big_answered")),
-            )],
+            outcome("too_big_answered"),
         )?;
-        family(
+        counter(
             enc,
             "sfc_tunnel_fragmented_packets_total",
             "IPv4 packets without DF too big for the underlay once encapsulated, cut into fragments that fit (which are counted as packets from then on).",
-            Counter,
-            [(
-                [] as [(&str, &str); 0],
-                ConstCounter::new(outcome("tunnel_fragmented")),
-            )],
+            outcome("tunnel_fragmented"),
         )?;
         family(
             enc,
@@ -579,6 +571,18 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
         metric.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// A family of one counter without labels.
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let no_labels: [(&str, &str); 0] = [];
+    family(
+        enc,
+        name,
+        help,
+        MetricType::Counter,
+        [(no_labels, ConstCounter::new(value))],
+    )
 }
 
 pub(crate) fn direction(d: Direction) -> &'static str {
