@@ -81,6 +81,9 @@ pub const MAP_LANDING: &str = map_name!("landing");
 /// from.
 pub const MAP_TUNNEL_PEERS: &str = map_name!("tunnel_peers");
 pub const PROGRAM_TUNNEL: &str = "sfc_tunnel";
+/// The XDP program on the underlay interface that strips other nodes' packets before GRO
+/// (`--tunnel-xdp`).
+pub const PROGRAM_TUNNEL_XDP: &str = "sfc_tunnel_xdp";
 /// Health probes that came out of an SF: egress ifindex -> the sequence number of the last
 /// one (see [`ProbePayload`]).
 pub const MAP_PROBES: &str = map_name!("probes");

@@ -103,6 +103,11 @@ struct Args {
     /// the route towards the first etcd endpoint.
     #[arg(long, value_name = "IP", requires = "etcd")]
     tunnel_address: Option<IpAddr>,
+    /// Strip other nodes' packets in XDP on the underlay interface, before GRO (TC takes
+    /// them where the driver has no native XDP): TCP across nodes is merged into large
+    /// packets, which can also be sent on to a third node with segmentation offload.
+    #[arg(long, requires = "etcd")]
+    tunnel_xdp: bool,
     /// Seconds the node stays registered after its agent stops renewing (2 to 3600).
     #[arg(long, value_name = "SECONDS", default_value_t = 10,
         value_parser = clap::value_parser!(u64).range(2..=3600))]
@@ -354,6 +359,7 @@ fn join_cluster(
         snapshot: Arc::new(known),
         nodes,
         tunnel_address,
+        tunnel_xdp: args.tunnel_xdp,
         status,
         info,
     };

@@ -217,6 +217,13 @@ pub fn sfc_tunnel(ctx: TcContext) -> i32 {
     tunnel::land(&ctx)
 }
 
+/// XDP on the underlay interface, ahead of `sfc_tunnel` (`--tunnel-xdp`): strips the outer
+/// headers of other nodes' packets before GRO.
+#[xdp]
+pub fn sfc_tunnel_xdp(ctx: XdpContext) -> u32 {
+    tunnel::strip_early(&ctx)
+}
+
 /// The active trace filter, if a trace is running: one array read when none is.
 #[inline(always)]
 fn trace_filter() -> Option<&'static TraceFilter> {

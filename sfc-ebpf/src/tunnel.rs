@@ -17,15 +17,15 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
     },
     helpers::{
         bpf_redirect_neigh, bpf_skb_change_proto, bpf_skb_change_tail, bpf_skb_vlan_pop,
-        bpf_skb_vlan_push,
+        bpf_skb_vlan_push, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
     },
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use sfc_common::{
     action, stat, Decision, FlowState, Member, RemoteKey, TunnelOption, TunnelPeer, Verdict,
@@ -506,11 +506,10 @@ fn reject(reason: u32) -> i32 {
 /// UDP to the Geneve port, to the tunnel address (`own`). Read straight from packet memory:
 /// everything else on the underlay costs this and nothing more.
 #[inline(always)]
-fn addressed_here(ctx: &TcContext, own: &TunnelPeer) -> Option<(TunnelPeer, usize)> {
+fn addressed_here(start: usize, end: usize, own: &TunnelPeer) -> Option<(TunnelPeer, usize)> {
     if own.family == FAMILY_V4 {
         const HEAD: usize = ETH_HLEN + 20 + 4;
-        let start = ctx.data();
-        if start + HEAD > ctx.data_end() {
+        if start + HEAD > end {
             return None;
         }
         // SAFETY: the verifier-checked bound above covers these HEAD bytes.
@@ -524,8 +523,7 @@ fn addressed_here(ctx: &TcContext, own: &TunnelPeer) -> Option<(TunnelPeer, usiz
         return ours.then_some((peer(FAMILY_V4, from), 20));
     }
     const HEAD: usize = ETH_HLEN + 40 + 4;
-    let start = ctx.data();
-    if own.family != FAMILY_V6 || start + HEAD > ctx.data_end() {
+    if own.family != FAMILY_V6 || start + HEAD > end {
         return None;
     }
     // SAFETY: the verifier-checked bound above covers these HEAD bytes.
@@ -556,7 +554,10 @@ fn peer(family: u8, addr: [u32; 4]) -> TunnelPeer {
 /// MAC), so that when it comes back out of the SF it is steered on by that revision and path.
 #[inline(always)]
 pub fn land(ctx: &TcContext) -> i32 {
-    let Some((from, outer)) = addressed_here(ctx, &own_address()) else {
+    if let Some(option) = stripped_early(ctx) {
+        return go_on(ctx, &option, None);
+    }
+    let Some((from, outer)) = addressed_here(ctx.data(), ctx.data_end(), &own_address()) else {
         return TcContext::PASS;
     };
     // An IPv4 fragment's headers are not all there (an IPv6 one has a fragment header where
@@ -586,16 +587,34 @@ pub fn land(ctx: &TcContext) -> i32 {
     }
     let inner_type = if tagged { [rest[2], rest[3]] } else { tpid };
     let inner_v4 = inner_type == ETH_P_IP;
-    if !whole
-        || g.geneve_version_options != (size_of::<TunnelOption>() / 4) as u8
-        || u16::from_be(g.geneve_protocol) != ETH_P_TEB
-        || o.class != GENEVE_OPT_CLASS.to_be()
-        || o.kind != GENEVE_OPT_TYPE
-        || o.length & 0x1f != TunnelOption::WORDS
-        || !(inner_v4 || inner_type == ETH_P_IPV6)
-    {
+    if !whole || !ours(&g) || !(inner_v4 || inner_type == ETH_P_IPV6) {
         return reject(stat::TUNNEL_REJECTED_MALFORMED);
     }
+    let decap = Decap {
+        outer,
+        inner_eth: g.inner_eth,
+        tagged,
+        rest,
+        inner_type,
+    };
+    go_on(ctx, o, Some(&decap))
+}
+
+/// What [`go_on`] strips from a packet `land` took whole: `outer` bytes of outer IP header,
+/// then UDP, Geneve, the option and the inner Ethernet header (with its tag, `rest`).
+struct Decap {
+    outer: usize,
+    inner_eth: [u8; ETH_HLEN],
+    tagged: bool,
+    rest: [u8; VLAN_HLEN],
+    inner_type: [u8; 2],
+}
+
+/// Checks the option of a packet from a registered node (an index that did not run out, a
+/// revision this node holds, a target it has), strips its outer headers (`decap`; none where
+/// [`strip_early`] did) and sends it on into its member or chain end.
+#[inline(always)]
+fn go_on(ctx: &TcContext, o: &TunnelOption, decap: Option<&Decap>) -> i32 {
     let index = (u32::from_be(o.service) & 0xff) as u8;
     if SERVICE_INDEX_START - index > MAX_HOPS as u8 {
         return reject(stat::TUNNEL_REJECTED_INDEX);
@@ -619,37 +638,13 @@ pub fn land(ctx: &TcContext) -> i32 {
     let Some(target) = (unsafe { LANDING.get(&key) }) else {
         return reject(stat::TUNNEL_REJECTED_TARGET);
     };
-    let decap = if inner_v4 {
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV4
-    } else {
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV6
-    } as u64;
-    let mut inner_eth = g.inner_eth;
-    if target.mac != [0; 6] {
-        inner_eth[..6].copy_from_slice(&target.mac);
-    }
-    inner_eth[12..].copy_from_slice(&inner_type);
-    let tag_len = if tagged { VLAN_HLEN } else { 0 };
-    if ctx
-        .adjust_room(
-            -((outer + GENEVE_LEN + tag_len) as i32),
-            BPF_ADJ_ROOM_MAC,
-            decap,
-        )
-        .is_err()
-        || ctx.store(0, &inner_eth, 0).is_err()
-    {
+    let done = match decap {
+        Some(d) => strip(ctx, d, &target.mac),
+        // Stripped early: the frame is the inner one, its tag already in the skb's metadata.
+        None => target.mac == [0; 6] || ctx.store(0, &target.mac, 0).is_ok(),
+    };
+    if !done {
         return reject(stat::TUNNEL_REJECTED_MALFORMED);
-    }
-    // The tag goes back where the sending node's kernel had it: in the skb's metadata.
-    if tagged {
-        let (tpid, tci) = (
-            u16::from_ne_bytes(tpid),
-            u16::from_be_bytes([rest[0], rest[1]]),
-        );
-        if unsafe { bpf_skb_vlan_push(ctx.skb.skb, tpid, tci) } != 0 {
-            return reject(stat::TUNNEL_REJECTED_MALFORMED);
-        }
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return TcContext::DROP;
@@ -691,6 +686,150 @@ pub fn land(ctx: &TcContext) -> i32 {
         target.slot & SLOT_PEER != 0,
         stat::TUNNEL_RECEIVED,
     )
+}
+
+/// Strips what `d` says from the packet, the inner Ethernet header taking `mac` as its
+/// destination (unless zero) and its tag going back where the sending node's kernel had it:
+/// into the skb's metadata.
+#[inline(always)]
+fn strip(ctx: &TcContext, d: &Decap, mac: &[u8; 6]) -> bool {
+    let flags = if d.inner_type == ETH_P_IP {
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4
+    } else {
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6
+    } as u64;
+    let mut inner_eth = d.inner_eth;
+    if *mac != [0; 6] {
+        inner_eth[..6].copy_from_slice(mac);
+    }
+    inner_eth[12..].copy_from_slice(&d.inner_type);
+    let tag_len = if d.tagged { VLAN_HLEN } else { 0 };
+    let len = (d.outer + GENEVE_LEN + tag_len) as i32;
+    if ctx.adjust_room(-len, BPF_ADJ_ROOM_MAC, flags).is_err()
+        || ctx.store(0, &inner_eth, 0).is_err()
+    {
+        return false;
+    }
+    !d.tagged || {
+        let tpid = u16::from_ne_bytes([d.inner_eth[12], d.inner_eth[13]]);
+        let tci = u16::from_be_bytes([d.rest[0], d.rest[1]]);
+        unsafe { bpf_skb_vlan_push(ctx.skb.skb, tpid, tci) == 0 }
+    }
+}
+
+/// Whether these are our Geneve headers: no other options, an Ethernet frame inside, our
+/// option.
+#[inline(always)]
+fn ours(g: &GeneveHeaders) -> bool {
+    let o = &g.option;
+    g.geneve_version_options == (size_of::<TunnelOption>() / 4) as u8
+        && u16::from_be(g.geneve_protocol) == ETH_P_TEB
+        && o.class == GENEVE_OPT_CLASS.to_be()
+        && o.kind == GENEVE_OPT_TYPE
+        && o.length & 0x1f == TunnelOption::WORDS
+}
+
+/// What [`strip_early`] leaves in front of a frame it stripped, in the XDP metadata that the
+/// skb keeps: its [`seal`], then the packet's option. 32 bytes, the most XDP metadata holds.
+/// GRO merges only packets with the same metadata, so only segments that go the same way.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EarlyMeta {
+    seal: [u8; 4],
+    option: TunnelOption,
+}
+const _: () = assert!(size_of::<EarlyMeta>() == 32);
+
+/// Bytes of an untagged frame that [`seal`] reads: Ethernet, then the first 10 of IP.
+const SEALED: usize = ETH_HLEN + 10;
+
+/// What binds the metadata to this pass of the frame (`f`, untagged): a mark, then the inner
+/// IP header's TTL (hop limit) and protocol, the same for every segment of a flow. A packet
+/// that kept the metadata past an SF, which routed it (one TTL less), no longer matches;
+/// `None`: not IP.
+#[inline(always)]
+fn seal(f: &[u8; SEALED]) -> Option<[u8; 4]> {
+    let ip = &f[ETH_HLEN..];
+    match [f[12], f[13]] {
+        ETH_P_IP => Some([0x5f, 0xc0, ip[8], ip[9]]),
+        ETH_P_IPV6 => Some([0x5f, 0xc6, ip[7], ip[6]]),
+        _ => None,
+    }
+}
+
+/// The option of a packet [`strip_early`] stripped, from its metadata; `None`: it took the
+/// packet whole.
+#[inline(always)]
+fn stripped_early(ctx: &TcContext) -> Option<TunnelOption> {
+    let skb = ctx.skb.skb;
+    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+    if meta + size_of::<EarlyMeta>() > data || data + SEALED > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the verifier-checked bounds above cover the metadata and these bytes.
+    let (m, f) = unsafe {
+        (
+            &*(meta as *const EarlyMeta),
+            &*(data as *const [u8; SEALED]),
+        )
+    };
+    (seal(f) == Some(m.seal)).then_some(m.option)
+}
+
+/// `sfc_tunnel_xdp` (with `--tunnel-xdp`): strips Geneve to this node from a registered node
+/// before the kernel builds an skb, leaving the option for [`land`] in the metadata. The
+/// driver's GRO then merges the inner TCP segments, and the packet carries no tunnel mark
+/// (which this kernel's TC programs cannot clear), so it can be sent on to another node with
+/// segmentation offload. What it cannot vouch for passes whole, for `land` to judge and count.
+#[inline(always)]
+pub fn strip_early(ctx: &XdpContext) -> u32 {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Some((from, outer)) = addressed_here(start, end, &own_address()) else {
+        return PASS;
+    };
+    let at = start + ETH_HLEN + outer;
+    // The Geneve headers, then the rest of the inner frame that `seal` reads.
+    let inner = at + GENEVE_LEN - ETH_HLEN;
+    if at + size_of::<GeneveHeaders>() > end || inner + SEALED > end {
+        return PASS;
+    }
+    // SAFETY: the verifier-checked bounds above cover the outer headers and these.
+    let (ip, g, f) = unsafe {
+        (
+            &*((start + ETH_HLEN) as *const [u8; 8]),
+            &*(at as *const GeneveHeaders),
+            &*(inner as *const [u8; SEALED]),
+        )
+    };
+    let whole = outer == 40 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0;
+    if !whole || !ours(g) || unsafe { TUNNEL_PEERS.get(&from) }.is_none() {
+        return PASS;
+    }
+    // (A tagged inner frame is left to TC: its tag would be in the way.)
+    let Some(seal) = seal(f) else {
+        return PASS;
+    };
+    let meta = EarlyMeta {
+        seal,
+        option: g.option,
+    };
+    let raw = ctx.ctx;
+    if unsafe { bpf_xdp_adjust_meta(raw, -(size_of::<EarlyMeta>() as i32)) } != 0 {
+        return PASS;
+    }
+    let (meta_at, data) = (ctx.metadata(), ctx.data());
+    if meta_at + size_of::<EarlyMeta>() > data {
+        return PASS;
+    }
+    // SAFETY: the verifier-checked bound above covers the metadata.
+    unsafe { *(meta_at as *mut EarlyMeta) = meta };
+    let headers = ETH_HLEN + outer + 8 + 8 + size_of::<TunnelOption>();
+    if unsafe { bpf_xdp_adjust_head(raw, headers as i32) } != 0 {
+        // Whole after all: no metadata may claim otherwise.
+        unsafe { bpf_xdp_adjust_meta(raw, size_of::<EarlyMeta>() as i32) };
+    }
+    PASS
 }
 
 /// The chain, hop and direction of a packet that arrived with service header `service` and

@@ -34,13 +34,18 @@ impl Spread {
     /// Builds the topology, starts etcd and an agent on every node (`--node-ttl ttl`), no
     /// chain applied yet.
     pub fn build(tag: &str, ttl: u64) -> Result<Self> {
-        Self::build_on(tag, ttl, ClusterLab::node_addr)
+        Self::build_on(tag, ttl, ClusterLab::node_addr, &[])
     }
 
     /// The same with the tunnel address of node `i` given by `tunnel_address` (one of the
     /// node's underlay addresses: [`ClusterLab::node_addr`], or IPv6
-    /// [`ClusterLab::node_addr6`]).
-    pub fn build_on(tag: &str, ttl: u64, tunnel_address: fn(usize) -> String) -> Result<Self> {
+    /// [`ClusterLab::node_addr6`]), and `extra` arguments for every agent.
+    pub fn build_on(
+        tag: &str,
+        ttl: u64,
+        tunnel_address: fn(usize) -> String,
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut cluster = ClusterLab::new(tag, 3)?;
         let lab = &mut cluster.lab;
         lab.sh("u", "ip link add tbr type bridge && ip link set tbr up")?;
@@ -73,7 +78,7 @@ impl Spread {
         }
         let etcd = cluster.start_etcd(1, None)?;
         for i in 1..=3 {
-            let args = [
+            let mut args = vec![
                 "--etcd".to_string(),
                 etcd.endpoints_arg(),
                 "--node".into(),
@@ -83,6 +88,7 @@ impl Spread {
                 "--node-ttl".into(),
                 ttl.to_string(),
             ];
+            args.extend(extra.iter().map(|a| a.to_string()));
             cluster.start_agent(i, &args)?;
         }
         Ok(Self { etcd, cluster })

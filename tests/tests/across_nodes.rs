@@ -871,6 +871,33 @@ fn ping(lab: &Lab, pmtu: &str, args: &str) -> (String, bool) {
     )
 }
 
+/// Starts a sink for one TCP upload on the destination's port 9100.
+fn start_sink(spread: &mut Spread) {
+    spread
+        .cluster
+        .lab
+        .spawn(
+            "dst",
+            &format!("python3 {} sink 9100", script("tcp_echo.py")),
+        )
+        .unwrap();
+}
+
+/// Uploads `size` bytes over TCP from the source to the sink on the destination's port 9100,
+/// and checks that the sink counted them all.
+fn upload(lab: &Lab, size: usize) {
+    let got = lab
+        .sh(
+            "src",
+            &format!(
+                "timeout 60 python3 {} upload {DST_V4} 9100 {size}",
+                script("tcp_echo.py")
+            ),
+        )
+        .unwrap();
+    assert_eq!(got.trim(), size.to_string(), "the sink's count");
+}
+
 /// Packets node n1 cut into fragments for the underlay.
 fn fragmented(spread: &Spread) -> u64 {
     spread
@@ -888,14 +915,7 @@ fn fragmented(spread: &Spread) -> u64 {
 /// on n1, so the answers go back into SF1, which routes them to the source like any reply.
 /// Then ping at the limit passes and one byte over is answered, over IPv4 and IPv6.
 fn path_mtu_discovery_works(spread: &mut Spread, usable: usize, size: usize) {
-    spread
-        .cluster
-        .lab
-        .spawn(
-            "dst",
-            &format!("python3 {} sink 9100", script("tcp_echo.py")),
-        )
-        .unwrap();
+    start_sink(spread);
     let chain = three_hops(
         "g1, g2, g3",
         &[
@@ -909,16 +929,7 @@ fn path_mtu_discovery_works(spread: &mut Spread, usable: usize, size: usize) {
     let answered = || spread.cluster.stats(1).unwrap().counter("too_big_answered");
     lab.sh("src", "ethtool -K eth0 tso off gso off").unwrap();
     let before = (answered(), forwarded(lab, false).unwrap());
-    let got = lab
-        .sh(
-            "src",
-            &format!(
-                "timeout 60 python3 {} upload {DST_V4} 9100 {size}",
-                script("tcp_echo.py")
-            ),
-        )
-        .unwrap();
-    assert_eq!(got.trim(), size.to_string(), "the sink's count");
+    upload(lab, size);
     let after = (answered(), forwarded(lab, false).unwrap());
     eprintln!(
         "{size} bytes uploaded across three nodes; ICMP answers sent: {}",
@@ -1027,7 +1038,7 @@ fn packets_too_big_for_the_underlay_are_fragmented_or_answered_with_icmp_and_pat
 
 #[test]
 fn a_chain_crosses_nodes_over_an_ipv6_underlay_with_its_path_mtu() {
-    let mut spread = Spread::build_on("x6", TTL, ClusterLab::node_addr6).unwrap();
+    let mut spread = Spread::build_on("x6", TTL, ClusterLab::node_addr6, &[]).unwrap();
     // Over IPv6 the outer header is 20 bytes longer: 1500 - 98 = 1402 bytes of IP fit.
     let yaml = spread
         .cluster
@@ -1218,4 +1229,57 @@ fn tagged_tenant_traffic_crosses_nodes_with_its_tag_inside_the_tunnel() {
         })
         .collect();
     assert_eq!(answers, [(101, 1418)], "ICMP answers to the source");
+}
+
+/// Packets and bytes SF `sf` received on its ingress NIC.
+fn received_by(lab: &Lab, sf: &str) -> (u64, u64) {
+    let read = |what: &str| {
+        lab.sh(sf, &format!("cat /sys/class/net/eth-in/statistics/{what}"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    (read("rx_packets"), read("rx_bytes"))
+}
+
+#[test]
+fn tcp_with_segmentation_offload_crosses_nodes_twice_when_stripped_in_xdp() {
+    let mut spread = Spread::build_on("xg", TTL, ClusterLab::node_addr, &["--tunnel-xdp"]).unwrap();
+    start_sink(&mut spread);
+    let lab = spread.lab();
+    // GRO on the underlay interfaces (a NIC has it on; a veth does not by default).
+    for i in 1..=3 {
+        lab.sh(&format!("n{i}"), "ethtool -K uplink gro on")
+            .unwrap();
+    }
+    let tcp = "ethertype: IPv4, protocol: tcp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: \"9100\"";
+    spread.apply(1, &three_hops("g1, g2, g3", &[tcp])).unwrap();
+    let failed = || -> u64 {
+        (1..=3)
+            .map(|i| spread.cluster.stats(i).unwrap().counter("redirect_failed"))
+            .sum()
+    };
+    let before = (failed(), received_by(lab, "sf2"), received_by(lab, "sf3"));
+    // The source sends with segmentation offload (its default): each crossing carries large
+    // packets, cut to fit as they are encapsulated and merged again by GRO where the next
+    // node strips them in XDP. Stripped in TC, they would keep their tunnel mark and could
+    // not cross a second time (SF2 on n2 to SF3 on n3): dropped, the upload crawling on
+    // retransmissions.
+    let size = 8 << 20;
+    let started = Instant::now();
+    upload(lab, size);
+    let took = started.elapsed();
+    let after = (failed(), received_by(lab, "sf2"), received_by(lab, "sf3"));
+    assert_eq!(after.0, before.0, "packets dropped where they would cross");
+    for (sf, (b, a)) in [("SF2", (before.1, after.1)), ("SF3", (before.2, after.2))] {
+        let (packets, bytes) = (a.0 - b.0, a.1 - b.1);
+        eprintln!("{sf} received {packets} packets, {bytes} bytes, in {took:?}");
+        assert!(bytes >= size as u64, "{sf} received {bytes} bytes");
+        assert!(
+            bytes / packets > 1500,
+            "{sf} received packets of {} bytes on average: not merged",
+            bytes / packets
+        );
+    }
 }

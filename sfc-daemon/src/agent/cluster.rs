@@ -53,6 +53,8 @@ pub struct ClusterLink {
     pub nodes: Vec<NodeView>,
     /// Where other nodes send this node's part of their chains.
     pub tunnel_address: IpAddr,
+    /// Their packets are stripped in XDP too (`--tunnel-xdp`).
+    pub tunnel_xdp: bool,
     pub status: watch::Sender<NodeStatus>,
     pub info: watch::Sender<NodeInfo>,
 }

@@ -186,7 +186,7 @@ impl Agent {
         // Before anything steers to another node (outside a cluster: a tunnel an earlier
         // daemon left is let go).
         let underlay = match &cluster {
-            Some(link) => Some(underlay(&netlink, link.tunnel_address)?),
+            Some(link) => Some(underlay(&netlink, link.tunnel_address, link.tunnel_xdp)?),
             None => None,
         };
         dataplane.set_tunnel(underlay.as_ref())?;
@@ -1079,12 +1079,13 @@ pub fn get(state: &State, kind: Kind, name: Option<String>) -> Response {
 }
 
 /// The interface with this node's tunnel address, where packets to and from other nodes go.
-fn underlay(netlink: &Netlink, address: IpAddr) -> Result<Underlay, AgentError> {
+fn underlay(netlink: &Netlink, address: IpAddr, xdp: bool) -> Result<Underlay, AgentError> {
     match netlink.interface_with_address(address)? {
         Some(link) => Ok(Underlay {
             name: link.name,
             index: link.index,
             address,
+            xdp,
             mtu: link.mtu,
         }),
         None => Err(AgentError::Tunnel(format!(

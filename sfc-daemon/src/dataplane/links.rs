@@ -16,7 +16,7 @@ use aya::{
     },
     Ebpf,
 };
-use sfc_common::{PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_XDP};
+use sfc_common::{PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_TUNNEL_XDP, PROGRAM_XDP};
 use tracing::{info, warn};
 
 use crate::dataplane::DataplaneError;
@@ -31,6 +31,8 @@ pub enum Hook {
     /// TC ingress of the underlay interface (the one with the tunnel address): packets other
     /// nodes send on along their chains.
     Tunnel,
+    /// XDP on the underlay interface, in front of `Tunnel`: strips those packets before GRO.
+    TunnelXdp,
 }
 
 impl Hook {
@@ -39,14 +41,27 @@ impl Hook {
             Hook::Tc => "tc",
             Hook::Xdp => "xdp",
             Hook::Tunnel => "tunnel",
+            Hook::TunnelXdp => "tunnel-xdp",
         }
     }
 
-    /// The TC program of a TC hook.
+    /// The TC program of a TC hook (of an XDP hook, the one beside it).
     fn program(self) -> &'static str {
         match self {
-            Hook::Tunnel => PROGRAM_TUNNEL,
+            Hook::Tunnel | Hook::TunnelXdp => PROGRAM_TUNNEL,
             Hook::Tc | Hook::Xdp => PROGRAM_TC,
+        }
+    }
+
+    fn is_xdp(self) -> bool {
+        matches!(self, Hook::Xdp | Hook::TunnelXdp)
+    }
+
+    /// The XDP program of an XDP hook.
+    fn xdp_program(self) -> &'static str {
+        match self {
+            Hook::TunnelXdp => PROGRAM_TUNNEL_XDP,
+            _ => PROGRAM_XDP,
         }
     }
 }
@@ -75,9 +90,12 @@ pub(crate) fn classifier<'a>(
         .try_into()?)
 }
 
-pub(crate) fn xdp_program(bpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+pub(crate) fn xdp_program<'a>(
+    bpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut Xdp, DataplaneError> {
     Ok(bpf
-        .program_mut(PROGRAM_XDP)
+        .program_mut(name)
         .ok_or(ProgramError::UnexpectedProgramType)?
         .try_into()?)
 }
@@ -156,9 +174,9 @@ impl Links {
                 // The pin keeps the link alive; our handle can go.
                 drop(program.take_link(id)?);
             }
-            Hook::Xdp => {
+            Hook::Xdp | Hook::TunnelXdp => {
                 let link = XdpLink::try_from(fd).map_err(pinned_link)?;
-                let program = xdp_program(bpf)?;
+                let program = xdp_program(bpf, self.hook.xdp_program())?;
                 let id = program.attach_to_link(link)?;
                 drop(program.take_link(id)?);
             }
@@ -185,7 +203,7 @@ impl Links {
             }
             match self.hook {
                 Hook::Tc | Hook::Tunnel => self.attach_tc(iface, index, bpf)?,
-                Hook::Xdp => self.attach_xdp(iface, index, bpf)?,
+                Hook::Xdp | Hook::TunnelXdp => self.attach_xdp(iface, index, bpf)?,
             }
         }
         Ok(())
@@ -283,7 +301,7 @@ impl Links {
         bpf: &mut Ebpf,
     ) -> Result<(), DataplaneError> {
         let pin = self.pin_path(iface, ifindex);
-        let program = xdp_program(bpf)?;
+        let program = xdp_program(bpf, self.hook.xdp_program())?;
         let pinned = program
             .attach_to_if_index(ifindex, XdpMode::Driver)
             .map_err(|e| e.to_string())
@@ -304,7 +322,7 @@ impl Links {
         let pin = self.pin_path(iface, ifindex);
         match fs::remove_file(&pin) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.hook != Hook::Xdp => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.hook.is_xdp() => {
                 let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, self.hook.program());
             }
             Err(e) => warn!(iface, error = %e, "removing link pin"),

@@ -33,8 +33,8 @@ use sfc_common::{
     MAP_COUNTERS, MAP_FRAGMENTS, MAP_LANDING, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS,
     MAP_MEMBER_SLOTS, MAP_PORTS, MAP_PROBES, MAP_REMOTES, MAP_RING, MAP_SOURCE_PORTS, MAP_STATS,
     MAP_TRACE_FILTER, MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC,
-    PROGRAM_TUNNEL, PROGRAM_XDP, REMOTE, RING_SIZE, SIDE_EGRESS, SLOTS_PER_GEN, SLOT_PEER,
-    SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD, TUNNEL_OVERHEAD_V6,
+    PROGRAM_TUNNEL, PROGRAM_TUNNEL_XDP, PROGRAM_XDP, REMOTE, RING_SIZE, SIDE_EGRESS, SLOTS_PER_GEN,
+    SLOT_PEER, SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD, TUNNEL_OVERHEAD_V6,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -185,6 +185,8 @@ pub struct Underlay {
     pub index: u32,
     pub address: IpAddr,
     pub mtu: u32,
+    /// Other nodes' packets are stripped in XDP too, before GRO.
+    pub xdp: bool,
 }
 
 impl Underlay {
@@ -249,6 +251,8 @@ pub struct Dataplane {
     wanted: Option<(BTreeMap<String, u32>, BTreeMap<String, u32>)>,
     /// The tunnel program's link on the underlay interface, in a cluster.
     tunnel: Links,
+    /// The XDP tunnel program's link there, with `--tunnel-xdp`.
+    tunnel_xdp: Links,
     tables: Tables,
     /// Who else must agree before a flip (nobody on one node).
     handover: Box<dyn Handover>,
@@ -275,8 +279,9 @@ impl Dataplane {
         let mut bpf = loader.load(crate::EBPF_OBJECT)?;
         clear_trace_filter(&mut bpf)?;
         links::tc_program(&mut bpf)?.load()?;
-        links::xdp_program(&mut bpf)?.load()?;
+        links::xdp_program(&mut bpf, PROGRAM_XDP)?.load()?;
         links::classifier(&mut bpf, PROGRAM_TUNNEL)?.load()?;
+        links::xdp_program(&mut bpf, PROGRAM_TUNNEL_XDP)?.load()?;
         // Before a link gets these programs.
         let mut into_veth: Array<MapData, u32> = take(&mut bpf, MAP_XDP_INTO_VETH)?;
         let on_veth = matches!(mode, Mode::Xdp { on_veth: true });
@@ -289,6 +294,7 @@ impl Dataplane {
             xdp.detach_all();
         }
         let tunnel = Links::adopt(Hook::Tunnel, bpffs.join("links-tunnel"), &mut bpf)?;
+        let tunnel_xdp = Links::adopt(Hook::TunnelXdp, bpffs.join("links-tunnel-xdp"), &mut bpf)?;
         let mut dp = Self {
             config: take(&mut bpf, MAP_CONFIG)?,
             ports: take(&mut bpf, MAP_PORTS)?,
@@ -320,6 +326,7 @@ impl Dataplane {
             xdp,
             wanted: None,
             tunnel,
+            tunnel_xdp,
             tables,
             handover: Box::new(Alone),
         };
@@ -406,7 +413,7 @@ impl Dataplane {
     }
 
     pub fn xdp_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        links::xdp_program(&mut self.bpf)
+        links::xdp_program(&mut self.bpf, PROGRAM_XDP)
     }
 
     /// The active generation's epoch and the fingerprint of its image, when this daemon knows
@@ -1100,6 +1107,14 @@ impl Dataplane {
             .collect();
         self.tunnel.attach_missing(&want, &mut self.bpf)?;
         self.tunnel.detach_stale(&want);
+        // XDP strips first where it may; TC takes what it did not (or where it is refused).
+        let early = if underlay.is_some_and(|u| u.xdp) {
+            want
+        } else {
+            BTreeMap::new()
+        };
+        self.tunnel_xdp.attach_missing(&early, &mut self.bpf)?;
+        self.tunnel_xdp.detach_stale(&early);
         // The address of one family is written, the other's slots are zeroed: the program
         // takes the underlay's family from which is set.
         let (mut v4, mut v6) = (0, [0, 0]);

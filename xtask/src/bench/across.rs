@@ -13,8 +13,9 @@
 //! the underlay between every two SFs (once at 1 hop: SF1 → dst). Addresses and MACs are the
 //! one-node topology's (topology.rs). The underlay's MTU is 1600, as operators set it for
 //! overlays, so that every system carries the overlay's 1500-byte packets whole (VXLAN adds 50
-//! bytes, this project's Geneve 78). Replies (TCP, ping) are routed straight back over the
-//! underlay, unencapsulated, the same for every system.
+//! bytes, this project's Geneve 78). The uplinks have GRO on, as NICs have. Replies (TCP,
+//! ping) are routed straight back over the underlay, unencapsulated, the same for every
+//! system.
 
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ use super::{
 pub enum System {
     /// This project: an agent on each node, one `sfcctl apply` on n1; hops cross in Geneve.
     Sfc,
+    /// The same with `--tunnel-xdp`: other nodes' packets are stripped in XDP, before GRO.
+    SfcXdp,
     /// A VXLAN device per crossing on both nodes; tc u32 + mirred on each arrival interface,
     /// into the next SF, or into the crossing's VXLAN device and out of its peer into the next.
     VxlanMirred,
@@ -46,12 +49,20 @@ pub enum System {
     VxlanRouting,
 }
 
-pub const ALL: [System; 3] = [System::Sfc, System::VxlanMirred, System::VxlanRouting];
+pub const ALL: [System; 4] = [
+    System::Sfc,
+    System::SfcXdp,
+    System::VxlanMirred,
+    System::VxlanRouting,
+];
+/// The peers built from the kernel's own pieces.
+pub const PEERS: [System; 2] = [System::VxlanMirred, System::VxlanRouting];
 
 impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Sfc => "sfc-across",
+            System::SfcXdp => "sfc-across-xdp",
             System::VxlanMirred => "vxlan-mirred",
             System::VxlanRouting => "vxlan-routing",
         }
@@ -116,7 +127,10 @@ impl Across {
         let lab = &mut cluster.lab;
         for ns in ["n1", "n2"] {
             lab.sh(ns, topo::SYSCTLS)?;
-            lab.sh(ns, &format!("ip link set uplink mtu {UNDERLAY_MTU}"))?;
+            lab.sh(
+                ns,
+                &format!("ip link set uplink mtu {UNDERLAY_MTU} && ethtool -K uplink gro on"),
+            )?;
         }
         lab.sh(
             "u",
@@ -221,9 +235,9 @@ impl Across {
     /// What the chain needs before it is applied (not timed): the agents, or the VXLAN devices.
     fn prepare(&mut self, system: System, hops: usize) -> Result<()> {
         match system {
-            System::Sfc => {
+            System::Sfc | System::SfcXdp => {
                 for i in 1..=2 {
-                    let args = [
+                    let mut args = vec![
                         "--etcd".to_string(),
                         self.etcd.endpoints_arg(),
                         "--node".into(),
@@ -231,6 +245,9 @@ impl Across {
                         "--tunnel-address".into(),
                         ClusterLab::node_addr(i),
                     ];
+                    if system == System::SfcXdp {
+                        args.push("--tunnel-xdp".into());
+                    }
                     self.cluster.start_agent(i, &args)?;
                 }
                 let both_alive = wait_for(Duration::from_secs(20), || {
@@ -277,7 +294,7 @@ impl Across {
     /// revision (to wait for on both nodes).
     fn apply(&self, system: System, hops: usize) -> Result<Option<i64>> {
         match system {
-            System::Sfc => self.cluster.apply(1, &chain_yaml(hops)).map(Some),
+            System::Sfc | System::SfcXdp => self.cluster.apply(1, &chain_yaml(hops)).map(Some),
             System::VxlanMirred => {
                 let mut batches = [String::new(), String::new()];
                 let filter = |dev: &str, to: &str| {
@@ -343,7 +360,7 @@ impl Across {
     /// Undoes prepare and apply, leaving the topology as built.
     fn teardown(&mut self, system: System, hops: usize) -> Result<()> {
         match system {
-            System::Sfc => {
+            System::Sfc | System::SfcXdp => {
                 for i in 1..=2 {
                     self.cluster.kill_agent(i)?;
                     let dir = self.cluster.agent(i).dir.clone();

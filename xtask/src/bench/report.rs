@@ -207,9 +207,22 @@ impl Report {
         md += &self.table(ACROSS, |system, h| {
             on_two_nodes(system) || (system == "sfc-tc" && hops.contains(&h))
         });
-        let ours = across::System::Sfc.name();
-        let peers: Vec<&str> = across::ALL[1..].iter().map(|s| s.name()).collect();
-        md += &format!(
+        let peers: Vec<&str> = across::PEERS.iter().map(|s| s.name()).collect();
+        for ours in [across::System::Sfc, across::System::SfcXdp].map(|s| s.name()) {
+            if hops
+                .iter()
+                .all(|&h| self.median(ours, h, ACROSS[0].0).is_none())
+            {
+                continue;
+            }
+            md += &self.against_peers(ours, &peers, &hops);
+        }
+        md
+    }
+
+    /// `ours` against the best of `peers` at each chain length in `hops`.
+    fn against_peers(&self, ours: &str, peers: &[&str], hops: &[usize]) -> String {
+        let mut md = format!(
             "\n{ours} against the best peer ({}) at each chain length (medians; for RTT the \
              peer's over ours, so above 1 is faster too):\n\n| hops |",
             peers.join(", ")
@@ -221,7 +234,7 @@ impl Report {
         md += "\n|---:|";
         md += &"---|".repeat(compared.len());
         md += "\n";
-        for &h in &hops {
+        for &h in hops {
             md += &format!("| {h} |");
             for (metric, _, _) in &compared {
                 let lower_is_better = metric.starts_with("rtt");
