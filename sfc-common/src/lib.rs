@@ -555,6 +555,9 @@ pub const FLAG_ONE_MEMBER: u8 = 16;
 /// `Verdict::flags`: the verdict of the hop after one whose group has no live member and
 /// fails open, given where that hop's verdict would be: count the skip (`stat::HOP_SKIPPED`).
 pub const FLAG_SKIPPED: u8 = 32;
+/// `Verdict::flags`, set by the datapath only, never in a map: the verdict of a tap's copy
+/// on its way to the tap's node, sent with `TUNNEL_TAP`.
+pub const FLAG_TAP_COPY: u8 = 64;
 
 /// `Member::slot` bit: the interface is a veth whose peer is in another namespace: the packet
 /// is redirected straight into the peer's ingress (`bpf_redirect_peer`: no second pass
@@ -842,6 +845,10 @@ pub struct TunnelPeer {
 pub const TUNNEL_DELIVER: u8 = 1;
 /// `TunnelOption::flags`: the reverse direction of a symmetric chain.
 pub const TUNNEL_REVERSE: u8 = 2;
+/// `TunnelOption::flags`: a copy for a tap SF (the target), which itself goes nowhere after
+/// it: it leaves no flow state on the receiving node. The service path and index are those
+/// of the packet it copies, sent on from the copying node.
+pub const TUNNEL_TAP: u8 = 4;
 
 /// The one Geneve option of a packet between nodes: what the receiving node needs to go on
 /// with the chain without classifying it again. Every multi-byte field is in network byte

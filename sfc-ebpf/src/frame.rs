@@ -8,7 +8,7 @@
 //! it all.
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{xdp_action, BPF_F_INGRESS, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{
         bpf_clone_redirect, bpf_redirect, bpf_redirect_peer, bpf_skb_change_type,
         bpf_xdp_load_bytes,
@@ -43,6 +43,9 @@ pub trait Frame {
     fn set_destination_mac(&self, mac: &[u8; 6]) -> Result<(), ()>;
     /// A copy into `ifindex` (the original continues); whether it was sent.
     fn clone_into(&self, ifindex: u32) -> bool;
+    /// A copy, carrying `mark`, into the ingress of `ifindex` (the original continues with
+    /// its own mark); whether it was sent.
+    fn clone_marked_into_ingress(&self, ifindex: u32, mark: u32) -> bool;
     /// Into `ifindex`, or with `peer` straight into the ingress of its veth peer where the
     /// hook can (TC); returns the program's verdict.
     fn redirect(&self, ifindex: u32, peer: bool) -> i32;
@@ -135,6 +138,18 @@ impl Frame for TcContext {
     #[inline(always)]
     fn clone_into(&self, ifindex: u32) -> bool {
         unsafe { bpf_clone_redirect(self.skb.skb, ifindex, 0) == 0 }
+    }
+
+    #[inline(always)]
+    fn clone_marked_into_ingress(&self, ifindex: u32, mark: u32) -> bool {
+        let skb = self.skb.skb;
+        unsafe {
+            let kept = (*skb).mark;
+            (*skb).mark = mark;
+            let sent = bpf_clone_redirect(skb, ifindex, BPF_F_INGRESS as u64) == 0;
+            (*skb).mark = kept;
+            sent
+        }
     }
 
     /// The peer path skips `eth_type_trans`, so the packet is first marked as addressed to that
@@ -243,6 +258,12 @@ impl Frame for XdpContext {
     /// Never asked for: taps are left to TC.
     #[inline(always)]
     fn clone_into(&self, _ifindex: u32) -> bool {
+        false
+    }
+
+    /// Never asked for: taps are left to TC.
+    #[inline(always)]
+    fn clone_marked_into_ingress(&self, _ifindex: u32, _mark: u32) -> bool {
         false
     }
 

@@ -214,7 +214,7 @@ pub fn sfc_xdp(ctx: XdpContext) -> u32 {
 /// On this node's Geneve device: packets other nodes send on along their chains.
 #[classifier]
 pub fn sfc_tunnel(ctx: TcContext) -> i32 {
-    tunnel::land(&ctx)
+    tunnel::arrive(&ctx)
 }
 
 /// XDP on the underlay interface, ahead of `sfc_tunnel` (`--tunnel-xdp`): strips the outer
@@ -618,7 +618,7 @@ fn act<C: Frame>(
         return C::DROP;
     }
     if verdict.tap_ifindex != 0 {
-        tap(ctx, pkt, verdict);
+        tap(ctx, pkt, gen, verdict);
     }
     match verdict.action {
         action::STEER => {
@@ -941,9 +941,17 @@ fn flow_tuple(pkt: &Packet) -> FlowTuple {
     }
 }
 
-/// Sends a copy to the tap SF, then puts the destination MAC back for the original.
+/// Sends a copy to the tap SF (on this node, or on another: [`tunnel::copy_to_node`]), then
+/// puts the destination MAC back for the original.
 #[inline(always)]
-fn tap<C: Frame>(ctx: &C, pkt: &Packet, verdict: &Verdict) {
+fn tap<C: Frame>(ctx: &C, pkt: &Packet, gen: u32, verdict: &Verdict) {
+    if verdict.tap_ifindex & REMOTE != 0 {
+        if !tunnel::copy_to_node(ctx, gen, verdict) {
+            count(stat::TAP_FAILED);
+        }
+        let _ = ctx.set_destination_mac(&pkt.eth_dst);
+        return;
+    }
     if !live(verdict.tap_ifindex) || ctx.set_destination_mac(&verdict.tap_mac).is_err() {
         count(stat::TAP_FAILED);
         return;

@@ -12,6 +12,12 @@
 //! packet on into that member or chain end without classifying it again; past the member, the
 //! node steers it as any other, by the revision it carried. Everything else on the underlay
 //! passes untouched.
+//!
+//! A copy for a tap SF on another node cannot be encapsulated where it is made: the original
+//! goes on from there, and a clone is sent as it is. So the clone goes round once, into this
+//! node's underlay interface's ingress, marked, with where it goes in place of its
+//! destination MAC ([`copy_to_node`]); `sfc_tunnel` there sends it on in Geneve
+//! ([`send_copy`]). A packet from the wire never carries a mark.
 
 use core::mem::size_of;
 
@@ -31,9 +37,9 @@ use sfc_common::{
     action, stat, Decision, FlowState, Member, RemoteKey, TunnelOption, TunnelPeer, Verdict,
     CONFIG_EPOCH, CONFIG_REVISION, CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_ADDRESS6,
     CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_USABLE_MTU, FAMILY_V4, FAMILY_V6, FLAG_ENTRY,
-    FLAG_REVERSE, FLOW_PIN_HOPS, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE, GENEVE_PORT, MAX_HOPS,
-    PROTO_UDP, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER, TUNNEL_OVERHEAD, TUNNEL_OVERHEAD_V6,
-    TUNNEL_REVERSE,
+    FLAG_REVERSE, FLAG_TAP_COPY, FLOW_PIN_HOPS, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE, GENEVE_PORT,
+    MAX_HOPS, PROTO_UDP, REMOTE, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER, TUNNEL_OVERHEAD,
+    TUNNEL_OVERHEAD_V6, TUNNEL_REVERSE, TUNNEL_TAP,
 };
 
 use crate::{
@@ -190,6 +196,101 @@ fn ip_checksum(e: &Encapsulation) -> u16 {
     !(sum as u16)
 }
 
+/// The mark of a tap copy on its way round ([`copy_to_node`]): these 22 bits, then the
+/// generation (bit 9), the reverse direction (bit 8), whether the packet it copies is steered
+/// into a member (bit 7, else it ends its chain) and the hop (bits 0-5) of that packet.
+const COPY_MARK: u32 = 0x5fc0_b400;
+const COPY_MARK_MASK: u32 = 0xffff_fc00;
+const COPY_GEN: u32 = 1 << 9;
+const COPY_REVERSE: u32 = 1 << 8;
+const COPY_STEER: u32 = 1 << 7;
+const COPY_HOP: u32 = 0x3f;
+const _: () = assert!(MAX_HOPS as u32 <= COPY_HOP);
+
+/// Sends a copy of the packet to the tap SF of `verdict` (of generation `gen`), which is on
+/// another node: into this node's underlay interface's ingress, where [`send_copy`] sends it
+/// on. The copy's destination MAC (put back for the original by the caller) carries the tap
+/// (4 bytes) and the chain id, its mark the rest of what the Geneve option needs. Whether
+/// the copy was made.
+#[inline(always)]
+pub fn copy_to_node<C: Frame>(ctx: &C, gen: u32, verdict: &Verdict) -> bool {
+    let device = CONFIG.get(CONFIG_TUNNEL_IFINDEX).copied().unwrap_or(0) as u32;
+    if device == 0 || node_of(gen, verdict.tap_ifindex).is_none() {
+        return false;
+    }
+    let (t, c) = (
+        verdict.tap_ifindex.to_be_bytes(),
+        verdict.chain_id.to_be_bytes(),
+    );
+    let mark = COPY_MARK
+        | (if gen != 0 { COPY_GEN } else { 0 })
+        | (if verdict.flags & FLAG_REVERSE != 0 {
+            COPY_REVERSE
+        } else {
+            0
+        })
+        | (if verdict.action == action::STEER {
+            COPY_STEER
+        } else {
+            0
+        })
+        | (verdict.hop as u32 & COPY_HOP);
+    ctx.set_destination_mac(&[t[0], t[1], t[2], t[3], c[0], c[1]])
+        .is_ok()
+        && ctx.clone_marked_into_ingress(device, mark)
+}
+
+/// A tap copy back from its way round ([`copy_to_node`]), marked `mark`: sent to the tap's
+/// node in Geneve, as the packet it copies would be sent on from here (its service path and
+/// index), flagged `TUNNEL_TAP`. Whatever happens, it goes no further on this node.
+#[inline(never)]
+fn send_copy(ctx: &TcContext, mark: u32) -> i32 {
+    unsafe { (*ctx.skb.skb).mark = 0 };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return TcContext::DROP;
+    };
+    let Ok(to) = ctx.load::<[u8; 6]>(0) else {
+        count(stat::TAP_FAILED);
+        return TcContext::DROP;
+    };
+    let target = u32::from_be_bytes([to[0], to[1], to[2], to[3]]);
+    let (pkt, decision) = unsafe { (&mut (*scratch).pkt, &mut (*scratch).decision) };
+    if target & REMOTE == 0 || parse(ctx, pkt).is_err() {
+        count(stat::TAP_FAILED);
+        return TcContext::DROP;
+    }
+    decision.member = Member {
+        ifindex: target,
+        ..Member::default()
+    };
+    decision.verdict = Verdict {
+        chain_id: u16::from_be_bytes([to[4], to[5]]),
+        hop: (mark & COPY_HOP) as u8,
+        action: if mark & COPY_STEER != 0 {
+            action::STEER
+        } else {
+            action::DELIVER
+        },
+        flags: FLAG_TAP_COPY
+            | if mark & COPY_REVERSE != 0 {
+                FLAG_REVERSE
+            } else {
+                0
+            },
+        deliver_ifindex: target,
+        ..Verdict::default()
+    };
+    let gen = (mark & COPY_GEN != 0) as u32;
+    match send(ctx, decision, core::ptr::null_mut(), gen) {
+        // Not answered: the original went on; the copy cannot cross whole.
+        TOO_BIG => {
+            count(stat::TAP_FAILED);
+            TcContext::DROP
+        }
+        verdict => verdict,
+    }
+}
+
 /// [`send`]'s answer for a packet that does not fit the underlay once encapsulated (counted):
 /// the caller answers it (`Frame::too_big`), with a stack frame to spare.
 pub const TOO_BIG: i32 = i32::MIN + 1;
@@ -217,11 +318,6 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         return C::DROP;
     };
     let flow = (!flow.is_null()).then_some(flow);
-    let outcome = if deliver {
-        stat::DELIVERED
-    } else {
-        stat::STEERED
-    };
     let device = CONFIG.get(CONFIG_TUNNEL_IFINDEX).copied().unwrap_or(0) as u32;
     // (Values here are read again where they are used rather than kept: this function's
     // stack is at the limit.)
@@ -295,8 +391,7 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
     o.target = target.to_be();
     o.path = path.to_be();
     o.mac = mac;
-    o.flags =
-        (if deliver { TUNNEL_DELIVER } else { 0 }) | (if reverse { TUNNEL_REVERSE } else { 0 });
+    o.flags = option_flags(verdict);
     o._pad = 0;
     g.inner_eth[..6].copy_from_slice(&pkt.eth_dst);
     g.inner_eth[6..12].copy_from_slice(&pkt.eth_src);
@@ -340,6 +435,14 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         ifindex: target,
         ..Member::default()
     };
+    // (Worked out here, not kept from above: this function's stack is at the limit.)
+    let outcome = if verdict.flags & FLAG_TAP_COPY != 0 {
+        stat::TAPPED
+    } else if verdict.action != action::STEER {
+        stat::DELIVERED
+    } else {
+        stat::STEERED
+    };
     emit(ctx, pkt, gen, Some(verdict), outcome, Some(&shown));
     let verdict = ctx.redirect_neigh(device);
     if verdict == C::REDIRECTED {
@@ -349,6 +452,23 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         count(stat::REDIRECT_FAILED);
     }
     verdict
+}
+
+/// The `TUNNEL_*` flags of a packet sent on `verdict`.
+#[inline(always)]
+fn option_flags(verdict: &Verdict) -> u8 {
+    let kind = if verdict.flags & FLAG_TAP_COPY != 0 {
+        TUNNEL_TAP
+    } else if verdict.action != action::STEER {
+        TUNNEL_DELIVER
+    } else {
+        0
+    };
+    kind | if verdict.flags & FLAG_REVERSE != 0 {
+        TUNNEL_REVERSE
+    } else {
+        0
+    }
 }
 
 /// This node's tunnel address, of the underlay's family (family 0: no underlay).
@@ -547,13 +667,25 @@ fn peer(family: u8, addr: [u32; 4]) -> TunnelPeer {
     }
 }
 
+/// A packet on the underlay interface's ingress: a tap copy back from its way round
+/// ([`copy_to_node`]) is sent to its node, anything else is for [`land`]. (Each of the two is
+/// a function of its own: together, their stacks would not fit.)
+#[inline(always)]
+pub fn arrive(ctx: &TcContext) -> i32 {
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & COPY_MARK_MASK == COPY_MARK {
+        return send_copy(ctx, mark);
+    }
+    land(ctx)
+}
+
 /// A packet on the underlay: Geneve from another node is checked (a registered node's, whole,
 /// our option, an index that did not run out, a revision this node holds, a target it has),
 /// stripped of its outer headers and sent on into its member or chain end; anything else
 /// passes. A packet sent into a member leaves its flow's state here (revision, path, entry
 /// MAC), so that when it comes back out of the SF it is steered on by that revision and path.
-#[inline(always)]
-pub fn land(ctx: &TcContext) -> i32 {
+#[inline(never)]
+fn land(ctx: &TcContext) -> i32 {
     if let Some(option) = stripped_early(ctx) {
         return go_on(ctx, &option, None);
     }
@@ -659,8 +791,9 @@ fn go_on(ctx: &TcContext, o: &TunnelOption, decap: Option<&Decap>) -> i32 {
         return TcContext::DROP;
     }
     let deliver = o.flags & TUNNEL_DELIVER != 0;
-    // (A later fragment's ports are not known here: its flow is the first fragment's.)
-    if !deliver && pkt.fragment != LATER_FRAGMENT {
+    // (A later fragment's ports are not known here: its flow is the first fragment's. A tap's
+    // copy goes nowhere after the tap.)
+    if !deliver && o.flags & TUNNEL_TAP == 0 && pkt.fragment != LATER_FRAGMENT {
         remember_flow(pkt, gen, u32::from_be(o.path), o.mac);
     }
     if !deliver {

@@ -1283,3 +1283,128 @@ fn tcp_with_segmentation_offload_crosses_nodes_twice_when_stripped_in_xdp() {
         );
     }
 }
+
+#[test]
+fn a_tap_sf_on_another_node_gets_its_copies_in_geneve_and_the_original_goes_on() {
+    let spread = Spread::build("xt", TTL).unwrap();
+    let lab = spread.lab();
+    // SF2 on n2 becomes a passive tap between SF1 (n1) and SF3 (n3): it must not forward the
+    // copies it gets.
+    lab.sh(
+        "sf2",
+        "sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0",
+    )
+    .unwrap();
+    let tcp_80 = "ethertype: IPv4, protocol: tcp, destinationIpPrefix: 198.18.0.100/32, destinationPortRange: \"80\"";
+    let untapped = "spec: {portPairs: [pp2]}";
+    let yaml = three_hops("g1, g2, g3", &[UDP_9000, tcp_80]);
+    assert!(yaml.contains(untapped));
+    let yaml = yaml.replace(untapped, "spec: {portPairs: [pp2], tapEnabled: true}");
+    spread.apply(1, &yaml).unwrap();
+    let spi = chain_id(&spread, "c") << 1;
+
+    // An HTTP request crosses SF1 then SF3, every packet of it, and SF2 forwards nothing.
+    let c = request_from(lab, DST_V4, Some(43100)).unwrap();
+    assert_eq!(c.status, 200, "{c:?}");
+    assert_eq!(c.forwarded[1], 0, "{c:?}");
+    assert!(c.forwarded[0] >= 4, "{c:?}");
+    assert_eq!(c.forwarded[0], c.forwarded[2], "{c:?}");
+
+    // 20 datagrams, one flow each: copied by n1 to the tap on n2 as they leave SF1, sent on
+    // from n1 into SF3 on n3; both with the service path and index of hop 1.
+    let node = |i: u8| vec![10, 99, 0, 10 + i];
+    let tap_paths = tap_copies(&spread, 41000, 1);
+    assert_eq!(
+        tap_paths,
+        [(node(1), node(2), spi, 254), (node(1), node(3), spi, 254)].into()
+    );
+
+    // The tap after the last hop: n3 copies what leaves SF3 (the chain's end, index 253).
+    let yaml = yaml.replace("[g1, g2, g3]", "[g1, g3, g2]");
+    spread.apply(1, &yaml).unwrap();
+    let tap_paths = tap_copies(&spread, 42000, 3);
+    assert_eq!(
+        tap_paths,
+        [(node(1), node(3), spi, 254), (node(3), node(2), spi, 253)].into()
+    );
+}
+
+/// Sends 20 UDP datagrams (one flow each, from source port `base` on) from the source VM
+/// into [`Spread`]'s chain, where the tap SF2 on n2 gets copies from node `copier`; checks
+/// that each arrives once in the tap (addressed to its NIC) and once in SF3, that `copier`
+/// counted 20 copies and no failure, and that the Geneve packets to the tap carry its id.
+/// The service paths of the Geneve packets seen.
+fn tap_copies(spread: &Spread, base: u16, copier: usize) -> BTreeSet<(Vec<u8>, Vec<u8>, u32, u8)> {
+    use sfc_lab::frames;
+    let lab = spread.lab();
+    let (src_mac, dst_mac) = (
+        lab.mac("src", "eth0").unwrap(),
+        lab.mac("dst", "eth0").unwrap(),
+    );
+    let ip = |a: &str| a.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let sent: Vec<u16> = (base..base + 20).collect();
+    let to_send: Vec<Vec<u8>> = sent
+        .iter()
+        .map(|&sport| {
+            let mut p = frames::ipv4(
+                17,
+                ip(SRC_V4),
+                ip(DST_V4),
+                &[],
+                0,
+                &frames::udp(sport, 9000, &[0; 18]),
+            );
+            frames::ipv4_checksum(&mut p);
+            frames::eth(dst_mac, src_mac, 0x0800, &p)
+        })
+        .collect();
+    let pcaps = ["underlay", "sf2", "sf3"].map(|n| lab.dir.join(format!("tap-{base}-{n}")));
+    let mut captures = [
+        capture(lab, "u", "br0", &["udp", "port", "6081"], &pcaps[0]),
+        capture(lab, "sf2", "eth-in", &["udp", "port", "9000"], &pcaps[1]),
+        capture(lab, "sf3", "eth-in", &["udp", "port", "9000"], &pcaps[2]),
+    ];
+    let stats = || spread.cluster.stats(copier).unwrap();
+    let before = stats();
+    lab.send_frames("src", "eth0", &to_send, 1000).unwrap();
+    thread::sleep(Duration::from_millis(700));
+    for c in &mut captures {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let after = stats();
+    let read = |i: usize| std::fs::read(&pcaps[i]).unwrap();
+    let delta = |name: &str| after.counter(name) - before.counter(name);
+    assert_eq!(
+        (delta("tapped"), delta("tap_failed")),
+        (20, 0),
+        "on n{copier}"
+    );
+    let source_ports = |pcap: &[u8], mac: Option<[u8; 6]>| {
+        let mut ports: Vec<u16> = frames(pcap)
+            .into_iter()
+            .filter(|f| f.len() >= 14 + 28 && f[12..14] == [0x08, 0x00])
+            .inspect(|f| {
+                if let Some(mac) = mac {
+                    assert_eq!(f[..6], mac, "destination MAC of a copy");
+                }
+            })
+            .map(|f| u16::from_be_bytes([f[34], f[35]]))
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    let tap_mac = lab.mac("sf2", "eth-in").unwrap();
+    assert_eq!(source_ports(&read(1), Some(tap_mac)), sent, "into the tap");
+    assert_eq!(source_ports(&read(2), None), sent, "into SF3");
+    let seen = geneve_packets(&read(0));
+    let to_tap: Vec<&Geneve> = seen.iter().filter(|g| g.to == [10, 99, 0, 12]).collect();
+    assert_eq!(to_tap.len(), 20, "Geneve packets to n2: {seen:?}");
+    assert!(
+        to_tap.iter().all(|g| g
+            .option
+            .is_some_and(|o| o.4 == sfc_common::remote_id("n2/sf2-in"))),
+        "{to_tap:?}"
+    );
+    service_paths(&seen)
+}

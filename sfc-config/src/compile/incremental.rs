@@ -85,7 +85,7 @@ impl Compiled {
         // which changed: they found no error the last time (it compiled), and would leave the
         // same counters and classify map, and the same note where counters do not fit.
         let mut compiler = Compiler::new(state, interfaces, origins);
-        compiler.group_tables()?;
+        let groups = compiler.group_tables()?;
         if compiler.image.skipped != self.image.skipped {
             // A group that fails open lost its last live member or got one back: verdicts
             // skip its hop, or no longer do.
@@ -96,7 +96,7 @@ impl Compiled {
         compiler.image.classify = self.image.classify.clone();
         compiler.image.source_ports = self.image.source_ports.clone();
         compiler.attach(&self.fixed.roots, &self.fixed.shapes);
-        compiler.tunnels();
+        compiler.tunnels(&groups.taps);
         Ok(Compiled {
             image: compiler.finish()?,
             interfaces: interfaces.clone(),

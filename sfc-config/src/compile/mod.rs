@@ -280,7 +280,7 @@ fn build(
     shapes.by_path = compiler.classify(entries, &shapes, &domains);
     let roots = compiler.roots(&domains);
     compiler.attach(&roots, &shapes);
-    compiler.tunnels();
+    compiler.tunnels(&groups.taps);
     let image = compiler.finish()?;
     Ok(Compiled::new(image, state, interfaces, roots, shapes))
 }
@@ -670,8 +670,9 @@ impl<'s> Compiler<'s> {
         })
     }
 
-    /// A tap group's one pair: copies go into its ingress. Taps need no table. (A tap whose
-    /// side is unusable is tried again, and noted again, for each chain that uses it.)
+    /// A tap group's one pair: copies go into its ingress (on another node: sent there in the
+    /// tunnel). Taps need no table. (A tap whose side is unusable is tried again, and noted
+    /// again, for each chain that uses it.)
     fn tap_members(&mut self) -> BTreeMap<&'s String, Member> {
         let state = self.state;
         let mut taps: BTreeMap<&String, Member> = BTreeMap::new();
@@ -686,13 +687,6 @@ impl<'s> Compiler<'s> {
                 }
                 if let Some(pp_name) = state.port_pair_groups[g].port_pairs.first() {
                     let pp = &state.port_pairs[pp_name];
-                    if self.remote(&pp.ingress).is_some() {
-                        self.image.notes.push(format!(
-                            "PortPair {pp_name:?}: the tap SF behind {:?} is on another node, where copies are not sent yet; it gets none",
-                            pp.ingress
-                        ));
-                        continue;
-                    }
                     if let Some(m) = self.side(
                         pp_name,
                         &pp.ingress,

@@ -12,9 +12,9 @@ use crate::model::Kind;
 
 impl Compiler<'_> {
     /// Fills the image's `revision`, `remotes`, `landing` and `tunnel_peers` (in a cluster;
-    /// outside one they stay empty). Two interfaces whose ids collide are refused: packets
-    /// for one would reach the other.
-    pub(super) fn tunnels(&mut self) {
+    /// outside one they stay empty), `taps` being the member each tap group copies to. Two
+    /// interfaces whose ids collide are refused: packets for one would reach the other.
+    pub(super) fn tunnels(&mut self, taps: &BTreeMap<&String, Member>) {
         let Some(cluster) = &self.interfaces.cluster else {
             return;
         };
@@ -39,7 +39,9 @@ impl Compiler<'_> {
                 .iter()
                 .flatten()
                 .any(|e| e.ingress.ifindex == id || e.egress.ifindex == id)
-                || image.verdicts().any(|v| v.deliver_ifindex == id);
+                || image
+                    .verdicts()
+                    .any(|v| v.deliver_ifindex == id || v.tap_ifindex == id);
             if used {
                 image.remotes.insert(id, tunnel_peer(*addr));
             }
@@ -70,6 +72,10 @@ impl Compiler<'_> {
                 Role::Egress
             };
             land(e.egress, Side::key(e.egress.ifindex, role));
+        }
+        // A tap here gets copies from the nodes where the hops before it are.
+        for tap in taps.values() {
+            land(*tap, Side::key(tap.ifindex, Role::Ingress));
         }
         for v in image.verdicts().filter(|v| v.action == action::DELIVER) {
             let peer = v.flags & FLAG_DELIVER_PEER != 0;
@@ -206,5 +212,74 @@ mod tests {
             "{:?}",
             image.notes
         );
+    }
+
+    #[test]
+    fn a_tap_on_another_node_gets_its_copies_through_the_tunnel() {
+        // Chain g1 (SF1 on n1), tap t (on n2), g3 (SF3 on n3), from vm-src on n1, as node
+        // `node` sees it (its own interfaces unqualified).
+        let addr = |k: u8| -> IpAddr { format!("10.0.0.{k}").parse().unwrap() };
+        let interfaces = [(1, "sf1-in"), (1, "sf1-out"), (1, "vm-src"), (2, "tap-in")]
+            .into_iter()
+            .chain([(3, "sf3-in"), (3, "sf3-out")]);
+        let view = |node: u8| {
+            let name = |k: u8, n: &str| match k == node {
+                true => n.to_string(),
+                false => format!("n{k}/{n}"),
+            };
+            let mut s = State::default();
+            pair(&mut s, "p1", &name(1, "sf1-in"), &name(1, "sf1-out"));
+            pair(&mut s, "pt", &name(2, "tap-in"), &name(2, "tap-in"));
+            pair(&mut s, "p3", &name(3, "sf3-in"), &name(3, "sf3-out"));
+            group(&mut s, "g1", &["p1"]);
+            group(&mut s, "t", &["pt"]);
+            s.port_pair_groups.get_mut("t").unwrap().tap_enabled = true;
+            group(&mut s, "g3", &["p3"]);
+            let source = name(1, "vm-src");
+            classifier(
+                &mut s,
+                "fc",
+                &format!("{{protocol: udp, logicalSourcePort: {source}}}"),
+            );
+            chain(&mut s, "c", &["g1", "t", "g3"], &["fc"], false);
+            let mut i = Interfaces::default();
+            for (n, (_, name)) in interfaces.clone().filter(|(k, _)| *k == node).enumerate() {
+                veth(&mut i, name, n as u32 + 1);
+            }
+            i.cluster = Some(Cluster {
+                node: format!("n{node}"),
+                revision: 1,
+                remote: interfaces
+                    .clone()
+                    .filter(|(k, _)| *k != node)
+                    .map(|(k, n)| (name(k, n), addr(k)))
+                    .collect(),
+                peers: [1, 2, 3]
+                    .into_iter()
+                    .filter(|k| *k != node)
+                    .map(addr)
+                    .collect(),
+            });
+            compile(&s, &i, &Origins::in_cluster()).unwrap()
+        };
+        // On n1, what leaves SF1 is copied to the tap on n2 (in the tunnel) and sent on to n3.
+        let n1 = view(1);
+        let tap = remote_id("n2/tap-in");
+        let past_sf1 = n1
+            .verdicts()
+            .find(|v| v.tap_ifindex != 0)
+            .expect("a verdict with the tap's copy");
+        assert_eq!((past_sf1.hop, past_sf1.action), (1, action::STEER));
+        assert_eq!(past_sf1.tap_ifindex, tap);
+        assert_eq!(n1.remotes.get(&tap), Some(&tunnel_peer(addr(2))));
+        assert!(n1.notes.is_empty(), "{:?}", n1.notes);
+        // On n2, the copies land in the tap, counted in its side's slot.
+        let n2 = view(2);
+        let landing: Vec<(u32, u32, u32)> = n2
+            .landing
+            .iter()
+            .map(|(id, (m, side))| (*id, m.ifindex, *side))
+            .collect();
+        assert_eq!(landing, [(tap, 1, 1)]);
     }
 }
