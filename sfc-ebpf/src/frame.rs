@@ -51,8 +51,8 @@ pub trait Frame {
     fn redirect(&self, ifindex: u32, peer: bool) -> i32;
     /// Pushes the outer headers of a packet for another node in front of its IP header
     /// (IPv4 or, not `inner_v4`, IPv6), a `tagged` packet's tag (from [`Frame::vlan_tag`],
-    /// already in `headers`) moved from the skb into the inner Ethernet header; whether that
-    /// worked.
+    /// already in `headers`) moved from the skb into the inner Ethernet header, and a second
+    /// tag still in the frame after it; whether that worked.
     fn encapsulate(&self, headers: Headers<'_>, inner_v4: bool, tagged: bool) -> bool;
     /// Whether the packet fits the underlay once encapsulated, `usable_mtu` being the largest
     /// IP packet that does.

@@ -11,7 +11,8 @@
 //! from a device on the path that has no address of its own.
 //!
 //! Never answered (dropped and counted only): ICMP errors (an error about an error), fragments
-//! past the first, IPv4 with options, multicast sources.
+//! past the first, IPv4 with options, multicast sources, frames with a tag still in them
+//! (QinQ: the kernel took the first).
 
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
@@ -110,7 +111,9 @@ fn build_v4(ctx: &TcContext, a: &mut Answer, usable: u32) -> bool {
     // Echo request and reply are the only ICMP messages that may be answered with an error.
     let icmp_error = f[IP + 9] == PROTO_ICMP && f[L4] != 0 && f[L4] != 8;
     let multicast = f[IP + 12] >= 224;
-    if may_fragment || options || icmp_error || multicast {
+    // A tag still in the frame (QinQ): the IP header is not where the answer is built from.
+    let tag_in_frame = f[12..14] != [0x08, 0x00];
+    if may_fragment || options || icmp_error || multicast || tag_in_frame {
         return false;
     }
     let r = &mut a.reply;
@@ -153,7 +156,8 @@ fn build_v6(ctx: &TcContext, a: &mut Answer, usable: u32) -> bool {
     // Informational ICMPv6 messages have types from 128 on.
     let icmp_error = f[IP + 6] == PROTO_ICMPV6 && f[L4] < 128;
     let multicast = f[IP + 8] == 0xff;
-    if icmp_error || multicast {
+    let tag_in_frame = f[12..14] != [0x86, 0xdd];
+    if icmp_error || multicast || tag_in_frame {
         return false;
     }
     let r = &mut a.reply;

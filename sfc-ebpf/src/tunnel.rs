@@ -328,7 +328,7 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
         return C::DROP;
     }
     // The tag the kernel took out of the frame travels in the inner Ethernet header, 4 bytes
-    // more; a tag still in the frame (a second one) is refused by `encapsulate`.
+    // more; a tag still in the frame (a second one, QinQ) is in the packet's length already.
     let tag_len = if ctx.vlan_tag().is_some() {
         VLAN_HLEN
     } else {
@@ -358,11 +358,6 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
     };
     let udp_len = (GENEVE_LEN + tag_len + ctx.len() as usize - ETH_HLEN) as u16;
     let sport = entropy(pkt);
-    let inner_type = if pkt.family == FAMILY_V4 {
-        ETH_P_IP
-    } else {
-        ETH_P_IPV6
-    };
     // Built in the per-CPU scratch space: too big for the stack beside the caller's.
     let v6 = family == FAMILY_V6;
     let g = unsafe {
@@ -395,13 +390,22 @@ pub fn send<C: Frame>(ctx: &C, decision: *const Decision, flow: *mut FlowState, 
     o._pad = 0;
     g.inner_eth[..6].copy_from_slice(&pkt.eth_dst);
     g.inner_eth[6..12].copy_from_slice(&pkt.eth_src);
-    // Tagged: the tag's TPID here, its TCI and the inner type after it.
+    // What follows the inner Ethernet header and the tag the kernel took out: the frame's own
+    // type (of a tag still in the frame, the second of two, which stays where it is).
+    let start = ctx.data();
+    if start + ETH_HLEN > ctx.data_end() {
+        count(stat::REDIRECT_FAILED);
+        return C::DROP;
+    }
+    // SAFETY: the verifier-checked bound above covers the Ethernet header.
+    let next = unsafe { *((start + 12) as *const [u8; 2]) };
+    // Tagged: the tag's TPID here, its TCI and the next type after it.
     match ctx.vlan_tag() {
         Some(t) => {
             g.inner_eth[12..].copy_from_slice(&[t[0], t[1]]);
-            g.tag_rest = [t[2], t[3], inner_type[0], inner_type[1]];
+            g.tag_rest = [t[2], t[3], next[0], next[1]];
         }
-        None => g.inner_eth[12..].copy_from_slice(&inner_type),
+        None => g.inner_eth[12..].copy_from_slice(&next),
     }
     let headers = if v6 {
         let e = unsafe { &mut (*scratch).encap6 };
@@ -515,30 +519,41 @@ pub fn encapsulate(ctx: &TcContext, headers: Headers<'_>, inner_v4: bool, tagged
     // through a pointer kept across the helper calls below.
     let skb = ctx.skb.skb;
     let gso = unsafe { core::ptr::read_volatile(&raw const (*skb).gso_size) } != 0;
-    // A tag left in the frame (the second of two) would not be where the inner Ethernet
-    // header says the IP header starts.
     let inner_type = if inner_v4 { ETH_P_IP } else { ETH_P_IPV6 };
     let start = ctx.data();
-    if start + ETH_HLEN > ctx.data_end() {
+    if start + ETH_HLEN + VLAN_HLEN > ctx.data_end() {
         return false;
     }
-    // SAFETY: the verifier-checked bound above covers the Ethernet header.
-    let eth = unsafe { &*(start as *const [u8; ETH_HLEN]) };
-    if eth[12..] != inner_type {
+    // SAFETY: the verifier-checked bound above covers the Ethernet header and 4 bytes more.
+    let eth = unsafe { &*(start as *const [u8; ETH_HLEN + VLAN_HLEN]) };
+    // A tag left in the frame (the second of two, QinQ) goes inside too, after the first,
+    // and must be the last one: its TCI and the IP type are kept here.
+    let in_frame = eth[12..14] == ETH_P_8021Q || eth[12..14] == ETH_P_8021AD;
+    let second = [eth[14], eth[15], eth[16], eth[17]];
+    let carried = if in_frame {
+        tagged && eth[16..18] == inner_type
+    } else {
+        eth[12..14] == inner_type
+    };
+    if !carried {
         return false;
     }
-    // The tag leaves the skb's metadata (or the kernel would put it on the outer frame).
-    if tagged && unsafe { bpf_skb_vlan_pop(skb) } != 0 {
-        return false;
+    // The tag leaves the skb's metadata (or the kernel would put it on the outer frame). The
+    // kernel then moves a tag left in the frame into the metadata: it leaves it as well.
+    let pops = tagged as u32 + in_frame as u32;
+    for _ in 0..pops {
+        if unsafe { bpf_skb_vlan_pop(skb) } != 0 {
+            return false;
+        }
     }
     let (headers_len, outer_l3, outer_type) = match headers {
         Headers::V4(_) => (ENCAP_LEN, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, ETH_P_IP),
         Headers::V6(_) => (ENCAP6_LEN, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, ETH_P_IPV6),
     };
-    let tag_len = if tagged { VLAN_HLEN } else { 0 };
+    let tag_len = pops as usize * VLAN_HLEN;
     let len = headers_len + tag_len;
     let marked = (outer_l3 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
-        // The inner Ethernet header's length (with its tag), in the top byte
+        // The inner Ethernet header's length (with its tags), in the top byte
         // (BPF_F_ADJ_ROOM_ENCAP_L2): where segmentation offload finds the inner IP header.
         | (((ETH_HLEN + tag_len) as u64) << 56);
     let outer_v4 = outer_type == ETH_P_IP;
@@ -559,9 +574,12 @@ pub fn encapsulate(ctx: &TcContext, headers: Headers<'_>, inner_v4: bool, tagged
             (ctx.store(ETH_HLEN, bytes, 0).is_ok(), &e.geneve.tag_rest)
         }
     };
-    // A tag's TCI and the inner type follow the TPID that ends `headers` on the wire.
+    // A tag's TCI and the next type follow the TPID that ends `headers` on the wire; a second
+    // tag's TCI and the IP type after that.
+    let at = ETH_HLEN + headers_len;
     stored
-        && (!tagged || ctx.store(ETH_HLEN + headers_len, tag_rest, 0).is_ok())
+        && (!tagged || ctx.store(at, tag_rest, 0).is_ok())
+        && (!in_frame || ctx.store(at + VLAN_HLEN, &second, 0).is_ok())
         && ctx.store(12, &outer_type, 0).is_ok()
 }
 
@@ -718,8 +736,17 @@ fn land(ctx: &TcContext) -> i32 {
         }
     }
     let inner_type = if tagged { [rest[2], rest[3]] } else { tpid };
-    let inner_v4 = inner_type == ETH_P_IP;
-    if !whole || !ours(&g) || !(inner_v4 || inner_type == ETH_P_IPV6) {
+    // A second tag (QinQ) follows in the frame, then the IP header.
+    let second = tagged && (inner_type == ETH_P_8021Q || inner_type == ETH_P_8021AD);
+    let mut ip_type = inner_type;
+    if second {
+        match ctx.load::<[u8; VLAN_HLEN]>(ETH_HLEN + outer + GENEVE_LEN + VLAN_HLEN) {
+            Ok(t) => ip_type = [t[2], t[3]],
+            Err(_) => return reject(stat::TUNNEL_REJECTED_MALFORMED),
+        }
+    }
+    let inner_v4 = ip_type == ETH_P_IP;
+    if !whole || !ours(&g) || !(inner_v4 || ip_type == ETH_P_IPV6) {
         return reject(stat::TUNNEL_REJECTED_MALFORMED);
     }
     let decap = Decap {
@@ -728,18 +755,23 @@ fn land(ctx: &TcContext) -> i32 {
         tagged,
         rest,
         inner_type,
+        inner_v4,
+        second,
     };
     go_on(ctx, o, Some(&decap))
 }
 
 /// What [`go_on`] strips from a packet `land` took whole: `outer` bytes of outer IP header,
-/// then UDP, Geneve, the option and the inner Ethernet header (with its tag, `rest`).
+/// then UDP, Geneve, the option and the inner Ethernet header (with its tag, `rest`), leaving
+/// a frame of type `inner_type`: IPv4 (`inner_v4`) or IPv6, or a `second` tag before it.
 struct Decap {
     outer: usize,
     inner_eth: [u8; ETH_HLEN],
     tagged: bool,
     rest: [u8; VLAN_HLEN],
     inner_type: [u8; 2],
+    inner_v4: bool,
+    second: bool,
 }
 
 /// Checks the option of a packet from a registered node (an index that did not run out, a
@@ -813,12 +845,11 @@ fn go_on(ctx: &TcContext, o: &TunnelOption, decap: Option<&Decap>) -> i32 {
             Some(target),
         );
     }
-    redirect(
-        ctx,
-        target.ifindex,
-        target.slot & SLOT_PEER != 0,
-        stat::TUNNEL_RECEIVED,
-    )
+    // Not with a second tag through the peer shortcut, which skips `eth_type_trans`: the skb
+    // would keep the IP protocol where its frame has a tag. Through the host side, the kernel
+    // reads it from the frame.
+    let peer = target.slot & SLOT_PEER != 0 && !decap.is_some_and(|d| d.second);
+    redirect(ctx, target.ifindex, peer, stat::TUNNEL_RECEIVED)
 }
 
 /// Strips what `d` says from the packet, the inner Ethernet header taking `mac` as its
@@ -826,7 +857,7 @@ fn go_on(ctx: &TcContext, o: &TunnelOption, decap: Option<&Decap>) -> i32 {
 /// into the skb's metadata.
 #[inline(always)]
 fn strip(ctx: &TcContext, d: &Decap, mac: &[u8; 6]) -> bool {
-    let flags = if d.inner_type == ETH_P_IP {
+    let flags = if d.inner_v4 {
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4
     } else {
         BPF_F_ADJ_ROOM_DECAP_L3_IPV6

@@ -1120,6 +1120,24 @@ fn tagged_udp_9000<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<(u16, 
     out
 }
 
+/// (outer VLAN id, inner VLAN id, UDP source port) of the double-tagged (QinQ) IPv4 UDP
+/// datagrams to port 9000 among `frames`, sorted.
+fn qinq_udp_9000<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<(u16, u16, u16)> {
+    let mut out = Vec::new();
+    for f in frames {
+        let at = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
+        if f.len() < 22 + 28 || ![0x8100, 0x88a8].contains(&at(12)) || at(16) != 0x8100 {
+            continue;
+        }
+        let ip = &f[22..];
+        if at(20) == 0x0800 && ip[0] == 0x45 && ip[9] == 17 && at(22 + 22) == 9000 {
+            out.push((at(14) & 0xfff, at(18) & 0xfff, at(22 + 20)));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 #[test]
 fn tagged_tenant_traffic_crosses_nodes_with_its_tag_inside_the_tunnel() {
     use sfc_lab::frames;
@@ -1149,9 +1167,10 @@ fn tagged_tenant_traffic_crosses_nodes_with_its_tag_inside_the_tunnel() {
         frames::eth(dst_mac, src_mac, tpid, &frames::vlan(vid, 0x0800, packet))
     };
     // 802.1Q VLAN 101, 802.1ad VLAN 300 and untagged, 10 datagrams each (one flow per source
-    // port); then 4 with two tags (QinQ), which do not cross (the inner tag would have to
-    // travel too); then, on VLAN 101, one datagram as large as fits once the tag travels
-    // inside (1418 bytes of IP) and one a byte larger, with DF.
+    // port); then 4 with two tags (QinQ: VLAN 7 inside VLAN 101), and with two tags one
+    // datagram as large as fits once both travel inside (1414 bytes of IP) and one a byte
+    // larger; then, on VLAN 101, one datagram as large as fits once the tag travels inside
+    // (1418 bytes of IP) and one a byte larger; all with DF.
     let mut sent = Vec::new();
     let mut to_send = Vec::new();
     for (tpid, vid, base) in [(0x8100, 101, 41000), (0x88a8, 300, 42000), (0, 0, 43000)] {
@@ -1165,14 +1184,21 @@ fn tagged_tenant_traffic_crosses_nodes_with_its_tag_inside_the_tunnel() {
             sent.push((tpid, vid, base + k));
         }
     }
-    for k in 0..4 {
-        let inner = frames::vlan(7, 0x0800, &datagram(44000 + k, 18));
+    let mut sent_qinq = Vec::new();
+    for (sport, payload) in [(44000, 18), (44001, 18), (44002, 18), (44003, 18)]
+        .into_iter()
+        .chain([(44010, 1414 - 28), (44011, 1415 - 28)])
+    {
+        let inner = frames::vlan(7, 0x0800, &datagram(sport, payload));
         to_send.push(frames::eth(
             dst_mac,
             src_mac,
             0x8100,
             &frames::vlan(101, 0x8100, &inner),
         ));
+        if sport != 44011 {
+            sent_qinq.push((101, 7, sport));
+        }
     }
     to_send.push(tagged(0x8100, 101, &datagram(45000, 1418 - 28)));
     sent.push((0x8100, 101, 45000));
@@ -1195,10 +1221,10 @@ fn tagged_tenant_traffic_crosses_nodes_with_its_tag_inside_the_tunnel() {
     let after = spread.cluster.stats(1).unwrap();
     let read = |i: usize| std::fs::read(&pcaps[i]).unwrap();
 
-    // Into SF2 on n2, each datagram with the tag it was sent with; none of the QinQ ones,
-    // nor the one too big.
+    // Into SF2 on n2, each datagram with the tags it was sent with; none of those too big.
     let (sf2, underlay) = (read(1), read(0));
     assert_eq!(tagged_udp_9000(frames(&sf2)), sent, "into SF2");
+    assert_eq!(qinq_udp_9000(frames(&sf2)), sent_qinq, "QinQ into SF2");
     // On the underlay from n1 to n2: untagged outer frames (the parser takes no other), the
     // tag in the inner Ethernet header. (SF2 routes the untagged ones on to SF3 on n3.)
     let inner: Vec<&[u8]> = udp_over_either(&underlay)
@@ -1208,14 +1234,18 @@ fn tagged_tenant_traffic_crosses_nodes_with_its_tag_inside_the_tunnel() {
         })
         .map(|(_, _, udp)| &udp[8 + 8 + 28..])
         .collect();
-    assert_eq!(tagged_udp_9000(inner), sent, "inside Geneve");
+    assert_eq!(tagged_udp_9000(inner.clone()), sent, "inside Geneve");
+    assert_eq!(qinq_udp_9000(inner), sent_qinq, "QinQ inside Geneve");
+    let delta = |name: &str| after.counter(name) - before.counter(name);
+    assert_eq!(delta("redirect_failed"), 0);
     assert_eq!(
-        after.counter("redirect_failed") - before.counter("redirect_failed"),
-        4,
-        "the QinQ datagrams are dropped where they would cross"
+        (delta("tunnel_too_big"), delta("too_big_answered")),
+        (2, 1),
+        "the two datagrams a byte too big are dropped, one answered"
     );
-    // The one a byte too big is answered with ICMP "fragmentation needed", on its VLAN,
-    // with the MTU left once the tag travels inside.
+    // The one on VLAN 101 a byte too big is answered with ICMP "fragmentation needed", on its
+    // VLAN, with the MTU left once the tag travels inside; the QinQ one is not (the answer
+    // would have to be built behind the tag still in the frame).
     let src = read(2);
     let answers: Vec<(u16, u16)> = frames(&src)
         .into_iter()
