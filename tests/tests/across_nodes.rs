@@ -1357,6 +1357,68 @@ fn a_tap_sf_on_another_node_gets_its_copies_in_geneve_and_the_original_goes_on()
         tap_paths,
         [(node(1), node(3), spi, 254), (node(3), node(2), spi, 253)].into()
     );
+
+    // Symmetric: the replies are copied too, by n3 as they leave SF3 on their way back to
+    // SF1 (the reverse path id, the index of the replies sent on to SF1).
+    let symmetric = yaml
+        .replace("[g1, g3, g2]", "[g1, g2, g3]")
+        .replace(
+            "logicalSourcePort: vm-src}",
+            "logicalSourcePort: vm-src, logicalDestinationPort: vm-dst}",
+        )
+        .replace("fc1]}", "fc1], chainParameters: {symmetric: true}}");
+    assert!(symmetric.contains("symmetric: true") && symmetric.contains("vm-dst"));
+    spread.apply(1, &symmetric).unwrap();
+    let pcaps = ["underlay", "sf2"].map(|n| lab.dir.join(format!("tap-symmetric-{n}")));
+    let mut captures = [
+        capture(lab, "u", "br0", &["udp", "port", "6081"], &pcaps[0]),
+        capture(lab, "sf2", "eth-in", &["tcp", "port", "80"], &pcaps[1]),
+    ];
+    let tapped = || -> u64 {
+        [1, 3]
+            .map(|i| spread.cluster.stats(i).unwrap().counter("tapped"))
+            .iter()
+            .sum()
+    };
+    let before = tapped();
+    let c = request_from(lab, DST_V4, Some(43200)).unwrap();
+    for c in &mut captures {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert_eq!(c.status, 200, "{c:?}");
+    assert_eq!(c.forwarded[1], 0, "{c:?}");
+    assert_eq!(c.forwarded[0], c.forwarded[2], "{c:?}");
+    // Every packet past SF1 going forward and past SF3 coming back was copied once: as many
+    // as SF3 forwarded both ways.
+    let copies = frames(&std::fs::read(&pcaps[1]).unwrap()).len() as u64;
+    let (forward, back) = frames(&std::fs::read(&pcaps[1]).unwrap())
+        .into_iter()
+        .filter(|f| f.len() >= 14 + 24 && f[12..14] == [0x08, 0x00])
+        .fold((0, 0), |(f, b), frame| match frame[34..36] == [0, 80] {
+            true => (f, b + 1),
+            false => (f + 1, b),
+        });
+    assert!(
+        forward >= 4 && back >= 4,
+        "copies: {forward} forward, {back} back"
+    );
+    assert_eq!(copies, c.forwarded[2], "copies into the tap, {c:?}");
+    assert_eq!(tapped() - before, copies, "counted tapped on n1 and n3");
+    let reverse: Vec<(Vec<u8>, Vec<u8>, u32, u8)> =
+        service_paths(&geneve_packets(&std::fs::read(&pcaps[0]).unwrap()))
+            .into_iter()
+            .filter(|(_, _, path, _)| *path == spi | 1)
+            .collect();
+    let index = reverse.first().map(|r| r.3).unwrap_or_default();
+    assert_eq!(
+        reverse,
+        [
+            (node(3), node(1), spi | 1, index),
+            (node(3), node(2), spi | 1, index)
+        ],
+        "replies to SF1 and their copies to the tap"
+    );
 }
 
 /// Sends 20 UDP datagrams (one flow each, from source port `base` on) from the source VM

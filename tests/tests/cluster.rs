@@ -430,7 +430,17 @@ fn etcd_failures_leave_every_node_steering_and_it_resyncs_when_etcd_returns() {
     let revision = committed(&apply(&lab, 2, &chain(2)).unwrap());
     wait_applied(&lab, &[1, 2, 3], revision);
     etcd.restart(0).unwrap();
-    let before: Vec<_> = (1..=3).map(|n| steering_maps(maps(&lab, n))).collect();
+    // Settled first: every node ready, and no node's maps changing over a second. (An agent
+    // whose etcd member was the one killed may have lost its lease meanwhile: its node is
+    // left out for a moment, then registers again, and every node steers that.)
+    let all_maps = || -> Vec<Maps> { (1..=3).map(|n| steering_maps(maps(&lab, n))).collect() };
+    let before = wait_for(Duration::from_secs(20), || {
+        let first = all_maps();
+        thread::sleep(Duration::from_secs(1));
+        let ready = nodes(&lab, 1).iter().all(|r| r["state"] == "ready");
+        (ready && all_maps() == first).then_some(first)
+    })
+    .expect("the nodes did not settle after etcd member 0 came back");
     assert!(before.iter().all(|m| !m.0.is_empty()));
     // All of etcd gone: every node keeps what it steers; applies fail clearly.
     etcd.kill_all().unwrap();
