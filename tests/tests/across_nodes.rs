@@ -1348,6 +1348,49 @@ fn a_tap_sf_on_another_node_gets_its_copies_in_geneve_and_the_original_goes_on()
         tap_paths,
         [(node(1), node(2), spi, 254), (node(1), node(3), spi, 254)].into()
     );
+    // A trace on n1 shows the copies: sent from n1 (`tapped`) and received on n2, with the
+    // originals' tracking id.
+    let (crossing, trace) = thread::scope(|s| {
+        let trace = s.spawn(|| {
+            spread.cluster.sfcctl(
+                1,
+                &[
+                    "trace",
+                    "--src",
+                    SRC_V4,
+                    "--dst",
+                    DST_V4,
+                    "--proto",
+                    "tcp",
+                    "--sport",
+                    "43101",
+                    "--duration",
+                    "4",
+                    "-o",
+                    "json",
+                ],
+            )
+        });
+        thread::sleep(Duration::from_millis(1500));
+        let crossing = request_from(lab, DST_V4, Some(43101)).unwrap();
+        (crossing, trace.join().unwrap().unwrap())
+    });
+    assert_eq!(crossing.status, 200, "{crossing:?}");
+    let steps: Vec<serde_json::Value> = trace
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen = |node: &str, verdict: &str| {
+        steps
+            .iter()
+            .any(|r| r["node"] == node && r["verdict"] == verdict)
+    };
+    assert!(
+        seen("n1", "tapped") && seen("n2", "tunnel_received"),
+        "{trace}"
+    );
+    let ids: BTreeSet<u64> = steps.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one tracking id: {trace}");
 
     // The tap after the last hop: n3 copies what leaves SF3 (the chain's end, index 253).
     let yaml = yaml.replace("[g1, g2, g3]", "[g1, g3, g2]");
