@@ -15,7 +15,7 @@ use sfc_lab::{
     cluster::ClusterLab,
     demo::{
         assert_through_one_pg1_member_then_sf3, example_chain, forwarded, request_from,
-        symmetric_chain, symmetric_request, DST_V4, DST_V6, SRC_V4,
+        symmetric_chain, symmetric_request, Crossing, DST_V4, DST_V6, SRC_V4,
     },
     lab::{script, wait_for, Lab},
     spread::Spread,
@@ -194,6 +194,47 @@ fn chain_id(spread: &Spread, name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no chain id in {out}")) as u32
 }
 
+/// An HTTP request from the source VM from port `sport`, while `sfcctl trace` on node `node`
+/// follows it: the request's crossing, and the trace as printed and as JSON rows.
+fn traced_request(
+    spread: &Spread,
+    node: usize,
+    sport: u16,
+) -> (Crossing, String, Vec<serde_json::Value>) {
+    let lab = spread.lab();
+    let port = sport.to_string();
+    let (crossing, trace) = thread::scope(|s| {
+        let trace = s.spawn(|| {
+            spread.cluster.sfcctl(
+                node,
+                &[
+                    "trace",
+                    "--src",
+                    SRC_V4,
+                    "--dst",
+                    DST_V4,
+                    "--proto",
+                    "tcp",
+                    "--sport",
+                    &port,
+                    "--duration",
+                    "4",
+                    "-o",
+                    "json",
+                ],
+            )
+        });
+        thread::sleep(Duration::from_millis(1500));
+        let crossing = request_from(lab, DST_V4, Some(sport)).unwrap();
+        (crossing, trace.join().unwrap().unwrap())
+    });
+    let steps = trace
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (crossing, trace, steps)
+}
+
 #[test]
 fn a_chain_crosses_three_nodes_in_geneve_and_foreign_tunnel_packets_are_dropped() {
     let spread = Spread::build("xn", TTL).unwrap();
@@ -307,35 +348,7 @@ fn a_chain_crosses_three_nodes_in_geneve_and_foreign_tunnel_packets_are_dropped(
     }
     // One trace, on n2, follows a request through every node it crosses: each step with its
     // node, the same tracking id, in time order.
-    let (crossing, trace) = thread::scope(|s| {
-        let trace = s.spawn(|| {
-            spread.cluster.sfcctl(
-                2,
-                &[
-                    "trace",
-                    "--src",
-                    SRC_V4,
-                    "--dst",
-                    DST_V4,
-                    "--proto",
-                    "tcp",
-                    "--sport",
-                    "42300",
-                    "--duration",
-                    "4",
-                    "-o",
-                    "json",
-                ],
-            )
-        });
-        thread::sleep(Duration::from_millis(1500));
-        let crossing = request_from(lab, DST_V4, Some(42300)).unwrap();
-        (crossing, trace.join().unwrap().unwrap())
-    });
-    let steps: Vec<serde_json::Value> = trace
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (crossing, trace, steps) = traced_request(&spread, 2, 42300);
     let on: BTreeSet<&str> = steps.iter().map(|r| r["node"].as_str().unwrap()).collect();
     let member_node = if crossing.forwarded[1] > 0 {
         "n2"
@@ -1350,36 +1363,8 @@ fn a_tap_sf_on_another_node_gets_its_copies_in_geneve_and_the_original_goes_on()
     );
     // A trace on n1 shows the copies: sent from n1 (`tapped`) and received on n2, with the
     // originals' tracking id.
-    let (crossing, trace) = thread::scope(|s| {
-        let trace = s.spawn(|| {
-            spread.cluster.sfcctl(
-                1,
-                &[
-                    "trace",
-                    "--src",
-                    SRC_V4,
-                    "--dst",
-                    DST_V4,
-                    "--proto",
-                    "tcp",
-                    "--sport",
-                    "43101",
-                    "--duration",
-                    "4",
-                    "-o",
-                    "json",
-                ],
-            )
-        });
-        thread::sleep(Duration::from_millis(1500));
-        let crossing = request_from(lab, DST_V4, Some(43101)).unwrap();
-        (crossing, trace.join().unwrap().unwrap())
-    });
+    let (crossing, trace, steps) = traced_request(&spread, 1, 43101);
     assert_eq!(crossing.status, 200, "{crossing:?}");
-    let steps: Vec<serde_json::Value> = trace
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let seen = |node: &str, verdict: &str| {
         steps
             .iter()
