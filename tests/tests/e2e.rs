@@ -3,12 +3,16 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, thread, time::Duration};
 
+use aya::programs::{
+    tc::{self, TcAttachOptions},
+    SchedClassifier, TcAttachType,
+};
 use sfc_lab::{
     demo::{
         assert_through_one_pg1_member_then_sf3, example_chain, symmetric_chain, symmetric_request,
         Crossing, Demo, DST_V4, DST_V6,
     },
-    lab::wait_for,
+    lab::{wait_for, Lab},
     yaml::block_doc,
 };
 
@@ -56,6 +60,54 @@ fn assert_demo_path(results: &[Crossing], what: &str) {
 
 fn chain_file() -> String {
     fs::read_to_string(example_chain()).unwrap()
+}
+
+/// The tc filters on `iface`'s ingress in the node namespace, as `tc filter show` lists them.
+fn tc_filters(lab: &Lab, iface: &str) -> String {
+    lab.sh("node", &format!("tc filter show dev {iface} ingress"))
+        .unwrap()
+}
+
+/// What a daemon killed between a chain's tc filter and its TCX link leaves on `iface`: the
+/// link, and a filter running the same program.
+fn leave_a_filter(lab: &Lab, iface: &str) {
+    let pinned_link = fs::read_dir(lab.dir.join("bpffs/links"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("_{iface}")))
+        .expect("a pinned link");
+    let info = lab
+        .sh(
+            "node",
+            &format!("bpftool -j link show pinned {}", pinned_link.display()),
+        )
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let program = lab.dir.join("bpffs/left-behind");
+    lab.sh(
+        "node",
+        &format!(
+            "bpftool prog pin id {} {}",
+            info["prog_id"],
+            program.display()
+        ),
+    )
+    .unwrap();
+    lab.run_in("node", || {
+        let mut steering = SchedClassifier::from_pin(&program)?;
+        let _ = tc::qdisc_add_clsact(iface);
+        let id = steering.attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(Default::default()),
+        )?;
+        // Like the killed daemon, nobody detaches it.
+        std::mem::forget(steering.take_link(id)?);
+        Ok(())
+    })
+    .unwrap();
+    fs::remove_file(&program).unwrap();
+    assert!(tc_filters(lab, iface).contains("sfc_tc"));
 }
 
 #[test]
@@ -218,8 +270,14 @@ fn kill_9_and_restart_keep_steering_and_state() {
     };
     thread::sleep(Duration::from_millis(600));
     demo.lab.kill_daemon().unwrap();
+    leave_a_filter(&demo.lab, "vm-src");
     thread::sleep(Duration::from_millis(600));
     demo.lab.start_daemon("node").unwrap();
+    assert_eq!(
+        tc_filters(&demo.lab, "vm-src"),
+        "",
+        "the filter an earlier daemon left"
+    );
     let out = ping.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -274,6 +332,10 @@ fn interfaces_that_come_and_go_are_attached_and_cleaned_up() {
         v
     };
     assert_eq!(pinned(), ["sf1-out", "sf2-out", "sf3-out", "vm-src"]);
+    // They steered by a tc filter until their TCX links were in place; none is left.
+    for iface in pinned() {
+        assert_eq!(tc_filters(lab, &iface), "", "{iface}");
+    }
 
     // SF1 goes away: its link is cleaned up and PG1 steers to SF2 only.
     lab.sh("node", "ip link del sf1-in && ip link del sf1-out")

@@ -1,5 +1,11 @@
 //! The program's per-interface links, one set per hook, each link pinned in bpffs so that it
 //! outlives the daemon (a restarted daemon adopts them and swaps its program in atomically).
+//!
+//! A TCX link costs its attach two RCU grace periods under RTNL (about 12 ms here, and no two
+//! run at once); a tc filter on clsact costs a fraction of a millisecond. So a steering
+//! interface first gets the program as a filter (it steers at once), and the TCX link once
+//! the chain is in effect ([`Links::settle`]): only TCX puts it ahead of other TCX programs,
+//! and only a link can be pinned and swapped atomically by the next daemon.
 
 use std::{
     collections::BTreeMap,
@@ -74,6 +80,9 @@ pub struct Links {
     /// Interfaces where XDP could not be attached (the driver has no native XDP, say), with
     /// why: not retried until the interface changes; TC steers their packets.
     refused: BTreeMap<String, (u32, String)>,
+    /// Interfaces steered by a tc filter until [`Self::settle`] gives them their TCX link
+    /// (dropping the handle detaches the filter).
+    filters: BTreeMap<String, SchedClassifierLink>,
 }
 
 pub(crate) fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
@@ -112,6 +121,7 @@ impl Links {
             dir,
             attached: BTreeMap::new(),
             refused: BTreeMap::new(),
+            filters: BTreeMap::new(),
         };
         let entries = fs::read_dir(&links.dir).map_err(|source| DataplaneError::Bpffs {
             path: links.dir.clone(),
@@ -128,6 +138,10 @@ impl Links {
             };
             match links.replace_program(&path, bpf) {
                 Ok(()) => {
+                    if !hook.is_xdp() {
+                        // A daemon that stopped between the filter and the link left both.
+                        remove_filters(&iface, hook.program());
+                    }
                     info!(
                         iface,
                         ifindex = index,
@@ -202,11 +216,33 @@ impl Links {
                 continue;
             }
             match self.hook {
-                Hook::Tc | Hook::Tunnel => self.attach_tc(iface, index, bpf)?,
+                // What a chain waits for gets a filter first (see the module doc); the
+                // underlay is attached once, when the node joins.
+                Hook::Tc => self.attach_filter(iface, index, bpf)?,
+                Hook::Tunnel => self.attach_tc(iface, index, bpf)?,
                 Hook::Xdp | Hook::TunnelXdp => self.attach_xdp(iface, index, bpf)?,
             }
         }
         Ok(())
+    }
+
+    /// Gives every interface steered by a tc filter its TCX link, then takes the filter off.
+    /// Until the filter is gone a packet the link hands on (`TCX_NEXT`) meets the program a
+    /// second time, which decides it the same way again; only its counters see it twice.
+    pub fn settle(&mut self, bpf: &mut Ebpf) {
+        while let Some((iface, filter)) = self.filters.pop_first() {
+            let Some(&index) = self.attached.get(&iface) else {
+                continue;
+            };
+            match self.attach_tcx(&iface, index, bpf) {
+                Ok(()) => drop(filter),
+                Err(e) => {
+                    // The filter stays: this kernel has no TCX, say. It outlives this process.
+                    warn!(iface, error = %e, "TCX attach failed, the tc filter stays");
+                    std::mem::forget(filter);
+                }
+            }
+        }
     }
 
     /// Records that `iface` does not get this hook, and why (shown by describe).
@@ -241,55 +277,83 @@ impl Links {
         }
     }
 
+    /// The TCX link, first on the interface, pinned; where the kernel has no TCX, a tc filter.
     fn attach_tc(
         &mut self,
         iface: &str,
         ifindex: u32,
         bpf: &mut Ebpf,
     ) -> Result<(), DataplaneError> {
-        let pin = self.pin_path(iface, ifindex);
-        let name = self.hook.program();
-        let program = classifier(bpf, name)?;
-        // TCX (a bpf_link, pinnable) where the kernel has it; classic clsact otherwise.
-        match program.attach_with_options(
-            iface,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        ) {
-            Ok(id) => {
-                let link = program.take_link(id)?;
-                let fd: FdLink =
-                    link.try_into()
-                        .map_err(|source: LinkError| DataplaneError::LinkFd {
-                            iface: iface.to_string(),
-                            source,
-                        })?;
-                fd.pin(&pin).map_err(|source| DataplaneError::Pin {
-                    iface: iface.to_string(),
-                    source,
-                })?;
-            }
-            Err(tcx_error) => {
-                warn!(iface, error = %tcx_error, "TCX attach failed, using clsact");
-                if let Err(e) = tc::qdisc_add_clsact(iface) {
-                    if !matches!(&e, tc::TcError::IoError(io) if io.kind() == io::ErrorKind::AlreadyExists)
-                    {
-                        warn!(iface, error = %e, "adding clsact");
-                    }
-                }
-                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, name);
-                let id = program.attach_with_options(
-                    iface,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::Netlink(Default::default()),
-                )?;
-                // A tc filter outlives this process without a pin.
-                std::mem::forget(program.take_link(id)?);
-            }
+        if let Err(tcx_error) = self.attach_tcx(iface, ifindex, bpf) {
+            warn!(iface, error = %tcx_error, "TCX attach failed, using clsact");
+            let filter = self.filter(iface, bpf)?;
+            // A tc filter outlives this process without a pin.
+            std::mem::forget(filter);
         }
         info!(iface, ifindex, "attached");
         self.attached.insert(iface.to_string(), ifindex);
         Ok(())
+    }
+
+    /// A tc filter now, the TCX link at [`Self::settle`].
+    fn attach_filter(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        bpf: &mut Ebpf,
+    ) -> Result<(), DataplaneError> {
+        let filter = self.filter(iface, bpf)?;
+        info!(iface, ifindex, "attached as a tc filter");
+        self.filters.insert(iface.to_string(), filter);
+        self.attached.insert(iface.to_string(), ifindex);
+        Ok(())
+    }
+
+    fn attach_tcx(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        bpf: &mut Ebpf,
+    ) -> Result<(), DataplaneError> {
+        let pin = self.pin_path(iface, ifindex);
+        let program = classifier(bpf, self.hook.program())?;
+        let id = program.attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )?;
+        let link = program.take_link(id)?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|source: LinkError| DataplaneError::LinkFd {
+                iface: iface.to_string(),
+                source,
+            })?;
+        fd.pin(&pin).map_err(|source| DataplaneError::Pin {
+            iface: iface.to_string(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// The program as a direct-action filter on the interface's clsact qdisc (added if
+    /// missing), in place of any an earlier daemon left there.
+    fn filter(&self, iface: &str, bpf: &mut Ebpf) -> Result<SchedClassifierLink, DataplaneError> {
+        if let Err(e) = tc::qdisc_add_clsact(iface) {
+            if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+            {
+                warn!(iface, error = %e, "adding clsact");
+            }
+        }
+        let name = self.hook.program();
+        remove_filters(iface, name);
+        let program = classifier(bpf, name)?;
+        let id = program.attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(Default::default()),
+        )?;
+        Ok(program.take_link(id)?)
     }
 
     /// Native (driver) XDP only: generic XDP runs after the skb is built, where TC is as fast
@@ -319,11 +383,14 @@ impl Links {
     }
 
     fn detach(&mut self, iface: &str, ifindex: u32) {
+        // Dropped: the filter is detached.
+        let filtered = self.filters.remove(iface).is_some();
         let pin = self.pin_path(iface, ifindex);
         match fs::remove_file(&pin) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && filtered => {}
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound && !self.hook.is_xdp() => {
-                let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, self.hook.program());
+                remove_filters(iface, self.hook.program());
             }
             Err(e) => warn!(iface, error = %e, "removing link pin"),
         }
@@ -334,5 +401,14 @@ impl Links {
     /// Detaches from every interface (this hook is no longer wanted).
     pub fn detach_all(&mut self) {
         self.detach_stale(&BTreeMap::new());
+    }
+}
+
+/// Takes off the interface's tc filters running the program `name`, if any.
+fn remove_filters(iface: &str, name: &str) {
+    match tc::qdisc_detach_program(iface, TcAttachType::Ingress, name) {
+        Ok(()) => info!(iface, name, "removed tc filters"),
+        Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!(iface, error = %e, "removing tc filters"),
     }
 }

@@ -526,6 +526,8 @@ impl Dataplane {
             self.wanted = Some((image.attach.clone(), xdp_want));
             self.detach_stale()?;
         }
+        // The chain is in effect: now the TCX links, which take a while (see links.rs).
+        self.tc.settle(&mut self.bpf);
         Ok(steered)
     }
 
