@@ -332,9 +332,14 @@ fn interfaces_that_come_and_go_are_attached_and_cleaned_up() {
         v
     };
     assert_eq!(pinned(), ["sf1-out", "sf2-out", "sf3-out", "vm-src"]);
-    // They steered by a tc filter until their TCX links were in place; none is left.
+    // They steered by a tc filter until their TCX links were in place; none is left, nor the
+    // clsact qdisc added for it.
     for iface in pinned() {
         assert_eq!(tc_filters(lab, &iface), "", "{iface}");
+        let qdiscs = lab
+            .sh("node", &format!("tc qdisc show dev {iface}"))
+            .unwrap();
+        assert!(!qdiscs.contains("clsact"), "{iface}: {qdiscs}");
     }
 
     // SF1 goes away: its link is cleaned up and PG1 steers to SF2 only.

@@ -25,7 +25,7 @@ use aya::{
 use sfc_common::{PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_TUNNEL_XDP, PROGRAM_XDP};
 use tracing::{info, warn};
 
-use crate::dataplane::DataplaneError;
+use crate::dataplane::{netlink, DataplaneError};
 
 /// Where the program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,9 +80,17 @@ pub struct Links {
     /// Interfaces where XDP could not be attached (the driver has no native XDP, say), with
     /// why: not retried until the interface changes; TC steers their packets.
     refused: BTreeMap<String, (u32, String)>,
-    /// Interfaces steered by a tc filter until [`Self::settle`] gives them their TCX link
-    /// (dropping the handle detaches the filter).
-    filters: BTreeMap<String, SchedClassifierLink>,
+    /// Interfaces steered by a tc filter until [`Self::settle`] gives them their TCX link.
+    filters: BTreeMap<String, Filter>,
+}
+
+/// The program as a tc filter on an interface.
+struct Filter {
+    /// Dropping it detaches the filter.
+    link: SchedClassifierLink,
+    /// Whether the clsact qdisc was added for it: then it goes with the filter, unless
+    /// someone else's filters use it by then.
+    added_clsact: bool,
 }
 
 pub(crate) fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
@@ -230,19 +238,26 @@ impl Links {
     /// Until the filter is gone a packet the link hands on (`TCX_NEXT`) meets the program a
     /// second time, which decides it the same way again; only its counters see it twice.
     pub fn settle(&mut self, bpf: &mut Ebpf) {
+        let mut added_clsact = Vec::new();
         while let Some((iface, filter)) = self.filters.pop_first() {
             let Some(&index) = self.attached.get(&iface) else {
                 continue;
             };
             match self.attach_tcx(&iface, index, bpf) {
-                Ok(()) => drop(filter),
+                Ok(()) => {
+                    drop(filter.link);
+                    if filter.added_clsact {
+                        added_clsact.push(index);
+                    }
+                }
                 Err(e) => {
                     // The filter stays: this kernel has no TCX, say. It outlives this process.
                     warn!(iface, error = %e, "TCX attach failed, the tc filter stays");
-                    std::mem::forget(filter);
+                    std::mem::forget(filter.link);
                 }
             }
         }
+        remove_unused_clsacts(&added_clsact);
     }
 
     /// Records that `iface` does not get this hook, and why (shown by describe).
@@ -288,7 +303,7 @@ impl Links {
             warn!(iface, error = %tcx_error, "TCX attach failed, using clsact");
             let filter = self.filter(iface, bpf)?;
             // A tc filter outlives this process without a pin.
-            std::mem::forget(filter);
+            std::mem::forget(filter.link);
         }
         info!(iface, ifindex, "attached");
         self.attached.insert(iface.to_string(), ifindex);
@@ -338,13 +353,15 @@ impl Links {
 
     /// The program as a direct-action filter on the interface's clsact qdisc (added if
     /// missing), in place of any an earlier daemon left there.
-    fn filter(&self, iface: &str, bpf: &mut Ebpf) -> Result<SchedClassifierLink, DataplaneError> {
-        if let Err(e) = tc::qdisc_add_clsact(iface) {
-            if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
-            {
+    fn filter(&self, iface: &str, bpf: &mut Ebpf) -> Result<Filter, DataplaneError> {
+        let added_clsact = match tc::qdisc_add_clsact(iface) {
+            Ok(()) => true,
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+            Err(e) => {
                 warn!(iface, error = %e, "adding clsact");
+                false
             }
-        }
+        };
         let name = self.hook.program();
         remove_filters(iface, name);
         let program = classifier(bpf, name)?;
@@ -353,7 +370,8 @@ impl Links {
             TcAttachType::Ingress,
             TcAttachOptions::Netlink(Default::default()),
         )?;
-        Ok(program.take_link(id)?)
+        let link = program.take_link(id)?;
+        Ok(Filter { link, added_clsact })
     }
 
     /// Native (driver) XDP only: generic XDP runs after the skb is built, where TC is as fast
@@ -383,8 +401,15 @@ impl Links {
     }
 
     fn detach(&mut self, iface: &str, ifindex: u32) {
-        // Dropped: the filter is detached.
-        let filtered = self.filters.remove(iface).is_some();
+        let filter = self.filters.remove(iface);
+        let filtered = filter.is_some();
+        if let Some(filter) = filter {
+            let added_clsact = filter.added_clsact;
+            drop(filter.link);
+            if added_clsact {
+                remove_unused_clsacts(&[ifindex]);
+            }
+        }
         let pin = self.pin_path(iface, ifindex);
         match fs::remove_file(&pin) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && filtered => {}
@@ -410,5 +435,11 @@ fn remove_filters(iface: &str, name: &str) {
         Ok(()) => info!(iface, name, "removed tc filters"),
         Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => warn!(iface, error = %e, "removing tc filters"),
+    }
+}
+
+fn remove_unused_clsacts(indexes: &[u32]) {
+    if let Err(e) = netlink::remove_unused_clsacts(indexes) {
+        warn!(?indexes, error = %e, "removing the clsact qdiscs added for tc filters");
     }
 }

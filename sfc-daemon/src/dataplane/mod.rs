@@ -461,8 +461,6 @@ impl Dataplane {
         // newly used SF unsteered, skipping the next hops; detaching at the flip, the same for
         // packets still inside an SF the update left out.
         self.tc.attach_missing(&image.attach, &mut self.bpf)?;
-        let xdp_want = self.xdp_candidates(image, interfaces);
-        self.xdp.attach_missing(&xdp_want, &mut self.bpf)?;
         let mut epoch = self.epoch()?;
         let mut active = (epoch & 1) as usize;
         if self.written[active].is_none() && self.adopted.is_some() {
@@ -522,12 +520,16 @@ impl Dataplane {
         // Links that went up or down meanwhile, when the image itself did not change.
         self.sync_live(interfaces)?;
         self.sync_tunnel_peers(image)?;
+        // The chain is in effect: now what takes a while. The TCX links (see links.rs), and
+        // XDP, which only takes over what TC already steers (an XDP attach to a veth costs
+        // milliseconds too).
+        self.tc.settle(&mut self.bpf);
+        let xdp_want = self.xdp_candidates(image, interfaces);
+        self.xdp.attach_missing(&xdp_want, &mut self.bpf)?;
         if steered == Steered::Active {
             self.wanted = Some((image.attach.clone(), xdp_want));
             self.detach_stale()?;
         }
-        // The chain is in effect: now the TCX links, which take a while (see links.rs).
-        self.tc.settle(&mut self.bpf);
         Ok(steered)
     }
 

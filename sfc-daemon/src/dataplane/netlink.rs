@@ -22,6 +22,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage},
+        tc::TcHandle,
         RouteNetlinkMessage,
     },
     sys::{AsyncSocket, SocketAddr},
@@ -327,6 +328,47 @@ pub fn read_interfaces() -> Result<Interfaces, NetlinkError> {
         .map_err(|source| NetlinkError::Connect { source })?;
     let netlink = runtime.block_on(async { Netlink::connect() })?;
     netlink.interfaces()
+}
+
+/// Deletes the clsact qdisc of each interface in `indexes` (of the calling thread's namespace)
+/// that has no tc filter at ingress or egress: one added only for a filter of ours, now gone.
+/// On a runtime of its own: the agent's thread is not a runtime worker, and this is rare.
+pub fn remove_unused_clsacts(indexes: &[u32]) -> Result<(), NetlinkError> {
+    if indexes.is_empty() {
+        return Ok(());
+    }
+    let send = |what: &str| {
+        let what = what.to_string();
+        move |source| NetlinkError::Send { what, source }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|source| NetlinkError::Connect { source })?;
+    runtime.block_on(async {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { source })?;
+        tokio::spawn(conn);
+        for &index in indexes {
+            let index = index as i32;
+            let mut filters = 0;
+            for egress in [false, true] {
+                let get = handle.traffic_filter(index).get();
+                let get = if egress { get.egress() } else { get.ingress() };
+                let mut dump = pin!(get.execute());
+                while let Some(filter) = dump.next().await {
+                    filter.map_err(send("tc filter dump"))?;
+                    filters += 1;
+                }
+            }
+            if filters == 0 {
+                let mut del = handle.qdisc().del(index);
+                del.message_mut().header.parent = TcHandle::CLSACT;
+                del.execute().await.map_err(send("clsact delete"))?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// An RTM_GETLINK request without link statistics, which are large and unused.
