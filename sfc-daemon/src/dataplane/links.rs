@@ -401,15 +401,16 @@ impl Links {
     }
 
     fn detach(&mut self, iface: &str, ifindex: u32) {
-        let filter = self.filters.remove(iface);
-        let filtered = filter.is_some();
-        if let Some(filter) = filter {
-            let added_clsact = filter.added_clsact;
-            drop(filter.link);
-            if added_clsact {
-                remove_unused_clsacts(&[ifindex]);
+        let filtered = match self.filters.remove(iface) {
+            Some(Filter { link, added_clsact }) => {
+                drop(link);
+                if added_clsact {
+                    remove_unused_clsacts(&[ifindex]);
+                }
+                true
             }
-        }
+            None => false,
+        };
         let pin = self.pin_path(iface, ifindex);
         match fs::remove_file(&pin) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && filtered => {}
