@@ -324,12 +324,7 @@ impl Links {
         Ok(())
     }
 
-    fn attach_tcx(
-        &mut self,
-        iface: &str,
-        ifindex: u32,
-        bpf: &mut Ebpf,
-    ) -> Result<(), DataplaneError> {
+    fn attach_tcx(&self, iface: &str, ifindex: u32, bpf: &mut Ebpf) -> Result<(), DataplaneError> {
         let pin = self.pin_path(iface, ifindex);
         let program = classifier(bpf, self.hook.program())?;
         let id = program.attach_with_options(

@@ -332,7 +332,9 @@ pub fn read_interfaces() -> Result<Interfaces, NetlinkError> {
 
 /// Deletes the clsact qdisc of each interface in `indexes` (of the calling thread's namespace)
 /// that has no tc filter at ingress or egress: one added only for a filter of ours, now gone.
-/// On a runtime of its own: the agent's thread is not a runtime worker, and this is rare.
+/// On a runtime and a plain connection of its own: the agent's thread is not a runtime worker,
+/// and this is rare. Not over a [`Netlink`]: that one forwards NLMSG_DONE (see `connect`),
+/// which rtnetlink's tc requests do not expect (tried: the qdisc was then never deleted).
 pub fn remove_unused_clsacts(indexes: &[u32]) -> Result<(), NetlinkError> {
     if indexes.is_empty() {
         return Ok(());
