@@ -59,58 +59,58 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v10_config")]
+#[map(name = "sfc_v11_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v10_ports")]
+#[map(name = "sfc_v11_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v10_classify")]
+#[map(name = "sfc_v11_classify")]
 static CLASSIFY: HashMap<ClassKey, ClassEntry> =
     HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v10_source_ports")]
+#[map(name = "sfc_v11_source_ports")]
 static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
 
-#[map(name = "sfc_v10_ring")]
+#[map(name = "sfc_v11_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v10_members")]
+#[map(name = "sfc_v11_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v10_live")]
+#[map(name = "sfc_v11_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v10_remotes")]
+#[map(name = "sfc_v11_remotes")]
 static REMOTES: HashMap<RemoteKey, TunnelPeer> =
     HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v10_landing")]
+#[map(name = "sfc_v11_landing")]
 static LANDING: HashMap<RemoteKey, Member> = HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v10_tunnel_peers")]
+#[map(name = "sfc_v11_tunnel_peers")]
 static TUNNEL_PEERS: HashMap<TunnelPeer, u32> = HashMap::pinned(TUNNEL_PEERS_CAPACITY, 0);
 
-#[map(name = "sfc_v10_fragments")]
+#[map(name = "sfc_v11_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v10_flows")]
+#[map(name = "sfc_v11_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v10_flows4")]
+#[map(name = "sfc_v11_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v10_pins")]
+#[map(name = "sfc_v11_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v10_new_pins")]
+#[map(name = "sfc_v11_new_pins")]
 static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v10_decisions")]
+#[map(name = "sfc_v11_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v10_decisions4")]
+#[map(name = "sfc_v11_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -129,6 +129,8 @@ struct Scratch {
     trace_hash: HashInput,
     /// The ICMP answer to a packet too big for the underlay.
     answer: too_big::Answer,
+    /// A new flow's state, before it is inserted ([`insert_flow`]).
+    flow: FlowState,
 }
 
 impl Scratch {
@@ -176,29 +178,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v10_xdp_into_veth")]
+#[map(name = "sfc_v11_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v10_scratch")]
+#[map(name = "sfc_v11_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v10_stats")]
+#[map(name = "sfc_v11_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v10_counters")]
+#[map(name = "sfc_v11_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v10_member_counters")]
+#[map(name = "sfc_v11_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v10_member_slots")]
+#[map(name = "sfc_v11_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v10_trace_filter")]
+#[map(name = "sfc_v11_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v10_trace_events")]
+#[map(name = "sfc_v11_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -415,19 +417,24 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     let flow = scratch.flow_state();
     // Fast path: this flow was decided on this interface under the current epoch. Such a
     // decision exists only if the flow was on the current generation then, and a flow never
-    // goes back to an older one, so its generation needs no look-up.
-    if flow.is_none_or(|f| unsafe { (*f).seen_twice } != 0) {
-        if let Some(d) = scratch.decided() {
-            let d = unsafe { &mut *d };
-            if d.epoch == epoch {
-                if d.verdict.action == action::STEER && d.pinned == 0 {
-                    establish(d);
-                }
-                let flow = flow.unwrap_or(null_mut());
-                let verdict = act(ctx, pkt, flow, current, d);
-                return to_node(ctx, verdict, d, flow, current);
-            }
+    // goes back to an older one, so its generation needs no look-up. Where the flow enters,
+    // the decision is in its state; elsewhere it is looked up, unless the flow was seen only
+    // once.
+    let decided = match flow.and_then(|f| entry_decision(f, ifindex, epoch)) {
+        Some(d) => Some(d),
+        None if flow.is_none_or(|f| unsafe { (*f).seen_twice } != 0) => scratch
+            .decided()
+            .filter(|d| unsafe { (**d).epoch } == epoch),
+        None => None,
+    };
+    if let Some(d) = decided {
+        let d = unsafe { &mut *d };
+        if d.verdict.action == action::STEER && d.pinned == 0 {
+            establish(d);
         }
+        let flow = flow.unwrap_or(null_mut());
+        let verdict = act(ctx, pkt, flow, current, d);
+        return to_node(ctx, verdict, d, flow, current);
     }
     let current_port = port(ifindex, current);
     let entry_port = current_port.is_some_and(|p| p.flags & PORT_ENTRY != 0);
@@ -448,6 +455,7 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     decision.member.ifindex = 0;
     decision.pinned = 0;
     decision.entry_port = entry_port as u8;
+    decision.ifindex = ifindex;
     // Where paths meet that would take this packet different ways, its flow's path decides
     // (0 when unknown: then only a key no path disputes is found).
     let path = match flow {
@@ -475,11 +483,47 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     let path_unknown = decision.verdict.action == action::PATH_UNKNOWN;
     let by_mac = decision.verdict.lb_fields & (lb::ETH_SRC | lb::ETH_DST) != 0;
     if gen == current && !no_member && !path_unknown && !by_mac && !first {
-        scratch.remember_decision();
+        match flow {
+            Some(flow) if decision.verdict.flags & FLAG_ENTRY != 0 => {
+                remember_entry_decision(flow, decision)
+            }
+            _ => scratch.remember_decision(),
+        }
     }
     let flow = flow.unwrap_or(null_mut());
     let verdict = act(ctx, pkt, flow, gen, &scratch.decision);
     to_node(ctx, verdict, &scratch.decision, flow, gen)
+}
+
+/// The decision kept in the flow's state for where it enters its chain, if that is here and
+/// it is of the current epoch.
+#[inline(always)]
+fn entry_decision(flow: *mut FlowState, ifindex: u32, epoch: u64) -> Option<*mut Decision> {
+    let d = unsafe { &raw mut (*flow).entry };
+    let valid = unsafe {
+        (*d).ifindex == ifindex && core::ptr::read_volatile(&raw const (*d).epoch) == epoch
+    };
+    valid.then_some(d)
+}
+
+/// Keeps `decision` in the flow's state, for its next packets where it enters. Other CPUs
+/// may read the record meanwhile: it is marked stale first and valid (its epoch) last, each
+/// store in program order.
+#[inline(always)]
+fn remember_entry_decision(flow: *mut FlowState, decision: &Decision) {
+    unsafe {
+        let d = &raw mut (*flow).entry;
+        core::ptr::write_volatile(&raw mut (*d).epoch, 0);
+        core::ptr::write_volatile(&raw mut (*d).verdict, decision.verdict);
+        core::ptr::write_volatile(&raw mut (*d).member, decision.member);
+        core::ptr::write_volatile(&raw mut (*d).arrival_slot, decision.arrival_slot);
+        core::ptr::write_volatile(&raw mut (*d).entry_port, decision.entry_port);
+        core::ptr::write_volatile(&raw mut (*d).pinned, decision.pinned);
+        core::ptr::write_volatile(&raw mut (*d).pin_hash, decision.pin_hash);
+        core::ptr::write_volatile(&raw mut (*d).pin_member, decision.pin_member);
+        core::ptr::write_volatile(&raw mut (*d).ifindex, decision.ifindex);
+        core::ptr::write_volatile(&raw mut (*d).epoch, decision.epoch);
+    }
 }
 
 /// What [`act`] decided, unless that is [`TO_NODE`]: then the packet is sent to another node,
@@ -1155,26 +1199,43 @@ fn enter(flow: Option<*mut FlowState>, pkt: &Packet, gen: u8, verdict: &Verdict,
             }
             add_inflight(flow, 1);
         },
-        None => {
-            let mut state = FlowState {
-                mac: pkt.eth_dst,
-                gen,
-                seen_twice: 0,
-                path,
-                _pad2: 0,
-                inflight: 1,
-                first_members: [0; FLOW_PIN_HOPS],
-            };
-            if let Some(first) = state.first_members.get_mut(verdict.hop as usize) {
-                *first = member;
-            }
-            let _ = if pkt.family == FAMILY_V4 {
-                FLOWS4.insert(&flow_tuple4(pkt), &state, 0)
-            } else {
-                FLOWS.insert(&flow_tuple(pkt), &state, 0)
-            };
+        None => insert_flow(pkt, pkt.eth_dst, gen, path, 1, Some((verdict.hop, member))),
+    }
+}
+
+/// Makes the state of the packet's flow: its destination MAC at the entry, generation, path,
+/// packets in flight and, as `first`, the member one hop chose (`(hop, member)`). Built in the
+/// scratch space: it is too big for the stack of the programs that make one. Its entry
+/// decision stays zeroed there, naming no interface.
+#[inline(always)]
+fn insert_flow(
+    pkt: &Packet,
+    mac: [u8; 6],
+    gen: u8,
+    path: u32,
+    inflight: u64,
+    first: Option<(u8, u32)>,
+) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let state = unsafe { &mut (*scratch).flow };
+    state.mac = mac;
+    state.gen = gen;
+    state.seen_twice = 0;
+    state.path = path;
+    state.inflight = inflight;
+    state.first_members = [0; FLOW_PIN_HOPS];
+    if let Some((hop, member)) = first {
+        if let Some(slot) = state.first_members.get_mut(hop as usize) {
+            *slot = member;
         }
     }
+    let _ = if pkt.family == FAMILY_V4 {
+        FLOWS4.insert(&flow_tuple4(pkt), state, 0)
+    } else {
+        FLOWS.insert(&flow_tuple(pkt), state, 0)
+    };
 }
 
 /// After the last hop: one packet fewer in flight.

@@ -37,8 +37,8 @@ use sfc_common::{
     action, stat, Decision, FlowState, Member, RemoteKey, TunnelOption, TunnelPeer, Verdict,
     CONFIG_EPOCH, CONFIG_REVISION, CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_ADDRESS6,
     CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_USABLE_MTU, FAMILY_V4, FAMILY_V6, FLAG_ENTRY,
-    FLAG_REVERSE, FLAG_TAP_COPY, FLOW_PIN_HOPS, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE, GENEVE_PORT,
-    MAX_HOPS, PROTO_UDP, REMOTE, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER, TUNNEL_OVERHEAD,
+    FLAG_REVERSE, FLAG_TAP_COPY, GENEVE_OPT_CLASS, GENEVE_OPT_TYPE, GENEVE_PORT, MAX_HOPS,
+    PROTO_UDP, REMOTE, SERVICE_INDEX_START, SLOT_PEER, TUNNEL_DELIVER, TUNNEL_OVERHEAD,
     TUNNEL_OVERHEAD_V6, TUNNEL_REVERSE, TUNNEL_TAP,
 };
 
@@ -47,7 +47,7 @@ use crate::{
     frame::Frame,
     live,
     parse::{parse, Packet, LATER_FRAGMENT},
-    redirect, trace_filter, CONFIG, FLOWS, FLOWS4, LANDING, REMOTES, SCRATCH, TUNNEL_PEERS,
+    redirect, trace_filter, CONFIG, LANDING, REMOTES, SCRATCH, TUNNEL_PEERS,
 };
 
 const ETH_HLEN: usize = 14;
@@ -1039,18 +1039,5 @@ fn remember_flow(pkt: &Packet, gen: u32, path: u32, mac: [u8; 6]) {
         }
         return;
     }
-    let state = FlowState {
-        mac,
-        gen: gen as u8,
-        seen_twice: 0,
-        path,
-        _pad2: 0,
-        inflight: 0,
-        first_members: [0; FLOW_PIN_HOPS],
-    };
-    let _ = if pkt.family == FAMILY_V4 {
-        FLOWS4.insert(&crate::flow_tuple4(pkt), &state, 0)
-    } else {
-        FLOWS.insert(&crate::flow_tuple(pkt), &state, 0)
-    };
+    crate::insert_flow(pkt, mac, gen as u8, path, 0, None);
 }

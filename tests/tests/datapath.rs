@@ -563,26 +563,76 @@ fn chains_sharing_a_group_keep_each_flow_on_the_chain_it_entered() {
     );
 }
 
+/// The IPv4 flow table of `sb`, as a map to read and write.
+fn flows4(
+    sb: &Sandbox,
+) -> aya::maps::HashMap<aya::maps::MapData, sfc_common::FlowTuple4, sfc_common::FlowState> {
+    let path = sb.bpffs.0.join("maps").join(sfc_common::MAP_FLOWS4);
+    let map = aya::maps::MapData::from_pin(path).unwrap();
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap()
+}
+
+/// Decisions remembered: in the decision table, and where flows enter, in their state.
+fn decisions(sb: &Sandbox) -> (usize, usize) {
+    let path = sb.bpffs.0.join("maps").join(sfc_common::MAP_DECISIONS4);
+    let map = aya::maps::MapData::from_pin(path).unwrap();
+    let table: aya::maps::HashMap<_, sfc_common::DecisionKey4, sfc_common::Decision> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
+    let at_entries = flows4(sb)
+        .iter()
+        .filter(|entry| entry.as_ref().unwrap().1.entry.ifindex != 0)
+        .count();
+    (table.keys().count(), at_entries)
+}
+
 #[test]
 fn no_decision_is_remembered_for_traffic_that_matches_nothing_nor_for_a_first_packet() {
     let mut sb = sandbox(&chain_yaml());
-    let path = sb.bpffs.0.join("maps").join(sfc_common::MAP_DECISIONS4);
-    let decisions = || -> usize {
-        let map = aya::maps::MapData::from_pin(&path).unwrap();
-        let map: aya::maps::HashMap<_, sfc_common::DecisionKey4, sfc_common::Decision> =
-            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
-        map.keys().count()
-    };
     for sport in 40000..40100 {
         assert_eq!(run_on(&mut sb, &tcp4(sport, 81), 0).0, TC_ACT_NEXT);
     }
-    assert_eq!(decisions(), 0);
+    assert_eq!(decisions(&sb), (0, 0));
     // Nor for a flow's first packet (a flood of new flows would evict the decided ones); its
-    // second one is remembered.
+    // second one is remembered, in the flow's state where it enters.
     assert_eq!(run_on(&mut sb, &tcp4(40000, 80), 0).0, TC_ACT_REDIRECT);
-    assert_eq!(decisions(), 0);
+    assert_eq!(decisions(&sb), (0, 0));
     assert_eq!(run_on(&mut sb, &tcp4(40000, 80), 0).0, TC_ACT_REDIRECT);
-    assert_eq!(decisions(), 1);
+    assert_eq!(decisions(&sb), (0, 1));
+    // Past the entry, in the decision table.
+    let back = as_sent_back_by_the_sf(&tcp4(40000, 80));
+    for _ in 0..2 {
+        assert_eq!(
+            run_on(&mut sb, &back, ifindex("sfa-out")).0,
+            TC_ACT_REDIRECT
+        );
+    }
+    assert_eq!(decisions(&sb), (1, 1));
+}
+
+#[test]
+fn a_decided_flow_enters_by_the_decision_in_its_state_while_the_epoch_holds() {
+    let mut sb = sandbox(&chain_yaml());
+    let frame = tcp4(40000, 80);
+    let member = run_on(&mut sb, &frame, 0).1[0..6].to_vec();
+    assert_eq!(run_on(&mut sb, &frame, 0).1[0..6], member[..]);
+    // The decision the second packet left in the flow's state steers the next ones: one
+    // planted there with another MAC is followed.
+    let mut flows = flows4(&sb);
+    let (tuple, mut state) = flows.iter().next().unwrap().unwrap();
+    assert_eq!(state.entry.ifindex, 1, "decided where it entered");
+    let planted = [0x02, 0, 0, 0, 0, 0x99];
+    state.entry.member.mac = planted;
+    flows.insert(tuple, state, 0).unwrap();
+    let (verdict, out) = run_on(&mut sb, &frame, 0);
+    assert_eq!((verdict, &out[0..6]), (TC_ACT_REDIRECT, &planted[..]));
+    // An apply that changes anything makes it stale: the flow is classified again, onto its
+    // member.
+    apply(
+        &mut sb,
+        &chain_yaml().replace("198.18.9.9/32", "198.18.9.8/32"),
+    );
+    let (verdict, out) = run_on(&mut sb, &frame, 0);
+    assert_eq!((verdict, &out[0..6]), (TC_ACT_REDIRECT, &member[..]));
 }
 
 #[test]

@@ -233,7 +233,7 @@ pub struct Dataplane {
     member_totals: BTreeMap<Side, MemberCounter>,
     /// What each generation holds, when known (unknown after a restart).
     written: [Option<Image>; 2],
-    /// What each generation's group tables hold in `sfc_v10_ring`, table by table, as this
+    /// What each generation's group tables hold in `sfc_v11_ring`, table by table, as this
     /// daemon wrote them (clearing a generation leaves them be; empty after a start): a table
     /// written again is written only where it changed, one syscall per entry otherwise.
     rings_held: [Vec<Vec<RingEntry>>; 2],
@@ -1159,7 +1159,7 @@ impl Dataplane {
     }
 }
 
-/// The `sfc_v10_members` entries of group table `slot` (relative) of generation `gen`.
+/// The `sfc_v11_members` entries of group table `slot` (relative) of generation `gen`.
 fn members_of(
     gen: usize,
     slot: usize,

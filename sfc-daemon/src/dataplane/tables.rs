@@ -23,9 +23,9 @@ use crate::dataplane::DataplaneError;
 /// The smallest table size accepted. Below a few hundred entries per CPU the kernel's LRU
 /// (which keeps up to 128 free entries per CPU) evicts long before the table is full.
 pub const MIN_ENTRIES: u32 = 1024;
-/// The largest table size accepted. These maps are allocated whole when they are created, at 96
-/// (pins, IPv4 flows) to 176 (IPv6 decisions) bytes of kernel memory per entry, measured: an
-/// IPv6 decision table this size takes 2.8 GiB, and some seconds to create.
+/// The largest table size accepted. These maps are allocated whole when they are created, at 80
+/// (pins) to 240 (IPv6 flows) bytes of kernel memory per entry, as the kernel accounts them
+/// (`memlock`): an IPv6 flow table this size takes 3.8 GiB, and some seconds to create.
 pub const MAX_ENTRIES: u32 = 1 << 24;
 
 #[derive(Debug, Error, PartialEq, Eq)]
