@@ -418,11 +418,11 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
     // Fast path: this flow was decided on this interface under the current epoch. Such a
     // decision exists only if the flow was on the current generation then, and a flow never
     // goes back to an older one, so its generation needs no look-up. Where the flow enters,
-    // the decision is in its state; elsewhere it is looked up, unless the flow was seen only
-    // once.
+    // the decision is in its state; elsewhere it is looked up, but only for a flow seen twice:
+    // a flow without state (new, matching nothing, or evicted) has none.
     let decided = match flow.and_then(|f| entry_decision(f, ifindex, epoch)) {
         Some(d) => Some(d),
-        None if flow.is_none_or(|f| unsafe { (*f).seen_twice } != 0) => scratch
+        None if flow.is_some_and(|f| unsafe { (*f).seen_twice } != 0) => scratch
             .decided()
             .filter(|d| unsafe { (**d).epoch } == epoch),
         None => None,
@@ -487,7 +487,8 @@ fn steer<C: Frame>(ctx: &C) -> i32 {
             Some(flow) if decision.verdict.flags & FLAG_ENTRY != 0 => {
                 remember_entry_decision(flow, decision)
             }
-            _ => scratch.remember_decision(),
+            Some(_) => scratch.remember_decision(),
+            None => {}
         }
     }
     let flow = flow.unwrap_or(null_mut());
@@ -551,13 +552,13 @@ const TO_NODE: i32 = i32::MIN;
 /// Whether this is the first packet of a flow that enters a chain (then its flow state is
 /// made now, or was made by this very packet where it entered). Its decisions are not
 /// remembered: a flood of flows that send one packet each would otherwise write a decision at
-/// every hop and evict the decided flows; the flow's second packet remembers them. A flow
-/// without flow state past its entry (a chain of taps only, or state lost to eviction) is
-/// remembered at once, as it would otherwise never be.
+/// every hop and evict the decided flows; the flow's second packet remembers them. (Nor is
+/// anything remembered for a flow without state past its entry, whose state was evicted: it
+/// is classified until its next packet enters and makes it again.)
 #[inline(always)]
 fn first_packet(verdict: &Verdict, flow: Option<*mut FlowState>) -> bool {
     if verdict.flags & FLAG_ENTRY != 0 {
-        flow.is_none() && verdict.action == action::STEER
+        flow.is_none()
     } else {
         flow.is_some_and(|f| unsafe { (*f).seen_twice } == 0)
     }
@@ -696,7 +697,7 @@ fn act<C: Frame>(
             C::DROP
         }
         action::DELIVER => {
-            leave(flow, verdict);
+            leave(flow, pkt, gen, verdict);
             if node.is_some() {
                 return TO_NODE;
             }
@@ -716,7 +717,7 @@ fn act<C: Frame>(
             redirect(ctx, verdict.deliver_ifindex, peer, stat::DELIVERED)
         }
         _ => {
-            leave(flow, verdict);
+            leave(flow, pkt, gen, verdict);
             restore_destination_mac(ctx, pkt, flow);
             count(stat::FORWARDED);
             emit(ctx, pkt, gen, Some(verdict), stat::FORWARDED, None);
@@ -1240,9 +1241,14 @@ fn insert_flow(
 
 /// After the last hop: one packet fewer in flight.
 #[inline(always)]
-fn leave(flow: Option<*mut FlowState>, verdict: &Verdict) {
+fn leave(flow: Option<*mut FlowState>, pkt: &Packet, gen: u32, verdict: &Verdict) {
     if verdict.flags & FLAG_ENTRY != 0 {
-        return; // entered and left at once (a chain of taps only): never counted in flight
+        // Entered and left at once (a chain of taps only): never counted in flight. Its state
+        // is made all the same, to keep what is decided for it where it enters.
+        if flow.is_none() {
+            insert_flow(pkt, pkt.eth_dst, gen as u8, verdict.path, 0, None);
+        }
+        return;
     }
     if let Some(flow) = flow {
         if unsafe { core::ptr::read_volatile(&raw const (*flow).inflight) } != 0 {

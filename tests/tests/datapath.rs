@@ -610,6 +610,29 @@ fn no_decision_is_remembered_for_traffic_that_matches_nothing_nor_for_a_first_pa
 }
 
 #[test]
+fn a_chain_of_taps_only_is_decided_in_its_flows_state_from_the_second_packet() {
+    let yaml = chain_yaml().replace(
+        "spec: {portPairs: [C]}",
+        "spec: {portPairs: [C], tapEnabled: true}",
+    );
+    assert_ne!(yaml, chain_yaml());
+    let mut sb = sandbox(&yaml);
+    let udp = eth(0x0800, &ipv4(17, [198, 18, 9, 9], &[], 0, &l4(5000, 53, 8)));
+    let before = stats(&sb);
+    let first = run_on(&mut sb, &udp, 0).0;
+    assert_eq!(stat_delta(&before, &sb, "tapped"), 1, "copied to the tap");
+    // Its state is made, though it never counts in flight, so that its next packet can keep
+    // what was decided where it entered.
+    assert_eq!(decisions(&sb), (0, 0));
+    let state = flows4(&sb).iter().next().unwrap().unwrap().1;
+    assert_eq!(state.inflight, 0);
+    assert_eq!(run_on(&mut sb, &udp, 0).0, first);
+    assert_eq!(decisions(&sb), (0, 1));
+    assert_eq!(run_on(&mut sb, &udp, 0).0, first);
+    assert_eq!(stat_delta(&before, &sb, "tapped"), 3);
+}
+
+#[test]
 fn a_decided_flow_enters_by_the_decision_in_its_state_while_the_epoch_holds() {
     let mut sb = sandbox(&chain_yaml());
     let frame = tcp4(40000, 80);
