@@ -3,8 +3,9 @@
 //! out in the driver what it can (see frame.rs).
 //!
 //! Per packet: parse the headers once and find the flow's state; if the flow was seen before
-//! and already has a decision on this interface for the current epoch, carry it out (one more
-//! lookup; a new flow, which cannot have one, skips it). Otherwise find the flow's generation (a
+//! and already has a decision on this interface for the current epoch, carry it out (where it
+//! enters, the decision is in its state; elsewhere one more lookup, which a flow without state
+//! or seen once, having none, skips). Otherwise find the flow's generation (a
 //! flow keeps the one it entered with while its packets are inside the chain), look up the
 //! interface, probe its tuples (one hash lookup each, most specific first; bounded, and
 //! independent of the number of classifiers), pick a member (the flow's pin, or the group's
