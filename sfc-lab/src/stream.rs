@@ -36,6 +36,11 @@ impl Stream {
             .join(format!("{tag}.count"))
             .to_string_lossy()
             .into_owned();
+        let ready = format!("{out}.ready");
+        // A run before with the same tag must not answer for this one.
+        for stale in [&out, &ready] {
+            let _ = fs::remove_file(stale);
+        }
         let udp = script("udp_stream.py");
         let receiver = Reaped(
             lab.cmd("dst", "python3")
@@ -44,13 +49,21 @@ impl Stream {
                     "receive".into(),
                     self.port.to_string(),
                     out.clone(),
+                    "1.5".into(),
+                    self.count.to_string(),
                 ])
-                .arg("1.5")
                 .stdout(Stdio::null())
                 .spawn()
                 .context("starting the UDP receiver")?,
         );
-        std::thread::sleep(Duration::from_millis(300));
+        // Python starting in a namespace can take seconds on a loaded machine: send only once
+        // the receiver's socket is bound, or the first datagrams are refused and counted lost.
+        if wait_for(Duration::from_secs(30), || fs::metadata(&ready).ok()).is_none() {
+            bail!(
+                "the UDP receiver did not bind port {} within 30 s",
+                self.port
+            );
+        }
         let sender = Reaped(
             lab.cmd("src", "python3")
                 .args([
@@ -84,7 +97,16 @@ impl Stream {
             bail!("the UDP receiver never wrote {out}");
         };
         drop(receiver);
-        Ok(text.trim().parse()?)
+        let (received, missing) = text.split_once('\n').unwrap_or((&text, ""));
+        let received = received.trim().parse()?;
+        if received < u64::from(self.count) {
+            eprintln!(
+                "stream {tag}: {received} of {} datagrams arrived; missing: {}",
+                self.count,
+                missing.trim()
+            );
+        }
+        Ok(received)
     }
 }
 

@@ -155,7 +155,12 @@ impl Flow {
                 ),
             )
             .unwrap();
-        thread::sleep(Duration::from_millis(300)); // the receiver binds its socket
+        let ready = count_file.with_extension("ready");
+        let bound = wait_for(Duration::from_secs(30), || fs::metadata(&ready).ok());
+        assert!(
+            bound.is_some(),
+            "the UDP receiver did not bind port {dport}"
+        );
         let sender = demo
             .lab
             .cmd("src", "python3")
