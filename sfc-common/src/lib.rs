@@ -2,17 +2,17 @@
 //!
 //! Every struct here is `#[repr(C)]`, padding-free (explicit `_pad` fields where alignment would
 //! otherwise insert bytes, so map keys hash the same on both sides) and `Copy`. Map names carry a
-//! version (`sfc_v11_*`): a change of any layout here bumps it, so that a new daemon gets fresh
+//! version (`sfc_v12_*`): a change of any layout here bumps it, so that a new daemon gets fresh
 //! maps instead of misreading pinned ones.
 #![no_std]
 
-/// The version of this ABI, in every map name (`sfc_v11_*`). A change of any layout here, of a
+/// The version of this ABI, in every map name (`sfc_v12_*`). A change of any layout here, of a
 /// map's type or of what a value means bumps it, so that a new daemon gets fresh maps instead of
 /// misreading pinned ones; `layout_fingerprint_matches_the_abi_version` fails until it is.
 #[macro_export]
 macro_rules! abi_version {
     () => {
-        11
+        12
     };
 }
 pub const ABI_VERSION: u32 = abi_version!();
@@ -27,7 +27,11 @@ macro_rules! map_name {
 pub const MAP_PREFIX: &str = map_name!("");
 pub const MAP_CONFIG: &str = map_name!("config");
 pub const MAP_PORTS: &str = map_name!("ports");
+/// Classifier entries for IPv6 packets (keyed by [`ClassKey`]).
 pub const MAP_CLASSIFY: &str = map_name!("classify");
+/// Classifier entries for IPv4 packets (keyed by [`ClassKey4`]): a key of 24 bytes instead of
+/// 48, hashed once per probed shape.
+pub const MAP_CLASSIFY4: &str = map_name!("classify4");
 /// Source-port ranges of the classify entries whose packets are told apart by source port.
 pub const MAP_SOURCE_PORTS: &str = map_name!("source_ports");
 pub const MAP_RING: &str = map_name!("ring");
@@ -89,10 +93,11 @@ pub const PROGRAM_TUNNEL_XDP: &str = "sfc_tunnel_xdp";
 pub const MAP_PROBES: &str = map_name!("probes");
 
 /// Every map of the steering object, pinned or not.
-pub const MAP_NAMES: [&str; 26] = [
+pub const MAP_NAMES: [&str; 27] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_CLASSIFY,
+    MAP_CLASSIFY4,
     MAP_SOURCE_PORTS,
     MAP_RING,
     MAP_MEMBERS,
@@ -128,9 +133,10 @@ pub const MAX_HOPS: usize = 32;
 pub const RING_SIZE: u32 = 1021;
 /// Group tables per generation; generation `g` owns slots `g * SLOTS_PER_GEN ..`.
 pub const SLOTS_PER_GEN: u32 = 512;
-/// Classifier entries (both generations together). Hash map without preallocation.
+/// Classifier entries (both generations and both families together; each of the two classify
+/// maps is this large, so the total fits either). Hash maps without preallocation.
 pub const CLASSIFY_CAPACITY: u32 = 1 << 20;
-/// Source-port ranges of classify entries per generation (`sfc_v11_source_ports`; generation
+/// Source-port ranges of classify entries per generation (`sfc_v12_source_ports`; generation
 /// `g` owns `g * SOURCE_PORTS_PER_GEN ..`). Only keys shared by classifiers that differ by
 /// source port need them.
 pub const SOURCE_PORTS_PER_GEN: u32 = 32768;
@@ -164,27 +170,27 @@ pub const MEMBER_SLOTS: u32 = 4096;
 /// Size of the trace event ring buffer (bytes, a power of two).
 pub const TRACE_EVENTS_BYTES: u32 = 1 << 20;
 
-/// `sfc_v11_config` index holding the epoch; the active generation is `epoch & 1`.
+/// `sfc_v12_config` index holding the epoch; the active generation is `epoch & 1`.
 pub const CONFIG_EPOCH: u32 = 0;
-/// `sfc_v11_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
+/// `sfc_v12_config` index holding the CLOCK_MONOTONIC time (ns) of the last flip.
 pub const CONFIG_FLIP_NS: u32 = 1;
-/// `sfc_v11_config` indexes `CONFIG_REVISION + gen`: the revision of the cluster's state each
+/// `sfc_v12_config` indexes `CONFIG_REVISION + gen`: the revision of the cluster's state each
 /// generation steers (its low 32 bits; 0 outside a cluster). Packets between nodes carry it,
 /// so that a packet is steered on every node by the revision it started with.
 pub const CONFIG_REVISION: u32 = 2;
-/// `sfc_v11_config` index holding the ifindex of this node's underlay interface, where
+/// `sfc_v12_config` index holding the ifindex of this node's underlay interface, where
 /// packets to other nodes leave and theirs arrive (0: none, outside a cluster).
 pub const CONFIG_TUNNEL_IFINDEX: u32 = 4;
-/// `sfc_v11_config` index holding this node's tunnel address when it is IPv4 (network byte
+/// `sfc_v12_config` index holding this node's tunnel address when it is IPv4 (network byte
 /// order; 0: the underlay is IPv6, or there is none).
 pub const CONFIG_TUNNEL_ADDRESS: u32 = 5;
-/// `sfc_v11_config` index holding the largest IP packet a chain can carry to another node: the
+/// `sfc_v12_config` index holding the largest IP packet a chain can carry to another node: the
 /// underlay interface's MTU less the encapsulation of the underlay's family (0: not known).
 pub const CONFIG_TUNNEL_USABLE_MTU: u32 = 6;
-/// `sfc_v11_config` index holding the agent's probe token (random, never 0; 0: no probes):
+/// `sfc_v12_config` index holding the agent's probe token (random, never 0; 0: no probes):
 /// a packet is a health probe only if it carries it.
 pub const CONFIG_PROBE_TOKEN: u32 = 7;
-/// `sfc_v11_config` indexes holding this node's tunnel address when it is IPv6: its first and
+/// `sfc_v12_config` indexes holding this node's tunnel address when it is IPv6: its first and
 /// last 8 bytes, each as the native-endian word of those bytes (both 0: not IPv6).
 pub const CONFIG_TUNNEL_ADDRESS6: u32 = 8;
 pub const CONFIG_ENTRIES: u32 = 10;
@@ -196,7 +202,7 @@ pub const PROBE_PORT: u16 = 48_481;
 pub const PROBE_PAYLOAD_OFFSET: usize = 14 + 20 + 8;
 /// Where an IPv6 probe's payload starts: after the Ethernet, IPv6 and UDP headers.
 pub const PROBE_PAYLOAD_OFFSET_V6: usize = 14 + 40 + 8;
-/// Entries of `sfc_v11_probes`: one per SF egress, as the interfaces with counters.
+/// Entries of `sfc_v12_probes`: one per SF egress, as the interfaces with counters.
 pub const PROBES_CAPACITY: u32 = MEMBER_SLOTS;
 
 /// The payload of a health probe: the agent's token and the probe's sequence number (both
@@ -212,7 +218,7 @@ pub struct ProbePayload {
 /// member side or chain end on another one, named by the rest (see [`remote_id`]); sent there
 /// in the tunnel.
 pub const REMOTE: u32 = 1 << 31;
-/// Entries of `sfc_v11_remotes` and of `sfc_v11_landing` (both generations together).
+/// Entries of `sfc_v12_remotes` and of `sfc_v12_landing` (both generations together).
 pub const REMOTES_CAPACITY: u32 = 16384;
 /// Nodes a node takes tunnel packets from.
 pub const TUNNEL_PEERS_CAPACITY: u32 = 4096;
@@ -392,8 +398,9 @@ pub mod stat {
     ];
 }
 
-/// Key of `sfc_v11_classify`: a packet's addresses, protocol and destination port, masked by
-/// one tuple of its interface. The source port is not in the key: it is checked against the
+/// Key of `sfc_v12_classify`: a packet's addresses, protocol and destination port, masked by
+/// one tuple of its interface. The agent compiles every classifier to these keys; those of
+/// IPv4 go into `sfc_v12_classify4` as [`ClassKey4`]. The source port is not in the key: it is checked against the
 /// entry's ranges ([`ClassEntry`]), so that ranges on both ports need no product of shapes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -415,6 +422,42 @@ pub struct ClassKey {
     /// Addresses in network byte order, IPv4 in word 0.
     pub src: [u32; 4],
     pub dst: [u32; 4],
+}
+
+/// Key of `sfc_v12_classify4`: a [`ClassKey`] of an IPv4 packet, without the 24 bytes its
+/// IPv6 addresses would take. The family is the map's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassKey4 {
+    pub gen: u8,
+    pub tuple: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    pub domain: u32,
+    pub path: u32,
+    pub dport: u16,
+    pub _pad2: u16,
+    /// Network byte order.
+    pub src: u32,
+    pub dst: u32,
+}
+
+impl ClassKey4 {
+    /// The key of an IPv4 [`ClassKey`] (its address words past the first are zero).
+    pub fn of(key: &ClassKey) -> Self {
+        Self {
+            gen: key.gen,
+            tuple: key.tuple,
+            proto: key.proto,
+            _pad: 0,
+            domain: key.domain,
+            path: key.path,
+            dport: key.dport,
+            _pad2: 0,
+            src: key.src[0],
+            dst: key.dst[0],
+        }
+    }
 }
 
 /// One match shape. A packet is probed against a tuple by AND-ing its fields with the mask.
@@ -451,10 +494,10 @@ impl SourcePorts {
     pub const ANY: (u16, u16) = (0, u16::MAX);
 }
 
-/// Value of `sfc_v11_classify`: what the key's packets get, by their source port. Most keys
+/// Value of `sfc_v12_classify`: what the key's packets get, by their source port. Most keys
 /// have one range (`only`; `0..=65535` when the classifier has none). Where classifiers share
 /// a key and differ by source port, `ranges` > 0 and the ranges are elements
-/// `first .. first + ranges` of `sfc_v11_source_ports`, sorted and disjoint: a binary search
+/// `first .. first + ranges` of `sfc_v12_source_ports`, sorted and disjoint: a binary search
 /// of at most 16 steps, however many there are.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -465,7 +508,7 @@ pub struct ClassEntry {
     pub ranges: u32,
 }
 
-/// Key of `sfc_v11_ports`.
+/// Key of `sfc_v12_ports`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -473,7 +516,7 @@ pub struct PortKey {
     pub gen: u32,
 }
 
-/// Value of `sfc_v11_ports`: the domain packets arriving on this interface are classified in and
+/// Value of `sfc_v12_ports`: the domain packets arriving on this interface are classified in and
 /// the shapes to probe, most specific first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -505,7 +548,7 @@ pub const PORT_NEEDS_PORTS: u16 = 4;
 /// directions through one interface): keys carry the path of the packet's flow.
 pub const PORT_BY_PATH: u16 = 8;
 
-/// Value of `sfc_v11_classify`.
+/// Value of `sfc_v12_classify`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Verdict {
@@ -576,7 +619,7 @@ pub struct Member {
     pub slot: u16,
 }
 
-/// Entry of `sfc_v11_ring` and value of `sfc_v11_pins`: both sides of one member, so that the
+/// Entry of `sfc_v12_ring` and value of `sfc_v12_pins`: both sides of one member, so that the
 /// two directions of a symmetric flow meet the same instance.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -585,7 +628,7 @@ pub struct RingEntry {
     pub egress: Member,
 }
 
-/// Key of `sfc_v11_members`: a member (by its ingress interface) of one group table.
+/// Key of `sfc_v12_members`: a member (by its ingress interface) of one group table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
@@ -594,7 +637,7 @@ pub struct MemberKey {
     pub ifindex: u32,
 }
 
-/// Key of `sfc_v11_pins` (whose value is the member's ingress ifindex): a flow (as its
+/// Key of `sfc_v12_pins` (whose value is the member's ingress ifindex): a flow (as its
 /// member-choosing hash) in one group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -603,7 +646,7 @@ pub struct PinKey {
     pub hash: u32,
 }
 
-/// Value of `sfc_v11_flows`.
+/// Value of `sfc_v12_flows`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowState {
@@ -624,11 +667,11 @@ pub struct FlowState {
     /// seen once: its pin until it is seen again and joins the established pins. Kept here,
     /// in the record every hop finds anyway, rather than in a pin table, so that a flow's
     /// first packet inserts into no table past its entry. Hops from `FLOW_PIN_HOPS` on pin in
-    /// `sfc_v11_new_pins`.
+    /// `sfc_v12_new_pins`.
     pub first_members: [u32; FLOW_PIN_HOPS],
     /// What was decided for the flow where it enters its chain (on `entry.ifindex`, valid
     /// while `entry.epoch` is the current one; a zeroed one names no interface). Kept here,
-    /// in the record the entry looks up first anyway, instead of in `sfc_v11_decisions`: a
+    /// in the record the entry looks up first anyway, instead of in `sfc_v12_decisions`: a
     /// decided packet entering a chain costs one hash lookup fewer.
     pub entry: Decision,
 }
@@ -636,7 +679,7 @@ pub struct FlowState {
 /// Hops whose first choice of member a flow keeps in its own state (`FlowState::first_members`).
 pub const FLOW_PIN_HOPS: usize = 8;
 
-/// Key of `sfc_v11_decisions`: a flow arriving on one interface.
+/// Key of `sfc_v12_decisions`: a flow arriving on one interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey {
@@ -644,7 +687,7 @@ pub struct DecisionKey {
     pub tuple: FlowTuple,
 }
 
-/// Value of `sfc_v11_decisions`: what the program decided for a flow on an interface, valid
+/// Value of `sfc_v12_decisions`: what the program decided for a flow on an interface, valid
 /// while the epoch is the same (any update makes every decision stale at once), so that the
 /// next packets of the flow skip classification and member choice.
 #[repr(C)]
@@ -665,11 +708,11 @@ pub struct Decision {
     pub pin_hash: u32,
     /// For `STEER`: the pin's value, the ingress ifindex of the member.
     pub pin_member: u32,
-    /// The interface the flow arrives on (in `sfc_v11_decisions` also the key's).
+    /// The interface the flow arrives on (in `sfc_v12_decisions` also the key's).
     pub ifindex: u32,
 }
 
-/// Element of `sfc_v11_member_counters` (per CPU): traffic we sent into an SF through one of its
+/// Element of `sfc_v12_member_counters` (per CPU): traffic we sent into an SF through one of its
 /// interfaces, and traffic that came back out of it there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -680,7 +723,7 @@ pub struct MemberCounter {
     pub from_bytes: u64,
 }
 
-/// Element of `sfc_v11_counters` (per CPU).
+/// Element of `sfc_v12_counters` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Counter {
@@ -698,7 +741,7 @@ pub mod trace_field {
     pub const ID: u8 = 1 << 5;
 }
 
-/// The one entry of `sfc_v11_trace_filter`. A packet matches in either direction (source and
+/// The one entry of `sfc_v12_trace_filter`. A packet matches in either direction (source and
 /// destination swapped), so one filter follows both directions of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -717,7 +760,7 @@ pub struct TraceFilter {
     pub dst: [u32; 4],
 }
 
-/// One packet's step through this node, sent to `sfc_v11_trace_events` while tracing.
+/// One packet's step through this node, sent to `sfc_v12_trace_events` while tracing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TraceEvent {
@@ -761,7 +804,7 @@ pub fn tracking_id(input: &HashInput) -> u32 {
     }
 }
 
-/// Key of `sfc_v11_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
+/// Key of `sfc_v12_flows4`: an IPv4 flow (directional 5-tuple) in 16 bytes rather than 40.
 /// IPv4 flows have their own tables because the key is hashed on every packet: a decided flow
 /// costs a third less with it.
 #[repr(C)]
@@ -777,7 +820,7 @@ pub struct FlowTuple4 {
     pub vlan: u16,
 }
 
-/// Key of `sfc_v11_decisions4`.
+/// Key of `sfc_v12_decisions4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecisionKey4 {
@@ -785,7 +828,7 @@ pub struct DecisionKey4 {
     pub tuple: FlowTuple4,
 }
 
-/// Key of `sfc_v11_flows` (directional 5-tuple; IPv6, and anything not IPv4).
+/// Key of `sfc_v12_flows` (directional 5-tuple; IPv6, and anything not IPv4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowTuple {
@@ -799,7 +842,7 @@ pub struct FlowTuple {
     pub dst: [u32; 4],
 }
 
-/// Key of `sfc_v11_fragments`: one IP datagram arriving on one interface (each hop of a chain
+/// Key of `sfc_v12_fragments`: one IP datagram arriving on one interface (each hop of a chain
 /// sees the whole datagram again, in its own order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -814,7 +857,7 @@ pub struct FragmentKey {
     pub dst: [u32; 4],
 }
 
-/// Value of `sfc_v11_fragments`: what the first fragment told of its datagram.
+/// Value of `sfc_v12_fragments`: what the first fragment told of its datagram.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentState {
@@ -828,7 +871,7 @@ pub struct FragmentState {
     pub first_ns: u64,
 }
 
-/// Key of `sfc_v11_remotes` and `sfc_v11_landing`: a member side or chain end of a cluster
+/// Key of `sfc_v12_remotes` and `sfc_v12_landing`: a member side or chain end of a cluster
 /// ([`remote_id`]) in one generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -837,7 +880,7 @@ pub struct RemoteKey {
     pub id: u32,
 }
 
-/// Value of `sfc_v11_remotes` and key of `sfc_v11_tunnel_peers`: a node's tunnel address.
+/// Value of `sfc_v12_remotes` and key of `sfc_v12_tunnel_peers`: a node's tunnel address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TunnelPeer {
@@ -978,6 +1021,7 @@ mod pod {
     use super::*;
     // SAFETY: all of these are repr(C), Copy, and have no padding bytes.
     unsafe impl aya::Pod for ClassKey {}
+    unsafe impl aya::Pod for ClassKey4 {}
     unsafe impl aya::Pod for TupleMask {}
     unsafe impl aya::Pod for SourcePorts {}
     unsafe impl aya::Pod for ClassEntry {}
@@ -1012,6 +1056,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<ClassKey>(), 4 + 4 + 4 + 4 + 32);
+        assert_eq!(size_of::<ClassKey4>(), 4 + 4 + 4 + 4 + 8);
         assert_eq!(size_of::<TupleMask>(), 8 + 32);
         assert_eq!(size_of::<SourcePorts>(), 4 + 44);
         assert_eq!(size_of::<ClassEntry>(), 48 + 8);
@@ -1047,8 +1092,9 @@ mod tests {
                 [size_of::<$t>() as u64, $(offset_of!($t, $f) as u64),+]
             };
         }
-        let layouts: [&[u64]; 27] = [
+        let layouts: [&[u64]; 28] = [
             &fields!(ClassKey: gen, tuple, family, proto, domain, path, dport, src, dst),
+            &fields!(ClassKey4: gen, tuple, proto, domain, path, dport, src, dst),
             &fields!(TupleMask: family, proto, uses_ports, dport, src, dst),
             &fields!(SourcePorts: lo, hi, verdict),
             &fields!(ClassEntry: only, first, ranges),
@@ -1103,7 +1149,7 @@ mod tests {
     fn layout_fingerprint_matches_the_abi_version() {
         assert_eq!(
             (ABI_VERSION, layout_fingerprint()),
-            (11, 1563419342197494454),
+            (12, 1344415267123512491),
             "the map layouts changed: bump abi_version! in sfc-common and record the new pair"
         );
     }

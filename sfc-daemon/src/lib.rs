@@ -30,7 +30,7 @@ mod tests {
 
     use sfc_common::{ABI_VERSION, MAP_NAMES, MAP_PREFIX};
 
-    /// The programs name their maps with literals (`#[map(name = "sfc_v11_...")]`: the macro
+    /// The programs name their maps with literals (`#[map(name = "sfc_v12_...")]`: the macro
     /// takes nothing else), the agent with sfc-common's constants. A literal left behind when
     /// the ABI version is bumped, or a map the constants do not list, would load and then be
     /// missing, or pinned under a name nobody reads: it fails here instead.

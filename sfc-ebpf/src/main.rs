@@ -40,17 +40,17 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sfc_common::{
-    action, lb, stat, trace_field, ClassEntry, ClassKey, Counter, Decision, DecisionKey,
+    action, lb, stat, trace_field, ClassEntry, ClassKey, ClassKey4, Counter, Decision, DecisionKey,
     DecisionKey4, FlowState, FlowTuple, FlowTuple4, FragmentKey, FragmentState, HashInput, Member,
     MemberCounter, MemberKey, PinKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts,
-    TraceEvent, TraceFilter, TunnelPeer, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES, CONFIG_EPOCH,
-    CONFIG_FLIP_NS, COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4, FLAG_DELIVER_PEER, FLAG_ENTRY,
-    FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLAG_SKIPPED, FLOWS_CAPACITY, FLOW_PIN_HOPS,
-    FRAGMENTS_CAPACITY, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, LIVE_CAPACITY, MAX_TUPLES,
-    MEMBERS_CAPACITY, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY, PORT_BY_PATH, PORT_ENTRY,
-    PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, PROBE_PORT, PROTO_UDP, REMOTE, REMOTES_CAPACITY,
-    RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN, TRACE_EVENTS_BYTES,
-    TUNNEL_PEERS_CAPACITY,
+    TraceEvent, TraceFilter, TunnelPeer, TupleMask, Verdict, CLASSIFY_CAPACITY, CONFIG_ENTRIES,
+    CONFIG_EPOCH, CONFIG_FLIP_NS, COUNTERS_PER_GEN, DECISIONS_CAPACITY, FAMILY_V4,
+    FLAG_DELIVER_PEER, FLAG_ENTRY, FLAG_ONE_MEMBER, FLAG_PORTLESS, FLAG_REVERSE, FLAG_SKIPPED,
+    FLOWS_CAPACITY, FLOW_PIN_HOPS, FRAGMENTS_CAPACITY, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS,
+    LIVE_CAPACITY, MAX_TUPLES, MEMBERS_CAPACITY, MEMBER_SLOTS, PINS_CAPACITY, PORTS_CAPACITY,
+    PORT_BY_PATH, PORT_ENTRY, PORT_NEEDS_PORTS, PORT_PASS_UNPARSABLE, PROBE_PORT, PROTO_UDP,
+    REMOTE, REMOTES_CAPACITY, RING_SIZE, SLOTS_PER_GEN, SLOT_MASK, SLOT_PEER, SOURCE_PORTS_PER_GEN,
+    TRACE_EVENTS_BYTES, TUNNEL_PEERS_CAPACITY,
 };
 
 use crate::{
@@ -60,58 +60,62 @@ use crate::{
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "sfc_v11_config")]
+#[map(name = "sfc_v12_config")]
 static CONFIG: Array<u64> = Array::pinned(CONFIG_ENTRIES, 0);
 
-#[map(name = "sfc_v11_ports")]
+#[map(name = "sfc_v12_ports")]
 static PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_CAPACITY, 0);
 
-#[map(name = "sfc_v11_classify")]
+#[map(name = "sfc_v12_classify")]
 static CLASSIFY: HashMap<ClassKey, ClassEntry> =
     HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v11_source_ports")]
+#[map(name = "sfc_v12_classify4")]
+static CLASSIFY4: HashMap<ClassKey4, ClassEntry> =
+    HashMap::pinned(CLASSIFY_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "sfc_v12_source_ports")]
 static SOURCE_PORTS: Array<SourcePorts> = Array::pinned(2 * SOURCE_PORTS_PER_GEN, 0);
 
-#[map(name = "sfc_v11_ring")]
+#[map(name = "sfc_v12_ring")]
 static RING: Array<RingEntry> = Array::pinned(2 * SLOTS_PER_GEN * RING_SIZE, 0);
 
-#[map(name = "sfc_v11_members")]
+#[map(name = "sfc_v12_members")]
 static MEMBERS: HashMap<MemberKey, RingEntry> =
     HashMap::pinned(MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v11_live")]
+#[map(name = "sfc_v12_live")]
 static LIVE: DevMapHash = DevMapHash::pinned(LIVE_CAPACITY, 0);
 
-#[map(name = "sfc_v11_remotes")]
+#[map(name = "sfc_v12_remotes")]
 static REMOTES: HashMap<RemoteKey, TunnelPeer> =
     HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v11_landing")]
+#[map(name = "sfc_v12_landing")]
 static LANDING: HashMap<RemoteKey, Member> = HashMap::pinned(REMOTES_CAPACITY, BPF_F_NO_PREALLOC);
 
-#[map(name = "sfc_v11_tunnel_peers")]
+#[map(name = "sfc_v12_tunnel_peers")]
 static TUNNEL_PEERS: HashMap<TunnelPeer, u32> = HashMap::pinned(TUNNEL_PEERS_CAPACITY, 0);
 
-#[map(name = "sfc_v11_fragments")]
+#[map(name = "sfc_v12_fragments")]
 static FRAGMENTS: HashMap<FragmentKey, FragmentState> = HashMap::pinned(FRAGMENTS_CAPACITY, 0);
 
-#[map(name = "sfc_v11_flows")]
+#[map(name = "sfc_v12_flows")]
 static FLOWS: LruHashMap<FlowTuple, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v11_flows4")]
+#[map(name = "sfc_v12_flows4")]
 static FLOWS4: LruHashMap<FlowTuple4, FlowState> = LruHashMap::pinned(FLOWS_CAPACITY, 0);
 
-#[map(name = "sfc_v11_pins")]
+#[map(name = "sfc_v12_pins")]
 static PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v11_new_pins")]
+#[map(name = "sfc_v12_new_pins")]
 static NEW_PINS: LruHashMap<PinKey, u32> = LruHashMap::pinned(PINS_CAPACITY, 0);
 
-#[map(name = "sfc_v11_decisions")]
+#[map(name = "sfc_v12_decisions")]
 static DECISIONS: LruHashMap<DecisionKey, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
-#[map(name = "sfc_v11_decisions4")]
+#[map(name = "sfc_v12_decisions4")]
 static DECISIONS4: LruHashMap<DecisionKey4, Decision> = LruHashMap::pinned(DECISIONS_CAPACITY, 0);
 
 /// Per-CPU scratch space for the decision keys and value (too big for the 512-byte stack
@@ -179,29 +183,29 @@ impl Scratch {
     }
 }
 
-#[map(name = "sfc_v11_xdp_into_veth")]
+#[map(name = "sfc_v12_xdp_into_veth")]
 static XDP_INTO_VETH: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "sfc_v11_scratch")]
+#[map(name = "sfc_v12_scratch")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "sfc_v11_stats")]
+#[map(name = "sfc_v12_stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
-#[map(name = "sfc_v11_counters")]
+#[map(name = "sfc_v12_counters")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(2 * COUNTERS_PER_GEN, 0);
 
-#[map(name = "sfc_v11_member_counters")]
+#[map(name = "sfc_v12_member_counters")]
 static MEMBER_COUNTERS: PerCpuArray<MemberCounter> = PerCpuArray::pinned(MEMBER_SLOTS, 0);
 
 /// Never read here: the agent's record of `MEMBER_COUNTERS` slots, pinned beside them.
-#[map(name = "sfc_v11_member_slots")]
+#[map(name = "sfc_v12_member_slots")]
 static MEMBER_SLOT_OF: HashMap<u32, u32> = HashMap::pinned(MEMBER_SLOTS, 0);
 
-#[map(name = "sfc_v11_trace_filter")]
+#[map(name = "sfc_v12_trace_filter")]
 static TRACE_FILTER: Array<TraceFilter> = Array::pinned(1, 0);
 
-#[map(name = "sfc_v11_trace_events")]
+#[map(name = "sfc_v12_trace_events")]
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_EVENTS_BYTES, 0);
 
 #[classifier]
@@ -893,6 +897,61 @@ fn generation(flow: Option<*mut FlowState>, current: u32, entry_port: bool) -> u
 /// a less specific tuple may still take it.
 #[inline(always)]
 fn classify(port: &PortValue, gen: u8, path: u32, pkt: &Packet) -> Option<&'static Verdict> {
+    // An IPv4 key is half as long, and every probe hashes its whole key. One loop per family:
+    // a family test inside the loop would double the paths the verifier walks per shape.
+    if pkt.family == FAMILY_V4 {
+        probe_tuples(port, pkt, |i, mask| {
+            let key = ClassKey4 {
+                gen,
+                tuple: i,
+                proto: pkt.proto & mask.proto,
+                _pad: 0,
+                domain: port.domain,
+                path,
+                dport: pkt.dport & mask.dport,
+                _pad2: 0,
+                src: pkt.src[0] & mask.src[0],
+                dst: pkt.dst[0] & mask.dst[0],
+            };
+            unsafe { CLASSIFY4.get(&key) }
+        })
+    } else {
+        probe_tuples(port, pkt, |i, mask| {
+            let key = ClassKey {
+                gen,
+                tuple: i,
+                family: pkt.family,
+                proto: pkt.proto & mask.proto,
+                domain: port.domain,
+                path,
+                dport: pkt.dport & mask.dport,
+                _pad: 0,
+                src: [
+                    pkt.src[0] & mask.src[0],
+                    pkt.src[1] & mask.src[1],
+                    pkt.src[2] & mask.src[2],
+                    pkt.src[3] & mask.src[3],
+                ],
+                dst: [
+                    pkt.dst[0] & mask.dst[0],
+                    pkt.dst[1] & mask.dst[1],
+                    pkt.dst[2] & mask.dst[2],
+                    pkt.dst[3] & mask.dst[3],
+                ],
+            };
+            unsafe { CLASSIFY.get(&key) }
+        })
+    }
+}
+
+/// The tuples of the packet's family in order, each looked up by `lookup` (the tuple's index
+/// and mask); the first entry whose source-port ranges hold the packet wins.
+#[inline(always)]
+fn probe_tuples(
+    port: &PortValue,
+    pkt: &Packet,
+    lookup: impl Fn(u8, &TupleMask) -> Option<&'static ClassEntry>,
+) -> Option<&'static Verdict> {
     let n = port.n_tuples as usize;
     for i in 0..MAX_TUPLES {
         if i >= n {
@@ -903,29 +962,7 @@ fn classify(port: &PortValue, gen: u8, path: u32, pkt: &Packet) -> Option<&'stat
         if mask.family != pkt.family || (pkt.fragment == LATER_FRAGMENT && mask.uses_ports != 0) {
             continue;
         }
-        let key = ClassKey {
-            gen,
-            tuple: i as u8,
-            family: pkt.family,
-            proto: pkt.proto & mask.proto,
-            domain: port.domain,
-            path,
-            dport: pkt.dport & mask.dport,
-            _pad: 0,
-            src: [
-                pkt.src[0] & mask.src[0],
-                pkt.src[1] & mask.src[1],
-                pkt.src[2] & mask.src[2],
-                pkt.src[3] & mask.src[3],
-            ],
-            dst: [
-                pkt.dst[0] & mask.dst[0],
-                pkt.dst[1] & mask.dst[1],
-                pkt.dst[2] & mask.dst[2],
-                pkt.dst[3] & mask.dst[3],
-            ],
-        };
-        if let Some(entry) = unsafe { CLASSIFY.get(&key) } {
+        if let Some(entry) = lookup(i as u8, mask) {
             if let Some(verdict) = by_source_port(entry, pkt.sport) {
                 return Some(verdict);
             }

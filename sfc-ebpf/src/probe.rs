@@ -12,7 +12,7 @@ use sfc_common::{
 
 use crate::{frame::Frame, CONFIG};
 
-#[map(name = "sfc_v11_probes")]
+#[map(name = "sfc_v12_probes")]
 static PROBES: HashMap<u32, u64> = HashMap::pinned(PROBES_CAPACITY, 0);
 
 /// Whether the packet (UDP to the probe port of IP `family`, parsed already) is one of the

@@ -1,12 +1,16 @@
 //! End-to-end: the real daemon, real programs, real traffic (curl, ping) through namespaces,
 //! veths and a bridge that each test builds and always removes.
 
-use std::{fs, os::unix::fs::PermissionsExt, thread, time::Duration};
+use std::{collections::BTreeSet, fs, os::unix::fs::PermissionsExt, thread, time::Duration};
 
-use aya::programs::{
-    tc::{self, TcAttachOptions},
-    SchedClassifier, TcAttachType,
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::{
+        tc::{self, TcAttachOptions},
+        SchedClassifier, TcAttachType,
+    },
 };
+use sfc_common::{ClassEntry, ClassKey, ClassKey4, MAP_CLASSIFY, MAP_CLASSIFY4};
 use sfc_lab::{
     demo::{
         assert_through_one_pg1_member_then_sf3, example_chain, symmetric_chain, symmetric_request,
@@ -306,6 +310,40 @@ fn kill_9_and_restart_keep_steering_and_state() {
     let after = demo.forwarded(false).unwrap();
     assert_eq!(after[0], before[0], "SF1 still used after PG1 = {{PP2}}");
     assert!(after[1] - before[1] >= 5 && after[2] - before[2] >= 5);
+}
+
+/// The destination ports of the classifier entries in both classify maps (IPv4, IPv6).
+fn classified_ports(lab: &mut Lab) -> (BTreeSet<u16>, BTreeSet<u16>) {
+    let maps = lab.bpffs().unwrap().join("maps");
+    let open = |name: &str| Map::HashMap(MapData::from_pin(maps.join(name)).unwrap());
+    let v4: HashMap<MapData, ClassKey4, ClassEntry> =
+        HashMap::try_from(open(MAP_CLASSIFY4)).unwrap();
+    let v6: HashMap<MapData, ClassKey, ClassEntry> = HashMap::try_from(open(MAP_CLASSIFY)).unwrap();
+    (
+        v4.keys().map(|k| k.unwrap().dport).collect(),
+        v6.keys().map(|k| k.unwrap().dport).collect(),
+    )
+}
+
+/// A restarted agent does not know what the one before wrote into the generation it
+/// overwrites: it walks both classify maps for it, so no classifier of an apply before the
+/// restart is left behind to steer.
+#[test]
+fn a_restarted_agent_leaves_no_classifier_entry_of_the_one_before() {
+    let mut demo = Demo::build("reclass").unwrap();
+    let on_port =
+        |port: u16| chain_file().replace("PortRange: \"80\"", &format!("PortRange: \"{port}\""));
+    demo.apply(&on_port(8080));
+    demo.apply(&on_port(8081));
+    demo.lab.kill_daemon().unwrap();
+    demo.lab.start_daemon("node").unwrap();
+    // Each overwrites one of the two generations written before the restart.
+    demo.apply(&on_port(8082));
+    demo.apply(&on_port(8083));
+    let (v4, v6) = classified_ports(&mut demo.lab);
+    let now = BTreeSet::from([8082, 8083]);
+    assert_eq!(v4, now, "IPv4 classifier entries by destination port");
+    assert_eq!(v6, now, "IPv6 classifier entries by destination port");
 }
 
 #[test]

@@ -25,16 +25,17 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sfc_common::{
-    stat, ClassEntry, ClassKey, Counter, FragmentKey, FragmentState, Member, MemberCounter,
-    MemberKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts, TraceFilter, TunnelPeer,
-    Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, CONFIG_PROBE_TOKEN, CONFIG_REVISION,
+    stat, ClassEntry, ClassKey, ClassKey4, Counter, FragmentKey, FragmentState, Member,
+    MemberCounter, MemberKey, PortKey, PortValue, RemoteKey, RingEntry, SourcePorts, TraceFilter,
+    TunnelPeer, Verdict, CONFIG_EPOCH, CONFIG_FLIP_NS, CONFIG_PROBE_TOKEN, CONFIG_REVISION,
     CONFIG_TUNNEL_ADDRESS, CONFIG_TUNNEL_ADDRESS6, CONFIG_TUNNEL_IFINDEX, CONFIG_TUNNEL_USABLE_MTU,
-    COUNTERS_PER_GEN, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY, MAP_CONFIG,
-    MAP_COUNTERS, MAP_FRAGMENTS, MAP_LANDING, MAP_LIVE, MAP_MEMBERS, MAP_MEMBER_COUNTERS,
-    MAP_MEMBER_SLOTS, MAP_PORTS, MAP_PROBES, MAP_REMOTES, MAP_RING, MAP_SOURCE_PORTS, MAP_STATS,
-    MAP_TRACE_FILTER, MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH, MEMBER_SLOTS, PROGRAM_TC,
-    PROGRAM_TUNNEL, PROGRAM_TUNNEL_XDP, PROGRAM_XDP, REMOTE, RING_SIZE, SIDE_EGRESS, SLOTS_PER_GEN,
-    SLOT_PEER, SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD, TUNNEL_OVERHEAD_V6,
+    COUNTERS_PER_GEN, FAMILY_V4, FRAGMENT_TIMEOUT_NS, GENERATION_LEASE_NS, MAP_CLASSIFY,
+    MAP_CLASSIFY4, MAP_CONFIG, MAP_COUNTERS, MAP_FRAGMENTS, MAP_LANDING, MAP_LIVE, MAP_MEMBERS,
+    MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PORTS, MAP_PROBES, MAP_REMOTES, MAP_RING,
+    MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER, MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH,
+    MEMBER_SLOTS, PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_TUNNEL_XDP, PROGRAM_XDP, REMOTE, RING_SIZE,
+    SIDE_EGRESS, SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD,
+    TUNNEL_OVERHEAD_V6,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -207,6 +208,7 @@ pub struct Dataplane {
     config: Array<MapData, u64>,
     ports: HashMap<MapData, PortKey, PortValue>,
     classify: HashMap<MapData, ClassKey, ClassEntry>,
+    classify4: HashMap<MapData, ClassKey4, ClassEntry>,
     source_ports: Array<MapData, SourcePorts>,
     ring: Array<MapData, RingEntry>,
     members: HashMap<MapData, MemberKey, RingEntry>,
@@ -233,7 +235,7 @@ pub struct Dataplane {
     member_totals: BTreeMap<Side, MemberCounter>,
     /// What each generation holds, when known (unknown after a restart).
     written: [Option<Image>; 2],
-    /// What each generation's group tables hold in `sfc_v11_ring`, table by table, as this
+    /// What each generation's group tables hold in `sfc_v12_ring`, table by table, as this
     /// daemon wrote them (clearing a generation leaves them be; empty after a start): a table
     /// written again is written only where it changed, one syscall per entry otherwise.
     rings_held: [Vec<Vec<RingEntry>>; 2],
@@ -299,6 +301,7 @@ impl Dataplane {
             config: take(&mut bpf, MAP_CONFIG)?,
             ports: take(&mut bpf, MAP_PORTS)?,
             classify: take(&mut bpf, MAP_CLASSIFY)?,
+            classify4: take(&mut bpf, MAP_CLASSIFY4)?,
             source_ports: take(&mut bpf, MAP_SOURCE_PORTS)?,
             ring: take(&mut bpf, MAP_RING)?,
             members: take(&mut bpf, MAP_MEMBERS)?,
@@ -953,9 +956,7 @@ impl Dataplane {
                     ..*entry
                 }
             };
-            self.classify
-                .insert(key, entry, 0)
-                .map_err(map_err(MAP_CLASSIFY))?;
+            self.insert_classify(key, entry)?;
         }
         for (&id, peer) in &image.remotes {
             let key = RemoteKey {
@@ -999,6 +1000,28 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes a classifier entry into the map of its family.
+    fn insert_classify(&mut self, key: ClassKey, entry: ClassEntry) -> Result<(), DataplaneError> {
+        if key.family == FAMILY_V4 {
+            self.classify4
+                .insert(ClassKey4::of(&key), entry, 0)
+                .map_err(map_err(MAP_CLASSIFY4))
+        } else {
+            self.classify
+                .insert(key, entry, 0)
+                .map_err(map_err(MAP_CLASSIFY))
+        }
+    }
+
+    /// Removes a classifier entry from the map of its family; one already gone is no error.
+    fn remove_classify(&mut self, key: &ClassKey) -> Result<(), DataplaneError> {
+        if key.family == FAMILY_V4 {
+            remove_ok(self.classify4.remove(&ClassKey4::of(key))).map_err(map_err(MAP_CLASSIFY4))
+        } else {
+            remove_ok(self.classify.remove(key)).map_err(map_err(MAP_CLASSIFY))
+        }
+    }
+
     /// A verdict as generation `gen` holds it: pointing at its own group tables and counters.
     fn verdict_of(&self, gen: usize, verdict: &Verdict) -> Verdict {
         Verdict {
@@ -1038,43 +1061,54 @@ impl Dataplane {
         for key in member_keys {
             remove_ok(self.members.remove(&key)).map_err(map_err(MAP_MEMBERS))?;
         }
-        let (class_keys, port_keys): (Vec<ClassKey>, Vec<PortKey>) = match written {
-            Some(image) => (
-                image
-                    .classify
-                    .keys()
-                    .map(|k| ClassKey {
-                        gen: gen as u8,
-                        ..*k
-                    })
-                    .collect(),
-                image
-                    .ports
-                    .keys()
-                    .map(|&ifindex| PortKey {
-                        ifindex,
-                        gen: gen as u32,
-                    })
-                    .collect(),
-            ),
-            None => (
-                self.classify
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.gen as usize == gen)
-                    .collect(),
-                self.ports
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.gen as usize == gen)
-                    .collect(),
-            ),
-        };
+        // What an earlier daemon wrote is found by walking the maps: IPv4 keys in their own.
+        let (class_keys, class4_keys, port_keys): (Vec<ClassKey>, Vec<ClassKey4>, Vec<PortKey>) =
+            match written {
+                Some(image) => (
+                    image
+                        .classify
+                        .keys()
+                        .map(|k| ClassKey {
+                            gen: gen as u8,
+                            ..*k
+                        })
+                        .collect(),
+                    Vec::new(),
+                    image
+                        .ports
+                        .keys()
+                        .map(|&ifindex| PortKey {
+                            ifindex,
+                            gen: gen as u32,
+                        })
+                        .collect(),
+                ),
+                None => (
+                    self.classify
+                        .keys()
+                        .filter_map(Result::ok)
+                        .filter(|k| k.gen as usize == gen)
+                        .collect(),
+                    self.classify4
+                        .keys()
+                        .filter_map(Result::ok)
+                        .filter(|k| k.gen as usize == gen)
+                        .collect(),
+                    self.ports
+                        .keys()
+                        .filter_map(Result::ok)
+                        .filter(|k| k.gen as usize == gen)
+                        .collect(),
+                ),
+            };
         for key in port_keys {
             remove_ok(self.ports.remove(&key)).map_err(map_err(MAP_PORTS))?;
         }
         for key in class_keys {
-            remove_ok(self.classify.remove(&key)).map_err(map_err(MAP_CLASSIFY))?;
+            self.remove_classify(&key)?;
+        }
+        for key in class4_keys {
+            remove_ok(self.classify4.remove(&key)).map_err(map_err(MAP_CLASSIFY4))?;
         }
         let of_gen = |key: &RemoteKey| key.gen as usize == gen;
         let remote_keys: Vec<RemoteKey> = self.remotes.keys().filter_map(Result::ok).collect();
@@ -1159,7 +1193,7 @@ impl Dataplane {
     }
 }
 
-/// The `sfc_v11_members` entries of group table `slot` (relative) of generation `gen`.
+/// The `sfc_v12_members` entries of group table `slot` (relative) of generation `gen`.
 fn members_of(
     gen: usize,
     slot: usize,

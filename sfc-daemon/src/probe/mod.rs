@@ -1,6 +1,6 @@
 //! Health checks of the groups that ask for one (`healthCheck`): every interval, a probe goes
 //! into each member's ingress (a packet socket on the host-side interface) and the datapath
-//! records it where it comes back out of the SF's egress (`sfc_v11_probes`), then drops it.
+//! records it where it comes back out of the SF's egress (`sfc_v12_probes`), then drops it.
 //! A member whose probes stop coming back leaves its group's table, so that only its flows
 //! move, to the others, by the same consistent hash; once they come back, it returns, for
 //! new flows. One task probes every member of this node; the agent hears of each change.
