@@ -126,8 +126,10 @@ fn service_paths(seen: &[Geneve]) -> BTreeSet<(Vec<u8>, Vec<u8>, u32, u8)> {
         .collect()
 }
 
-/// Starts tcpdump on `iface` in namespace `ns`, writing what `filter` takes to `file`.
+/// Starts tcpdump on `iface` in namespace `ns`, writing what `filter` takes to `file`; returns
+/// once it captures.
 fn capture(lab: &Lab, ns: &str, iface: &str, filter: &[&str], file: &Path) -> Child {
+    let _ = std::fs::remove_file(file);
     let child = lab
         .cmd(ns, "tcpdump")
         .args([
@@ -146,7 +148,12 @@ fn capture(lab: &Lab, ns: &str, iface: &str, filter: &[&str], file: &Path) -> Ch
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(500));
+    // tcpdump opens its file once the capture and its filter are in place; with -U the file's
+    // header is written at once. A fixed wait was too short on a loaded machine.
+    let capturing = wait_for(Duration::from_secs(30), || {
+        (std::fs::metadata(file).ok()?.len() >= 24).then_some(())
+    });
+    assert!(capturing.is_some(), "tcpdump on {ns}/{iface} did not start");
     child
 }
 

@@ -73,7 +73,7 @@ fn tc_filters(lab: &Lab, iface: &str) -> String {
 }
 
 /// What a daemon killed between a chain's tc filter and its TCX link leaves on `iface`: the
-/// link, and a filter running the same program.
+/// link, and a filter running the same program (on the clsact qdisc the caller added).
 fn leave_a_filter(lab: &Lab, iface: &str) {
     let pinned_link = fs::read_dir(lab.dir.join("bpffs/links"))
         .unwrap()
@@ -99,7 +99,6 @@ fn leave_a_filter(lab: &Lab, iface: &str) {
     .unwrap();
     lab.run_in("node", || {
         let mut steering = SchedClassifier::from_pin(&program)?;
-        let _ = tc::qdisc_add_clsact(iface);
         let id = steering.attach_with_options(
             iface,
             TcAttachType::Ingress,
@@ -265,6 +264,11 @@ fn kill_9_and_restart_keep_steering_and_state() {
         .sfcctl(&["get", "portchains", "-o", "json"])
         .unwrap();
 
+    // The clsact qdisc for the filter left below, added before the ping: adding (grafting) a
+    // qdisc deactivates the device for a moment, and a packet it sends then is dropped.
+    demo.lab
+        .run_in("node", || Ok(tc::qdisc_add_clsact("vm-src")?))
+        .unwrap();
     // A steady ping, steered through the chain, runs across the kill and the restart.
     let before = demo.forwarded(false).unwrap();
     let ping = {
