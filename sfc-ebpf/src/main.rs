@@ -512,6 +512,10 @@ fn entry_decision(flow: *mut FlowState, ifindex: u32, epoch: u64) -> Option<*mut
     valid.then_some(d)
 }
 
+// `remember_entry_decision` stores `Decision` field by field. The struct has no padding, so a
+// field added to it changes its size and stops the build here until it is stored there too.
+const _: () = assert!(core::mem::size_of::<Decision>() == 80);
+
 /// Keeps `decision` in the flow's state, for its next packets where it enters. Other CPUs
 /// may read the record meanwhile: it is marked stale first and valid (its epoch) last, each
 /// store in program order.
