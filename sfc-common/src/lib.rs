@@ -427,7 +427,7 @@ pub struct ClassKey {
 /// Key of `sfc_v12_classify4`: a [`ClassKey`] of an IPv4 packet, without the 24 bytes its
 /// IPv6 addresses would take. The family is the map's.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassKey4 {
     pub gen: u8,
     pub tuple: u8,

@@ -28,6 +28,17 @@ pub struct Stream {
     pub flows: u16,
 }
 
+/// Waits until the receiver `udp_stream.py receive PORT OUT ...` has bound `port`: it creates
+/// `OUT.ready` then. Python starting in a namespace can take seconds on a loaded machine, and
+/// a datagram sent before the bind is refused and counted lost.
+pub fn wait_bound(out: &str, port: u16) -> Result<()> {
+    let ready = format!("{out}.ready");
+    if wait_for(Duration::from_secs(30), || fs::metadata(&ready).ok()).is_none() {
+        bail!("the UDP receiver did not bind port {port} within 30 s");
+    }
+    Ok(())
+}
+
 impl Stream {
     /// Sends the stream while `during` runs; returns how many distinct datagrams arrived.
     pub fn run(self, lab: &Lab, tag: &str, during: impl FnOnce()) -> Result<u64> {
@@ -56,14 +67,7 @@ impl Stream {
                 .spawn()
                 .context("starting the UDP receiver")?,
         );
-        // Python starting in a namespace can take seconds on a loaded machine: send only once
-        // the receiver's socket is bound, or the first datagrams are refused and counted lost.
-        if wait_for(Duration::from_secs(30), || fs::metadata(&ready).ok()).is_none() {
-            bail!(
-                "the UDP receiver did not bind port {} within 30 s",
-                self.port
-            );
-        }
+        wait_bound(&out, self.port)?;
         let sender = Reaped(
             lab.cmd("src", "python3")
                 .args([

@@ -17,7 +17,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sfc_lab::lab::{script, wait_for, Lab};
+use sfc_lab::{
+    lab::{script, wait_for, Lab},
+    stream,
+};
 
 const SRC: &str = "10.77.0.1";
 const DST: &str = "10.77.0.2";
@@ -233,12 +236,7 @@ fn udp_one_way(lab: &mut Lab) {
         &format!("python3 {} receive 9000 {out} 1", script("udp_stream.py")),
     )
     .unwrap();
-    let listening = wait_for(Duration::from_secs(10), || {
-        lab.sh("dst", "ss -lun | grep -q ':9000 ' && echo up")
-            .ok()
-            .filter(|s| s.contains("up"))
-    });
-    assert!(listening.is_some(), "the UDP receiver did not start");
+    stream::wait_bound(&out, 9000).unwrap();
     lab.sh(
         "src",
         &format!(

@@ -16,7 +16,7 @@ use sfc_lab::{
         assert_through_one_pg1_member_then_sf3, example_chain, symmetric_chain, symmetric_request,
         Crossing, Demo, DST_V4, DST_V6,
     },
-    lab::{wait_for, Lab},
+    lab::{script, wait_for, Lab},
     yaml::block_doc,
 };
 
@@ -64,6 +64,20 @@ fn assert_demo_path(results: &[Crossing], what: &str) {
 
 fn chain_file() -> String {
     fs::read_to_string(example_chain()).unwrap()
+}
+
+/// The demo's chain for ICMP from the source VM to the destination, so that ping is steered.
+fn icmp_chain() -> String {
+    let icmp = chain_file().replace("protocol: tcp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32\n  destinationPortRange: \"80\"", "protocol: icmp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32");
+    assert_ne!(icmp, chain_file());
+    icmp
+}
+
+/// Whether `iface` in the node namespace has a clsact qdisc.
+fn has_clsact(lab: &Lab, iface: &str) -> bool {
+    lab.sh("node", &format!("tc qdisc show dev {iface}"))
+        .unwrap()
+        .contains("clsact")
 }
 
 /// The tc filters on `iface`'s ingress in the node namespace, as `tc filter show` lists them.
@@ -256,9 +270,7 @@ fn an_invalid_apply_changes_nothing() {
 #[test]
 fn kill_9_and_restart_keep_steering_and_state() {
     let mut demo = Demo::build("restart").unwrap();
-    let icmp = chain_file().replace("protocol: tcp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32\n  destinationPortRange: \"80\"", "protocol: icmp\n  sourceIpPrefix: 198.18.0.10/32\n  destinationIpPrefix: 198.18.0.100/32");
-    assert_ne!(icmp, chain_file());
-    demo.apply(&icmp);
+    demo.apply(&icmp_chain());
     let state_before = demo
         .lab
         .sfcctl(&["get", "portchains", "-o", "json"])
@@ -314,6 +326,85 @@ fn kill_9_and_restart_keep_steering_and_state() {
     let after = demo.forwarded(false).unwrap();
     assert_eq!(after[0], before[0], "SF1 still used after PG1 = {{PP2}}");
     assert!(after[1] - before[1] >= 5 && after[2] - before[2] >= 5);
+}
+
+/// The TX and RX drops of `iface` in namespace `ns`.
+fn drops(lab: &Lab, ns: &str, iface: &str) -> [u64; 2] {
+    let out = lab
+        .sh(ns, &format!("ip -j -s link show dev {iface}"))
+        .unwrap();
+    let link: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stats = &link[0]["stats64"];
+    [&stats["tx"], &stats["rx"]].map(|s| s["dropped"].as_u64().unwrap())
+}
+
+/// Packets the node dropped on their way into the source VM's port, other than those the VM's
+/// side dropped for want of room in its backlog (a veth counts those as TX drops too).
+fn dropped_into_vm_src(lab: &Lab) -> i64 {
+    drops(lab, "node", "vm-src")[0] as i64 - drops(lab, "src", "eth0")[1] as i64
+}
+
+/// A first apply grafts no qdisc onto a logical port, which carries its VM's traffic before
+/// any chain: a graft deactivates the device for a moment, and what the node sends into it
+/// then is dropped. Across the apply, a stream of 64-byte datagrams from the destination VM
+/// into the source VM's port loses none there, and a flood ping from the source VM, steered
+/// once the chain is in effect, loses no echo. The clsact qdisc added for an SF interface's
+/// filter stays while the chain sends packets into the SF, and goes when it leaves steering.
+#[test]
+fn a_first_apply_drops_nothing_sent_into_a_logical_port() {
+    let demo = Demo::build("busy").unwrap();
+    let lab = &demo.lab;
+    let steered_before = demo.forwarded(false).unwrap();
+    let dropped_before = dropped_into_vm_src(lab);
+    // About 2 s of each; the apply comes in their midst.
+    let stream = lab
+        .cmd("dst", "python3")
+        .args([script("udp_stream.py"), "send".into()])
+        .args(["198.18.0.10", "9", "200000", "100000", "40000", "50", "64"])
+        .spawn()
+        .unwrap();
+    let ping = {
+        let mut cmd = lab.cmd("src", "ping");
+        cmd.args(["-f", "-c", "20000", "-w", "30", "-q", DST_V4]);
+        cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    thread::sleep(Duration::from_millis(300));
+    demo.apply(&icmp_chain());
+    let sent = stream.wait_with_output().unwrap();
+    assert!(sent.status.success(), "the stream's sender failed");
+    let out = ping.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("20000 received"),
+        "echoes lost across the first apply: {summary}"
+    );
+    let steered_after = demo.forwarded(false).unwrap();
+    assert!(
+        steered_after[2] > steered_before[2],
+        "the chain never steered the ping: {steered_before:?} -> {steered_after:?}"
+    );
+    assert_eq!(
+        dropped_into_vm_src(lab) - dropped_before,
+        0,
+        "packets sent into the logical port dropped across the first apply"
+    );
+    assert!(!has_clsact(lab, "vm-src"), "a qdisc on the logical port");
+    for sf in ["sf1-out", "sf2-out", "sf3-out"] {
+        assert!(
+            has_clsact(lab, sf),
+            "{sf}: the clsact of its filter went early"
+        );
+    }
+
+    lab.sfcctl(&["delete", "pc", "PC1"]).unwrap();
+    for sf in ["sf1-out", "sf2-out", "sf3-out"] {
+        assert!(
+            wait_for(Duration::from_secs(5), || (!has_clsact(lab, sf))
+                .then_some(()))
+            .is_some(),
+            "{sf}: the clsact added for its filter outlived its steering"
+        );
+    }
 }
 
 /// The destination ports of the classifier entries in both classify maps (IPv4, IPv6).
@@ -374,14 +465,10 @@ fn interfaces_that_come_and_go_are_attached_and_cleaned_up() {
         v
     };
     assert_eq!(pinned(), ["sf1-out", "sf2-out", "sf3-out", "vm-src"]);
-    // They steered by a tc filter until their TCX links were in place; none is left, nor the
-    // clsact qdisc added for it.
+    // The SFs' interfaces steered by a tc filter until their TCX links were in place: none is
+    // left. The logical port got its link at once.
     for iface in pinned() {
         assert_eq!(tc_filters(lab, &iface), "", "{iface}");
-        let qdiscs = lab
-            .sh("node", &format!("tc qdisc show dev {iface}"))
-            .unwrap();
-        assert!(!qdiscs.contains("clsact"), "{iface}: {qdiscs}");
     }
 
     // SF1 goes away: its link is cleaned up and PG1 steers to SF2 only.
@@ -398,6 +485,9 @@ fn interfaces_that_come_and_go_are_attached_and_cleaned_up() {
     for c in requests(&demo, DST_V4, &mut flows) {
         assert_eq!(c.crossed(), vec!["sf2", "sf3"], "{c:?}");
     }
+    // The clsact qdisc added for its filter went with it: nothing to delete, nothing to warn of.
+    let log = lab.daemon_log();
+    assert!(!log.contains("removing the clsact qdiscs"), "{log}");
 
     // SF1 comes back: attached again, and both members share the flows once more.
     lab.veth("node", "sf1-in", "sf1", "eth-in").unwrap();

@@ -26,6 +26,7 @@ use sfc_lab::{
     demo::{add_sf_links, configure_sf, Demo, DST_V4, DST_V6, SRC_V4, SRC_V6},
     frames,
     lab::{script, wait_for, Stats},
+    stream,
     yaml::{doc, one_group_udp_chain},
 };
 
@@ -155,12 +156,7 @@ impl Flow {
                 ),
             )
             .unwrap();
-        let ready = count_file.with_extension("ready");
-        let bound = wait_for(Duration::from_secs(30), || fs::metadata(&ready).ok());
-        assert!(
-            bound.is_some(),
-            "the UDP receiver did not bind port {dport}"
-        );
+        stream::wait_bound(&count_file.to_string_lossy(), dport).unwrap();
         let sender = demo
             .lab
             .cmd("src", "python3")

@@ -2,13 +2,19 @@
 //! outlives the daemon (a restarted daemon adopts them and swaps its program in atomically).
 //!
 //! A TCX link costs its attach two RCU grace periods under RTNL (about 12 ms here, and no two
-//! run at once); a tc filter on clsact costs a fraction of a millisecond. So a steering
-//! interface first gets the program as a filter (it steers at once), and the TCX link once
-//! the chain is in effect ([`Links::settle`]): only TCX puts it ahead of other TCX programs,
-//! and only a link can be pinned and swapped atomically by the next daemon.
+//! run at once); a tc filter on clsact costs a fraction of a millisecond. So an SF's interface
+//! first gets the program as a filter (it steers at once), and the TCX link once the chain is
+//! in effect ([`Links::settle`]): only TCX puts it ahead of other TCX programs, and only a link
+//! can be pinned and swapped atomically by the next daemon.
+//!
+//! Adding or deleting a qdisc deactivates the device for a moment (the kernel does so for any
+//! qdisc graft), and what the node sends into it then is dropped. So a logical port, which
+//! carries its VM's traffic before any chain, gets its TCX link straight away; and the clsact
+//! qdisc added for an SF interface's filter stays until that interface leaves steering, when
+//! nothing is steered into it any more.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     path::{Path, PathBuf},
 };
@@ -82,6 +88,9 @@ pub struct Links {
     refused: BTreeMap<String, (u32, String)>,
     /// Interfaces steered by a tc filter until [`Self::settle`] gives them their TCX link.
     filters: BTreeMap<String, Filter>,
+    /// Interfaces whose clsact qdisc was added for a filter since gone: deleted when the
+    /// interface loses the program (see the module doc).
+    added_clsacts: BTreeSet<String>,
 }
 
 /// The program as a tc filter on an interface.
@@ -130,6 +139,7 @@ impl Links {
             attached: BTreeMap::new(),
             refused: BTreeMap::new(),
             filters: BTreeMap::new(),
+            added_clsacts: BTreeSet::new(),
         };
         let entries = fs::read_dir(&links.dir).map_err(|source| DataplaneError::Bpffs {
             path: links.dir.clone(),
@@ -212,6 +222,17 @@ impl Links {
         want: &BTreeMap<String, u32>,
         bpf: &mut Ebpf,
     ) -> Result<(), DataplaneError> {
+        self.attach_missing_busy(want, &BTreeSet::new(), bpf)
+    }
+
+    /// The same, where those in `busy` may carry traffic already: of a TC hook, they get their
+    /// TCX link at once, the others a filter first (see the module doc).
+    pub fn attach_missing_busy(
+        &mut self,
+        want: &BTreeMap<String, u32>,
+        busy: &BTreeSet<u32>,
+        bpf: &mut Ebpf,
+    ) -> Result<(), DataplaneError> {
         for (iface, &index) in want {
             match self.attached.get(iface) {
                 Some(&old) if old == index => continue,
@@ -224,21 +245,22 @@ impl Links {
                 continue;
             }
             match self.hook {
-                // What a chain waits for gets a filter first (see the module doc); the
-                // underlay is attached once, when the node joins.
-                Hook::Tc => self.attach_filter(iface, index, bpf)?,
-                Hook::Tunnel => self.attach_tc(iface, index, bpf)?,
+                // What a chain waits for gets a filter first, unless it carries traffic
+                // already (see the module doc); the underlay is attached once, when the node
+                // joins.
+                Hook::Tc if !busy.contains(&index) => self.attach_filter(iface, index, bpf)?,
+                Hook::Tc | Hook::Tunnel => self.attach_tc(iface, index, bpf)?,
                 Hook::Xdp | Hook::TunnelXdp => self.attach_xdp(iface, index, bpf)?,
             }
         }
         Ok(())
     }
 
-    /// Gives every interface steered by a tc filter its TCX link, then takes the filter off.
+    /// Gives every interface steered by a tc filter its TCX link, then takes the filter off
+    /// (not a clsact qdisc added for it: the chain now sends packets into the interface).
     /// Until the filter is gone a packet the link hands on (`TCX_NEXT`) meets the program a
     /// second time, which decides it the same way again; only its counters see it twice.
     pub fn settle(&mut self, bpf: &mut Ebpf) {
-        let mut added_clsact = Vec::new();
         while let Some((iface, filter)) = self.filters.pop_first() {
             let Some(&index) = self.attached.get(&iface) else {
                 continue;
@@ -247,7 +269,7 @@ impl Links {
                 Ok(()) => {
                     drop(filter.link);
                     if filter.added_clsact {
-                        added_clsact.push(index);
+                        self.added_clsacts.insert(iface);
                     }
                 }
                 Err(e) => {
@@ -257,7 +279,6 @@ impl Links {
                 }
             }
         }
-        remove_unused_clsacts(&added_clsact);
     }
 
     /// Records that `iface` does not get this hook, and why (shown by describe).
@@ -400,12 +421,15 @@ impl Links {
             Some(Filter { link, added_clsact }) => {
                 drop(link);
                 if added_clsact {
-                    remove_unused_clsacts(&[ifindex]);
+                    self.added_clsacts.insert(iface.to_string());
                 }
                 true
             }
             None => false,
         };
+        if self.added_clsacts.remove(iface) {
+            remove_unused_clsacts(&[ifindex]);
+        }
         let pin = self.pin_path(iface, ifindex);
         match fs::remove_file(&pin) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && filtered => {}

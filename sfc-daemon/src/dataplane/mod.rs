@@ -33,8 +33,8 @@ use sfc_common::{
     MAP_CLASSIFY4, MAP_CONFIG, MAP_COUNTERS, MAP_FRAGMENTS, MAP_LANDING, MAP_LIVE, MAP_MEMBERS,
     MAP_MEMBER_COUNTERS, MAP_MEMBER_SLOTS, MAP_PORTS, MAP_PROBES, MAP_REMOTES, MAP_RING,
     MAP_SOURCE_PORTS, MAP_STATS, MAP_TRACE_FILTER, MAP_TUNNEL_PEERS, MAP_XDP_INTO_VETH,
-    MEMBER_SLOTS, PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_TUNNEL_XDP, PROGRAM_XDP, REMOTE, RING_SIZE,
-    SIDE_EGRESS, SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD,
+    MEMBER_SLOTS, PORT_ENTRY, PROGRAM_TC, PROGRAM_TUNNEL, PROGRAM_TUNNEL_XDP, PROGRAM_XDP, REMOTE,
+    RING_SIZE, SIDE_EGRESS, SLOTS_PER_GEN, SLOT_PEER, SOURCE_PORTS_PER_GEN, TUNNEL_OVERHEAD,
     TUNNEL_OVERHEAD_V6,
 };
 use thiserror::Error;
@@ -463,7 +463,15 @@ impl Dataplane {
         // retired ([`Self::detach_stale`]). Attaching after the flip would let packets leave a
         // newly used SF unsteered, skipping the next hops; detaching at the flip, the same for
         // packets still inside an SF the update left out.
-        self.tc.attach_missing(&image.attach, &mut self.bpf)?;
+        // Logical ports carry their VMs' traffic before any chain: no qdisc is grafted there.
+        let busy: BTreeSet<u32> = image
+            .ports
+            .iter()
+            .filter(|(_, port)| port.flags & PORT_ENTRY != 0)
+            .map(|(&ifindex, _)| ifindex)
+            .collect();
+        self.tc
+            .attach_missing_busy(&image.attach, &busy, &mut self.bpf)?;
         let mut epoch = self.epoch()?;
         let mut active = (epoch & 1) as usize;
         if self.written[active].is_none() && self.adopted.is_some() {

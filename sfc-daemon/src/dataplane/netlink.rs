@@ -332,6 +332,7 @@ pub fn read_interfaces() -> Result<Interfaces, NetlinkError> {
 
 /// Deletes the clsact qdisc of each interface in `indexes` (of the calling thread's namespace)
 /// that has no tc filter at ingress or egress: one added only for a filter of ours, now gone.
+/// An interface that no longer exists has nothing left to delete.
 /// On a runtime and a plain connection of its own: the agent's thread is not a runtime worker,
 /// and this is rare. Not over a [`Netlink`]: that one forwards NLMSG_DONE (see `connect`),
 /// which rtnetlink's tc requests do not expect (tried: the qdisc was then never deleted).
@@ -366,7 +367,11 @@ pub fn remove_unused_clsacts(indexes: &[u32]) -> Result<(), NetlinkError> {
             if filters == 0 {
                 let mut del = handle.qdisc().del(index);
                 del.message_mut().header.parent = TcHandle::CLSACT;
-                del.execute().await.map_err(send("clsact delete"))?;
+                match del.execute().await {
+                    // The interface is gone, and its qdiscs with it.
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+                    done => done.map_err(send("clsact delete"))?,
+                }
             }
         }
         Ok(())
