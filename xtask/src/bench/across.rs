@@ -30,7 +30,7 @@ use super::{
     report::Report,
     senders,
     slot::{along_the_chain, percentiles},
-    systems::{chain_yaml, remove_pins, wait_detached},
+    systems::{chain_yaml, remove_pins, wait_bare},
     topology::{self as topo, configure_ends, configure_sf, mac_str, Topology},
     traffic::{self, FlowMix},
     Plan,
@@ -370,7 +370,7 @@ impl Across {
                     .etcdctl(&["del", "", "--prefix"])
                     .context("emptying etcd")?;
                 for i in 1..=2 {
-                    wait_detached(&self.lab().ns(&format!("n{i}")), &self.interfaces(i))?;
+                    wait_bare(&self.lab().ns(&format!("n{i}")), &self.interfaces(i))?;
                 }
             }
             System::VxlanMirred | System::VxlanRouting => {

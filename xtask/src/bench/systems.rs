@@ -183,7 +183,7 @@ pub fn stop_daemon(topo: &mut Topology, daemon: Daemon) -> Result<()> {
     drop(daemon);
     let bpffs = topo.lab.bpffs()?;
     remove_pins(&bpffs, &topo.lab.dir.join("state"))?;
-    wait_detached(&topo.ns("node"), &topo.node_interfaces())
+    wait_bare(&topo.ns("node"), &topo.node_interfaces())
 }
 
 /// Removes a stopped daemon's pins from `bpffs` and its state directory.
@@ -205,16 +205,24 @@ pub fn remove_pins(bpffs: &std::path::Path, state: &std::path::Path) -> Result<(
     Ok(())
 }
 
-/// Waits until no program is attached to `ifaces` of namespace `ns` any more: the kernel
-/// releases a link whose last pin went away from a workqueue, a little later, and until then
-/// the old chain still steers and would carry the next system's first probe.
-pub fn wait_detached(ns: &str, ifaces: &[String]) -> Result<()> {
+/// Waits until no program is attached to `ifaces` of namespace `ns` any more, then deletes
+/// their clsact qdiscs. The kernel releases a link whose last pin went away from a workqueue,
+/// a little later, and until then the old chain still steers and would carry the next
+/// system's first probe. The daemon keeps the clsact it added for an SF interface's filter
+/// while that interface is steered into (see sfc-daemon's links.rs), and a killed daemon
+/// leaves it: the next system's `tc qdisc add` would fail on it.
+pub fn wait_bare(ns: &str, ifaces: &[String]) -> Result<()> {
     let bare = wait_for(Duration::from_secs(5), || {
         bpf::tcx_attached(ns, ifaces).ok().filter(|n| *n == 0)
     });
     if bare.is_none() {
         bail!("sfc-daemon's programs were still attached 5 s after it stopped and its pins were removed");
     }
+    let script: String = ifaces
+        .iter()
+        .map(|iface| format!("tc qdisc del dev {iface} clsact 2>/dev/null; "))
+        .collect();
+    run(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", &(script + "true")]))?;
     Ok(())
 }
 
