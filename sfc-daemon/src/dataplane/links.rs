@@ -417,17 +417,11 @@ impl Links {
     }
 
     fn detach(&mut self, iface: &str, ifindex: u32) {
-        let filtered = match self.filters.remove(iface) {
-            Some(Filter { link, added_clsact }) => {
-                drop(link);
-                if added_clsact {
-                    self.added_clsacts.insert(iface.to_string());
-                }
-                true
-            }
-            None => false,
-        };
-        if self.added_clsacts.remove(iface) {
+        let filter = self.filters.remove(iface);
+        let filtered = filter.is_some();
+        // Either way, the clsact added for the filter goes: the filter first.
+        let added_clsact = filter.is_some_and(|f| f.added_clsact);
+        if self.added_clsacts.remove(iface) || added_clsact {
             remove_unused_clsacts(&[ifindex]);
         }
         let pin = self.pin_path(iface, ifindex);
