@@ -326,6 +326,22 @@ fn kill_9_and_restart_keep_steering_and_state() {
     let after = demo.forwarded(false).unwrap();
     assert_eq!(after[0], before[0], "SF1 still used after PG1 = {{PP2}}");
     assert!(after[1] - before[1] >= 5 && after[2] - before[2] >= 5);
+
+    // The clsacts the daemon before added for its filters are this one's to delete.
+    demo.lab.sfcctl(&["delete", "pc", "PC1"]).unwrap();
+    assert_clsacts_go(&demo.lab, "after a restart");
+}
+
+/// Waits until the SF interfaces have no clsact qdisc (each had none before the chain).
+fn assert_clsacts_go(lab: &Lab, when: &str) {
+    for sf in ["sf1-out", "sf2-out", "sf3-out"] {
+        assert!(
+            wait_for(Duration::from_secs(5), || (!has_clsact(lab, sf))
+                .then_some(()))
+            .is_some(),
+            "{sf}: the clsact added for its filter outlived its steering ({when})"
+        );
+    }
 }
 
 /// The TX and RX drops of `iface` in namespace `ns`.
@@ -352,8 +368,24 @@ fn dropped_into_vm_src(lab: &Lab) -> i64 {
 /// filter stays while the chain sends packets into the SF, and goes when it leaves steering.
 #[test]
 fn a_first_apply_drops_nothing_sent_into_a_logical_port() {
-    let demo = Demo::build("busy").unwrap();
+    first_apply_under_traffic(false);
+}
+
+/// The same where the logical port has a clsact qdisc already (another tc-based tool on the
+/// host): a tc filter there grafts nothing, so the port gets one first, as SF interfaces do,
+/// and the chain takes effect before its TCX link. That clsact is not ours to delete.
+#[test]
+fn a_first_apply_onto_a_logical_port_with_a_clsact_uses_a_filter_first() {
+    first_apply_under_traffic(true);
+}
+
+fn first_apply_under_traffic(port_has_clsact: bool) {
+    let demo = Demo::build(if port_has_clsact { "busy-qd" } else { "busy" }).unwrap();
     let lab = &demo.lab;
+    if port_has_clsact {
+        lab.run_in("node", || Ok(tc::qdisc_add_clsact("vm-src")?))
+            .unwrap();
+    }
     let steered_before = demo.forwarded(false).unwrap();
     let dropped_before = dropped_into_vm_src(lab);
     // About 2 s of each; the apply comes in their midst.
@@ -388,7 +420,23 @@ fn a_first_apply_drops_nothing_sent_into_a_logical_port() {
         0,
         "packets sent into the logical port dropped across the first apply"
     );
-    assert!(!has_clsact(lab, "vm-src"), "a qdisc on the logical port");
+    assert_eq!(
+        has_clsact(lab, "vm-src"),
+        port_has_clsact,
+        "a qdisc on the logical port"
+    );
+    assert_eq!(
+        lab.daemon_log()
+            .lines()
+            .any(|l| l.contains("attached as a tc filter") && l.contains("vm-src")),
+        port_has_clsact,
+        "the logical port's first attach"
+    );
+    assert_eq!(
+        tc_filters(lab, "vm-src"),
+        "",
+        "a filter left on the logical port"
+    );
     for sf in ["sf1-out", "sf2-out", "sf3-out"] {
         assert!(
             has_clsact(lab, sf),
@@ -397,14 +445,12 @@ fn a_first_apply_drops_nothing_sent_into_a_logical_port() {
     }
 
     lab.sfcctl(&["delete", "pc", "PC1"]).unwrap();
-    for sf in ["sf1-out", "sf2-out", "sf3-out"] {
-        assert!(
-            wait_for(Duration::from_secs(5), || (!has_clsact(lab, sf))
-                .then_some(()))
-            .is_some(),
-            "{sf}: the clsact added for its filter outlived its steering"
-        );
-    }
+    assert_clsacts_go(lab, "one daemon");
+    assert_eq!(
+        has_clsact(lab, "vm-src"),
+        port_has_clsact,
+        "the logical port's own clsact"
+    );
 }
 
 /// The destination ports of the classifier entries in both classify maps (IPv4, IPv6).

@@ -9,9 +9,11 @@
 //!
 //! Adding or deleting a qdisc deactivates the device for a moment (the kernel does so for any
 //! qdisc graft), and what the node sends into it then is dropped. So a logical port, which
-//! carries its VM's traffic before any chain, gets its TCX link straight away; and the clsact
-//! qdisc added for an SF interface's filter stays until that interface leaves steering, when
-//! nothing is steered into it any more.
+//! carries its VM's traffic before any chain, gets its TCX link straight away (unless it has
+//! a clsact already, which a filter can use without a graft); and the clsact qdisc added for
+//! an SF interface's filter stays until that interface leaves steering, when nothing is
+//! steered into it any more. Which clsacts the daemon added is kept in bpffs beside the links
+//! ([`AddedClsacts`]), so that a restarted daemon still takes them off.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -78,6 +80,10 @@ impl Hook {
     }
 }
 
+/// The directory of [`AddedClsacts`], beside the hooks' (one for all: a clsact qdisc is the
+/// interface's, whichever hook's filter it was added for).
+const ADDED_CLSACTS: &str = "added-clsacts";
+
 pub struct Links {
     hook: Hook,
     dir: PathBuf,
@@ -88,18 +94,75 @@ pub struct Links {
     refused: BTreeMap<String, (u32, String)>,
     /// Interfaces steered by a tc filter until [`Self::settle`] gives them their TCX link.
     filters: BTreeMap<String, Filter>,
-    /// Interfaces whose clsact qdisc was added for a filter since gone: deleted when the
-    /// interface loses the program (see the module doc).
-    added_clsacts: BTreeSet<String>,
+    /// Interfaces whose clsact qdisc was added for a filter: deleted when the interface loses
+    /// the program (see the module doc).
+    added_clsacts: AddedClsacts,
 }
 
-/// The program as a tc filter on an interface.
+/// The program as a tc filter on an interface; dropping it detaches the filter.
 struct Filter {
-    /// Dropping it detaches the filter.
     link: SchedClassifierLink,
-    /// Whether the clsact qdisc was added for it: then it goes with the filter, unless
-    /// someone else's filters use it by then.
-    added_clsact: bool,
+}
+
+/// The interfaces whose clsact qdisc a daemon added, one empty directory `{ifindex}_{name}`
+/// each in bpffs: bpffs holds only pins and directories, and it lives exactly as long as the
+/// links do (a reboot empties it, and the interfaces are new then).
+struct AddedClsacts {
+    dir: PathBuf,
+}
+
+impl AddedClsacts {
+    /// The marks under `dir`, less those of interfaces gone since (another interface may have
+    /// the name now, and its clsact is not ours).
+    fn open(dir: PathBuf) -> Self {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let exists = name
+                .split_once('_')
+                .and_then(|(index, iface)| Some((index.parse::<u32>().ok()?, iface)))
+                .is_some_and(|(index, iface)| interface_name(index).as_deref() == Some(iface));
+            if !exists {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+        Self { dir }
+    }
+
+    fn path(&self, iface: &str, ifindex: u32) -> PathBuf {
+        self.dir.join(format!("{ifindex}_{iface}"))
+    }
+
+    fn insert(&self, iface: &str, ifindex: u32) {
+        let made = fs::create_dir_all(&self.dir)
+            .and_then(|()| fs::create_dir(self.path(iface, ifindex)))
+            .or_else(|e| {
+                (e.kind() == io::ErrorKind::AlreadyExists)
+                    .then_some(())
+                    .ok_or(e)
+            });
+        if let Err(e) = made {
+            // A restarted daemon will leave this clsact.
+            warn!(iface, error = %e, "recording the clsact qdisc added");
+        }
+    }
+
+    /// Whether `iface` had its mark, which is gone now.
+    fn remove(&self, iface: &str, ifindex: u32) -> bool {
+        fs::remove_dir(self.path(iface, ifindex)).is_ok()
+    }
+}
+
+/// The name of the interface `ifindex` in this namespace, if there is one.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer is IF_NAMESIZE long, as if_indextoname requires.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: on success it holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 pub(crate) fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
@@ -135,11 +198,11 @@ impl Links {
         })?;
         let mut links = Self {
             hook,
+            added_clsacts: AddedClsacts::open(dir.with_file_name(ADDED_CLSACTS)),
             dir,
             attached: BTreeMap::new(),
             refused: BTreeMap::new(),
             filters: BTreeMap::new(),
-            added_clsacts: BTreeSet::new(),
         };
         let entries = fs::read_dir(&links.dir).map_err(|source| DataplaneError::Bpffs {
             path: links.dir.clone(),
@@ -266,12 +329,7 @@ impl Links {
                 continue;
             };
             match self.attach_tcx(&iface, index, bpf) {
-                Ok(()) => {
-                    drop(filter.link);
-                    if filter.added_clsact {
-                        self.added_clsacts.insert(iface);
-                    }
-                }
+                Ok(()) => drop(filter.link),
                 Err(e) => {
                     // The filter stays: this kernel has no TCX, say. It outlives this process.
                     warn!(iface, error = %e, "TCX attach failed, the tc filter stays");
@@ -322,7 +380,7 @@ impl Links {
     ) -> Result<(), DataplaneError> {
         if let Err(tcx_error) = self.attach_tcx(iface, ifindex, bpf) {
             warn!(iface, error = %tcx_error, "TCX attach failed, using clsact");
-            let filter = self.filter(iface, bpf)?;
+            let filter = self.filter(iface, ifindex, bpf)?;
             // A tc filter outlives this process without a pin.
             std::mem::forget(filter.link);
         }
@@ -338,7 +396,7 @@ impl Links {
         ifindex: u32,
         bpf: &mut Ebpf,
     ) -> Result<(), DataplaneError> {
-        let filter = self.filter(iface, bpf)?;
+        let filter = self.filter(iface, ifindex, bpf)?;
         info!(iface, ifindex, "attached as a tc filter");
         self.filters.insert(iface.to_string(), filter);
         self.attached.insert(iface.to_string(), ifindex);
@@ -368,16 +426,13 @@ impl Links {
     }
 
     /// The program as a direct-action filter on the interface's clsact qdisc (added if
-    /// missing), in place of any an earlier daemon left there.
-    fn filter(&self, iface: &str, bpf: &mut Ebpf) -> Result<Filter, DataplaneError> {
-        let added_clsact = match tc::qdisc_add_clsact(iface) {
-            Ok(()) => true,
-            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
-            Err(e) => {
-                warn!(iface, error = %e, "adding clsact");
-                false
-            }
-        };
+    /// missing, and then recorded as ours), in place of any an earlier daemon left there.
+    fn filter(&self, iface: &str, ifindex: u32, bpf: &mut Ebpf) -> Result<Filter, DataplaneError> {
+        match tc::qdisc_add_clsact(iface) {
+            Ok(()) => self.added_clsacts.insert(iface, ifindex),
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => warn!(iface, error = %e, "adding clsact"),
+        }
         let name = self.hook.program();
         remove_filters(iface, name);
         let program = classifier(bpf, name)?;
@@ -387,7 +442,7 @@ impl Links {
             TcAttachOptions::Netlink(Default::default()),
         )?;
         let link = program.take_link(id)?;
-        Ok(Filter { link, added_clsact })
+        Ok(Filter { link })
     }
 
     /// Native (driver) XDP only: generic XDP runs after the skb is built, where TC is as fast
@@ -417,13 +472,8 @@ impl Links {
     }
 
     fn detach(&mut self, iface: &str, ifindex: u32) {
-        let filter = self.filters.remove(iface);
-        let filtered = filter.is_some();
-        // Either way, the clsact added for the filter goes: the filter first.
-        let added_clsact = filter.is_some_and(|f| f.added_clsact);
-        if self.added_clsacts.remove(iface) || added_clsact {
-            remove_unused_clsacts(&[ifindex]);
-        }
+        // Dropping the filter detaches it.
+        let filtered = self.filters.remove(iface).is_some();
         let pin = self.pin_path(iface, ifindex);
         match fs::remove_file(&pin) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && filtered => {}
@@ -432,6 +482,10 @@ impl Links {
                 remove_filters(iface, self.hook.program());
             }
             Err(e) => warn!(iface, error = %e, "removing link pin"),
+        }
+        // The program is off: the clsact added for its filter goes, unless other filters use it.
+        if self.added_clsacts.remove(iface, ifindex) {
+            remove_unused_clsacts(&[ifindex]);
         }
         info!(iface, ifindex, hook = self.hook.name(), "detached");
         self.attached.remove(iface);
@@ -455,5 +509,34 @@ fn remove_filters(iface: &str, name: &str) {
 fn remove_unused_clsacts(indexes: &[u32]) {
     if let Err(e) = netlink::remove_unused_clsacts(indexes) {
         warn!(?indexes, error = %e, "removing the clsact qdiscs added for tc filters");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record survives a restart while its interface does, and goes with it.
+    #[test]
+    fn added_clsacts_keep_only_interfaces_that_still_exist() {
+        let dir = std::env::temp_dir().join(format!("sfc-added-clsacts-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let lo = interface_name(1).expect("the loopback interface is ifindex 1");
+        let marks = AddedClsacts::open(dir.clone());
+        marks.insert(&lo, 1);
+        marks.insert(&lo, 1); // Again: no error, one record.
+        marks.insert("gone0", u32::MAX); // No such interface.
+        marks.insert("other", 1); // The index now has another name.
+
+        let marks = AddedClsacts::open(dir.clone());
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [format!("1_{lo}")]);
+        assert!(marks.remove(&lo, 1));
+        assert!(!marks.remove(&lo, 1), "removed twice");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -463,13 +463,7 @@ impl Dataplane {
         // retired ([`Self::detach_stale`]). Attaching after the flip would let packets leave a
         // newly used SF unsteered, skipping the next hops; detaching at the flip, the same for
         // packets still inside an SF the update left out.
-        // Logical ports carry their VMs' traffic before any chain: no qdisc is grafted there.
-        let busy: BTreeSet<u32> = image
-            .ports
-            .iter()
-            .filter(|(_, port)| port.flags & PORT_ENTRY != 0)
-            .map(|(&ifindex, _)| ifindex)
-            .collect();
+        let busy = self.busy_new_ports(image);
         self.tc
             .attach_missing_busy(&image.attach, &busy, &mut self.bpf)?;
         let mut epoch = self.epoch()?;
@@ -584,6 +578,27 @@ impl Dataplane {
                 .map_err(map_err(MAP_CONFIG))
         };
         Ok([revision(0)?, revision(1)?])
+    }
+
+    /// The logical ports the program is not on yet and that have no clsact qdisc: they carry
+    /// their VMs' traffic before any chain, so they get their TCX link at once rather than a
+    /// tc filter whose clsact would be grafted under that traffic (see links.rs). Where one
+    /// has a clsact already, a filter grafts nothing, and the chain takes effect sooner.
+    fn busy_new_ports(&self, image: &Image) -> BTreeSet<u32> {
+        let attached: BTreeSet<u32> = self.tc.attached().values().copied().collect();
+        let new: BTreeSet<u32> = image
+            .ports
+            .iter()
+            .filter(|(index, port)| port.flags & PORT_ENTRY != 0 && !attached.contains(index))
+            .map(|(&index, _)| index)
+            .collect();
+        match netlink::with_clsact(&new) {
+            Ok(with) => new.difference(&with).copied().collect(),
+            Err(e) => {
+                warn!(error = %e, "listing clsact qdiscs; new logical ports get TCX at once");
+                new
+            }
+        }
     }
 
     /// The interfaces of `image` that get XDP in front of TC (none in TC mode); veths are

@@ -6,7 +6,7 @@
 //! never drift apart from the ones `rtnetlink` was built with.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io,
     net::IpAddr,
@@ -22,7 +22,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage},
-        tc::TcHandle,
+        tc::{TcAttribute, TcHandle},
         RouteNetlinkMessage,
     },
     sys::{AsyncSocket, SocketAddr},
@@ -330,20 +330,13 @@ pub fn read_interfaces() -> Result<Interfaces, NetlinkError> {
     netlink.interfaces()
 }
 
-/// Deletes the clsact qdisc of each interface in `indexes` (of the calling thread's namespace)
-/// that has no tc filter at ingress or egress: one added only for a filter of ours, now gone.
-/// An interface that no longer exists has nothing left to delete.
-/// On a runtime and a plain connection of its own: the agent's thread is not a runtime worker,
-/// and this is rare. Not over a [`Netlink`]: that one forwards NLMSG_DONE (see `connect`),
-/// which rtnetlink's tc requests do not expect (tried: the qdisc was then never deleted).
-pub fn remove_unused_clsacts(indexes: &[u32]) -> Result<(), NetlinkError> {
-    if indexes.is_empty() {
-        return Ok(());
-    }
-    let send = |what: &str| {
-        let what = what.to_string();
-        move |source| NetlinkError::Send { what, source }
-    };
+/// Runs `job` with a plain rtnetlink connection, on a runtime of its own: the agent's thread
+/// is not a runtime worker, and what is done here is rare. Not over a [`Netlink`]: that one
+/// forwards NLMSG_DONE (see `connect`), which rtnetlink's tc requests do not expect (tried: a
+/// qdisc was then never deleted).
+fn on_own_connection<T, F: std::future::Future<Output = Result<T, NetlinkError>>>(
+    job: impl FnOnce(rtnetlink::Handle) -> F,
+) -> Result<T, NetlinkError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -352,6 +345,46 @@ pub fn remove_unused_clsacts(indexes: &[u32]) -> Result<(), NetlinkError> {
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { source })?;
         tokio::spawn(conn);
+        job(handle).await
+    })
+}
+
+fn send_error(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.to_string();
+    move |source| NetlinkError::Send { what, source }
+}
+
+/// Of `indexes` (interfaces of the calling thread's namespace), those with a clsact qdisc.
+pub fn with_clsact(indexes: &BTreeSet<u32>) -> Result<BTreeSet<u32>, NetlinkError> {
+    if indexes.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    on_own_connection(|handle| async move {
+        let mut found = BTreeSet::new();
+        let mut dump = pin!(handle.qdisc().get().execute());
+        while let Some(qdisc) = dump.next().await {
+            let qdisc = qdisc.map_err(send_error("qdisc dump"))?;
+            let index = qdisc.header.index as u32;
+            let clsact = qdisc
+                .attributes
+                .iter()
+                .any(|a| matches!(a, TcAttribute::Kind(kind) if kind == "clsact"));
+            if clsact && indexes.contains(&index) {
+                found.insert(index);
+            }
+        }
+        Ok(found)
+    })
+}
+
+/// Deletes the clsact qdisc of each interface in `indexes` (of the calling thread's namespace)
+/// that has no tc filter at ingress or egress: one added only for a filter of ours, now gone.
+/// An interface that no longer exists has nothing left to delete.
+pub fn remove_unused_clsacts(indexes: &[u32]) -> Result<(), NetlinkError> {
+    if indexes.is_empty() {
+        return Ok(());
+    }
+    on_own_connection(|handle| async move {
         for &index in indexes {
             let index = index as i32;
             let mut filters = 0;
@@ -360,7 +393,7 @@ pub fn remove_unused_clsacts(indexes: &[u32]) -> Result<(), NetlinkError> {
                 let get = if egress { get.egress() } else { get.ingress() };
                 let mut dump = pin!(get.execute());
                 while let Some(filter) = dump.next().await {
-                    filter.map_err(send("tc filter dump"))?;
+                    filter.map_err(send_error("tc filter dump"))?;
                     filters += 1;
                 }
             }
@@ -370,7 +403,7 @@ pub fn remove_unused_clsacts(indexes: &[u32]) -> Result<(), NetlinkError> {
                 match del.execute().await {
                     // The interface is gone, and its qdiscs with it.
                     Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
-                    done => done.map_err(send("clsact delete"))?,
+                    done => done.map_err(send_error("clsact delete"))?,
                 }
             }
         }
